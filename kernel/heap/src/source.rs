@@ -1,0 +1,60 @@
+//! The heap's only way to get memory: a source of 4 KiB pages (the kernel's `mmap`/`munmap`).
+
+use core::fmt;
+use core::ptr::NonNull;
+
+/// Size of one page, the unit in which the heap asks its [`PageSource`] for memory.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Why a [`PageSource`] could not map pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSourceError {
+    /// No physical memory (frames) is left to back the pages.
+    OutOfMemory,
+    /// The virtual window the source maps into has no free run of the requested length.
+    OutOfAddressSpace,
+    /// The request itself is unusable (zero pages, or a length whose byte size overflows).
+    InvalidRequest,
+}
+
+impl fmt::Display for PageSourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfMemory => f.write_str("out of physical memory"),
+            Self::OutOfAddressSpace => f.write_str("out of virtual address space in the heap window"),
+            Self::InvalidRequest => f.write_str("invalid page request"),
+        }
+    }
+}
+
+/// A source of page-aligned, contiguous runs of 4 KiB pages.
+///
+/// In a kernel this maps fresh physical frames into a heap window; on the host it can be `mmap` or
+/// a fixed arena. The heap never touches page tables itself: this trait is the whole interface.
+///
+/// # Safety
+///
+/// An implementation must guarantee that a successful [`map_pages`](Self::map_pages)`(n)` returns a
+/// pointer that is aligned to [`PAGE_SIZE`] and is the start of `n * PAGE_SIZE` bytes that are
+/// readable and writable, not aliased by anything else, and that stay valid until they are passed
+/// back through [`unmap_pages`](Self::unmap_pages). The contents of freshly mapped pages are
+/// unspecified (callers must not assume zeroes).
+pub unsafe trait PageSource {
+    /// Maps `count` contiguous pages and returns the address of the first one.
+    ///
+    /// Fails (never panics) when memory or address space runs out or `count` is zero; a failed
+    /// call leaves nothing mapped.
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError>;
+
+    /// Unmaps `count` contiguous pages starting at `ptr`, giving their memory back.
+    ///
+    /// Any page-aligned sub-run of an earlier mapping may be unmapped on its own (for example the
+    /// unaligned head and tail of an over-sized mapping).
+    ///
+    /// # Safety
+    ///
+    /// Every page in `ptr .. ptr + count * PAGE_SIZE` must currently be mapped by an earlier
+    /// successful `map_pages` call on this same source and must not be unmapped already, and the
+    /// caller must hold no live references into those pages.
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize);
+}
