@@ -1,0 +1,1 @@
+fn main(){ println!("{}", kheap::source::PAGE_SIZE); }
