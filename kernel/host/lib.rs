@@ -1,0 +1,1 @@
+//! Host unit tests of the kernel's pure-logic modules.
