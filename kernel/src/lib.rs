@@ -1,10 +1,89 @@
+//! A small x86_64 kernel whose job is to run, and prove, the `kheap` kernel heap.
+//!
+//! Init order (see [`init`]): serial console → GDT/TSS → IDT → physical frames and page tables →
+//! heap. Each step that can fail returns a typed error.
+
 #![no_std]
 #![cfg_attr(test, no_main)]
-pub fn hello() {}
+#![feature(custom_test_frameworks)]
+#![feature(abi_x86_interrupt)]
+#![test_runner(crate::testing::runner)]
+#![reexport_test_harness_main = "test_main"]
+
+pub mod fw_cfg;
+pub mod gdt;
+pub mod interrupts;
+pub mod qemu;
+pub mod serial;
+pub mod testing;
+pub mod timer;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::BootInfo;
+
+/// The bootloader configuration every kernel of this crate (the main kernel and each test kernel)
+/// is built with: the whole of physical memory mapped at an offset the bootloader picks (the frame
+/// allocator and page-table code reach physical frames through it), and a larger kernel stack.
+pub const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    // Deep recursion in tests (and BTreeMap-heavy workloads) want more than the default 80 KiB.
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+/// Why kernel initialisation failed.
+#[derive(Debug)]
+pub enum InitError {}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, _f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {}
+    }
+}
+
+/// Brings the kernel up: serial console, GDT and TSS, IDT, memory, heap.
+pub fn init(_boot_info: &'static mut BootInfo) -> Result<(), InitError> {
+    serial::init();
+    gdt::init();
+    interrupts::init();
+    Ok(())
+}
+
+/// Boots this kernel with extra QEMU arguments, e.g. `kernel::qemu_args!("-m 32M");` at the top
+/// level of a test kernel. The runner reads them from the ELF section `.kernel_qemu_args`.
+#[macro_export]
+macro_rules! qemu_args {
+    ($args:literal) => {
+        #[used]
+        #[unsafe(link_section = ".kernel_qemu_args")]
+        static KERNEL_QEMU_ARGS: [u8; $args.len()] = {
+            let src = $args.as_bytes();
+            let mut out = [0u8; $args.len()];
+            let mut i = 0;
+            while i < out.len() {
+                out[i] = src[i];
+                i += 1;
+            }
+            out
+        };
+    };
+}
+
 #[cfg(test)]
-bootloader_api::entry_point!(tmain);
+bootloader_api::entry_point!(test_kernel_main, config = &BOOTLOADER_CONFIG);
+
 #[cfg(test)]
-fn tmain(_b: &'static mut bootloader_api::BootInfo) -> ! { loop {} }
+fn test_kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    if let Err(e) = init(boot_info) {
+        panic!("kernel init failed: {e}");
+    }
+    test_main();
+    testing::finish()
+}
+
 #[cfg(test)]
 #[panic_handler]
-fn p(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    testing::panic_handler(info)
+}

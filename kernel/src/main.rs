@@ -1,14 +1,26 @@
+//! The kernel binary: boots, reports what it was given, runs its main job, exits QEMU.
+
 #![no_std]
 #![no_main]
-use x86_64::instructions::port::Port;
-bootloader_api::entry_point!(kmain);
-fn kmain(_b: &'static mut bootloader_api::BootInfo) -> ! {
-    let mut s = unsafe { uart_16550::SerialPort::new(0x3f8) };
-    s.init();
-    use core::fmt::Write;
-    writeln!(s, "hello from kernel").unwrap();
-    unsafe { Port::<u32>::new(0xf4).write(0x10) };
-    loop {}
+
+use bootloader_api::BootInfo;
+use kernel::qemu::{QemuExitCode, exit_qemu};
+use kernel::serial_println;
+
+bootloader_api::entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    serial_println!("kernel {} booting", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = kernel::init(boot_info) {
+        serial_println!("kernel init failed: {e}");
+        exit_qemu(QemuExitCode::Failed);
+    }
+    serial_println!("kernel finished");
+    exit_qemu(QemuExitCode::Success)
 }
+
 #[panic_handler]
-fn p(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    serial_println!("KERNEL PANIC: {info}");
+    exit_qemu(QemuExitCode::Failed)
+}

@@ -1,0 +1,65 @@
+//! The IDT: CPU exception handlers that turn faults into readable reports.
+//!
+//! Every fatal exception prints what happened (for a page fault: the address from CR2, the error
+//! code and the instruction pointer) and then panics, so the panic path — which in test kernels
+//! decides whether the fault was expected — sees it like any other failure.
+
+use spin::Lazy;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+use crate::gdt;
+
+static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.breakpoint.set_handler_fn(breakpoint_handler);
+    idt.page_fault.set_handler_fn(page_fault_handler);
+    idt.general_protection_fault.set_handler_fn(general_protection_handler);
+    idt.invalid_opcode.set_handler_fn(invalid_opcode_handler);
+    // SAFETY: the IST index names the double-fault stack that `gdt::init` installs in the TSS
+    // before interrupts are enabled or any fault can occur; no other handler uses that stack.
+    unsafe {
+        idt.double_fault
+            .set_handler_fn(double_fault_handler)
+            .set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
+    }
+    crate::timer::install(&mut idt);
+    idt
+});
+
+/// Loads the IDT. Call after [`gdt::init`].
+pub fn init() {
+    IDT.load();
+}
+
+extern "x86-interrupt" fn breakpoint_handler(frame: InterruptStackFrame) {
+    crate::serial_println!("EXCEPTION: BREAKPOINT at {:#x}", frame.instruction_pointer.as_u64());
+}
+
+extern "x86-interrupt" fn page_fault_handler(frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    let addr = Cr2::read_raw();
+    panic!(
+        "EXCEPTION: PAGE FAULT accessing {addr:#x} (error code {:#x}: {code:?}) at rip {:#x}",
+        code.bits(),
+        frame.instruction_pointer.as_u64()
+    );
+}
+
+extern "x86-interrupt" fn general_protection_handler(frame: InterruptStackFrame, code: u64) {
+    panic!(
+        "EXCEPTION: GENERAL PROTECTION FAULT (error code {code:#x}) at rip {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
+}
+
+extern "x86-interrupt" fn invalid_opcode_handler(frame: InterruptStackFrame) {
+    panic!("EXCEPTION: INVALID OPCODE at rip {:#x}", frame.instruction_pointer.as_u64());
+}
+
+extern "x86-interrupt" fn double_fault_handler(frame: InterruptStackFrame, _code: u64) -> ! {
+    panic!(
+        "EXCEPTION: DOUBLE FAULT at rip {:#x}, rsp {:#x} (kernel stack overflow?)",
+        frame.instruction_pointer.as_u64(),
+        frame.stack_pointer.as_u64()
+    );
+}
