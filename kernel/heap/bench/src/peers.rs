@@ -1,0 +1,753 @@
+//! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`].
+//!
+//! Every adapter gets its memory from a [`Region`] of the shared, pre-touched arena (see
+//! `arena`): flat-heap peers claim the whole region up front; our heap and dlmalloc ask a
+//! [`PageArena`] over the region for pages as they grow. The system allocator (glibc `malloc`
+//! through `std::alloc::System`) and a bump allocator are reference points, not competitors.
+//!
+//! Dispatch is static: [`with_peer`] builds one adapter and hands it to a [`Visit`]or whose
+//! `visit` is generic over the adapter type, so the timed loops are monomorphised per allocator
+//! and pay no dynamic-dispatch cost.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::RefCell;
+use std::ptr::{self, NonNull};
+use std::rc::Rc;
+
+use crate::arena::{ArenaMemory, PAGE, PageArena, Region};
+
+/// What the bench needs from an allocator. All requests have a non-zero size.
+pub trait BenchAlloc {
+    /// Name used in tables.
+    fn name(&self) -> &'static str;
+
+    /// Allocates a block for `layout`; `None` when out of memory.
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>>;
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block returned by this allocator's `alloc` or `realloc` for
+    /// `layout` (the layout most recently requested for it).
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout);
+
+    /// Resizes a block to `new_size` bytes with the same alignment, keeping its contents up to the
+    /// smaller size. On `None` the old block is still live and unchanged.
+    ///
+    /// # Safety
+    ///
+    /// As for [`free`](Self::free), with `old` the block's current layout; `new_size` is non-zero
+    /// and, rounded up to `old.align()`, does not overflow `isize`.
+    unsafe fn realloc(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>>;
+
+    /// Bytes currently taken from the page source, for allocators that grow by pages; `None`
+    /// for allocators that own their whole arena from the start.
+    fn mapped_bytes(&self) -> Option<usize>;
+
+    /// Peak of [`mapped_bytes`](Self::mapped_bytes) since creation.
+    fn peak_mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// Gives unused memory back to the page source, where the allocator can (`trim`).
+    fn release(&mut self) {}
+}
+
+/// `realloc` for peers that have none: allocate, copy, free.
+///
+/// # Safety
+///
+/// The contract of [`BenchAlloc::realloc`].
+unsafe fn realloc_by_copy<A: BenchAlloc>(
+    a: &mut A,
+    ptr: NonNull<u8>,
+    old: Layout,
+    new_size: usize,
+) -> Option<NonNull<u8>> {
+    // The caller guarantees that `new_size` rounded to `old.align()` does not overflow.
+    let new_layout = Layout::from_size_align(new_size, old.align()).ok()?;
+    let new = a.alloc(new_layout)?;
+    // SAFETY: 1. `ptr` is live with `old.size()` bytes (caller's contract); `new` is a fresh block
+    //         of `new_size` bytes, so both ranges are valid for the copied length.
+    //         2. A fresh block cannot overlap a live one.
+    //         3. `ptr` is live with layout `old`, as `free` requires.
+    unsafe {
+        ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old.size().min(new_size));
+        a.free(ptr, old);
+    }
+    Some(new)
+}
+
+/// The allocators the bench knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// Our heap core (`kheap::Heap`) over a page arena.
+    Kheap,
+    /// talc 5.1.1 (`base::Talc` with the `Manual` source and the default binning).
+    Talc,
+    /// rlsf 0.2.3 (`Tlsf`, two-level segregated fit).
+    Rlsf,
+    /// linked_list_allocator 0.10.6 (first fit over an address-ordered hole list).
+    LinkedList,
+    /// buddy_system_allocator 0.13.0 (`Heap<32>`, power-of-two buddies).
+    Buddy,
+    /// dlmalloc 0.2.14 over a page arena.
+    Dlmalloc,
+    /// good_memory_allocator 0.1.7 (dlmalloc-like bins with alignment sub-bins).
+    GoodMemory,
+    /// Reference: the host's `malloc` (`std::alloc::System`), on memory outside the arena.
+    System,
+    /// Reference: a bump allocator (free is a no-op).
+    Bump,
+}
+
+impl Peer {
+    /// Every allocator, ours first, references last.
+    pub const ALL: [Self; 9] = [
+        Self::Kheap,
+        Self::Talc,
+        Self::Rlsf,
+        Self::LinkedList,
+        Self::Buddy,
+        Self::Dlmalloc,
+        Self::GoodMemory,
+        Self::System,
+        Self::Bump,
+    ];
+
+    /// Name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kheap => "kheap",
+            Self::Talc => "talc",
+            Self::Rlsf => "rlsf",
+            Self::LinkedList => "linked_list",
+            Self::Buddy => "buddy",
+            Self::Dlmalloc => "dlmalloc",
+            Self::GoodMemory => "good_memory",
+            Self::System => "system",
+            Self::Bump => "bump",
+        }
+    }
+
+    /// Whether this build can run it (our heap needs the `kheap-heap` feature until its API lands).
+    pub fn available(self) -> bool {
+        self != Self::Kheap || cfg!(feature = "kheap-heap")
+    }
+
+    /// Parses a name from [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Reference points (listed, never ranked against the heaps).
+    pub fn is_reference(self) -> bool {
+        matches!(self, Self::System | Self::Bump)
+    }
+
+    /// Whether the allocator lives inside the arena budget (the system allocator does not).
+    pub fn uses_arena(self) -> bool {
+        self != Self::System
+    }
+}
+
+/// Something to do with one allocator, generic over its adapter type.
+pub trait Visit {
+    /// What the visit produces.
+    type Out;
+    /// Runs with a freshly created allocator.
+    fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out;
+}
+
+/// Creates `peer` over the first `len` bytes of `memory`, runs `v` on it, and drops it.
+pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: V) -> V::Out {
+    let region = memory.region(len);
+    // SAFETY: for every `new` below: `region` comes from the `&mut` borrow of `memory`, which
+    // lasts until this function returns; the adapter is dropped before that, so the region is
+    // used by this one allocator only and outlives it.
+    unsafe {
+        match peer {
+            #[cfg(feature = "kheap-heap")]
+            Peer::Kheap => v.visit(&mut *KheapAlloc::new(region)),
+            #[cfg(not(feature = "kheap-heap"))]
+            Peer::Kheap => panic!("kheap is not available in this build"),
+            Peer::Talc => v.visit(&mut *TalcAlloc::new(region)),
+            Peer::Rlsf => v.visit(&mut *RlsfAlloc::new(region)),
+            Peer::LinkedList => v.visit(&mut *LinkedListAlloc::new(region)),
+            Peer::Buddy => v.visit(&mut *BuddyAlloc::new(region)),
+            Peer::Dlmalloc => v.visit(&mut *DlmallocAlloc::new(region)),
+            Peer::GoodMemory => v.visit(&mut *GoodMemoryAlloc::new(region)),
+            Peer::System => v.visit(&mut SystemAlloc),
+            Peer::Bump => v.visit(&mut *BumpAlloc::new(region)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page sources over the arena
+// ---------------------------------------------------------------------------------------------
+
+/// A handle on a [`PageArena`] shared between an allocator's page source and its adapter (which
+/// reads the mapped-page count).
+#[derive(Debug, Clone)]
+struct SharedPages(Rc<RefCell<PageArena>>);
+
+impl SharedPages {
+    fn new(region: Region) -> Self {
+        Self(Rc::new(RefCell::new(PageArena::new(region))))
+    }
+
+    fn mapped_bytes(&self) -> usize {
+        self.0.borrow().mapped_pages() * PAGE
+    }
+
+    fn peak_bytes(&self) -> usize {
+        self.0.borrow().peak_pages() * PAGE
+    }
+}
+
+#[cfg(feature = "kheap-heap")]
+// SAFETY: a successful `map_pages(n)` returns the start of `n` pages that `PageArena::map` has
+// just marked mapped: page-aligned (the region is page-aligned and mapping is page-granular),
+// readable and writable (the arena buffer is live for the allocator's whole life, see
+// `with_peer`), and handed out to nobody else until `unmap_pages` clears their bits again.
+// `unmap_pages` accepts any sub-run of mapped pages.
+unsafe impl kheap::PageSource for SharedPages {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, kheap::PageSourceError> {
+        if count == 0 || count.checked_mul(PAGE).is_none() {
+            return Err(kheap::PageSourceError::InvalidRequest);
+        }
+        self.0
+            .borrow_mut()
+            .map(count)
+            .ok_or(kheap::PageSourceError::OutOfMemory)
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        self.0.borrow_mut().unmap(ptr, count);
+    }
+}
+
+/// dlmalloc's view of the page arena ("system memory" for it).
+#[derive(Debug)]
+struct DlPages(SharedPages);
+
+// SAFETY: dlmalloc requires `Send` of its system allocator. The bench is single-threaded: a
+// `DlPages` (and the `Rc` inside it) is created, used and dropped on one thread and never sent.
+unsafe impl Send for DlPages {}
+
+// SAFETY: `alloc` returns fresh, exclusively owned, page-aligned pages from the arena (or null);
+// `free`/`free_part` give back only whole pages that dlmalloc got from `alloc`; `remap` is refused.
+unsafe impl dlmalloc::Allocator for DlPages {
+    fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
+        let pages = size.div_ceil(PAGE);
+        match (self.0).0.borrow_mut().map(pages) {
+            Some(p) => (p.as_ptr(), pages * PAGE, 0),
+            None => (ptr::null_mut(), 0, 0),
+        }
+    }
+
+    fn remap(&self, _ptr: *mut u8, _old: usize, _new: usize, _can_move: bool) -> *mut u8 {
+        ptr::null_mut()
+    }
+
+    fn free_part(&self, ptr: *mut u8, oldsize: usize, newsize: usize) -> bool {
+        if !newsize.is_multiple_of(PAGE) || !oldsize.is_multiple_of(PAGE) {
+            return false;
+        }
+        let Some(tail) = NonNull::new(ptr.wrapping_add(newsize)) else {
+            return false;
+        };
+        (self.0)
+            .0
+            .borrow_mut()
+            .unmap(tail, (oldsize - newsize) / PAGE);
+        true
+    }
+
+    fn free(&self, ptr: *mut u8, size: usize) -> bool {
+        match NonNull::new(ptr) {
+            Some(p) if size.is_multiple_of(PAGE) => {
+                (self.0).0.borrow_mut().unmap(p, size / PAGE);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn can_release_part(&self, _flags: u32) -> bool {
+        true
+    }
+
+    fn allocates_zeros(&self) -> bool {
+        false
+    }
+
+    fn page_size(&self) -> usize {
+        PAGE
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adapters
+// ---------------------------------------------------------------------------------------------
+
+/// Our heap core.
+#[cfg(feature = "kheap-heap")]
+struct KheapAlloc {
+    heap: kheap::Heap<SharedPages>,
+    pages: SharedPages,
+}
+
+#[cfg(feature = "kheap-heap")]
+impl KheapAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        const { assert!(kheap::PAGE_SIZE == PAGE) };
+        let pages = SharedPages::new(region);
+        Box::new(Self {
+            heap: kheap::Heap::new(pages.clone()),
+            pages,
+        })
+    }
+}
+
+#[cfg(feature = "kheap-heap")]
+impl BenchAlloc for KheapAlloc {
+    fn name(&self) -> &'static str {
+        "kheap"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.heap.allocate(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
+        unsafe { self.heap.deallocate(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
+        unsafe { self.heap.reallocate(ptr, old, new).ok() }
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.mapped_bytes())
+    }
+
+    fn peak_mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.peak_bytes())
+    }
+
+    fn release(&mut self) {
+        self.heap.trim();
+    }
+}
+
+/// talc with a manually claimed arena.
+struct TalcAlloc {
+    talc: talc::base::Talc<talc::source::Manual, talc::DefaultBinning>,
+}
+
+impl TalcAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        let mut this = Box::new(Self {
+            talc: talc::base::Talc::new(talc::source::Manual),
+        });
+        // SAFETY: the region is valid and exclusively ours for the adapter's life (caller), and
+        // `Manual` allows manual heap management.
+        let end = unsafe { this.talc.claim(region.base.as_ptr(), region.len) };
+        end.expect("talc refused the arena");
+        this
+    }
+}
+
+impl BenchAlloc for TalcAlloc {
+    fn name(&self) -> &'static str {
+        "talc"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: bench requests never have a zero size (trait contract).
+        unsafe { self.talc.allocate(layout) }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` was allocated by this talc with `layout`.
+        unsafe { self.talc.deallocate(ptr.as_ptr(), layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with layout `old` and `new` is non-zero.
+        unsafe {
+            if self.talc.try_realloc_in_place(ptr.as_ptr(), old, new) {
+                Some(ptr)
+            } else {
+                realloc_by_copy(self, ptr, old, new)
+            }
+        }
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// rlsf's TLSF: 28 first-level classes (blocks up to 8 GiB, so a single arena-sized free block
+/// fits), 32 second-level classes per first level.
+type RlsfTlsf = rlsf::Tlsf<'static, u32, u32, 28, 32>;
+
+struct RlsfAlloc {
+    tlsf: RlsfTlsf,
+}
+
+impl RlsfAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        let mut this = Box::new(Self {
+            tlsf: RlsfTlsf::new(),
+        });
+        let block = NonNull::slice_from_raw_parts(region.base, region.len);
+        // SAFETY: the block is valid, exclusively owned by this TLSF, and outlives it (caller).
+        let taken = unsafe { this.tlsf.insert_free_block_ptr(block) };
+        taken.expect("rlsf refused the arena");
+        this
+    }
+}
+
+impl BenchAlloc for RlsfAlloc {
+    fn name(&self) -> &'static str {
+        "rlsf"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.tlsf.allocate(layout)
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` was allocated by this TLSF with `layout.align()`.
+        unsafe { self.tlsf.deallocate(ptr, layout.align()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        let layout = Layout::from_size_align(new, old.align()).ok()?;
+        // SAFETY: forwarded contract: `ptr` is live and was allocated with this alignment.
+        unsafe { self.tlsf.reallocate(ptr, layout) }
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// linked_list_allocator's first-fit heap.
+struct LinkedListAlloc {
+    heap: linked_list_allocator::Heap,
+}
+
+impl LinkedListAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        let mut this = Box::new(Self {
+            heap: linked_list_allocator::Heap::empty(),
+        });
+        // SAFETY: the region is valid and exclusively owned for the heap's life (caller).
+        unsafe { this.heap.init(region.base.as_ptr(), region.len) };
+        this
+    }
+}
+
+impl BenchAlloc for LinkedListAlloc {
+    fn name(&self) -> &'static str {
+        "linked_list"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.heap.allocate_first_fit(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` was allocated by this heap with `layout`.
+        unsafe { self.heap.deallocate(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract.
+        unsafe { realloc_by_copy(self, ptr, old, new) }
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// buddy_system_allocator with orders up to 2^31 bytes.
+struct BuddyAlloc {
+    heap: buddy_system_allocator::Heap<32>,
+}
+
+impl BuddyAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        let mut this = Box::new(Self {
+            heap: buddy_system_allocator::Heap::new(),
+        });
+        // SAFETY: the region is valid, exclusively owned for the heap's life, and added once.
+        unsafe { this.heap.init(region.base.as_ptr() as usize, region.len) };
+        this
+    }
+}
+
+impl BenchAlloc for BuddyAlloc {
+    fn name(&self) -> &'static str {
+        "buddy"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.heap.alloc(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` was allocated by this heap with `layout`.
+        unsafe { self.heap.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract.
+        unsafe { realloc_by_copy(self, ptr, old, new) }
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// dlmalloc with the page arena as its system allocator.
+struct DlmallocAlloc {
+    dl: dlmalloc::Dlmalloc<DlPages>,
+    pages: SharedPages,
+}
+
+impl DlmallocAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        let pages = SharedPages::new(region);
+        let dl = dlmalloc::Dlmalloc::new_with_allocator(DlPages(pages.clone()));
+        Box::new(Self { dl, pages })
+    }
+}
+
+impl BenchAlloc for DlmallocAlloc {
+    fn name(&self) -> &'static str {
+        "dlmalloc"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: `layout` is a valid layout with a non-zero size, as `malloc` requires.
+        NonNull::new(unsafe { self.dl.malloc(layout.size(), layout.align()) })
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` came from this dlmalloc with this size and alignment.
+        unsafe { self.dl.free(ptr.as_ptr(), layout.size(), layout.align()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with `old`; `new` is non-zero. dlmalloc keeps
+        // the original alignment when `old.align()` exceeds its natural alignment.
+        NonNull::new(unsafe { self.dl.realloc(ptr.as_ptr(), old.size(), old.align(), new) })
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.mapped_bytes())
+    }
+
+    fn peak_mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.peak_bytes())
+    }
+
+    fn release(&mut self) {
+        // SAFETY: `trim` has no preconditions beyond a consistent heap.
+        unsafe { self.dl.trim(0) };
+    }
+}
+
+/// good_memory_allocator. Its heap keeps pointers into the `Allocator` struct itself, so the
+/// struct is boxed before `init` and never moves afterwards.
+struct GoodMemoryAlloc {
+    heap: good_memory_allocator::Allocator,
+}
+
+impl GoodMemoryAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        let mut this = Box::new(Self {
+            heap: good_memory_allocator::Allocator::empty(),
+        });
+        // SAFETY: the region is valid and exclusively owned (caller); the allocator sits in a
+        // box that is not moved out of until it is dropped.
+        unsafe { this.heap.init(region.base.as_ptr() as usize, region.len) };
+        this
+    }
+}
+
+impl BenchAlloc for GoodMemoryAlloc {
+    fn name(&self) -> &'static str {
+        "good_memory"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: the heap is initialised and `layout` has a non-zero size.
+        NonNull::new(unsafe { self.heap.alloc(layout) })
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` is a live block of this heap.
+        unsafe { self.heap.dealloc(ptr.as_ptr()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
+        NonNull::new(unsafe { self.heap.realloc(ptr.as_ptr(), old, new) })
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// The host `malloc`, as a reference point.
+struct SystemAlloc;
+
+impl BenchAlloc for SystemAlloc {
+    fn name(&self) -> &'static str {
+        "system"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: `layout` has a non-zero size.
+        NonNull::new(unsafe { System.alloc(layout) })
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` came from `System` with `layout`.
+        unsafe { System.dealloc(ptr.as_ptr(), layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` came from `System` with `old`; `new` is non-zero and
+        // does not overflow when rounded to the alignment.
+        NonNull::new(unsafe { System.realloc(ptr.as_ptr(), old, new) })
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A bump allocator: the floor of what an allocator can cost. It never reuses memory, except
+/// that the most recent block can grow or shrink in place.
+struct BumpAlloc {
+    region: Region,
+    /// Offset of the first unused byte.
+    top: usize,
+    /// Offset of the most recent block (the one that may be resized in place).
+    last: usize,
+}
+
+impl BumpAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region) -> Box<Self> {
+        Box::new(Self {
+            region,
+            top: 0,
+            last: usize::MAX,
+        })
+    }
+}
+
+impl BenchAlloc for BumpAlloc {
+    fn name(&self) -> &'static str {
+        "bump"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let base = self.region.base.as_ptr() as usize;
+        let start = (base + self.top).checked_next_multiple_of(layout.align())? - base;
+        let end = start.checked_add(layout.size())?;
+        if end > self.region.len {
+            return None;
+        }
+        self.last = start;
+        self.top = end;
+        // SAFETY: `start < region.len`, so the offset stays inside the region.
+        Some(unsafe { self.region.base.add(start) })
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, _ptr: NonNull<u8>, _layout: Layout) {}
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        let offset = ptr.as_ptr() as usize - self.region.base.as_ptr() as usize;
+        if offset == self.last && offset + new <= self.region.len {
+            self.top = offset + new;
+            return Some(ptr);
+        }
+        // SAFETY: forwarded contract.
+        unsafe { realloc_by_copy(self, ptr, old, new) }
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        None
+    }
+}

@@ -1,0 +1,785 @@
+//! Results, tables (Markdown, also printed to stdout), the "targets vs achieved" verdicts, the
+//! raw per-run CSV and the plots.
+
+use std::fmt::Write;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use crate::measure::{Efficiency, Latency, MemoryUse, Percentiles, median};
+use crate::peers::Peer;
+use crate::svg::{self, Series};
+
+/// Everything measured for one allocator on one workload.
+#[derive(Debug, Clone)]
+pub struct PeerRun {
+    /// Verification: ops checked, or what went wrong.
+    pub verify: Result<usize, String>,
+    /// ns per call of each timed run (empty when not timed).
+    pub ns: Vec<f64>,
+    /// Per run, this allocator's time divided by talc's time in the same run.
+    pub ratio_to_talc: Vec<f64>,
+    /// Fewest body ops any run completed (less than the body when the time budget cut it).
+    pub ops_done: usize,
+    /// A timed run ran out of memory.
+    pub oom: bool,
+    /// Single-call latencies.
+    pub latency: Option<Latency>,
+    /// Page-source use (page-backed allocators only).
+    pub memory: Option<MemoryUse>,
+    /// Why the allocator was not run on this workload at all.
+    pub skipped: Option<String>,
+}
+
+impl PeerRun {
+    /// A result with nothing timed yet.
+    pub fn new(verify: Result<usize, String>) -> Self {
+        Self {
+            verify,
+            ns: Vec::new(),
+            ratio_to_talc: Vec::new(),
+            ops_done: usize::MAX,
+            oom: false,
+            latency: None,
+            memory: None,
+            skipped: None,
+        }
+    }
+
+    /// A result for an allocator that is not run on this workload.
+    pub fn skipped(why: String) -> Self {
+        Self {
+            skipped: Some(why),
+            ..Self::new(Ok(0))
+        }
+    }
+
+    /// Verified and never out of memory: may be ranked.
+    pub fn ok(&self) -> bool {
+        self.verify.is_ok() && !self.oom && !self.ns.is_empty()
+    }
+
+    /// Median ns per call.
+    pub fn ns_median(&self) -> f64 {
+        median(&self.ns)
+    }
+
+    /// Median of the per-run ratios to talc.
+    pub fn ratio_median(&self) -> f64 {
+        median(&self.ratio_to_talc)
+    }
+}
+
+/// One workload's results.
+#[derive(Debug, Clone)]
+pub struct WorkloadResult {
+    /// Table name.
+    pub name: String,
+    /// Description.
+    pub title: String,
+    /// Number of timed calls in the body.
+    pub ops: usize,
+    /// Results per allocator, in table order.
+    pub peers: Vec<(Peer, PeerRun)>,
+}
+
+impl WorkloadResult {
+    /// The result of `peer`, if it ran.
+    pub fn get(&self, peer: Peer) -> Option<&PeerRun> {
+        self.peers.iter().find(|(p, _)| *p == peer).map(|(_, r)| r)
+    }
+}
+
+/// Heap efficiency of every allocator on one mix.
+#[derive(Debug, Clone)]
+pub struct EfficiencyResult {
+    /// Mix name (as the workload it belongs to).
+    pub name: String,
+    /// Per allocator.
+    pub peers: Vec<(Peer, Efficiency)>,
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Command line that produced it.
+    pub command: String,
+    /// CPU, cores, OS, compiler.
+    pub machine: String,
+    /// UTC date.
+    pub date: String,
+    /// Timed runs per allocator and workload.
+    pub runs: usize,
+    /// Smoke mode.
+    pub quick: bool,
+    /// PRNG seed.
+    pub seed: u64,
+    /// Arena size of the timed runs.
+    pub arena_bytes: usize,
+    /// Budget of the heap-efficiency test.
+    pub efficiency_bytes: usize,
+    /// Time budget of one replay, in seconds.
+    pub budget_secs: f64,
+    /// Cost of an empty `rdtsc` bracket.
+    pub bracket: Percentiles,
+    /// Smallest step the TSC readings move in (greatest common divisor of the bracket samples).
+    pub tsc_step: u64,
+    /// Workloads in order.
+    pub workloads: Vec<WorkloadResult>,
+    /// Heap efficiency per mix.
+    pub efficiency: Vec<EfficiencyResult>,
+}
+
+/// Formats a Markdown table with padded columns (readable as plain text too).
+pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let cols = headers.len();
+    let mut width: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (c, cell) in row.iter().enumerate().take(cols) {
+            width[c] = width[c].max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::from("|");
+        for (c, w) in width.iter().enumerate() {
+            let cell = cells.get(c).map(String::as_str).unwrap_or("");
+            let pad = w - cell.chars().count();
+            if c == 0 {
+                let _ = write!(s, " {cell}{} |", " ".repeat(pad));
+            } else {
+                let _ = write!(s, " {}{cell} |", " ".repeat(pad));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers);
+    out.push('|');
+    for (c, w) in width.iter().enumerate() {
+        out.push_str(if c == 0 { ":" } else { " " });
+        out.push_str(&"-".repeat(*w));
+        out.push_str(if c == 0 { " |" } else { ":|" });
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if !ns.is_finite() {
+        "–".into()
+    } else if ns >= 10_000.0 {
+        format!("{:.0}", ns)
+    } else if ns >= 100.0 {
+        format!("{ns:.0}")
+    } else {
+        format!("{ns:.1}")
+    }
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}x")
+    } else {
+        "–".into()
+    }
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The flag shown instead of numbers for an allocator that must not be ranked.
+fn flag(r: &PeerRun) -> Option<String> {
+    if let Some(why) = &r.skipped {
+        return Some(format!("not run: {why}"));
+    }
+    match &r.verify {
+        Err(_) => Some("FAILED verification".into()),
+        Ok(_) if r.oom => Some("out of memory".into()),
+        Ok(_) if r.ns.is_empty() => Some("not timed".into()),
+        Ok(_) => None,
+    }
+}
+
+impl Report {
+    fn peers(&self) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = Vec::new();
+        for w in &self.workloads {
+            for (p, _) in &w.peers {
+                if !peers.contains(p) {
+                    peers.push(*p);
+                }
+            }
+        }
+        peers
+    }
+
+    fn workload(&self, name: &str) -> Option<&WorkloadResult> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+
+    /// Main table: ns per call (median) and ratio to talc (median of per-run ratios).
+    fn speed_table(&self) -> String {
+        let mut headers = vec!["allocator".to_string()];
+        headers.extend(self.workloads.iter().map(|w| w.name.clone()));
+        let mut notes = Vec::new();
+        let rows: Vec<Vec<String>> = self
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let mut row = vec![if p.is_reference() { format!("{} (ref)", p.name()) } else { p.name().into() }];
+                for w in &self.workloads {
+                    row.push(match w.get(p) {
+                        None => "".into(),
+                        Some(r) => match flag(r) {
+                            Some(f) => f,
+                            None => {
+                                let cut = r.ops_done < w.ops;
+                                if cut {
+                                    notes.push(format!(
+                                        "{} on {}: the {:.0} s budget cut runs after {} of {} calls; the figure is \
+                                         the cost over that prefix.",
+                                        p.name(), w.name, self.budget_secs, r.ops_done, w.ops
+                                    ));
+                                }
+                                format!("{}{} ({})", fmt_ns(r.ns_median()), if cut { "†" } else { "" }, fmt_ratio(r.ratio_median()))
+                            }
+                        },
+                    });
+                }
+                row
+            })
+            .collect();
+        let mut out = md_table(&headers, &rows);
+        for n in notes {
+            let _ = writeln!(out, "\n† {n}");
+        }
+        out
+    }
+
+    /// Per-workload ranking of the verified allocators (references included but marked).
+    fn rankings(&self) -> String {
+        let mut out = String::new();
+        for w in &self.workloads {
+            let mut ok: Vec<(Peer, f64)> = w
+                .peers
+                .iter()
+                .filter(|(_, r)| r.ok())
+                .map(|(p, r)| (*p, r.ns_median()))
+                .collect();
+            ok.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let ranked: Vec<String> = ok
+                .iter()
+                .map(|(p, ns)| {
+                    format!(
+                        "{}{} {}",
+                        p.name(),
+                        if p.is_reference() { " (ref)" } else { "" },
+                        fmt_ns(*ns)
+                    )
+                })
+                .collect();
+            let _ = write!(out, "- **{}**: {}", w.name, ranked.join(" < "));
+            let failed: Vec<String> = w
+                .peers
+                .iter()
+                .filter_map(|(p, r)| flag(r).map(|f| format!("{} ({f})", p.name())))
+                .collect();
+            if !failed.is_empty() {
+                let _ = write!(out, "; not ranked: {}", failed.join(", "));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn detail_table(&self, w: &WorkloadResult) -> String {
+        let headers: Vec<String> = [
+            "allocator",
+            "ns/call median",
+            "min",
+            "max",
+            "vs talc",
+            "calls timed",
+            "verification",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = w
+            .peers
+            .iter()
+            .map(|(p, r)| {
+                let finite: Vec<f64> = r.ns.iter().copied().filter(|x| x.is_finite()).collect();
+                let min = finite.iter().copied().fold(f64::NAN, f64::min);
+                let max = finite.iter().copied().fold(f64::NAN, f64::max);
+                vec![
+                    p.name().into(),
+                    flag(r).unwrap_or_else(|| fmt_ns(r.ns_median())),
+                    fmt_ns(min),
+                    fmt_ns(max),
+                    fmt_ratio(r.ratio_median()),
+                    if r.ns.is_empty() {
+                        "–".into()
+                    } else {
+                        format!("{}/{}", r.ops_done.min(w.ops), w.ops)
+                    },
+                    match (&r.verify, &r.skipped) {
+                        (_, Some(_)) => "–".into(),
+                        (Ok(n), None) => format!("ok ({n} calls)"),
+                        (Err(e), None) => format!("FAILED: {e}"),
+                    },
+                ]
+            })
+            .collect();
+        md_table(&headers, &rows)
+    }
+
+    fn latency_table(&self, w: &WorkloadResult) -> String {
+        let has_realloc = w
+            .peers
+            .iter()
+            .any(|(_, r)| r.latency.as_ref().is_some_and(|l| l.realloc.is_some()));
+        let mut headers: Vec<String> = [
+            "allocator",
+            "alloc p50",
+            "p99",
+            "p99.9",
+            "max",
+            "free p50",
+            "p99",
+            "p99.9",
+            "max",
+        ]
+        .map(String::from)
+        .to_vec();
+        if has_realloc {
+            headers.extend(["realloc p50", "p99.9"].map(String::from));
+        }
+        let rows: Vec<Vec<String>> = w
+            .peers
+            .iter()
+            .filter_map(|(p, r)| {
+                let l = r.latency.as_ref()?;
+                let mut row = vec![format!("{}{}", p.name(), if l.capped { "†" } else { "" })];
+                for q in [l.alloc, l.free] {
+                    row.extend([q.p50, q.p99, q.p999, q.max].map(|v| v.to_string()));
+                }
+                if has_realloc {
+                    let q = l.realloc.unwrap_or_default();
+                    row.extend([q.p50, q.p999].map(|v| v.to_string()));
+                }
+                Some(row)
+            })
+            .collect();
+        md_table(&headers, &rows)
+    }
+
+    fn memory_table(&self) -> String {
+        let headers: Vec<String> = [
+            "workload",
+            "allocator",
+            "peak mapped",
+            "mapped after full free",
+            "after trim",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut rows = Vec::new();
+        for w in &self.workloads {
+            for (p, r) in &w.peers {
+                if let Some(m) = r.memory {
+                    rows.push(vec![
+                        w.name.clone(),
+                        p.name().into(),
+                        mib(m.peak),
+                        mib(m.after_free),
+                        mib(m.after_trim),
+                    ]);
+                }
+            }
+        }
+        md_table(&headers, &rows)
+    }
+
+    fn efficiency_table(&self) -> String {
+        let mut headers = vec!["allocator".to_string()];
+        headers.extend(self.efficiency.iter().map(|e| e.name.clone()));
+        let mut peers: Vec<Peer> = Vec::new();
+        for e in &self.efficiency {
+            for (p, _) in &e.peers {
+                if !peers.contains(p) {
+                    peers.push(*p);
+                }
+            }
+        }
+        let rows: Vec<Vec<String>> = peers
+            .iter()
+            .map(|&p| {
+                let mut row = vec![p.name().to_string()];
+                for e in &self.efficiency {
+                    row.push(match e.peers.iter().find(|(q, _)| *q == p) {
+                        None => "".into(),
+                        Some((_, eff)) => format!(
+                            "{}{:.1}% ({} calls)",
+                            if eff.failed { "" } else { "≥" },
+                            100.0 * eff.peak_live as f64 / self.efficiency_bytes as f64,
+                            eff.ops
+                        ),
+                    });
+                }
+                row
+            })
+            .collect();
+        md_table(&headers, &rows)
+    }
+
+    /// The numbered verdicts of the project's targets for our heap.
+    pub fn targets(&self) -> Vec<(String, String, Option<bool>)> {
+        let me = Peer::Kheap;
+        let mut out = Vec::new();
+        let run = |w: &str| self.workload(w).and_then(|w| w.get(me));
+        let unmeasured = |what: &str| {
+            (
+                what.to_string(),
+                "not measured in this run".to_string(),
+                None,
+            )
+        };
+        for (w, goal) in [
+            ("small-churn", 0.75),
+            ("kernel-mix", 0.9),
+            ("random-align", 1.0),
+        ] {
+            let what = format!("{w}: ns/call <= {goal:.2}x talc");
+            out.push(match run(w) {
+                Some(r) if r.ok() && r.ratio_to_talc.iter().any(|x| x.is_finite()) => {
+                    let x = r.ratio_median();
+                    (
+                        what,
+                        format!("{x:.2}x ({} ns vs talc)", fmt_ns(r.ns_median())),
+                        Some(x <= goal),
+                    )
+                }
+                Some(r) if !r.ok() => (what, flag(r).unwrap_or_default(), Some(false)),
+                _ => unmeasured(&what),
+            });
+        }
+        let what = ">= 50x faster than linked_list_allocator at 1e4 live objects".to_string();
+        out.push(
+            match self
+                .workload("scaling-1e4")
+                .map(|w| (w.get(me), w.get(Peer::LinkedList)))
+            {
+                Some((Some(k), Some(l))) if k.ok() && l.ok() => {
+                    let per_run: Vec<f64> = k.ns.iter().zip(&l.ns).map(|(a, b)| b / a).collect();
+                    let x = median(&per_run);
+                    (
+                        what,
+                        format!(
+                            "{x:.0}x ({} vs {} ns/call)",
+                            fmt_ns(k.ns_median()),
+                            fmt_ns(l.ns_median())
+                        ),
+                        Some(x >= 50.0),
+                    )
+                }
+                Some((Some(k), _)) if !k.ok() => (what, flag(k).unwrap_or_default(), Some(false)),
+                _ => unmeasured(&what),
+            },
+        );
+        let what = "cost growth 1e3 -> 1e5 live objects <= 1.3x".to_string();
+        out.push(match (run("scaling-1e3"), run("scaling-1e5")) {
+            (Some(a), Some(b)) if a.ok() && b.ok() => {
+                let x = b.ns_median() / a.ns_median();
+                (
+                    what,
+                    format!(
+                        "{x:.2}x ({} -> {} ns/call)",
+                        fmt_ns(a.ns_median()),
+                        fmt_ns(b.ns_median())
+                    ),
+                    Some(x <= 1.3),
+                )
+            }
+            (Some(a), Some(b)) => (what, flag(a).or(flag(b)).unwrap_or_default(), Some(false)),
+            _ => unmeasured(&what),
+        });
+        for (w, goal) in [("small-churn", 92.0), ("kernel-mix", 98.0)] {
+            let what = format!(
+                "heap efficiency >= {goal:.0}% ({w}, {} budget)",
+                mib(self.efficiency_bytes)
+            );
+            let eff = self
+                .efficiency
+                .iter()
+                .find(|e| e.name == w)
+                .and_then(|e| e.peers.iter().find(|(p, _)| *p == me));
+            out.push(match eff {
+                Some((_, e)) => {
+                    let x = 100.0 * e.peak_live as f64 / self.efficiency_bytes as f64;
+                    (what, format!("{x:.1}%"), Some(x >= goal))
+                }
+                None => unmeasured(&what),
+            });
+        }
+        let what = "alloc p99.9 <= 250 cycles (kernel-mix)".to_string();
+        out.push(match run("kernel-mix").and_then(|r| r.latency.as_ref()) {
+            Some(l) => {
+                let raw = l.alloc.p999;
+                let net = raw.saturating_sub(self.bracket.p50);
+                (
+                    what,
+                    format!(
+                        "{net} cycles net of the {}-cycle bracket ({raw} raw)",
+                        self.bracket.p50
+                    ),
+                    Some(net <= 250),
+                )
+            }
+            None => unmeasured(&what),
+        });
+        out
+    }
+
+    fn targets_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .targets()
+            .into_iter()
+            .map(|(what, got, met)| {
+                let verdict = match met {
+                    Some(true) => "met",
+                    Some(false) => "**not met**",
+                    None => "–",
+                };
+                vec![what, got, verdict.into()]
+            })
+            .collect();
+        md_table(
+            &["target (kheap)".into(), "achieved".into(), "verdict".into()],
+            &rows,
+        )
+    }
+
+    /// Every table, as printed to stdout.
+    pub fn tables(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## ns per call (median of {} runs) and ratio to talc (median of per-run ratios)\n",
+            self.runs
+        );
+        s.push_str(&self.speed_table());
+        let _ = writeln!(s, "\n## Ranking (verified allocators, fastest first)\n");
+        s.push_str(&self.rankings());
+        if let Some(w) = self.workload("kernel-mix") {
+            let _ = writeln!(
+                s,
+                "\n## Single-call latency, kernel-mix (TSC cycles, raw)\n\n\
+                 Each figure includes the timing bracket: an empty bracket costs p50 {} / p99 {} / max {} \
+                 cycles. Readings move in steps of {} cycles on this machine, so smaller differences are \
+                 not resolved.\n",
+                self.bracket.p50, self.bracket.p99, self.bracket.max, self.tsc_step
+            );
+            s.push_str(&self.latency_table(w));
+        }
+        if !self.efficiency.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Heap efficiency: peak live requested bytes / {} before the first failed allocation\n",
+                mib(self.efficiency_bytes)
+            );
+            s.push_str(&self.efficiency_table());
+        }
+        let _ = writeln!(
+            s,
+            "\n## Memory returned after a full free (page-backed allocators)\n"
+        );
+        s.push_str(&self.memory_table());
+        s.push_str(
+            "\nThe other heaps own their whole arena from the start and cannot give pages back: n/a.\n",
+        );
+        let _ = writeln!(s, "\n## Targets vs achieved\n");
+        s.push_str(&self.targets_table());
+        let _ = writeln!(s, "\n## Per-workload detail\n");
+        for w in &self.workloads {
+            let _ = writeln!(s, "### {}\n\n{}\n", w.name, w.title);
+            s.push_str(&self.detail_table(w));
+            s.push('\n');
+            if w.name != "kernel-mix" && w.peers.iter().any(|(_, r)| r.latency.is_some()) {
+                let _ = writeln!(s, "Latency (TSC cycles, raw):\n");
+                s.push_str(&self.latency_table(w));
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    /// The whole REPORT.md.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# kheap benchmark report\n\n");
+        if self.quick {
+            s.push_str(
+                "**Smoke mode (`--quick`): tiny op counts, numbers are not meaningful.**\n\n",
+            );
+        }
+        let _ = writeln!(s, "- command: `{}`", self.command);
+        let _ = writeln!(s, "- machine: {}", self.machine);
+        let _ = writeln!(s, "- date: {}", self.date);
+        let _ = writeln!(
+            s,
+            "- method: every workload is generated once (seed {}) and replayed for every allocator, each through \
+             its own non-global API over a fixed {} arena (page-aligned, pre-touched; our heap and dlmalloc take \
+             pages from it through a page bitmap); single-threaded; {} timed runs per allocator and workload with \
+             the allocator order rotated between runs; ratios to talc are taken within each run, then the median; \
+             a replay is cut after {:.0} s (marked †). Before timing, an untimed verification pass patterns every \
+             block, checks it before free/realloc, and checks alignment and overlap; failures are flagged and not \
+             ranked. `system` (host malloc) and `bump` are reference points.",
+            self.seed,
+            mib(self.arena_bytes),
+            self.runs,
+            self.budget_secs
+        );
+        s.push_str("\nPlots: [ns per call](ns_per_op.svg), [kernel-mix alloc latency CDF](latency_cdf.svg), [scaling](scaling.svg).\n\n");
+        s.push_str(&self.tables());
+        s
+    }
+
+    /// Raw per-run figures, one line per allocator, workload and run.
+    pub fn runs_csv(&self) -> String {
+        let mut s = String::from("workload,allocator,run,ns_per_call,ratio_to_talc\n");
+        for w in &self.workloads {
+            for (p, r) in &w.peers {
+                for (i, ns) in r.ns.iter().enumerate() {
+                    let ratio = r.ratio_to_talc.get(i).copied().unwrap_or(f64::NAN);
+                    let _ = writeln!(s, "{},{},{},{:.3},{:.4}", w.name, p.name(), i, ns, ratio);
+                }
+            }
+        }
+        s
+    }
+
+    /// Writes REPORT.md, runs.csv and the three plots into `dir`.
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        fs::write(dir.join("REPORT.md"), self.markdown())?;
+        fs::write(dir.join("runs.csv"), self.runs_csv())?;
+        let peers = self.peers();
+        let groups: Vec<String> = self.workloads.iter().map(|w| w.name.clone()).collect();
+        let series: Vec<(String, Vec<Option<f64>>)> = peers
+            .iter()
+            .map(|&p| {
+                let vals = self
+                    .workloads
+                    .iter()
+                    .map(|w| w.get(p).filter(|r| r.ok()).map(PeerRun::ns_median))
+                    .collect();
+                (p.name().to_string(), vals)
+            })
+            .collect();
+        let title = format!(
+            "ns per call, median of {} runs (log scale; gaps: failed or not run)",
+            self.runs
+        );
+        fs::write(
+            dir.join("ns_per_op.svg"),
+            svg::bar_chart(&title, "ns per call", &groups, &series),
+        )?;
+
+        let cdf: Vec<Series> = self
+            .workload("kernel-mix")
+            .map(|w| {
+                w.peers
+                    .iter()
+                    .filter_map(|(p, r)| {
+                        let l = r.latency.as_ref()?;
+                        let n = l.alloc_sorted.len();
+                        let points = (0..=400)
+                            .map(|i| {
+                                // Denser sampling near the tail, where the interesting part is.
+                                let q = 1.0 - (1.0 - i as f64 / 400.0).powi(3);
+                                let idx = ((q * n as f64) as usize).min(n.saturating_sub(1));
+                                (
+                                    l.alloc_sorted.get(idx).copied().unwrap_or(1).max(1) as f64,
+                                    (idx + 1) as f64 / n as f64,
+                                )
+                            })
+                            .collect();
+                        Some(Series {
+                            name: p.name().into(),
+                            points,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let title = format!(
+            "kernel-mix: CDF of alloc latency (TSC cycles, log x; empty bracket {} cycles)",
+            self.bracket.p50
+        );
+        fs::write(
+            dir.join("latency_cdf.svg"),
+            svg::line_chart(
+                &title,
+                "cycles",
+                "fraction of calls",
+                &cdf,
+                (true, false),
+                false,
+            ),
+        )?;
+
+        let levels: Vec<(f64, &WorkloadResult)> = self
+            .workloads
+            .iter()
+            .filter_map(|w| {
+                let live = w.name.strip_prefix("scaling-")?;
+                let live = live.strip_prefix("1e").map_or_else(
+                    || live.parse::<f64>().ok(),
+                    |e| e.parse::<i32>().ok().map(|e| 10f64.powi(e)),
+                )?;
+                Some((live, w))
+            })
+            .collect();
+        let scaling: Vec<Series> = peers
+            .iter()
+            .map(|&p| Series {
+                name: p.name().into(),
+                points: levels
+                    .iter()
+                    .filter_map(|(live, w)| Some((*live, w.get(p).filter(|r| r.ok())?.ns_median())))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        fs::write(
+            dir.join("scaling.svg"),
+            svg::line_chart(
+                "scaling: ns per call vs live objects (log–log)",
+                "live objects",
+                "ns per call",
+                &scaling,
+                (true, true),
+                true,
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md_table_pads_and_aligns() {
+        let t = md_table(
+            &["a".into(), "bb".into()],
+            &[vec!["xyz".into(), "1".into()]],
+        );
+        assert_eq!(t, "| a   | bb |\n|:--- | --:|\n| xyz |  1 |\n");
+    }
+}
