@@ -187,6 +187,12 @@ pub enum InvariantError {
         /// Address of the block (or of the allocator, for a bitmap mismatch).
         addr: usize,
     },
+    /// The large allocator keeps a wholly free region mapped besides the one empty region it may
+    /// cache, or the region it records as cached is not wholly free.
+    CachedRegionMismatch {
+        /// Address of the region.
+        addr: usize,
+    },
 }
 
 impl fmt::Display for InvariantError {
@@ -229,6 +235,11 @@ impl fmt::Display for InvariantError {
                 )
             }
             Self::BinCorrupt { addr } => write!(f, "large-allocator bin corrupt at {addr:#x}"),
+            Self::CachedRegionMismatch { addr } => write!(
+                f,
+                "large-allocator region {addr:#x} is wholly free but not the cached one, or cached \
+                 but not wholly free"
+            ),
         }
     }
 }
