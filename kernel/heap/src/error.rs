@@ -87,6 +87,8 @@ pub enum PoolError {
         /// Number of blocks still allocated from the pool.
         live_blocks: usize,
     },
+    /// The heap has not been given its page source yet (see `LockedHeap::init`).
+    Uninitialized,
 }
 
 impl fmt::Display for PoolError {
@@ -100,6 +102,7 @@ impl fmt::Display for PoolError {
             Self::PoolInUse { live_blocks } => {
                 write!(f, "pool still has {live_blocks} live blocks")
             }
+            Self::Uninitialized => f.write_str("heap used before it was initialized"),
         }
     }
 }

@@ -1,0 +1,586 @@
+//! Chunks: one 4 KiB page from the page source split into equal blocks, and the descriptor that
+//! describes it from outside (in a root-page slot).
+//!
+//! Two layouts, chosen by the pool's block size (the *stride*):
+//!
+//! ```text
+//! list chunk (stride >= 8): every byte serves blocks; free blocks hold a 16-bit link
+//!   0          stride      2*stride                   bump                 capacity*stride  4096
+//!   +----------+-----------+-------- ... ------------+--------- ... ------+---- tail ----+
+//!   | block 0  | block 1   |                          | never used yet      | (< stride)   |
+//!   +----------+-----------+-------- ... ------------+--------- ... ------+--------------+
+//!   a free block:  [u16 byte offset of the next free block, 0xFFFF = end][unused ...]
+//!
+//! tiny chunk (stride 1..=7): a two-level free bitmap in front of the blocks
+//!   0        8                      8 + 8*W                                            4096
+//!   +--------+----------------------+------------------------------------------------+
+//!   |summary | W words of free bits | capacity blocks of `stride` bytes                |
+//!   +--------+----------------------+------------------------------------------------+
+//!   bit b of word w is set  <=>  block 64*w + b is free;
+//!   bit w of summary is set <=>  word w has a set bit       (W <= 57, so one u64 suffices)
+//! ```
+//!
+//! List chunks hand out never-used blocks from a bump cursor and recycled ones from a LIFO free
+//! list whose links are byte offsets inside the chunk. Offsets rather than pointers: freeing needs
+//! no division (`offset = addr & 4095`), a link is 2 bytes so it fits any block of 8 bytes or
+//! more at any alignment (it is read and written unaligned), and a link overwritten by a
+//! use-after-free is caught by one bounds check (`link < bump`) before it can send an allocation
+//! outside the chunk. Tiny blocks cannot hold a link that reaches 4096 offsets, so tiny chunks
+//! track free blocks in a bitmap instead: allocation is two trailing-zero counts, free is two bit
+//! sets, both O(1); a double free shows up as an already-set bit.
+//!
+//! Setting up a list chunk is O(1) (cursor and empty list); a tiny chunk writes its bitmap
+//! (at most 58 words).
+
+use core::ptr::{self, NonNull};
+
+use crate::pool::Pool;
+use crate::source::PAGE_SIZE;
+
+/// End of a chunk free list.
+pub const NONE: u16 = u16::MAX;
+
+/// Strides below this use the tiny (bitmap) layout.
+pub const TINY_LIMIT: usize = 8;
+
+/// `kind` byte of a slot that holds a chunk descriptor (see `root`).
+pub const KIND_CHUNK: u8 = 0xC7;
+
+/// Which list of its pool a chunk is on.
+pub mod list {
+    /// Some blocks free, some in use.
+    pub const PARTIAL: u8 = 1;
+    /// No block free.
+    pub const FULL: u8 = 2;
+    /// No block in use (the pool's reserve).
+    pub const EMPTY: u8 = 3;
+}
+
+/// How a pool's chunks are cut. Computed once per pool ([`Geometry::new`]); 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Geometry {
+    /// Block size in bytes (1..=4096).
+    pub stride: u16,
+    /// Blocks per chunk.
+    pub capacity: u16,
+    /// Offset of block 0 in the chunk (0, or the bitmap size for tiny chunks).
+    pub first: u16,
+    /// Bitmap words of a tiny chunk (0 for list chunks).
+    pub words: u16,
+    /// `ceil(2^31 / stride)`: `(offset * recip) >> 31 == offset / stride` for every offset
+    /// below a page, so block indices need no division.
+    pub recip: u32,
+    /// Alignment every block honours (largest power of two dividing both stride and `first`).
+    pub align: u32,
+}
+
+impl Geometry {
+    /// Geometry for blocks of `stride` bytes (`1..=PAGE_SIZE`).
+    pub const fn new(stride: usize) -> Self {
+        assert!(stride >= 1 && stride <= PAGE_SIZE);
+        let recip = ((1u64 << 31).div_ceil(stride as u64)) as u32;
+        if stride >= TINY_LIMIT {
+            let align = crate::size_class::block_align(stride);
+            return Self {
+                stride: stride as u16,
+                capacity: (PAGE_SIZE / stride) as u16,
+                first: 0,
+                words: 0,
+                recip,
+                align: align as u32,
+            };
+        }
+        // Largest n with 8 (summary) + 8 * ceil(n / 64) (bitmap) + n * stride <= PAGE_SIZE.
+        let mut n = (PAGE_SIZE - 8) / stride;
+        while 8 + 8 * n.div_ceil(64) + n * stride > PAGE_SIZE {
+            n -= 1;
+        }
+        let words = n.div_ceil(64);
+        let first = 8 + 8 * words;
+        let align = crate::size_class::block_align(stride);
+        let first_align = 1usize << first.trailing_zeros();
+        Self {
+            stride: stride as u16,
+            capacity: n as u16,
+            first: first as u16,
+            words: words as u16,
+            recip,
+            align: if align < first_align {
+                align
+            } else {
+                first_align
+            } as u32,
+        }
+    }
+
+    /// Whether chunks use the bitmap layout.
+    #[inline]
+    pub const fn is_tiny(&self) -> bool {
+        self.words != 0
+    }
+
+    /// `offset / stride` for `offset < PAGE_SIZE`, without a division.
+    #[inline]
+    pub const fn index_of(&self, offset: usize) -> usize {
+        ((offset as u64 * self.recip as u64) >> 31) as usize
+    }
+}
+
+/// Out-of-line description of one chunk; lives in a root-page slot. 32 bytes (104 with
+/// `debug-checks`).
+#[derive(Debug)]
+#[repr(C)]
+pub struct ChunkDesc {
+    /// [`KIND_CHUNK`] (shared first byte of every slot kind).
+    pub kind: u8,
+    /// Which list of the pool holds the chunk (see [`list`]).
+    pub list: u8,
+    /// List chunks: byte offset of the first free block, or [`NONE`].
+    pub free: u16,
+    /// List chunks: byte offset of the first never-used block.
+    pub bump: u16,
+    /// Blocks in use.
+    pub used: u16,
+    /// The chunk page.
+    pub page: *mut u8,
+    /// Next chunk on the same list.
+    pub next: *mut ChunkDesc,
+    /// Previous chunk on the same list.
+    pub prev: *mut ChunkDesc,
+    /// `debug-checks`: the pool the chunk belongs to, to catch frees to the wrong pool (the
+    /// heap otherwise knows the pool from the request, so release builds do without it).
+    #[cfg(feature = "debug-checks")]
+    pub pool: *mut Pool,
+    /// `debug-checks`: bit i set <=> block i of a list chunk is allocated (<= 512 blocks).
+    #[cfg(feature = "debug-checks")]
+    pub allocated: [u64; 8],
+}
+
+/// Why a pointer handed to free is not a live block of the chunk it lies in.
+#[cfg_attr(not(feature = "debug-checks"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeFault {
+    /// The pointer is inside a block (or in a tiny chunk's bitmap), not at its start.
+    Interior {
+        /// Start of the block it points into (the chunk page for the bitmap).
+        block: usize,
+    },
+    /// The block is not allocated (double free, or never handed out).
+    NotAllocated,
+}
+
+impl ChunkDesc {
+    /// Sets up a descriptor for a fresh chunk `page` of `pool`, in the slot at `this`.
+    ///
+    /// # Safety
+    ///
+    /// `this` must be a writable, exclusively owned descriptor slot; `page` must be a whole page
+    /// the caller owns, with `geo` the geometry of `pool`.
+    pub unsafe fn init(this: *mut Self, page: NonNull<u8>, pool: *mut Pool, geo: &Geometry) {
+        #[cfg(not(feature = "debug-checks"))]
+        let _ = pool;
+        // SAFETY: the caller guarantees `this` is writable and ours.
+        unsafe {
+            this.write(Self {
+                kind: KIND_CHUNK,
+                list: 0,
+                free: NONE,
+                bump: 0,
+                used: 0,
+                page: page.as_ptr(),
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                #[cfg(feature = "debug-checks")]
+                pool,
+                #[cfg(feature = "debug-checks")]
+                allocated: [0; 8],
+            });
+        }
+        if geo.is_tiny() {
+            let words = page.as_ptr().cast::<u64>();
+            let n = usize::from(geo.capacity);
+            let w = usize::from(geo.words);
+            // SAFETY: the page is ours and page aligned; `1 + w` words fit in front of the
+            // blocks (see `Geometry::new`).
+            unsafe {
+                words.write(if w == 64 { u64::MAX } else { (1u64 << w) - 1 });
+                for i in 0..w {
+                    let bits = (n - 64 * i).min(64);
+                    let word = if bits == 64 {
+                        u64::MAX
+                    } else {
+                        (1u64 << bits) - 1
+                    };
+                    words.add(1 + i).write(word);
+                }
+            }
+        }
+    }
+
+    /// Whether no block is free.
+    #[inline]
+    pub fn is_full(&self, geo: &Geometry) -> bool {
+        self.used == geo.capacity
+    }
+
+    /// Takes one free block. O(1).
+    ///
+    /// # Safety
+    ///
+    /// `self` must describe a live chunk of geometry `geo` that is not full.
+    #[inline]
+    pub unsafe fn alloc(&mut self, geo: &Geometry) -> NonNull<u8> {
+        debug_assert!(self.used < geo.capacity);
+        let offset = if geo.is_tiny() {
+            // SAFETY: the caller guarantees a live tiny chunk of `geo` with a free block.
+            unsafe { self.alloc_tiny(geo) }
+        } else if self.free != NONE {
+            let offset = usize::from(self.free);
+            // SAFETY: `offset` is below `bump` (checked when it was linked in, or it is the
+            // offset of a block freed into this chunk), so a 2-byte link at it is inside the page.
+            let next = unsafe { self.page.add(offset).cast::<u16>().read_unaligned() };
+            if next != NONE && next >= self.bump {
+                corrupt_link(self.page, offset, next);
+            }
+            self.free = next;
+            offset
+        } else {
+            let offset = self.bump;
+            self.bump += geo.stride;
+            usize::from(offset)
+        };
+        self.used += 1;
+        #[cfg(feature = "debug-checks")]
+        if !geo.is_tiny() {
+            let i = geo.index_of(offset);
+            self.allocated[i / 64] |= 1 << (i % 64);
+        }
+        // SAFETY: `offset` is the start of a block inside the page.
+        unsafe { NonNull::new_unchecked(self.page.add(offset)) }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`alloc`](Self::alloc), and the chunk is tiny.
+    unsafe fn alloc_tiny(&mut self, geo: &Geometry) -> usize {
+        let words = self.page.cast::<u64>();
+        // SAFETY: a tiny chunk starts with its summary word and `geo.words` bitmap words.
+        unsafe {
+            let summary = words.read();
+            if summary == 0 {
+                corrupt_link(self.page, 0, 0);
+            }
+            let w = summary.trailing_zeros() as usize;
+            let word = words.add(1 + w).read();
+            let b = word.trailing_zeros() as usize;
+            let rest = word & (word - 1);
+            words.add(1 + w).write(rest);
+            if rest == 0 {
+                words.write(summary & !(1 << w));
+            }
+            usize::from(geo.first) + (64 * w + b) * usize::from(geo.stride)
+        }
+    }
+
+    /// Checks, without changing anything, that `ptr` (inside this chunk) is the start of an
+    /// allocated block. List chunks can only tell allocated from free with `debug-checks`.
+    ///
+    /// # Safety
+    ///
+    /// `self` must describe a live chunk of geometry `geo` and `ptr` must lie in its page.
+    #[cfg_attr(not(feature = "debug-checks"), allow(dead_code))]
+    pub unsafe fn check_live(&self, geo: &Geometry, ptr: NonNull<u8>) -> Result<(), FreeFault> {
+        let offset = ptr.addr().get() & (PAGE_SIZE - 1);
+        let page = self.page.addr();
+        let first = usize::from(geo.first);
+        if offset < first {
+            return Err(FreeFault::Interior { block: page });
+        }
+        let index = geo.index_of(offset - first);
+        let start = first + index * usize::from(geo.stride);
+        if start != offset {
+            return Err(FreeFault::Interior {
+                block: page + start,
+            });
+        }
+        if index >= usize::from(geo.capacity) {
+            // Inside the tail no block covers.
+            return Err(FreeFault::Interior {
+                block: page + start,
+            });
+        }
+        if geo.is_tiny() {
+            let words = self.page.cast::<u64>();
+            // SAFETY: a tiny chunk has `geo.words` bitmap words after its summary, and
+            // `index < capacity <= 64 * words`.
+            let word = unsafe { words.add(1 + index / 64).read() };
+            if word & (1 << (index % 64)) != 0 {
+                return Err(FreeFault::NotAllocated);
+            }
+            return Ok(());
+        }
+        if offset >= usize::from(self.bump) {
+            return Err(FreeFault::NotAllocated);
+        }
+        #[cfg(feature = "debug-checks")]
+        if self.allocated[index / 64] & (1 << (index % 64)) == 0 {
+            return Err(FreeFault::NotAllocated);
+        }
+        Ok(())
+    }
+
+    /// Gives a block back. O(1).
+    ///
+    /// # Safety
+    ///
+    /// `self` must describe a live chunk of geometry `geo`; `ptr` must be the start of a block
+    /// of it that is allocated.
+    #[inline]
+    pub unsafe fn free(&mut self, geo: &Geometry, ptr: NonNull<u8>) {
+        let offset = ptr.addr().get() & (PAGE_SIZE - 1);
+        debug_assert!(self.used > 0);
+        self.used -= 1;
+        if geo.is_tiny() {
+            let index = geo.index_of(offset - usize::from(geo.first));
+            let (w, b) = (index / 64, index % 64);
+            let words = self.page.cast::<u64>();
+            // SAFETY: a tiny chunk has its summary and `geo.words` bitmap words in front;
+            // `index < capacity` because `ptr` is a block of this chunk.
+            unsafe {
+                let word = words.add(1 + w).read();
+                words.add(1 + w).write(word | 1 << b);
+                words.write(words.read() | 1 << w);
+            }
+            return;
+        }
+        #[cfg(feature = "debug-checks")]
+        {
+            let i = geo.index_of(offset);
+            self.allocated[i / 64] &= !(1 << (i % 64));
+        }
+        // SAFETY: `ptr` is the start of a block of at least 8 bytes inside our page, so a
+        // 2-byte link fits; the block is free from now on, so the heap may write it.
+        unsafe { ptr.as_ptr().cast::<u16>().write_unaligned(self.free) };
+        self.free = offset as u16;
+    }
+
+    /// Walks the chunk's free blocks for the invariant checker: calls `f(offset)` for each,
+    /// and fails on a link that leaves the chunk, is not a block start, or repeats.
+    ///
+    /// # Safety
+    ///
+    /// `self` must describe a live chunk of geometry `geo`.
+    pub unsafe fn for_each_free(
+        &self,
+        geo: &Geometry,
+        mut f: impl FnMut(usize),
+    ) -> Result<usize, usize> {
+        let stride = usize::from(geo.stride);
+        let first = usize::from(geo.first);
+        let mut seen = [0u64; 64];
+        let mut count = 0;
+        if geo.is_tiny() {
+            let words = self.page.cast::<u64>();
+            // SAFETY: a tiny chunk starts with its summary and bitmap words.
+            let summary = unsafe { words.read() };
+            for w in 0..usize::from(geo.words) {
+                // SAFETY: as above.
+                let word = unsafe { words.add(1 + w).read() };
+                if (word != 0) != (summary & (1 << w) != 0) {
+                    return Err(self.page.addr());
+                }
+                for b in 0..64 {
+                    if word & (1 << b) != 0 {
+                        let index = 64 * w + b;
+                        if index >= usize::from(geo.capacity) {
+                            return Err(self.page.addr() + 8 + 8 * w);
+                        }
+                        f(first + index * stride);
+                        count += 1;
+                    }
+                }
+            }
+            if summary >> geo.words != 0 {
+                return Err(self.page.addr());
+            }
+            return Ok(count);
+        }
+        let mut link = self.free;
+        let mut from = self.page.addr();
+        while link != NONE {
+            let offset = usize::from(link);
+            if offset >= usize::from(self.bump) || offset % stride != 0 {
+                return Err(from);
+            }
+            let index = offset / stride;
+            if seen[index / 64] & (1 << (index % 64)) != 0 {
+                return Err(from);
+            }
+            seen[index / 64] |= 1 << (index % 64);
+            f(offset);
+            count += 1;
+            from = self.page.addr() + offset;
+            // SAFETY: `offset` is a block start below `bump`, inside the page.
+            link = unsafe { self.page.add(offset).cast::<u16>().read_unaligned() };
+        }
+        Ok(count)
+    }
+
+    /// Blocks ever handed out (list chunks: below the bump cursor; tiny chunks: all).
+    pub fn touched_blocks(&self, geo: &Geometry) -> usize {
+        if geo.is_tiny() {
+            usize::from(geo.capacity)
+        } else {
+            usize::from(self.bump) / usize::from(geo.stride)
+        }
+    }
+}
+
+/// A free-list link points outside the blocks handed out so far: a write after free. Continuing
+/// would hand out memory outside the chunk, so stop here.
+#[cold]
+#[inline(never)]
+fn corrupt_link(page: *mut u8, offset: usize, link: u16) -> ! {
+    panic!(
+        "kheap: free list of chunk {:#x} is corrupt: block at offset {offset:#x} links to {link:#x} \
+         (write after free?)",
+        page.addr()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::CLASS_SIZES;
+    use crate::source::PageSource;
+    use crate::testing::ArenaSource;
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        for stride in 1..=PAGE_SIZE {
+            let g = Geometry::new(stride);
+            for offset in 0..PAGE_SIZE {
+                assert_eq!(g.index_of(offset), offset / stride, "{offset} / {stride}");
+            }
+            if cfg!(miri) && stride > 64 {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn geometry() {
+        let g = Geometry::new(8);
+        assert_eq!((g.capacity, g.first, g.align), (512, 0, 8));
+        let g = Geometry::new(2048);
+        assert_eq!(g.capacity, 2);
+        let g = Geometry::new(4096);
+        assert_eq!((g.capacity, g.align), (1, 4096));
+        for s in 1..TINY_LIMIT {
+            let g = Geometry::new(s);
+            assert!(g.is_tiny());
+            assert!(g.words <= 57);
+            let used = usize::from(g.first) + usize::from(g.capacity) * s;
+            assert!(used <= PAGE_SIZE && used + s + 8 > PAGE_SIZE, "stride {s}");
+            assert_eq!(usize::from(g.first) % 8, 0);
+        }
+        assert_eq!(Geometry::new(1).capacity, 3632);
+        for &c in &CLASS_SIZES {
+            assert!(!Geometry::new(c).is_tiny());
+        }
+    }
+
+    fn chunk_round_trip(stride: usize) {
+        let mut src = ArenaSource::new(4);
+        let page = src.map_pages(1).unwrap();
+        let geo = Geometry::new(stride);
+        let mut slot = core::mem::MaybeUninit::<ChunkDesc>::uninit();
+        // SAFETY: the slot is ours, the page is ours.
+        unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null_mut(), &geo) };
+        // SAFETY: initialised just above.
+        let d = unsafe { slot.assume_init_mut() };
+        let n = usize::from(geo.capacity);
+        let mut blocks = std::vec::Vec::new();
+        for _ in 0..n {
+            // SAFETY: not full.
+            let p = unsafe { d.alloc(&geo) };
+            assert_eq!(p.addr().get() % geo.align as usize, 0);
+            // SAFETY: live block of our chunk.
+            unsafe { d.check_live(&geo, p) }.unwrap();
+            blocks.push(p);
+        }
+        assert!(d.is_full(&geo));
+        let mut addrs: std::vec::Vec<_> = blocks.iter().map(|p| p.addr().get()).collect();
+        addrs.sort();
+        for w in addrs.windows(2) {
+            assert!(w[1] - w[0] >= stride);
+        }
+        assert!(addrs[n - 1] + stride <= page.addr().get() + PAGE_SIZE);
+        // Free every other block, check the walk, reallocate.
+        for p in blocks.iter().step_by(2) {
+            // SAFETY: allocated above, freed once.
+            unsafe { d.free(&geo, *p) };
+            if geo.is_tiny() || cfg!(feature = "debug-checks") {
+                // SAFETY: as above.
+                assert_eq!(
+                    unsafe { d.check_live(&geo, *p) },
+                    Err(FreeFault::NotAllocated)
+                );
+            }
+        }
+        // SAFETY: live chunk.
+        let free = unsafe { d.for_each_free(&geo, |_| {}) }.unwrap();
+        assert_eq!(free, n.div_ceil(2));
+        assert_eq!(usize::from(d.used), n / 2);
+        for _ in 0..free {
+            // SAFETY: not full.
+            unsafe { d.alloc(&geo) };
+        }
+        assert!(d.is_full(&geo));
+        if stride > 1 {
+            let inner = NonNull::new(blocks[0].as_ptr().wrapping_add(1)).unwrap();
+            // SAFETY: pointer into our page.
+            assert!(matches!(
+                unsafe { d.check_live(&geo, inner) },
+                Err(FreeFault::Interior { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn every_class_and_tiny_size_round_trips() {
+        for s in 1..TINY_LIMIT {
+            chunk_round_trip(s);
+        }
+        for &c in &CLASS_SIZES {
+            chunk_round_trip(c);
+        }
+        chunk_round_trip(9);
+        chunk_round_trip(4095);
+    }
+
+    #[test]
+    #[should_panic(expected = "is corrupt")]
+    fn corrupted_link_is_caught() {
+        let mut src = ArenaSource::new(4);
+        let page = src.map_pages(1).unwrap();
+        let geo = Geometry::new(64);
+        let mut slot = core::mem::MaybeUninit::<ChunkDesc>::uninit();
+        // SAFETY: the slot is ours, the page is ours.
+        unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null_mut(), &geo) };
+        // SAFETY: initialised above.
+        let d = unsafe { slot.assume_init_mut() };
+        // SAFETY: not full; then freeing the allocated blocks.
+        unsafe {
+            let a = d.alloc(&geo);
+            let b = d.alloc(&geo);
+            d.free(&geo, a);
+            d.free(&geo, b);
+            // Write after free: clobber b's link.
+            b.as_ptr().cast::<u16>().write_unaligned(0x0ff0);
+            d.alloc(&geo);
+            d.alloc(&geo);
+        }
+    }
+}

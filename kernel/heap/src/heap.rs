@@ -1,0 +1,1314 @@
+//! [`Heap`]: the allocator proper, with `&mut self` methods (locking is `locked`'s job).
+//!
+//! The heap state ([`HeapState`]: the general pools, the large allocator, the page map, the
+//! root-run chain and the counters) lives in the first root run, right after its header; the
+//! `Heap` value itself is just the page source and a pointer to that state, so it is cheap to
+//! construct in a `static` (`Heap::new` is `const` and maps nothing).
+//!
+//! The state is reached through a raw pointer and split into disjoint field borrows for each
+//! operation (pools are addressed by raw pointer, descriptors through root slots), so no
+//! reference ever spans memory another live pointer writes — which keeps the code sound under
+//! the stacked/tree borrows models that Miri checks.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+use crate::chunk::{Geometry, KIND_CHUNK};
+use crate::debug::{self, Owner};
+use crate::error::{AllocError, InvariantError, PoolError};
+use crate::large::LargeAlloc;
+use crate::pagemap::{Entry, PageMap, Recording};
+use crate::pool::{Ctx, KIND_POOL, Pool, UserPool};
+use crate::root::{DESC_SLOT, POOL_SLOT, RootHeader, Roots};
+use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for};
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+use crate::stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};
+
+/// Names a user pool of a heap: the address of its header slot plus a generation number, so a
+/// handle to a destroyed pool is recognised as stale (in O(1)) even if the slot is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolId {
+    addr: usize,
+    generation: u32,
+}
+
+impl PoolId {
+    /// The pool's generation number (unique among the pools a heap has created, until it
+    /// wraps after 2^32 pools); shown in statistics and debug messages as `pool #n`.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+impl core::fmt::Display for PoolId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "pool #{}", self.generation)
+    }
+}
+
+/// Everything the heap keeps, in its first root run.
+#[repr(C)]
+pub struct HeapState {
+    /// The general size classes ([`CLASS_SIZES`]).
+    classes: [Pool; NUM_CLASSES],
+    /// Requests no class serves.
+    large: LargeAlloc,
+    /// Page → what it is.
+    map: PageMap,
+    /// Root runs of chunk descriptors (the first of them holds this state).
+    descs: Roots,
+    /// Root runs of user pool headers.
+    pools: Roots,
+    /// User pools, most recently created first.
+    user_pools: *mut UserPool,
+    /// Number of user pools.
+    user_pool_count: usize,
+    /// Generation of the next user pool.
+    next_generation: u32,
+    /// Sum of the requested sizes of live allocations (layout sizes; pool object sizes).
+    requested: usize,
+    /// Pages mapped by the large allocator.
+    large_pages: usize,
+}
+
+/// Where the heap state starts in the first root run.
+const STATE_OFFSET: usize = size_of::<RootHeader>().next_multiple_of(align_of::<HeapState>());
+
+/// Pages of the first root run: header and heap state, plus room for some slots.
+pub const FIRST_RUN_PAGES: usize =
+    (STATE_OFFSET + size_of::<HeapState>() + 8 * DESC_SLOT).div_ceil(PAGE_SIZE);
+
+const _: () = assert!(align_of::<HeapState>() <= PAGE_SIZE);
+
+impl HeapState {
+    fn new(descs: Roots) -> Self {
+        Self {
+            classes: const {
+                let mut pools = [const { Pool::new(Geometry::new(8)) }; NUM_CLASSES];
+                let mut i = 0;
+                while i < NUM_CLASSES {
+                    pools[i] = Pool::new(Geometry::new(CLASS_SIZES[i]));
+                    i += 1;
+                }
+                pools
+            },
+            large: LargeAlloc::new(),
+            map: PageMap::new(),
+            descs,
+            pools: Roots::empty(POOL_SLOT),
+            user_pools: ptr::null_mut(),
+            user_pool_count: 0,
+            next_generation: 1,
+            requested: 0,
+            large_pages: 0,
+        }
+    }
+}
+
+/// The general pool of class `i`.
+///
+/// # Safety
+///
+/// `st` must be the live heap state and `i < NUM_CLASSES`.
+unsafe fn class_pool(st: *mut HeapState, i: usize) -> *mut Pool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { (&raw mut (*st).classes).cast::<Pool>().add(i) }
+}
+
+/// A pool/chunk kernel heap over a page source `S`. See the crate documentation for the design.
+///
+/// All methods take `&mut self`; wrap it in [`LockedHeap`](crate::LockedHeap) to share it.
+pub struct Heap<S: PageSource> {
+    source: S,
+    /// The heap state in the first root run; null until the first use.
+    state: *mut HeapState,
+}
+
+// SAFETY: the heap exclusively owns every page it got from the source (state, chunks, nodes,
+// large pages); nothing in it is tied to a thread, so it can move with its source.
+unsafe impl<S: PageSource + Send> Send for Heap<S> {}
+
+impl<S: PageSource> core::fmt::Debug for Heap<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Heap")
+            .field("initialized", &!self.state.is_null())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: PageSource> Heap<S> {
+    /// A heap over `source`. Maps nothing: the root run is mapped by [`init`](Self::init) or
+    /// on first use.
+    pub const fn new(source: S) -> Self {
+        Self {
+            source,
+            state: ptr::null_mut(),
+        }
+    }
+
+    /// Maps the first root run now (otherwise the first request does). Idempotent.
+    pub fn init(&mut self) -> Result<(), PageSourceError> {
+        self.state().map(|_| ())
+    }
+
+    /// Whether the root run is mapped.
+    pub fn is_initialized(&self) -> bool {
+        !self.state.is_null()
+    }
+
+    /// The page source (for its own statistics).
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The heap state, mapping the first root run on first use.
+    fn state(&mut self) -> Result<*mut HeapState, PageSourceError> {
+        if !self.state.is_null() {
+            return Ok(self.state);
+        }
+        self.create_state()
+    }
+
+    #[cold]
+    fn create_state(&mut self) -> Result<*mut HeapState, PageSourceError> {
+        let base = self.source.map_pages(FIRST_RUN_PAGES)?;
+        // SAFETY: the run is ours (fresh from the source) and large enough for the header,
+        // the state at `STATE_OFFSET` (aligned: the run is page aligned) and the slots after.
+        let st = unsafe {
+            let descs = Roots::with_first_run(
+                base,
+                FIRST_RUN_PAGES,
+                STATE_OFFSET + size_of::<HeapState>(),
+                DESC_SLOT,
+            );
+            let st = base.as_ptr().add(STATE_OFFSET).cast::<HeapState>();
+            st.write(HeapState::new(descs));
+            st
+        };
+        // SAFETY: `st` was just initialised; `map` is a field of it.
+        let map = unsafe { &mut (*st).map };
+        if let Err(e) = map.set_run(&mut self.source, base, FIRST_RUN_PAGES, Entry::Root(base)) {
+            map.prune(&mut self.source);
+            // SAFETY: the run is ours and nothing refers to it any more.
+            unsafe { self.source.unmap_pages(base, FIRST_RUN_PAGES) };
+            return Err(e);
+        }
+        self.state = st;
+        Ok(st)
+    }
+
+    /// Splits the state for a pool operation.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be this heap's live state; the returned borrows must not overlap other live
+    /// borrows of `descs` or `map`.
+    unsafe fn ctx(st: *mut HeapState, src: &mut S) -> Ctx<'_, S> {
+        // SAFETY: guaranteed by the caller; `descs` and `map` are disjoint fields.
+        unsafe {
+            Ctx {
+                src,
+                roots: &mut (*st).descs,
+                map: &mut (*st).map,
+            }
+        }
+    }
+
+    /// Splits the state for a large-allocator operation: the allocator and a page source that
+    /// records its pages.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ctx`](Self::ctx).
+    unsafe fn large(st: *mut HeapState, src: &mut S) -> (&mut LargeAlloc, Recording<'_, S>) {
+        // SAFETY: guaranteed by the caller; `large`, `map` and `large_pages` are disjoint fields.
+        unsafe {
+            (
+                &mut (*st).large,
+                Recording {
+                    src,
+                    map: &mut (*st).map,
+                    pages: &mut (*st).large_pages,
+                },
+            )
+        }
+    }
+
+    /// Allocates a block for `layout`. O(1) for class sizes (plus a page-source call when a
+    /// pool needs a new chunk); large requests cost what the large allocator costs.
+    pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let st = self
+            .state()
+            .map_err(|cause| AllocError::OutOfPages { layout, cause })?;
+        let p = match class_for(layout) {
+            SizeClass::Small(i) => {
+                // SAFETY: `st` is live and `i` a class index.
+                unsafe { Self::ctx(st, &mut self.source).alloc(class_pool(st, i)) }
+                    .map_err(|cause| AllocError::OutOfPages { layout, cause })?
+            }
+            SizeClass::Large => {
+                // SAFETY: `st` is live.
+                let (large, mut rec) = unsafe { Self::large(st, &mut self.source) };
+                large.allocate(&mut rec, layout)?
+            }
+        };
+        // SAFETY: `st` is live.
+        unsafe { (*st).requested += layout.size() };
+        Ok(p)
+    }
+
+    /// Frees a block.
+    ///
+    /// With `debug-checks`, a pointer that is not a live block of the class (or large block)
+    /// `layout` maps to panics with a message naming it; without, a pointer outside the heap's
+    /// chunks is ignored and anything else is undefined behaviour.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must come from [`allocate`](Self::allocate) (or `reallocate`) of this heap with
+    /// this `layout` (for `reallocate`: the new size and the old alignment), and must not have
+    /// been freed since.
+    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let st = self.state;
+        if st.is_null() {
+            debug::bad_large_free(ptr, layout, Entry::Empty);
+            return;
+        }
+        let freed = match class_for(layout) {
+            SizeClass::Small(i) => {
+                let owner = Owner::Class {
+                    size: CLASS_SIZES[i],
+                };
+                // SAFETY: `st` is live, `i` a class index; the caller vouches for `ptr`.
+                unsafe { Self::ctx(st, &mut self.source).free(class_pool(st, i), ptr, owner) }
+            }
+            SizeClass::Large => {
+                // SAFETY: `st` is live.
+                let (large, mut rec) = unsafe { Self::large(st, &mut self.source) };
+                #[cfg(feature = "debug-checks")]
+                check_large(rec.map, large, ptr, layout);
+                // SAFETY: the caller guarantees `ptr` is a live large block of this layout.
+                unsafe { large.deallocate(&mut rec, ptr, layout) };
+                true
+            }
+        };
+        if freed {
+            // SAFETY: `st` is live.
+            unsafe { (*st).requested -= layout.size() };
+        }
+    }
+
+    /// Resizes a block to `new_size` bytes (same alignment): in place when the new size maps to
+    /// the same class, or when the large allocator can resize it in place; otherwise allocate,
+    /// copy, free. On failure the old block is untouched and still owned by the caller.
+    ///
+    /// A `new_size` that cannot form a layout with the old alignment fails with `TooLarge`
+    /// (carrying the old layout).
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate) with `old`.
+    pub unsafe fn reallocate(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let new = Layout::from_size_align(new_size, old.align())
+            .map_err(|_| AllocError::TooLarge { layout: old })?;
+        let st = self.state;
+        if st.is_null() {
+            return Err(AllocError::Uninitialized);
+        }
+        #[cfg(feature = "debug-checks")]
+        // SAFETY: `st` is live.
+        unsafe {
+            self.check_live(st, ptr, old)
+        };
+        match (class_for(old), class_for(new)) {
+            (SizeClass::Small(a), SizeClass::Small(b)) if a == b => {
+                // SAFETY: `st` is live.
+                unsafe { (*st).requested = (*st).requested - old.size() + new_size };
+                return Ok(ptr);
+            }
+            (SizeClass::Large, SizeClass::Large) => {
+                // SAFETY: `st` is live; the caller vouches for `ptr` and `old`.
+                let resized = unsafe {
+                    let (large, mut rec) = Self::large(st, &mut self.source);
+                    large.resize_in_place(&mut rec, ptr, old, new_size)
+                };
+                if resized {
+                    // SAFETY: `st` is live.
+                    unsafe { (*st).requested = (*st).requested - old.size() + new_size };
+                    return Ok(ptr);
+                }
+            }
+            _ => {}
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live and distinct; the old one has `old.size()` readable
+        // bytes and the new one `new_size` writable bytes.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.size().min(new_size));
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
+    }
+
+    /// `debug-checks`: panics unless `ptr` is a live block for `layout`.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state.
+    #[cfg(feature = "debug-checks")]
+    unsafe fn check_live(&mut self, st: *mut HeapState, ptr: NonNull<u8>, layout: Layout) {
+        match class_for(layout) {
+            SizeClass::Small(i) => {
+                let owner = Owner::Class {
+                    size: CLASS_SIZES[i],
+                };
+                // SAFETY: `st` is live.
+                let entry = unsafe { (*st).map.get(ptr.addr().get()) };
+                match entry {
+                    // SAFETY: a live descriptor whose page holds `ptr`; a live class pool.
+                    Entry::Chunk(d) => unsafe {
+                        crate::pool::check_block(d.as_ptr(), class_pool(st, i), ptr, owner)
+                    },
+                    other => debug::bad_free(ptr, owner, debug::Fault::NotHeap(other)),
+                }
+            }
+            SizeClass::Large => {
+                // SAFETY: `st` is live.
+                let (large, rec) = unsafe { Self::large(st, &mut self.source) };
+                check_large(rec.map, large, ptr, layout);
+            }
+        }
+    }
+
+    /// Bytes usable in the block at `ptr` (at least `layout.size()`).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block of this heap allocated with `layout`.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>, layout: Layout) -> usize {
+        match class_for(layout) {
+            SizeClass::Small(i) => CLASS_SIZES[i],
+            // SAFETY: the state is live (a block exists); the caller vouches for the block.
+            SizeClass::Large => unsafe { (*self.state).large.usable_size(ptr, layout) },
+        }
+    }
+
+    /// Creates a user pool of blocks that fit `size` bytes aligned to `align` (like Linux
+    /// `kmem_cache_create`). Blocks are `size` rounded up to `align` — 1 to 7 byte blocks
+    /// included, packed without rounding up to 8. Maps no chunk until the first allocation; may
+    /// map a root page for the pool header.
+    pub fn create_pool(&mut self, size: usize, align: usize) -> Result<PoolId, PoolError> {
+        let invalid = PoolError::InvalidBlockLayout { size, align };
+        if size == 0 || !align.is_power_of_two() || align > PAGE_SIZE {
+            return Err(invalid);
+        }
+        let stride = size.next_multiple_of(align);
+        if stride > PAGE_SIZE {
+            return Err(invalid);
+        }
+        let st = self.state().map_err(PoolError::OutOfPages)?;
+        // SAFETY: `st` is live; `pools` and `map` are disjoint fields.
+        let slot = unsafe { (*st).pools.alloc(&mut self.source, &mut (*st).map) }
+            .map_err(PoolError::OutOfPages)?;
+        let up = slot.cast::<UserPool>().as_ptr();
+        // SAFETY: `st` is live; the slot is ours and large enough for a pool header.
+        let generation = unsafe {
+            let generation = (*st).next_generation;
+            (*st).next_generation = generation.wrapping_add(1);
+            up.write(UserPool {
+                kind: KIND_POOL,
+                generation,
+                size: size as u32,
+                align: align as u32,
+                next: (*st).user_pools,
+                pool: Pool::new(Geometry::new(stride)),
+            });
+            (*st).user_pools = up;
+            (*st).user_pool_count += 1;
+            generation
+        };
+        Ok(PoolId {
+            addr: slot.addr().get(),
+            generation,
+        })
+    }
+
+    /// The user pool `id` names, if it is live. O(1): a page-map lookup and two loads.
+    fn user_pool(&self, id: PoolId) -> Option<*mut UserPool> {
+        let st = self.state;
+        if st.is_null() {
+            return None;
+        }
+        // SAFETY: `st` is live.
+        let Entry::Root(run) = (unsafe { (*st).map.get(id.addr) }) else {
+            return None;
+        };
+        // SAFETY: the page map says `run` is a live root run.
+        let slot = unsafe { Roots::slot_at(run, id.addr) }?;
+        let up = slot.cast::<UserPool>().as_ptr();
+        // SAFETY: a slot handed out at least once starts with its kind byte; only a pool slot
+        // is read further.
+        let live = unsafe { (*up).kind == KIND_POOL && (*up).generation == id.generation };
+        live.then_some(up)
+    }
+
+    /// The layout (object size and alignment) pool `id` was created with.
+    pub fn pool_layout(&self, id: PoolId) -> Result<Layout, PoolError> {
+        let up = self.user_pool(id).ok_or(PoolError::NoSuchPool)?;
+        // SAFETY: a live pool header.
+        let (size, align) = unsafe { ((*up).size as usize, (*up).align as usize) };
+        Layout::from_size_align(size, align).map_err(|_| PoolError::NoSuchPool)
+    }
+
+    /// Allocates one block from pool `id`. O(1) (plus a page-source call for a new chunk).
+    pub fn pool_alloc(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
+        let up = self.user_pool(id).ok_or(AllocError::NoSuchPool)?;
+        let st = self.state;
+        // SAFETY: `up` is a live pool header (in a root slot, disjoint from the state).
+        let (pool, size, align) = unsafe { (&raw mut (*up).pool, (*up).size, (*up).align) };
+        // SAFETY: `st` is live (the pool exists); `pool` is live.
+        let p = unsafe { Self::ctx(st, &mut self.source).alloc(pool) }.map_err(|cause| {
+            AllocError::OutOfPages {
+                layout: Layout::from_size_align(size as usize, align as usize)
+                    .unwrap_or(Layout::new::<u8>()),
+                cause,
+            }
+        })?;
+        // SAFETY: `st` is live.
+        unsafe { (*st).requested += size as usize };
+        Ok(p)
+    }
+
+    /// Frees a block of pool `id`.
+    ///
+    /// With `debug-checks`, a stale pool or a pointer that is not a live block of the pool
+    /// panics with a message naming both.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must come from [`pool_alloc`](Self::pool_alloc)`(id)` of this heap and not have
+    /// been freed since.
+    pub unsafe fn pool_free(&mut self, id: PoolId, ptr: NonNull<u8>) {
+        let Some(up) = self.user_pool(id) else {
+            #[cfg(feature = "debug-checks")]
+            panic!(
+                "kheap: pool_free of {:#x} to {id}, which is not a live pool of this heap",
+                ptr.addr()
+            );
+            #[cfg(not(feature = "debug-checks"))]
+            return;
+        };
+        let st = self.state;
+        // SAFETY: `up` is a live pool header.
+        let (pool, size) = unsafe { (&raw mut (*up).pool, (*up).size as usize) };
+        let owner = Owner::Pool {
+            generation: id.generation,
+            // SAFETY: as above.
+            size: usize::from(unsafe { (*pool).geo.stride }),
+        };
+        // SAFETY: `st` is live; the caller vouches for `ptr`.
+        if unsafe { Self::ctx(st, &mut self.source).free(pool, ptr, owner) } {
+            // SAFETY: `st` is live.
+            unsafe { (*st).requested -= size };
+        }
+    }
+
+    /// Destroys pool `id`, returning its chunks to the page source. Refuses while any block of
+    /// the pool is allocated. Afterwards `id` is stale: every use of it fails with `NoSuchPool`.
+    pub fn destroy_pool(&mut self, id: PoolId) -> Result<(), PoolError> {
+        let up = self.user_pool(id).ok_or(PoolError::NoSuchPool)?;
+        let st = self.state;
+        // SAFETY: `up` is a live pool header and `st` the live state; the pool's reserve is
+        // released before its slot, and the slot is unlinked before it is freed.
+        unsafe {
+            let live = (*up).pool.live();
+            if live > 0 {
+                return Err(PoolError::PoolInUse { live_blocks: live });
+            }
+            Self::ctx(st, &mut self.source).drain_reserve(&raw mut (*up).pool);
+            let mut link: *mut *mut UserPool = &raw mut (*st).user_pools;
+            while !(*link).is_null() && *link != up {
+                link = &raw mut (**link).next;
+            }
+            if *link == up {
+                *link = (*up).next;
+            }
+            (*st).user_pool_count -= 1;
+            (*st).pools.free(NonNull::new_unchecked(up).cast());
+        }
+        Ok(())
+    }
+
+    /// Returns every empty chunk the pools keep in reserve, the large allocator's cached empty
+    /// region and every empty page-map node to the page source. After freeing every block and
+    /// trimming, only the root runs and the page-map nodes that record them stay mapped.
+    pub fn trim(&mut self) {
+        let st = self.state;
+        if st.is_null() {
+            return;
+        }
+        // SAFETY: `st` is live; pools are reached by raw pointer, disjoint from `descs`/`map`.
+        unsafe {
+            for i in 0..NUM_CLASSES {
+                Self::ctx(st, &mut self.source).drain_reserve(class_pool(st, i));
+            }
+            let mut up = (*st).user_pools;
+            while !up.is_null() {
+                Self::ctx(st, &mut self.source).drain_reserve(&raw mut (*up).pool);
+                up = (*up).next;
+            }
+            let (large, mut rec) = Self::large(st, &mut self.source);
+            large.release_cached(&mut rec);
+            (*st).map.prune(&mut self.source);
+        }
+    }
+
+    /// A snapshot of the heap's numbers. Linear in the number of user pools.
+    pub fn stats(&self) -> HeapStats {
+        let mut s = HeapStats::default();
+        let st = self.state;
+        for (i, c) in s.classes.iter_mut().enumerate() {
+            c.block_size = CLASS_SIZES[i];
+        }
+        if st.is_null() {
+            return s;
+        }
+        // SAFETY: `st` is live; only reads.
+        let st = unsafe { &*st };
+        let mut chunks = 0;
+        let mut held = 0;
+        for (out, pool) in s.classes.iter_mut().zip(st.classes.iter()) {
+            *out = PoolStats::of(pool);
+            chunks += out.chunks;
+            held += out.in_use * out.block_size;
+        }
+        let mut up = st.user_pools;
+        let mut listed = 0;
+        while !up.is_null() {
+            // SAFETY: members of the user pool list are live pool headers.
+            let u = unsafe { &*up };
+            let ps = PoolStats::of(&u.pool);
+            chunks += ps.chunks;
+            held += ps.in_use * ps.block_size;
+            if listed < MAX_POOL_STATS {
+                s.pools[listed] = Some(UserPoolStats {
+                    id: PoolId {
+                        addr: up.addr(),
+                        generation: u.generation,
+                    },
+                    object_size: u.size as usize,
+                    object_align: u.align as usize,
+                    pool: ps,
+                });
+                listed += 1;
+            } else {
+                s.other_pools.add(&ps);
+            }
+            up = u.next;
+        }
+        s.user_pools = st.user_pool_count;
+        s.large = st.large.stats();
+        held += s.large.live_bytes;
+        let root = st.descs.pages() + st.pools.pages();
+        s.pages = PageStats {
+            root,
+            chunks,
+            page_map: st.map.nodes(),
+            large: st.large_pages,
+            total: root + chunks + st.map.nodes() + st.large_pages,
+        };
+        s.requested_bytes = st.requested;
+        s.held_bytes = held;
+        s
+    }
+
+    /// Walks every structure of the heap and checks its invariants: the root-run chain and slot
+    /// accounting, every pool's partial/full/empty lists, every chunk's free list (bounds,
+    /// alignment, no cycles, counts), the page map against the chunks and root runs, the
+    /// counters, and the large allocator's own checker. Linear in the heap's size.
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
+        let st = self.state;
+        if st.is_null() {
+            return Ok(());
+        }
+        // SAFETY: `st` is live; only reads.
+        let s = unsafe { &*st };
+        let (mut chunk_slots, mut pool_slots) = (0, 0);
+        s.descs.check(&s.map, |kind, slot| {
+            if kind != KIND_CHUNK {
+                return Err(InvariantError::DescriptorCorrupt {
+                    addr: slot.addr().get(),
+                });
+            }
+            chunk_slots += 1;
+            Ok(())
+        })?;
+        s.pools.check(&s.map, |kind, slot| {
+            if kind != KIND_POOL {
+                return Err(InvariantError::DescriptorCorrupt {
+                    addr: slot.addr().get(),
+                });
+            }
+            pool_slots += 1;
+            Ok(())
+        })?;
+        let mut chunks = 0;
+        let mut held = 0;
+        for (i, pool) in s.classes.iter().enumerate() {
+            // SAFETY: `st` is live and `i` a class index (only the address is used).
+            let this = unsafe { class_pool(st, i) };
+            pool.check(this, &s.map, |_| chunks += 1)?;
+            held += pool.live() * CLASS_SIZES[i];
+        }
+        let mut up = s.user_pools;
+        let mut pools = 0;
+        while !up.is_null() {
+            // SAFETY: members of the user pool list are live pool headers.
+            let u = unsafe { &*up };
+            if u.kind != KIND_POOL || pools >= pool_slots {
+                return Err(InvariantError::DescriptorCorrupt { addr: up.addr() });
+            }
+            u.pool.check(&raw const u.pool, &s.map, |_| chunks += 1)?;
+            held += u.pool.live() * usize::from(u.pool.geo.stride);
+            pools += 1;
+            up = u.next;
+        }
+        let addr = st.addr();
+        let large = s.large.stats();
+        held += large.live_bytes;
+        let mut counts = crate::pagemap::EntryCounts::default();
+        let nodes = s.map.for_each(|_, e| match e {
+            Entry::Root(_) => counts.root += 1,
+            Entry::Chunk(_) => counts.chunk += 1,
+            Entry::Large => counts.large += 1,
+            Entry::Empty => {}
+        });
+        for (recorded, counted) in [
+            (s.user_pool_count, pools),
+            (pool_slots, pools),
+            (chunk_slots, chunks),
+            (counts.chunk, chunks),
+            (counts.root, s.descs.pages() + s.pools.pages()),
+            (s.large_pages, counts.large),
+            (s.map.nodes(), nodes),
+        ] {
+            if recorded != counted {
+                return Err(InvariantError::CountMismatch {
+                    addr,
+                    recorded,
+                    counted,
+                });
+            }
+        }
+        if s.requested > held {
+            return Err(InvariantError::CountMismatch {
+                addr,
+                recorded: s.requested,
+                counted: held,
+            });
+        }
+        s.large.check_invariants()
+    }
+}
+
+/// `debug-checks`: panics unless `ptr` is a live large block.
+#[cfg(feature = "debug-checks")]
+fn check_large(map: &PageMap, large: &LargeAlloc, ptr: NonNull<u8>, layout: Layout) {
+    let entry = map.get(ptr.addr().get());
+    if entry != Entry::Large || !large.owns(ptr) {
+        debug::bad_large_free(ptr, layout, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::EMPTY_RESERVE;
+    use crate::testing::ArenaSource;
+    use std::vec::Vec;
+
+    fn heap(pages: usize) -> Heap<ArenaSource> {
+        Heap::new(ArenaSource::new(pages))
+    }
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
+    /// Pages that must stay mapped when no block is allocated and everything is trimmed.
+    fn assert_only_roots_left(h: &Heap<ArenaSource>) {
+        let s = h.stats();
+        assert_eq!(s.pages.chunks, 0);
+        assert_eq!(s.pages.large, 0);
+        assert_eq!(h.source().mapped_pages(), s.pages.root + s.pages.page_map);
+        assert_eq!(s.pages.total, h.source().mapped_pages());
+        assert_eq!(s.requested_bytes, 0);
+        assert_eq!(s.held_bytes, 0);
+    }
+
+    fn fill(p: NonNull<u8>, len: usize, seed: u8) {
+        // SAFETY: the block has at least `len` bytes.
+        unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), len) }
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = seed.wrapping_add(i as u8));
+    }
+
+    fn check(p: NonNull<u8>, len: usize, seed: u8) {
+        // SAFETY: the block has at least `len` bytes.
+        let s = unsafe { core::slice::from_raw_parts(p.as_ptr(), len) };
+        for (i, b) in s.iter().enumerate() {
+            assert_eq!(
+                *b,
+                seed.wrapping_add(i as u8),
+                "byte {i} of {:#x}",
+                p.addr()
+            );
+        }
+    }
+
+    #[test]
+    fn root_page_layout_matches_the_crate_docs() {
+        use core::mem::offset_of;
+        let msg = "the root page layout changed: update the table in lib.rs";
+        assert_eq!(STATE_OFFSET, 40, "{msg}");
+        assert_eq!(size_of::<Pool>(), 56, "{msg}");
+        assert_eq!(offset_of!(HeapState, classes), 0, "{msg}");
+        assert_eq!(offset_of!(HeapState, large), 2016, "{msg}");
+        assert_eq!(size_of::<LargeAlloc>(), 792, "{msg}");
+        assert_eq!(offset_of!(HeapState, map), 2808, "{msg}");
+        assert_eq!(offset_of!(HeapState, descs), 2824, "{msg}");
+        assert_eq!(offset_of!(HeapState, pools), 2880, "{msg}");
+        assert_eq!(offset_of!(HeapState, user_pools), 2936, "{msg}");
+        assert_eq!(size_of::<HeapState>(), 2976, "{msg}");
+        assert_eq!(FIRST_RUN_PAGES, 1, "{msg}");
+        let debug = cfg!(feature = "debug-checks");
+        assert_eq!(DESC_SLOT, if debug { 104 } else { 32 }, "{msg}");
+        assert_eq!(POOL_SLOT, 80, "{msg}");
+        let first_slots = (PAGE_SIZE - STATE_OFFSET - size_of::<HeapState>()) / DESC_SLOT;
+        assert_eq!(first_slots, if debug { 10 } else { 33 }, "{msg}");
+        assert_eq!(
+            (PAGE_SIZE - 40) / DESC_SLOT,
+            if debug { 39 } else { 126 },
+            "{msg}"
+        );
+        assert_eq!((PAGE_SIZE - 40) / POOL_SLOT, 50, "{msg}");
+        let g1 = Geometry::new(1);
+        let g7 = Geometry::new(7);
+        assert_eq!(
+            (g1.words, g1.capacity, g7.words, g7.capacity),
+            (57, 3632, 9, 573),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn new_maps_nothing_until_first_use() {
+        let mut h = heap(64);
+        assert!(!h.is_initialized());
+        assert_eq!(h.source().mapped_pages(), 0);
+        h.check_invariants().unwrap();
+        assert_eq!(h.stats().pages.total, 0);
+        let p = h.allocate(layout(8, 8)).unwrap();
+        assert!(h.is_initialized());
+        let s = h.stats();
+        assert_eq!(s.pages.root, FIRST_RUN_PAGES);
+        assert_eq!(s.pages.chunks, 1);
+        assert_eq!(s.pages.total, h.source().mapped_pages());
+        h.check_invariants().unwrap();
+        // SAFETY: allocated above with this layout.
+        unsafe { h.deallocate(p, layout(8, 8)) };
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
+    fn every_class_at_every_alignment() {
+        let mut h = heap(4096);
+        let mut live = Vec::new();
+        for (i, &c) in CLASS_SIZES.iter().enumerate() {
+            let mut align = 1;
+            while align <= PAGE_SIZE {
+                for size in [c, c - c / 8, 1] {
+                    let l = layout(size, align);
+                    let p = h.allocate(l).unwrap();
+                    assert_eq!(p.addr().get() % align, 0);
+                    fill(p, size, i as u8);
+                    live.push((p, l, i as u8));
+                }
+                align *= 2;
+            }
+            h.check_invariants().unwrap();
+        }
+        let s = h.stats();
+        assert_eq!(
+            s.requested_bytes,
+            live.iter().map(|(_, l, _)| l.size()).sum::<usize>()
+        );
+        for (p, l, seed) in live.drain(..).rev() {
+            check(p, l.size(), seed);
+            // SAFETY: allocated above with this layout.
+            unsafe { h.deallocate(p, l) };
+        }
+        h.check_invariants().unwrap();
+        h.trim();
+        h.check_invariants().unwrap();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
+    fn zero_sized_layouts_get_a_block() {
+        let mut h = heap(64);
+        let a = h.allocate(layout(0, 1)).unwrap();
+        let b = h.allocate(layout(0, 64)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(b.addr().get() % 64, 0);
+        // SAFETY: allocated above with these layouts.
+        unsafe {
+            h.deallocate(a, layout(0, 1));
+            h.deallocate(b, layout(0, 64));
+        }
+        h.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn partial_list_is_lifo_and_chunks_fill_before_new_ones() {
+        let mut h = heap(64);
+        let l = layout(64, 8);
+        let blocks: Vec<_> = (0..128).map(|_| h.allocate(l).unwrap()).collect();
+        assert_eq!(h.stats().pages.chunks, 2);
+        // Free one block of the first (full) chunk and one of the second: the next allocation
+        // refills the chunk that most recently became partial.
+        // SAFETY: allocated above.
+        unsafe {
+            h.deallocate(blocks[5], l);
+            h.deallocate(blocks[70], l);
+        }
+        assert_eq!(h.allocate(l).unwrap(), blocks[70]);
+        assert_eq!(h.allocate(l).unwrap(), blocks[5]);
+        assert_eq!(h.stats().pages.chunks, 2);
+        h.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn empty_chunks_go_back_beyond_the_reserve() {
+        let mut h = heap(256);
+        let l = layout(2048, 8);
+        let blocks: Vec<_> = (0..40).map(|_| h.allocate(l).unwrap()).collect();
+        assert_eq!(h.stats().pages.chunks, 20);
+        for p in blocks {
+            // SAFETY: allocated above.
+            unsafe { h.deallocate(p, l) };
+        }
+        h.check_invariants().unwrap();
+        let s = h.stats();
+        assert_eq!(s.pages.chunks, EMPTY_RESERVE as usize);
+        let i = CLASS_SIZES.iter().position(|&c| c == 2048).unwrap();
+        assert_eq!(s.classes[i].free, 2 * EMPTY_RESERVE as usize);
+        // The reserve is reused without a page-source call.
+        let calls = h.source().map_calls();
+        let p = h.allocate(l).unwrap();
+        assert_eq!(h.source().map_calls(), calls);
+        // SAFETY: allocated above.
+        unsafe { h.deallocate(p, l) };
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
+    fn reallocate_in_place_and_by_moving() {
+        let mut h = heap(1024);
+        let l = layout(100, 8);
+        let p = h.allocate(l).unwrap();
+        fill(p, 100, 1);
+        // 100 -> 104: same class (104), in place.
+        // SAFETY: live block with layout `l`.
+        let q = unsafe { h.reallocate(p, l, 104) }.unwrap();
+        assert_eq!(p, q);
+        // 104 -> 1000: moves, contents kept.
+        // SAFETY: live block of size 104.
+        let r = unsafe { h.reallocate(q, layout(104, 8), 1000) }.unwrap();
+        assert_ne!(r, q);
+        check(r, 100, 1);
+        // Grow into the large allocator and back down.
+        // SAFETY: live block of size 1000.
+        let s = unsafe { h.reallocate(r, layout(1000, 8), 100_000) }.unwrap();
+        check(s, 100, 1);
+        // SAFETY: live block of size 100_000.
+        let t = unsafe { h.reallocate(s, layout(100_000, 8), 90_000) }.unwrap();
+        check(t, 100, 1);
+        // SAFETY: live block of size 90_000.
+        let u = unsafe { h.reallocate(t, layout(90_000, 8), 10) }.unwrap();
+        check(u, 10, 1);
+        h.check_invariants().unwrap();
+        assert_eq!(h.stats().requested_bytes, 10);
+        // SAFETY: live block of size 10.
+        unsafe { h.deallocate(u, layout(10, 8)) };
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
+    fn failed_reallocate_leaves_the_block_alone() {
+        let mut h = heap(1024);
+        let l = layout(64, 8);
+        let p = h.allocate(l).unwrap();
+        fill(p, 64, 9);
+        h.source.fail_after(Some(0));
+        // SAFETY: live block with layout `l`.
+        let e = unsafe { h.reallocate(p, l, 8000) };
+        assert!(matches!(e, Err(AllocError::OutOfPages { .. })), "{e:?}");
+        // SAFETY: as above.
+        let e = unsafe { h.reallocate(p, l, usize::MAX - 10) };
+        assert!(matches!(e, Err(AllocError::TooLarge { .. })), "{e:?}");
+        check(p, 64, 9);
+        h.check_invariants().unwrap();
+        h.source.fail_after(None);
+        // SAFETY: still live with layout `l`.
+        unsafe { h.deallocate(p, l) };
+        h.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_and_recoverable() {
+        for size in [8, 100, 2048, 5000, 70_000] {
+            let mut h = heap(64);
+            let l = layout(size, 8);
+            let mut counts = Vec::new();
+            for _ in 0..2 {
+                let mut live = Vec::new();
+                loop {
+                    match h.allocate(l) {
+                        Ok(p) => live.push(p),
+                        Err(AllocError::OutOfPages { layout, .. }) => {
+                            assert_eq!(layout, l);
+                            break;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                h.check_invariants().unwrap();
+                counts.push(live.len());
+                for p in live {
+                    // SAFETY: allocated above with `l`.
+                    unsafe { h.deallocate(p, l) };
+                }
+                h.trim();
+                h.check_invariants().unwrap();
+                assert_only_roots_left(&h);
+            }
+            assert!(counts[0] > 0, "size {size}");
+            assert_eq!(counts[0], counts[1], "size {size}");
+        }
+    }
+
+    #[test]
+    fn root_page_failure_is_reported() {
+        let mut h = heap(0);
+        let e = h.allocate(layout(8, 8));
+        assert!(matches!(e, Err(AllocError::OutOfPages { .. })));
+        assert!(!h.is_initialized());
+        assert_eq!(
+            h.create_pool(8, 8),
+            Err(PoolError::OutOfPages(PageSourceError::OutOfMemory))
+        );
+        let mut h = heap(64);
+        h.source.fail_after(Some(1)); // the root run maps, its page-map nodes do not
+        assert!(h.allocate(layout(8, 8)).is_err());
+        assert!(!h.is_initialized());
+        assert_eq!(h.source().mapped_pages(), 0);
+    }
+
+    #[test]
+    fn many_chunks_chain_root_pages() {
+        let mut h = heap(2048);
+        let l = layout(4096, 4096);
+        let blocks: Vec<_> = (0..1000).map(|_| h.allocate(l).unwrap()).collect();
+        let s = h.stats();
+        assert!(s.pages.root > 1);
+        assert_eq!(s.pages.chunks, 1000);
+        h.check_invariants().unwrap();
+        for p in blocks {
+            // SAFETY: allocated above.
+            unsafe { h.deallocate(p, l) };
+        }
+        h.trim();
+        h.check_invariants().unwrap();
+        assert_only_roots_left(&h);
+        // Root pages stay, and their slots are reused.
+        let roots = h.stats().pages.root;
+        let blocks: Vec<_> = (0..1000).map(|_| h.allocate(l).unwrap()).collect();
+        assert_eq!(h.stats().pages.root, roots);
+        for p in blocks {
+            // SAFETY: allocated above.
+            unsafe { h.deallocate(p, l) };
+        }
+    }
+
+    #[test]
+    fn user_pools() {
+        let mut h = heap(512);
+        assert!(matches!(
+            h.create_pool(0, 8),
+            Err(PoolError::InvalidBlockLayout { .. })
+        ));
+        assert!(matches!(
+            h.create_pool(8, 3),
+            Err(PoolError::InvalidBlockLayout { .. })
+        ));
+        assert!(matches!(
+            h.create_pool(8, 8192),
+            Err(PoolError::InvalidBlockLayout { .. })
+        ));
+        assert!(matches!(
+            h.create_pool(4097, 1),
+            Err(PoolError::InvalidBlockLayout { .. })
+        ));
+        let a = h.create_pool(24, 8).unwrap();
+        let b = h.create_pool(3, 1).unwrap();
+        let c = h.create_pool(4096, 4096).unwrap();
+        assert_eq!(h.pool_layout(b).unwrap(), layout(3, 1));
+        assert_eq!(h.stats().pages.chunks, 0, "pools are lazy");
+        let mut live = Vec::new();
+        for i in 0..3000 {
+            for (id, size) in [(a, 24), (b, 3)] {
+                let p = h.pool_alloc(id).unwrap();
+                fill(p, size, i as u8);
+                live.push((id, p, size, i as u8));
+            }
+        }
+        let p = h.pool_alloc(c).unwrap();
+        assert_eq!(p.addr().get() % 4096, 0);
+        h.check_invariants().unwrap();
+        let s = h.stats();
+        assert_eq!(s.user_pools, 3);
+        let sb = s.pools.iter().flatten().find(|u| u.id == b).unwrap();
+        assert_eq!(sb.pool.in_use, 3000);
+        assert_eq!(sb.pool.block_size, 3);
+        assert_eq!(
+            sb.pool.chunks,
+            3000usize.div_ceil(usize::from(Geometry::new(3).capacity))
+        );
+        assert_eq!(
+            h.destroy_pool(a),
+            Err(PoolError::PoolInUse { live_blocks: 3000 })
+        );
+        for (id, p, size, seed) in live.drain(..) {
+            check(p, size, seed);
+            // SAFETY: allocated above from `id`.
+            unsafe { h.pool_free(id, p) };
+        }
+        // SAFETY: allocated above from `c`.
+        unsafe { h.pool_free(c, p) };
+        h.check_invariants().unwrap();
+        for id in [a, b, c] {
+            h.destroy_pool(id).unwrap();
+            assert_eq!(h.destroy_pool(id), Err(PoolError::NoSuchPool));
+            assert_eq!(h.pool_alloc(id), Err(AllocError::NoSuchPool));
+            h.check_invariants().unwrap();
+        }
+        // A new pool reuses the slot but not the identity.
+        let d = h.create_pool(24, 8).unwrap();
+        assert_ne!(d, a);
+        assert_eq!(h.pool_alloc(a), Err(AllocError::NoSuchPool));
+        h.destroy_pool(d).unwrap();
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
+    fn tiny_pools_pack_blocks_below_eight_bytes() {
+        let mut h = heap(256);
+        for size in 1..8 {
+            let id = h.create_pool(size, 1).unwrap();
+            let cap = usize::from(Geometry::new(size).capacity);
+            let blocks: Vec<_> = (0..cap + 1).map(|_| h.pool_alloc(id).unwrap()).collect();
+            let mut addrs: Vec<_> = blocks.iter().map(|p| p.addr().get()).collect();
+            addrs.sort();
+            assert!(addrs.windows(2).all(|w| w[1] - w[0] >= size));
+            assert_eq!(h.stats().pools[0].unwrap().pool.chunks, 2);
+            assert!(
+                cap * size > PAGE_SIZE * 85 / 100,
+                "size {size}: {cap} blocks"
+            );
+            for (i, p) in blocks.iter().enumerate() {
+                fill(*p, size, i as u8);
+            }
+            for (i, p) in blocks.iter().enumerate() {
+                check(*p, size, i as u8);
+                // SAFETY: allocated above from `id`.
+                unsafe { h.pool_free(id, *p) };
+            }
+            h.check_invariants().unwrap();
+            h.destroy_pool(id).unwrap();
+        }
+    }
+
+    #[test]
+    fn stats_table_prints() {
+        let mut h = heap(512);
+        let id = h.create_pool(40, 8).unwrap();
+        let _ = h.pool_alloc(id).unwrap();
+        let _ = h.allocate(layout(64, 8)).unwrap();
+        let _ = h.allocate(layout(10_000, 8)).unwrap();
+        let s = h.stats();
+        let text = std::format!("{s}");
+        assert!(text.contains("class-64"), "{text}");
+        assert!(text.contains("pool#1 (40/8)"), "{text}");
+        assert!(!text.contains("class-8 "), "{text}");
+        assert!(text.contains("large: 1 blocks"), "{text}");
+        assert_eq!(s.requested_bytes, 40 + 64 + 10_000);
+        assert!(s.held_bytes >= s.requested_bytes);
+        std::println!("{text}");
+    }
+
+    #[test]
+    fn many_user_pools_are_summarised() {
+        let mut h = heap(512);
+        let ids: Vec<_> = (0..MAX_POOL_STATS + 5)
+            .map(|i| h.create_pool(8 + i, 8).unwrap())
+            .collect();
+        for &id in &ids {
+            let _ = h.pool_alloc(id).unwrap();
+        }
+        let s = h.stats();
+        assert_eq!(s.user_pools, ids.len());
+        assert!(s.pools.iter().all(Option::is_some));
+        assert_eq!(s.other_pools.in_use, 5);
+        assert_eq!(s.other_pools.chunks, 5);
+        h.check_invariants().unwrap();
+    }
+
+    #[cfg(feature = "debug-checks")]
+    mod debug_checks {
+        use super::*;
+
+        #[test]
+        #[should_panic(expected = "kheap: double free of")]
+        fn double_free() {
+            let mut h = heap(64);
+            let l = layout(64, 8);
+            let p = h.allocate(l).unwrap();
+            let _keep = h.allocate(l).unwrap();
+            // SAFETY: deliberately wrong: the second free is the bug under test.
+            unsafe {
+                h.deallocate(p, l);
+                h.deallocate(p, l);
+            }
+        }
+
+        #[test]
+        #[should_panic(expected = "(class 64 B)")]
+        fn double_free_names_the_class() {
+            double_free();
+        }
+
+        #[test]
+        #[should_panic(expected = "kheap: free of interior pointer")]
+        fn interior_pointer() {
+            let mut h = heap(64);
+            let l = layout(64, 8);
+            let p = h.allocate(l).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe { h.deallocate(p.add(8), l) };
+        }
+
+        #[test]
+        #[should_panic(expected = "but it belongs to a pool of 128 B blocks")]
+        fn wrong_class() {
+            let mut h = heap(64);
+            let p = h.allocate(layout(128, 8)).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe { h.deallocate(p, layout(64, 8)) };
+        }
+
+        #[test]
+        #[should_panic(expected = "which is not a heap block")]
+        fn foreign_pointer() {
+            let mut h = heap(64);
+            let _ = h.allocate(layout(8, 8)).unwrap();
+            let mut local = 0u64;
+            // SAFETY: deliberately wrong.
+            unsafe { h.deallocate(NonNull::from(&mut local).cast(), layout(8, 8)) };
+        }
+
+        #[test]
+        #[should_panic(expected = "kheap: double free of large block")]
+        fn large_double_free() {
+            let mut h = heap(64);
+            let l = layout(10_000, 8);
+            let p = h.allocate(l).unwrap();
+            let _keep = h.allocate(l).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe {
+                h.deallocate(p, l);
+                h.deallocate(p, l);
+            }
+        }
+
+        #[test]
+        #[should_panic(expected = "but it is a large block")]
+        fn large_block_freed_as_small() {
+            let mut h = heap(64);
+            let p = h.allocate(layout(10_000, 8)).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe { h.deallocate(p, layout(64, 8)) };
+        }
+
+        #[test]
+        #[should_panic(expected = "kheap: double free of")]
+        fn tiny_pool_double_free() {
+            let mut h = heap(64);
+            let id = h.create_pool(1, 1).unwrap();
+            let p = h.pool_alloc(id).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe {
+                h.pool_free(id, p);
+                h.pool_free(id, p);
+            }
+        }
+
+        #[test]
+        #[should_panic(expected = "which is not a live pool")]
+        fn free_to_destroyed_pool() {
+            let mut h = heap(64);
+            let id = h.create_pool(16, 8).unwrap();
+            let p = h.pool_alloc(id).unwrap();
+            // SAFETY: freed once, then (deliberately wrong) again after the pool is gone.
+            unsafe { h.pool_free(id, p) };
+            h.destroy_pool(id).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe { h.pool_free(id, p) };
+        }
+
+        #[test]
+        #[should_panic(expected = "as pool #2, 16 B blocks, but it belongs to a pool of 16 B")]
+        fn free_to_the_wrong_pool() {
+            let mut h = heap(64);
+            let a = h.create_pool(16, 8).unwrap();
+            let b = h.create_pool(16, 8).unwrap();
+            let p = h.pool_alloc(a).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe { h.pool_free(b, p) };
+        }
+
+        #[test]
+        #[should_panic(expected = "kheap: double free of")]
+        fn realloc_of_a_freed_block() {
+            let mut h = heap(64);
+            let l = layout(32, 8);
+            let p = h.allocate(l).unwrap();
+            let _keep = h.allocate(l).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe {
+                h.deallocate(p, l);
+                let _ = h.reallocate(p, l, 24);
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Sharing a heap: a raw-lock trait, a spinlock, and [`LockedHeap`] (which implements
+//! [`GlobalAlloc`]).
+//!
+//! The lock rule: every operation on a [`Heap`] inside a `LockedHeap` runs between one
+//! [`RawLock::lock`] and the matching [`RawLock::unlock`], called by the same holder, strictly
+//! paired and never nested (a [`HeapGuard`] does both). The heap never takes another lock, so
+//! there is no lock order to respect; the page source is called with the heap lock held, so a
+//! page source must not allocate from this heap. A kernel that allocates from interrupt handlers
+//! plugs in a lock that disables interrupts in `lock` (saving the previous state) and restores it
+//! in `unlock` — which is why the pairing matters.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::InitError;
+use crate::heap::Heap;
+use crate::source::PageSource;
+
+/// A lock without data, in the style of `lock_api::RawMutex`.
+///
+/// # Safety
+///
+/// Implementations must provide mutual exclusion: between a return from [`lock`](Self::lock)
+/// and the matching [`unlock`](Self::unlock), no other call to `lock` on the same lock may
+/// return, on any CPU or in any interrupt handler; and `lock` must synchronise-with the
+/// previous `unlock` (acquire/release), so the protected data is seen consistently.
+pub unsafe trait RawLock {
+    /// An unlocked lock (for `const` construction of a [`LockedHeap`]).
+    const INIT: Self;
+
+    /// Acquires the lock, waiting as long as needed.
+    fn lock(&self);
+
+    /// Releases the lock.
+    ///
+    /// # Safety
+    ///
+    /// The caller must hold the lock, acquired by its own matching call to
+    /// [`lock`](Self::lock) (locks may save per-acquisition state such as the interrupt flag).
+    unsafe fn unlock(&self);
+}
+
+/// A plain test-and-test-and-set spinlock. Does not disable interrupts: fine for the host and
+/// for kernels that never allocate in interrupt handlers.
+#[derive(Debug)]
+pub struct SpinLock {
+    locked: AtomicBool,
+}
+
+// SAFETY: `lock` returns only after swapping `false` for `true` with acquire ordering, and only
+// `unlock` (release) stores `false`, so at most one holder exists and hand-overs synchronise.
+unsafe impl RawLock for SpinLock {
+    // An associated const with interior mutability is the point here: each use creates a fresh,
+    // unlocked lock (the `lock_api` pattern).
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = Self {
+        locked: AtomicBool::new(false),
+    };
+
+    fn lock(&self) {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            while self.locked.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    unsafe fn unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// A [`Heap`] behind a [`RawLock`], usable as the `#[global_allocator]`.
+///
+/// It starts empty (`const`); [`init`](Self::init) gives it its page source. Until then every
+/// allocation fails (null from `GlobalAlloc`).
+pub struct LockedHeap<L: RawLock, S: PageSource> {
+    lock: L,
+    heap: UnsafeCell<Option<Heap<S>>>,
+}
+
+// SAFETY: the heap is only reached through `lock()`, which holds `L` (mutual exclusion, see
+// `RawLock`) for the guard's lifetime; the heap may then be used from any thread, so it must be
+// `Send`.
+unsafe impl<L: RawLock + Sync, S: PageSource + Send> Sync for LockedHeap<L, S> {}
+
+impl<L: RawLock, S: PageSource> core::fmt::Debug for LockedHeap<L, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LockedHeap").finish_non_exhaustive()
+    }
+}
+
+/// Holds the raw lock; releases it on drop.
+struct Held<'a, L: RawLock>(&'a L);
+
+impl<'a, L: RawLock> Held<'a, L> {
+    fn new(lock: &'a L) -> Self {
+        lock.lock();
+        Self(lock)
+    }
+}
+
+impl<L: RawLock> Drop for Held<'_, L> {
+    fn drop(&mut self) {
+        // SAFETY: `Held::new` acquired the lock and this is its only release.
+        unsafe { self.0.unlock() };
+    }
+}
+
+/// Exclusive access to the heap of a [`LockedHeap`]; releases the lock when dropped.
+pub struct HeapGuard<'a, L: RawLock, S: PageSource> {
+    heap: &'a mut Heap<S>,
+    _held: Held<'a, L>,
+}
+
+impl<L: RawLock, S: PageSource> core::fmt::Debug for HeapGuard<'_, L, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HeapGuard").finish_non_exhaustive()
+    }
+}
+
+impl<L: RawLock, S: PageSource> Deref for HeapGuard<'_, L, S> {
+    type Target = Heap<S>;
+
+    fn deref(&self) -> &Heap<S> {
+        self.heap
+    }
+}
+
+impl<L: RawLock, S: PageSource> DerefMut for HeapGuard<'_, L, S> {
+    fn deref_mut(&mut self) -> &mut Heap<S> {
+        self.heap
+    }
+}
+
+impl<L: RawLock, S: PageSource> LockedHeap<L, S> {
+    /// A heap without a page source; see [`init`](Self::init).
+    pub const fn empty() -> Self {
+        Self {
+            lock: L::INIT,
+            heap: UnsafeCell::new(None),
+        }
+    }
+
+    /// A heap over `source`, mapping nothing until first use (for sources that can be built in
+    /// a `const` context).
+    pub const fn new(source: S) -> Self {
+        Self {
+            lock: L::INIT,
+            heap: UnsafeCell::new(Some(Heap::new(source))),
+        }
+    }
+
+    /// Gives the heap its page source and maps its first root run.
+    pub fn init(&self, source: S) -> Result<(), InitError> {
+        let _held = Held::new(&self.lock);
+        // SAFETY: we hold the lock, so this is the only reference to the heap.
+        let slot = unsafe { &mut *self.heap.get() };
+        if slot.is_some() {
+            return Err(InitError::AlreadyInitialized);
+        }
+        let mut heap = Heap::new(source);
+        heap.init().map_err(InitError::OutOfPages)?;
+        *slot = Some(heap);
+        Ok(())
+    }
+
+    /// Locks the heap; `None` (after releasing the lock) if it has no page source yet.
+    pub fn lock(&self) -> Option<HeapGuard<'_, L, S>> {
+        let held = Held::new(&self.lock);
+        // SAFETY: we hold the lock until `held` drops, and the guard keeps it; so this is the
+        // only reference to the heap while it lives.
+        let slot = unsafe { &mut *self.heap.get() };
+        Some(HeapGuard {
+            heap: slot.as_mut()?,
+            _held: held,
+        })
+    }
+}
+
+// SAFETY: every method takes the lock for the whole heap operation; the heap returns blocks of
+// at least `layout.size()` bytes aligned to `layout.align()`, never hands out a block twice, and
+// reports every failure as an error, which becomes null here.
+unsafe impl<L: RawLock, S: PageSource> GlobalAlloc for LockedHeap<L, S> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match self.lock() {
+            Some(mut heap) => heap
+                .allocate(layout)
+                .map_or(ptr::null_mut(), NonNull::as_ptr),
+            None => ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let (Some(mut heap), Some(ptr)) = (self.lock(), NonNull::new(ptr)) {
+            // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` was allocated by this allocator
+            // with `layout`.
+            unsafe { heap.deallocate(ptr, layout) };
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (Some(mut heap), Some(ptr)) = (self.lock(), NonNull::new(ptr)) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: `GlobalAlloc::realloc`'s contract: `ptr` is a live block of this allocator
+        // with `layout`.
+        unsafe { heap.reallocate(ptr, layout, new_size) }.map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ArenaSource;
+    use std::vec::Vec;
+
+    #[test]
+    fn empty_heap_fails_cleanly() {
+        let heap: LockedHeap<SpinLock, ArenaSource> = LockedHeap::empty();
+        assert!(heap.lock().is_none());
+        let layout = Layout::new::<u64>();
+        // SAFETY: a valid layout; the result is only compared.
+        assert!(unsafe { heap.alloc(layout) }.is_null());
+        heap.init(ArenaSource::new(64)).unwrap();
+        assert_eq!(
+            heap.init(ArenaSource::new(1)),
+            Err(InitError::AlreadyInitialized)
+        );
+        // SAFETY: a valid layout; the block is freed with it.
+        unsafe {
+            let p = heap.alloc(layout);
+            assert!(!p.is_null());
+            heap.dealloc(p, layout);
+        }
+    }
+
+    #[test]
+    fn init_reports_exhaustion() {
+        let heap: LockedHeap<SpinLock, ArenaSource> = LockedHeap::empty();
+        assert!(matches!(
+            heap.init(ArenaSource::new(0)),
+            Err(InitError::OutOfPages(_))
+        ));
+        assert!(heap.lock().is_none());
+    }
+
+    #[test]
+    fn threads_share_the_heap() {
+        let heap: LockedHeap<SpinLock, ArenaSource> = LockedHeap::empty();
+        heap.init(ArenaSource::new(2048)).unwrap();
+        let rounds = if cfg!(miri) { 20 } else { 2000 };
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                let heap = &heap;
+                s.spawn(move || {
+                    let mut live = Vec::new();
+                    for i in 0..rounds {
+                        let layout = Layout::from_size_align(8 + (i * 7 + t) % 300, 8).unwrap();
+                        // SAFETY: a valid layout; blocks are freed with it below.
+                        let p = unsafe { heap.alloc(layout) };
+                        assert!(!p.is_null());
+                        // SAFETY: the block has `layout.size()` bytes.
+                        unsafe { p.write_bytes(t as u8, layout.size()) };
+                        live.push((p, layout));
+                        if i % 3 == 0 {
+                            let (p, layout) = live.swap_remove(i % live.len());
+                            // SAFETY: live block of this heap with this layout.
+                            unsafe {
+                                assert_eq!(*p.add(layout.size() - 1), t as u8);
+                                heap.dealloc(p, layout);
+                            }
+                        }
+                    }
+                    for (p, layout) in live {
+                        // SAFETY: live block of this heap with this layout.
+                        unsafe { heap.dealloc(p, layout) };
+                    }
+                });
+            }
+        });
+        let guard = heap.lock().unwrap();
+        guard.check_invariants().unwrap();
+        assert_eq!(guard.stats().requested_bytes, 0);
+    }
+}

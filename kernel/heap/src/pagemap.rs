@@ -1,0 +1,503 @@
+//! The page map: what every heap page is, found in O(1) from any address inside it.
+//!
+//! A fixed-depth radix tree keyed by virtual page number, shaped like an x86_64 4-level page table:
+//! address bits 47..12 split into four 9-bit indices, each node is one 4 KiB page of 512
+//! pointer-sized slots taken from the page source. Interior slots point to the next level; leaf
+//! slots hold an [`Entry`]:
+//!
+//! ```text
+//!   leaf slot value            meaning
+//!   null                       not a heap page (foreign pointer)
+//!   descriptor pointer | 0b00  a chunk; the pointer is its `ChunkDesc` in a root page
+//!   root run pointer   | 0b01  a root page; the pointer is the start of its root run
+//!   0b10 (no provenance)       a page of the large allocator (region or page run)
+//! ```
+//!
+//! Nodes are mapped lazily when a page in a new 2 MiB (leaf), 1 GiB or 512 GiB window is first
+//! recorded, and are unmapped only by [`PageMap::prune`] (called by `Heap::trim`) once they are
+//! empty: clearing an entry stays O(1), and a chunk that is mapped and unmapped repeatedly in a
+//! new window does not drag a node page through the page source with it.
+//!
+//! Node pages themselves are not recorded in the map (a leaf would otherwise hold the entry of the
+//! page it lives in, and could never become empty); a pointer into a node page is therefore
+//! "foreign", which is exactly what it is to a caller of `deallocate`. They are counted in
+//! [`PageMap::nodes`].
+//!
+//! Addresses must be 48-bit canonical (x86_64 4-level paging, and every mainstream 64-bit user
+//! space); a page source that hands out anything else makes recording fail with
+//! [`PageSourceError::OutOfAddressSpace`], and the heap gives those pages back.
+//!
+//! Strict provenance: stored pointers keep their provenance (tags are set and cleared with
+//! `map_addr`); the large-page tag is a pointer without provenance that is never dereferenced.
+
+use core::ptr::{self, NonNull};
+
+use crate::chunk::ChunkDesc;
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the page map is laid out for 64-bit addresses");
+
+/// Index bits per level: 512 slots of 8 bytes fill one page.
+const BITS: u32 = 9;
+/// Slots per node.
+const FANOUT: usize = 1 << BITS;
+/// Levels of the tree: 4 × 9 bits + 12 page-offset bits = 48-bit addresses.
+const LEVELS: u32 = 4;
+/// Address bits the map covers.
+const ADDR_BITS: u32 = LEVELS * BITS + PAGE_SIZE.trailing_zeros();
+
+const TAG_MASK: usize = 0b11;
+const TAG_CHUNK: usize = 0b00;
+const TAG_ROOT: usize = 0b01;
+const TAG_LARGE: usize = 0b10;
+
+/// What a page of the heap is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Not a page of this heap.
+    Empty,
+    /// A page of the root run starting at this address.
+    Root(NonNull<u8>),
+    /// A chunk, described by this descriptor.
+    Chunk(NonNull<ChunkDesc>),
+    /// A page mapped by the large allocator.
+    Large,
+}
+
+impl Entry {
+    fn encode(self) -> *mut u8 {
+        match self {
+            Self::Empty => ptr::null_mut(),
+            Self::Root(base) => base.as_ptr().map_addr(|a| a | TAG_ROOT),
+            Self::Chunk(desc) => desc.as_ptr().cast::<u8>(),
+            Self::Large => ptr::without_provenance_mut(TAG_LARGE),
+        }
+    }
+
+    fn decode(raw: *mut u8) -> Self {
+        if raw.is_null() {
+            return Self::Empty;
+        }
+        match raw.addr() & TAG_MASK {
+            TAG_CHUNK => Self::Chunk(
+                // Non-null was checked above and the tag bits are zero.
+                NonNull::new(raw.cast::<ChunkDesc>()).unwrap_or(NonNull::dangling()),
+            ),
+            TAG_ROOT => match NonNull::new(raw.map_addr(|a| a & !TAG_MASK)) {
+                Some(base) => Self::Root(base),
+                None => Self::Empty,
+            },
+            _ => Self::Large,
+        }
+    }
+}
+
+/// One node of the tree: a page of slots.
+#[repr(C, align(4096))]
+struct Node {
+    slots: [*mut u8; FANOUT],
+}
+
+const _: () = assert!(size_of::<Node>() == PAGE_SIZE);
+
+/// Counts of the entries in the map, by kind (for the invariant checker and statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    /// Pages of root runs.
+    pub root: usize,
+    /// Chunk pages.
+    pub chunk: usize,
+    /// Large-allocator pages.
+    pub large: usize,
+}
+
+/// The radix tree. Lives in the heap state (first root page); owns its node pages.
+#[derive(Debug)]
+pub struct PageMap {
+    /// Top-level node, null until the first entry is recorded.
+    top: *mut Node,
+    /// Node pages currently mapped.
+    nodes: usize,
+}
+
+/// The `LEVELS` slot indices of a canonical address, top level first; `None` if not canonical.
+fn indices(addr: usize) -> Option<[usize; LEVELS as usize]> {
+    let high = addr >> (ADDR_BITS - 1);
+    if high != 0 && high != usize::MAX >> (ADDR_BITS - 1) {
+        return None;
+    }
+    let page = addr >> PAGE_SIZE.trailing_zeros();
+    let mut out = [0; LEVELS as usize];
+    for (level, slot) in out.iter_mut().enumerate() {
+        let shift = BITS * (LEVELS - 1 - level as u32);
+        *slot = (page >> shift) & (FANOUT - 1);
+    }
+    Some(out)
+}
+
+/// Canonical address of the page at these indices (inverse of [`indices`]).
+fn address_of(idx: &[usize; LEVELS as usize]) -> usize {
+    let mut page = 0usize;
+    for &i in idx {
+        page = (page << BITS) | i;
+    }
+    let addr = page << PAGE_SIZE.trailing_zeros();
+    // Sign-extend bit 47.
+    let shift = usize::BITS - ADDR_BITS;
+    (((addr << shift) as isize) >> shift) as usize
+}
+
+impl PageMap {
+    /// An empty map; maps nothing.
+    pub const fn new() -> Self {
+        Self {
+            top: ptr::null_mut(),
+            nodes: 0,
+        }
+    }
+
+    /// Node pages the map holds.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// What the page containing `addr` is. O(1): four dependent loads.
+    #[inline]
+    pub fn get(&self, addr: usize) -> Entry {
+        let Some(idx) = indices(addr) else {
+            return Entry::Empty;
+        };
+        let mut node = self.top;
+        for &i in &idx[..LEVELS as usize - 1] {
+            if node.is_null() {
+                return Entry::Empty;
+            }
+            // SAFETY: non-null slots of the tree point to live node pages the map mapped and
+            // initialised (all slots written), and only the map writes them.
+            node = unsafe { (*node).slots[i] }.cast::<Node>();
+        }
+        if node.is_null() {
+            return Entry::Empty;
+        }
+        // SAFETY: as above, `node` is a live leaf node.
+        Entry::decode(unsafe { (*node).slots[idx[LEVELS as usize - 1]] })
+    }
+
+    /// Maps and zeroes one node page.
+    fn new_node<S: PageSource>(&mut self, src: &mut S) -> Result<*mut Node, PageSourceError> {
+        let page = src.map_pages(1)?.cast::<Node>();
+        // SAFETY: the source just handed us one page, page aligned, exclusively ours; writing
+        // zeroes makes every slot a null pointer.
+        unsafe { page.as_ptr().write_bytes(0, 1) };
+        self.nodes += 1;
+        Ok(page.as_ptr())
+    }
+
+    /// The leaf slot for `addr`, creating missing nodes on the way if `src` is given.
+    fn slot<S: PageSource>(
+        &mut self,
+        src: Option<&mut S>,
+        addr: usize,
+    ) -> Result<*mut *mut u8, PageSourceError> {
+        let idx = indices(addr).ok_or(PageSourceError::OutOfAddressSpace)?;
+        let mut src = src;
+        if self.top.is_null() {
+            let s = src.as_deref_mut().ok_or(PageSourceError::InvalidRequest)?;
+            self.top = self.new_node(s)?;
+        }
+        let mut node = self.top;
+        for &i in &idx[..LEVELS as usize - 1] {
+            // SAFETY: `node` is a live node page of this map (see `get`); the slot pointer is
+            // in bounds (`i < FANOUT`).
+            let slot = unsafe { &raw mut (*node).slots[i] };
+            // SAFETY: `slot` points into a live node.
+            let mut next = unsafe { *slot }.cast::<Node>();
+            if next.is_null() {
+                let s = src.as_deref_mut().ok_or(PageSourceError::InvalidRequest)?;
+                next = self.new_node(s)?;
+                // SAFETY: `slot` points into a live node; only the map writes nodes.
+                unsafe { *slot = next.cast::<u8>() };
+            }
+            node = next;
+        }
+        // SAFETY: `node` is a live leaf node; the index is in bounds.
+        Ok(unsafe { &raw mut (*node).slots[idx[LEVELS as usize - 1]] })
+    }
+
+    /// Records `entry` for the `count` pages starting at `start`, mapping nodes as needed.
+    ///
+    /// On failure nothing is recorded (nodes mapped on the way stay until [`prune`](Self::prune)).
+    pub fn set_run<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        start: NonNull<u8>,
+        count: usize,
+        entry: Entry,
+    ) -> Result<(), PageSourceError> {
+        let raw = entry.encode();
+        for i in 0..count {
+            let addr = start.addr().get().wrapping_add(i * PAGE_SIZE);
+            match self.slot(Some(&mut *src), addr) {
+                // SAFETY: `slot` returns a pointer into a live leaf node.
+                Ok(slot) => unsafe { *slot = raw },
+                Err(e) => {
+                    self.clear_run(start, i);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `entry` for one page.
+    pub fn set<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        page: NonNull<u8>,
+        entry: Entry,
+    ) -> Result<(), PageSourceError> {
+        self.set_run(src, page, 1, entry)
+    }
+
+    /// Forgets the `count` pages starting at `start` (pages not recorded are ignored). O(count).
+    pub fn clear_run(&mut self, start: NonNull<u8>, count: usize) {
+        for i in 0..count {
+            let addr = start.addr().get().wrapping_add(i * PAGE_SIZE);
+            if let Ok(slot) = self.slot::<NoSource>(None, addr) {
+                // SAFETY: `slot` returns a pointer into a live leaf node.
+                unsafe { *slot = ptr::null_mut() };
+            }
+        }
+    }
+
+    /// Unmaps every node that holds no entries (bottom up). Linear in the number of nodes.
+    pub fn prune<S: PageSource>(&mut self, src: &mut S) {
+        if self.top.is_null() {
+            return;
+        }
+        // SAFETY: `top` is a live node at level 0.
+        if unsafe { self.prune_node(src, self.top, 0) } {
+            // SAFETY: the top node is empty and nothing points to it but `self.top`.
+            unsafe { src.unmap_pages(NonNull::new_unchecked(self.top).cast(), 1) };
+            self.nodes -= 1;
+            self.top = ptr::null_mut();
+        }
+    }
+
+    /// Prunes the children of `node` (at `level`) and returns whether it is now empty.
+    ///
+    /// # Safety
+    ///
+    /// `node` must be a live node of this map at `level`.
+    unsafe fn prune_node<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        node: *mut Node,
+        level: u32,
+    ) -> bool {
+        let mut empty = true;
+        for i in 0..FANOUT {
+            // SAFETY: `node` is live (caller); `i` is in bounds.
+            let child = unsafe { (*node).slots[i] };
+            if child.is_null() {
+                continue;
+            }
+            if level + 1 == LEVELS {
+                empty = false;
+                continue;
+            }
+            let child = child.cast::<Node>();
+            // SAFETY: non-null interior slots point to live nodes of the next level.
+            if unsafe { self.prune_node(src, child, level + 1) } {
+                // SAFETY: the child is empty and only this slot points to it; it was mapped
+                // by `new_node` as one page of `src`.
+                unsafe {
+                    (*node).slots[i] = ptr::null_mut();
+                    src.unmap_pages(NonNull::new_unchecked(child).cast(), 1);
+                }
+                self.nodes -= 1;
+            } else {
+                empty = false;
+            }
+        }
+        empty
+    }
+
+    /// Calls `f(page address, entry)` for every recorded page, in address order of the key.
+    /// Returns the number of nodes seen (for the checker).
+    pub fn for_each(&self, mut f: impl FnMut(usize, Entry)) -> usize {
+        if self.top.is_null() {
+            return 0;
+        }
+        let mut idx = [0; LEVELS as usize];
+        // SAFETY: `top` is a live level-0 node.
+        unsafe { self.walk(self.top, 0, &mut idx, &mut f) }
+    }
+
+    /// # Safety
+    ///
+    /// `node` must be a live node of this map at `level`.
+    unsafe fn walk(
+        &self,
+        node: *mut Node,
+        level: u32,
+        idx: &mut [usize; LEVELS as usize],
+        f: &mut impl FnMut(usize, Entry),
+    ) -> usize {
+        let mut nodes = 1;
+        for i in 0..FANOUT {
+            // SAFETY: `node` is live (caller); `i` is in bounds.
+            let slot = unsafe { (*node).slots[i] };
+            if slot.is_null() {
+                continue;
+            }
+            idx[level as usize] = i;
+            if level + 1 == LEVELS {
+                f(address_of(idx), Entry::decode(slot));
+            } else {
+                // SAFETY: non-null interior slots point to live nodes of the next level.
+                nodes += unsafe { self.walk(slot.cast(), level + 1, idx, f) };
+            }
+        }
+        nodes
+    }
+
+    /// Counts the entries by kind. Linear in the number of nodes.
+    #[cfg(test)]
+    pub fn count(&self) -> EntryCounts {
+        let mut c = EntryCounts::default();
+        self.for_each(|_, e| match e {
+            Entry::Root(_) => c.root += 1,
+            Entry::Chunk(_) => c.chunk += 1,
+            Entry::Large => c.large += 1,
+            Entry::Empty => {}
+        });
+        c
+    }
+}
+
+impl Default for PageMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A page source that is never called: lets `slot` be used without one (lookups for clearing).
+struct NoSource;
+
+// SAFETY: `map_pages` never succeeds, so there is nothing to guarantee about returned pages.
+unsafe impl PageSource for NoSource {
+    fn map_pages(&mut self, _count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        Err(PageSourceError::InvalidRequest)
+    }
+
+    unsafe fn unmap_pages(&mut self, _ptr: NonNull<u8>, _count: usize) {}
+}
+
+/// A page source that records every page it maps in the page map (as [`Entry::Large`]) and
+/// forgets every page it unmaps: the large allocator gets its pages through it, so that the map
+/// stays complete without the large allocator knowing about it. It also counts the pages.
+pub struct Recording<'a, S: PageSource> {
+    /// The heap's page source.
+    pub src: &'a mut S,
+    /// The heap's page map.
+    pub map: &'a mut PageMap,
+    /// Pages currently mapped through this wrapper (the heap's large-page counter).
+    pub pages: &'a mut usize,
+}
+
+impl<S: PageSource> core::fmt::Debug for Recording<'_, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Recording")
+            .field("pages", &self.pages)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: pages come from the wrapped source unchanged, so its guarantees carry over; a page is
+// unmapped only when the caller gives it back.
+unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        let start = self.src.map_pages(count)?;
+        if let Err(e) = self.map.set_run(self.src, start, count, Entry::Large) {
+            // SAFETY: we mapped exactly these pages just now and handed out nothing.
+            unsafe { self.src.unmap_pages(start, count) };
+            return Err(e);
+        }
+        *self.pages += count;
+        Ok(start)
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        self.map.clear_run(ptr, count);
+        *self.pages -= count;
+        // SAFETY: forwarded; the caller guarantees the pages are ours and mapped.
+        unsafe { self.src.unmap_pages(ptr, count) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ArenaSource;
+
+    #[test]
+    fn index_round_trip() {
+        for addr in [
+            0usize,
+            0x1000,
+            0x7fff_ffff_f000,
+            0xffff_8000_0000_0000,
+            0xffff_ffff_ffff_f000,
+        ] {
+            let idx = indices(addr).unwrap();
+            assert_eq!(address_of(&idx), addr);
+        }
+        assert!(indices(0x0000_8000_0000_0000).is_none());
+        assert!(indices(0x1234_0000_0000_0000).is_none());
+    }
+
+    #[test]
+    fn set_get_clear_prune() {
+        let mut src = ArenaSource::new(64);
+        let mut map = PageMap::new();
+        let a = src.map_pages(3).unwrap();
+        assert_eq!(map.get(a.addr().get()), Entry::Empty);
+        map.set_run(&mut src, a, 3, Entry::Large).unwrap();
+        let nodes = map.nodes();
+        assert!(nodes >= 4);
+        for i in 0..3 {
+            assert_eq!(map.get(a.addr().get() + i * PAGE_SIZE + 123), Entry::Large);
+        }
+        assert_eq!(map.get(a.addr().get() + 3 * PAGE_SIZE), Entry::Empty);
+        map.set(&mut src, a, Entry::Root(a)).unwrap();
+        assert_eq!(map.get(a.addr().get() + 5), Entry::Root(a));
+        assert_eq!(
+            map.count(),
+            EntryCounts {
+                root: 1,
+                chunk: 0,
+                large: 2
+            }
+        );
+        map.clear_run(a, 3);
+        assert_eq!(map.count(), EntryCounts::default());
+        assert_eq!(map.nodes(), nodes);
+        assert_eq!(src.mapped_pages(), 3 + nodes);
+        map.prune(&mut src);
+        assert_eq!(map.nodes(), 0);
+        assert_eq!(src.mapped_pages(), 3);
+    }
+
+    #[test]
+    fn failed_set_records_nothing() {
+        let mut src = ArenaSource::new(64);
+        let a = src.map_pages(2).unwrap();
+        src.fail_after(Some(0));
+        let mut map = PageMap::new();
+        assert!(map.set_run(&mut src, a, 2, Entry::Large).is_err());
+        assert_eq!(map.get(a.addr().get()), Entry::Empty);
+        assert_eq!(map.nodes(), 0);
+    }
+}

@@ -1,0 +1,414 @@
+//! Root pages: where the heap keeps everything that is not a block.
+//!
+//! A *root run* is a run of pages from the page source that starts with a [`RootHeader`] and is
+//! otherwise cut into equal *slots*. The heap keeps two chains of runs ([`Roots`]), one per slot
+//! kind, so that each is packed at its own size:
+//!
+//! * descriptor runs: slots of [`DESC_SLOT`] bytes, each a chunk descriptor
+//!   (`chunk::ChunkDesc`). The first run of this chain also holds the heap state (general pools,
+//!   large allocator, page map root, counters) between its header and its slots;
+//! * pool runs: slots of [`POOL_SLOT`] bytes, each a user pool header (`pool::UserPool`),
+//!   mapped when the first user pool is created.
+//!
+//! Later runs are one page each. Runs of a chain are linked through `next` in creation order.
+//! A slot's first byte says what it holds ([`KIND_FREE`], `chunk::KIND_CHUNK`,
+//! `pool::KIND_POOL`). Free slots form a LIFO list linked through the slot; fresh runs hand out
+//! never-used slots from a bump cursor, so adding a run is O(1).
+//!
+//! Root runs are never returned to the page source: their number is the high-water mark of
+//! descriptors and pools, and keeping them makes a slot's address a stable identity (pool
+//! handles are slot addresses, checked in O(1) through the page map; a pool slot is only ever
+//! reused by another pool, whose new generation number tells old handles apart).
+
+use core::ptr::{self, NonNull};
+
+use crate::chunk::ChunkDesc;
+use crate::error::InvariantError;
+use crate::pagemap::{Entry, PageMap};
+use crate::pool::UserPool;
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+
+/// "kheaproot" in the first 8 bytes of every root run.
+pub const ROOT_MAGIC: u64 = u64::from_le_bytes(*b"kheaprt1");
+
+/// `kind` byte of a free slot.
+pub const KIND_FREE: u8 = 0xF5;
+
+/// Slot size of descriptor runs: one chunk descriptor, in 8-byte units (32 bytes; 104 with
+/// `debug-checks`, for the allocated bitmap and the pool pointer).
+pub const DESC_SLOT: usize = size_of::<ChunkDesc>().next_multiple_of(8);
+
+/// Slot size of pool runs: one user pool header (80 bytes).
+pub const POOL_SLOT: usize = size_of::<UserPool>().next_multiple_of(8);
+
+/// Header at offset 0 of every root run. 40 bytes.
+#[derive(Debug)]
+#[repr(C)]
+pub struct RootHeader {
+    /// [`ROOT_MAGIC`].
+    pub magic: u64,
+    /// The next run of the chain, or null.
+    pub next: *mut RootHeader,
+    /// Pages in this run.
+    pub pages: u32,
+    /// Offset of slot 0 from the start of the run.
+    pub slot_offset: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Slots that fit in the run.
+    pub slot_count: u32,
+    /// Slots handed out at least once (the rest have never been used).
+    pub slot_bump: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// A slot on the free list.
+#[repr(C)]
+struct FreeSlot {
+    kind: u8,
+    next: *mut FreeSlot,
+}
+
+const _: () = assert!(size_of::<RootHeader>() == 40);
+const _: () = assert!(DESC_SLOT >= size_of::<FreeSlot>() && POOL_SLOT >= size_of::<FreeSlot>());
+
+/// A chain of root runs and the slot allocator over them. Lives in the heap state.
+#[derive(Debug)]
+pub struct Roots {
+    /// First run (holds the heap state).
+    first: *mut RootHeader,
+    /// Last run (the one whose bump cursor hands out fresh slots).
+    last: *mut RootHeader,
+    /// Free slots, LIFO.
+    free: *mut FreeSlot,
+    /// Root runs in the chain.
+    runs: usize,
+    /// Pages of all root runs.
+    pages: usize,
+    /// Slots in use.
+    live: usize,
+    /// Bytes per slot.
+    slot_size: usize,
+}
+
+impl Roots {
+    /// A chain without runs; the first slot request maps one.
+    pub const fn empty(slot_size: usize) -> Self {
+        Self {
+            first: ptr::null_mut(),
+            last: ptr::null_mut(),
+            free: ptr::null_mut(),
+            runs: 0,
+            pages: 0,
+            live: 0,
+            slot_size,
+        }
+    }
+
+    /// Starts the chain with a first run of `pages` pages at `base`, whose slots begin at
+    /// `slot_offset` (the bytes between the header and `slot_offset` are the caller's).
+    ///
+    /// # Safety
+    ///
+    /// `base` must be `pages` pages from the heap's page source that stay mapped as long as the
+    /// heap lives, with nothing else using the header or the bytes from `slot_offset` on.
+    pub unsafe fn with_first_run(
+        base: NonNull<u8>,
+        pages: usize,
+        slot_offset: usize,
+        slot_size: usize,
+    ) -> Self {
+        let header = base.as_ptr().cast::<RootHeader>();
+        // SAFETY: the caller gives us the run; its first bytes are the header.
+        unsafe { init_header(header, pages, slot_offset, slot_size) };
+        Self {
+            first: header,
+            last: header,
+            free: ptr::null_mut(),
+            runs: 1,
+            pages,
+            live: 0,
+            slot_size,
+        }
+    }
+
+    /// Pages held by root runs.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Slots in use.
+    #[cfg(test)]
+    pub fn live_slots(&self) -> usize {
+        self.live
+    }
+
+    /// Takes a slot (its contents are unspecified; the caller writes its kind). O(1); maps and
+    /// chains a new one-page root run when every slot is taken.
+    pub fn alloc<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        map: &mut PageMap,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        if let Some(slot) = NonNull::new(self.free) {
+            // SAFETY: slots on the free list are live slots of our runs with a `FreeSlot` in them.
+            self.free = unsafe { (*slot.as_ptr()).next };
+            self.live += 1;
+            return Ok(slot.cast());
+        }
+        // SAFETY: a non-null `last` is a live run of the chain.
+        let full =
+            self.last.is_null() || unsafe { (*self.last).slot_bump == (*self.last).slot_count };
+        if full {
+            let page = src.map_pages(1)?;
+            if let Err(e) = map.set(src, page, Entry::Root(page)) {
+                // SAFETY: mapped just now, nothing handed out.
+                unsafe { src.unmap_pages(page, 1) };
+                return Err(e);
+            }
+            let header = page.as_ptr().cast::<RootHeader>();
+            // SAFETY: a fresh page of ours; a non-null `last` is a live run.
+            unsafe {
+                init_header(header, 1, size_of::<RootHeader>(), self.slot_size);
+                match self.last.as_mut() {
+                    Some(last) => last.next = header,
+                    None => self.first = header,
+                }
+            }
+            self.last = header;
+            self.runs += 1;
+            self.pages += 1;
+        }
+        let last = self.last;
+        // SAFETY: `last` is live and has a never-used slot at `slot_bump`, inside the run.
+        let slot = unsafe {
+            let offset = (*last).slot_offset as usize + (*last).slot_bump as usize * self.slot_size;
+            (*last).slot_bump += 1;
+            NonNull::new_unchecked(last.cast::<u8>().add(offset))
+        };
+        self.live += 1;
+        Ok(slot)
+    }
+
+    /// Gives a slot back. O(1).
+    ///
+    /// # Safety
+    ///
+    /// `slot` must come from [`alloc`](Self::alloc) of these roots and not be freed already;
+    /// nothing may use its old contents afterwards.
+    pub unsafe fn free(&mut self, slot: NonNull<u8>) {
+        let s = slot.as_ptr().cast::<FreeSlot>();
+        // SAFETY: the slot is ours again; it is large and aligned enough for a `FreeSlot`.
+        unsafe {
+            s.write(FreeSlot {
+                kind: KIND_FREE,
+                next: self.free,
+            })
+        };
+        self.free = s;
+        self.live -= 1;
+    }
+
+    /// The slot at `addr` inside the root run starting at `base`, if `addr` is exactly the
+    /// start of a slot handed out at least once. O(1).
+    ///
+    /// # Safety
+    ///
+    /// `base` must be the start of a live root run of this heap (as the page map records it).
+    pub unsafe fn slot_at(base: NonNull<u8>, addr: usize) -> Option<NonNull<u8>> {
+        let header = base.as_ptr().cast::<RootHeader>();
+        // SAFETY: `base` is a live root run, so its header is readable.
+        let h = unsafe { &*header };
+        if h.magic != ROOT_MAGIC {
+            return None;
+        }
+        let offset = addr.checked_sub(base.addr().get())?;
+        let rel = offset.checked_sub(h.slot_offset as usize)?;
+        let size = h.slot_size as usize;
+        if size == 0 || rel % size != 0 || rel / size >= h.slot_bump as usize {
+            return None;
+        }
+        // SAFETY: in bounds of the run (below `slot_offset + slot_bump * SLOT_SIZE`).
+        Some(unsafe { base.add(offset) })
+    }
+
+    /// Checks the chain and the slot accounting, calling `f(kind, slot)` for every slot handed
+    /// out at least once, except free ones. Linear in the number of slots.
+    pub fn check(
+        &self,
+        map: &PageMap,
+        mut f: impl FnMut(u8, NonNull<u8>) -> Result<(), InvariantError>,
+    ) -> Result<(), InvariantError> {
+        let mut run = self.first;
+        let (mut runs, mut pages, mut live, mut free) = (0, 0, 0, 0);
+        let mut last = ptr::null_mut();
+        while let Some(r) = NonNull::new(run) {
+            // SAFETY: runs of the chain are live.
+            let h = unsafe { &*run };
+            let addr = r.addr().get();
+            let bad = InvariantError::RootPageCorrupt { addr };
+            let end = h.slot_offset as usize + h.slot_count as usize * self.slot_size;
+            if h.magic != ROOT_MAGIC
+                || h.slot_size as usize != self.slot_size
+                || h.slot_bump > h.slot_count
+                || end > h.pages as usize * PAGE_SIZE
+                || h.pages == 0
+            {
+                return Err(bad);
+            }
+            for p in 0..h.pages as usize {
+                if map.get(addr + p * PAGE_SIZE) != Entry::Root(r.cast()) {
+                    return Err(InvariantError::PageMapMismatch {
+                        addr: addr + p * PAGE_SIZE,
+                    });
+                }
+            }
+            for i in 0..h.slot_bump as usize {
+                // SAFETY: slot `i < slot_bump` lies inside the run.
+                let slot = unsafe {
+                    r.cast::<u8>()
+                        .add(h.slot_offset as usize + i * self.slot_size)
+                };
+                // SAFETY: every handed-out slot starts with its kind byte, written when it was
+                // handed out or freed.
+                let kind = unsafe { slot.as_ptr().read() };
+                if kind == KIND_FREE {
+                    free += 1;
+                } else {
+                    live += 1;
+                    f(kind, slot)?;
+                }
+            }
+            runs += 1;
+            pages += h.pages as usize;
+            last = run;
+            run = h.next;
+        }
+        if last != self.last {
+            return Err(InvariantError::RootPageCorrupt {
+                addr: self.last.addr(),
+            });
+        }
+        let mut listed = 0;
+        let mut s = self.free;
+        while !s.is_null() {
+            // SAFETY: free-list members are free slots of our runs.
+            let fs = unsafe { &*s };
+            if fs.kind != KIND_FREE || listed > free {
+                return Err(InvariantError::FreeListCorrupt { addr: s.addr() });
+            }
+            listed += 1;
+            s = fs.next;
+        }
+        let first = self.first.addr();
+        if runs == 0 && !self.last.is_null() {
+            return Err(InvariantError::RootPageCorrupt { addr: first });
+        }
+        for (recorded, counted) in [
+            (self.runs, runs),
+            (self.pages, pages),
+            (self.live, live),
+            (free, listed),
+        ] {
+            if recorded != counted {
+                return Err(InvariantError::CountMismatch {
+                    addr: first,
+                    recorded,
+                    counted,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// # Safety
+///
+/// `header` must be the writable start of a run of `pages` pages.
+unsafe fn init_header(header: *mut RootHeader, pages: usize, slot_offset: usize, slot_size: usize) {
+    let slot_offset = slot_offset.next_multiple_of(8);
+    let slot_count = (pages * PAGE_SIZE).saturating_sub(slot_offset) / slot_size;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        header.write(RootHeader {
+            magic: ROOT_MAGIC,
+            next: ptr::null_mut(),
+            pages: pages as u32,
+            slot_offset: slot_offset as u32,
+            slot_size: slot_size as u32,
+            slot_count: slot_count as u32,
+            slot_bump: 0,
+            reserved: 0,
+        })
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ArenaSource;
+
+    #[test]
+    fn slots_recycle_and_chain_new_runs() {
+        let mut src = ArenaSource::new(64);
+        let mut map = PageMap::new();
+        let base = src.map_pages(1).unwrap();
+        map.set(&mut src, base, Entry::Root(base)).unwrap();
+        // SAFETY: `base` is a fresh page of ours.
+        let mut roots = unsafe { Roots::with_first_run(base, 1, 1024, DESC_SLOT) };
+        let per_page = (PAGE_SIZE - 40) / DESC_SLOT;
+        let mut slots = std::vec::Vec::new();
+        let n = (PAGE_SIZE - 1024) / DESC_SLOT + 2 * per_page + 1;
+        for _ in 0..n {
+            let s = roots.alloc(&mut src, &mut map).unwrap();
+            // SAFETY: a slot we own.
+            unsafe { s.as_ptr().write(0x11) };
+            slots.push(s);
+        }
+        assert_eq!(roots.pages(), 4);
+        assert_eq!(roots.live_slots(), n);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        // Every slot is findable from its root run, and nothing else is.
+        for &s in &slots {
+            let Entry::Root(run) = map.get(s.addr().get()) else {
+                panic!()
+            };
+            // SAFETY: `run` is a live root run per the page map.
+            assert_eq!(unsafe { Roots::slot_at(run, s.addr().get()) }, Some(s));
+            // SAFETY: as above.
+            assert_eq!(unsafe { Roots::slot_at(run, s.addr().get() + 8) }, None);
+        }
+        for &s in slots.iter().rev().take(10) {
+            // SAFETY: allocated above, freed once.
+            unsafe { roots.free(s) };
+        }
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        for _ in 0..10 {
+            let s = roots.alloc(&mut src, &mut map).unwrap();
+            // SAFETY: a slot we own.
+            unsafe { s.as_ptr().write(0x11) };
+        }
+        assert_eq!(roots.pages(), 4);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+    }
+
+    #[test]
+    fn empty_chain_maps_its_first_run_lazily() {
+        let mut src = ArenaSource::new(8);
+        let mut map = PageMap::new();
+        let mut roots = Roots::empty(POOL_SLOT);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        assert_eq!(roots.pages(), 0);
+        let s = roots.alloc(&mut src, &mut map).unwrap();
+        // SAFETY: a slot we own.
+        unsafe { s.as_ptr().write(0x22) };
+        assert_eq!(roots.pages(), 1);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        let Entry::Root(run) = map.get(s.addr().get()) else {
+            panic!()
+        };
+        // SAFETY: a live root run per the page map.
+        assert_eq!(unsafe { Roots::slot_at(run, s.addr().get()) }, Some(s));
+    }
+}
