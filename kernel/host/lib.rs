@@ -1,1 +1,21 @@
 //! Host unit tests of the kernel's pure-logic modules.
+//!
+//! The kernel builds for `x86_64-unknown-none`, where there is no test harness. The modules of
+//! `kernel/src/memory` that use no privileged instructions are compiled here a second time, for
+//! the host, so that `cargo test` (or `cargo test -p kernel-host`) runs their `#[cfg(test)]`
+//! tests: the window buddy allocator, the memory-map reduction, the frame allocator (over a
+//! simulated physical memory arena) and the page-table walker (over simulated tables, with a
+//! recording TLB).
+//!
+//! Each module is included with `#[path]` at the crate root, so a module's `super::` reaches its
+//! siblings here just as it does inside `kernel::memory`.
+#![cfg_attr(not(test), no_std)]
+
+#[path = "../src/memory/buddy.rs"]
+pub mod buddy;
+#[path = "../src/memory/frame.rs"]
+pub mod frame;
+#[path = "../src/memory/paging.rs"]
+pub mod paging;
+#[path = "../src/memory/regions.rs"]
+pub mod regions;

@@ -1,0 +1,281 @@
+//! The heap window: the virtual range the kernel heap lives in, and [`KernelPageSource`], the
+//! `kheap::PageSource` that maps fresh frames into it.
+//!
+//! # Layout of the higher half
+//!
+//! ```text
+//!  0xFFFF_8000_0000_0000 ┌──────────────────────────────────────┐ PML4 slots 256..=383
+//!                        │ bootloader's dynamic range: kernel    │ (BOOTLOADER_CONFIG's
+//!                        │ image, stack, boot info, the mapping  │  dynamic_range_start..end)
+//!                        │ of all physical memory               │
+//!  0xFFFF_C000_0000_0000 ╞══════════════════════════════════════╡ PML4 slot 384: HEAP_SLOT_START
+//!                        │ scratch area, 1 GiB: pages that test │ SCRATCH_START
+//!                        │ and benchmark kernels map by hand     │
+//!  0xFFFF_C000_4000_0000 ├──────────────────────────────────────┤ HEAP_GUARD_START
+//!                        │ guard, 3 GiB, never mapped: a write   │ (its last page:
+//!                        │ running below the heap faults here    │  HEAP_GUARD_PAGE)
+//!  0xFFFF_C001_0000_0000 ├──────────────────────────────────────┤ HEAP_WINDOW_START
+//!                        │ heap window, 4 GiB = 2^20 pages,      │ (aligned to its size)
+//!                        │ mapped on demand by KernelPageSource  │
+//!  0xFFFF_C002_0000_0000 ├──────────────────────────────────────┤ HEAP_WINDOW_END
+//!                        │ never mapped (room to grow the window)│
+//!  0xFFFF_C080_0000_0000 ╘══════════════════════════════════════╛ HEAP_SLOT_END
+//!                          slots 385..=511: unused
+//! ```
+//!
+//! The whole of PML4 slot 384 belongs to this module. That makes the "is anything already
+//! mapped where the heap goes?" check at init one read (the slot's PML4 entry must be unused),
+//! and keeps the bootloader out by configuration: its dynamic mappings stay below
+//! `HEAP_SLOT_START` (`dynamic_range_end`). [`map`](super::map) refuses every page of the slot
+//! outside the scratch area, so the guard is never mapped.
+//!
+//! # Choosing pages
+//!
+//! Which pages of the window a request gets is decided by a [`Buddy`] over the window's 2^20 page
+//! numbers (see [`buddy`](super::buddy)): O(1)-bounded per request, freed runs are reusable
+//! and merge back, any sub-run of a mapping can be unmapped alone. Its bitmaps live in static
+//! memory: 2 bits per window page, 260 KiB for this 4 GiB window (in `.bss`). A run of `n` pages
+//! comes out aligned to `n.next_power_of_two()` pages, because the window start is aligned to
+//! the window size.
+//!
+//! The window is 4 GiB: twice the largest memory the tests boot with (2 GiB), so the heap can
+//! use all RAM even with fragmented address space. A larger machine needs a larger
+//! [`WINDOW_ORDER`] (each doubling doubles the static bitmap).
+//!
+//! # Locking
+//!
+//! Everything here runs under the global memory lock (`super::with_memory`), taken with
+//! interrupts disabled. The heap takes its own lock first and calls in here; this layer never
+//! calls the heap (it allocates nothing), so the order heap → memory is never reversed.
+
+use core::ptr::NonNull;
+
+use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
+use x86_64::VirtAddr;
+use x86_64::structures::paging::{Page, PageTableFlags};
+
+use super::buddy::{Buddy, storage_words};
+use super::frame::BitmapFrameAllocator;
+use super::paging::{MapError, PageTables, Tlb};
+
+/// Bytes per page, as a `u64` for address arithmetic.
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Start of PML4 slot 384, the 512 GiB slot reserved for the heap (see the module diagram).
+/// The bootloader's `dynamic_range_end` must not exceed it.
+pub const HEAP_SLOT_START: u64 = 0xFFFF_C000_0000_0000;
+/// End of the reserved slot (exclusive).
+pub const HEAP_SLOT_END: u64 = HEAP_SLOT_START + (1 << 39);
+
+/// Start of the scratch area: pages test and benchmark kernels map by hand (through
+/// [`map`](super::map)); nothing else uses it.
+pub const SCRATCH_START: u64 = HEAP_SLOT_START;
+/// Size of the scratch area: 1 GiB.
+pub const SCRATCH_SIZE: u64 = 1 << 30;
+
+/// The heap window is `2^WINDOW_ORDER` pages.
+pub const WINDOW_ORDER: u32 = 20;
+/// Size of the heap window in bytes: 4 GiB.
+pub const HEAP_WINDOW_SIZE: u64 = PAGE << WINDOW_ORDER;
+/// First address of the heap window, aligned to the window size.
+pub const HEAP_WINDOW_START: u64 = HEAP_SLOT_START + HEAP_WINDOW_SIZE;
+/// End of the heap window (exclusive).
+pub const HEAP_WINDOW_END: u64 = HEAP_WINDOW_START + HEAP_WINDOW_SIZE;
+/// Number of pages in the heap window.
+pub const HEAP_WINDOW_PAGES: usize = 1 << WINDOW_ORDER;
+
+/// Start of the never-mapped guard below the window (it ends at [`HEAP_WINDOW_START`]).
+pub const HEAP_GUARD_START: u64 = SCRATCH_START + SCRATCH_SIZE;
+/// The page just below the window: the first one a write running downwards out of the heap hits.
+pub const HEAP_GUARD_PAGE: u64 = HEAP_WINDOW_START - PAGE;
+
+/// Flags of heap pages: data only, so never executable.
+const WINDOW_FLAGS: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::WRITABLE)
+    .union(PageTableFlags::NO_EXECUTE);
+
+const _: () = {
+    assert!(
+        HEAP_WINDOW_START.is_multiple_of(HEAP_WINDOW_SIZE),
+        "window aligned to its size"
+    );
+    assert!(
+        HEAP_GUARD_START < HEAP_WINDOW_START,
+        "a guard below the window"
+    );
+    assert!(
+        HEAP_WINDOW_END <= HEAP_SLOT_END,
+        "window inside the reserved slot"
+    );
+};
+
+/// The buddy type sized for the window.
+pub type WindowBuddy = Buddy<WINDOW_ORDER, { storage_words(WINDOW_ORDER) }>;
+
+/// The window's bookkeeping: which pages are taken, how many are mapped.
+#[derive(Debug)]
+pub(super) struct HeapWindow {
+    /// Free/taken page runs of the window.
+    runs: WindowBuddy,
+    /// Pages currently mapped.
+    mapped: usize,
+}
+
+impl HeapWindow {
+    /// A window with no free pages (all-zero, for the `static`); [`reset`](Self::reset) opens it.
+    pub(super) const fn empty() -> Self {
+        Self {
+            runs: WindowBuddy::empty(),
+            mapped: 0,
+        }
+    }
+
+    /// Makes the whole window free, in place.
+    pub(super) fn reset(&mut self) {
+        self.runs.reset();
+        self.mapped = 0;
+    }
+
+    /// Pages currently mapped.
+    pub(super) fn mapped(&self) -> usize {
+        self.mapped
+    }
+
+    /// The largest run one request can get now, in pages.
+    pub(super) fn largest_free_run(&self) -> usize {
+        self.runs.largest_free_block()
+    }
+
+    /// Maps `count` pages of fresh frames at a free run of the window.
+    ///
+    /// # Errors
+    ///
+    /// `OutOfAddressSpace` if no free run is large enough, `OutOfMemory` if frames (for pages or
+    /// page tables) run out; in both cases nothing stays mapped or taken.
+    pub(super) fn map<T: Tlb>(
+        &mut self,
+        count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        if count == 0 {
+            return Err(PageSourceError::InvalidRequest);
+        }
+        if count > HEAP_WINDOW_PAGES {
+            return Err(PageSourceError::OutOfAddressSpace);
+        }
+        // Cheap early answer; page tables may still need more, which the mapper handles.
+        if frames.stats().free < count as u64 {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        let first = self
+            .runs
+            .alloc(count)
+            .ok_or(PageSourceError::OutOfAddressSpace)?;
+        let start = window_page(first);
+        // SAFETY: the run was free in the buddy, so no page of it is mapped or referenced; the
+        // window is reserved for exactly this use.
+        match unsafe { tables.map_fresh_run(start, count, WINDOW_FLAGS, frames) } {
+            Ok(()) => {}
+            Err(MapError::OutOfFrames) => {
+                self.runs.free(first, count);
+                return Err(PageSourceError::OutOfMemory);
+            }
+            Err(error) => panic!(
+                "heap window: mapping {count} pages at {:#x} failed: {error} \
+                 (window bookkeeping disagrees with the page tables)",
+                start.start_address().as_u64()
+            ),
+        }
+        self.mapped += count;
+        let ptr = start.start_address().as_mut_ptr::<u8>();
+        // The window is in the higher half: its addresses are never null.
+        Ok(NonNull::new(ptr).expect("heap window address is not null"))
+    }
+
+    /// Unmaps `count` pages from `addr`, frees their frames and returns the run to the buddy.
+    ///
+    /// # Panics
+    ///
+    /// If the run is not page-aligned, leaves the window, or has a page that is not mapped
+    /// (a double unmap): the message names the address.
+    ///
+    /// # Safety
+    ///
+    /// The pages must have been mapped by [`map`](Self::map) and nothing may access them after
+    /// this call.
+    pub(super) unsafe fn unmap<T: Tlb>(
+        &mut self,
+        addr: u64,
+        count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) {
+        if count == 0 {
+            return;
+        }
+        let in_window = (HEAP_WINDOW_START..HEAP_WINDOW_END).contains(&addr)
+            && (count as u64) <= (HEAP_WINDOW_END - addr) / PAGE;
+        assert!(
+            in_window && addr.is_multiple_of(PAGE),
+            "heap window: unmap_pages({addr:#x}, {count}) is not a page run inside the window"
+        );
+        let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
+        // SAFETY: the caller guarantees the pages were mapped by `map` (so their frames came from
+        // `frames`) and are no longer accessed.
+        if let Err(error) = unsafe { tables.unmap_fresh_run(window_page(first), count, frames) } {
+            panic!("heap window: unmap_pages({addr:#x}, {count}): {error}");
+        }
+        self.runs.free(first, count);
+        self.mapped -= count;
+    }
+}
+
+/// The page with index `index` of the window.
+fn window_page(index: usize) -> Page {
+    Page::containing_address(VirtAddr::new(HEAP_WINDOW_START + index as u64 * PAGE))
+}
+
+/// The heap's page source: maps fresh frames into the heap window (see the module docs).
+///
+/// A unit handle over the global memory state; every call takes the memory lock with interrupts
+/// disabled. It never allocates from the heap, so the heap may call it with its own lock held.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelPageSource;
+
+impl KernelPageSource {
+    /// A handle to the heap window.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self
+    }
+}
+
+// SAFETY: `map_pages` returns the start of `count` pages of the heap window that it has just
+// mapped PRESENT | WRITABLE to frames fresh from the frame allocator: page-aligned, readable and
+// writable, and aliased by nothing (the buddy hands each window page to one run, the frame
+// allocator each frame to one page, and nothing else maps window pages). They stay mapped until
+// `unmap_pages` is called for them.
+unsafe impl PageSource for KernelPageSource {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        if count == 0 || count.checked_mul(PAGE_SIZE).is_none() {
+            return Err(PageSourceError::InvalidRequest);
+        }
+        super::with_memory(|memory| match memory.parts() {
+            Some((window, tables, frames)) => window.map(count, tables, frames),
+            None => Err(PageSourceError::OutOfMemory),
+        })
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        let addr = ptr.as_ptr() as u64;
+        super::with_memory(|memory| {
+            let (window, tables, frames) = memory
+                .parts()
+                .expect("heap window: unmap_pages before memory::init");
+            // SAFETY: the trait's contract (pages mapped by `map_pages`, no live references) is
+            // `HeapWindow::unmap`'s.
+            unsafe { window.unmap(addr, count, tables, frames) }
+        });
+    }
+}

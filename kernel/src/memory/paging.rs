@@ -1,0 +1,868 @@
+//! The page mapper: a walker over the active 4-level page tables, reached through the
+//! bootloader's mapping of all physical memory.
+//!
+//! ```text
+//!   virtual address  [ sign | p4 (9) | p3 (9) | p2 (9) | p1 (9) | offset (12) ]
+//!   CR3 → PML4 ──p4──▶ PDPT ──p3──▶ PD ──p2──▶ PT ──p1──▶ 4 KiB frame
+//!   every table is one frame, read and written at `phys_offset + its physical address`
+//! ```
+//!
+//! Why not `x86_64::OffsetPageTable`: that mapper never gives page-table frames back, so a heap
+//! that grows and shrinks would leak them. This walker
+//!
+//! * creates missing tables from the [`BitmapFrameAllocator`] while mapping and, if the allocator
+//!   runs dry half-way, removes the tables it created in that call (a failed map changes nothing);
+//! * after unmapping, frees every table left empty (PT, then PD, then PDPT; never the PML4), but
+//!   only tables that the frame allocator handed out — the bootloader's own tables stay;
+//! * flushes the TLB before any frame that a stale translation or paging-structure cache entry
+//!   could still point to is reused, and reports exhaustion as an error, never a panic.
+//!
+//! Runs are processed one page table at a time: one walk per 512 pages, one emptiness scan per
+//! table touched, and one flush decision per table (`invlpg` per page for short runs, a CR3 reload
+//! for long ones). Cost: O(pages in the run), independent of how much is mapped elsewhere.
+//!
+//! TLB maintenance goes through the [`Tlb`] trait so that this module is pure logic: the kernel
+//! plugs in `invlpg`/CR3 reloads, the host tests a recorder (`cargo test -p kernel-host`).
+
+use core::fmt;
+use core::ptr;
+
+use x86_64::structures::paging::page_table::PageTableEntry;
+use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::frame::BitmapFrameAllocator;
+
+/// Entries per page table (9 index bits per level).
+const ENTRIES: usize = 512;
+
+/// Runs longer than this are flushed with one full TLB flush instead of one `invlpg` per page:
+/// a CR3 reload costs about as much as a few dozen `invlpg`s plus the refills.
+const FLUSH_ALL_THRESHOLD: usize = 32;
+
+/// Flags given to intermediate (PML4/PDPT/PD) entries this mapper creates: the leaf entry decides
+/// the real permissions, an intermediate level must not restrict them.
+const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
+
+/// TLB invalidation, as the mapper needs it.
+pub trait Tlb {
+    /// Invalidates the translation of one page and (as `invlpg` does) all paging-structure
+    /// caches.
+    fn flush_page(&mut self, page: Page);
+    /// Invalidates all non-global translations and paging-structure caches.
+    fn flush_all(&mut self);
+}
+
+/// Why a page could not be mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    /// The page already has a translation (to `frame`); it was left as it was.
+    AlreadyMapped {
+        /// The page.
+        page: Page,
+        /// The frame it is mapped to.
+        frame: PhysFrame,
+    },
+    /// No frame was left for a page table (or, for runs of fresh pages, for a page); nothing
+    /// was mapped.
+    OutOfFrames,
+    /// A huge page (1 GiB or 2 MiB) covers the page; 4 KiB pages cannot be mapped inside it.
+    HugePageInTheWay,
+    /// The flags ask for something this mapper does not do (a huge page).
+    InvalidFlags,
+    /// The page belongs to a range that only its owner may map (the heap window and its guard).
+    ReservedRange,
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AlreadyMapped { page, frame } => write!(
+                f,
+                "page {:#x} is already mapped to frame {:#x}",
+                page.start_address().as_u64(),
+                frame.start_address().as_u64()
+            ),
+            Self::OutOfFrames => f.write_str("out of physical frames"),
+            Self::HugePageInTheWay => f.write_str("a huge page covers the address"),
+            Self::InvalidFlags => f.write_str("unsupported page flags (huge page)"),
+            Self::ReservedRange => f.write_str("the page is in the reserved heap window range"),
+        }
+    }
+}
+
+/// Why a page could not be unmapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmapError {
+    /// The page has no translation.
+    NotMapped {
+        /// The page.
+        page: Page,
+    },
+    /// The page is part of a huge page, which this mapper does not split.
+    HugePage,
+    /// The page belongs to a range that only its owner may unmap (the heap window).
+    ReservedRange,
+}
+
+impl fmt::Display for UnmapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotMapped { page } => {
+                write!(f, "page {:#x} is not mapped", page.start_address().as_u64())
+            }
+            Self::HugePage => f.write_str("the page is part of a huge page"),
+            Self::ReservedRange => f.write_str("the page is in the reserved heap window range"),
+        }
+    }
+}
+
+/// Page-table frames freed by one step, to be returned after the TLB flush (at most PT, PD and
+/// PDPT).
+#[derive(Default)]
+struct Garbage {
+    frames: [Option<PhysFrame>; 3],
+}
+
+impl Garbage {
+    fn push(&mut self, frame: PhysFrame) {
+        if let Some(slot) = self.frames.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(frame);
+        }
+    }
+}
+
+/// The active page tables (see the module documentation).
+#[derive(Debug)]
+pub struct PageTables<T> {
+    /// Virtual address at which physical address 0 is mapped.
+    phys_offset: u64,
+    /// Physical address of the PML4.
+    root: u64,
+    /// Page-table frames this mapper allocated and has not freed.
+    table_frames: u64,
+    /// TLB maintenance.
+    tlb: T,
+}
+
+impl<T: Tlb> PageTables<T> {
+    /// A mapper that must not be used until replaced by [`new`](Self::new) (for `static`
+    /// initializers).
+    pub const fn empty(tlb: T) -> Self {
+        Self {
+            phys_offset: 0,
+            root: 0,
+            table_frames: 0,
+            tlb,
+        }
+    }
+
+    /// A mapper over the tables rooted at `root`.
+    ///
+    /// # Safety
+    ///
+    /// 1. `root` must be the PML4 of the active address space, a valid 4-level hierarchy.
+    /// 2. All physical memory holding page tables (and all frames the frame allocator hands out)
+    ///    must be mapped readable and writable at `phys_offset + physical address`.
+    /// 3. Nothing else may modify these tables while the mapper is in use (one mapper, behind
+    ///    a lock).
+    pub unsafe fn new(phys_offset: u64, root: PhysFrame, tlb: T) -> Self {
+        Self {
+            phys_offset,
+            root: root.start_address().as_u64(),
+            table_frames: 0,
+            tlb,
+        }
+    }
+
+    /// Page-table frames this mapper allocated and still uses.
+    #[must_use]
+    pub fn table_frames(&self) -> u64 {
+        self.table_frames
+    }
+
+    /// Whether the PML4 entry covering `addr` is unused, i.e. nothing at all is mapped in that
+    /// 512 GiB slot.
+    #[must_use]
+    pub fn top_slot_is_free(&self, addr: VirtAddr) -> bool {
+        // SAFETY: the root is a valid table (`new`'s contract); reading an entry is harmless.
+        unsafe { self.read(self.root, usize::from(addr.p4_index())) }.is_unused()
+    }
+
+    /// The physical address `addr` translates to, following 1 GiB and 2 MiB pages too.
+    #[must_use]
+    pub fn translate(&self, addr: VirtAddr) -> Option<PhysAddr> {
+        let indices = [
+            addr.p4_index(),
+            addr.p3_index(),
+            addr.p2_index(),
+            addr.p1_index(),
+        ];
+        let mut table = self.root;
+        for (level, index) in indices.into_iter().enumerate() {
+            // SAFETY: `table` is the root or was reached through present entries of valid tables.
+            let entry = unsafe { self.read(table, usize::from(index)) };
+            let flags = entry.flags();
+            if !flags.contains(PageTableFlags::PRESENT) {
+                return None;
+            }
+            // Level 1 (PDPT) and 2 (PD) entries may map 1 GiB / 2 MiB pages.
+            if level == 3
+                || ((level == 1 || level == 2) && flags.contains(PageTableFlags::HUGE_PAGE))
+            {
+                let size_bits = 12 + 9 * (3 - level as u32);
+                let mask = (1u64 << size_bits) - 1;
+                return Some(PhysAddr::new(
+                    (entry.addr().as_u64() & !mask) | (addr.as_u64() & mask),
+                ));
+            }
+            table = entry.addr().as_u64();
+        }
+        None
+    }
+
+    /// Maps `page` to `frame` with `flags` (PRESENT is added), creating missing tables.
+    ///
+    /// # Errors
+    ///
+    /// [`MapError::AlreadyMapped`], [`MapError::OutOfFrames`] (no frame for a table),
+    /// [`MapError::HugePageInTheWay`], [`MapError::InvalidFlags`] (HUGE_PAGE requested). On
+    /// error nothing changed.
+    ///
+    /// # Safety
+    ///
+    /// The mapping must not break memory safety: `frame` must not be memory that something else
+    /// owns and accesses through another mapping in a conflicting way, and the page must not be
+    /// one that code relies on staying unmapped.
+    pub unsafe fn map(
+        &mut self,
+        page: Page,
+        frame: PhysFrame,
+        flags: PageTableFlags,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), MapError> {
+        if flags.contains(PageTableFlags::HUGE_PAGE) {
+            return Err(MapError::InvalidFlags);
+        }
+        let pt = self.walk_create(page, frames)?;
+        let index = usize::from(page.p1_index());
+        // SAFETY: `pt` is a valid page table reached by the walk.
+        let entry = unsafe { self.read(pt, index) };
+        if entry.flags().contains(PageTableFlags::PRESENT) {
+            return Err(MapError::AlreadyMapped {
+                page,
+                frame: PhysFrame::containing_address(entry.addr()),
+            });
+        }
+        let mut new = PageTableEntry::new();
+        new.set_frame(frame, flags | PageTableFlags::PRESENT);
+        // SAFETY: writes an entry of a valid table; the caller vouches for the mapping itself.
+        unsafe { self.write(pt, index, new) };
+        Ok(())
+    }
+
+    /// Unmaps `page`, flushes its translation and returns its frame (which is not freed);
+    /// tables left empty are freed.
+    ///
+    /// # Errors
+    ///
+    /// [`UnmapError::NotMapped`], [`UnmapError::HugePage`]; nothing changed then.
+    ///
+    /// # Safety
+    ///
+    /// Nothing may access the page after this call (no live references into it).
+    pub unsafe fn unmap(
+        &mut self,
+        page: Page,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<PhysFrame, UnmapError> {
+        let mut taken = None;
+        // SAFETY: the caller's contract is `unmap_run`'s.
+        unsafe { self.unmap_run(page, 1, frames, |_, frame| taken = Some(frame)) }?;
+        taken.ok_or(UnmapError::NotMapped { page })
+    }
+
+    /// Maps `count` pages from `start` to fresh frames from `frames`, all with `flags`
+    /// (PRESENT added).
+    ///
+    /// # Errors
+    ///
+    /// [`MapError::OutOfFrames`] when frames run out for a page or a table,
+    /// [`MapError::AlreadyMapped`] if a page of the run is mapped already,
+    /// [`MapError::HugePageInTheWay`], [`MapError::InvalidFlags`]. On every error the pages
+    /// mapped by this call are unmapped again and their frames and new tables freed: a failed
+    /// call leaves the tables and the frame count as they were.
+    ///
+    /// # Safety
+    ///
+    /// The pages must be ones that code relies on staying unmapped only if this call fails
+    /// (typically: a virtual range reserved for exactly this purpose).
+    pub unsafe fn map_fresh_run(
+        &mut self,
+        start: Page,
+        count: usize,
+        flags: PageTableFlags,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), MapError> {
+        if flags.contains(PageTableFlags::HUGE_PAGE) {
+            return Err(MapError::InvalidFlags);
+        }
+        let flags = flags | PageTableFlags::PRESENT;
+        let mut done = 0;
+        let mut result = Ok(());
+        'chunks: while done < count {
+            let page = start + done as u64;
+            let first = usize::from(page.p1_index());
+            let chunk = (ENTRIES - first).min(count - done);
+            let pt = match self.walk_create(page, frames) {
+                Ok(pt) => pt,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            for index in first..first + chunk {
+                // SAFETY: `pt` is a valid page table reached by the walk.
+                let entry = unsafe { self.read(pt, index) };
+                if entry.flags().contains(PageTableFlags::PRESENT) {
+                    result = Err(MapError::AlreadyMapped {
+                        page: start + done as u64,
+                        frame: PhysFrame::containing_address(entry.addr()),
+                    });
+                    break 'chunks;
+                }
+                let Some(frame) = frames.allocate() else {
+                    result = Err(MapError::OutOfFrames);
+                    break 'chunks;
+                };
+                let mut new = PageTableEntry::new();
+                new.set_frame(frame, flags);
+                // SAFETY: writes an entry of a valid table to a page the caller reserved.
+                unsafe { self.write(pt, index, new) };
+                done += 1;
+            }
+        }
+        if result.is_err() {
+            // SAFETY: exactly the pages this call mapped, to frames nothing else has seen.
+            let undo = unsafe { self.unmap_fresh_run(start, done, frames) };
+            debug_assert!(undo.is_ok(), "undoing a partial run failed: {undo:?}");
+        }
+        result
+    }
+
+    /// Unmaps `count` pages from `start`, flushes them and frees their frames to `frames`, then
+    /// frees tables left empty.
+    ///
+    /// # Errors
+    ///
+    /// [`UnmapError::NotMapped`] naming the first page of the run that is not mapped (the pages
+    /// before it have been unmapped and freed), [`UnmapError::HugePage`].
+    ///
+    /// # Safety
+    ///
+    /// Every page must map a frame that came from `frames` and that nothing else uses, and
+    /// nothing may access the pages after this call.
+    pub unsafe fn unmap_fresh_run(
+        &mut self,
+        start: Page,
+        count: usize,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), UnmapError> {
+        // SAFETY: the frames are ours to free (caller's contract), and are freed only after
+        // their entries are cleared; the flush follows before `unmap_run` returns and before
+        // anything can reuse them (we hold `&mut` to the allocator throughout).
+        unsafe {
+            self.unmap_run(start, count, frames, |frames, frame| {
+                frames.deallocate(frame)
+            })
+        }
+    }
+
+    /// Unmaps a run one page table at a time, handing each frame to `sink`.
+    ///
+    /// # Safety
+    ///
+    /// Nothing may access the pages after this call.
+    unsafe fn unmap_run(
+        &mut self,
+        start: Page,
+        count: usize,
+        frames: &mut BitmapFrameAllocator,
+        mut sink: impl FnMut(&mut BitmapFrameAllocator, PhysFrame),
+    ) -> Result<(), UnmapError> {
+        let mut done = 0;
+        while done < count {
+            let page = start + done as u64;
+            let first = usize::from(page.p1_index());
+            let chunk = (ENTRIES - first).min(count - done);
+            let path = self.walk(page)?;
+            let pt = path[3];
+            let mut cleared = 0;
+            let mut error = None;
+            for index in first..first + chunk {
+                // SAFETY: `pt` is a valid page table reached by the walk.
+                let entry = unsafe { self.read(pt, index) };
+                if !entry.flags().contains(PageTableFlags::PRESENT) {
+                    error = Some(UnmapError::NotMapped {
+                        page: start + (done + cleared) as u64,
+                    });
+                    break;
+                }
+                // SAFETY: clears an entry of a valid table; the caller gave the page up.
+                unsafe { self.write(pt, index, PageTableEntry::new()) };
+                sink(frames, PhysFrame::containing_address(entry.addr()));
+                cleared += 1;
+            }
+            let garbage = self.reclaim(path, page, frames);
+            if cleared > FLUSH_ALL_THRESHOLD {
+                self.tlb.flush_all();
+            } else {
+                for i in 0..cleared {
+                    self.tlb.flush_page(page + i as u64);
+                }
+                if cleared == 0 && garbage.frames[0].is_some() {
+                    self.tlb.flush_all();
+                }
+            }
+            for frame in garbage.frames.into_iter().flatten() {
+                // SAFETY: the table is unlinked and the flush above dropped any cached copy of
+                // the entries that pointed to it; it came from `frames` (checked in `reclaim`).
+                unsafe { frames.deallocate(frame) };
+                self.table_frames -= 1;
+            }
+            if let Some(error) = error {
+                return Err(error);
+            }
+            done += cleared;
+        }
+        Ok(())
+    }
+
+    /// Physical addresses of the PML4, PDPT, PD and PT on the way to `page`.
+    fn walk(&self, page: Page) -> Result<[u64; 4], UnmapError> {
+        let indices = [page.p4_index(), page.p3_index(), page.p2_index()];
+        let mut path = [self.root, 0, 0, 0];
+        for (level, index) in indices.into_iter().enumerate() {
+            // SAFETY: `path[level]` is the root or was reached through present entries.
+            let entry = unsafe { self.read(path[level], usize::from(index)) };
+            let flags = entry.flags();
+            if !flags.contains(PageTableFlags::PRESENT) {
+                return Err(UnmapError::NotMapped { page });
+            }
+            if flags.contains(PageTableFlags::HUGE_PAGE) {
+                return Err(UnmapError::HugePage);
+            }
+            path[level + 1] = entry.addr().as_u64();
+        }
+        Ok(path)
+    }
+
+    /// Walks to the PT of `page`, creating missing tables; returns its physical address. On
+    /// failure the tables created by this call are removed again.
+    fn walk_create(
+        &mut self,
+        page: Page,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<u64, MapError> {
+        let indices = [page.p4_index(), page.p3_index(), page.p2_index()];
+        let mut table = self.root;
+        let mut created: [Option<(u64, usize, PhysFrame)>; 3] = [None; 3];
+        for (level, index) in indices.into_iter().enumerate() {
+            let index = usize::from(index);
+            // SAFETY: `table` is the root or was reached through present entries.
+            let entry = unsafe { self.read(table, index) };
+            let flags = entry.flags();
+            if flags.contains(PageTableFlags::PRESENT) {
+                if flags.contains(PageTableFlags::HUGE_PAGE) {
+                    // Only pre-existing tables can hold a huge page: nothing was created.
+                    return Err(MapError::HugePageInTheWay);
+                }
+                table = entry.addr().as_u64();
+                continue;
+            }
+            let Some(frame) = frames.allocate() else {
+                self.undo_created(&created, frames);
+                return Err(MapError::OutOfFrames);
+            };
+            let new_table = frame.start_address().as_u64();
+            // SAFETY: the frame is fresh from the allocator, mapped writable through the
+            // physical-memory mapping (`new`'s contract 2), and 4 KiB long.
+            unsafe { ptr::write_bytes(self.ptr(new_table, 0), 0, ENTRIES) };
+            let mut link = PageTableEntry::new();
+            link.set_frame(frame, TABLE_FLAGS);
+            // SAFETY: links a zeroed table into an unused entry of a valid table.
+            unsafe { self.write(table, index, link) };
+            self.table_frames += 1;
+            created[level] = Some((table, index, frame));
+            table = new_table;
+        }
+        Ok(table)
+    }
+
+    /// Unlinks and frees tables created by a failed [`walk_create`](Self::walk_create).
+    fn undo_created(
+        &mut self,
+        created: &[Option<(u64, usize, PhysFrame)>; 3],
+        frames: &mut BitmapFrameAllocator,
+    ) {
+        if created.iter().all(Option::is_none) {
+            return;
+        }
+        for &(parent, index, _) in created.iter().rev().flatten() {
+            // SAFETY: clears the entry this call set in a valid table.
+            unsafe { self.write(parent, index, PageTableEntry::new()) };
+        }
+        self.tlb.flush_all();
+        for &(_, _, frame) in created.iter().flatten() {
+            // SAFETY: the (empty) table came from `frames` moments ago, is unlinked and flushed.
+            unsafe { frames.deallocate(frame) };
+            self.table_frames -= 1;
+        }
+    }
+
+    /// After entries of the PT at `path[3]` were cleared: unlinks that PT if it is now empty,
+    /// then its PD, then its PDPT, each only if empty and allocated by `frames`. Returns the
+    /// unlinked frames, to be freed after the TLB flush.
+    fn reclaim(&mut self, path: [u64; 4], page: Page, frames: &BitmapFrameAllocator) -> Garbage {
+        let indices = [page.p4_index(), page.p3_index(), page.p2_index()];
+        let mut garbage = Garbage::default();
+        for level in (1..4).rev() {
+            let table = path[level];
+            let frame = PhysFrame::containing_address(PhysAddr::new(table));
+            if !frames.is_allocated(frame) || !self.is_empty(table) {
+                break;
+            }
+            // SAFETY: clears the parent entry of an empty table this mapper allocated.
+            unsafe {
+                self.write(
+                    path[level - 1],
+                    usize::from(indices[level - 1]),
+                    PageTableEntry::new(),
+                )
+            };
+            garbage.push(frame);
+        }
+        garbage
+    }
+
+    /// Whether every entry of the table is unused (at most 512 reads, stops at the first used).
+    fn is_empty(&self, table: u64) -> bool {
+        // SAFETY: `table` is a valid page table.
+        (0..ENTRIES).all(|i| unsafe { self.read(table, i) }.is_unused())
+    }
+
+    /// Pointer to entry `index` of the table at physical address `table`.
+    fn ptr(&self, table: u64, index: usize) -> *mut PageTableEntry {
+        let addr =
+            self.phys_offset.wrapping_add(table) as usize + index * size_of::<PageTableEntry>();
+        ptr::with_exposed_provenance_mut(addr)
+    }
+
+    /// Reads an entry.
+    ///
+    /// # Safety
+    ///
+    /// `table` must be the physical address of a page table and `index < 512`.
+    unsafe fn read(&self, table: u64, index: usize) -> PageTableEntry {
+        debug_assert!(index < ENTRIES);
+        // SAFETY: the table is mapped through the physical-memory mapping (`new`'s contract 2);
+        // the caller guarantees it is a table and the index is in range.
+        unsafe { self.ptr(table, index).read() }
+    }
+
+    /// Writes an entry.
+    ///
+    /// # Safety
+    ///
+    /// As [`read`](Self::read), and the write must keep the hierarchy valid.
+    unsafe fn write(&mut self, table: u64, index: usize, entry: PageTableEntry) {
+        debug_assert!(index < ENTRIES);
+        // SAFETY: as in `read`; the caller guarantees the new value is valid.
+        unsafe { self.ptr(table, index).write(entry) }
+    }
+}
+
+#[cfg(all(test, not(target_os = "none")))]
+mod tests {
+    extern crate std;
+    use super::super::frame::tests::PhysArena;
+    use super::super::regions::{Region, RegionKind, UsableRanges};
+    use super::*;
+    use std::vec::Vec;
+
+    /// Records flushes.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        pages: Vec<u64>,
+        all: usize,
+    }
+    impl Tlb for Recorder {
+        fn flush_page(&mut self, page: Page) {
+            self.pages.push(page.start_address().as_u64());
+        }
+        fn flush_all(&mut self) {
+            self.all += 1;
+        }
+    }
+
+    const BASE: u64 = 0x10_0000;
+    const RW: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::NO_EXECUTE);
+
+    struct World {
+        _arena: PhysArena,
+        frames: BitmapFrameAllocator,
+        tables: PageTables<Recorder>,
+    }
+
+    /// Simulated machine: `frames` usable frames after a root table at `BASE` (frame 0x100) and
+    /// a "bootloader" PDPT at `BASE + 0x1000`, linked from root slot 0 (as if the bootloader had
+    /// mapped something in the lowest 512 GiB).
+    fn world(usable_frames: u64) -> World {
+        let len = (usable_frames + 2) * 0x1000;
+        let arena = PhysArena::new(BASE, len as usize);
+        let map = [
+            Region {
+                start: BASE,
+                end: BASE + 0x2000,
+                kind: RegionKind::Bootloader,
+            },
+            Region {
+                start: BASE + 0x2000,
+                end: BASE + len,
+                kind: RegionKind::Usable,
+            },
+        ];
+        let ranges = UsableRanges::from_regions(map.iter().copied()).unwrap();
+        // SAFETY: the arena backs the whole map and outlives the world (it is a field).
+        let frames = unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }.unwrap();
+        let root = PhysFrame::containing_address(PhysAddr::new(BASE));
+        // SAFETY: the arena is zeroed: the root is an empty, valid table, mapped at the offset.
+        let mut tables = unsafe { PageTables::new(arena.offset(), root, Recorder::default()) };
+        let mut link = PageTableEntry::new();
+        link.set_addr(PhysAddr::new(BASE + 0x1000), TABLE_FLAGS);
+        // SAFETY: slot 0 of the valid, empty root; the linked PDPT is zeroed.
+        unsafe { tables.write(BASE, 0, link) };
+        World {
+            _arena: arena,
+            frames,
+            tables,
+        }
+    }
+
+    fn page(addr: u64) -> Page {
+        Page::containing_address(VirtAddr::new(addr))
+    }
+
+    const HIGH: u64 = 0xFFFF_C000_0000_0000;
+
+    #[test]
+    fn map_translate_unmap_round_trip() {
+        let mut w = world(64);
+        let free = w.frames.stats().free;
+        let f = w.frames.allocate().unwrap();
+        let p = page(HIGH + 0x5000);
+        // SAFETY: simulated tables; the frame is fresh.
+        unsafe { w.tables.map(p, f, RW, &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 3, "PDPT, PD and PT created");
+        assert_eq!(w.frames.stats().free, free - 4);
+        assert_eq!(
+            w.tables.translate(VirtAddr::new(HIGH + 0x5123)),
+            Some(f.start_address() + 0x123)
+        );
+        assert_eq!(w.tables.translate(VirtAddr::new(HIGH + 0x6000)), None);
+        assert!(!w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+        // SAFETY: nothing uses the page.
+        let back = unsafe { w.tables.unmap(p, &mut w.frames) }.unwrap();
+        assert_eq!(back, f);
+        assert_eq!(w.tables.translate(VirtAddr::new(HIGH + 0x5000)), None);
+        assert_eq!(w.tables.table_frames(), 0, "empty tables freed");
+        assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+        assert!(w.tables.tlb.pages.contains(&(HIGH + 0x5000)));
+        // SAFETY: the frame is unused again.
+        unsafe { w.frames.deallocate(back) };
+        assert_eq!(w.frames.stats().free, free);
+    }
+
+    #[test]
+    fn double_map_and_unmapped_unmap_are_typed_errors() {
+        let mut w = world(64);
+        let f = w.frames.allocate().unwrap();
+        let g = w.frames.allocate().unwrap();
+        let p = page(HIGH);
+        // SAFETY: simulated tables.
+        unsafe { w.tables.map(p, f, RW, &mut w.frames) }.unwrap();
+        let free = w.frames.stats().free;
+        // SAFETY: simulated tables.
+        let again = unsafe { w.tables.map(p, g, RW, &mut w.frames) };
+        assert_eq!(again, Err(MapError::AlreadyMapped { page: p, frame: f }));
+        assert_eq!(w.frames.stats().free, free);
+        // SAFETY: simulated tables.
+        let none = unsafe { w.tables.unmap(page(HIGH + 0x1000), &mut w.frames) };
+        assert_eq!(
+            none,
+            Err(UnmapError::NotMapped {
+                page: page(HIGH + 0x1000)
+            })
+        );
+        // SAFETY: simulated tables.
+        let none = unsafe { w.tables.unmap(page(HIGH + (1 << 30)), &mut w.frames) };
+        assert_eq!(
+            none,
+            Err(UnmapError::NotMapped {
+                page: page(HIGH + (1 << 30))
+            })
+        );
+        assert_eq!(w.tables.table_frames(), 3);
+        // SAFETY: simulated tables.
+        let huge = unsafe {
+            w.tables.map(
+                page(HIGH + 0x2000),
+                g,
+                RW | PageTableFlags::HUGE_PAGE,
+                &mut w.frames,
+            )
+        };
+        assert_eq!(huge, Err(MapError::InvalidFlags));
+    }
+
+    #[test]
+    fn bootloader_tables_are_never_freed() {
+        let mut w = world(64);
+        let f = w.frames.allocate().unwrap();
+        let p = page(0x4000_0000); // slot 0: under the "bootloader" PDPT
+        // SAFETY: simulated tables.
+        unsafe { w.tables.map(p, f, RW, &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 2, "PD and PT only");
+        // SAFETY: simulated tables.
+        unsafe { w.tables.unmap(p, &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 0);
+        assert!(
+            !w.tables.top_slot_is_free(VirtAddr::new(0)),
+            "bootloader PDPT kept"
+        );
+    }
+
+    #[test]
+    fn huge_pages_translate_and_block_mapping() {
+        let mut w = world(64);
+        // A 2 MiB page at 0x20_0000 in slot 0: PD entry with HUGE_PAGE.
+        let pd = w.frames.allocate().unwrap();
+        // SAFETY: zero the fresh PD through the arena mapping.
+        unsafe { ptr::write_bytes(w.tables.ptr(pd.start_address().as_u64(), 0), 0, ENTRIES) };
+        let mut link = PageTableEntry::new();
+        link.set_frame(pd, TABLE_FLAGS);
+        // SAFETY: simulated tables.
+        unsafe { w.tables.write(BASE + 0x1000, 0, link) };
+        let mut huge = PageTableEntry::new();
+        huge.set_addr(
+            PhysAddr::new(0x4000_0000),
+            TABLE_FLAGS | PageTableFlags::HUGE_PAGE,
+        );
+        // SAFETY: simulated tables.
+        unsafe { w.tables.write(pd.start_address().as_u64(), 1, huge) };
+        assert_eq!(
+            w.tables.translate(VirtAddr::new(0x20_1234)),
+            Some(PhysAddr::new(0x4000_1234))
+        );
+        let f = w.frames.allocate().unwrap();
+        // SAFETY: simulated tables.
+        let r = unsafe { w.tables.map(page(0x20_3000), f, RW, &mut w.frames) };
+        assert_eq!(r, Err(MapError::HugePageInTheWay));
+        // SAFETY: simulated tables.
+        let r = unsafe { w.tables.unmap(page(0x20_3000), &mut w.frames) };
+        assert_eq!(r, Err(UnmapError::HugePage));
+    }
+
+    #[test]
+    fn runs_span_tables_and_give_everything_back() {
+        let mut w = world(2048);
+        let free = w.frames.stats().free;
+        // 1500 pages starting 10 pages before a 2 MiB boundary: 4 page tables.
+        let start = page(HIGH + (1 << 21) - 10 * 0x1000);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(start, 1500, RW, &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 2 + 4);
+        assert_eq!(w.frames.stats().free, free - 1500 - 6);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1500u64 {
+            let pa = w.tables.translate((start + i).start_address()).unwrap();
+            assert!(seen.insert(pa.as_u64()));
+        }
+        // Unmap a middle piece, then the rest.
+        // SAFETY: pages mapped by the run above.
+        unsafe { w.tables.unmap_fresh_run(start + 600, 100, &mut w.frames) }.unwrap();
+        assert!(w.tables.tlb.all >= 1, "long runs flush everything");
+        assert_eq!(w.tables.translate((start + 650).start_address()), None);
+        // SAFETY: as above.
+        unsafe {
+            w.tables.unmap_fresh_run(start, 600, &mut w.frames).unwrap();
+            w.tables
+                .unmap_fresh_run(start + 700, 800, &mut w.frames)
+                .unwrap();
+        }
+        assert_eq!(w.tables.table_frames(), 0);
+        assert_eq!(w.frames.stats().free, free);
+        assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+    }
+
+    #[test]
+    fn exhaustion_leaves_nothing_behind() {
+        let mut w = world(600);
+        let free = w.frames.stats().free;
+        let start = page(HIGH);
+        // SAFETY: simulated tables, reserved range.
+        let r = unsafe { w.tables.map_fresh_run(start, 1000, RW, &mut w.frames) };
+        assert_eq!(r, Err(MapError::OutOfFrames));
+        assert_eq!(w.frames.stats().free, free);
+        assert_eq!(w.tables.table_frames(), 0);
+        assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+        // Exactly what fits: free - 4 tables (PDPT, PD, 2 PTs).
+        let fit = (free - 4) as usize;
+        // SAFETY: as above.
+        unsafe { w.tables.map_fresh_run(start, fit, RW, &mut w.frames) }.unwrap();
+        assert_eq!(w.frames.stats().free, 0);
+        // One more page needs a frame: typed error, nothing changes.
+        // SAFETY: as above.
+        let r = unsafe {
+            w.tables
+                .map_fresh_run(start + fit as u64, 1, RW, &mut w.frames)
+        };
+        assert_eq!(r, Err(MapError::OutOfFrames));
+        // SAFETY: as above.
+        unsafe { w.tables.unmap_fresh_run(start, fit, &mut w.frames) }.unwrap();
+        assert_eq!(w.frames.stats().free, free);
+    }
+
+    #[test]
+    fn table_exhaustion_undoes_created_tables() {
+        let mut w = world(3); // two allocatable frames (the bitmap takes one)
+        let f = w.frames.allocate().unwrap();
+        // One frame left: the PDPT can be made, the PD cannot.
+        // SAFETY: simulated tables.
+        let r = unsafe { w.tables.map(page(HIGH), f, RW, &mut w.frames) };
+        assert_eq!(r, Err(MapError::OutOfFrames));
+        assert_eq!(w.tables.table_frames(), 0);
+        assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+        assert_eq!(w.frames.stats().free, 1);
+        assert!(w.frames.allocate().is_some(), "the PDPT frame came back");
+    }
+
+    #[test]
+    fn unmapping_a_hole_in_a_run_reports_the_first_missing_page() {
+        let mut w = world(64);
+        let start = page(HIGH);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(start, 8, RW, &mut w.frames) }.unwrap();
+        // SAFETY: as above.
+        unsafe { w.tables.unmap_fresh_run(start + 3, 1, &mut w.frames) }.unwrap();
+        // SAFETY: as above.
+        let r = unsafe { w.tables.unmap_fresh_run(start, 8, &mut w.frames) };
+        assert_eq!(r, Err(UnmapError::NotMapped { page: start + 3 }));
+        assert_eq!(
+            w.tables.translate(start.start_address()),
+            None,
+            "pages before the hole went"
+        );
+        assert!(w.tables.translate((start + 4).start_address()).is_some());
+    }
+}

@@ -1,0 +1,65 @@
+//! The heap window is fenced: the guard page below it and the first page above it are never
+//! mapped, so a write running out of the heap faults with a report naming the address.
+
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::runner)]
+#![reexport_test_harness_main = "test_main"]
+
+use bootloader_api::BootInfo;
+use kernel::memory;
+use kernel::testing::ShouldPanic;
+use x86_64::VirtAddr;
+
+bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info).expect("kernel init");
+    test_main();
+    kernel::testing::finish()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    kernel::testing::panic_handler(info)
+}
+
+#[test_case]
+fn guard_and_window_edges_are_unmapped() {
+    assert_eq!(memory::HEAP_GUARD_PAGE, 0xFFFF_C000_FFFF_F000);
+    assert_eq!(
+        memory::translate(VirtAddr::new(memory::HEAP_GUARD_PAGE)),
+        None
+    );
+    assert_eq!(
+        memory::translate(VirtAddr::new(memory::HEAP_GUARD_START)),
+        None
+    );
+    assert_eq!(
+        memory::translate(VirtAddr::new(memory::HEAP_WINDOW_END)),
+        None
+    );
+}
+
+fn write_guard_page() {
+    let ptr = (memory::HEAP_GUARD_PAGE + 0xff8) as *mut u64;
+    // SAFETY: not sound on purpose: the guard page is never mapped, this write must fault.
+    unsafe { ptr.write_volatile(1) };
+}
+
+#[test_case]
+static WRITE_BELOW_THE_HEAP_WINDOW_FAULTS: ShouldPanic =
+    ShouldPanic::new("write_below_the_heap_window_faults", write_guard_page)
+        .expecting("PAGE FAULT accessing 0xffffc000fffffff8");
+
+fn write_past_window_end() {
+    let ptr = memory::HEAP_WINDOW_END as *mut u8;
+    // SAFETY: not sound on purpose: nothing is mapped above the window, this write must fault.
+    unsafe { ptr.write_volatile(1) };
+}
+
+#[test_case]
+static WRITE_ABOVE_THE_HEAP_WINDOW_FAULTS: ShouldPanic =
+    ShouldPanic::new("write_above_the_heap_window_faults", write_past_window_end)
+        .expecting("PAGE FAULT accessing 0xffffc00200000000");
