@@ -178,6 +178,7 @@ fn page_source_maps_aligned_writable_runs_and_takes_sub_runs_back() {
         source.unmap_pages(ptr.add(2 * PAGE_SIZE), 1);
     }
     assert_eq!(memory::stats(), before);
+    memory::check_invariants();
 }
 
 #[test_case]
@@ -204,6 +205,26 @@ fn page_source_rejects_bad_requests() {
         source.map_pages(usize::MAX),
         Err(PageSourceError::InvalidRequest)
     );
+}
+
+#[test_case]
+fn page_source_reports_a_full_window_as_out_of_address_space() {
+    let before = memory::stats();
+    let mut source = KernelPageSource::new();
+    // With any page of the window in use, no run of the whole window is free (the request is
+    // checked against the window before frames are counted, so this needs no RAM).
+    let one = source.map_pages(1).unwrap();
+    assert_eq!(
+        source.map_pages(memory::HEAP_WINDOW_PAGES),
+        Err(PageSourceError::OutOfAddressSpace)
+    );
+    // Half the window is free as one run, but there is not that much RAM.
+    let half = memory::HEAP_WINDOW_PAGES / 2;
+    assert!(memory::stats().frames_free < half as u64);
+    assert_eq!(source.map_pages(half), Err(PageSourceError::OutOfMemory));
+    // SAFETY: the page above, unreferenced.
+    unsafe { source.unmap_pages(one, 1) };
+    assert_eq!(memory::stats(), before);
 }
 
 fn execute_heap_page() {

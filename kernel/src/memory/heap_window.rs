@@ -136,6 +136,17 @@ impl HeapWindow {
         self.mapped = 0;
     }
 
+    /// Checks the window's buddy and that exactly the taken pages are counted as mapped; panics
+    /// naming the broken rule. Linear in the window size (about 2 million bit tests).
+    pub(super) fn check_invariants(&self) {
+        self.runs.check_invariants();
+        assert_eq!(
+            HEAP_WINDOW_PAGES - self.runs.free_pages(),
+            self.mapped,
+            "heap window: taken pages and mapped pages differ"
+        );
+    }
+
     /// Pages currently mapped.
     pub(super) fn mapped(&self) -> usize {
         self.mapped
@@ -164,14 +175,15 @@ impl HeapWindow {
         if count > HEAP_WINDOW_PAGES {
             return Err(PageSourceError::OutOfAddressSpace);
         }
-        // Cheap early answer; page tables may still need more, which the mapper handles.
-        if frames.stats().free < count as u64 {
-            return Err(PageSourceError::OutOfMemory);
-        }
         let first = self
             .runs
             .alloc(count)
             .ok_or(PageSourceError::OutOfAddressSpace)?;
+        // Cheap early answer; page tables may still need more, which the mapper handles.
+        if frames.stats().free < count as u64 {
+            self.runs.free(first, count);
+            return Err(PageSourceError::OutOfMemory);
+        }
         let start = window_page(first);
         // SAFETY: the run was free in the buddy, so no page of it is mapped or referenced; the
         // window is reserved for exactly this use.

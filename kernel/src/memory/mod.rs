@@ -389,21 +389,55 @@ impl fmt::Display for MemoryStats {
     }
 }
 
+/// Walks the memory layer's bookkeeping and panics, naming the broken rule, if it is
+/// inconsistent: the window's buddy bitmaps and counters, mapped pages against taken pages, and
+/// frame counts against what the window and the page tables hold. Linear in the window size:
+/// for tests and debugging, not for hot paths.
+pub fn check_invariants() {
+    with_memory(|m| {
+        if !m.ready {
+            return;
+        }
+        m.window.check_invariants();
+        let s = m.stats();
+        assert_eq!(
+            s.frames_total,
+            s.frames_free + s.frames_used,
+            "memory: frame counts"
+        );
+        assert!(
+            s.frames_used >= s.bitmap_frames + s.page_table_frames + s.window_pages_mapped,
+            "memory: fewer frames used than the bitmap, page tables and heap pages hold"
+        );
+    });
+}
+
 /// A snapshot of all memory counters (all zero but the window's geometry before [`init`]).
 #[must_use]
 pub fn stats() -> MemoryStats {
-    with_memory(|m| {
-        let frames = m.frames.stats();
+    with_memory(|m| m.stats())
+}
+
+/// Like [`stats`], but `None` instead of waiting if the memory lock is held — for panic and
+/// fault paths, which may run while this CPU holds the lock (waiting would hang forever).
+#[must_use]
+pub fn try_stats() -> Option<MemoryStats> {
+    without_interrupts(|| MEMORY.try_lock().map(|m| m.stats()))
+}
+
+impl MemoryState {
+    fn stats(&self) -> MemoryStats {
+        let frames = self.frames.stats();
         MemoryStats {
             frames_total: frames.total,
             frames_free: frames.free,
             frames_used: frames.used,
             bitmap_frames: frames.bitmap,
-            page_table_frames: m.tables.table_frames(),
+            page_table_frames: self.tables.table_frames(),
             window_start: HEAP_WINDOW_START,
             window_pages: HEAP_WINDOW_PAGES as u64,
-            window_pages_mapped: m.window.mapped() as u64,
-            window_largest_free_run: m.window.largest_free_run() as u64,
+            window_pages_mapped: self.window.mapped() as u64,
+            window_largest_free_run: self.window.largest_free_run() as u64,
         }
-    })
+    }
 }
