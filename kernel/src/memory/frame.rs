@@ -4,9 +4,10 @@
 //!
 //! Three structures, all O(1) per operation and O(ranges) to set up:
 //!
-//! * **Bump cursors** over never-used frames. The usable [`FrameRange`]s are walked in address
-//!   order; `cursor` is the next frame never handed out. Nothing is written to a frame before it
-//!   is handed out, so init does not touch (or even read) the free memory.
+//! * **Bump cursors** over never-used frames. The usable ranges
+//!   ([`FrameRange`](super::regions::FrameRange)) are walked in address order; `cursor` is the
+//!   next frame never handed out. Nothing is written to a frame before it is handed out, so init
+//!   does not touch (or even read) the free memory.
 //! * **A free stack** of returned frames, threaded through the frames themselves: the first 8
 //!   bytes of each free frame hold the physical address of the next one, reached through the
 //!   bootloader's mapping of all physical memory at `phys_offset`. Returned frames are reused
