@@ -42,6 +42,8 @@ struct Options {
     peers: Vec<Peer>,
     seed: u64,
     out: Option<PathBuf>,
+    /// Skip the latency and efficiency passes (for profiling the timed replays).
+    timing_only: bool,
 }
 
 /// Sizes and budgets that differ between the full benchmark and the smoke mode.
@@ -89,6 +91,7 @@ usage: kheap-bench [options]
                      buddy, dlmalloc, good_memory, system, bump
   --runs N           timed runs per allocator and workload (default 5; 1 with --quick)
   --seed N           PRNG seed of the workloads (default 1)
+  --timing-only      skip the latency and heap-efficiency passes (for profiling)
   --out DIR          where REPORT.md, runs.csv and the plots go
                      (default: kernel/heap/bench/results)
 ";
@@ -101,12 +104,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         peers: Vec::new(),
         seed: 1,
         out: None,
+        timing_only: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--quick" => o.quick = true,
+            "--timing-only" => o.timing_only = true,
             "--workload" => {
                 let w = value("--workload")?;
                 if !WORKLOAD_NAMES.contains(&w.as_str()) {
@@ -141,7 +146,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         o.workloads = WORKLOAD_NAMES.iter().map(|s| s.to_string()).collect();
     }
     if o.peers.is_empty() {
-        o.peers = Peer::ALL.into_iter().filter(|p| p.available()).collect();
+        o.peers = Peer::ALL.to_vec();
     }
     if o.out.is_none() && !o.quick {
         o.out = Some(PathBuf::from(concat!(
@@ -242,6 +247,7 @@ fn bench_workload(
                 continue;
             }
             r.ns.push(t.ns_per_op);
+            r.wall_ns.push(t.wall_ns_per_op);
             r.ops_done = r.ops_done.min(t.ops_done);
             r.memory = r.memory.or(t.memory);
             run_ns[i] = t.ns_per_op;
@@ -259,7 +265,7 @@ fn bench_workload(
         }
     }
     for (p, r) in &mut results {
-        if r.ok() {
+        if r.ok() && !o.timing_only {
             r.latency = Some(with_peer(
                 *p,
                 memory,
@@ -301,7 +307,15 @@ fn machine() -> String {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map_or_else(|| "rustc ?".into(), |s| s.trim().to_string());
-    format!("{cpu}, {cores} logical CPUs (shared), Linux {os}, {rustc}, release profile")
+    format!("{cpu}, {cores} logical CPUs, Linux {os}, {rustc}, release profile")
+}
+
+/// The 1-minute load average (how busy the shared machine was).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Today's UTC date as `YYYY-MM-DD` (civil-from-days, H. Hinnant's algorithm).
@@ -340,6 +354,7 @@ fn run(o: &Options, args: &[String]) -> Report {
             _ => unreachable!("names are checked when parsing"),
         }
     }
+    let load_start = load_average();
     let bump_max = workloads
         .iter()
         .map(|w| w.bump_bytes)
@@ -365,7 +380,7 @@ fn run(o: &Options, args: &[String]) -> Report {
         ("kernel-mix", Mix::Kernel),
         ("random-align", Mix::RandomAlign),
     ] {
-        if !o.workloads.iter().any(|w| w == name) {
+        if o.timing_only || !o.workloads.iter().any(|w| w == name) {
             continue;
         }
         let started = Instant::now();
@@ -393,7 +408,11 @@ fn run(o: &Options, args: &[String]) -> Report {
             "cargo run --release -p kheap-bench --{}",
             args.iter().map(|a| format!(" {a}")).collect::<String>()
         ),
-        machine: machine(),
+        machine: format!(
+            "{}; load average {load_start} at start, {} at end",
+            machine(),
+            load_average()
+        ),
         date: utc_date(),
         runs: o.runs,
         quick: o.quick,

@@ -136,11 +136,6 @@ impl Peer {
         }
     }
 
-    /// Whether this build can run it (our heap needs the `kheap-heap` feature until its API lands).
-    pub fn available(self) -> bool {
-        self != Self::Kheap || cfg!(feature = "kheap-heap")
-    }
-
     /// Parses a name from [`name`](Self::name).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.name() == name)
@@ -173,10 +168,7 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
     // used by this one allocator only and outlives it.
     unsafe {
         match peer {
-            #[cfg(feature = "kheap-heap")]
             Peer::Kheap => v.visit(&mut *KheapAlloc::new(region)),
-            #[cfg(not(feature = "kheap-heap"))]
-            Peer::Kheap => panic!("kheap is not available in this build"),
             Peer::Talc => v.visit(&mut *TalcAlloc::new(region)),
             Peer::Rlsf => v.visit(&mut *RlsfAlloc::new(region)),
             Peer::LinkedList => v.visit(&mut *LinkedListAlloc::new(region)),
@@ -212,7 +204,6 @@ impl SharedPages {
     }
 }
 
-#[cfg(feature = "kheap-heap")]
 // SAFETY: a successful `map_pages(n)` returns the start of `n` pages that `PageArena::map` has
 // just marked mapped: page-aligned (the region is page-aligned and mapping is page-granular),
 // readable and writable (the arena buffer is live for the allocator's whole life, see
@@ -299,13 +290,11 @@ unsafe impl dlmalloc::Allocator for DlPages {
 // ---------------------------------------------------------------------------------------------
 
 /// Our heap core.
-#[cfg(feature = "kheap-heap")]
 struct KheapAlloc {
     heap: kheap::Heap<SharedPages>,
     pages: SharedPages,
 }
 
-#[cfg(feature = "kheap-heap")]
 impl KheapAlloc {
     /// # Safety
     ///
@@ -320,7 +309,6 @@ impl KheapAlloc {
     }
 }
 
-#[cfg(feature = "kheap-heap")]
 impl BenchAlloc for KheapAlloc {
     fn name(&self) -> &'static str {
         "kheap"

@@ -15,8 +15,10 @@ use crate::svg::{self, Series};
 pub struct PeerRun {
     /// Verification: ops checked, or what went wrong.
     pub verify: Result<usize, String>,
-    /// ns per call of each timed run (empty when not timed).
+    /// ns per call (thread CPU time) of each timed run (empty when not timed).
     pub ns: Vec<f64>,
+    /// ns per call of wall time of each timed run.
+    pub wall_ns: Vec<f64>,
     /// Per run, this allocator's time divided by talc's time in the same run.
     pub ratio_to_talc: Vec<f64>,
     /// Fewest body ops any run completed (less than the body when the time budget cut it).
@@ -37,6 +39,7 @@ impl PeerRun {
         Self {
             verify,
             ns: Vec::new(),
+            wall_ns: Vec::new(),
             ratio_to_talc: Vec::new(),
             ops_done: usize::MAX,
             oom: false,
@@ -302,6 +305,7 @@ impl Report {
             "ns/call median",
             "min",
             "max",
+            "wall median",
             "vs talc",
             "calls timed",
             "verification",
@@ -320,6 +324,7 @@ impl Report {
                     flag(r).unwrap_or_else(|| fmt_ns(r.ns_median())),
                     fmt_ns(min),
                     fmt_ns(max),
+                    fmt_ns(median(&r.wall_ns)),
                     fmt_ratio(r.ratio_median()),
                     if r.ns.is_empty() {
                         "–".into()
@@ -634,7 +639,10 @@ impl Report {
             "- method: every workload is generated once (seed {}) and replayed for every allocator, each through \
              its own non-global API over a fixed {} arena (page-aligned, pre-touched; our heap and dlmalloc take \
              pages from it through a page bitmap); single-threaded; {} timed runs per allocator and workload with \
-             the allocator order rotated between runs; ratios to talc are taken within each run, then the median; \
+             the allocator order rotated between runs; ns per call is the thread's CPU time \
+             (`CLOCK_THREAD_CPUTIME_ID`) over the timed calls divided by their number, so time spent descheduled \
+             on a shared machine does not count (wall time is in the detail tables and `runs.csv`); ratios to \
+             talc are taken within each run, then the median; \
              a replay is cut after {:.0} s (marked †). Before timing, an untimed verification pass patterns every \
              block, checks it before free/realloc, and checks alignment and overlap; failures are flagged and not \
              ranked. `system` (host malloc) and `bump` are reference points.",
@@ -650,12 +658,23 @@ impl Report {
 
     /// Raw per-run figures, one line per allocator, workload and run.
     pub fn runs_csv(&self) -> String {
-        let mut s = String::from("workload,allocator,run,ns_per_call,ratio_to_talc\n");
+        let mut s =
+            String::from("workload,allocator,run,cpu_ns_per_call,wall_ns_per_call,ratio_to_talc\n");
         for w in &self.workloads {
             for (p, r) in &w.peers {
                 for (i, ns) in r.ns.iter().enumerate() {
                     let ratio = r.ratio_to_talc.get(i).copied().unwrap_or(f64::NAN);
-                    let _ = writeln!(s, "{},{},{},{:.3},{:.4}", w.name, p.name(), i, ns, ratio);
+                    let wall = r.wall_ns.get(i).copied().unwrap_or(f64::NAN);
+                    let _ = writeln!(
+                        s,
+                        "{},{},{},{:.3},{:.3},{:.4}",
+                        w.name,
+                        p.name(),
+                        i,
+                        ns,
+                        wall,
+                        ratio
+                    );
                 }
             }
         }
