@@ -10,13 +10,18 @@
 #![test_runner(crate::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
+extern crate alloc;
+
+pub mod allocator;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;
+pub mod memory;
 pub mod qemu;
 pub mod serial;
 pub mod testing;
 pub mod timer;
+pub mod workload;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::BootInfo;
@@ -27,6 +32,10 @@ use bootloader_api::BootInfo;
 pub const BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
     config.mappings.physical_memory = Some(Mapping::Dynamic);
+    // Keep the bootloader's own dynamic mappings (physical-memory map, boot info, stack) below the
+    // top-level page-table slot that the memory layer reserves for the heap window.
+    config.mappings.dynamic_range_start = Some(0xFFFF_8000_0000_0000);
+    config.mappings.dynamic_range_end = Some(memory::HEAP_SLOT_START);
     // Deep recursion in tests (and BTreeMap-heavy workloads) want more than the default 80 KiB.
     config.kernel_stack_size = 256 * 1024;
     config
@@ -34,19 +43,30 @@ pub const BOOTLOADER_CONFIG: BootloaderConfig = {
 
 /// Why kernel initialisation failed.
 #[derive(Debug)]
-pub enum InitError {}
+pub enum InitError {
+    /// The frame allocator, page tables or heap window could not be set up.
+    Memory(memory::MemoryInitError),
+    /// The heap could not map its first root page.
+    Heap(allocator::HeapInitError),
+}
 
 impl core::fmt::Display for InitError {
-    fn fmt(&self, _f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match *self {}
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Memory(e) => write!(f, "memory: {e}"),
+            Self::Heap(e) => write!(f, "{e}"),
+        }
     }
 }
 
-/// Brings the kernel up: serial console, GDT and TSS, IDT, memory, heap.
-pub fn init(_boot_info: &'static mut BootInfo) -> Result<(), InitError> {
+/// Brings the kernel up, in this order: serial console, GDT and TSS, IDT, physical frames and
+/// page tables, heap.
+pub fn init(boot_info: &'static mut BootInfo) -> Result<(), InitError> {
     serial::init();
     gdt::init();
     interrupts::init();
+    memory::init(boot_info).map_err(InitError::Memory)?;
+    allocator::init().map_err(InitError::Heap)?;
     Ok(())
 }
 

@@ -1,18 +1,34 @@
-//! The kernel binary: boots, reports what it was given, runs its main job, exits QEMU.
+//! The kernel binary: boots, reports the memory it was given, runs the heap workload, and leaves
+//! QEMU with success only if everything checked out and every page came back.
 
 #![no_std]
 #![no_main]
 
 use bootloader_api::BootInfo;
 use kernel::qemu::{QemuExitCode, exit_qemu};
-use kernel::serial_println;
+use kernel::{allocator, memory, serial_println, workload};
 
 bootloader_api::entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
-    serial_println!("kernel {} booting", env!("CARGO_PKG_VERSION"));
+    serial_println!(
+        "kernel {} booting (bootloader_api {}.{}.{})",
+        env!("CARGO_PKG_VERSION"),
+        boot_info.api_version.version_major(),
+        boot_info.api_version.version_minor(),
+        boot_info.api_version.version_patch()
+    );
+    serial_println!(
+        "memory map: {}",
+        memory::memory_map_summary(&boot_info.memory_regions)
+    );
     if let Err(e) = kernel::init(boot_info) {
         serial_println!("kernel init failed: {e}");
+        exit_qemu(QemuExitCode::Failed);
+    }
+    serial_println!("heap: initialised over the heap window");
+    if let Err(e) = workload::run() {
+        serial_println!("workload FAILED: {e}");
         exit_qemu(QemuExitCode::Failed);
     }
     serial_println!("kernel finished");
@@ -22,5 +38,17 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     serial_println!("KERNEL PANIC: {info}");
+    if let Some(layout) = allocator::last_failure() {
+        serial_println!(
+            "last failed allocation: {} bytes aligned to {}",
+            layout.size(),
+            layout.align()
+        );
+        // `try_stats` does not wait for the heap lock: the panic may have happened inside it.
+        if let Some(stats) = allocator::try_stats() {
+            serial_println!("{stats}");
+        }
+        serial_println!("{}", memory::stats());
+    }
     exit_qemu(QemuExitCode::Failed)
 }
