@@ -1,5 +1,185 @@
-#![cfg_attr(not(test), no_std)]
-#![cfg_attr(feature = "allocator-api", feature(allocator_api))]
+//! `kheap`: a pool/chunk kernel heap.
+//!
+//! # What it is
+//!
+//! A general-purpose allocator for a kernel, plus user-created object pools (like Linux
+//! `kmem_cache_create`). It asks for memory only in whole 4 KiB pages, through a [`PageSource`]
+//! the kernel supplies (map fresh frames into a heap window, unmap them again), and it never
+//! touches page tables. It is a plain `no_std` library with no architecture dependency, so the
+//! same source runs its tests on the host and under Miri.
+//!
+//! Requests are served in two ways:
+//!
+//! * **Pools of chunks** for sizes up to a page: a *pool* serves one block size; its memory is
+//!   *chunks*, each exactly one page split into equal blocks. The general allocator has one pool
+//!   per size class (36 classes from 8 to 4096 bytes, see [`size_class`]); user pools
+//!   ([`Heap::create_pool`]) serve any size from 1 to 4096 bytes. Allocation and free are O(1).
+//! * **The large allocator** (`large`) for everything the classes do not serve: a
+//!   coalescing TLSF-style allocator over 64 KiB regions, and page runs of their own for
+//!   requests of 64 KiB and more.
+//!
+//! # Root runs, pools and chunks
+//!
+//! ```text
+//!   Heap { source, state* }
+//!            │
+//!            ▼  first root run (page 0)                  more root runs (1 page each)
+//!   ┌────────────────────────────────────────────┐     ┌──────────────────────────────┐
+//!   │ header │ heap state │ descriptor slots …   │────▶│ header │ descriptor slots …  │──▶ …
+//!   └──────────────┬──────────────────┬──────────┘     └──────────────────────────────┘
+//!                  │ class pools      │ ChunkDesc ─────────────▶ chunk page (blocks only)
+//!                  │ user pool list ──┼──▶ pool root runs: header │ UserPool slots …
+//!                  │ page map ────────┼──▶ radix nodes ──▶ leaf: page → ChunkDesc / root / large
+//!                  │ LargeAlloc ──────┴──▶ regions and page runs
+//! ```
+//!
+//! All bookkeeping lives in *root runs* taken from the page source (module `root`): the heap
+//! state, the headers of user pools, and one *descriptor* per chunk. Keeping the descriptors
+//! out of line means all 4096 bytes of a chunk serve blocks (two 2048-byte blocks per chunk, one
+//! 4096-byte block per chunk, 512 blocks of 8 bytes). Descriptor slots and pool slots are
+//! separate chains of root runs with their own slot size; when a chain's last run is full
+//! another page is chained. Freed slots are recycled LIFO; root runs are never unmapped.
+//!
+//! The first root run (one page) is laid out as follows (byte offsets; `debug-checks` only
+//! changes the descriptor size):
+//!
+//! ```text
+//!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/bump
+//!   40     HeapState       2976 B
+//!   40       classes       2016 B   36 × Pool (56 B): partial/full/empty lists, counters, geometry
+//!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
+//!   2848     map             16 B   PageMap: top node, node count
+//!   2864     descs           56 B   Roots: the descriptor chain (this run is its first)
+//!   2920     pools           56 B   Roots: the pool-header chain
+//!   2976     user pools …    40 B   user pool list, counters (requested bytes, large pages)
+//!   3016   descriptor slots         33 × 32 B ChunkDesc (10 × 104 B with debug-checks)
+//! ```
+//!
+//! A later descriptor run is a 40-byte header and 126 slots of 32 bytes (39 of 104); a pool run
+//! is a header and 50 [`UserPool`](pool::UserPool) slots of 80 bytes. The unit test
+//! `root_page_layout_matches_the_crate_docs` keeps these numbers true.
+//!
+//! A chunk (module `chunk`) is one page of blocks of its pool's stride. Blocks of 8 bytes and more
+//! keep a LIFO free list threaded through the free blocks as 16-bit in-chunk byte offsets, plus a
+//! bump cursor for never-used blocks, so a new chunk is set up in O(1). Blocks of 1 to 7 bytes
+//! (user pools only) cannot hold such a link without rounding up, so their chunks start with a
+//! two-level free bitmap instead:
+//!
+//! ```text
+//!   list chunk (stride s >= 8)                     tiny chunk (stride s in 1..=7)
+//!   0      s      2s            bump         4096  0       8          8+8W                   4096
+//!   ┌──────┬──────┬─── … ───────┬── … ──┬────┐     ┌───────┬──────────┬────────────────────┐
+//!   │blk 0 │blk 1 │             │unused │tail│     │summary│ W words  │ capacity × s bytes │
+//!   └──────┴──────┴─── … ───────┴── … ──┴────┘     │  u64  │free bits │ of blocks          │
+//!   free block: [u16 offset of next free | …]      └───────┴──────────┴────────────────────┘
+//! ```
+//!
+//! (1-byte blocks: W = 57, 3632 blocks per chunk; 7-byte blocks: W = 9, 573 blocks.)
+//!
+//! A pool (module `pool`) keeps its chunks on three doubly linked lists through the
+//! descriptors: *partial* (some blocks free), *full* and *empty*. Allocation takes the head of
+//! the partial list; a full chunk that gets a block back is pushed at the head, so the next
+//! allocations refill the chunk that was most recently full (an O(1) stand-in for "the fullest
+//! chunk"), which lets the other partial chunks drain. A pool maps no chunk before its first
+//! allocation.
+//!
+//! # Size classes
+//!
+//! [`size_class::class_for`] is the one mapping from a `Layout` to a class or to the large
+//! allocator: the smallest class that is at least the size and a multiple of the alignment
+//! (chunks are page aligned, so a block's alignment is the largest power of two dividing its
+//! class), as long as the rounding wastes at most 1/8 of the block for sizes from 64 bytes; an
+//! alignment larger than the size may force more waste. Every class leaves at most 81 bytes of a
+//! chunk unused (the table's worst is 64).
+//!
+//! # The page map
+//!
+//! Freeing a block must find its chunk descriptor without a header in front of the block. The
+//! page map (module `pagemap`) is a 4-level radix tree over 48-bit virtual page numbers, shaped
+//! like an x86_64 page table, whose nodes are pages from the page source. Each leaf entry says
+//! what a heap page is: a chunk (pointer to its descriptor), a root page (pointer to its run) or
+//! a large-allocator page. The large allocator gets its pages through a wrapper source that
+//! records them. A lookup is four dependent loads; it also lets debug checks reject foreign
+//! pointers in O(1), and makes a user pool handle (the address of its header slot plus a
+//! generation number) checkable in O(1).
+//!
+//! # Locking
+//!
+//! [`Heap`] is the algorithm and takes `&mut self`. [`LockedHeap`] wraps it behind a
+//! [`RawLock`] and implements `GlobalAlloc`. The rule: every heap operation runs inside one
+//! `lock()`/`unlock()` pair, called by the same holder, never nested; the page source is called
+//! with the lock held and must not allocate from the heap. The kernel's lock disables interrupts
+//! (saving the flag in `lock`, restoring it in `unlock`), so interrupt handlers may allocate.
+//!
+//! # Invariants (checked by [`Heap::check_invariants`])
+//!
+//! * Root runs: correct magic; slot cursors within the run; every handed-out slot is free (and
+//!   on its chain's free list exactly once) or holds its chain's kind; counts match.
+//! * Every chunk is on exactly one list of its pool: partial ⇔ 0 < used < capacity, full ⇔
+//!   used = capacity, empty ⇔ used = 0; prev/next links agree; at most [`EMPTY_RESERVE`]
+//!   empty chunks per pool.
+//! * A chunk's free list stays inside the blocks handed out so far, links only block starts,
+//!   has no cycle, and free + used = blocks handed out (tiny chunks: bitmap and summary agree).
+//!   With `debug-checks`, the allocated bitmap has exactly `used` bits set.
+//! * The page map records exactly the root pages, the chunks (each pointing to its own
+//!   descriptor) and the large-allocator pages; its node count is right.
+//! * Pool counters (live blocks, chunks) and heap counters (user pools, large pages) match the
+//!   walk; requested bytes never exceed held bytes; the large allocator passes its own checker.
+//!
+//! # Memory return
+//!
+//! A chunk whose last block is freed is returned to the page source at once, unless its pool
+//! keeps fewer than [`EMPTY_RESERVE`] (1) empty chunks, in which case it waits there for the
+//! next allocation: a pool that oscillates around a chunk boundary does not map and unmap a page
+//! on every other call. The large allocator likewise caches at most one empty region and unmaps
+//! page runs on free. [`Heap::trim`] drops every reserve and cache and unmaps empty page-map
+//! nodes, so after every block is freed and the heap is trimmed, only the root runs and the
+//! page-map nodes that record them remain mapped.
+//!
+//! # Errors and debugging
+//!
+//! Exhaustion is never a panic: every path returns a typed error ([`AllocError`],
+//! [`PoolError`]), and `GlobalAlloc` turns it into a null pointer. With feature `debug-checks`,
+//! freeing a pointer the heap does not own, an interior pointer, a block of another class or
+//! pool, or a block twice panics with a message that names the address and the class or pool
+//! (module `debug`); without it those checks cost nothing. [`Heap::stats`] returns a fixed-size
+//! [`HeapStats`] that prints as a `/proc/slabinfo`-like table.
+//!
+//! # Modules
+//!
+//! `size_class` (the class table and mapping), `root` (root runs and slots), `pagemap`,
+//! `chunk` (one page of blocks), `pool` (lists of chunks), `large` (the large allocator),
+//! `heap` ([`Heap`]), `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `stats`,
+//! `object_pool` ([`ObjectPool`], [`PoolBox`], [`PoolHandle`]), `debug`, `error`, `source`, and
+//! `testing` (feature `testing`: an arena page source and a PRNG for host tests).
 
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(all(test, feature = "allocator-api"), feature(allocator_ext))]
+
+#[cfg(all(feature = "testing", not(test)))]
+extern crate std;
+
+mod chunk;
+mod debug;
 pub mod error;
+mod heap;
+mod large;
+mod locked;
+mod object_pool;
+mod pagemap;
+mod pool;
+mod root;
+pub mod size_class;
 pub mod source;
+mod stats;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::{AllocError, InitError, InvariantError, PoolError};
+pub use heap::{FIRST_RUN_PAGES, Heap, PoolId};
+pub use large::{LargeAlloc, LargeStats};
+pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
+pub use object_pool::{ObjectPool, PoolBox, PoolHandle};
+pub use pool::EMPTY_RESERVE;
+pub use source::{PAGE_SIZE, PageSource, PageSourceError};
+pub use stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};

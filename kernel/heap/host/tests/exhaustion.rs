@@ -1,0 +1,91 @@
+//! Exhaustion: an arena of a few pages, allocations until the heap says no, everything freed,
+//! and the same again. Failing is an error, never a panic, and the heap recovers completely.
+
+use std::alloc::Layout;
+
+use kheap::testing::{ArenaSource, XorShift64};
+use kheap::{AllocError, Heap};
+
+fn fill_until_exhausted(
+    heap: &mut Heap<ArenaSource>,
+    seed: u64,
+) -> Vec<(std::ptr::NonNull<u8>, Layout)> {
+    let mut rng = XorShift64::new(seed);
+    let mut live = Vec::new();
+    let mut misses = 0;
+    // After the first failure keep trying other sizes: smaller requests may still fit.
+    while misses < 50 {
+        let size = match rng.below(10) {
+            0..=5 => rng.range(1, 256),
+            6..=8 => rng.range(257, 4096),
+            _ => rng.range(4097, 100_000),
+        };
+        let layout = Layout::from_size_align(size, 1 << rng.below(6)).unwrap();
+        match heap.allocate(layout) {
+            Ok(p) => {
+                // SAFETY: a fresh block of `size` bytes.
+                unsafe { p.as_ptr().write_bytes(0x5A, size) };
+                live.push((p, layout));
+            }
+            Err(AllocError::OutOfPages { layout: l, .. }) => {
+                assert_eq!(l, layout);
+                misses += 1;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    heap.check_invariants().unwrap();
+    live
+}
+
+#[test]
+fn allocate_until_exhausted_free_all_and_again() {
+    let pages = if cfg!(miri) { 48 } else { 256 };
+    let mut heap = Heap::new(ArenaSource::new(pages));
+    let mut counts = Vec::new();
+    for round in 0..3 {
+        let live = fill_until_exhausted(&mut heap, 42);
+        assert!(
+            heap.source().mapped_pages() > pages * 9 / 10,
+            "round {round}: arena not used up"
+        );
+        counts.push(live.len());
+        for (p, layout) in live {
+            // SAFETY: allocated above with `layout`.
+            unsafe { heap.deallocate(p, layout) };
+        }
+        heap.trim();
+        heap.check_invariants().unwrap();
+        let s = heap.stats();
+        assert_eq!(
+            heap.source().mapped_pages(),
+            s.pages.root + s.pages.page_map
+        );
+    }
+    // The same request sequence fits the same way every time once the root pages exist.
+    assert!(counts[0] > 0);
+    assert_eq!(counts[1], counts[2], "{counts:?}");
+}
+
+#[test]
+fn pools_exhaust_cleanly() {
+    let mut heap = Heap::new(ArenaSource::new(32));
+    let id = heap.create_pool(3, 1).unwrap();
+    let mut blocks = Vec::new();
+    loop {
+        match heap.pool_alloc(id) {
+            Ok(p) => blocks.push(p),
+            Err(AllocError::OutOfPages { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    heap.check_invariants().unwrap();
+    assert!(blocks.len() > 25 * 1300, "{}", blocks.len());
+    for p in blocks {
+        // SAFETY: allocated from `id` above.
+        unsafe { heap.pool_free(id, p) };
+    }
+    heap.destroy_pool(id).unwrap();
+    heap.trim();
+    heap.check_invariants().unwrap();
+}

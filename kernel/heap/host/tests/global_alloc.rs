@@ -1,0 +1,149 @@
+//! The heap as the `#[global_allocator]` of this whole test binary: the test harness, `std`
+//! and every collection below allocate through a `LockedHeap` over a static arena, from
+//! several threads at once. Then the heap checks its invariants.
+
+use std::cell::UnsafeCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ptr::NonNull;
+
+use kheap::{LockedHeap, PAGE_SIZE, PageSource, PageSourceError, SpinLock};
+
+/// Pages of the static arena (64 MiB natively).
+const PAGES: usize = if cfg!(miri) { 2048 } else { 16 * 1024 };
+
+#[repr(C, align(4096))]
+struct Arena(UnsafeCell<[u8; PAGES * PAGE_SIZE]>);
+
+// SAFETY: the arena is only reached through `StaticArena`, which lives inside the locked heap.
+unsafe impl Sync for Arena {}
+
+static ARENA: Arena = Arena(UnsafeCell::new([0; PAGES * PAGE_SIZE]));
+
+/// A `const`-constructible first-fit page source over `ARENA` (there can be only one).
+struct StaticArena {
+    used: [u64; PAGES / 64],
+}
+
+// SAFETY: runs are disjoint (bitmap), page aligned (the arena is), inside the static arena, and
+// only freed through `unmap_pages`.
+unsafe impl PageSource for StaticArena {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        if count == 0 {
+            return Err(PageSourceError::InvalidRequest);
+        }
+        let free = |p: usize| self.used[p / 64] & (1 << (p % 64)) == 0;
+        let mut start = 0;
+        while start + count <= PAGES {
+            match (start..start + count).find(|&p| !free(p)) {
+                Some(busy) => start = busy + 1,
+                None => {
+                    for p in start..start + count {
+                        self.used[p / 64] |= 1 << (p % 64);
+                    }
+                    let base = ARENA.0.get().cast::<u8>();
+                    // SAFETY: `start + count <= PAGES`: inside the arena.
+                    return Ok(unsafe { NonNull::new_unchecked(base.add(start * PAGE_SIZE)) });
+                }
+            }
+        }
+        Err(PageSourceError::OutOfMemory)
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        let first = (ptr.addr().get() - ARENA.0.get().addr()) / PAGE_SIZE;
+        for p in first..first + count {
+            assert!(
+                self.used[p / 64] & (1 << (p % 64)) != 0,
+                "unmap of a free page"
+            );
+            self.used[p / 64] &= !(1 << (p % 64));
+        }
+    }
+}
+
+#[global_allocator]
+static HEAP: LockedHeap<SpinLock, StaticArena> = LockedHeap::new(StaticArena {
+    used: [0; PAGES / 64],
+});
+
+fn check_heap() {
+    // Nothing may allocate while the heap is locked: collect, unlock, then assert.
+    let guard = HEAP.lock().unwrap();
+    let result = guard.check_invariants();
+    let stats = guard.stats();
+    drop(guard);
+    result.unwrap();
+    assert!(stats.requested_bytes > 0, "the harness itself allocates");
+}
+
+#[test]
+fn collections_grow_and_shrink() {
+    let n = if cfg!(miri) { 200 } else { 20_000 };
+    let mut v: Vec<u64> = Vec::new();
+    for i in 0..n {
+        v.push(i);
+    }
+    v.truncate(10);
+    v.shrink_to_fit();
+    assert_eq!(v.iter().sum::<u64>(), 45);
+    let mut s = String::new();
+    for i in 0..n / 10 {
+        s.push_str(&i.to_string());
+    }
+    let mut map = BTreeMap::new();
+    let mut hash = HashMap::new();
+    for i in 0..n {
+        map.insert(i, vec![i as u8; (i % 300) as usize]);
+        hash.insert(i, i.to_string());
+        if i % 3 == 0 {
+            map.remove(&(i / 2));
+            hash.remove(&(i / 2));
+        }
+    }
+    for (k, v) in &map {
+        assert!(v.iter().all(|&b| b == *k as u8));
+    }
+    for (k, v) in &hash {
+        assert_eq!(*v, k.to_string());
+    }
+    check_heap();
+}
+
+#[test]
+fn threads_allocate_concurrently() {
+    let rounds = if cfg!(miri) { 30 } else { 3000 };
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut boxes: Vec<Box<[u8]>> = Vec::new();
+                for i in 0..rounds {
+                    let len = (i * 37 + t * 11) % if i % 50 == 0 { 200_000 } else { 700 };
+                    boxes.push(vec![t as u8; len].into_boxed_slice());
+                    if i % 2 == 0 {
+                        let b = boxes.swap_remove((i * 7) % boxes.len());
+                        assert!(b.iter().all(|&x| x == t as u8));
+                    }
+                }
+                boxes.len()
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    check_heap();
+}
+
+#[test]
+fn huge_request_fails_with_null() {
+    let layout = std::alloc::Layout::from_size_align(PAGES * PAGE_SIZE, 8).unwrap();
+    // SAFETY: a valid layout; the result is only compared.
+    let p = unsafe { std::alloc::alloc(layout) };
+    assert!(p.is_null());
+    let v: Result<Vec<u8>, _> = {
+        let mut v = Vec::new();
+        v.try_reserve_exact(PAGES * PAGE_SIZE).map(|()| v)
+    };
+    assert!(v.is_err());
+    check_heap();
+}
