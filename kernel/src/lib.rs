@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod allocator;
+pub mod bench;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;

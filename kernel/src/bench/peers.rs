@@ -1,0 +1,373 @@
+//! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`].
+//!
+//! All three get their memory from the same page source (in the kernel: the heap window's
+//! [`KernelPageSource`](crate::memory::KernelPageSource)) and the same budget of pages:
+//!
+//! * our heap, `kheap::Heap`, asks for pages as it grows, through a [`CappedSource`] that refuses
+//!   to map more than the budget (so mapping cost is part of what is measured, as in the kernel);
+//! * `talc` and `linked_list_allocator` manage one flat [`Arena`] of exactly the budget, mapped up
+//!   front from the same source and unmapped when the allocator is dropped.
+//!
+//! Dispatch is static: [`with_peer`] builds one adapter and hands it to a [`Visit`]or whose
+//! `visit` is generic over the adapter type, so every timed loop is monomorphised per allocator and
+//! pays no dynamic-dispatch cost.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
+
+/// What the benchmark needs from an allocator. All requests have a non-zero size.
+pub trait BenchAlloc {
+    /// Allocates a block for `layout`; `None` when out of memory.
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>>;
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block returned by this allocator's `alloc` or `realloc` for `layout`
+    /// (the layout most recently requested for it).
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout);
+
+    /// Resizes a block to `new_size` bytes with the same alignment, keeping its contents up to the
+    /// smaller size. On `None` the old block is still live and unchanged.
+    ///
+    /// # Safety
+    ///
+    /// As for [`free`](Self::free), with `old` the block's current layout; `new_size` is non-zero
+    /// and, rounded up to `old.align()`, does not overflow `isize`.
+    unsafe fn realloc(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>>;
+
+    /// Most pages it ever held at once (its whole arena, for a flat-arena allocator).
+    fn peak_pages(&self) -> usize;
+
+    /// Gives memory it no longer needs back to the page source, where it can (kheap's `trim`), and
+    /// returns the pages it still holds; `None` for allocators that own a fixed arena.
+    fn release(&mut self) -> Option<usize> {
+        None
+    }
+}
+
+/// `realloc` for allocators without one (or whose in-place attempt failed): allocate, copy, free.
+///
+/// # Safety
+///
+/// The contract of [`BenchAlloc::realloc`].
+unsafe fn realloc_by_copy<A: BenchAlloc>(
+    a: &mut A,
+    ptr: NonNull<u8>,
+    old: Layout,
+    new_size: usize,
+) -> Option<NonNull<u8>> {
+    let new_layout = Layout::from_size_align(new_size, old.align()).ok()?;
+    let new = a.alloc(new_layout)?;
+    // SAFETY:
+    // 1. `ptr` is live with `old.size()` bytes (caller's contract) and `new` is a fresh block of
+    //    `new_size` bytes, so both ranges are valid for the copied length.
+    // 2. A fresh block cannot overlap a live one.
+    // 3. `ptr` is live with layout `old`, as `free` requires, and is not used afterwards.
+    unsafe {
+        ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old.size().min(new_size));
+        a.free(ptr, old);
+    }
+    Some(new)
+}
+
+/// The allocators the benchmark compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Our heap core, `kheap::Heap`, over a capped page source.
+    Kheap,
+    /// talc 5.1.1 (`base::Talc` with the `Manual` source, i.e. a fixed claimed arena).
+    Talc,
+    /// linked_list_allocator 0.10.6 (first fit over an address-ordered hole list).
+    LinkedList,
+}
+
+impl Peer {
+    /// Every allocator, in table order: ours first, then the reference peer, then the baseline.
+    pub const ALL: [Self; 3] = [Self::Kheap, Self::Talc, Self::LinkedList];
+
+    /// Name used in tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Kheap => "kheap",
+            Self::Talc => "talc",
+            Self::LinkedList => "linked_list",
+        }
+    }
+}
+
+/// Something to do with one allocator, generic over its adapter type.
+pub trait Visit {
+    /// What the visit produces.
+    type Out;
+    /// Runs with a freshly created allocator.
+    fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out;
+}
+
+/// Creates `peer` with `budget_pages` pages of memory from `source`, runs `v` on it, and drops it
+/// (which gives every page back to `source`).
+pub fn with_peer<S: PageSource, V: Visit>(
+    peer: Peer,
+    source: S,
+    budget_pages: usize,
+    v: V,
+) -> Result<V::Out, PageSourceError> {
+    Ok(match peer {
+        Peer::Kheap => v.visit(&mut KheapAlloc::new(CappedSource::new(
+            source,
+            budget_pages,
+        ))),
+        Peer::Talc => v.visit(&mut TalcAlloc::new(Arena::map(source, budget_pages)?)),
+        Peer::LinkedList => v.visit(&mut LinkedListAlloc::new(Arena::map(source, budget_pages)?)),
+    })
+}
+
+// -------------------------------------------------------------------------------------------------
+// Memory for the allocators
+// -------------------------------------------------------------------------------------------------
+
+/// A page source that refuses to hold more than `cap` pages at once, and counts what it holds.
+#[derive(Debug)]
+pub struct CappedSource<S> {
+    inner: S,
+    cap: usize,
+    mapped: usize,
+    peak: usize,
+}
+
+impl<S: PageSource> CappedSource<S> {
+    /// `inner`, limited to `cap` pages mapped at any time.
+    pub const fn new(inner: S, cap: usize) -> Self {
+        Self {
+            inner,
+            cap,
+            mapped: 0,
+            peak: 0,
+        }
+    }
+
+    /// Pages mapped through this source and not unmapped yet.
+    pub const fn mapped_pages(&self) -> usize {
+        self.mapped
+    }
+
+    /// Most pages ever mapped at once.
+    pub const fn peak_pages(&self) -> usize {
+        self.peak
+    }
+}
+
+// SAFETY: every successful `map_pages` is a successful `map_pages` of `inner`, which upholds the
+// trait's guarantees; `unmap_pages` forwards exactly the caller's (equally constrained) range. The
+// cap only turns some requests into errors, which the trait allows.
+unsafe impl<S: PageSource> PageSource for CappedSource<S> {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        let total = self
+            .mapped
+            .checked_add(count)
+            .ok_or(PageSourceError::InvalidRequest)?;
+        if total > self.cap {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        let ptr = self.inner.map_pages(count)?;
+        self.mapped = total;
+        self.peak = self.peak.max(total);
+        Ok(ptr)
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        // SAFETY: forwarded contract: the pages were mapped by an earlier `map_pages` of this
+        // source, hence of `inner`, and are not referenced any more.
+        unsafe { self.inner.unmap_pages(ptr, count) };
+        self.mapped -= count;
+    }
+}
+
+/// A run of pages mapped up front from a page source, for allocators that manage one flat region.
+/// Dropping it unmaps the pages.
+#[derive(Debug)]
+pub struct Arena<S: PageSource> {
+    source: S,
+    base: NonNull<u8>,
+    pages: usize,
+}
+
+impl<S: PageSource> Arena<S> {
+    /// Maps `pages` contiguous pages from `source`.
+    pub fn map(mut source: S, pages: usize) -> Result<Self, PageSourceError> {
+        let base = source.map_pages(pages)?;
+        Ok(Self {
+            source,
+            base,
+            pages,
+        })
+    }
+
+    /// Size of the arena in bytes.
+    pub const fn bytes(&self) -> usize {
+        self.pages * PAGE_SIZE
+    }
+}
+
+impl<S: PageSource> Drop for Arena<S> {
+    fn drop(&mut self) {
+        // SAFETY: the pages were mapped by `map` on this very source and are unmapped only here;
+        // the allocator that used them is dropped before its arena (it is declared first in the
+        // adapters that own both), so nothing refers to them any more.
+        unsafe { self.source.unmap_pages(self.base, self.pages) };
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Adapters
+// -------------------------------------------------------------------------------------------------
+
+/// Our heap core.
+struct KheapAlloc<S: PageSource> {
+    heap: kheap::Heap<CappedSource<S>>,
+}
+
+impl<S: PageSource> KheapAlloc<S> {
+    fn new(source: CappedSource<S>) -> Self {
+        Self {
+            heap: kheap::Heap::new(source),
+        }
+    }
+}
+
+impl<S: PageSource> Drop for KheapAlloc<S> {
+    fn drop(&mut self) {
+        // The replay's teardown freed every block; give back the empty chunks the heap keeps in
+        // reserve too, so the next allocator starts from the same free memory. `kheap::Heap` has
+        // no teardown of its own: its root run and page-map nodes stay mapped (a few pages).
+        self.heap.trim();
+    }
+}
+
+impl<S: PageSource> BenchAlloc for KheapAlloc<S> {
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.heap.allocate(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
+        unsafe { self.heap.deallocate(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
+        unsafe { self.heap.reallocate(ptr, old, new).ok() }
+    }
+
+    fn peak_pages(&self) -> usize {
+        self.heap.source().peak_pages()
+    }
+
+    fn release(&mut self) -> Option<usize> {
+        self.heap.trim();
+        Some(self.heap.source().mapped_pages())
+    }
+}
+
+/// talc over a claimed arena. Field order matters: the allocator is dropped before its arena.
+struct TalcAlloc<S: PageSource> {
+    talc: talc::base::Talc<talc::source::Manual, talc::DefaultBinning>,
+    arena: Arena<S>,
+}
+
+impl<S: PageSource> TalcAlloc<S> {
+    fn new(arena: Arena<S>) -> Self {
+        let mut talc = talc::base::Talc::new(talc::source::Manual);
+        // SAFETY: the arena is mapped, exclusively ours, and outlives the allocator (it is dropped
+        // after it, see the field order); `Manual` allows manual heap management. A budget of at
+        // least one page is far above `talc::min_first_heap_size`, so the claim cannot fail.
+        let claimed = unsafe { talc.claim(arena.base.as_ptr(), arena.bytes()) };
+        debug_assert!(
+            claimed.is_some(),
+            "talc refused a {}-byte arena",
+            arena.bytes()
+        );
+        Self { talc, arena }
+    }
+}
+
+impl<S: PageSource> BenchAlloc for TalcAlloc<S> {
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: benchmark requests never have a zero size (trait contract).
+        unsafe { self.talc.allocate(layout) }
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` was allocated by this talc with `layout`.
+        unsafe { self.talc.deallocate(ptr.as_ptr(), layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with layout `old` and `new` is non-zero; on a
+        // failed in-place attempt the block is unchanged, as `realloc_by_copy` requires.
+        unsafe {
+            if self.talc.try_realloc_in_place(ptr.as_ptr(), old, new) {
+                Some(ptr)
+            } else {
+                realloc_by_copy(self, ptr, old, new)
+            }
+        }
+    }
+
+    fn peak_pages(&self) -> usize {
+        self.arena.pages
+    }
+}
+
+/// linked_list_allocator's first-fit heap over an arena. Field order: heap before arena.
+struct LinkedListAlloc<S: PageSource> {
+    heap: linked_list_allocator::Heap,
+    arena: Arena<S>,
+}
+
+impl<S: PageSource> LinkedListAlloc<S> {
+    fn new(arena: Arena<S>) -> Self {
+        let mut heap = linked_list_allocator::Heap::empty();
+        // SAFETY: the arena is mapped, exclusively ours, and outlives the heap (dropped after it),
+        // and it is larger than `Heap::MIN_SIZE`.
+        unsafe { heap.init(arena.base.as_ptr(), arena.bytes()) };
+        Self { heap, arena }
+    }
+}
+
+impl<S: PageSource> BenchAlloc for LinkedListAlloc<S> {
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.heap.allocate_first_fit(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` was allocated by this heap with `layout`.
+        unsafe { self.heap.deallocate(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract (linked_list_allocator has no resize of its own).
+        unsafe { realloc_by_copy(self, ptr, old, new) }
+    }
+
+    fn peak_pages(&self) -> usize {
+        self.arena.pages
+    }
+}

@@ -1,0 +1,299 @@
+//! Printing the benchmark's tables over serial.
+//!
+//! Ratios are `cycles / reference cycles` of the same workload in the same boot: below 1.00 is
+//! faster than the reference. Every number is printed with fixed width so the tables line up in a
+//! terminal and in the recorded `kernel/heap/bench/results/KERNEL.md`.
+
+use core::fmt;
+
+use kheap::source::PAGE_SIZE;
+
+use super::memcost::MemCosts;
+use super::peers::Peer;
+use super::replay::ReplayError;
+use super::{BenchError, Scale, Sizes};
+use crate::serial_println;
+
+/// The warning every report carries, in these exact words.
+pub const TCG_NOTE: &str =
+    "QEMU without KVM (TCG): absolute cycles are not meaningful, compare ratios within this boot";
+
+/// Outcome of one timed replay.
+#[derive(Debug, Clone, Copy)]
+pub enum Cell {
+    /// The replay ran: total cycles of the timed body and its number of ops.
+    Cycles {
+        /// Cycles of the whole timed body.
+        cycles: u64,
+        /// Ops in it.
+        ops: usize,
+    },
+    /// The replay stopped (out of the memory budget).
+    Failed(ReplayError),
+    /// The allocator's arena could not be mapped.
+    NoArena,
+}
+
+impl Cell {
+    /// Cycles per op, if the replay ran.
+    pub fn per_op(&self) -> Option<f64> {
+        match *self {
+            Self::Cycles { cycles, ops } if ops > 0 => Some(cycles as f64 / ops as f64),
+            _ => None,
+        }
+    }
+}
+
+/// One allocator's result on one workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// Workload name.
+    pub workload: &'static str,
+    /// The allocator.
+    pub peer: Peer,
+    /// The timed replay.
+    pub cell: Cell,
+    /// Whether the timed body was cut short of the workload's full length.
+    pub capped: bool,
+    /// Pages of the fastest timed replay.
+    pub pages: Pages,
+    /// The verifying replay.
+    pub verified: Result<(), BenchError>,
+}
+
+/// Memory an allocator held during and after a timed replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pages {
+    /// Most pages held at once (the whole arena, for talc and linked_list).
+    pub peak: usize,
+    /// Pages still held after every block was freed and unused memory given back (`None` for
+    /// the fixed-arena allocators).
+    pub after_free: Option<usize>,
+}
+
+/// Percentiles of single allocation calls of one allocator.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyRow {
+    peer: Peer,
+    calls: usize,
+    p50: u32,
+    p99: u32,
+    p999: u32,
+    max: u32,
+    failed: Option<ReplayError>,
+}
+
+impl LatencyRow {
+    /// Summarises `sorted` (ascending samples) of `peer`; `failed` if the replay stopped early.
+    pub fn new(peer: Peer, sorted: &[u32], failed: Option<ReplayError>) -> Self {
+        // Nearest-rank percentile: the smallest sample with at least `permille`‰ of all at or
+        // below it.
+        let at = |permille: usize| {
+            let n = sorted.len();
+            if n == 0 {
+                return 0;
+            }
+            let rank = (n * permille).div_ceil(1000).clamp(1, n);
+            sorted[rank - 1]
+        };
+        Self {
+            peer,
+            calls: sorted.len(),
+            p50: at(500),
+            p99: at(990),
+            p999: at(999),
+            max: sorted.last().copied().unwrap_or(0),
+            failed,
+        }
+    }
+}
+
+/// A ratio `value / reference`, printed as `0.42x` (or `-` when either is missing).
+struct Ratio(Option<f64>, Option<f64>);
+
+impl fmt::Display for Ratio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1) {
+            (Some(v), Some(r)) if r > 0.0 => {
+                let text = alloc::format!("{:.2}x", v / r);
+                f.pad(&text)
+            }
+            _ => f.pad("-"),
+        }
+    }
+}
+
+/// Prints the title block: what runs, the TCG warning, the counter overhead, the memory budget.
+pub fn header(scale: Scale, sizes: &Sizes, overhead: u64) {
+    serial_println!(
+        "kbench: allocator benchmark inside the kernel (scale: {})",
+        scale.name()
+    );
+    serial_println!("NOTE: {TCG_NOTE}.");
+    serial_println!("rdtsc: lfence-bracketed; empty measurement = {overhead} cycles");
+    serial_println!(
+        "memory: every allocator gets {} pages ({} MiB) from the heap-window page source; kheap maps \
+         them on demand (mapping cost included), talc and linked_list get one arena of that size \
+         mapped before timing",
+        sizes.budget_pages,
+        (sizes.budget_pages * PAGE_SIZE) >> 20
+    );
+    serial_println!(
+        "verification: a separate untimed replay patterns every block and checks it before free \
+         and realloc"
+    );
+    serial_println!();
+}
+
+/// Prints the throughput table's heading.
+pub fn throughput_header() {
+    serial_println!(
+        "== Throughput: cycles per allocator call (ratio = cycles / reference cycles) =="
+    );
+    serial_println!(
+        "{:<15} {:<12} {:>8} {:>11} {:>8} {:>9} {:>6} {:>6}  {}",
+        "workload",
+        "allocator",
+        "ops",
+        "cycles/op",
+        "vs talc",
+        "vs kheap",
+        "peak",
+        "after",
+        "verified"
+    );
+}
+
+/// Prints the rows of one workload (every allocator).
+pub fn throughput_rows(rows: &[Row]) {
+    let per_op = |peer: Peer| {
+        rows.iter()
+            .find(|r| r.peer == peer)
+            .and_then(|r| r.cell.per_op())
+    };
+    let talc = per_op(Peer::Talc);
+    let ours = per_op(Peer::Kheap);
+    for (i, row) in rows.iter().enumerate() {
+        let name = if i == 0 { row.workload } else { "" };
+        let verified = match &row.verified {
+            Ok(()) => alloc::string::String::from("ok"),
+            Err(e) => alloc::format!("FAILED: {e}"),
+        };
+        match row.cell {
+            Cell::Cycles { ops, .. } => {
+                let v = row.cell.per_op();
+                let mark = if row.capped { "*" } else { "" };
+                let after = match row.pages.after_free {
+                    Some(pages) => alloc::format!("{pages}"),
+                    None => alloc::string::String::from("-"),
+                };
+                serial_println!(
+                    "{:<15} {:<12} {:>7}{:1} {:>11.1} {:>8} {:>9} {:>6} {:>6}  {}",
+                    name,
+                    row.peer.name(),
+                    ops,
+                    mark,
+                    v.unwrap_or(0.0),
+                    Ratio(v, talc),
+                    Ratio(v, ours),
+                    row.pages.peak,
+                    after,
+                    verified
+                );
+            }
+            Cell::Failed(e) => serial_println!(
+                "{:<15} {:<12} {}; verified: {}",
+                name,
+                row.peer.name(),
+                e,
+                verified
+            ),
+            Cell::NoArena => {
+                serial_println!(
+                    "{:<15} {:<12} no arena: {}",
+                    name,
+                    row.peer.name(),
+                    verified
+                )
+            }
+        }
+    }
+}
+
+/// Prints the notes under the throughput table; `capped` if some row was cut short.
+pub fn throughput_footer(sizes: &Sizes, capped: bool) {
+    if capped {
+        serial_println!(
+            "* linked_list_allocator capped at {} timed ops at the largest scaling level: first fit \
+         walks an address-ordered hole list that grows with the live set, so a full replay would \
+         take far longer than the whole benchmark; its cycles/op are for that prefix.",
+            sizes.linked_list_cap_1e5
+        );
+    }
+    serial_println!(
+        "peak / after: pages held at most, and after freeing every block and `trim` (kheap maps \
+         on demand; talc and linked_list hold their fixed arena throughout). kheap::Heap has no \
+         teardown, so the pages left after trim (root run, page-map nodes) stay mapped when an \
+         instance is dropped."
+    );
+    serial_println!();
+}
+
+/// Prints the latency percentiles.
+pub fn latency(rows: &[LatencyRow], overhead: u64) {
+    serial_println!(
+        "== Single allocation calls, kernel-like mix: cycles per call (minus {overhead} cycles of \
+         counter overhead) =="
+    );
+    serial_println!(
+        "{:<12} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "allocator",
+        "calls",
+        "p50",
+        "p99",
+        "p99.9",
+        "max"
+    );
+    for r in rows {
+        serial_println!(
+            "{:<12} {:>8} {:>9} {:>9} {:>9} {:>10}",
+            r.peer.name(),
+            r.calls,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.max
+        );
+        if let Some(e) = r.failed {
+            serial_println!("  ({} stopped early: {e})", r.peer.name());
+        }
+    }
+    serial_println!("(latency includes kheap's page mapping when a call needs a new chunk or run)");
+    serial_println!();
+}
+
+/// Prints the frame allocator and page-table costs.
+pub fn memory_costs(costs: &MemCosts) {
+    serial_println!(
+        "== Frame allocator and page tables: cycles per operation (ratio to one frame pop) =="
+    );
+    serial_println!(
+        "{:<44} {:>8} {:>11} {:>13}",
+        "operation",
+        "ops",
+        "cycles/op",
+        "vs frame pop"
+    );
+    let pop = costs.rows.first().map(|r| r.per_op());
+    for r in &costs.rows {
+        let v = Some(r.per_op());
+        serial_println!(
+            "{:<44} {:>8} {:>11.1} {:>13}",
+            r.name,
+            r.ops,
+            r.per_op(),
+            Ratio(v, pop)
+        );
+    }
+    serial_println!();
+}
