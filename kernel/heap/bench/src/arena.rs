@@ -88,6 +88,10 @@ pub struct PageArena {
     hint: usize,
     mapped: usize,
     peak: usize,
+    /// Successful `map` calls so far.
+    maps: u64,
+    /// `unmap` calls so far.
+    unmaps: u64,
 }
 
 impl PageArena {
@@ -101,12 +105,19 @@ impl PageArena {
             hint: 0,
             mapped: 0,
             peak: 0,
+            maps: 0,
+            unmaps: 0,
         }
     }
 
     /// Pages mapped right now.
     pub fn mapped_pages(&self) -> usize {
         self.mapped
+    }
+
+    /// Calls so far: successful maps and unmaps.
+    pub fn calls(&self) -> (u64, u64) {
+        (self.maps, self.unmaps)
     }
 
     /// Most pages ever mapped at once.
@@ -164,6 +175,7 @@ impl PageArena {
         }
         self.mapped += count;
         self.peak = self.peak.max(self.mapped);
+        self.maps += 1;
         // SAFETY: `start + count <= pages`, so the offset stays inside the region.
         Some(unsafe { self.region.base.add(start * PAGE) })
     }
@@ -194,6 +206,7 @@ impl PageArena {
         self.set(first, count, false);
         self.hint = self.hint.min(first);
         self.mapped -= count;
+        self.unmaps += 1;
     }
 }
 

@@ -310,6 +310,34 @@ fn machine() -> String {
     format!("{cpu}, {cores} logical CPUs, Linux {os}, {rustc}, release profile")
 }
 
+/// The commit the bench was built from, and whether the heap's sources differed from it.
+fn code_version() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (no git)".into();
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--", "../src"]).is_some_and(|s| !s.trim().is_empty());
+    format!(
+        "commit {}; kernel/heap/src {}",
+        head.trim(),
+        if dirty {
+            "had uncommitted changes"
+        } else {
+            "as committed"
+        }
+    )
+}
+
 /// The 1-minute load average (how busy the shared machine was).
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -405,9 +433,15 @@ fn run(o: &Options, args: &[String]) -> Report {
     }
     Report {
         command: format!(
-            "cargo run --release -p kheap-bench --{}",
+            "cargo run{} -p kheap-bench --{}",
+            if cfg!(debug_assertions) {
+                ""
+            } else {
+                " --release"
+            },
             args.iter().map(|a| format!(" {a}")).collect::<String>()
         ),
+        code: code_version(),
         machine: format!(
             "{}; load average {load_start} at start, {} at end",
             machine(),

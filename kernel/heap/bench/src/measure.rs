@@ -170,6 +170,8 @@ pub struct MemoryUse {
     pub after_free: usize,
     /// Bytes still mapped after `release()` (trim).
     pub after_trim: usize,
+    /// Page-source map and unmap calls during the timed calls.
+    pub calls: (u64, u64),
 }
 
 /// CPU time this thread has consumed so far.
@@ -212,6 +214,7 @@ pub fn time_workload<A: BenchAlloc>(a: &mut A, w: &Workload, budget: Option<Dura
             memory: None,
         };
     }
+    let calls0 = a.page_calls().unwrap_or_default();
     let (cpu0, start) = (thread_cpu_time(), Instant::now());
     let stop = run_ops(a, &mut slots, &w.ops, budget);
     let (cpu, elapsed) = (thread_cpu_time() - cpu0, start.elapsed());
@@ -220,6 +223,8 @@ pub fn time_workload<A: BenchAlloc>(a: &mut A, w: &Workload, budget: Option<Dura
         Stop::OutOfMemory(n) | Stop::Budget(n) => n.min(w.ops.len()),
     };
     let memory = a.mapped_bytes().map(|_| {
+        let calls1 = a.page_calls().unwrap_or_default();
+        let calls = (calls1.0 - calls0.0, calls1.1 - calls0.1);
         let peak = a.peak_mapped_bytes().unwrap_or(0);
         slots.free_all(a);
         let after_free = a.mapped_bytes().unwrap_or(0);
@@ -228,6 +233,7 @@ pub fn time_workload<A: BenchAlloc>(a: &mut A, w: &Workload, budget: Option<Dura
             peak,
             after_free,
             after_trim: a.mapped_bytes().unwrap_or(0),
+            calls,
         }
     });
     Timed {

@@ -55,6 +55,11 @@ pub trait BenchAlloc {
         None
     }
 
+    /// Page-source calls so far (maps, unmaps), for page-backed allocators.
+    fn page_calls(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Gives unused memory back to the page source, where the allocator can (`trim`).
     fn release(&mut self) {}
 }
@@ -202,6 +207,10 @@ impl SharedPages {
     fn peak_bytes(&self) -> usize {
         self.0.borrow().peak_pages() * PAGE
     }
+
+    fn calls(&self) -> (u64, u64) {
+        self.0.borrow().calls()
+    }
 }
 
 // SAFETY: a successful `map_pages(n)` returns the start of `n` pages that `PageArena::map` has
@@ -337,6 +346,10 @@ impl BenchAlloc for KheapAlloc {
 
     fn peak_mapped_bytes(&self) -> Option<usize> {
         Some(self.pages.peak_bytes())
+    }
+
+    fn page_calls(&self) -> Option<(u64, u64)> {
+        Some(self.pages.calls())
     }
 
     fn release(&mut self) {
@@ -590,6 +603,10 @@ impl BenchAlloc for DlmallocAlloc {
 
     fn peak_mapped_bytes(&self) -> Option<usize> {
         Some(self.pages.peak_bytes())
+    }
+
+    fn page_calls(&self) -> Option<(u64, u64)> {
+        Some(self.pages.calls())
     }
 
     fn release(&mut self) {

@@ -93,6 +93,19 @@ impl WorkloadResult {
     }
 }
 
+/// One target of the project for our heap and how it fared.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// What was promised.
+    pub target: String,
+    /// What was measured.
+    pub achieved: String,
+    /// Met, not met, or not measured (`None`).
+    pub met: Option<bool>,
+    /// The best other heap on the same measure (empty when it does not apply).
+    pub best_peer: String,
+}
+
 /// Heap efficiency of every allocator on one mix.
 #[derive(Debug, Clone)]
 pub struct EfficiencyResult {
@@ -107,6 +120,8 @@ pub struct EfficiencyResult {
 pub struct Report {
     /// Command line that produced it.
     pub command: String,
+    /// Commit and state of the heap sources.
+    pub code: String,
     /// CPU, cores, OS, compiler.
     pub machine: String,
     /// UTC date.
@@ -389,6 +404,7 @@ impl Report {
             "peak mapped",
             "mapped after full free",
             "after trim",
+            "page maps / unmaps during the timed calls",
         ]
         .map(String::from)
         .to_vec();
@@ -402,6 +418,13 @@ impl Report {
                         mib(m.peak),
                         mib(m.after_free),
                         mib(m.after_trim),
+                        format!(
+                            "{} / {} ({:.1} per 1000 calls)",
+                            m.calls.0,
+                            m.calls.1,
+                            1000.0 * (m.calls.0 + m.calls.1) as f64
+                                / r.ops_done.min(w.ops).max(1) as f64
+                        ),
                     ]);
                 }
             }
@@ -441,37 +464,64 @@ impl Report {
         md_table(&headers, &rows)
     }
 
-    /// The numbered verdicts of the project's targets for our heap.
-    pub fn targets(&self) -> Vec<(String, String, Option<bool>)> {
+    /// Heaps other than ours that may be compared with it on `w` (verified, not references).
+    fn rivals<'a>(&'a self, w: &'a WorkloadResult) -> impl Iterator<Item = (Peer, &'a PeerRun)> {
+        w.peers
+            .iter()
+            .filter(|(p, r)| *p != Peer::Kheap && !p.is_reference() && r.ok())
+            .map(|(p, r)| (*p, r))
+    }
+
+    /// Heap efficiency of `peer` on mix `name`, in percent of the budget.
+    fn efficiency_pct(&self, name: &str, peer: Peer) -> Option<(f64, bool)> {
+        let e = self.efficiency.iter().find(|e| e.name == name)?;
+        let (_, eff) = e.peers.iter().find(|(p, _)| *p == peer)?;
+        Some((
+            100.0 * eff.peak_live as f64 / self.efficiency_bytes as f64,
+            eff.failed,
+        ))
+    }
+
+    /// The verdicts on the project's targets for our heap, each with the best peer's figure on
+    /// the same measure for context.
+    pub fn targets(&self) -> Vec<Verdict> {
         let me = Peer::Kheap;
         let mut out = Vec::new();
         let run = |w: &str| self.workload(w).and_then(|w| w.get(me));
-        let unmeasured = |what: &str| {
-            (
-                what.to_string(),
-                "not measured in this run".to_string(),
-                None,
-            )
+        let verdict = |target: String, achieved: String, met: Option<bool>, best: String| Verdict {
+            target,
+            achieved,
+            met,
+            best_peer: best,
         };
+        let unmeasured =
+            |t: String| verdict(t, "not measured in this run".into(), None, String::new());
+
         for (w, goal) in [
             ("small-churn", 0.75),
             ("kernel-mix", 0.9),
             ("random-align", 1.0),
         ] {
             let what = format!("{w}: ns/call <= {goal:.2}x talc");
+            let best = self
+                .workload(w)
+                .and_then(|wr| {
+                    self.rivals(wr)
+                        .min_by(|a, b| a.1.ns_median().total_cmp(&b.1.ns_median()))
+                })
+                .map(|(p, r)| format!("{} {}", p.name(), fmt_ratio(r.ratio_median())))
+                .unwrap_or_default();
             out.push(match run(w) {
                 Some(r) if r.ok() && r.ratio_to_talc.iter().any(|x| x.is_finite()) => {
                     let x = r.ratio_median();
-                    (
-                        what,
-                        format!("{x:.2}x ({} ns vs talc)", fmt_ns(r.ns_median())),
-                        Some(x <= goal),
-                    )
+                    let got = format!("{x:.2}x ({} ns/call)", fmt_ns(r.ns_median()));
+                    verdict(what, got, Some(x <= goal), best)
                 }
-                Some(r) if !r.ok() => (what, flag(r).unwrap_or_default(), Some(false)),
-                _ => unmeasured(&what),
+                Some(r) if !r.ok() => verdict(what, flag(r).unwrap_or_default(), Some(false), best),
+                _ => unmeasured(what),
             });
         }
+
         let what = ">= 50x faster than linked_list_allocator at 1e4 live objects".to_string();
         out.push(
             match self
@@ -481,71 +531,101 @@ impl Report {
                 Some((Some(k), Some(l))) if k.ok() && l.ok() => {
                     let per_run: Vec<f64> = k.ns.iter().zip(&l.ns).map(|(a, b)| b / a).collect();
                     let x = median(&per_run);
-                    (
-                        what,
-                        format!(
-                            "{x:.0}x ({} vs {} ns/call)",
-                            fmt_ns(k.ns_median()),
-                            fmt_ns(l.ns_median())
-                        ),
-                        Some(x >= 50.0),
-                    )
+                    let got = format!(
+                        "{x:.0}x ({} vs {} ns/call)",
+                        fmt_ns(k.ns_median()),
+                        fmt_ns(l.ns_median())
+                    );
+                    verdict(what, got, Some(x >= 50.0), String::new())
                 }
-                Some((Some(k), _)) if !k.ok() => (what, flag(k).unwrap_or_default(), Some(false)),
-                _ => unmeasured(&what),
+                Some((Some(k), _)) if !k.ok() => verdict(
+                    what,
+                    flag(k).unwrap_or_default(),
+                    Some(false),
+                    String::new(),
+                ),
+                _ => unmeasured(what),
             },
         );
+
         let what = "cost growth 1e3 -> 1e5 live objects <= 1.3x".to_string();
-        out.push(match (run("scaling-1e3"), run("scaling-1e5")) {
-            (Some(a), Some(b)) if a.ok() && b.ok() => {
-                let x = b.ns_median() / a.ns_median();
-                (
-                    what,
-                    format!(
-                        "{x:.2}x ({} -> {} ns/call)",
-                        fmt_ns(a.ns_median()),
-                        fmt_ns(b.ns_median())
-                    ),
-                    Some(x <= 1.3),
-                )
+        let growth = |p: Peer| {
+            let a = self.workload("scaling-1e3")?.get(p).filter(|r| r.ok())?;
+            let b = self.workload("scaling-1e5")?.get(p).filter(|r| r.ok())?;
+            Some((b.ns_median() / a.ns_median(), a.ns_median(), b.ns_median()))
+        };
+        let best = Peer::ALL
+            .into_iter()
+            .filter(|&p| p != me && !p.is_reference() && p != Peer::LinkedList)
+            .filter_map(|p| Some((p, growth(p)?.0)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(p, g)| format!("{} {g:.2}x", p.name()))
+            .unwrap_or_default();
+        out.push(match (run("scaling-1e3"), run("scaling-1e5"), growth(me)) {
+            (_, _, Some((x, a, b))) => {
+                let got = format!("{x:.2}x ({} -> {} ns/call)", fmt_ns(a), fmt_ns(b));
+                verdict(what, got, Some(x <= 1.3), best)
             }
-            (Some(a), Some(b)) => (what, flag(a).or(flag(b)).unwrap_or_default(), Some(false)),
-            _ => unmeasured(&what),
+            (Some(a), Some(b), None) => verdict(
+                what,
+                flag(a).or(flag(b)).unwrap_or_default(),
+                Some(false),
+                best,
+            ),
+            _ => unmeasured(what),
         });
+
         for (w, goal) in [("small-churn", 92.0), ("kernel-mix", 98.0)] {
             let what = format!(
                 "heap efficiency >= {goal:.0}% ({w}, {} budget)",
                 mib(self.efficiency_bytes)
             );
-            let eff = self
-                .efficiency
-                .iter()
-                .find(|e| e.name == w)
-                .and_then(|e| e.peers.iter().find(|(p, _)| *p == me));
-            out.push(match eff {
-                Some((_, e)) => {
-                    let x = 100.0 * e.peak_live as f64 / self.efficiency_bytes as f64;
-                    (what, format!("{x:.1}%"), Some(x >= goal))
-                }
-                None => unmeasured(&what),
+            let best = Peer::ALL
+                .into_iter()
+                .filter(|&p| p != me && !p.is_reference())
+                .filter_map(|p| Some((p, self.efficiency_pct(w, p)?)))
+                .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+                .map(|(p, (x, failed))| {
+                    format!("{} {}{x:.1}%", p.name(), if failed { "" } else { "≥" })
+                })
+                .unwrap_or_default();
+            out.push(match self.efficiency_pct(w, me) {
+                Some((x, _)) => verdict(what, format!("{x:.1}%"), Some(x >= goal), best),
+                None => unmeasured(what),
             });
         }
+
         let what = "alloc p99.9 <= 250 cycles (kernel-mix)".to_string();
-        out.push(match run("kernel-mix").and_then(|r| r.latency.as_ref()) {
-            Some(l) => {
-                let raw = l.alloc.p999;
-                let net = raw.saturating_sub(self.bracket.p50);
-                (
-                    what,
-                    format!(
-                        "{net} cycles net of the {}-cycle bracket ({raw} raw)",
+        let net = |r: &PeerRun| {
+            Some(
+                r.latency
+                    .as_ref()?
+                    .alloc
+                    .p999
+                    .saturating_sub(self.bracket.p50),
+            )
+        };
+        let best = self
+            .workload("kernel-mix")
+            .and_then(|w| {
+                self.rivals(w)
+                    .filter_map(|(p, r)| Some((p, net(r)?)))
+                    .min_by_key(|x| x.1)
+            })
+            .map(|(p, c)| format!("{} {c}", p.name()))
+            .unwrap_or_default();
+        out.push(
+            match run("kernel-mix").and_then(|r| Some((net(r)?, r.latency.as_ref()?.alloc.p999))) {
+                Some((n, raw)) => {
+                    let got = format!(
+                        "{n} cycles net of the {}-cycle bracket ({raw} raw)",
                         self.bracket.p50
-                    ),
-                    Some(net <= 250),
-                )
-            }
-            None => unmeasured(&what),
-        });
+                    );
+                    verdict(what, got, Some(n <= 250), best)
+                }
+                None => unmeasured(what),
+            },
+        );
         out
     }
 
@@ -553,17 +633,17 @@ impl Report {
         let rows: Vec<Vec<String>> = self
             .targets()
             .into_iter()
-            .map(|(what, got, met)| {
-                let verdict = match met {
+            .map(|v| {
+                let verdict = match v.met {
                     Some(true) => "met",
                     Some(false) => "**not met**",
                     None => "–",
                 };
-                vec![what, got, verdict.into()]
+                vec![v.target, v.achieved, verdict.into(), v.best_peer]
             })
             .collect();
         md_table(
-            &["target (kheap)".into(), "achieved".into(), "verdict".into()],
+            &["target (kheap)", "achieved", "verdict", "best other heap"].map(String::from),
             &rows,
         )
     }
@@ -632,6 +712,7 @@ impl Report {
             );
         }
         let _ = writeln!(s, "- command: `{}`", self.command);
+        let _ = writeln!(s, "- code: {}", self.code);
         let _ = writeln!(s, "- machine: {}", self.machine);
         let _ = writeln!(s, "- date: {}", self.date);
         let _ = writeln!(
