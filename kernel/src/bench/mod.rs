@@ -18,15 +18,17 @@
 //! * **Same memory.** Every allocator gets the same budget of pages from the kernel's heap-window
 //!   page source ([`KernelPageSource`]): ours maps pages on demand through a source capped at the
 //!   budget (so its page-mapping cost is part of its time, as in the running kernel), the peers get
-//!   one arena of exactly the budget, mapped before the clock starts ([`peers`]).
+//!   one arena of exactly the budget, mapped before the clock starts ([`peers`]). A fourth row,
+//!   `kheap/arena`, runs our heap over pages of such a pre-mapped arena: the difference to `kheap`
+//!   is what the frame allocator and page tables cost it.
 //! * **Fresh allocator per run.** Every replay (each timed repeat, the verifying replay, the
 //!   latency replay) gets a new allocator instance, which gives its memory back afterwards (all
 //!   of it for the peers' arenas; for ours, everything but its root run and page-map nodes, since
 //!   `kheap::Heap` has no teardown — the table shows how many pages that is).
 //! * **Timing.** One `lfence; rdtsc; lfence` pair around a whole replay ([`tsc`]); cycles per op is
-//!   the total divided by the number of ops. Each pair is timed [`Sizes::repeats`] times and the
-//!   fastest replay is reported: the first one also pays for QEMU translating the code, and the
-//!   host may be busy with other work. Interrupts stay disabled (the kernel never enables them
+//!   the total divided by the number of ops. Each pair is timed [`Sizes::repeats`] times, in
+//!   rounds that go over every allocator in turn, and the fastest replay is reported: the first
+//!   one also pays for QEMU translating the code, and the host may be busy with other work. Interrupts stay disabled (the kernel never enables them
 //!   unless a test starts the timer), so nothing else in the guest runs during a measurement.
 //! * **Verification**, untimed, in a separate replay: every block is patterned when allocated and
 //!   checked before every free and realloc (see [`replay`]); a realloc must keep the common prefix
@@ -38,6 +40,10 @@
 //!
 //! Under QEMU without KVM (TCG) the guest's cycle counter measures the emulation, so the absolute
 //! numbers describe nothing real: only ratios within one boot mean something. The report says so.
+//! On a busy host even those ratios wander from boot to boot; booting with
+//! `KERNEL_QEMU_ARGS="-icount shift=0"` makes the counter count guest instructions, which gives
+//! the same numbers on every boot (but no cache or memory effects). The report's header says
+//! which kind of count it printed ([`tsc::clock`]).
 
 pub mod memcost;
 pub mod peers;
@@ -82,9 +88,10 @@ pub struct Sizes {
     pub budget_pages: usize,
     /// Iterations of each frame / page-table measurement.
     pub memcost_iterations: usize,
-    /// Timed replays of each (workload, allocator) pair; the fastest is reported. The first one
-    /// also pays for QEMU translating the allocator's code (TCG compiles guest code on first
-    /// execution), and the host is shared, so a single replay would be noisy.
+    /// Timed replays of each (workload, allocator) pair, in rounds over all allocators; the
+    /// fastest is reported. The first one also pays for QEMU translating the allocator's code
+    /// (TCG compiles guest code on first execution), and the host is shared, so a single replay
+    /// would be noisy.
     pub repeats: usize,
 }
 
@@ -193,7 +200,7 @@ impl fmt::Display for BenchError {
 pub fn run(scale: Scale) -> Result<(), BenchError> {
     let sizes = scale.sizes();
     let overhead = tsc::overhead();
-    report::header(scale, &sizes, overhead);
+    report::header(scale, &sizes, tsc::clock(), overhead);
 
     let mut slots = Slots::default();
     let mut first_error = None;
@@ -220,19 +227,40 @@ pub fn run(scale: Scale) -> Result<(), BenchError> {
             continue;
         }
         let is_largest_level = g >= 4 && levels[g - 4] == largest && largest >= 100_000;
-        let mut rows = Vec::with_capacity(Peer::ALL.len());
-        for peer in Peer::ALL {
-            let limit = if peer == Peer::LinkedList && is_largest_level {
+        let limit_of = |peer| {
+            if peer == Peer::LinkedList && is_largest_level {
                 sizes.linked_list_cap_1e5
             } else {
                 usize::MAX
-            };
-            let row = measure(peer, &workload, limit, &sizes, &mut slots);
+            }
+        };
+        let mut rows = Peer::ALL.map(|peer| Row {
+            workload: workload.name,
+            peer,
+            cell: Cell::NoArena,
+            capped: limit_of(peer) < workload.ops.len(),
+            pages: Pages::default(),
+            verified: Ok(()),
+        });
+        // Rounds go over every allocator in turn, so that a busy spell of the host slows one
+        // round of each rather than every repeat of one allocator.
+        for _ in 0..sizes.repeats.max(1) {
+            for row in &mut rows {
+                // A replay that ran out of memory does so every time; a missing arena stays
+                // missing: no point repeating either.
+                if row.verified.is_ok() && !matches!(row.cell, Cell::Failed(_)) {
+                    time_round(row, &workload, limit_of(row.peer), &sizes, &mut slots);
+                }
+            }
+        }
+        for row in &mut rows {
+            if row.verified.is_ok() {
+                verify_row(row, &workload, limit_of(row.peer), &sizes, &mut slots);
+            }
             any_capped |= row.capped;
             if let Err(e) = row.verified {
                 first_error.get_or_insert(e);
             }
-            rows.push(row);
         }
         report::throughput_rows(&rows);
     }
@@ -272,9 +300,9 @@ pub fn run(scale: Scale) -> Result<(), BenchError> {
     }
 }
 
-/// The timed replays (the fastest of [`Sizes::repeats`]) and the verifying replay of `w` (first
-/// `limit` body ops), each on a fresh instance of `peer`.
-fn measure(peer: Peer, w: &Workload, limit: usize, sizes: &Sizes, slots: &mut Slots) -> Row {
+/// One timed replay of `w` (first `limit` body ops) on a fresh instance of `row.peer`; keeps it
+/// in `row` if it is the first or the fastest so far.
+fn time_round(row: &mut Row, w: &Workload, limit: usize, sizes: &Sizes, slots: &mut Slots) {
     /// Timed replay, then the allocator's page counts.
     struct Timed<'a> {
         w: &'a Workload,
@@ -295,6 +323,35 @@ fn measure(peer: Peer, w: &Workload, limit: usize, sizes: &Sizes, slots: &mut Sl
             )
         }
     }
+
+    let timed = Timed { w, limit, slots };
+    let (result, pages) = match with_peer(row.peer, KernelPageSource, sizes.budget_pages, timed) {
+        Ok(out) => out,
+        Err(cause) => {
+            row.verified = Err(BenchError::Arena {
+                allocator: row.peer.name(),
+                cause,
+            });
+            return;
+        }
+    };
+    let cell = match result {
+        Ok((cycles, ops)) => Cell::Cycles { cycles, ops },
+        Err(e) => Cell::Failed(e),
+    };
+    let keep = match (row.cell, cell) {
+        (Cell::Cycles { cycles: best, .. }, Cell::Cycles { cycles, .. }) => cycles < best,
+        (Cell::NoArena, _) => true,
+        _ => false,
+    };
+    if keep {
+        row.cell = cell;
+        row.pages = pages;
+    }
+}
+
+/// The verifying replay of `w` (first `limit` body ops) on a fresh instance of `row.peer`.
+fn verify_row(row: &mut Row, w: &Workload, limit: usize, sizes: &Sizes, slots: &mut Slots) {
     /// Verifying replay.
     struct Verify<'a> {
         w: &'a Workload,
@@ -308,51 +365,7 @@ fn measure(peer: Peer, w: &Workload, limit: usize, sizes: &Sizes, slots: &mut Sl
         }
     }
 
-    let mut row = Row {
-        workload: w.name,
-        peer,
-        cell: Cell::NoArena,
-        capped: limit < w.ops.len(),
-        pages: Pages::default(),
-        verified: Ok(()),
-    };
-    let arena_error = |cause| BenchError::Arena {
-        allocator: peer.name(),
-        cause,
-    };
-    for round in 0..sizes.repeats.max(1) {
-        let timed = Timed {
-            w,
-            limit,
-            slots: &mut *slots,
-        };
-        let (result, pages) = match with_peer(peer, KernelPageSource, sizes.budget_pages, timed) {
-            Ok(out) => out,
-            Err(cause) => {
-                row.verified = Err(arena_error(cause));
-                return row;
-            }
-        };
-        match result {
-            Ok((cycles, ops)) => {
-                let faster = match row.cell {
-                    Cell::Cycles { cycles: best, .. } => cycles < best,
-                    _ => true,
-                };
-                if round == 0 || faster {
-                    row.cell = Cell::Cycles { cycles, ops };
-                    row.pages = pages;
-                }
-            }
-            // A replay that ran out of memory does so every time: no point repeating it.
-            Err(e) => {
-                row.cell = Cell::Failed(e);
-                row.pages = pages;
-                break;
-            }
-        }
-    }
-    let verify = Verify { w, limit, slots };
+    let (peer, verify) = (row.peer, Verify { w, limit, slots });
     row.verified = match with_peer(peer, KernelPageSource, sizes.budget_pages, verify) {
         Ok(Ok(())) => Ok(()),
         // Running out of the budget is a result (shown in the table), not a failure, when the
@@ -367,9 +380,11 @@ fn measure(peer: Peer, w: &Workload, limit: usize, sizes: &Sizes, slots: &mut Sl
             allocator: peer.name(),
             error,
         }),
-        Err(cause) => Err(arena_error(cause)),
+        Err(cause) => Err(BenchError::Arena {
+            allocator: peer.name(),
+            cause,
+        }),
     };
-    row
 }
 
 /// Single-call allocation latencies of `peer` on `w`, summarised as percentiles.

@@ -1,12 +1,16 @@
 //! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`].
 //!
-//! All three get their memory from the same page source (in the kernel: the heap window's
+//! All of them get their memory from the same page source (in the kernel: the heap window's
 //! [`KernelPageSource`](crate::memory::KernelPageSource)) and the same budget of pages:
 //!
 //! * our heap, `kheap::Heap`, asks for pages as it grows, through a [`CappedSource`] that refuses
 //!   to map more than the budget (so mapping cost is part of what is measured, as in the kernel);
 //! * `talc` and `linked_list_allocator` manage one flat [`Arena`] of exactly the budget, mapped up
-//!   front from the same source and unmapped when the allocator is dropped.
+//!   front from the same source and unmapped when the allocator is dropped;
+//! * `kheap/arena` is our heap again, but over [`ArenaPages`]: pages handed out from an arena
+//!   mapped up front, like the peers', by the same buddy allocator the heap window uses. Nothing
+//!   is mapped while it runs, so set against plain `kheap` it shows what the frame allocator and
+//!   page tables cost the heap, and against talc it compares the allocators alone.
 //!
 //! Dispatch is static: [`with_peer`] builds one adapter and hands it to a [`Visit`]or whose
 //! `visit` is generic over the adapter type, so every timed loop is monomorphised per allocator and
@@ -16,6 +20,8 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
+
+use crate::memory::buddy::{Buddy, storage_words};
 
 /// What the benchmark needs from an allocator. All requests have a non-zero size.
 pub trait BenchAlloc {
@@ -88,11 +94,15 @@ pub enum Peer {
     Talc,
     /// linked_list_allocator 0.10.6 (first fit over an address-ordered hole list).
     LinkedList,
+    /// Our heap core over pages of a pre-mapped arena ([`ArenaPages`]): the heap without the
+    /// page-table work.
+    KheapArena,
 }
 
 impl Peer {
-    /// Every allocator, in table order: ours first, then the reference peer, then the baseline.
-    pub const ALL: [Self; 3] = [Self::Kheap, Self::Talc, Self::LinkedList];
+    /// Every allocator, in table order: ours first, then the reference peer, the baseline, and
+    /// ours without page mapping.
+    pub const ALL: [Self; 4] = [Self::Kheap, Self::Talc, Self::LinkedList, Self::KheapArena];
 
     /// Name used in tables.
     pub const fn name(self) -> &'static str {
@@ -100,6 +110,7 @@ impl Peer {
             Self::Kheap => "kheap",
             Self::Talc => "talc",
             Self::LinkedList => "linked_list",
+            Self::KheapArena => "kheap/arena",
         }
     }
 }
@@ -127,12 +138,24 @@ pub fn with_peer<S: PageSource, V: Visit>(
         ))),
         Peer::Talc => v.visit(&mut TalcAlloc::new(Arena::map(source, budget_pages)?)),
         Peer::LinkedList => v.visit(&mut LinkedListAlloc::new(Arena::map(source, budget_pages)?)),
+        Peer::KheapArena => {
+            let pages = ArenaPages::new(Arena::map(source, budget_pages)?)?;
+            v.visit(&mut KheapAlloc::new(pages))
+        }
     })
 }
 
 // -------------------------------------------------------------------------------------------------
 // Memory for the allocators
 // -------------------------------------------------------------------------------------------------
+
+/// A page source that counts the pages it has handed out.
+pub trait CountedSource: PageSource {
+    /// Pages mapped through this source and not unmapped yet.
+    fn mapped_pages(&self) -> usize;
+    /// Most pages ever mapped at once.
+    fn peak_pages(&self) -> usize;
+}
 
 /// A page source that refuses to hold more than `cap` pages at once, and counts what it holds.
 #[derive(Debug)]
@@ -153,14 +176,14 @@ impl<S: PageSource> CappedSource<S> {
             peak: 0,
         }
     }
+}
 
-    /// Pages mapped through this source and not unmapped yet.
-    pub const fn mapped_pages(&self) -> usize {
+impl<S: PageSource> CountedSource for CappedSource<S> {
+    fn mapped_pages(&self) -> usize {
         self.mapped
     }
 
-    /// Most pages ever mapped at once.
-    pub const fn peak_pages(&self) -> usize {
+    fn peak_pages(&self) -> usize {
         self.peak
     }
 }
@@ -226,24 +249,97 @@ impl<S: PageSource> Drop for Arena<S> {
     }
 }
 
+/// Largest arena [`ArenaPages`] can manage, as a power of two: 2^14 pages = 64 MiB, the full
+/// run's budget.
+const ARENA_ORDER: u32 = 14;
+
+/// The buddy allocator over an arena's page indices (the heap window's algorithm, smaller).
+type ArenaBuddy = Buddy<ARENA_ORDER, { storage_words(ARENA_ORDER) }>;
+
+/// A page source over a pre-mapped [`Arena`]: runs of its pages handed out by a buddy allocator.
+/// "Mapping" a page only takes it from the buddy; no frame or page table is touched.
+#[derive(Debug)]
+pub struct ArenaPages<S: PageSource> {
+    arena: Arena<S>,
+    /// Boxed: the bitmaps are a few KiB, and the struct must not be moved needlessly.
+    buddy: alloc::boxed::Box<ArenaBuddy>,
+    mapped: usize,
+    peak: usize,
+}
+
+impl<S: PageSource> ArenaPages<S> {
+    /// Hands out the pages of `arena`; fails with [`PageSourceError::InvalidRequest`] if it has
+    /// more than `2^ARENA_ORDER` pages.
+    pub fn new(arena: Arena<S>) -> Result<Self, PageSourceError> {
+        if arena.pages > ArenaBuddy::PAGES {
+            return Err(PageSourceError::InvalidRequest);
+        }
+        let mut buddy = alloc::boxed::Box::new(ArenaBuddy::empty());
+        buddy.free(0, arena.pages);
+        Ok(Self {
+            arena,
+            buddy,
+            mapped: 0,
+            peak: 0,
+        })
+    }
+}
+
+// SAFETY: a successful `map_pages(n)` returns page `first` of the arena for a run of `n` pages
+// the buddy has just marked taken: page-aligned (the arena is), readable and writable (the arena
+// stays mapped while `self` lives), and handed to nobody else until `unmap_pages` returns it to
+// the buddy. `unmap_pages` accepts any sub-run, as the buddy's `free` does.
+unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        if count == 0 {
+            return Err(PageSourceError::InvalidRequest);
+        }
+        let first = self
+            .buddy
+            .alloc(count)
+            .ok_or(PageSourceError::OutOfMemory)?;
+        self.mapped += count;
+        self.peak = self.peak.max(self.mapped);
+        // SAFETY: the buddy only hands out runs inside `0..arena.pages`, so the offset stays
+        // inside the arena.
+        Ok(unsafe { self.arena.base.add(first * PAGE_SIZE) })
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        let first = (ptr.addr().get() - self.arena.base.addr().get()) / PAGE_SIZE;
+        self.buddy.free(first, count);
+        self.mapped -= count;
+    }
+}
+
+impl<S: PageSource> CountedSource for ArenaPages<S> {
+    fn mapped_pages(&self) -> usize {
+        self.mapped
+    }
+
+    fn peak_pages(&self) -> usize {
+        self.peak
+    }
+}
+
 // -------------------------------------------------------------------------------------------------
 // Adapters
 // -------------------------------------------------------------------------------------------------
 
-/// Our heap core.
-struct KheapAlloc<S: PageSource> {
-    heap: kheap::Heap<CappedSource<S>>,
+/// Our heap core over a counted page source.
+struct KheapAlloc<S: CountedSource> {
+    heap: kheap::Heap<S>,
 }
 
-impl<S: PageSource> KheapAlloc<S> {
-    fn new(source: CappedSource<S>) -> Self {
+impl<S: CountedSource> KheapAlloc<S> {
+    fn new(source: S) -> Self {
         Self {
             heap: kheap::Heap::new(source),
         }
     }
 }
 
-impl<S: PageSource> Drop for KheapAlloc<S> {
+impl<S: CountedSource> Drop for KheapAlloc<S> {
     fn drop(&mut self) {
         // The replay's teardown freed every block; give back the empty chunks the heap keeps in
         // reserve too, so the next allocator starts from the same free memory. `kheap::Heap` has
@@ -252,7 +348,7 @@ impl<S: PageSource> Drop for KheapAlloc<S> {
     }
 }
 
-impl<S: PageSource> BenchAlloc for KheapAlloc<S> {
+impl<S: CountedSource> BenchAlloc for KheapAlloc<S> {
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.heap.allocate(layout).ok()

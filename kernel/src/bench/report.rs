@@ -11,6 +11,7 @@ use kheap::source::PAGE_SIZE;
 use super::memcost::MemCosts;
 use super::peers::Peer;
 use super::replay::ReplayError;
+use super::tsc::Clock;
 use super::{BenchError, Scale, Sizes};
 use crate::serial_println;
 
@@ -64,7 +65,8 @@ pub struct Row {
 /// Memory an allocator held during and after a timed replay.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pages {
-    /// Most pages held at once (the whole arena, for talc and linked_list).
+    /// Most pages held at once (the whole arena, for talc and linked_list; the pages taken from
+    /// the arena, for kheap/arena).
     pub peak: usize,
     /// Pages still held after every block was freed and unused memory given back (`None` for
     /// the fixed-arena allocators).
@@ -123,18 +125,30 @@ impl fmt::Display for Ratio {
     }
 }
 
-/// Prints the title block: what runs, the TCG warning, the counter overhead, the memory budget.
-pub fn header(scale: Scale, sizes: &Sizes, overhead: u64) {
+/// Prints the title block: what runs, the TCG warning, what the counter counts and its overhead,
+/// the memory budget.
+pub fn header(scale: Scale, sizes: &Sizes, clock: Clock, overhead: u64) {
     serial_println!(
         "kbench: allocator benchmark inside the kernel (scale: {})",
         scale.name()
     );
     serial_println!("NOTE: {TCG_NOTE}.");
+    match clock {
+        Clock::Instructions => serial_println!(
+            "counter: deterministic, advances with guest instructions (QEMU -icount): every boot \
+             prints the same counts; they measure instructions executed, not caches or memory"
+        ),
+        Clock::Time => serial_println!(
+            "counter: time (under TCG: host time spent emulating, so host load adds noise; \
+             `-icount shift=0` makes it count instructions instead)"
+        ),
+    }
     serial_println!("rdtsc: lfence-bracketed; empty measurement = {overhead} cycles");
     serial_println!(
-        "memory: every allocator gets {} pages ({} MiB) from the heap-window page source; kheap maps \
-         them on demand (mapping cost included), talc and linked_list get one arena of that size \
-         mapped before timing",
+        "memory: every allocator gets {} pages ({} MiB) from the heap-window page source. kheap \
+         maps them on demand (frame allocation and page tables included in its time); talc and \
+         linked_list get one arena of that size mapped before timing; kheap/arena is kheap taking \
+         its pages from such an arena (a buddy over pre-mapped pages: no page-table work)",
         sizes.budget_pages,
         (sizes.budget_pages * PAGE_SIZE) >> 20
     );
@@ -231,8 +245,9 @@ pub fn throughput_footer(sizes: &Sizes, capped: bool) {
         );
     }
     serial_println!(
-        "peak / after: pages held at most, and after freeing every block and `trim` (kheap maps \
-         on demand; talc and linked_list hold their fixed arena throughout). kheap::Heap has no \
+        "peak / after: pages held at most, and after freeing every block and `trim` (kheap and \
+         kheap/arena take pages on demand; talc and linked_list hold their fixed arena \
+         throughout). kheap::Heap has no \
          teardown, so the pages left after trim (root run, page-map nodes) stay mapped when an \
          instance is dropped."
     );

@@ -7,7 +7,8 @@
 //!
 //! The scale can be chosen without rebuilding through QEMU's fw_cfg, e.g.
 //! `KERNEL_QEMU_ARGS="-fw_cfg name=opt/kbench/scale,string=smoke" cargo run --release --bin kbench`
-//! (`full`, the default, or `smoke`).
+//! (`full`, the default, or `smoke`). Adding `-icount shift=0` to `KERNEL_QEMU_ARGS` makes the
+//! counts deterministic instruction counts (see `kernel::bench`).
 
 #![no_std]
 #![no_main]
