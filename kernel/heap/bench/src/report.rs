@@ -148,6 +148,9 @@ pub struct Report {
     pub efficiency: Vec<EfficiencyResult>,
 }
 
+/// Highest quantile drawn in the latency CDF.
+const CDF_TOP: f64 = 0.9999;
+
 /// Formats a Markdown table with padded columns (readable as plain text too).
 pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
     let cols = headers.len();
@@ -799,8 +802,10 @@ impl Report {
                         let n = l.alloc_sorted.len();
                         let points = (0..=400)
                             .map(|i| {
-                                // Denser sampling near the tail, where the interesting part is.
-                                let q = 1.0 - (1.0 - i as f64 / 400.0).powi(3);
+                                // Denser sampling near the tail, where the interesting part is;
+                                // stops at p99.99 so that the rare descheduled call (millions of
+                                // cycles) does not squeeze the rest of the axis.
+                                let q = CDF_TOP * (1.0 - (1.0 - i as f64 / 400.0).powi(3));
                                 let idx = ((q * n as f64) as usize).min(n.saturating_sub(1));
                                 (
                                     l.alloc_sorted.get(idx).copied().unwrap_or(1).max(1) as f64,
@@ -817,7 +822,7 @@ impl Report {
             })
             .unwrap_or_default();
         let title = format!(
-            "kernel-mix: CDF of alloc latency (TSC cycles, log x; empty bracket {} cycles)",
+            "kernel-mix: CDF of alloc latency to p99.99 (TSC cycles, log x; empty bracket {} cycles)",
             self.bracket.p50
         );
         fs::write(
