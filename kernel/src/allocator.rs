@@ -130,10 +130,8 @@ pub fn trim() {
 
 /// Walks every heap structure and panics with the first broken invariant.
 pub fn check_invariants() {
-    if let Some(h) = HEAP.inner.lock() {
-        if let Err(e) = h.check_invariants() {
-            panic!("heap invariant broken: {e}");
-        }
+    if let Some(Err(e)) = HEAP.inner.lock().map(|h| h.check_invariants()) {
+        panic!("heap invariant broken: {e}");
     }
 }
 
