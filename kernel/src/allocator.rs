@@ -70,12 +70,14 @@ unsafe impl GlobalAlloc for KernelHeap {
         if p.is_null() {
             record_failure(layout);
         }
+        after_operation();
         p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        unsafe { self.inner.dealloc(ptr, layout) };
+        after_operation();
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -87,7 +89,16 @@ unsafe impl GlobalAlloc for KernelHeap {
                 record_failure(l);
             }
         }
+        after_operation();
         p
+    }
+}
+
+/// With the `heap-invariants` feature, walks the whole heap after every operation.
+#[inline(always)]
+fn after_operation() {
+    if cfg!(feature = "heap-invariants") {
+        check_invariants();
     }
 }
 
