@@ -25,9 +25,9 @@
 //! no division (`offset = addr & 4095`), a link is 2 bytes so it fits any block of 8 bytes or
 //! more at any alignment (it is read and written unaligned), and a link overwritten by a
 //! use-after-free is caught by one bounds check (`link < bump`) before it can send an allocation
-//! outside the chunk. Tiny blocks cannot hold a link that reaches 4096 offsets, so tiny chunks
-//! track free blocks in a bitmap instead: allocation is two trailing-zero counts, free is two bit
-//! sets, both O(1); a double free shows up as an already-set bit.
+//! outside the chunk. Tiny chunks (see [`TINY_LIMIT`]) track free blocks in a bitmap instead (a
+//! 1-byte block cannot hold a link): allocation is two trailing-zero counts, free is two bit sets,
+//! both O(1); a double free shows up as an already-set bit.
 //!
 //! Setting up a list chunk is O(1) (cursor and empty list); a tiny chunk writes its bitmap
 //! (at most 58 words).
@@ -37,13 +37,17 @@ use core::ptr::{self, NonNull};
 use crate::pool::Pool;
 use crate::source::PAGE_SIZE;
 
-/// End of a chunk free list.
+/// End of a chunk free list: no block starts at offset 0xFFFF of a 4096-byte page.
 pub const NONE: u16 = u16::MAX;
 
-/// Strides below this use the tiny (bitmap) layout.
+/// Strides below this use the tiny (bitmap) layout. A 2-byte link would fit blocks of 2 to 7
+/// bytes too, but an allocated bitmap for double-free detection would not fit the descriptor
+/// (up to 2048 blocks); with the free bitmap in the chunk, tiny chunks detect double frees for
+/// free and need no per-size code path beyond this one.
 pub const TINY_LIMIT: usize = 8;
 
-/// `kind` byte of a slot that holds a chunk descriptor (see `root`).
+/// `kind` byte of a slot that holds a chunk descriptor (see `root`). Slot kinds are distinct,
+/// non-zero bytes, so a zeroed or recycled slot is never mistaken for another kind.
 pub const KIND_CHUNK: u8 = 0xC7;
 
 /// Which list of its pool a chunk is on.
@@ -330,14 +334,21 @@ impl ChunkDesc {
         Ok(())
     }
 
-    /// Gives a block back. O(1).
+    /// Gives a block back. O(1). `owned` is how many bytes from `ptr` the caller's pointer may
+    /// access (the size it asked for).
+    ///
+    /// The free-list link is written through `ptr` itself when it covers the link's 2 bytes,
+    /// and through the chunk's page pointer otherwise (a 1-byte request in an 8-byte block).
+    /// Writing through the caller's pointer is what the Stacked Borrows model requires when that
+    /// pointer belongs to a `Box` that is still a (weakly protected) function argument while it
+    /// is freed; a pointer rebuilt from the page would be a foreign write to the box.
     ///
     /// # Safety
     ///
     /// `self` must describe a live chunk of geometry `geo`; `ptr` must be the start of a block
-    /// of it that is allocated.
+    /// of it that is allocated, valid for writes of `owned` bytes.
     #[inline]
-    pub unsafe fn free(&mut self, geo: &Geometry, ptr: NonNull<u8>) {
+    pub unsafe fn free(&mut self, geo: &Geometry, ptr: NonNull<u8>, owned: usize) {
         let offset = ptr.addr().get() & (PAGE_SIZE - 1);
         debug_assert!(self.used > 0);
         self.used -= 1;
@@ -359,9 +370,16 @@ impl ChunkDesc {
             let i = geo.index_of(offset);
             self.allocated[i / 64] &= !(1 << (i % 64));
         }
-        // SAFETY: `ptr` is the start of a block of at least 8 bytes inside our page, so a
-        // 2-byte link fits; the block is free from now on, so the heap may write it.
-        unsafe { ptr.as_ptr().cast::<u16>().write_unaligned(self.free) };
+        let link = if owned >= 2 {
+            ptr.as_ptr()
+        } else {
+            // SAFETY: `offset` is inside our page.
+            unsafe { self.page.add(offset) }
+        };
+        // SAFETY: `link` is the start of a block of at least 8 bytes inside our page, so a
+        // 2-byte link fits, and it may write those 2 bytes (see above); the block is free from
+        // now on, so the heap may write it.
+        unsafe { link.cast::<u16>().write_unaligned(self.free) };
         self.free = offset as u16;
     }
 
@@ -529,13 +547,11 @@ mod tests {
         // Free every other block, check the walk, reallocate.
         for p in blocks.iter().step_by(2) {
             // SAFETY: allocated above, freed once.
-            unsafe { d.free(&geo, *p) };
+            unsafe { d.free(&geo, *p, stride) };
             if geo.is_tiny() || cfg!(feature = "debug-checks") {
-                // SAFETY: as above.
-                assert_eq!(
-                    unsafe { d.check_live(&geo, *p) },
-                    Err(FreeFault::NotAllocated)
-                );
+                // SAFETY: a pointer into our chunk.
+                let state = unsafe { d.check_live(&geo, *p) };
+                assert_eq!(state, Err(FreeFault::NotAllocated));
             }
         }
         // SAFETY: live chunk.
@@ -549,11 +565,9 @@ mod tests {
         assert!(d.is_full(&geo));
         if stride > 1 {
             let inner = NonNull::new(blocks[0].as_ptr().wrapping_add(1)).unwrap();
-            // SAFETY: pointer into our page.
-            assert!(matches!(
-                unsafe { d.check_live(&geo, inner) },
-                Err(FreeFault::Interior { .. })
-            ));
+            // SAFETY: a pointer into our chunk.
+            let state = unsafe { d.check_live(&geo, inner) };
+            assert!(matches!(state, Err(FreeFault::Interior { .. })));
         }
     }
 
@@ -586,8 +600,8 @@ mod tests {
         unsafe {
             let a = d.alloc(&geo);
             let b = d.alloc(&geo);
-            d.free(&geo, a);
-            d.free(&geo, b);
+            d.free(&geo, a, 64);
+            d.free(&geo, b, 64);
             // Write after free: clobber b's link.
             b.as_ptr().cast::<u16>().write_unaligned(0x0ff0);
             d.alloc(&geo);

@@ -128,7 +128,7 @@ fn report_large(ptr: NonNull<u8>, layout: Layout, entry: Entry) -> ! {
     let addr = ptr.addr().get();
     let (size, align) = (layout.size(), layout.align());
     match entry {
-        Entry::Large => panic!(
+        Entry::Large(_) => panic!(
             "kheap: double free of large block {addr:#x} (size {size}, align {align}), or not a \
              block start"
         ),

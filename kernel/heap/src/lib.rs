@@ -62,8 +62,9 @@
 //! A chunk (module `chunk`) is one page of blocks of its pool's stride. Blocks of 8 bytes and more
 //! keep a LIFO free list threaded through the free blocks as 16-bit in-chunk byte offsets, plus a
 //! bump cursor for never-used blocks, so a new chunk is set up in O(1). Blocks of 1 to 7 bytes
-//! (user pools only) cannot hold such a link without rounding up, so their chunks start with a
-//! two-level free bitmap instead:
+//! (user pools only) are not rounded up; their chunks start with a two-level free bitmap instead
+//! (a 1-byte block cannot hold a link, and the bitmap also catches double frees among the up to
+//! 3632 blocks of a tiny chunk, which an allocated bitmap in the descriptor could not cover):
 //!
 //! ```text
 //!   list chunk (stride s >= 8)                     tiny chunk (stride s in 1..=7)

@@ -10,7 +10,8 @@
 //!   null                       not a heap page (foreign pointer)
 //!   descriptor pointer | 0b00  a chunk; the pointer is its `ChunkDesc` in a root page
 //!   root run pointer   | 0b01  a root page; the pointer is the start of its root run
-//!   0b10 (no provenance)       a page of the large allocator (region or page run)
+//!   mapping pointer    | 0b10  a page of the large allocator; the pointer is the start of the
+//!                              run the large allocator mapped (region or page run)
 //! ```
 //!
 //! Nodes are mapped lazily when a page in a new 2 MiB (leaf), 1 GiB or 512 GiB window is first
@@ -28,7 +29,10 @@
 //! [`PageSourceError::OutOfAddressSpace`], and the heap gives those pages back.
 //!
 //! Strict provenance: stored pointers keep their provenance (tags are set and cleared with
-//! `map_addr`); the large-page tag is a pointer without provenance that is never dereferenced.
+//! `map_addr`). That is what lets the heap hand the large allocator a pointer it may read block
+//! headers through: the pointer a caller frees only carries the provenance of its own block (a
+//! `Box`'s, under Stacked Borrows, covers exactly the block), while the header lies in front of
+//! it; the heap rebuilds the pointer from the recorded mapping start with `with_addr`.
 
 use core::ptr::{self, NonNull};
 
@@ -61,8 +65,8 @@ pub enum Entry {
     Root(NonNull<u8>),
     /// A chunk, described by this descriptor.
     Chunk(NonNull<ChunkDesc>),
-    /// A page mapped by the large allocator.
-    Large,
+    /// A page mapped by the large allocator, in the run that starts at this address.
+    Large(NonNull<u8>),
 }
 
 impl Entry {
@@ -71,24 +75,18 @@ impl Entry {
             Self::Empty => ptr::null_mut(),
             Self::Root(base) => base.as_ptr().map_addr(|a| a | TAG_ROOT),
             Self::Chunk(desc) => desc.as_ptr().cast::<u8>(),
-            Self::Large => ptr::without_provenance_mut(TAG_LARGE),
+            Self::Large(run) => run.as_ptr().map_addr(|a| a | TAG_LARGE),
         }
     }
 
     fn decode(raw: *mut u8) -> Self {
-        if raw.is_null() {
-            return Self::Empty;
-        }
         match raw.addr() & TAG_MASK {
-            TAG_CHUNK => Self::Chunk(
-                // Non-null was checked above and the tag bits are zero.
-                NonNull::new(raw.cast::<ChunkDesc>()).unwrap_or(NonNull::dangling()),
-            ),
-            TAG_ROOT => match NonNull::new(raw.map_addr(|a| a & !TAG_MASK)) {
-                Some(base) => Self::Root(base),
-                None => Self::Empty,
-            },
-            _ => Self::Large,
+            _ if raw.is_null() => Self::Empty,
+            TAG_CHUNK => NonNull::new(raw.cast::<ChunkDesc>()).map_or(Self::Empty, Self::Chunk),
+            TAG_ROOT => {
+                NonNull::new(raw.map_addr(|a| a & !TAG_MASK)).map_or(Self::Empty, Self::Root)
+            }
+            _ => NonNull::new(raw.map_addr(|a| a & !TAG_MASK)).map_or(Self::Empty, Self::Large),
         }
     }
 }
@@ -370,7 +368,7 @@ impl PageMap {
         self.for_each(|_, e| match e {
             Entry::Root(_) => c.root += 1,
             Entry::Chunk(_) => c.chunk += 1,
-            Entry::Large => c.large += 1,
+            Entry::Large(_) => c.large += 1,
             Entry::Empty => {}
         });
         c
@@ -395,7 +393,8 @@ unsafe impl PageSource for NoSource {
     unsafe fn unmap_pages(&mut self, _ptr: NonNull<u8>, _count: usize) {}
 }
 
-/// A page source that records every page it maps in the page map (as [`Entry::Large`]) and
+/// A page source that records every page it maps in the page map (as [`Entry::Large`] with the
+/// run's start) and
 /// forgets every page it unmaps: the large allocator gets its pages through it, so that the map
 /// stays complete without the large allocator knowing about it. It also counts the pages.
 pub struct Recording<'a, S: PageSource> {
@@ -420,7 +419,10 @@ impl<S: PageSource> core::fmt::Debug for Recording<'_, S> {
 unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         let start = self.src.map_pages(count)?;
-        if let Err(e) = self.map.set_run(self.src, start, count, Entry::Large) {
+        if let Err(e) = self
+            .map
+            .set_run(self.src, start, count, Entry::Large(start))
+        {
             // SAFETY: we mapped exactly these pages just now and handed out nothing.
             unsafe { self.src.unmap_pages(start, count) };
             return Err(e);
@@ -464,11 +466,14 @@ mod tests {
         let mut map = PageMap::new();
         let a = src.map_pages(3).unwrap();
         assert_eq!(map.get(a.addr().get()), Entry::Empty);
-        map.set_run(&mut src, a, 3, Entry::Large).unwrap();
+        map.set_run(&mut src, a, 3, Entry::Large(a)).unwrap();
         let nodes = map.nodes();
         assert!(nodes >= 4);
         for i in 0..3 {
-            assert_eq!(map.get(a.addr().get() + i * PAGE_SIZE + 123), Entry::Large);
+            assert_eq!(
+                map.get(a.addr().get() + i * PAGE_SIZE + 123),
+                Entry::Large(a)
+            );
         }
         assert_eq!(map.get(a.addr().get() + 3 * PAGE_SIZE), Entry::Empty);
         map.set(&mut src, a, Entry::Root(a)).unwrap();
@@ -496,7 +501,7 @@ mod tests {
         let a = src.map_pages(2).unwrap();
         src.fail_after(Some(0));
         let mut map = PageMap::new();
-        assert!(map.set_run(&mut src, a, 2, Entry::Large).is_err());
+        assert!(map.set_run(&mut src, a, 2, Entry::Large(a)).is_err());
         assert_eq!(map.get(a.addr().get()), Entry::Empty);
         assert_eq!(map.nodes(), 0);
     }

@@ -187,13 +187,19 @@ impl Pool {
     ///
     /// # Safety
     ///
-    /// `d` must be a live chunk of this pool and `ptr` an allocated block of it.
+    /// `d` must be a live chunk of this pool and `ptr` an allocated block of it, valid for
+    /// writes of `owned` bytes.
     #[inline]
-    unsafe fn free(&mut self, d: *mut ChunkDesc, ptr: NonNull<u8>) -> Option<NonNull<ChunkDesc>> {
+    unsafe fn free(
+        &mut self,
+        d: *mut ChunkDesc,
+        ptr: NonNull<u8>,
+        owned: usize,
+    ) -> Option<NonNull<ChunkDesc>> {
         // SAFETY: guaranteed by the caller.
         unsafe {
             let was_full = (*d).is_full(&self.geo);
-            (*d).free(&self.geo, ptr);
+            (*d).free(&self.geo, ptr, owned);
             self.live -= 1;
             if (*d).used == 0 {
                 unlink(
@@ -433,7 +439,8 @@ impl<S: PageSource> Ctx<'_, S> {
     }
 
     /// Frees `ptr` into `pool`, returning its chunk to the page source if it empties and the
-    /// reserve is full. O(1). `owner` names the pool in debug messages.
+    /// reserve is full. O(1). `owned` is the size the caller asked for (see
+    /// `ChunkDesc::free`); `owner` names the pool in debug messages.
     ///
     /// With `debug-checks`, panics (naming the address and the pool) if `ptr` is not a live block
     /// of `pool`; without, an invalid pointer that the page map does not know is ignored.
@@ -441,10 +448,17 @@ impl<S: PageSource> Ctx<'_, S> {
     /// # Safety
     ///
     /// `pool` must point to a live pool of this heap, and `ptr` must be a block allocated from it
-    /// and not freed since.
+    /// (by a request of `owned` bytes) and not freed since.
+    ///
     /// Returns whether a block was freed (false only for an ignored invalid pointer).
     #[inline]
-    pub unsafe fn free(&mut self, pool: *mut Pool, ptr: NonNull<u8>, owner: Owner) -> bool {
+    pub unsafe fn free(
+        &mut self,
+        pool: *mut Pool,
+        ptr: NonNull<u8>,
+        owned: usize,
+        owner: Owner,
+    ) -> bool {
         let d = match self.map.get(ptr.addr().get()) {
             Entry::Chunk(d) => d.as_ptr(),
             other => {
@@ -459,7 +473,7 @@ impl<S: PageSource> Ctx<'_, S> {
         };
         // SAFETY: `d` is a chunk of `pool` holding `ptr` (caller, checked above with
         // `debug-checks`).
-        if let Some(empty) = unsafe { (*pool).free(d, ptr) } {
+        if let Some(empty) = unsafe { (*pool).free(d, ptr, owned) } {
             // SAFETY: the pool forgot the chunk; it is ours to release.
             unsafe { self.release(empty) };
         }

@@ -1,6 +1,16 @@
 //! The heap as the `#[global_allocator]` of this whole test binary: the test harness, `std`
 //! and every collection below allocate through a `LockedHeap` over a static arena, from
 //! several threads at once. Then the heap checks its invariants.
+//!
+//! Native only. Under Miri's Stacked Borrows a `#[global_allocator]` may write into a block
+//! being freed only through the very pointer `dealloc` received while that block's `Box` is
+//! still a (weakly protected) function argument, as it is inside `mem::drop` — a known limit of
+//! the model for custom allocators (rust-lang/miri#2104, yvt/rlsf#20). The pool path obeys it;
+//! the large allocator must reach its block header in front of the block, so it works on a
+//! pointer rebuilt from its mapping, and std's own frees trip the check. The heap's unit tests
+//! exercise the same paths under Miri through the heap's API, including frees through pointers
+//! that cover only the requested bytes.
+#![cfg(not(miri))]
 
 use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, HashMap};
@@ -145,5 +155,17 @@ fn huge_request_fails_with_null() {
         v.try_reserve_exact(PAGES * PAGE_SIZE).map(|()| v)
     };
     assert!(v.is_err());
+    check_heap();
+}
+
+/// Boxes of 1 byte (in 8-byte blocks) and of large sizes come and go.
+#[test]
+fn small_and_large_boxes() {
+    let small: Vec<Box<u8>> = (0..100).map(Box::new).collect();
+    let large: Vec<Box<[u8]>> = (0..4)
+        .map(|i| vec![i; 5000 + i as usize].into_boxed_slice())
+        .collect();
+    drop(small);
+    drop(large);
     check_heap();
 }
