@@ -20,6 +20,7 @@ pub mod interrupts;
 pub mod memory;
 pub mod qemu;
 pub mod serial;
+pub mod soak;
 pub mod testing;
 pub mod timer;
 pub mod workload;
