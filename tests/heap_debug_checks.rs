@@ -1,0 +1,347 @@
+//! Each of the heap's debug checks (`kheap` feature `debug-checks`, on in kernel test builds through
+//! the kernel's default feature) fires on the misuse it is for, with a message naming the problem.
+//!
+//! Every misuse goes through the global allocator (`alloc::alloc::{alloc, dealloc}`) or, for user
+//! pools, through the heap's own pool API, exactly as kernel code would make the mistake. Each test
+//! keeps a second block of the same kind live next to the one it misuses, so the chunk or region
+//! stays mapped and the check (not a page-map miss) is what catches the second free. The messages
+//! are those of `kernel/heap/src/debug.rs`.
+//!
+//! Checks that do not exist yet, and so have no test here: poisoning of freed blocks
+//! (write-after-free), red zones (overflow past a block's end), sampled guard pages.
+
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::runner)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::alloc::{alloc, dealloc, realloc};
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use bootloader_api::BootInfo;
+use kernel::allocator::HEAP;
+use kernel::soak::Baseline;
+use kernel::testing::ShouldPanic;
+
+bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info).expect("kernel init");
+    test_main();
+    kernel::testing::finish()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    kernel::testing::panic_handler(info)
+}
+
+/// A layout served by the general class of 64-byte blocks.
+const CLASS_64: Layout = layout(64, 8);
+/// A layout served by the large allocator from a 64 KiB region (below the page-run threshold).
+const REGION_BLOCK: Layout = layout(8192, 16);
+/// A layout served by the large allocator as a page run of its own (64 KiB and more).
+const PAGE_RUN: Layout = layout(100 * 1024, 16);
+
+const fn layout(size: usize, align: usize) -> Layout {
+    match Layout::from_size_align(size, align) {
+        Ok(l) => l,
+        Err(_) => panic!("invalid layout"),
+    }
+}
+
+/// A fresh block of `layout` from the global allocator. The pointer goes through `black_box`, so
+/// the optimiser cannot elide an allocation/free pair (LLVM treats `__rust_alloc` and
+/// `__rust_dealloc` as allocation functions) and the heap really sees every call.
+fn allocate(layout: Layout) -> *mut u8 {
+    // SAFETY: every layout used here has a non-zero size.
+    let p = core::hint::black_box(unsafe { alloc(layout) });
+    assert!(!p.is_null(), "allocation of {layout:?} failed");
+    p
+}
+
+/// Allocates two blocks of `layout`: one to misuse and one kept live beside it (deliberately
+/// leaked: the test ends in a panic).
+fn block_and_neighbour(layout: Layout) -> *mut u8 {
+    let keep = allocate(layout);
+    let p = allocate(layout);
+    core::hint::black_box(keep);
+    p
+}
+
+fn double_free_class_block() {
+    let p = block_and_neighbour(CLASS_64);
+    // SAFETY: the first free is valid; the second is the misuse under test.
+    unsafe {
+        dealloc(p, CLASS_64);
+        dealloc(p, CLASS_64);
+    }
+}
+
+#[test_case]
+static DOUBLE_FREE_OF_A_CLASS_BLOCK: ShouldPanic =
+    ShouldPanic::new("double_free_of_a_class_block", double_free_class_block)
+        .expecting("kheap: double free of 0x");
+
+fn double_free_region_block() {
+    let p = block_and_neighbour(REGION_BLOCK);
+    // SAFETY: the first free is valid; the second is the misuse under test.
+    unsafe {
+        dealloc(p, REGION_BLOCK);
+        dealloc(p, REGION_BLOCK);
+    }
+}
+
+#[test_case]
+static DOUBLE_FREE_OF_A_LARGE_BLOCK: ShouldPanic =
+    ShouldPanic::new("double_free_of_a_large_block", double_free_region_block)
+        .expecting("kheap: double free of large block 0x");
+
+fn double_free_page_run() {
+    let p = block_and_neighbour(PAGE_RUN);
+    // SAFETY: the first free is valid (and unmaps the run); the second is the misuse under test.
+    unsafe {
+        dealloc(p, PAGE_RUN);
+        dealloc(p, PAGE_RUN);
+    }
+}
+
+#[test_case]
+static DOUBLE_FREE_OF_A_PAGE_RUN_FINDS_NO_HEAP_BLOCK: ShouldPanic = ShouldPanic::new(
+    "double_free_of_a_page_run_finds_no_heap_block",
+    double_free_page_run,
+)
+.expecting("which is not a heap block");
+
+fn free_stack_address() {
+    let local = [0u64; 8];
+    let p = core::hint::black_box(local.as_ptr())
+        .cast_mut()
+        .cast::<u8>();
+    // SAFETY: not sound on purpose: the heap never returned this stack address.
+    unsafe { dealloc(p, CLASS_64) };
+}
+
+#[test_case]
+static FREE_OF_A_STACK_ADDRESS: ShouldPanic =
+    ShouldPanic::new("free_of_a_stack_address", free_stack_address)
+        .expecting("which is not a heap block (class 64 B)");
+
+static IN_THE_IMAGE: [u64; 8] = [0; 8];
+
+fn free_static_address() {
+    let p = core::hint::black_box(IN_THE_IMAGE.as_ptr())
+        .cast_mut()
+        .cast::<u8>();
+    // SAFETY: not sound on purpose: a static in the kernel image, never returned by the heap.
+    unsafe { dealloc(p, CLASS_64) };
+}
+
+#[test_case]
+static FREE_OF_AN_ADDRESS_IN_THE_KERNEL_IMAGE: ShouldPanic = ShouldPanic::new(
+    "free_of_an_address_in_the_kernel_image",
+    free_static_address,
+)
+.expecting("which is not a heap block (class 64 B)");
+
+fn free_static_address_as_large() {
+    let p = core::hint::black_box(IN_THE_IMAGE.as_ptr())
+        .cast_mut()
+        .cast::<u8>();
+    // SAFETY: not sound on purpose: a static in the kernel image, never returned by the heap.
+    unsafe { dealloc(p, REGION_BLOCK) };
+}
+
+#[test_case]
+static LARGE_FREE_OF_AN_ADDRESS_IN_THE_KERNEL_IMAGE: ShouldPanic = ShouldPanic::new(
+    "large_free_of_an_address_in_the_kernel_image",
+    free_static_address_as_large,
+)
+.expecting("(size 8192, align 16), which is not a heap block");
+
+fn free_interior_pointer() {
+    let p = block_and_neighbour(CLASS_64);
+    // SAFETY: not sound on purpose: 8 bytes into a live block.
+    unsafe { dealloc(p.add(8), CLASS_64) };
+}
+
+#[test_case]
+static FREE_OF_AN_INTERIOR_POINTER: ShouldPanic =
+    ShouldPanic::new("free_of_an_interior_pointer", free_interior_pointer)
+        .expecting("kheap: free of interior pointer 0x");
+
+fn free_interior_pointer_of_large_block() {
+    let p = block_and_neighbour(REGION_BLOCK);
+    // SAFETY: the block is ours: zeroed so that no leftover bytes before the interior pointer
+    // look like a block header; then the free of an interior pointer is the misuse under test.
+    unsafe {
+        p.write_bytes(0, REGION_BLOCK.size());
+        dealloc(p.add(64), REGION_BLOCK);
+    }
+}
+
+#[test_case]
+static FREE_OF_AN_INTERIOR_POINTER_OF_A_LARGE_BLOCK: ShouldPanic = ShouldPanic::new(
+    "free_of_an_interior_pointer_of_a_large_block",
+    free_interior_pointer_of_large_block,
+)
+.expecting("or not a block start");
+
+fn free_with_other_class() {
+    let p = block_and_neighbour(CLASS_64);
+    // SAFETY: not sound on purpose: a 64-byte class block freed as a 128-byte one.
+    unsafe { dealloc(p, layout(128, 8)) };
+}
+
+#[test_case]
+static FREE_WITH_A_LAYOUT_OF_ANOTHER_CLASS: ShouldPanic =
+    ShouldPanic::new("free_with_a_layout_of_another_class", free_with_other_class)
+        .expecting("as class 128 B, but it belongs to a pool of 64 B blocks");
+
+fn free_large_block_as_class() {
+    let p = block_and_neighbour(REGION_BLOCK);
+    // SAFETY: not sound on purpose: a large block freed with a class layout.
+    unsafe { dealloc(p, CLASS_64) };
+}
+
+#[test_case]
+static FREE_OF_A_LARGE_BLOCK_WITH_A_CLASS_LAYOUT: ShouldPanic = ShouldPanic::new(
+    "free_of_a_large_block_with_a_class_layout",
+    free_large_block_as_class,
+)
+.expecting("as class 64 B, but it is a large block (wrong layout?)");
+
+fn free_class_block_as_large() {
+    let p = block_and_neighbour(CLASS_64);
+    // SAFETY: not sound on purpose: a class block freed with a large layout.
+    unsafe { dealloc(p, REGION_BLOCK) };
+}
+
+#[test_case]
+static FREE_OF_A_CLASS_BLOCK_WITH_A_LARGE_LAYOUT: ShouldPanic = ShouldPanic::new(
+    "free_of_a_class_block_with_a_large_layout",
+    free_class_block_as_large,
+)
+.expecting("but it is in a chunk or root page (wrong layout?)");
+
+fn realloc_freed_block() {
+    let p = block_and_neighbour(CLASS_64);
+    // SAFETY: the free is valid; reallocating the freed block is the misuse under test.
+    unsafe {
+        dealloc(p, CLASS_64);
+        let _ = realloc(p, CLASS_64, 256);
+    }
+}
+
+#[test_case]
+static REALLOC_OF_A_FREED_BLOCK: ShouldPanic =
+    ShouldPanic::new("realloc_of_a_freed_block", realloc_freed_block)
+        .expecting("kheap: double free of 0x");
+
+fn pool_free_to_wrong_pool() {
+    let mut heap = HEAP.heap().lock().expect("heap initialised");
+    // Two pools of the same block size: only the pool check can tell them apart.
+    let a = heap.create_pool(48, 8).expect("pool a");
+    let b = heap.create_pool(48, 8).expect("pool b");
+    let keep = heap.pool_alloc(a).expect("block of pool a");
+    let p = heap.pool_alloc(a).expect("block of pool a");
+    core::hint::black_box(keep);
+    // SAFETY: not sound on purpose: a block of pool `a` returned to pool `b`.
+    unsafe { heap.pool_free(b, p) };
+}
+
+#[test_case]
+static POOL_FREE_TO_THE_WRONG_POOL: ShouldPanic =
+    ShouldPanic::new("pool_free_to_the_wrong_pool", pool_free_to_wrong_pool)
+        .expecting("48 B blocks, but it belongs to a pool of 48 B blocks (wrong layout or pool?)");
+
+fn pool_free_of_class_block() {
+    let p = NonNull::new(block_and_neighbour(CLASS_64)).expect("non-null");
+    let mut heap = HEAP.heap().lock().expect("heap initialised");
+    let pool = heap.create_pool(64, 8).expect("pool");
+    let keep = heap.pool_alloc(pool).expect("block");
+    core::hint::black_box(keep);
+    // SAFETY: not sound on purpose: a general-class block returned to a user pool.
+    unsafe { heap.pool_free(pool, p) };
+}
+
+#[test_case]
+static POOL_FREE_OF_A_GENERAL_CLASS_BLOCK: ShouldPanic = ShouldPanic::new(
+    "pool_free_of_a_general_class_block",
+    pool_free_of_class_block,
+)
+.expecting("64 B blocks, but it belongs to a pool of 64 B blocks (wrong layout or pool?)");
+
+fn pool_double_free_tiny() {
+    let mut heap = HEAP.heap().lock().expect("heap initialised");
+    // 3-byte blocks: a tiny chunk, whose free bitmap is what catches the double free.
+    let pool = heap.create_pool(3, 1).expect("pool");
+    let keep = heap.pool_alloc(pool).expect("block");
+    let p = heap.pool_alloc(pool).expect("block");
+    core::hint::black_box(keep);
+    // SAFETY: the first free is valid; the second is the misuse under test.
+    unsafe {
+        heap.pool_free(pool, p);
+        heap.pool_free(pool, p);
+    }
+}
+
+#[test_case]
+static DOUBLE_FREE_OF_A_TINY_POOL_BLOCK: ShouldPanic =
+    ShouldPanic::new("double_free_of_a_tiny_pool_block", pool_double_free_tiny)
+        .expecting("kheap: double free of 0x");
+
+fn pool_free_to_destroyed_pool() {
+    let mut heap = HEAP.heap().lock().expect("heap initialised");
+    let pool = heap.create_pool(24, 8).expect("pool");
+    let p = heap.pool_alloc(pool).expect("block");
+    // SAFETY: valid: the block came from this pool.
+    unsafe { heap.pool_free(pool, p) };
+    heap.destroy_pool(pool)
+        .expect("an empty pool can be destroyed");
+    // SAFETY: not sound on purpose: the pool no longer exists.
+    unsafe { heap.pool_free(pool, p) };
+}
+
+#[test_case]
+static POOL_FREE_TO_A_DESTROYED_POOL: ShouldPanic =
+    ShouldPanic::new("pool_free_to_a_destroyed_pool", pool_free_to_destroyed_pool)
+        .expecting("which is not a live pool of this heap");
+
+/// The checks stay quiet for correct use: every kind of block freed once, with its own layout or
+/// pool, and the heap is consistent and gives every page back (but for the root page it maps for
+/// user-pool headers, which it keeps by design: see `kernel::soak::Baseline`).
+#[test_case]
+fn correct_frees_pass_every_check() {
+    let before = Baseline::take().expect("heap initialised");
+    for layout in [
+        CLASS_64,
+        layout(1, 1),
+        layout(4096, 4096),
+        REGION_BLOCK,
+        PAGE_RUN,
+    ] {
+        let a = allocate(layout);
+        let b = allocate(layout);
+        // SAFETY: each block freed once, with the layout it was allocated with.
+        unsafe {
+            dealloc(b, layout);
+            dealloc(a, layout);
+        }
+    }
+    {
+        let mut heap = HEAP.heap().lock().expect("heap initialised");
+        let pool = heap.create_pool(3, 1).expect("pool");
+        let p = heap.pool_alloc(pool).expect("block");
+        // SAFETY: a block of this pool, freed once.
+        unsafe { heap.pool_free(pool, p) };
+        heap.destroy_pool(pool).expect("destroy");
+    }
+    if let Err(e) = before.check_returned() {
+        panic!("{e}");
+    }
+}
