@@ -12,6 +12,7 @@
 use bootloader_api::BootInfo;
 use kernel::serial_println;
 use kernel::soak::{self, Config, Report};
+use kernel::testing::ShouldPanic;
 
 // Small enough that a debug build fills most of it several times within the test's time.
 kernel::qemu_args!("-m 64M");
@@ -87,3 +88,21 @@ fn growth_stops_gracefully_when_memory_runs_out() {
         report.phases
     );
 }
+
+/// The checker itself works: a byte changed behind the allocator's back is found, and the panic
+/// names its address.
+fn corrupted_byte_is_found() {
+    let cfg = Config {
+        ops: 20_000,
+        corrupt_after: Some(10_000),
+        ..Config::SHORT
+    };
+    let _ = soak::run(&cfg);
+}
+
+#[test_case]
+static A_CORRUPTED_BYTE_IS_FOUND_AND_NAMED: ShouldPanic = ShouldPanic::new(
+    "a_corrupted_byte_is_found_and_named",
+    corrupted_byte_is_found,
+)
+.expecting("soak: corruption at 0x");

@@ -62,6 +62,9 @@ pub struct Config {
     /// A growth phase aims at `lo..=hi` percent (drawn at random) of the free memory at its
     /// start; targets beyond 100 are sure to end at a refused allocation.
     pub grow_percent: (usize, usize),
+    /// Self-test of the checker: after this many operations, flip one byte of a live object
+    /// behind the allocator's back; the run must then panic naming that byte's address.
+    pub corrupt_after: Option<u64>,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
         max_size: 4 << 20,
         progress_every: 1_000_000,
         grow_percent: (60, 105),
+        corrupt_after: None,
     };
 
     /// The short run of `tests/heap_soak.rs` (a debug build in QEMU, well under a minute).
@@ -82,6 +86,7 @@ impl Config {
         max_size: 1 << 20,
         progress_every: 0,
         grow_percent: (60, 105),
+        corrupt_after: None,
     };
 }
 
@@ -839,6 +844,21 @@ impl Soak {
         }
     }
 
+    /// Flips the middle byte of the first live raw block or byte box (for [`Config::corrupt_after`]).
+    fn corrupt_one_byte(&mut self) {
+        for obj in &mut self.live {
+            let (ptr, len) = match &mut obj.kind {
+                Kind::Raw { ptr, layout } => (ptr.as_ptr(), layout.size()),
+                Kind::Bytes(b) => (b.as_mut_ptr(), b.len()),
+                _ => continue,
+            };
+            // SAFETY: the block is live and has `len >= 1` bytes.
+            unsafe { *ptr.add(len / 2) ^= 0x40 };
+            serial_println!("soak: flipped a bit at {:#x}", ptr.addr() + len / 2);
+            return;
+        }
+    }
+
     fn progress(&self, ops: u64) {
         let phase = match self.phase {
             Phase::Grow { .. } => "grow",
@@ -988,6 +1008,9 @@ pub fn run(cfg: &Config) -> Result<Report, SoakError> {
     soak.start_grow();
     for op in 1..=cfg.ops {
         soak.step();
+        if cfg.corrupt_after == Some(op) {
+            soak.corrupt_one_byte();
+        }
         if cfg.progress_every != 0 && op % cfg.progress_every == 0 {
             soak.progress(op);
         }
