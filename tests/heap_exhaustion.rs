@@ -61,7 +61,11 @@ fn free_chain(mut head: *mut u8, layout: Layout) -> usize {
         // first word holds the next member.
         unsafe {
             let next = head.cast::<*mut u8>().read();
-            assert_eq!(head.add(layout.size() - 1).read(), 0xA5, "block {head:p} corrupted");
+            assert_eq!(
+                head.add(layout.size() - 1).read(),
+                0xA5,
+                "block {head:p} corrupted"
+            );
             dealloc(head, layout);
             head = next;
         }
@@ -85,10 +89,17 @@ fn exhaust_and_recover(layout: Layout) {
     assert_eq!(free_chain(head, layout), count);
     allocator::trim();
     allocator::check_invariants();
-    assert_eq!(allocator::footprint(), before, "pages not returned after exhaustion");
+    assert_eq!(
+        allocator::footprint(),
+        before,
+        "pages not returned after exhaustion"
+    );
     // And the heap works again.
     let (head, again) = allocate_until_null(layout);
-    assert!(again * 10 >= count * 9, "only {again} of {count} blocks fit the second time");
+    assert!(
+        again * 10 >= count * 9,
+        "only {again} of {count} blocks fit the second time"
+    );
     free_chain(head, layout);
     allocator::trim();
     assert_eq!(allocator::footprint(), before);
@@ -112,6 +123,10 @@ fn large_blocks_until_null_then_recover() {
 #[test_case]
 fn try_reserve_reports_failure_instead_of_aborting() {
     let mut v: Vec<u8> = Vec::new();
-    assert!(v.try_reserve(1 << 40).is_err(), "a 1 TiB reservation cannot succeed");
-    v.try_reserve(1024).expect("a small reservation still works");
+    assert!(
+        v.try_reserve(1 << 40).is_err(),
+        "a 1 TiB reservation cannot succeed"
+    );
+    v.try_reserve(1024)
+        .expect("a small reservation still works");
 }

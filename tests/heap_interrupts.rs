@@ -73,8 +73,15 @@ fn timer_interrupt_allocates_while_main_loop_allocates() {
     }
     drop(live);
     let ticks = HANDLER_ALLOCS.load(Ordering::Relaxed);
-    assert!(ticks >= 300, "only {ticks} timer interrupts ran the allocator");
-    assert_eq!(HANDLER_ERRORS.load(Ordering::Relaxed), 0, "interrupt-side blocks corrupted");
+    assert!(
+        ticks >= 300,
+        "only {ticks} timer interrupts ran the allocator"
+    );
+    assert_eq!(
+        HANDLER_ERRORS.load(Ordering::Relaxed),
+        0,
+        "interrupt-side blocks corrupted"
+    );
     allocator::trim();
     allocator::check_invariants();
     assert_eq!(allocator::footprint(), before);

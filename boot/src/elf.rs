@@ -25,17 +25,23 @@ const EM_X86_64: u16 = 62;
 
 fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
     let bytes = b.get(off..off + 2).ok_or(ElfError::Truncated)?;
-    Ok(u16::from_le_bytes(bytes.try_into().map_err(|_| ElfError::Truncated)?))
+    Ok(u16::from_le_bytes(
+        bytes.try_into().map_err(|_| ElfError::Truncated)?,
+    ))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
     let bytes = b.get(off..off + 4).ok_or(ElfError::Truncated)?;
-    Ok(u32::from_le_bytes(bytes.try_into().map_err(|_| ElfError::Truncated)?))
+    Ok(u32::from_le_bytes(
+        bytes.try_into().map_err(|_| ElfError::Truncated)?,
+    ))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
     let bytes = b.get(off..off + 8).ok_or(ElfError::Truncated)?;
-    Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ElfError::Truncated)?))
+    Ok(u64::from_le_bytes(
+        bytes.try_into().map_err(|_| ElfError::Truncated)?,
+    ))
 }
 
 /// Checks that `elf` is a 64-bit little-endian x86_64 executable.
@@ -72,11 +78,17 @@ fn find_section<'a>(elf: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, ElfEr
         let h = header(i);
         let name_off = strtab_off + u32_at(elf, h)? as usize;
         let rest = elf.get(name_off..).ok_or(ElfError::Truncated)?;
-        let end = rest.iter().position(|&b| b == 0).ok_or(ElfError::Truncated)?;
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(ElfError::Truncated)?;
         if &rest[..end] == name.as_bytes() {
             let off = u64_at(elf, h + 0x18)? as usize;
             let size = u64_at(elf, h + 0x20)? as usize;
-            return elf.get(off..off + size).map(Some).ok_or(ElfError::Truncated);
+            return elf
+                .get(off..off + size)
+                .map(Some)
+                .ok_or(ElfError::Truncated);
         }
     }
     Ok(None)

@@ -116,7 +116,12 @@ fn run() -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot read kernel {}: {e}", opts.kernel.display()))?;
     elf::check_kernel(&elf_bytes).map_err(|e| format!("{}: {e}", opts.kernel.display()))?;
     let baked_args = elf::section(&elf_bytes, ".kernel_qemu_args")
-        .map(|b| String::from_utf8_lossy(b).split_whitespace().map(str::to_owned).collect())
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_else(Vec::new);
     check_qemu()?;
     let ovmf = if opts.uefi { Some(find_ovmf()?) } else { None };
@@ -161,9 +166,11 @@ fn run() -> Result<ExitCode, String> {
 fn check_qemu() -> Result<(), String> {
     match Command::new("qemu-system-x86_64").arg("--version").output() {
         Ok(out) if out.status.success() => Ok(()),
-        _ => Err("qemu-system-x86_64 not found; install it with `./setup.sh` \
+        _ => Err(
+            "qemu-system-x86_64 not found; install it with `./setup.sh` \
                   (or `sudo apt-get install -y qemu-system-x86`)"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -357,7 +364,11 @@ impl<'o> Session<'o> {
                 println!("    {name}");
             }
         }
-        let verdict = if self.failed.is_empty() { "ok" } else { "FAILED" };
+        let verdict = if self.failed.is_empty() {
+            "ok"
+        } else {
+            "FAILED"
+        };
         println!(
             "\ntest result: {verdict}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; \
              finished in {:.2}s\n",
@@ -399,14 +410,22 @@ impl<'o> Session<'o> {
         let lines = spawn_line_reader(&mut child);
         let mut last_progress = Instant::now();
         loop {
-            let limit = if self.test_mode { self.opts.test_timeout } else { self.opts.run_timeout };
+            let limit = if self.test_mode {
+                self.opts.test_timeout
+            } else {
+                self.opts.run_timeout
+            };
             let waited = last_progress.elapsed();
             if !self.opts.gdb && waited >= limit {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Ok(BootEnd::TimedOut(limit));
             }
-            let wait = if self.opts.gdb { Duration::from_secs(3600) } else { limit - waited };
+            let wait = if self.opts.gdb {
+                Duration::from_secs(3600)
+            } else {
+                limit - waited
+            };
             match lines.recv_timeout(wait.min(Duration::from_millis(500))) {
                 Ok(line) => {
                     if self.handle_line(&line) {
@@ -432,7 +451,10 @@ impl<'o> Session<'o> {
         }
         let Some(event) = event else { return false };
         match event {
-            Event::Plan { tests, filtered_out } => {
+            Event::Plan {
+                tests,
+                filtered_out,
+            } => {
                 self.test_mode = true;
                 self.filtered_out = filtered_out;
                 println!("\nrunning {tests} tests");

@@ -20,7 +20,9 @@ const MARKER: &str = "@@ktest ";
 /// Splits a serial line into the text before a marker (a test's own output that did not end in a
 /// newline) and the marker's event. Lines without a marker are all text.
 pub fn parse_line(line: &str) -> (&str, Option<Event>) {
-    let Some(pos) = line.find(MARKER) else { return (line, None) };
+    let Some(pos) = line.find(MARKER) else {
+        return (line, None);
+    };
     let (text, marker) = line.split_at(pos);
     let mut words = marker[MARKER.len()..].splitn(3, ' ');
     let kind = words.next().unwrap_or("");
@@ -28,7 +30,10 @@ pub fn parse_line(line: &str) -> (&str, Option<Event>) {
     let event = match kind {
         "plan" => num(words.next())
             .zip(num(words.next()))
-            .map(|(tests, filtered_out)| Event::Plan { tests, filtered_out }),
+            .map(|(tests, filtered_out)| Event::Plan {
+                tests,
+                filtered_out,
+            }),
         "start" => num(words.next()).map(|index| Event::Start {
             index,
             name: words.next().unwrap_or("?").trim().to_owned(),
@@ -52,14 +57,32 @@ mod tests {
     fn parses_every_marker() {
         assert_eq!(
             parse_line("@@ktest plan 3 1"),
-            ("", Some(Event::Plan { tests: 3, filtered_out: 1 }))
+            (
+                "",
+                Some(Event::Plan {
+                    tests: 3,
+                    filtered_out: 1
+                })
+            )
         );
         assert_eq!(
             parse_line("@@ktest start 2 heap::boxes_work"),
-            ("", Some(Event::Start { index: 2, name: "heap::boxes_work".into() }))
+            (
+                "",
+                Some(Event::Start {
+                    index: 2,
+                    name: "heap::boxes_work".into()
+                })
+            )
         );
-        assert_eq!(parse_line("@@ktest ok 2"), ("", Some(Event::Ok { index: 2 })));
-        assert_eq!(parse_line("@@ktest fail 7"), ("", Some(Event::Fail { index: 7 })));
+        assert_eq!(
+            parse_line("@@ktest ok 2"),
+            ("", Some(Event::Ok { index: 2 }))
+        );
+        assert_eq!(
+            parse_line("@@ktest fail 7"),
+            ("", Some(Event::Fail { index: 7 }))
+        );
         assert_eq!(parse_line("@@ktest done"), ("", Some(Event::Done)));
     }
 
@@ -74,7 +97,10 @@ mod tests {
     #[test]
     fn plain_and_malformed_lines_are_text() {
         assert_eq!(parse_line("hello"), ("hello", None));
-        assert_eq!(parse_line("@@ktest ok notanumber"), ("@@ktest ok notanumber", None));
+        assert_eq!(
+            parse_line("@@ktest ok notanumber"),
+            ("@@ktest ok notanumber", None)
+        );
         assert_eq!(parse_line("@@ktest bogus"), ("@@ktest bogus", None));
     }
 }

@@ -115,7 +115,9 @@ impl fmt::Display for HeapInitError {
 /// Gives the heap its page source (the heap window) and maps its first root page. Call after
 /// `memory::init`.
 pub fn init() -> Result<(), HeapInitError> {
-    HEAP.inner.init(KernelPageSource::new()).map_err(HeapInitError)
+    HEAP.inner
+        .init(KernelPageSource::new())
+        .map_err(HeapInitError)
 }
 
 /// The heap's statistics (`None` before [`init`]).

@@ -46,7 +46,12 @@ static GDT: Lazy<Gdt> = Lazy::new(|| {
     let code = table.append(Descriptor::kernel_code_segment());
     let data = table.append(Descriptor::kernel_data_segment());
     let tss = table.append(Descriptor::tss_segment(&TSS));
-    Gdt { table, code, data, tss }
+    Gdt {
+        table,
+        code,
+        data,
+        tss,
+    }
 });
 
 /// Loads the GDT, reloads the segment registers and loads the TSS.

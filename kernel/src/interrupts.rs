@@ -14,7 +14,8 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
     idt.breakpoint.set_handler_fn(breakpoint_handler);
     idt.page_fault.set_handler_fn(page_fault_handler);
-    idt.general_protection_fault.set_handler_fn(general_protection_handler);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection_handler);
     idt.invalid_opcode.set_handler_fn(invalid_opcode_handler);
     // SAFETY: the IST index names the double-fault stack that `gdt::init` installs in the TSS
     // before interrupts are enabled or any fault can occur; no other handler uses that stack.
@@ -33,7 +34,10 @@ pub fn init() {
 }
 
 extern "x86-interrupt" fn breakpoint_handler(frame: InterruptStackFrame) {
-    crate::serial_println!("EXCEPTION: BREAKPOINT at {:#x}", frame.instruction_pointer.as_u64());
+    crate::serial_println!(
+        "EXCEPTION: BREAKPOINT at {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
 }
 
 extern "x86-interrupt" fn page_fault_handler(frame: InterruptStackFrame, code: PageFaultErrorCode) {
@@ -53,7 +57,10 @@ extern "x86-interrupt" fn general_protection_handler(frame: InterruptStackFrame,
 }
 
 extern "x86-interrupt" fn invalid_opcode_handler(frame: InterruptStackFrame) {
-    panic!("EXCEPTION: INVALID OPCODE at rip {:#x}", frame.instruction_pointer.as_u64());
+    panic!(
+        "EXCEPTION: INVALID OPCODE at rip {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
 }
 
 extern "x86-interrupt" fn double_fault_handler(frame: InterruptStackFrame, _code: u64) -> ! {

@@ -25,8 +25,8 @@ pub mod testing;
 pub mod timer;
 pub mod workload;
 
-use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::BootInfo;
+use bootloader_api::config::{BootloaderConfig, Mapping};
 
 /// The bootloader configuration every kernel of this crate (the main kernel and each test kernel)
 /// is built with: the whole of physical memory mapped at an offset the bootloader picks (the frame

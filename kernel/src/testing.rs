@@ -63,12 +63,19 @@ pub struct ShouldPanic {
 impl ShouldPanic {
     /// A should-panic test called `name` running `test`.
     pub const fn new(name: &'static str, test: fn()) -> Self {
-        Self { name, expected: None, test }
+        Self {
+            name,
+            expected: None,
+            test,
+        }
     }
 
     /// Also require the panic message to contain `text`.
     pub const fn expecting(self, text: &'static str) -> Self {
-        Self { expected: Some(text), ..self }
+        Self {
+            expected: Some(text),
+            ..self
+        }
     }
 }
 
@@ -194,7 +201,10 @@ struct FixedBuf {
 
 impl FixedBuf {
     const fn new() -> Self {
-        Self { buf: [0; 512], len: 0 }
+        Self {
+            buf: [0; 512],
+            len: 0,
+        }
     }
     fn as_str(&self) -> &str {
         // Only whole `&str` pieces are appended, but truncation may split a character.

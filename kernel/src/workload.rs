@@ -85,7 +85,11 @@ fn fill(block: &mut [u8], id: u64) {
 }
 
 fn verify(block: &[u8], id: u64) -> Result<(), WorkloadError> {
-    match block.iter().enumerate().find(|(i, b)| **b != pattern(id, *i)) {
+    match block
+        .iter()
+        .enumerate()
+        .find(|(i, b)| **b != pattern(id, *i))
+    {
         None => Ok(()),
         Some((i, _)) => Err(WorkloadError::Corrupted {
             addr: block.as_ptr() as usize + i,
@@ -125,7 +129,8 @@ pub fn run() -> Result<(), WorkloadError> {
     }
     serial_println!(
         "workload: all memory returned ({} heap pages mapped, {} frames free, as before)",
-        after.heap_pages, after.free_frames
+        after.heap_pages,
+        after.free_frames
     );
     Ok(())
 }
@@ -174,10 +179,16 @@ impl Live {
                 parent: id.checked_sub(1),
                 state: (id % 3) as u32,
             };
-            task_boxes.push(tasks.alloc(t).map_err(|_| WorkloadError::OutOfMemory("task pool"))?);
+            task_boxes.push(
+                tasks
+                    .alloc(t)
+                    .map_err(|_| WorkloadError::OutOfMemory("task pool"))?,
+            );
         }
         for (i, t) in task_boxes.iter().enumerate() {
-            if t.id != i as u64 || t.parent != (i as u64).checked_sub(1) || t.state != (i % 3) as u32
+            if t.id != i as u64
+                || t.parent != (i as u64).checked_sub(1)
+                || t.state != (i % 3) as u32
             {
                 return Err(WorkloadError::Corrupted {
                     addr: &**t as *const Task as usize,

@@ -21,7 +21,9 @@ impl fmt::Display for PageSourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfMemory => f.write_str("out of physical memory"),
-            Self::OutOfAddressSpace => f.write_str("out of virtual address space in the heap window"),
+            Self::OutOfAddressSpace => {
+                f.write_str("out of virtual address space in the heap window")
+            }
             Self::InvalidRequest => f.write_str("invalid page request"),
         }
     }
