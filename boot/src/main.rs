@@ -115,14 +115,14 @@ fn run() -> Result<ExitCode, String> {
     let elf_bytes = fs::read(&opts.kernel)
         .map_err(|e| format!("cannot read kernel {}: {e}", opts.kernel.display()))?;
     elf::check_kernel(&elf_bytes).map_err(|e| format!("{}: {e}", opts.kernel.display()))?;
-    let baked_args = elf::section(&elf_bytes, ".kernel_qemu_args")
+    let baked_args: Vec<String> = elf::section(&elf_bytes, ".kernel_qemu_args")
         .map(|b| {
             String::from_utf8_lossy(b)
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     check_qemu()?;
     let ovmf = if opts.uefi { Some(find_ovmf()?) } else { None };
 
