@@ -99,10 +99,17 @@
 //! page map (module `pagemap`) is a 4-level radix tree over 48-bit virtual page numbers, shaped
 //! like an x86_64 page table, whose nodes are pages from the page source. Each leaf entry says
 //! what a heap page is: a chunk (pointer to its descriptor), a root page (pointer to its run) or
-//! a large-allocator page. The large allocator gets its pages through a wrapper source that
-//! records them. A lookup is four dependent loads; it also lets debug checks reject foreign
-//! pointers in O(1), and makes a user pool handle (the address of its header slot plus a
-//! generation number) checkable in O(1).
+//! a large-allocator page (pointer to the start of its mapping). The large allocator gets its
+//! pages through a wrapper source that records them. A lookup is four dependent loads; it also
+//! lets debug checks reject foreign pointers in O(1), and makes a user pool handle (the address
+//! of its header slot plus a generation number) checkable in O(1).
+//!
+//! Provenance: the pointer a caller frees may carry the provenance of only the bytes it asked
+//! for (a `Box`'s does, under Stacked Borrows). So a chunk's free-list link is written through
+//! that pointer only when the request covers the link's two bytes (otherwise through the chunk's
+//! page pointer), and the large allocator, which reads a header in front of the block, is handed
+//! the pointer rebuilt from its mapping's start (`with_addr`). No pointer is ever made from an
+//! integer, so the crate runs under Miri with `-Zmiri-strict-provenance`.
 //!
 //! # Locking
 //!
@@ -166,6 +173,7 @@ pub mod error;
 mod heap;
 mod large;
 mod locked;
+mod magazine;
 mod object_pool;
 mod pagemap;
 mod pool;
