@@ -264,6 +264,21 @@ impl ChunkDesc {
         unsafe { NonNull::new_unchecked(self.page.add(offset)) }
     }
 
+    /// `debug-checks`: sets or clears the allocated bit of block `ptr` of this list chunk, to
+    /// mark a block that moves into a magazine as free (but cached) and one that leaves it as
+    /// allocated again.
+    #[cfg(feature = "debug-checks")]
+    #[inline]
+    pub fn set_allocated(&mut self, geo: &Geometry, ptr: NonNull<u8>, on: bool) {
+        debug_assert!(!geo.is_tiny());
+        let i = geo.index_of(ptr.addr().get() & (PAGE_SIZE - 1));
+        if on {
+            self.allocated[i / 64] |= 1 << (i % 64);
+        } else {
+            self.allocated[i / 64] &= !(1 << (i % 64));
+        }
+    }
+
     /// # Safety
     ///
     /// As for [`alloc`](Self::alloc), and the chunk is tiny.

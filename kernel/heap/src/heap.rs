@@ -925,7 +925,8 @@ impl<S: PageSource> Heap<S> {
             if u.kind != KIND_POOL || pools >= pool_slots {
                 return Err(InvariantError::DescriptorCorrupt { addr: up.addr() });
             }
-            u.pool.check(&raw const u.pool, &s.map, &[], |_| chunks += 1)?;
+            u.pool
+                .check(&raw const u.pool, &s.map, &[], |_| chunks += 1)?;
             held += u.pool.live() * usize::from(u.pool.geo.stride);
             pools += 1;
             up = u.next;
@@ -1227,7 +1228,10 @@ mod tests {
         // 24 blocks stay cached, in at most 12 chunks, plus the reserve of empty chunks.
         let s = h.stats();
         let c = s.classes[i];
-        assert_eq!((c.in_use, c.cached), (0, MAG_CAP - MAG_BATCH + 40 - MAG_CAP));
+        assert_eq!(
+            (c.in_use, c.cached),
+            (0, MAG_CAP - MAG_BATCH + 40 - MAG_CAP)
+        );
         assert_eq!(c.free, 2 * c.chunks);
         assert_eq!(s.pages.chunks, c.chunks);
         assert!(c.chunks <= 12 + EMPTY_RESERVE as usize, "{s}");

@@ -49,7 +49,9 @@ const FANOUT: usize = 1 << BITS;
 /// Levels of the tree: 4 × 9 bits + 12 page-offset bits = 48-bit addresses.
 const LEVELS: u32 = 4;
 /// Address bits the map covers.
-const ADDR_BITS: u32 = LEVELS * BITS + PAGE_SIZE.trailing_zeros();
+const ADDR_BITS: u32 = LEVELS * BITS + PAGE_SHIFT;
+/// `log2(PAGE_SIZE)`: address bits inside a page.
+const PAGE_SHIFT: u32 = PAGE_SIZE.trailing_zeros();
 
 const TAG_MASK: usize = 0b11;
 const TAG_CHUNK: usize = 0b00;
@@ -70,6 +72,7 @@ pub enum Entry {
 }
 
 impl Entry {
+    #[inline]
     fn encode(self) -> *mut u8 {
         match self {
             Self::Empty => ptr::null_mut(),
@@ -79,6 +82,7 @@ impl Entry {
         }
     }
 
+    #[inline]
     fn decode(raw: *mut u8) -> Self {
         match raw.addr() & TAG_MASK {
             _ if raw.is_null() => Self::Empty,
@@ -110,22 +114,33 @@ pub struct EntryCounts {
     pub large: usize,
 }
 
-/// The radix tree. Lives in the heap state (first root page); owns its node pages.
+/// The radix tree. Lives in the heap state (first root page); owns its node pages. 32 bytes.
 #[derive(Debug)]
 pub struct PageMap {
     /// Top-level node, null until the first entry is recorded.
     top: *mut Node,
     /// Node pages currently mapped.
     nodes: usize,
+    /// `addr >> HINT_SHIFT` of the last address [`lookup`](Self::lookup) walked to a leaf, or
+    /// [`NO_HINT`].
+    hint_key: usize,
+    /// The level-2 node (whose slots point to leaves) for `hint_key`'s 1 GiB of addresses.
+    hint: *mut Node,
 }
 
+/// Address bits below the 1 GiB covered by one level-2 node (its slots cover 2 MiB each).
+const HINT_SHIFT: u32 = 2 * BITS + PAGE_SHIFT;
+/// `hint_key` value that no address produces (`addr >> 30` is below `2^34`).
+const NO_HINT: usize = usize::MAX;
+
 /// The `LEVELS` slot indices of a canonical address, top level first; `None` if not canonical.
+#[inline]
 fn indices(addr: usize) -> Option<[usize; LEVELS as usize]> {
     let high = addr >> (ADDR_BITS - 1);
     if high != 0 && high != usize::MAX >> (ADDR_BITS - 1) {
         return None;
     }
-    let page = addr >> PAGE_SIZE.trailing_zeros();
+    let page = addr >> PAGE_SHIFT;
     let mut out = [0; LEVELS as usize];
     for (level, slot) in out.iter_mut().enumerate() {
         let shift = BITS * (LEVELS - 1 - level as u32);
@@ -135,12 +150,13 @@ fn indices(addr: usize) -> Option<[usize; LEVELS as usize]> {
 }
 
 /// Canonical address of the page at these indices (inverse of [`indices`]).
+#[inline]
 fn address_of(idx: &[usize; LEVELS as usize]) -> usize {
     let mut page = 0usize;
     for &i in idx {
         page = (page << BITS) | i;
     }
-    let addr = page << PAGE_SIZE.trailing_zeros();
+    let addr = page << PAGE_SHIFT;
     // Sign-extend bit 47.
     let shift = usize::BITS - ADDR_BITS;
     (((addr << shift) as isize) >> shift) as usize
@@ -152,6 +168,8 @@ impl PageMap {
         Self {
             top: ptr::null_mut(),
             nodes: 0,
+            hint_key: NO_HINT,
+            hint: ptr::null_mut(),
         }
     }
 
@@ -179,6 +197,52 @@ impl PageMap {
             return Entry::Empty;
         }
         // SAFETY: as above, `node` is a live leaf node.
+        Entry::decode(unsafe { (*node).slots[idx[LEVELS as usize - 1]] })
+    }
+
+    /// What the page containing `addr` is, like [`get`](Self::get), but through a one-entry
+    /// cache of the level-2 node last walked through: when `addr` lies in the same 1 GiB as the
+    /// previous lookup (the whole heap, for a heap of less than 1 GiB of addresses), it costs two
+    /// dependent loads instead of four. The cache is dropped when [`prune`](Self::prune) unmaps
+    /// nodes; nodes are never unmapped otherwise, so a cached node stays valid.
+    #[inline]
+    pub fn lookup(&mut self, addr: usize) -> Entry {
+        if addr >> HINT_SHIFT == self.hint_key {
+            // SAFETY: `hint` is the live level-2 node of the cached key (see above); slots hold
+            // null or live leaf nodes; the indices are masked into range.
+            let leaf = unsafe { (*self.hint).slots[(addr >> (BITS + PAGE_SHIFT)) & (FANOUT - 1)] };
+            if leaf.is_null() {
+                return Entry::Empty;
+            }
+            let slot = (addr >> PAGE_SHIFT) & (FANOUT - 1);
+            // SAFETY: as above, `leaf` is a live leaf node.
+            return Entry::decode(unsafe { (*leaf.cast::<Node>()).slots[slot] });
+        }
+        self.lookup_and_cache(addr)
+    }
+
+    /// The miss path of [`lookup`](Self::lookup): a walk that remembers the level-2 node.
+    #[inline(never)]
+    fn lookup_and_cache(&mut self, addr: usize) -> Entry {
+        let Some(idx) = indices(addr) else {
+            return Entry::Empty;
+        };
+        let mut node = self.top;
+        for (level, &i) in idx[..LEVELS as usize - 1].iter().enumerate() {
+            if node.is_null() {
+                return Entry::Empty;
+            }
+            if level == 2 {
+                self.hint_key = addr >> HINT_SHIFT;
+                self.hint = node;
+            }
+            // SAFETY: as in `get`.
+            node = unsafe { (*node).slots[i] }.cast::<Node>();
+        }
+        if node.is_null() {
+            return Entry::Empty;
+        }
+        // SAFETY: as in `get`.
         Entry::decode(unsafe { (*node).slots[idx[LEVELS as usize - 1]] })
     }
 
@@ -271,6 +335,8 @@ impl PageMap {
 
     /// Unmaps every node that holds no entries (bottom up). Linear in the number of nodes.
     pub fn prune<S: PageSource>(&mut self, src: &mut S) {
+        self.hint_key = NO_HINT;
+        self.hint = ptr::null_mut();
         if self.top.is_null() {
             return;
         }

@@ -167,19 +167,70 @@ impl Pool {
         }
     }
 
-    /// Adopts a fresh chunk (descriptor slot `d`, page `page`) and allocates its first block.
+    /// Adopts a fresh chunk (descriptor slot `d`, page `page`) onto the empty list, from where
+    /// the allocation that asked for it takes its blocks at once (so the reserve may hold one
+    /// chunk more than [`EMPTY_RESERVE`] for the length of that call).
     ///
     /// # Safety
     ///
     /// `this` must point to a live pool; `d` a descriptor slot and `page` a page the caller
     /// hands over, `page` recorded in the page map as `Entry::Chunk(d)`.
-    unsafe fn adopt(this: *mut Self, d: NonNull<ChunkDesc>, page: NonNull<u8>) -> NonNull<u8> {
+    unsafe fn adopt(this: *mut Self, d: NonNull<ChunkDesc>, page: NonNull<u8>) {
         // SAFETY: guaranteed by the caller.
         unsafe {
             ChunkDesc::init(d.as_ptr(), page, this, &(*this).geo);
             (*this).chunks += 1;
-            (*this).take_from(d.as_ptr())
+            push(&mut (*this).empty, d.as_ptr(), list::EMPTY);
+            (*this).n_empty += 1;
         }
+    }
+
+    /// Takes up to `out.len()` blocks from the chunks the pool already has (partial chunks
+    /// first, then the reserve) for a magazine, and returns how many it wrote to `out`. O(n).
+    /// The blocks count as used by their chunks; with `debug-checks` they stay marked free in
+    /// the allocated bitmaps (free but cached, see `magazine`).
+    ///
+    /// # Safety
+    ///
+    /// The pool's lists must be intact (only this module changes them).
+    pub unsafe fn alloc_batch(&mut self, out: &mut [*mut u8]) -> usize {
+        let geo = self.geo;
+        let mut n = 0;
+        while n < out.len() {
+            let mut d = self.partial;
+            if d.is_null() {
+                d = self.empty;
+                if d.is_null() {
+                    break;
+                }
+                // SAFETY: `d` heads the empty list; it moves to the partial list and is taken
+                // from below (a reserve chunk is not full), so it never stays there empty.
+                unsafe {
+                    unlink(&mut self.empty, d);
+                    push(&mut self.partial, d, list::PARTIAL);
+                }
+                self.n_empty -= 1;
+            }
+            // SAFETY: members of the partial list are live, non-full chunks of this pool.
+            let desc = unsafe { &mut *d };
+            while n < out.len() && !desc.is_full(&geo) {
+                // SAFETY: as above; the chunk is not full.
+                let p = unsafe { desc.alloc(&geo) };
+                #[cfg(feature = "debug-checks")]
+                desc.set_allocated(&geo, p, false);
+                out[n] = p.as_ptr();
+                n += 1;
+            }
+            if desc.is_full(&geo) {
+                // SAFETY: `d` is on the partial list.
+                unsafe {
+                    unlink(&mut self.partial, d);
+                    push(&mut self.full, d, list::FULL);
+                }
+            }
+        }
+        self.live += n;
+        n
     }
 
     /// Gives `ptr` back to its chunk `d`. Returns the chunk if it became empty and must be
@@ -237,16 +288,24 @@ impl Pool {
     }
 
     /// Checks this pool's lists and counters; `this` is the pool's own address (what its
-    /// descriptors must point back to). Calls `chunk(desc)` for every chunk. Linear.
+    /// descriptors must point back to) and `cached` the blocks its magazine holds (empty for a
+    /// user pool). Calls `chunk(desc)` for every chunk. Linear in chunks, blocks and cached
+    /// blocks.
+    ///
+    /// Every cached block must be the start of a block handed out of a chunk of this pool, not
+    /// on that chunk's free list, not cached twice, and (with `debug-checks`) not marked
+    /// allocated; a chunk's used count covers its allocated and its cached blocks.
     pub fn check(
         &self,
         this: *const Pool,
         map: &PageMap,
+        cached: &[*mut u8],
         mut chunk: impl FnMut(NonNull<ChunkDesc>),
     ) -> Result<(), InvariantError> {
         let addr = this.addr();
         let mut chunks = 0;
         let mut live = 0;
+        let mut cached_seen = 0;
         let cap = self.geo.capacity;
         for (head, tag) in [
             (self.partial, list::PARTIAL),
@@ -285,9 +344,47 @@ impl Pool {
                         addr: desc.page.addr(),
                     });
                 }
+                // The cached blocks in this chunk, as a bitmap of block indices (list chunks
+                // have at most 512 blocks; a magazine never holds tiny-chunk blocks).
+                let page = desc.page.addr();
+                let mut cached_here = [0u64; 8];
+                let mut here = 0;
+                for &p in cached {
+                    if p.addr() & !(crate::source::PAGE_SIZE - 1) != page {
+                        continue;
+                    }
+                    let offset = p.addr() - page;
+                    let index = self.geo.index_of(offset);
+                    let bit = 1u64 << (index % 64);
+                    if self.geo.is_tiny()
+                        || offset % usize::from(self.geo.stride) != 0
+                        || offset >= usize::from(desc.bump)
+                        || cached_here[index / 64] & bit != 0
+                    {
+                        return Err(InvariantError::FreeListCorrupt { addr: p.addr() });
+                    }
+                    #[cfg(feature = "debug-checks")]
+                    if desc.allocated[index / 64] & bit != 0 {
+                        return Err(InvariantError::FreeListCorrupt { addr: p.addr() });
+                    }
+                    cached_here[index / 64] |= bit;
+                    here += 1;
+                }
+                cached_seen += here;
+                let mut on_free_list_and_cached = None;
                 // SAFETY: a live chunk of this pool's geometry.
-                let free = unsafe { desc.for_each_free(&self.geo, |_| {}) }
-                    .map_err(|addr| InvariantError::FreeListCorrupt { addr })?;
+                let free = unsafe {
+                    desc.for_each_free(&self.geo, |offset| {
+                        let index = self.geo.index_of(offset);
+                        if here > 0 && cached_here[index / 64] & (1 << (index % 64)) != 0 {
+                            on_free_list_and_cached = Some(page + offset);
+                        }
+                    })
+                }
+                .map_err(|addr| InvariantError::FreeListCorrupt { addr })?;
+                if let Some(addr) = on_free_list_and_cached {
+                    return Err(InvariantError::FreeListCorrupt { addr });
+                }
                 let touched = desc.touched_blocks(&self.geo);
                 if free + usize::from(desc.used) != touched || touched > usize::from(cap) {
                     return Err(InvariantError::CountMismatch {
@@ -299,11 +396,11 @@ impl Pool {
                 #[cfg(feature = "debug-checks")]
                 if !self.geo.is_tiny() {
                     let marked: u32 = desc.allocated.iter().map(|w| w.count_ones()).sum();
-                    if marked as usize != usize::from(desc.used) {
+                    if marked as usize + here != usize::from(desc.used) {
                         return Err(InvariantError::CountMismatch {
                             addr: da,
                             recorded: usize::from(desc.used),
-                            counted: marked as usize,
+                            counted: marked as usize + here,
                         });
                     }
                 }
@@ -325,7 +422,11 @@ impl Pool {
                 });
             }
         }
-        for (recorded, counted) in [(self.chunks as usize, chunks), (self.live, live)] {
+        for (recorded, counted) in [
+            (self.chunks as usize, chunks),
+            (self.live, live),
+            (cached.len(), cached_seen),
+        ] {
             if recorded != counted {
                 return Err(InvariantError::CountMismatch {
                     addr,
@@ -415,6 +516,44 @@ impl<S: PageSource> Ctx<'_, S> {
     /// As for [`alloc`](Self::alloc).
     #[cold]
     unsafe fn alloc_new_chunk(&mut self, pool: *mut Pool) -> Result<NonNull<u8>, PageSourceError> {
+        // SAFETY: `pool` is live (caller).
+        unsafe {
+            self.add_chunk(pool)?;
+            // The fresh chunk is on the empty list, so this takes its first block.
+            Ok((*pool).alloc_cached().unwrap_unchecked())
+        }
+    }
+
+    /// Fills `out` with up to `out.len()` blocks of `pool` for a magazine (see
+    /// [`Pool::alloc_batch`]), mapping one new chunk if the pool has no free block. Returns how
+    /// many blocks it wrote: at least one, unless the page source fails.
+    ///
+    /// # Safety
+    ///
+    /// As for [`alloc`](Self::alloc).
+    pub unsafe fn alloc_batch(
+        &mut self,
+        pool: *mut Pool,
+        out: &mut [*mut u8],
+    ) -> Result<usize, PageSourceError> {
+        // SAFETY: `pool` is live (caller).
+        unsafe {
+            let n = (*pool).alloc_batch(out);
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            self.add_chunk(pool)?;
+            Ok((*pool).alloc_batch(out))
+        }
+    }
+
+    /// Maps a new chunk for `pool` (a descriptor slot, a page and its page-map entry) and puts
+    /// it on the pool's empty list. On failure nothing is left behind.
+    ///
+    /// # Safety
+    ///
+    /// As for [`alloc`](Self::alloc).
+    unsafe fn add_chunk(&mut self, pool: *mut Pool) -> Result<(), PageSourceError> {
         let slot = self.roots.alloc(self.src, self.map)?;
         let page = match self.src.map_pages(1) {
             Ok(p) => p,
@@ -435,7 +574,8 @@ impl<S: PageSource> Ctx<'_, S> {
         }
         // SAFETY: `pool` is live (caller); the slot and the page are ours and the page is
         // recorded as this chunk.
-        Ok(unsafe { Pool::adopt(pool, d, page) })
+        unsafe { Pool::adopt(pool, d, page) };
+        Ok(())
     }
 
     /// Frees `ptr` into `pool`, returning its chunk to the page source if it empties and the
@@ -459,7 +599,7 @@ impl<S: PageSource> Ctx<'_, S> {
         owned: usize,
         owner: Owner,
     ) -> bool {
-        let d = match self.map.get(ptr.addr().get()) {
+        let d = match self.map.lookup(ptr.addr().get()) {
             Entry::Chunk(d) => d.as_ptr(),
             other => {
                 debug::bad_free(ptr, owner, debug::Fault::NotHeap(other));
@@ -478,6 +618,29 @@ impl<S: PageSource> Ctx<'_, S> {
             unsafe { self.release(empty) };
         }
         true
+    }
+
+    /// Gives block `ptr` of chunk `d` back to `pool` without the debug checks of
+    /// [`free`](Self::free) (for blocks the heap itself held, such as a magazine's), returning
+    /// the chunk to the page source if it empties and the reserve is full. O(1).
+    ///
+    /// # Safety
+    ///
+    /// `pool` must point to a live pool of this heap, `d` be a chunk of it and `ptr` a block of
+    /// that chunk that counts as used, valid for writes of `owned` bytes.
+    #[inline]
+    pub unsafe fn free_block(
+        &mut self,
+        pool: *mut Pool,
+        d: *mut ChunkDesc,
+        ptr: NonNull<u8>,
+        owned: usize,
+    ) {
+        // SAFETY: guaranteed by the caller.
+        if let Some(empty) = unsafe { (*pool).free(d, ptr, owned) } {
+            // SAFETY: the pool forgot the chunk; it is ours to release.
+            unsafe { self.release(empty) };
+        }
     }
 
     /// Returns a chunk the pool has forgotten to the page source and its slot to the roots.

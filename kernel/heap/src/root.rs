@@ -13,12 +13,22 @@
 //! Later runs are one page each. Runs of a chain are linked through `next` in creation order.
 //! A slot's first byte says what it holds ([`KIND_FREE`], `chunk::KIND_CHUNK`,
 //! `pool::KIND_POOL`). Free slots form a LIFO list linked through the slot; fresh runs hand out
-//! never-used slots from a bump cursor, so adding a run is O(1).
+//! never-used slots from a bump cursor, so adding a run is O(1). Each run header counts its live
+//! slots, so taking and giving back a slot stay O(1) (the run of a slot is its page, or the
+//! first run if the slot lies in it).
 //!
-//! Root runs are never returned to the page source: their number is the high-water mark of
-//! descriptors and pools, and keeping them makes a slot's address a stable identity (pool
-//! handles are slot addresses, checked in O(1) through the page map; a pool slot is only ever
-//! reused by another pool, whose new generation number tells old handles apart).
+//! [`Roots::release_empty`] (called by `Heap::trim`) unmaps every run whose slots are all free,
+//! except a *pinned* run: one whose slots do not start right after the header because the
+//! caller keeps its own data there (the first descriptor run, which holds the heap state). It
+//! marks the empty runs, rebuilds the free-slot list without their slots and unlinks them:
+//! linear in the number of runs and free slots, which is fine for a call that is rare by design.
+//! So the number of root pages follows the live descriptors and pools down again instead of
+//! staying at their high-water mark.
+//!
+//! A pool handle is the address of its slot plus a generation number. Releasing runs keeps
+//! handles safe to check: the page map says whether the address is still in a root run at all,
+//! and a slot that is reused (in the same or a re-mapped run) holds another kind or a newer
+//! generation, so a stale handle never matches.
 
 use core::ptr::{self, NonNull};
 
@@ -28,8 +38,11 @@ use crate::pagemap::{Entry, PageMap};
 use crate::pool::UserPool;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
-/// "kheaproot" in the first 8 bytes of every root run.
+/// "kheaprt1" in the first 8 bytes of every root run.
 pub const ROOT_MAGIC: u64 = u64::from_le_bytes(*b"kheaprt1");
+
+/// Magic of a run that [`Roots::release_empty`] is about to unmap (only seen inside that call).
+const RELEASE_MAGIC: u64 = u64::from_le_bytes(*b"kheaprt0");
 
 /// `kind` byte of a free slot.
 pub const KIND_FREE: u8 = 0xF5;
@@ -59,8 +72,16 @@ pub struct RootHeader {
     pub slot_count: u32,
     /// Slots handed out at least once (the rest have never been used).
     pub slot_bump: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// Slots of this run in use (handed out and not given back).
+    pub live: u32,
+}
+
+impl RootHeader {
+    /// Whether the caller keeps data between the header and the slots (the first descriptor
+    /// run holds the heap state there): such a run is never released.
+    fn is_pinned(&self) -> bool {
+        self.slot_offset as usize != size_of::<RootHeader>()
+    }
 }
 
 /// A slot on the free list.
@@ -152,8 +173,12 @@ impl Roots {
         map: &mut PageMap,
     ) -> Result<NonNull<u8>, PageSourceError> {
         if let Some(slot) = NonNull::new(self.free) {
-            // SAFETY: slots on the free list are live slots of our runs with a `FreeSlot` in them.
-            self.free = unsafe { (*slot.as_ptr()).next };
+            // SAFETY: slots on the free list are slots of our live runs with a `FreeSlot` in
+            // them; `run_of` finds their run.
+            unsafe {
+                self.free = (*slot.as_ptr()).next;
+                (*self.run_of(slot.cast())).live += 1;
+            }
             self.live += 1;
             return Ok(slot.cast());
         }
@@ -185,6 +210,7 @@ impl Roots {
         let slot = unsafe {
             let offset = (*last).slot_offset as usize + (*last).slot_bump as usize * self.slot_size;
             (*last).slot_bump += 1;
+            (*last).live += 1;
             NonNull::new_unchecked(last.cast::<u8>().add(offset))
         };
         self.live += 1;
@@ -199,15 +225,93 @@ impl Roots {
     /// nothing may use its old contents afterwards.
     pub unsafe fn free(&mut self, slot: NonNull<u8>) {
         let s = slot.as_ptr().cast::<FreeSlot>();
-        // SAFETY: the slot is ours again; it is large and aligned enough for a `FreeSlot`.
+        // SAFETY: the slot is ours again; it is large and aligned enough for a `FreeSlot`; its
+        // run is live and counts it.
         unsafe {
             s.write(FreeSlot {
                 kind: KIND_FREE,
                 next: self.free,
-            })
-        };
+            });
+            (*self.run_of(slot)).live -= 1;
+        }
         self.free = s;
         self.live -= 1;
+    }
+
+    /// The run holding `slot`: the first run if the slot lies in it (it may span several pages),
+    /// otherwise the slot's page (every later run is one page). O(1).
+    fn run_of(&self, slot: NonNull<u8>) -> *mut RootHeader {
+        let first = self.first;
+        if !first.is_null() {
+            // SAFETY: a non-null `first` is a live run, so its header is readable.
+            let len = unsafe { (*first).pages } as usize * PAGE_SIZE;
+            if slot.addr().get().wrapping_sub(first.addr()) < len {
+                return first;
+            }
+        }
+        slot.as_ptr()
+            .map_addr(|a| a & !(PAGE_SIZE - 1))
+            .cast::<RootHeader>()
+    }
+
+    /// Unmaps every run without a live slot, except a pinned one (see the module docs), forgets
+    /// their pages in `map` and drops their slots from the free list. Returns the pages released.
+    /// Linear in the number of runs and free slots.
+    pub fn release_empty<S: PageSource>(&mut self, src: &mut S, map: &mut PageMap) -> usize {
+        // 1. Mark the runs to release.
+        let mut marked = 0;
+        let mut run = self.first;
+        while !run.is_null() {
+            // SAFETY: runs of the chain are live and only the heap writes their headers.
+            let h = unsafe { &mut *run };
+            if h.live == 0 && !h.is_pinned() {
+                h.magic = RELEASE_MAGIC;
+                marked += 1;
+            }
+            run = h.next;
+        }
+        if marked == 0 {
+            return 0;
+        }
+        // 2. Drop their slots from the free list, keeping the order of the others.
+        let mut link: *mut *mut FreeSlot = &raw mut self.free;
+        // SAFETY: `link` points at `self.free` or at the `next` field of a free slot of a live
+        // run; free slots and run headers (`run_of`) of the chain are live until step 3.
+        unsafe {
+            while let Some(slot) = NonNull::new(*link) {
+                if (*self.run_of(slot.cast())).magic == RELEASE_MAGIC {
+                    *link = (*slot.as_ptr()).next;
+                } else {
+                    link = &raw mut (*slot.as_ptr()).next;
+                }
+            }
+        }
+        // 3. Unlink and unmap them.
+        let mut released = 0;
+        let mut last = ptr::null_mut();
+        let mut link: *mut *mut RootHeader = &raw mut self.first;
+        // SAFETY: `link` points at `self.first` or at the `next` field of a kept live run. A
+        // marked run has no live slot and none of its free slots is listed any more, so nothing
+        // refers into it: it is ours to unmap, as the `pages` pages it was mapped with.
+        unsafe {
+            while let Some(r) = NonNull::new(*link) {
+                let h = r.as_ptr();
+                if (*h).magic == RELEASE_MAGIC {
+                    *link = (*h).next;
+                    let pages = (*h).pages as usize;
+                    map.clear_run(r.cast(), pages);
+                    src.unmap_pages(r.cast(), pages);
+                    self.runs -= 1;
+                    self.pages -= pages;
+                    released += pages;
+                } else {
+                    last = h;
+                    link = &raw mut (*h).next;
+                }
+            }
+        }
+        self.last = last;
+        released
     }
 
     /// The slot at `addr` inside the root run starting at `base`, if `addr` is exactly the
@@ -249,11 +353,14 @@ impl Roots {
             let addr = r.addr().get();
             let bad = InvariantError::RootPageCorrupt { addr };
             let end = h.slot_offset as usize + h.slot_count as usize * self.slot_size;
+            // Every run but the first is one unpinned page (what `run_of` relies on).
+            let later = runs > 0 && (h.pages != 1 || h.is_pinned());
             if h.magic != ROOT_MAGIC
                 || h.slot_size as usize != self.slot_size
                 || h.slot_bump > h.slot_count
                 || end > h.pages as usize * PAGE_SIZE
                 || h.pages == 0
+                || later
             {
                 return Err(bad);
             }
@@ -264,6 +371,7 @@ impl Roots {
                     });
                 }
             }
+            let mut run_live = 0;
             for i in 0..h.slot_bump as usize {
                 // SAFETY: slot `i < slot_bump` lies inside the run.
                 let slot = unsafe {
@@ -276,10 +384,18 @@ impl Roots {
                 if kind == KIND_FREE {
                     free += 1;
                 } else {
-                    live += 1;
+                    run_live += 1;
                     f(kind, slot)?;
                 }
             }
+            if h.live as usize != run_live {
+                return Err(InvariantError::CountMismatch {
+                    addr,
+                    recorded: h.live as usize,
+                    counted: run_live,
+                });
+            }
+            live += run_live;
             runs += 1;
             pages += h.pages as usize;
             last = run;
@@ -292,8 +408,19 @@ impl Roots {
         }
         let mut listed = 0;
         let mut s = self.free;
-        while !s.is_null() {
-            // SAFETY: free-list members are free slots of our runs.
+        while let Some(slot) = NonNull::new(s) {
+            // A listed slot must lie in a root run of this chain's slot size, as the page map
+            // records it, before it is read.
+            let run = self.run_of(slot.cast());
+            let in_chain = NonNull::new(run).is_some_and(|r| {
+                map.get(s.addr()) == Entry::Root(r.cast())
+                    // SAFETY: the page map says `run` is a live root run.
+                    && unsafe { (*run).slot_size } as usize == self.slot_size
+            });
+            if !in_chain {
+                return Err(InvariantError::FreeListCorrupt { addr: s.addr() });
+            }
+            // SAFETY: free-list members are free slots of our runs (checked just above).
             let fs = unsafe { &*s };
             if fs.kind != KIND_FREE || listed > free {
                 return Err(InvariantError::FreeListCorrupt { addr: s.addr() });
@@ -339,7 +466,7 @@ unsafe fn init_header(header: *mut RootHeader, pages: usize, slot_offset: usize,
             slot_size: slot_size as u32,
             slot_count: slot_count as u32,
             slot_bump: 0,
-            reserved: 0,
+            live: 0,
         })
     };
 }

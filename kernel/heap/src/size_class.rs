@@ -76,7 +76,7 @@ const LOOKUP: [u8; MAX_CLASS_SIZE / 8 + 1] = {
 const fn search(size: usize, align: usize) -> usize {
     let mut index = LOOKUP[size.div_ceil(8)] as usize;
     // Terminates: the last class (4096) is a multiple of every alignment up to a page.
-    while CLASS_SIZES[index] % align != 0 {
+    while !CLASS_SIZES[index].is_multiple_of(align) {
         index += 1;
     }
     index

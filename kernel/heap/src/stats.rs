@@ -23,8 +23,10 @@ pub struct PoolStats {
     pub block_size: usize,
     /// Blocks allocated.
     pub in_use: usize,
-    /// Free blocks in the pool's chunks.
+    /// Free blocks in the pool's chunks (the cached ones included).
     pub free: usize,
+    /// Of the free blocks, those held in the class's magazine (0 for user pools).
+    pub cached: usize,
     /// Chunks.
     pub chunks: usize,
     /// Pages those chunks occupy (one per chunk).
@@ -32,12 +34,14 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    pub(crate) fn of(pool: &Pool) -> Self {
+    /// The numbers of `pool`, of whose blocks handed out of chunks `cached` sit in a magazine.
+    pub(crate) fn of(pool: &Pool, cached: usize) -> Self {
         let c = pool.counts();
         Self {
             block_size: usize::from(pool.geo.stride),
-            in_use: c.live,
-            free: c.free,
+            in_use: c.live - cached,
+            free: c.free + cached,
+            cached,
             chunks: c.chunks,
             pages: c.chunks,
         }
@@ -46,6 +50,7 @@ impl PoolStats {
     pub(crate) fn add(&mut self, other: &Self) {
         self.in_use += other.in_use;
         self.free += other.free;
+        self.cached += other.cached;
         self.chunks += other.chunks;
         self.pages += other.pages;
     }
@@ -165,11 +170,12 @@ impl Label {
 fn row(f: &mut fmt::Formatter<'_>, name: fmt::Arguments<'_>, p: &PoolStats) -> fmt::Result {
     writeln!(
         f,
-        "{:<18} {:>6} {:>10} {:>10} {:>8} {:>8} {:>7}",
+        "{:<18} {:>6} {:>10} {:>10} {:>7} {:>8} {:>8} {:>7}",
         Label::new(name).as_str(),
         p.block_size,
         p.in_use,
         p.free,
+        p.cached,
         p.chunks,
         p.pages,
         Percent(p.in_use, p.in_use + p.free)
@@ -180,8 +186,8 @@ impl fmt::Display for HeapStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<18} {:>6} {:>10} {:>10} {:>8} {:>8} {:>7}",
-            "# name", "block", "in-use", "free", "chunks", "pages", "used"
+            "{:<18} {:>6} {:>10} {:>10} {:>7} {:>8} {:>8} {:>7}",
+            "# name", "block", "in-use", "free", "cached", "chunks", "pages", "used"
         )?;
         for p in self.classes.iter().filter(|p| p.chunks > 0) {
             row(f, format_args!("class-{}", p.block_size), p)?;
