@@ -21,7 +21,7 @@ use crate::magazine::{MAG_BATCH, MAG_CAP, Magazines};
 use crate::pagemap::{Entry, PageMap, Recording};
 use crate::pool::{Ctx, KIND_POOL, Pool, UserPool};
 use crate::root::{DESC_SLOT, POOL_SLOT, RootHeader, Roots};
-use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for};
+use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for, common_class};
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 use crate::stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};
 
@@ -70,6 +70,10 @@ pub struct HeapState {
     large_pages: usize,
     /// Sum of the requested sizes of live allocations (layout sizes; pool object sizes).
     requested: usize,
+    /// Start of the page source's window ([`PageSource::window`]), or null.
+    window: *mut u8,
+    /// Bytes in the window (0 without one).
+    window_len: usize,
     /// Page → what it is.
     map: PageMap,
     /// Free blocks cached per general class (module `magazine`).
@@ -86,7 +90,7 @@ pub const FIRST_RUN_PAGES: usize =
 const _: () = assert!(align_of::<HeapState>() <= PAGE_SIZE);
 
 impl HeapState {
-    fn new(descs: Roots) -> Self {
+    fn new(descs: Roots, window: Option<NonNull<[u8]>>) -> Self {
         Self {
             classes: const {
                 let mut pools = [const { Pool::new(Geometry::new(8)) }; NUM_CLASSES];
@@ -106,6 +110,8 @@ impl HeapState {
             next_generation: 1,
             requested: 0,
             large_pages: 0,
+            window: window.map_or(ptr::null_mut(), |w| w.as_ptr().cast()),
+            window_len: window.map_or(0, |w| w.len()),
             mags: Magazines::new(),
         }
     }
@@ -188,7 +194,7 @@ impl<S: PageSource> Heap<S> {
                 DESC_SLOT,
             );
             let st = base.as_ptr().add(STATE_OFFSET).cast::<HeapState>();
-            st.write(HeapState::new(descs));
+            st.write(HeapState::new(descs, self.source.window()));
             st
         };
         // SAFETY: `st` was just initialised; `map` is a field of it.
@@ -252,7 +258,7 @@ impl<S: PageSource> Heap<S> {
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         let st = self.state;
         if !st.is_null()
-            && let SizeClass::Small(i) = class_for(layout)
+            && let Some(i) = common_class(layout)
             // SAFETY: `st` is live and `i` a class index.
             && let Some(p) = unsafe { Self::pop(st, i) }
         {
@@ -414,12 +420,16 @@ impl<S: PageSource> Heap<S> {
 
     /// Frees a block.
     ///
-    /// A class-sized block goes to its class's magazine (after one page-map lookup, which also
-    /// gives the block the provenance of its chunk page); when the magazine is full, its older
-    /// half goes back to the chunks first. With `debug-checks`, a pointer that is not a live
-    /// block of the class (or large block) `layout` maps to panics with a message naming it;
-    /// without, a pointer outside the heap's chunks and large blocks is ignored and anything
-    /// else is undefined behaviour.
+    /// A class-sized block goes to its class's magazine; when the magazine is full, its older
+    /// half goes back to the chunks first. The pointer the magazine keeps is rebuilt with a
+    /// provenance that covers the whole block: that of the page source's window
+    /// ([`PageSource::window`]) in a release build whose source has one (no lookup at all), and
+    /// otherwise that of the block's chunk page, found with one page-map lookup.
+    ///
+    /// With `debug-checks`, a pointer that is not a live block of the class (or large block)
+    /// `layout` maps to panics with a message naming it. Without, freeing anything else is
+    /// undefined behaviour, except that a pointer outside the window (for a source without a
+    /// window: outside every chunk and large-allocator page) is ignored.
     ///
     /// # Safety
     ///
@@ -430,35 +440,75 @@ impl<S: PageSource> Heap<S> {
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
         let st = self.state;
         if !st.is_null()
-            && let SizeClass::Small(i) = class_for(layout)
-            // SAFETY: `st` is live.
-            && let Entry::Chunk(d) = unsafe { (*st).map.lookup(ptr.addr().get()) }
+            && let Some(i) = common_class(layout)
+            // SAFETY: `st` is live and `i` a class index; the caller vouches for `ptr`.
+            && let Some(block) = unsafe { Self::freed_block(st, i, ptr) }
         {
-            // SAFETY: `st` is live, `i` a class index, `d` the live descriptor of the chunk
-            // page holding `ptr`; the caller vouches for the rest.
-            unsafe { self.free_small(st, i, d.as_ptr(), ptr, layout.size()) };
+            // SAFETY: as above; `block` is `ptr`, checked (with `debug-checks`) and with the
+            // provenance of its chunk or window.
+            unsafe { self.cache_freed(st, i, block, layout.size()) };
             return;
         }
+        // A call in tail position only (a page-map cache miss included), so that the fast path
+        // above needs no saved registers.
         // SAFETY: forwarded.
         unsafe { self.deallocate_slow(ptr, layout) }
     }
 
-    /// Frees a block of class `i` in chunk `d` into the class's magazine.
+    /// The fast path's view of a freed block of class `i`: `ptr` rebuilt with a provenance that
+    /// covers the whole block, or `None` to take the slow path.
+    ///
+    /// A release build rebuilds the pointer from the page source's window and looks nothing up;
+    /// a pointer outside the window (every pointer, for a source without one) takes the slow
+    /// path, which looks the page up. Keeping this path to a compare lets the compiler inline
+    /// `deallocate` into its callers, which is worth more than the lookup it saves. With
+    /// `debug-checks` the page map names the chunk (a cache miss of the page map also takes the
+    /// slow path), and the block is checked (a live block of the class) and marked free but
+    /// cached.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state and `i < NUM_CLASSES`; without `debug-checks`, `ptr` must be
+    /// an allocated block of class `i`.
+    #[inline(always)]
+    unsafe fn freed_block(st: *mut HeapState, i: usize, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
+        #[cfg(not(feature = "debug-checks"))]
+        // SAFETY: `st` is live; a block inside the window may be reached through the window
+        // pointer (`PageSource`'s contract), and the caller vouches that it is a block.
+        unsafe {
+            let _ = i;
+            let window = (*st).window;
+            if ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len {
+                // The window is not null when it has a length.
+                return Some(NonNull::new_unchecked(window).with_addr(ptr.addr()));
+            }
+            None
+        }
+        #[cfg(feature = "debug-checks")]
+        // SAFETY: `st` is live; the page map names the live descriptor of the chunk holding
+        // `ptr`, if any.
+        unsafe {
+            let Some(Entry::Chunk(d)) = (*st).map.lookup_hinted(ptr.addr().get()) else {
+                return None;
+            };
+            Some(Self::chunk_block(st, i, d.as_ptr(), ptr))
+        }
+    }
+
+    /// `ptr` in chunk `d` rebuilt from the chunk's page pointer; with `debug-checks`, first
+    /// checked to be a live block of class `i` and marked free but cached.
     ///
     /// # Safety
     ///
     /// `st` must be the live state, `i < NUM_CLASSES`, `d` the live descriptor of the chunk
-    /// holding `ptr`; with `debug-checks` the rest is checked, without `ptr` must be an
-    /// allocated block of class `i` of `size` requested bytes.
-    #[inline]
-    unsafe fn free_small(
-        &mut self,
+    /// holding `ptr`; without `debug-checks`, `ptr` must be an allocated block of class `i`.
+    #[inline(always)]
+    unsafe fn chunk_block(
         st: *mut HeapState,
         i: usize,
         d: *mut ChunkDesc,
         ptr: NonNull<u8>,
-        size: usize,
-    ) {
+    ) -> NonNull<u8> {
         #[cfg(feature = "debug-checks")]
         // SAFETY: `d` is live and its page holds `ptr`; the class pool is live. After the check
         // `ptr` is an allocated block of the class, so its bit may be cleared.
@@ -470,14 +520,55 @@ impl<S: PageSource> Heap<S> {
             crate::pool::check_block(d, pool, ptr, owner);
             (*d).set_allocated(&(*pool).geo, ptr, false);
         }
+        #[cfg(not(feature = "debug-checks"))]
+        let _ = (st, i);
         // SAFETY: `d` is live (caller); its page pointer covers the whole chunk, so the block
         // rebuilt from it is valid for the whole block whatever the caller's pointer covered.
-        let block = unsafe { NonNull::new_unchecked((*d).page.with_addr(ptr.addr().get())) };
+        unsafe { NonNull::new_unchecked((*d).page.with_addr(ptr.addr().get())) }
+    }
+
+    /// Caches a freed block of class `i` (of `size` requested bytes) in the class's magazine.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state, `i < NUM_CLASSES`, and `block` a block of class `i` the
+    /// caller gives up, with a provenance covering the block (see `freed_block`).
+    #[inline(always)]
+    unsafe fn cache_freed(
+        &mut self,
+        st: *mut HeapState,
+        i: usize,
+        block: NonNull<u8>,
+        size: usize,
+    ) {
         // SAFETY: `st` is live and `i` a class index (caller).
         unsafe {
             if (*st).mags.is_full(i) {
-                self.flush(st, i, MAG_BATCH);
+                // A call in tail position: the fast path below needs no saved registers.
+                return self.flush_and_push(st, i, block, size);
             }
+            (*st).mags.push(i, block);
+            (*st).requested -= size;
+        }
+    }
+
+    /// [`cache_freed`](Self::cache_freed) with a full magazine: gives its older half back to
+    /// the chunks, then caches `block`.
+    ///
+    /// # Safety
+    ///
+    /// As for `cache_freed`.
+    #[inline(never)]
+    unsafe fn flush_and_push(
+        &mut self,
+        st: *mut HeapState,
+        i: usize,
+        block: NonNull<u8>,
+        size: usize,
+    ) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            self.flush(st, i, MAG_BATCH);
             (*st).mags.push(i, block);
             (*st).requested -= size;
         }
@@ -501,9 +592,11 @@ impl<S: PageSource> Heap<S> {
                 // SAFETY: `st` is live.
                 let entry = unsafe { (*st).map.lookup(ptr.addr().get()) };
                 match entry {
-                    // SAFETY: as in `deallocate`.
+                    // SAFETY: `st` is live, `i` a class index, `d` the live descriptor of the
+                    // chunk holding `ptr`; the caller vouches for the rest.
                     Entry::Chunk(d) => unsafe {
-                        self.free_small(st, i, d.as_ptr(), ptr, layout.size())
+                        let block = Self::chunk_block(st, i, d.as_ptr(), ptr);
+                        self.cache_freed(st, i, block, layout.size())
                     },
                     other => debug::bad_free(
                         ptr,
@@ -999,7 +1092,6 @@ fn check_large(map: &mut PageMap, large: &LargeAlloc, ptr: NonNull<u8>, layout: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::EMPTY_RESERVE;
     use crate::testing::ArenaSource;
     use std::vec::Vec;
 
@@ -1068,18 +1160,19 @@ mod tests {
         assert_eq!(offset_of!(HeapState, pools), 2864, "{msg}");
         assert_eq!(offset_of!(HeapState, user_pools), 2920, "{msg}");
         assert_eq!(offset_of!(HeapState, requested), 2952, "{msg}");
-        assert_eq!(offset_of!(HeapState, map), 2960, "{msg}");
+        assert_eq!(offset_of!(HeapState, window), 2960, "{msg}");
+        assert_eq!(offset_of!(HeapState, map), 2976, "{msg}");
         assert_eq!(size_of::<PageMap>(), 32, "{msg}");
-        assert_eq!(offset_of!(HeapState, mags), 2992, "{msg}");
-        assert_eq!(size_of::<Magazines>(), 36 * 4 + 36 * 32 * 8, "{msg}");
-        assert_eq!(size_of::<HeapState>(), 12352, "{msg}");
-        assert_eq!(FIRST_RUN_PAGES, 4, "{msg}");
+        assert_eq!(offset_of!(HeapState, mags), 3008, "{msg}");
+        assert_eq!(size_of::<Magazines>(), 36 * 4 + 36 * 64 * 8, "{msg}");
+        assert_eq!(size_of::<HeapState>(), 21584, "{msg}");
+        assert_eq!(FIRST_RUN_PAGES, 6, "{msg}");
         let debug = cfg!(feature = "debug-checks");
         assert_eq!(DESC_SLOT, if debug { 104 } else { 32 }, "{msg}");
         assert_eq!(POOL_SLOT, 80, "{msg}");
         let first_slots =
             (FIRST_RUN_PAGES * PAGE_SIZE - STATE_OFFSET - size_of::<HeapState>()) / DESC_SLOT;
-        assert_eq!(first_slots, if debug { 38 } else { 124 }, "{msg}");
+        assert_eq!(first_slots, if debug { 28 } else { 92 }, "{msg}");
         assert_eq!(
             (PAGE_SIZE - 40) / DESC_SLOT,
             if debug { 39 } else { 126 },
@@ -1217,24 +1310,30 @@ mod tests {
         let mut h = heap(256);
         let l = layout(2048, 8);
         let i = CLASS_SIZES.iter().position(|&c| c == 2048).unwrap();
-        let blocks: Vec<_> = (0..40).map(|_| h.allocate(l).unwrap()).collect();
-        assert_eq!(h.stats().pages.chunks, 20);
-        for p in blocks {
+        let n = 100;
+        let blocks: Vec<_> = (0..n).map(|_| h.allocate(l).unwrap()).collect();
+        assert_eq!(h.stats().pages.chunks, n / 2);
+        for &p in &blocks {
             // SAFETY: allocated above.
             unsafe { h.deallocate(p, l) };
         }
         h.check_invariants().unwrap();
-        // The magazine filled up (32), gave its 16 oldest blocks back, and took the last 8:
-        // 24 blocks stay cached, in at most 12 chunks, plus the reserve of empty chunks.
+        // The magazine took every block; each time it was full it gave its MAG_BATCH oldest
+        // blocks back. Refills took one fresh chunk (two blocks) at a time, so blocks 2k and
+        // 2k + 1 share a chunk, and the flushed blocks (the first ones freed) emptied whole
+        // chunks: the reserve keeps some of them, the rest went back to the page source.
+        let flushed = (n - MAG_CAP).div_ceil(MAG_BATCH) * MAG_BATCH;
         let s = h.stats();
         let c = s.classes[i];
+        assert_eq!((c.in_use, c.cached), (0, n - flushed), "{s}");
+        let reserve = Pool::new(Geometry::new(2048)).reserve_limit() as usize;
         assert_eq!(
-            (c.in_use, c.cached),
-            (0, MAG_CAP - MAG_BATCH + 40 - MAG_CAP)
+            c.chunks,
+            (n - flushed) / 2 + reserve.min(flushed / 2),
+            "{s}"
         );
         assert_eq!(c.free, 2 * c.chunks);
         assert_eq!(s.pages.chunks, c.chunks);
-        assert!(c.chunks <= 12 + EMPTY_RESERVE as usize, "{s}");
         // Everything still mapped is reused without a page-source call.
         let calls = h.source().map_calls();
         let again: Vec<_> = (0..c.free).map(|_| h.allocate(l).unwrap()).collect();
@@ -1526,6 +1625,158 @@ mod tests {
         h.check_invariants().unwrap();
     }
 
+    /// The memory-return guarantee: exhausting the heap with small blocks chains descriptor
+    /// runs and page-map leaves; freeing everything and trimming must bring the heap back to
+    /// exactly the pages it mapped right after `init`.
+    #[test]
+    fn exhausted_with_small_blocks_then_trimmed_maps_what_init_mapped() {
+        let (pages, sizes) = if cfg!(miri) {
+            (64, &[64][..])
+        } else {
+            (1024, &[8, 64, 4096][..])
+        };
+        let mut h = heap(pages);
+        h.init().unwrap();
+        let init = h.source().mapped_pages();
+        let init_pages = h.stats().pages;
+        assert_eq!(init_pages.root, FIRST_RUN_PAGES);
+        for &size in sizes {
+            let l = layout(size, 8);
+            let mut live = Vec::new();
+            while let Ok(p) = h.allocate(l) {
+                live.push(p);
+            }
+            h.check_invariants().unwrap();
+            let full = h.stats();
+            assert!(full.pages.root > FIRST_RUN_PAGES, "size {size}: {full}");
+            assert!(h.source().mapped_pages() > pages * 9 / 10, "size {size}");
+            for p in live {
+                // SAFETY: allocated above with `l`.
+                unsafe { h.deallocate(p, l) };
+            }
+            h.check_invariants().unwrap();
+            h.trim();
+            h.check_invariants().unwrap();
+            assert_eq!(h.source().mapped_pages(), init, "size {size}");
+            assert_eq!(h.stats().pages, init_pages, "size {size}");
+        }
+    }
+
+    #[test]
+    fn cached_blocks_count_as_free_and_trim_returns_them() {
+        let mut h = heap(64);
+        let l = layout(48, 8);
+        let i = CLASS_SIZES.iter().position(|&c| c == 48).unwrap();
+        let blocks: Vec<_> = (0..10).map(|_| h.allocate(l).unwrap()).collect();
+        let s = h.stats();
+        assert_eq!(s.classes[i].in_use, 10);
+        assert_eq!(s.classes[i].cached, MAG_BATCH - 10);
+        assert_eq!(s.held_bytes, 10 * 48);
+        for &p in &blocks[..4] {
+            // SAFETY: allocated above.
+            unsafe { h.deallocate(p, l) };
+        }
+        h.check_invariants().unwrap();
+        let s = h.stats();
+        assert_eq!(
+            (s.classes[i].in_use, s.classes[i].cached),
+            (6, MAG_BATCH - 6)
+        );
+        assert_eq!(s.classes[i].in_use + s.classes[i].free, 4096 / 48);
+        assert_eq!((s.requested_bytes, s.held_bytes), (6 * 48, 6 * 48));
+        // The most recently freed block comes back first.
+        assert_eq!(h.allocate(l).unwrap(), blocks[3]);
+        h.trim();
+        h.check_invariants().unwrap();
+        assert_eq!(h.stats().classes[i].cached, 0);
+        assert_eq!(h.stats().classes[i].in_use, 7);
+        for p in blocks[4..].iter().chain(&blocks[3..4]) {
+            // SAFETY: allocated above (blocks[3] twice, freed once in between).
+            unsafe { h.deallocate(*p, l) };
+        }
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    /// Blocks cached in one class's magazine must not make another class fail: a page-source
+    /// failure gives every cache back and tries again.
+    #[test]
+    fn a_failed_allocation_drops_the_caches_and_retries() {
+        let mut h = heap(FIRST_RUN_PAGES + 5 + 12);
+        let page = layout(4096, 4096);
+        let mut pages = Vec::new();
+        while let Ok(p) = h.allocate(page) {
+            pages.push(p);
+        }
+        assert!(pages.len() >= 10, "{}", pages.len());
+        for p in pages.drain(..) {
+            // SAFETY: allocated above.
+            unsafe { h.deallocate(p, page) };
+        }
+        // Every page is still held: as cached blocks of the 4096-byte class.
+        let mapped = h.source().mapped_pages();
+        assert_eq!(mapped, h.source().capacity());
+        let small = layout(64, 8);
+        let p = h
+            .allocate(small)
+            .expect("the cached pages are given back on failure");
+        assert!(h.source().mapped_pages() < mapped);
+        h.check_invariants().unwrap();
+        // SAFETY: allocated above.
+        unsafe { h.deallocate(p, small) };
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    /// A page source without a window (`PageSource::window` is `None`), like the kernel's
+    /// today: every small free looks its page up (in release builds too).
+    struct NoWindow(ArenaSource);
+
+    // SAFETY: forwards to `ArenaSource`, whose guarantees carry over; no window is claimed.
+    unsafe impl PageSource for NoWindow {
+        fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+            self.0.map_pages(count)
+        }
+
+        unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+            // SAFETY: forwarded.
+            unsafe { self.0.unmap_pages(ptr, count) }
+        }
+    }
+
+    #[test]
+    fn sources_without_a_window_work_the_same() {
+        let mut h = Heap::new(NoWindow(ArenaSource::new(512)));
+        let mut rng = crate::testing::XorShift64::new(5);
+        let mut live = Vec::new();
+        let rounds = if cfg!(miri) { 300 } else { 20_000 };
+        for round in 0..rounds {
+            if live.len() < 200 && (live.is_empty() || rng.one_in(2)) {
+                let l = layout(rng.range(1, 600), 1 << rng.below(4));
+                let p = h.allocate(l).unwrap();
+                fill(p, l.size(), round as u8);
+                live.push((p, l, round as u8));
+            } else {
+                let (p, l, seed) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                check(p, l.size(), seed);
+                // SAFETY: allocated above with `l`.
+                unsafe { h.deallocate(p, l) };
+            }
+            if round % 1000 == 0 {
+                h.check_invariants().unwrap();
+            }
+        }
+        for (p, l, _) in live {
+            // SAFETY: allocated above with `l`.
+            unsafe { h.deallocate(p, l) };
+        }
+        h.trim();
+        h.check_invariants().unwrap();
+        let s = h.stats();
+        assert_eq!((s.pages.root, s.pages.chunks), (FIRST_RUN_PAGES, 0));
+        assert_eq!(h.source().0.mapped_pages(), s.pages.total);
+    }
+
     #[cfg(feature = "debug-checks")]
     mod debug_checks {
         use super::*;
@@ -1541,6 +1792,25 @@ mod tests {
             unsafe {
                 h.deallocate(p, l);
                 h.deallocate(p, l);
+            }
+        }
+
+        /// The first free put the block in the magazine, and the magazine gave it back to its
+        /// chunk before the second free: still caught.
+        #[test]
+        #[should_panic(expected = "kheap: double free of")]
+        fn double_free_after_the_magazine_gave_the_block_back() {
+            let mut h = heap(64);
+            let l = layout(64, 8);
+            let blocks: Vec<_> = (0..2 * MAG_CAP).map(|_| h.allocate(l).unwrap()).collect();
+            // SAFETY: every block is freed once; then (deliberately wrong) the first again.
+            unsafe {
+                for &p in &blocks {
+                    h.deallocate(p, l);
+                }
+                h.check_invariants().unwrap();
+                assert!(h.stats().classes[7].cached < blocks.len());
+                h.deallocate(blocks[0], l);
             }
         }
 

@@ -12,8 +12,10 @@
 //!
 //! * **Pools of chunks** for sizes up to a page: a *pool* serves one block size; its memory is
 //!   *chunks*, each exactly one page split into equal blocks. The general allocator has one pool
-//!   per size class (36 classes from 8 to 4096 bytes, see [`size_class`]); user pools
-//!   ([`Heap::create_pool`]) serve any size from 1 to 4096 bytes. Allocation and free are O(1).
+//!   per size class (36 classes from 8 to 4096 bytes, see [`size_class`]), fronted by a
+//!   *magazine* per class (a small stack of free blocks that most calls stop at, see below);
+//!   user pools ([`Heap::create_pool`]) serve any size from 1 to 4096 bytes. Allocation and
+//!   free are O(1).
 //! * **The large allocator** (`large`) for everything the classes do not serve: a
 //!   coalescing TLSF-style allocator over 64 KiB regions, and page runs of their own for
 //!   requests of 64 KiB and more.
@@ -23,11 +25,12 @@
 //! ```text
 //!   Heap { source, state* }
 //!            │
-//!            ▼  first root run (page 0)                  more root runs (1 page each)
+//!            ▼  first root run (pages 0-5)               more root runs (1 page each)
 //!   ┌────────────────────────────────────────────┐     ┌──────────────────────────────┐
 //!   │ header │ heap state │ descriptor slots …   │────▶│ header │ descriptor slots …  │──▶ …
 //!   └──────────────┬──────────────────┬──────────┘     └──────────────────────────────┘
 //!                  │ class pools      │ ChunkDesc ─────────────▶ chunk page (blocks only)
+//!                  │ magazines ───────┼──────────────────────────▶ free blocks of the classes
 //!                  │ user pool list ──┼──▶ pool root runs: header │ UserPool slots …
 //!                  │ page map ────────┼──▶ radix nodes ──▶ leaf: page → ChunkDesc / root / large
 //!                  │ LargeAlloc ──────┴──▶ regions and page runs
@@ -38,21 +41,30 @@
 //! out of line means all 4096 bytes of a chunk serve blocks (two 2048-byte blocks per chunk, one
 //! 4096-byte block per chunk, 512 blocks of 8 bytes). Descriptor slots and pool slots are
 //! separate chains of root runs with their own slot size; when a chain's last run is full
-//! another page is chained. Freed slots are recycled LIFO; root runs are never unmapped.
+//! another page is chained. Freed slots are recycled LIFO. Each run header counts its live
+//! slots, and [`Heap::trim`] unmaps every run without one (except the first, which holds the
+//! heap state), so the root pages follow the number of chunks and pools back down.
 //!
-//! The first root run (one page) is laid out as follows (byte offsets; `debug-checks` only
-//! changes the descriptor size):
+//! The first root run (six pages, mostly magazines) is laid out as follows (byte offsets;
+//! `debug-checks` only changes the descriptor size):
 //!
 //! ```text
-//!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/bump
-//!   40     HeapState       2976 B
+//!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
+//!                                   bump, live slots
+//!   40     HeapState      21584 B
 //!   40       classes       2016 B   36 × Pool (56 B): partial/full/empty lists, counters, geometry
 //!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
-//!   2848     map             16 B   PageMap: top node, node count
-//!   2864     descs           56 B   Roots: the descriptor chain (this run is its first)
-//!   2920     pools           56 B   Roots: the pool-header chain
-//!   2976     user pools …    40 B   user pool list, counters (requested bytes, large pages)
-//!   3016   descriptor slots         33 × 32 B ChunkDesc (10 × 104 B with debug-checks)
+//!   2848     descs           56 B   Roots: the descriptor chain (this run is its first)
+//!   2904     pools           56 B   Roots: the pool-header chain
+//!   2960     user pools …    32 B   user pool list and count, next generation, large pages
+//!   2992     requested        8 B   requested bytes of live blocks   ┐ touched by every
+//!   3000     window          16 B   the page source's window         │ allocation and free:
+//!   3016     map             32 B   PageMap: top node, node count,   │ kept together
+//!                                   cached level-2 node              │
+//!   3048     mags         18576 B   Magazines: 36 counts (u32), then ┘
+//!                                   36 × 64 block pointers
+//!   21624  descriptor slots         92 × 32 B ChunkDesc (28 × 104 B with debug-checks)
+//!   24576  end of the run
 //! ```
 //!
 //! A later descriptor run is a 40-byte header and 126 slots of 32 bytes (39 of 104); a pool run
@@ -84,6 +96,21 @@
 //! chunk"), which lets the other partial chunks drain. A pool maps no chunk before its first
 //! allocation.
 //!
+//! # Magazines: the fast path
+//!
+//! Each general class has a magazine in the heap state (module `magazine`): up to 64 free
+//! blocks, used LIFO. [`Heap::allocate`] pops one and [`Heap::deallocate`] pushes one, so the
+//! common call is a table lookup for the class, a pop or a push, and the requested-bytes
+//! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
+//! An empty magazine is refilled with 16 blocks from the class's chunks (mapping one chunk at
+//! most); a full one gives its 16 oldest blocks back to their chunks (one page-map lookup each).
+//! A cached block still counts as used by its chunk, so its chunk stays mapped, but statistics
+//! count it as free. The freed pointer is cached with a provenance that covers the whole block:
+//! rebuilt from the page source's [window](PageSource::window) when it has one (release builds
+//! then free without any lookup), otherwise from the chunk page the page map names.
+//!
+//! User pools have no magazines: their blocks go straight to their chunks.
+//!
 //! # Size classes
 //!
 //! [`size_class::class_for`] is the one mapping from a `Layout` to a class or to the large
@@ -91,7 +118,9 @@
 //! (chunks are page aligned, so a block's alignment is the largest power of two dividing its
 //! class), as long as the rounding wastes at most 1/8 of the block for sizes from 64 bytes; an
 //! alignment larger than the size may force more waste. Every class leaves at most 81 bytes of a
-//! chunk unused (the table's worst is 64).
+//! chunk unused (the table's worst is 64). It takes no loop and no division: for alignments up
+//! to 8, one load from a 1 KiB table built at compile time (the waste rule folded in); for larger
+//! ones, one load from a second table and the waste check.
 //!
 //! # The page map
 //!
@@ -100,16 +129,19 @@
 //! like an x86_64 page table, whose nodes are pages from the page source. Each leaf entry says
 //! what a heap page is: a chunk (pointer to its descriptor), a root page (pointer to its run) or
 //! a large-allocator page (pointer to the start of its mapping). The large allocator gets its
-//! pages through a wrapper source that records them. A lookup is four dependent loads; it also
-//! lets debug checks reject foreign pointers in O(1), and makes a user pool handle (the address
-//! of its header slot plus a generation number) checkable in O(1).
+//! pages through a wrapper source that records them. A lookup is four dependent loads, or two
+//! when the address lies in the same 1 GiB as the previous lookup (the map caches that level-2
+//! node); it also lets debug checks reject foreign pointers in O(1), and makes a user pool
+//! handle (the address of its header slot plus a generation number) checkable in O(1).
 //!
 //! Provenance: the pointer a caller frees may carry the provenance of only the bytes it asked
 //! for (a `Box`'s does, under Stacked Borrows). So a chunk's free-list link is written through
 //! that pointer only when the request covers the link's two bytes (otherwise through the chunk's
-//! page pointer), and the large allocator, which reads a header in front of the block, is handed
-//! the pointer rebuilt from its mapping's start (`with_addr`). No pointer is ever made from an
-//! integer, so the crate runs under Miri with `-Zmiri-strict-provenance`.
+//! page pointer), the large allocator, which reads a header in front of the block, is handed
+//! the pointer rebuilt from its mapping's start (`with_addr`), and a magazine keeps a freed
+//! block as a pointer rebuilt from its chunk page or from the page source's window, so the next
+//! owner of the block never gets the narrow pointer of the previous one. No pointer is ever made
+//! from an integer, so the crate runs under Miri with `-Zmiri-strict-provenance`.
 //!
 //! # Locking
 //!
@@ -121,14 +153,20 @@
 //!
 //! # Invariants (checked by [`Heap::check_invariants`])
 //!
-//! * Root runs: correct magic; slot cursors within the run; every handed-out slot is free (and
-//!   on its chain's free list exactly once) or holds its chain's kind; counts match.
+//! * Root runs: correct magic; slot cursors within the run; every run after the first is one
+//!   page; every handed-out slot is free (and on its chain's free list exactly once, inside a run
+//!   of the chain) or holds its chain's kind; each run's live-slot count and the chain's counts
+//!   match.
 //! * Every chunk is on exactly one list of its pool: partial ⇔ 0 < used < capacity, full ⇔
-//!   used = capacity, empty ⇔ used = 0; prev/next links agree; at most [`EMPTY_RESERVE`]
-//!   empty chunks per pool.
+//!   used = capacity, empty ⇔ used = 0; prev/next links agree; at most
+//!   [`Pool::reserve_limit`](pool::Pool::reserve_limit) empty chunks per pool.
 //! * A chunk's free list stays inside the blocks handed out so far, links only block starts,
 //!   has no cycle, and free + used = blocks handed out (tiny chunks: bitmap and summary agree).
-//!   With `debug-checks`, the allocated bitmap has exactly `used` bits set.
+//!   With `debug-checks`, the allocated bitmap has exactly `used` bits set, less the chunk's
+//!   blocks that sit in a magazine.
+//! * Every block in a class's magazine is the start of a block handed out of a chunk of that
+//!   class, is not on its chunk's free list, is cached once, and (with `debug-checks`) is marked
+//!   free in the allocated bitmap.
 //! * The page map records exactly the root pages, the chunks (each pointing to its own
 //!   descriptor) and the large-allocator pages; its node count is right.
 //! * Pool counters (live blocks, chunks) and heap counters (user pools, large pages) match the
@@ -137,12 +175,19 @@
 //! # Memory return
 //!
 //! A chunk whose last block is freed is returned to the page source at once, unless its pool
-//! keeps fewer than [`EMPTY_RESERVE`] (1) empty chunks, in which case it waits there for the
-//! next allocation: a pool that oscillates around a chunk boundary does not map and unmap a page
-//! on every other call. The large allocator likewise caches at most one empty region and unmaps
-//! page runs on free. [`Heap::trim`] drops every reserve and cache and unmaps empty page-map
-//! nodes, so after every block is freed and the heap is trimmed, only the root runs and the
-//! page-map nodes that record them remain mapped.
+//! keeps fewer empty chunks than its reserve limit, in which case it waits there for the next
+//! allocation: a pool that oscillates around a chunk boundary does not map and unmap a page on
+//! every other call. The limit is [`RESERVE_BLOCKS`] (16) blocks' worth of chunks, at least one:
+//! one chunk for small blocks, 16 for 4096-byte blocks. The large allocator likewise caches at
+//! most one empty region and unmaps page runs on free. Blocks in magazines keep their chunks.
+//!
+//! [`Heap::trim`] empties the magazines into their chunks, drops every reserve and cache, unmaps
+//! every root run without a live slot except the first, and unmaps empty page-map nodes: after
+//! every block is freed (and every user pool destroyed) and the heap is trimmed, it maps exactly
+//! what [`Heap::init`] mapped, the first root run and the page-map nodes that record it. Trim is
+//! linear in the root slots and page-map nodes; it is meant to be called rarely. A failed
+//! allocation also gives the magazines, reserves and cached region back before it retries once,
+//! so caches never make an allocation fail.
 //!
 //! # Errors and debugging
 //!
@@ -150,13 +195,16 @@
 //! [`PoolError`]), and `GlobalAlloc` turns it into a null pointer. With feature `debug-checks`,
 //! freeing a pointer the heap does not own, an interior pointer, a block of another class or
 //! pool, or a block twice panics with a message that names the address and the class or pool
-//! (module `debug`); without it those checks cost nothing. [`Heap::stats`] returns a fixed-size
+//! (module `debug`), at the free that is wrong; a block in a magazine is marked free in its
+//! chunk's allocated bitmap, so freeing it again is caught too. Without the feature those checks
+//! cost nothing. [`Heap::stats`] returns a fixed-size
 //! [`HeapStats`] that prints as a `/proc/slabinfo`-like table.
 //!
 //! # Modules
 //!
 //! `size_class` (the class table and mapping), `root` (root runs and slots), `pagemap`,
-//! `chunk` (one page of blocks), `pool` (lists of chunks), `large` (the large allocator),
+//! `chunk` (one page of blocks), `pool` (lists of chunks), `magazine` (per-class caches of free
+//! blocks), `large` (the large allocator),
 //! `heap` ([`Heap`]), `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `stats`,
 //! `object_pool` ([`ObjectPool`], [`PoolBox`], [`PoolHandle`]), `debug`, `error`, `source`, and
 //! `testing` (feature `testing`: an arena page source and a PRNG for host tests).
@@ -189,6 +237,6 @@ pub use heap::{FIRST_RUN_PAGES, Heap, PoolId};
 pub use large::{LargeAlloc, LargeStats};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
 pub use object_pool::{ObjectPool, PoolBox, PoolHandle};
-pub use pool::EMPTY_RESERVE;
+pub use pool::RESERVE_BLOCKS;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
 pub use stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};

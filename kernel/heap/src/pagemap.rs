@@ -207,18 +207,28 @@ impl PageMap {
     /// nodes; nodes are never unmapped otherwise, so a cached node stays valid.
     #[inline]
     pub fn lookup(&mut self, addr: usize) -> Entry {
-        if addr >> HINT_SHIFT == self.hint_key {
-            // SAFETY: `hint` is the live level-2 node of the cached key (see above); slots hold
-            // null or live leaf nodes; the indices are masked into range.
-            let leaf = unsafe { (*self.hint).slots[(addr >> (BITS + PAGE_SHIFT)) & (FANOUT - 1)] };
-            if leaf.is_null() {
-                return Entry::Empty;
-            }
-            let slot = (addr >> PAGE_SHIFT) & (FANOUT - 1);
-            // SAFETY: as above, `leaf` is a live leaf node.
-            return Entry::decode(unsafe { (*leaf.cast::<Node>()).slots[slot] });
+        match self.lookup_hinted(addr) {
+            Some(entry) => entry,
+            None => self.lookup_and_cache(addr),
         }
-        self.lookup_and_cache(addr)
+    }
+
+    /// The hit path of [`lookup`](Self::lookup) alone: `None` if `addr` is not in the cached
+    /// 1 GiB (then the caller does a full `lookup`). No call, for the hot paths of the heap.
+    #[inline]
+    pub fn lookup_hinted(&self, addr: usize) -> Option<Entry> {
+        if addr >> HINT_SHIFT != self.hint_key {
+            return None;
+        }
+        // SAFETY: `hint` is the live level-2 node of the cached key (see `lookup`); slots hold
+        // null or live leaf nodes; the indices are masked into range.
+        let leaf = unsafe { (*self.hint).slots[(addr >> (BITS + PAGE_SHIFT)) & (FANOUT - 1)] };
+        if leaf.is_null() {
+            return Some(Entry::Empty);
+        }
+        let slot = (addr >> PAGE_SHIFT) & (FANOUT - 1);
+        // SAFETY: as above, `leaf` is a live leaf node.
+        Some(Entry::decode(unsafe { (*leaf.cast::<Node>()).slots[slot] }))
     }
 
     /// The miss path of [`lookup`](Self::lookup): a walk that remembers the level-2 node.

@@ -3,11 +3,12 @@
 //! ```text
 //!   Pool ──partial──▶ desc ⇄ desc ⇄ desc     chunks with free and used blocks (LIFO)
 //!        ──full─────▶ desc ⇄ desc            chunks with no free block
-//!        ──empty────▶ desc                   reserve: no block used (at most EMPTY_RESERVE)
+//!        ──empty────▶ desc                   reserve: no block used (see `reserve_limit`)
 //! ```
 //!
-//! Allocation takes a block from the head of the partial list; when that list is empty it
-//! revives a reserve chunk, and only then maps a new chunk. A chunk whose last free block is
+//! Allocation takes a block from the head of the partial list (a general class takes a batch of
+//! blocks for its magazine, see `magazine`); when that list is empty it revives a reserve chunk,
+//! and only then maps a new chunk. A chunk whose last free block is
 //! taken moves to the full list; a full chunk that gets a block back is pushed at the *head* of
 //! the partial list, so the next allocations refill the chunk that was most recently full — the
 //! fullest chunk in practice — and leave the others to drain. That is the O(1) approximation of
@@ -15,9 +16,12 @@
 //! empty out and go back to the page source.
 //!
 //! A chunk whose last block is freed joins the pool's reserve if the reserve holds fewer than
-//! [`EMPTY_RESERVE`] chunks, otherwise it is returned to the page source at once. The reserve
-//! stops a pool that oscillates around a chunk boundary from mapping and unmapping a page on
-//! every other call; `Heap::trim` empties every reserve.
+//! [`Pool::reserve_limit`] chunks, otherwise it is returned to the page source at once. The
+//! reserve stops a pool that oscillates around a chunk boundary from mapping and unmapping a page
+//! on every other call. It is sized in blocks ([`RESERVE_BLOCKS`], one magazine batch): one
+//! chunk for pools of small blocks, up to 16 for 4096-byte blocks, whose chunks hold a single
+//! block each and would otherwise go back and forth to the page source with every batch of a
+//! magazine. `Heap::trim` and a failed allocation empty every reserve.
 
 use core::ptr::{self, NonNull};
 
@@ -30,8 +34,10 @@ use crate::pagemap::{Entry, PageMap};
 use crate::root::Roots;
 use crate::source::{PageSource, PageSourceError};
 
-/// Empty chunks each pool keeps mapped (see the module documentation).
-pub const EMPTY_RESERVE: u32 = 1;
+/// Free blocks' worth of empty chunks a pool keeps mapped (at least one chunk): a magazine batch,
+/// so that a refill after a flush finds its blocks without a page-source call. See the module
+/// documentation.
+pub const RESERVE_BLOCKS: usize = crate::magazine::MAG_BATCH;
 
 /// `kind` byte of a slot that holds a user pool header.
 pub const KIND_POOL: u8 = 0xB3;
@@ -114,6 +120,12 @@ impl Pool {
         self.live
     }
 
+    /// Empty chunks the pool keeps in reserve: as many as hold [`RESERVE_BLOCKS`] blocks, at
+    /// least one (16 for 4096-byte blocks, 8 for 2048, 4 for 1024, 1 from 9 blocks per chunk).
+    pub fn reserve_limit(&self) -> u32 {
+        (RESERVE_BLOCKS / usize::from(self.geo.capacity)).max(1) as u32
+    }
+
     /// Takes a block from a chunk the pool already has, or `None` if every chunk is full. O(1).
     ///
     /// # Safety
@@ -169,7 +181,7 @@ impl Pool {
 
     /// Adopts a fresh chunk (descriptor slot `d`, page `page`) onto the empty list, from where
     /// the allocation that asked for it takes its blocks at once (so the reserve may hold one
-    /// chunk more than [`EMPTY_RESERVE`] for the length of that call).
+    /// chunk more than [`reserve_limit`](Self::reserve_limit) for the length of that call).
     ///
     /// # Safety
     ///
@@ -261,7 +273,7 @@ impl Pool {
                     },
                     d,
                 );
-                if self.n_empty < EMPTY_RESERVE {
+                if self.n_empty < self.reserve_limit() {
                     push(&mut self.empty, d, list::EMPTY);
                     self.n_empty += 1;
                     return None;
@@ -414,7 +426,7 @@ impl Pool {
                 prev = d;
                 d = desc.next;
             }
-            if tag == list::EMPTY && (on_list != self.n_empty || on_list > EMPTY_RESERVE) {
+            if tag == list::EMPTY && (on_list != self.n_empty || on_list > self.reserve_limit()) {
                 return Err(InvariantError::CountMismatch {
                     addr,
                     recorded: self.n_empty as usize,

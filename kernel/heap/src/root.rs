@@ -521,6 +521,78 @@ mod tests {
     }
 
     #[test]
+    fn empty_runs_are_released_except_the_pinned_first() {
+        let mut src = ArenaSource::new(64);
+        let mut map = PageMap::new();
+        let base = src.map_pages(1).unwrap();
+        map.set(&mut src, base, Entry::Root(base)).unwrap();
+        // SAFETY: `base` is a fresh page of ours; the caller's bytes (to 1024) pin it.
+        let mut roots = unsafe { Roots::with_first_run(base, 1, 1024, DESC_SLOT) };
+        let first = (PAGE_SIZE - 1024) / DESC_SLOT;
+        let per_page = (PAGE_SIZE - 40) / DESC_SLOT;
+        let mut slots = std::vec::Vec::new();
+        for _ in 0..first + 3 * per_page {
+            let s = roots.alloc(&mut src, &mut map).unwrap();
+            // SAFETY: a slot we own.
+            unsafe { s.as_ptr().write(0x11) };
+            slots.push(s);
+        }
+        assert_eq!(roots.pages(), 4);
+        // Nothing to release while every run has a live slot.
+        assert_eq!(roots.release_empty(&mut src, &mut map), 0);
+        // Empty the first and the third later run, and half of the second.
+        let runs: std::vec::Vec<_> = (0..3)
+            .map(|r| first + r * per_page..first + (r + 1) * per_page)
+            .collect();
+        for i in runs[0]
+            .clone()
+            .chain(runs[2].clone())
+            .chain(runs[1].clone().step_by(2))
+        {
+            // SAFETY: allocated above, freed once.
+            unsafe { roots.free(slots[i]) };
+        }
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        let mapped = src.mapped_pages();
+        assert_eq!(roots.release_empty(&mut src, &mut map), 2);
+        assert_eq!((roots.pages(), src.mapped_pages()), (2, mapped - 2));
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        assert_eq!(map.count().root, 2);
+        // The free slots left are those of the half-empty run; then a new run is chained.
+        for _ in 0..per_page.div_ceil(2) + 1 {
+            let s = roots.alloc(&mut src, &mut map).unwrap();
+            // SAFETY: a slot we own.
+            unsafe { s.as_ptr().write(0x11) };
+        }
+        assert_eq!(roots.pages(), 3);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        // Freeing everything releases every run but the pinned first one.
+        let mut run = roots.first;
+        while !run.is_null() {
+            // SAFETY: runs of the chain are live; mark every handed-out slot free for the test
+            // by freeing the ones still live.
+            let h = unsafe { &*run };
+            for i in 0..h.slot_bump as usize {
+                // SAFETY: slot `i < slot_bump` lies in the run.
+                let slot = unsafe {
+                    NonNull::new_unchecked(run.cast::<u8>())
+                        .add(h.slot_offset as usize + i * DESC_SLOT)
+                };
+                // SAFETY: the kind byte of a handed-out slot is readable.
+                if unsafe { slot.as_ptr().read() } != KIND_FREE {
+                    // SAFETY: a live slot of these roots, freed once.
+                    unsafe { roots.free(slot) };
+                }
+            }
+            run = h.next;
+        }
+        assert_eq!(roots.release_empty(&mut src, &mut map), 2);
+        assert_eq!(roots.pages(), 1);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        assert_eq!(src.mapped_pages(), 1 + map.nodes());
+    }
+
+    #[test]
     fn empty_chain_maps_its_first_run_lazily() {
         let mut src = ArenaSource::new(8);
         let mut map = PageMap::new();

@@ -41,6 +41,12 @@ impl fmt::Display for PageSourceError {
 /// readable and writable, not aliased by anything else, and that stay valid until they are passed
 /// back through [`unmap_pages`](Self::unmap_pages). The contents of freshly mapped pages are
 /// unspecified (callers must not assume zeroes).
+///
+/// An implementation that overrides [`window`](Self::window) to return `Some(w)` must return the
+/// same `w` for its whole life, every page it maps must lie inside `w`, and every byte of a
+/// mapped page must be accessible through a pointer derived from `w` as well as through the
+/// pointer `map_pages` returned (true of a kernel window whose pointers are made from addresses,
+/// and of an arena whose pages are carved from one allocation).
 pub unsafe trait PageSource {
     /// Maps `count` contiguous pages and returns the address of the first one.
     ///
@@ -59,4 +65,16 @@ pub unsafe trait PageSource {
     /// successful `map_pages` call on this same source and must not be unmapped already, and the
     /// caller must hold no live references into those pages.
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize);
+
+    /// The fixed range of addresses all pages of this source come from, if there is one (a
+    /// kernel's heap window, an arena), as a pointer to the whole range. `None` by default.
+    ///
+    /// The heap reads it once, when it maps its first root run. With a window, a release build
+    /// (no `debug-checks`) frees a small block without a page-map lookup: the block pointer it
+    /// caches is rebuilt from the window pointer, which covers the whole block (the caller's
+    /// pointer may cover only the bytes it asked for). Without one, the pointer is rebuilt from
+    /// the block's chunk page, which takes a page-map lookup per free.
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        None
+    }
 }

@@ -241,6 +241,12 @@ unsafe impl PageSource for ArenaSource {
         // SAFETY: the pages are inside the arena; the caller holds no references into them.
         unsafe { ptr.as_ptr().write_bytes(UNMAP_FILL, count * PAGE_SIZE) };
     }
+
+    /// The whole arena: one allocation from the host allocator, from whose base pointer every
+    /// page is derived.
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        (self.pages != 0).then(|| NonNull::slice_from_raw_parts(self.base, self.pages * PAGE_SIZE))
+    }
 }
 
 #[cfg(test)]

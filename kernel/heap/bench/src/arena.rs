@@ -110,6 +110,11 @@ impl PageArena {
         }
     }
 
+    /// The region the arena carves pages from.
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
     /// Pages mapped right now.
     pub fn mapped_pages(&self) -> usize {
         self.mapped

@@ -232,6 +232,13 @@ unsafe impl kheap::PageSource for SharedPages {
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
         self.0.borrow_mut().unmap(ptr, count);
     }
+
+    /// Every page comes from the one region, whose pointer covers all of it (the arena buffer is
+    /// one allocation), as a kernel heap window would.
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        let region = self.0.borrow().region();
+        Some(NonNull::slice_from_raw_parts(region.base, region.len))
+    }
 }
 
 /// dlmalloc's view of the page arena ("system memory" for it).

@@ -4,7 +4,7 @@
 use std::alloc::Layout;
 
 use kheap::testing::{ArenaSource, XorShift64};
-use kheap::{AllocError, Heap};
+use kheap::{AllocError, FIRST_RUN_PAGES, Heap, PageStats};
 
 fn fill_until_exhausted(
     heap: &mut Heap<ArenaSource>,
@@ -42,6 +42,8 @@ fn fill_until_exhausted(
 fn allocate_until_exhausted_free_all_and_again() {
     let pages = if cfg!(miri) { 48 } else { 256 };
     let mut heap = Heap::new(ArenaSource::new(pages));
+    heap.init().unwrap();
+    let init = (heap.source().mapped_pages(), heap.stats().pages);
     let mut counts = Vec::new();
     for round in 0..3 {
         let live = fill_until_exhausted(&mut heap, 42);
@@ -56,15 +58,64 @@ fn allocate_until_exhausted_free_all_and_again() {
         }
         heap.trim();
         heap.check_invariants().unwrap();
-        let s = heap.stats();
+        // Back to exactly what `init` mapped: the first root run and its page-map nodes.
         assert_eq!(
-            heap.source().mapped_pages(),
-            s.pages.root + s.pages.page_map
+            (heap.source().mapped_pages(), heap.stats().pages),
+            init,
+            "round {round}"
         );
     }
-    // The same request sequence fits the same way every time once the root pages exist.
+    // The heap starts every round in the same state, so the same requests fit the same way.
     assert!(counts[0] > 0);
+    assert_eq!(counts[0], counts[1], "{counts:?}");
     assert_eq!(counts[1], counts[2], "{counts:?}");
+}
+
+/// What the kernel's exhaustion test checks: small blocks until the heap says no (descriptor
+/// runs and page-map leaves pile up), everything freed, a trim, and the heap maps what it mapped
+/// right after `init`, for several block sizes in a row.
+#[test]
+fn small_blocks_until_exhausted_then_trim_maps_what_init_mapped() {
+    let (pages, sizes) = if cfg!(miri) {
+        (48, &[64][..])
+    } else {
+        (2048, &[64, 8, 2048, 64][..])
+    };
+    let mut heap = Heap::new(ArenaSource::new(pages));
+    heap.init().unwrap();
+    let init_mapped = heap.source().mapped_pages();
+    let init: PageStats = heap.stats().pages;
+    assert_eq!(init.root, FIRST_RUN_PAGES);
+    assert_eq!(init.total, init_mapped);
+    for &size in sizes {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let mut live = Vec::new();
+        loop {
+            match heap.allocate(layout) {
+                Ok(p) => live.push(p),
+                Err(AllocError::OutOfPages { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let full = heap.stats();
+        assert!(
+            full.pages.root > init.root,
+            "size {size}: no descriptor run chained\n{full}"
+        );
+        assert!(
+            heap.source().mapped_pages() > pages * 9 / 10,
+            "size {size}\n{full}"
+        );
+        heap.check_invariants().unwrap();
+        for p in live {
+            // SAFETY: allocated above with `layout`.
+            unsafe { heap.deallocate(p, layout) };
+        }
+        heap.trim();
+        heap.check_invariants().unwrap();
+        assert_eq!(heap.source().mapped_pages(), init_mapped, "size {size}");
+        assert_eq!(heap.stats().pages, init, "size {size}");
+    }
 }
 
 #[test]
