@@ -5,10 +5,10 @@
 //! pools, through the heap's own pool API, exactly as kernel code would make the mistake. Each test
 //! keeps a second block of the same kind live next to the one it misuses, so the chunk or region
 //! stays mapped and the check (not a page-map miss) is what catches the second free. The messages
-//! are those of `kernel/heap/src/debug.rs`.
-//!
-//! Checks that do not exist yet, and so have no test here: poisoning of freed blocks
-//! (write-after-free), red zones (overflow past a block's end), sampled guard pages.
+//! are those of `kernel/heap/src/debug.rs`. The global allocator adds a red zone to every block
+//! (`kheap::Checked`), so the class a misused pointer is looked up in is that of the debug layout;
+//! the expected texts leave the class size out where it depends on that. Poisoning and red zones
+//! have their own tests in `tests/heap_redzones.rs`.
 
 #![no_std]
 #![no_main]
@@ -129,7 +129,7 @@ fn free_stack_address() {
 #[test_case]
 static FREE_OF_A_STACK_ADDRESS: ShouldPanic =
     ShouldPanic::new("free_of_a_stack_address", free_stack_address)
-        .expecting("which is not a heap block (class 64 B)");
+        .expecting("which is not a heap block (class ");
 
 static IN_THE_IMAGE: [u64; 8] = [0; 8];
 
@@ -146,7 +146,7 @@ static FREE_OF_AN_ADDRESS_IN_THE_KERNEL_IMAGE: ShouldPanic = ShouldPanic::new(
     "free_of_an_address_in_the_kernel_image",
     free_static_address,
 )
-.expecting("which is not a heap block (class 64 B)");
+.expecting("which is not a heap block (class ");
 
 fn free_static_address_as_large() {
     let p = core::hint::black_box(IN_THE_IMAGE.as_ptr())
@@ -161,7 +161,7 @@ static LARGE_FREE_OF_AN_ADDRESS_IN_THE_KERNEL_IMAGE: ShouldPanic = ShouldPanic::
     "large_free_of_an_address_in_the_kernel_image",
     free_static_address_as_large,
 )
-.expecting("(size 8192, align 16), which is not a heap block");
+.expecting("align 16), which is not a heap block");
 
 fn free_interior_pointer() {
     let p = block_and_neighbour(CLASS_64);
@@ -200,7 +200,7 @@ fn free_with_other_class() {
 #[test_case]
 static FREE_WITH_A_LAYOUT_OF_ANOTHER_CLASS: ShouldPanic =
     ShouldPanic::new("free_with_a_layout_of_another_class", free_with_other_class)
-        .expecting("as class 128 B, but it belongs to a pool of 64 B blocks");
+        .expecting("B, but it belongs to a pool of");
 
 fn free_large_block_as_class() {
     let p = block_and_neighbour(REGION_BLOCK);
@@ -213,7 +213,7 @@ static FREE_OF_A_LARGE_BLOCK_WITH_A_CLASS_LAYOUT: ShouldPanic = ShouldPanic::new
     "free_of_a_large_block_with_a_class_layout",
     free_large_block_as_class,
 )
-.expecting("as class 64 B, but it is a large block (wrong layout?)");
+.expecting("B, but it is a large block (wrong layout?)");
 
 fn free_class_block_as_large() {
     let p = block_and_neighbour(CLASS_64);
@@ -274,7 +274,7 @@ static POOL_FREE_OF_A_GENERAL_CLASS_BLOCK: ShouldPanic = ShouldPanic::new(
     "pool_free_of_a_general_class_block",
     pool_free_of_class_block,
 )
-.expecting("64 B blocks, but it belongs to a pool of 64 B blocks (wrong layout or pool?)");
+.expecting("64 B blocks, but it belongs to a pool of");
 
 fn pool_double_free_tiny() {
     let mut heap = HEAP.heap().lock().expect("heap initialised");

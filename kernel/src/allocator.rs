@@ -13,7 +13,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use kheap::{HeapStats, LockedHeap, RawLock};
+use kheap::{Checked, HeapStats, LockedHeap, RawLock};
 use x86_64::instructions::interrupts;
 
 use crate::memory::{self, KernelPageSource};
@@ -21,15 +21,17 @@ use crate::memory::{self, KernelPageSource};
 /// The kernel heap. Empty until [`init`].
 #[global_allocator]
 pub static HEAP: KernelHeap = KernelHeap {
-    inner: LockedHeap::empty(),
+    inner: Checked::new(LockedHeap::empty()),
 };
 
 /// The kernel's heap type: `kheap` over the heap window, behind an interrupt-disabling lock.
 pub type Heap = LockedHeap<IrqSpinLock, KernelPageSource>;
 
-/// The global allocator: the locked heap, plus a record of the last failed request.
+/// The global allocator: the locked heap behind `kheap`'s red-zone and poisoning layer (active
+/// with the `debug-checks` feature, a plain pass-through without it), plus a record of the last
+/// failed request.
 pub struct KernelHeap {
-    inner: Heap,
+    inner: Checked<Heap>,
 }
 
 impl fmt::Debug for KernelHeap {
@@ -41,7 +43,7 @@ impl fmt::Debug for KernelHeap {
 impl KernelHeap {
     /// The locked heap itself, for pools (`kheap::ObjectPool::new(HEAP.heap())`) and stats.
     pub fn heap(&self) -> &Heap {
-        &self.inner
+        self.inner.inner()
     }
 }
 
@@ -115,14 +117,14 @@ impl fmt::Display for HeapInitError {
 /// Gives the heap its page source (the heap window) and maps its first root page. Call after
 /// `memory::init`.
 pub fn init() -> Result<(), HeapInitError> {
-    HEAP.inner
+    HEAP.heap()
         .init(KernelPageSource::new())
         .map_err(HeapInitError)
 }
 
 /// The heap's statistics (`None` before [`init`]).
 pub fn stats() -> Option<HeapStats> {
-    HEAP.inner.lock().map(|h| h.stats())
+    HEAP.heap().lock().map(|h| h.stats())
 }
 
 /// The heap's statistics without waiting for the heap lock: `None` if it is held (for panic and
@@ -136,14 +138,14 @@ pub fn try_stats() -> Option<HeapStats> {
 
 /// Gives every cached empty chunk and region back to the page source.
 pub fn trim() {
-    if let Some(mut h) = HEAP.inner.lock() {
+    if let Some(mut h) = HEAP.heap().lock() {
         h.trim();
     }
 }
 
 /// Walks every heap structure and panics with the first broken invariant.
 pub fn check_invariants() {
-    if let Some(Err(e)) = HEAP.inner.lock().map(|h| h.check_invariants()) {
+    if let Some(Err(e)) = HEAP.heap().lock().map(|h| h.check_invariants()) {
         panic!("heap invariant broken: {e}");
     }
 }

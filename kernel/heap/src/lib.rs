@@ -215,6 +215,7 @@
 #[cfg(all(feature = "testing", not(test)))]
 extern crate std;
 
+pub mod checked;
 mod chunk;
 mod debug;
 pub mod error;
@@ -232,6 +233,7 @@ mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use checked::Checked;
 pub use error::{AllocError, InitError, InvariantError, PoolError};
 pub use heap::{FIRST_RUN_PAGES, Heap, PoolId};
 pub use large::{LargeAlloc, LargeStats};
