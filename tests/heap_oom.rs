@@ -298,7 +298,9 @@ fn vec_growth_until_try_reserve_fails() {
         "the refused request ({failed:?}) is the grown buffer"
     );
     let doubled = v.capacity();
-    // Then grow in smaller and smaller exact steps until even one page is refused.
+    // Then grow in smaller and smaller exact steps until even one page is refused. (A vector
+    // this large is a page run, and page runs never grow in place: each step needs the old and
+    // the new buffer at once, so on a small machine every step may be refused.)
     let mut step = doubled / 2;
     let mut refusals = 1;
     while step >= 512 {
