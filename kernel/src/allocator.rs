@@ -5,6 +5,9 @@
 //! interrupted. Lock order: this heap lock, then the memory layer's lock (taken inside
 //! [`KernelPageSource`]); the memory layer never allocates.
 //!
+//! Every Nth allocation can be placed on a guarded page instead ([`kfence`], off until
+//! `kfence::enable`), so overflows and use-after-free of sampled objects fault at once.
+//!
 //! Allocation failures become null at the `GlobalAlloc` boundary; the last failed layout is kept
 //! so the panic path (`alloc`'s "memory allocation of N bytes failed") can print it together with
 //! the heap statistics.
@@ -16,6 +19,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kheap::{Checked, HeapStats, LockedHeap, RawLock};
 use x86_64::instructions::interrupts;
 
+use crate::kfence;
 use crate::memory::{self, KernelPageSource};
 
 /// The kernel heap. Empty until [`init`].
@@ -67,6 +71,9 @@ pub fn last_failure() -> Option<Layout> {
 // upholds the contract; the wrapper only records failed layouts on the side.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(p) = kfence::alloc(layout) {
+            return p;
+        }
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { self.inner.alloc(layout) };
         if p.is_null() {
@@ -77,12 +84,32 @@ unsafe impl GlobalAlloc for KernelHeap {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if kfence::contains(ptr.addr()) {
+            // SAFETY: a pointer in the KFENCE area can only have come from `kfence::alloc`.
+            return unsafe { kfence::free(ptr) };
+        }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { self.inner.dealloc(ptr, layout) };
         after_operation();
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if kfence::contains(ptr.addr()) {
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return core::ptr::null_mut();
+            };
+            // SAFETY: `new_layout` has a non-zero size (GlobalAlloc::realloc's contract).
+            let new = unsafe { self.alloc(new_layout) };
+            if !new.is_null() {
+                // SAFETY: both blocks hold at least the copied length and do not overlap; the
+                // old object came from `kfence::alloc` and is given up here.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    kfence::free(ptr);
+                }
+            }
+            return new;
+        }
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if p.is_null() {

@@ -42,6 +42,14 @@ extern "x86-interrupt" fn breakpoint_handler(frame: InterruptStackFrame) {
 
 extern "x86-interrupt" fn page_fault_handler(frame: InterruptStackFrame, code: PageFaultErrorCode) {
     let addr = Cr2::read_raw();
+    if let Some((what, obj, size)) = crate::kfence::report_fault(addr as usize) {
+        panic!(
+            "kfence: {what} the {size}-byte allocation at {obj:#x}: access at {addr:#x} \
+             (error code {:#x}) at rip {:#x}",
+            code.bits(),
+            frame.instruction_pointer.as_u64()
+        );
+    }
     panic!(
         "EXCEPTION: PAGE FAULT accessing {addr:#x} (error code {:#x}: {code:?}) at rip {:#x}",
         code.bits(),

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;
+pub mod kfence;
 pub mod memory;
 pub mod qemu;
 pub mod serial;

@@ -27,6 +27,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         exit_qemu(QemuExitCode::Failed);
     }
     serial_println!("heap: initialised over the heap window");
+    // Guard-page sampling (KFENCE-style) of one allocation in 50 during the workload.
+    kernel::kfence::enable(50);
     if let Err(e) = workload::run() {
         serial_println!("workload FAILED: {e}");
         exit_qemu(QemuExitCode::Failed);

@@ -104,6 +104,14 @@ fn print_heap(title: &str) {
         None => serial_println!("(heap not initialised)"),
     }
     serial_println!("{}", memory::stats());
+    let k = crate::kfence::stats();
+    serial_println!(
+        "kfence: 1 in {} allocations on a guarded page; {} sampled, {} freed, {} live",
+        k.interval,
+        k.sampled,
+        k.freed,
+        k.live
+    );
 }
 
 /// Runs the workload, printing the heap table before, at peak and after.

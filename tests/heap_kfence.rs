@@ -1,0 +1,127 @@
+//! Sampled guard pages (`kernel::kfence`): sampled objects end at a page boundary followed by an
+//! unmapped page, so an overflow faults at once with a report naming the allocation; freed
+//! objects are unmapped, so a use after free faults too; and sampling is harmless otherwise.
+
+#![no_std]
+#![no_main]
+#![feature(custom_test_frameworks)]
+#![test_runner(kernel::testing::runner)]
+#![reexport_test_harness_main = "test_main"]
+
+extern crate alloc;
+
+use alloc::alloc::{alloc, dealloc};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::hint::black_box;
+
+use bootloader_api::BootInfo;
+use kernel::testing::ShouldPanic;
+use kernel::{allocator, kfence};
+
+bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    kernel::init(boot_info).expect("kernel init");
+    test_main();
+    kernel::testing::finish()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    kernel::testing::panic_handler(info)
+}
+
+#[test_case]
+fn sampled_objects_work_and_their_pages_come_back() {
+    allocator::trim();
+    let before = allocator::footprint();
+    let start = kfence::stats();
+    kfence::enable(3);
+    let mut boxes: Vec<Box<[u8]>> = Vec::new();
+    for i in 0..600usize {
+        boxes.push(alloc::vec![i as u8; 1 + (i * 37) % 2000].into_boxed_slice());
+    }
+    let during = kfence::stats();
+    assert!(
+        during.sampled > start.sampled + 20,
+        "too few sampled: {during:?}"
+    );
+    assert!(during.live > 0);
+    for (i, b) in boxes.iter().enumerate() {
+        assert!(b.iter().all(|&x| x == i as u8), "block {i} corrupted");
+    }
+    // Growing through realloc moves sampled objects out of their slots correctly.
+    let mut v: Vec<u32> = Vec::new();
+    for i in 0..5000 {
+        v.push(i);
+    }
+    assert!(v.iter().copied().eq(0..5000));
+    drop(v);
+    drop(boxes);
+    kfence::enable(0);
+    assert_eq!(kfence::stats().live, 0);
+    allocator::trim();
+    assert_eq!(
+        allocator::footprint(),
+        before,
+        "frames or pages not returned"
+    );
+}
+
+fn overflow_past_a_sampled_object() {
+    kfence::enable(1);
+    let layout = Layout::from_size_align(24, 8).unwrap();
+    // SAFETY: deliberately not sound: writes one byte past the object, which must fault.
+    unsafe {
+        let p = black_box(alloc(layout));
+        assert!(kfence::contains(p.addr()), "the allocation was not sampled");
+        p.add(24).write_volatile(1);
+    }
+}
+
+#[test_case]
+static OVERFLOW_PAST_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
+    "overflow_past_a_sampled_object_faults",
+    overflow_past_a_sampled_object,
+)
+.expecting("kfence: out-of-bounds access past the 24-byte allocation at 0x");
+
+fn use_after_free_of_a_sampled_object() {
+    kfence::enable(1);
+    let layout = Layout::from_size_align(100, 4).unwrap();
+    // SAFETY: deliberately not sound: reads the object after freeing it, which must fault.
+    unsafe {
+        let p = black_box(alloc(layout));
+        assert!(kfence::contains(p.addr()), "the allocation was not sampled");
+        dealloc(p, layout);
+        black_box(black_box(p).read_volatile());
+    }
+}
+
+#[test_case]
+static USE_AFTER_FREE_OF_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
+    "use_after_free_of_a_sampled_object_faults",
+    use_after_free_of_a_sampled_object,
+)
+.expecting("kfence: use-after-free of the 100-byte allocation at 0x");
+
+fn double_free_of_a_sampled_object() {
+    kfence::enable(1);
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: deliberately not sound: frees the object twice.
+    unsafe {
+        let p = black_box(alloc(layout));
+        assert!(kfence::contains(p.addr()), "the allocation was not sampled");
+        dealloc(p, layout);
+        dealloc(p, layout);
+    }
+}
+
+#[test_case]
+static DOUBLE_FREE_OF_A_SAMPLED_OBJECT_IS_REPORTED: ShouldPanic = ShouldPanic::new(
+    "double_free_of_a_sampled_object_is_reported",
+    double_free_of_a_sampled_object,
+)
+.expecting("kheap: double free of 0x");
