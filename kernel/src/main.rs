@@ -18,10 +18,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         boot_info.api_version.version_minor(),
         boot_info.api_version.version_patch()
     );
-    serial_println!(
-        "memory map: {}",
-        memory::memory_map_summary(&boot_info.memory_regions)
-    );
+    serial_println!("{}", memory::memory_map_summary(&boot_info.memory_regions));
     if let Err(e) = kernel::init(boot_info) {
         serial_println!("kernel init failed: {e}");
         exit_qemu(QemuExitCode::Failed);
