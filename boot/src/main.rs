@@ -147,7 +147,7 @@ fn run() -> Result<ExitCode, String> {
     if opts.gdb {
         qemu_args.extend(["-s".into(), "-S".into()]);
         eprintln!(
-            "QEMU is waiting for GDB on localhost:1234. In another terminal:\n  gdb {} -ex 'target remote :1234'",
+            "QEMU is waiting for GDB on localhost:1234. In another terminal:\n  gdb -ex 'symbol-file -o 0xffff800000000000 {}' -ex 'target remote :1234' -ex 'hbreak kernel_main' -ex continue",
             opts.kernel.display()
         );
     }
