@@ -27,7 +27,7 @@ fi
 if [ "$need_toolchain" = 1 ]; then
     echo "setup: installing toolchain $toolchain (components and targets from rust-toolchain.toml)" >&2
     # With no arguments, rustup installs exactly what rust-toolchain.toml names.
-    rustup toolchain install >&2
+    rustup toolchain install --no-self-update >&2
 fi
 
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
