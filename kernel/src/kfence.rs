@@ -111,7 +111,10 @@ pub fn alloc(layout: Layout) -> Option<*mut u8> {
     if interval == 0 || layout.size() as u64 > PAGE || layout.align() as u64 > PAGE {
         return None;
     }
-    if !COUNTER.fetch_add(1, Ordering::Relaxed).is_multiple_of(interval) {
+    if !COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(interval)
+    {
         return None;
     }
     without_interrupts(|| {
