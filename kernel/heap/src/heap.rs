@@ -319,7 +319,7 @@ impl<S: PageSource> Heap<S> {
     #[inline]
     unsafe fn pop(st: *mut HeapState, i: usize) -> Option<NonNull<u8>> {
         // SAFETY: guaranteed by the caller.
-        let p = unsafe { (*st).mags.pop(i) }?;
+        let p = unsafe { Magazines::pop(&raw mut (*st).mags, i) }?;
         #[cfg(feature = "debug-checks")]
         // SAFETY: as above; a cached block is a block of class `i`.
         unsafe {
@@ -362,10 +362,10 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: guaranteed by the caller; the magazines, the class pools and the fields `ctx`
         // borrows (`descs`, `map`) are disjoint.
         unsafe {
-            let room = (*st).mags.refill_room(i);
-            let n = Self::ctx(st, &mut self.source)
-                .alloc_batch(class_pool(st, i), &mut room[..MAG_BATCH])?;
-            (*st).mags.set_len(i, n);
+            let mags = &raw mut (*st).mags;
+            let room = Magazines::refill_room(mags, i, MAG_BATCH);
+            let n = Self::ctx(st, &mut self.source).alloc_batch(class_pool(st, i), room)?;
+            Magazines::set_len(mags, i, n);
         }
         Ok(())
     }
@@ -383,7 +383,7 @@ impl<S: PageSource> Heap<S> {
         // counts it as used (so the chunk was not released under it), with the provenance of
         // its chunk page; it is given back exactly once, as it leaves the magazine here.
         unsafe {
-            let (blocks, n) = (*st).mags.take_oldest(i, n);
+            let (blocks, n) = Magazines::take_oldest(&raw mut (*st).mags, i, n);
             let pool = class_pool(st, i);
             let mut ctx = Self::ctx(st, &mut self.source);
             for &b in &blocks[..n] {
@@ -543,11 +543,12 @@ impl<S: PageSource> Heap<S> {
     ) {
         // SAFETY: `st` is live and `i` a class index (caller).
         unsafe {
-            if (*st).mags.is_full(i) {
+            let mags = &raw mut (*st).mags;
+            if Magazines::is_full(mags, i) {
                 // A call in tail position: the fast path below needs no saved registers.
                 return self.flush_and_push(st, i, block, size);
             }
-            (*st).mags.push(i, block);
+            Magazines::push(mags, i, block);
             (*st).requested -= size;
         }
     }
@@ -569,7 +570,7 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: guaranteed by the caller.
         unsafe {
             self.flush(st, i, MAG_BATCH);
-            (*st).mags.push(i, block);
+            Magazines::push(&raw mut (*st).mags, i, block);
             (*st).requested -= size;
         }
     }
@@ -927,7 +928,9 @@ impl<S: PageSource> Heap<S> {
         let mut chunks = 0;
         let mut held = 0;
         for (i, (out, pool)) in s.classes.iter_mut().zip(st.classes.iter()).enumerate() {
-            *out = PoolStats::of(pool, st.mags.len(i));
+            // SAFETY: the magazines are live and `i` a class index.
+            let cached = unsafe { Magazines::len(&raw const st.mags, i) };
+            *out = PoolStats::of(pool, cached);
             chunks += out.chunks;
             held += out.in_use * out.block_size;
         }
@@ -1006,7 +1009,8 @@ impl<S: PageSource> Heap<S> {
         for (i, pool) in s.classes.iter().enumerate() {
             // SAFETY: `st` is live and `i` a class index (only the address is used).
             let this = unsafe { class_pool(st, i) };
-            let cached = s.mags.cached(i);
+            // SAFETY: the magazines are live, not changed during the walk, and `i` a class index.
+            let cached = unsafe { Magazines::cached(&raw const s.mags, i) };
             pool.check(this, &s.map, cached, |_| chunks += 1)?;
             held += (pool.live() - cached.len()) * CLASS_SIZES[i];
         }

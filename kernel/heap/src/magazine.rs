@@ -75,31 +75,76 @@ impl Magazines {
         }
     }
 
+    // The operations below take a raw pointer to the magazines and touch only the count and
+    // the slots of one class: a reference to the whole 18 KiB array for every allocation would
+    // cost nothing natively but makes every call O(18 KiB) under Miri (a retag is proportional
+    // to the size of the referent), and the heap state is reached by raw pointer anyway.
+
+    /// Pointer to the count of class `i`.
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines and `i < NUM_CLASSES`.
+    #[inline(always)]
+    unsafe fn len_ptr(this: *mut Self, i: usize) -> *mut u32 {
+        // SAFETY: in bounds of the `len` array (caller).
+        unsafe { (&raw mut (*this).len).cast::<u32>().add(i) }
+    }
+
+    /// Pointer to slot `n` of class `i`.
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines, `i < NUM_CLASSES` and `n < MAG_CAP`.
+    #[inline(always)]
+    unsafe fn slot_ptr(this: *mut Self, i: usize, n: usize) -> *mut *mut u8 {
+        // SAFETY: in bounds of the `slots` array (caller).
+        unsafe {
+            (&raw mut (*this).slots)
+                .cast::<*mut u8>()
+                .add(i * MAG_CAP + n)
+        }
+    }
+
     /// Blocks cached for class `i`.
-    pub fn len(&self, i: usize) -> usize {
-        self.len[i] as usize
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines and `i < NUM_CLASSES`.
+    #[inline]
+    pub unsafe fn len(this: *const Self, i: usize) -> usize {
+        // SAFETY: guaranteed by the caller.
+        unsafe { *Self::len_ptr(this.cast_mut(), i) as usize }
     }
 
     /// The cached blocks of class `i`, oldest first.
-    pub fn cached(&self, i: usize) -> &[*mut u8] {
-        &self.slots[i][..self.len(i)]
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines that nothing changes while the slice lives, and
+    /// `i < NUM_CLASSES`.
+    pub unsafe fn cached<'a>(this: *const Self, i: usize) -> &'a [*mut u8] {
+        // SAFETY: the first `len` slots of class `i` are initialised and in bounds (caller).
+        unsafe {
+            let this = this.cast_mut();
+            core::slice::from_raw_parts(Self::slot_ptr(this, i, 0), Self::len(this, i))
+        }
     }
 
     /// Takes the most recently cached block of class `i`, if any.
     ///
     /// # Safety
     ///
-    /// `i < NUM_CLASSES`.
+    /// `this` must point to live magazines and `i < NUM_CLASSES`.
     #[inline]
-    pub unsafe fn pop(&mut self, i: usize) -> Option<NonNull<u8>> {
+    pub unsafe fn pop(this: *mut Self, i: usize) -> Option<NonNull<u8>> {
         // SAFETY: `i` is in bounds (caller); a count is at most `MAG_CAP`, so `n` indexes a
         // filled slot, and filled slots hold the non-null blocks `push` stored.
         unsafe {
-            let len = self.len.get_unchecked_mut(i);
-            let n = len.checked_sub(1)?;
+            let len = Self::len_ptr(this, i);
+            let n = (*len).checked_sub(1)?;
             *len = n;
-            let block = *self.slots.get_unchecked(i).get_unchecked(n as usize);
-            Some(NonNull::new_unchecked(block))
+            Some(NonNull::new_unchecked(*Self::slot_ptr(this, i, n as usize)))
         }
     }
 
@@ -107,15 +152,15 @@ impl Magazines {
     ///
     /// # Safety
     ///
-    /// `i < NUM_CLASSES`, and the magazine must not be full.
+    /// `this` must point to live magazines, `i < NUM_CLASSES`, and the magazine must not be
+    /// full.
     #[inline]
-    pub unsafe fn push(&mut self, i: usize, block: NonNull<u8>) {
+    pub unsafe fn push(this: *mut Self, i: usize, block: NonNull<u8>) {
         // SAFETY: `i` is in bounds and the count below `MAG_CAP` (caller).
         unsafe {
-            let len = self.len.get_unchecked_mut(i);
+            let len = Self::len_ptr(this, i);
             debug_assert!((*len as usize) < MAG_CAP);
-            let n = *len as usize;
-            *self.slots.get_unchecked_mut(i).get_unchecked_mut(n) = block.as_ptr();
+            *Self::slot_ptr(this, i, *len as usize) = block.as_ptr();
             *len += 1;
         }
     }
@@ -124,35 +169,59 @@ impl Magazines {
     ///
     /// # Safety
     ///
-    /// `i < NUM_CLASSES`.
+    /// `this` must point to live magazines and `i < NUM_CLASSES`.
     #[inline]
-    pub unsafe fn is_full(&self, i: usize) -> bool {
-        // SAFETY: `i` is in bounds (caller).
-        unsafe { *self.len.get_unchecked(i) as usize == MAG_CAP }
+    pub unsafe fn is_full(this: *const Self, i: usize) -> bool {
+        // SAFETY: guaranteed by the caller.
+        unsafe { Self::len(this, i) == MAG_CAP }
     }
 
-    /// The room of class `i`'s magazine, to be filled from the bottom by a refill (the magazine
-    /// must be empty); [`set_len`](Self::set_len) then records how many slots were filled.
-    pub fn refill_room(&mut self, i: usize) -> &mut [*mut u8; MAG_CAP] {
-        debug_assert_eq!(self.len[i], 0);
-        &mut self.slots[i]
+    /// The first `n` slots of class `i`'s magazine, to be filled by a refill (the magazine must
+    /// be empty); [`set_len`](Self::set_len) then records how many were filled.
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines that nothing else touches while the slice lives,
+    /// `i < NUM_CLASSES` and `n <= MAG_CAP`.
+    pub unsafe fn refill_room<'a>(this: *mut Self, i: usize, n: usize) -> &'a mut [*mut u8] {
+        debug_assert!(n <= MAG_CAP);
+        // SAFETY: the slots are in bounds (caller); raw pointers are valid at any value.
+        unsafe {
+            debug_assert_eq!(Self::len(this, i), 0);
+            core::slice::from_raw_parts_mut(Self::slot_ptr(this, i, 0), n)
+        }
     }
 
     /// Records that class `i`'s magazine holds its first `n` slots (all non-null).
-    pub fn set_len(&mut self, i: usize, n: usize) {
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines, `i < NUM_CLASSES`, and the first `n` slots of the
+    /// class must hold blocks.
+    pub unsafe fn set_len(this: *mut Self, i: usize, n: usize) {
         assert!(n <= MAG_CAP);
-        self.len[i] = n as u32;
+        // SAFETY: guaranteed by the caller.
+        unsafe { *Self::len_ptr(this, i) = n as u32 };
     }
 
     /// Removes the `n` oldest blocks of class `i` (at most all of them) and returns them, in a
     /// copy, oldest first, with their number; the newer blocks move down.
-    pub fn take_oldest(&mut self, i: usize, n: usize) -> ([*mut u8; MAG_CAP], usize) {
-        let len = self.len(i);
-        let n = n.min(len);
-        let out = self.slots[i];
-        self.slots[i].copy_within(n..len, 0);
-        self.len[i] = (len - n) as u32;
-        (out, n)
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live magazines and `i < NUM_CLASSES`.
+    pub unsafe fn take_oldest(this: *mut Self, i: usize, n: usize) -> ([*mut u8; MAG_CAP], usize) {
+        // SAFETY: the slots of class `i` are in bounds (caller); the copies stay inside them.
+        unsafe {
+            let len = Self::len(this, i);
+            let n = n.min(len);
+            let mut out = [ptr::null_mut(); MAG_CAP];
+            let slots = Self::slot_ptr(this, i, 0);
+            ptr::copy_nonoverlapping(slots, out.as_mut_ptr(), n);
+            ptr::copy(slots.add(n), slots, len - n);
+            *Self::len_ptr(this, i) = (len - n) as u32;
+            (out, n)
+        }
     }
 }
 
@@ -168,32 +237,40 @@ mod tests {
 
     #[test]
     fn lifo_and_oldest_first_flush() {
-        let mut m = Magazines::new();
+        let mut mags = Magazines::new();
+        let m = &raw mut mags;
         let mut blocks = [0u64; MAG_CAP + 1];
         let ptrs: std::vec::Vec<NonNull<u8>> = blocks
             .iter_mut()
             .map(|b| NonNull::from(b).cast::<u8>())
             .collect();
         let raw = |p: &[NonNull<u8>]| p.iter().map(|p| p.as_ptr()).collect::<std::vec::Vec<_>>();
-        // SAFETY: class 3 is in bounds; every push below finds room (checked by `is_full`).
+        // SAFETY: `m` points to live magazines used only through it; class 3 is in bounds;
+        // every push below finds room (checked by `is_full`).
         unsafe {
-            assert_eq!(m.pop(3), None);
+            assert_eq!(Magazines::pop(m, 3), None);
             for &p in &ptrs[..MAG_CAP] {
-                assert!(!m.is_full(3));
-                m.push(3, p);
+                assert!(!Magazines::is_full(m, 3));
+                Magazines::push(m, 3, p);
             }
-            assert!(m.is_full(3));
-            assert_eq!(m.len(3), MAG_CAP);
-            let (old, n) = m.take_oldest(3, MAG_BATCH);
+            assert!(Magazines::is_full(m, 3));
+            assert_eq!(Magazines::len(m, 3), MAG_CAP);
+            assert_eq!(Magazines::len(m, 2), 0);
+            let (old, n) = Magazines::take_oldest(m, 3, MAG_BATCH);
             assert_eq!(&old[..n], &raw(&ptrs[..MAG_BATCH])[..]);
-            assert_eq!(m.cached(3), &raw(&ptrs[MAG_BATCH..MAG_CAP])[..]);
-            assert_eq!(m.pop(3), Some(ptrs[MAG_CAP - 1]));
-            m.push(3, ptrs[MAG_CAP]);
-            assert_eq!(m.pop(3), Some(ptrs[MAG_CAP]));
-            let (_, n) = m.take_oldest(3, MAG_CAP);
+            assert_eq!(Magazines::cached(m, 3), &raw(&ptrs[MAG_BATCH..MAG_CAP])[..]);
+            assert_eq!(Magazines::pop(m, 3), Some(ptrs[MAG_CAP - 1]));
+            Magazines::push(m, 3, ptrs[MAG_CAP]);
+            assert_eq!(Magazines::pop(m, 3), Some(ptrs[MAG_CAP]));
+            let (_, n) = Magazines::take_oldest(m, 3, MAG_CAP);
             assert_eq!(n, MAG_CAP - MAG_BATCH - 1);
-            assert_eq!(m.len(3), 0);
-            assert_eq!(m.pop(3), None);
+            assert_eq!(Magazines::len(m, 3), 0);
+            assert_eq!(Magazines::pop(m, 3), None);
+            let room = Magazines::refill_room(m, 5, MAG_BATCH);
+            room[0] = ptrs[0].as_ptr();
+            room[1] = ptrs[1].as_ptr();
+            Magazines::set_len(m, 5, 2);
+            assert_eq!(Magazines::pop(m, 5), Some(ptrs[1]));
         }
     }
 }
