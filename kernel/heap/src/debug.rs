@@ -1,6 +1,6 @@
 //! Debug checks (feature `debug-checks`): catching invalid frees at the point of the bug.
 //!
-//! With the feature on, every free is checked before it touches any list:
+//! With the feature on, every free is checked before it touches any list or magazine:
 //!
 //! * the pointer must lie in a page the heap owns, of the right kind (chunk for a class or pool
 //!   free, large page for a large free) — one page-map lookup;
@@ -8,7 +8,9 @@
 //! * it must be the start of a block (not an interior pointer);
 //! * the block must be allocated: list chunks keep a 512-bit allocated bitmap in the descriptor
 //!   (set on alloc, cleared on free), tiny chunks use their free bitmap, and the large allocator
-//!   checks its block header.
+//!   checks its block header. A block a general class's magazine holds is marked free in the
+//!   bitmap while it is cached (the heap sets the bit again when it hands the block out), so a
+//!   second free of it is caught whether it is still cached or already back in its chunk.
 //!
 //! A failed check panics with a message that names the address, the class or pool, and what is
 //! wrong, e.g. `kheap: double free of 0x5000 (class 64 B)`. All checks are O(1).

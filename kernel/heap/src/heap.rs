@@ -1,14 +1,18 @@
 //! [`Heap`]: the allocator proper, with `&mut self` methods (locking is `locked`'s job).
 //!
-//! The heap state ([`HeapState`]: the general pools, the large allocator, the page map, the
-//! root-run chain and the counters) lives in the first root run, right after its header; the
-//! `Heap` value itself is just the page source and a pointer to that state, so it is cheap to
-//! construct in a `static` (`Heap::new` is `const` and maps nothing).
+//! The heap state ([`HeapState`]: the general pools, their magazines, the large allocator, the
+//! page map, the root-run chain and the counters) lives in the first root run, right after its
+//! header; the `Heap` value itself is just the page source and a pointer to that state, so it is
+//! cheap to construct in a `static` (`Heap::new` is `const` and maps nothing).
+//!
+//! `allocate` and `deallocate` are small `#[inline]` fast paths (a class lookup and a magazine
+//! pop or push) whose every other case is a call in tail position to an out-of-line slow path:
+//! that keeps the fast paths free of register saves and small enough to inline into callers.
 //!
 //! The state is reached through a raw pointer and split into disjoint field borrows for each
-//! operation (pools are addressed by raw pointer, descriptors through root slots), so no
-//! reference ever spans memory another live pointer writes — which keeps the code sound under
-//! the stacked/tree borrows models that Miri checks.
+//! operation (pools are addressed by raw pointer, descriptors through root slots, magazine slots
+//! one class at a time), so no reference ever spans memory another live pointer writes — which
+//! keeps the code sound under the stacked/tree borrows models that Miri checks.
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};

@@ -107,7 +107,10 @@
 //! A cached block still counts as used by its chunk, so its chunk stays mapped, but statistics
 //! count it as free. The freed pointer is cached with a provenance that covers the whole block:
 //! rebuilt from the page source's [window](PageSource::window) when it has one (release builds
-//! then free without any lookup), otherwise from the chunk page the page map names.
+//! then free without any lookup), otherwise from the chunk page the page map names. The inlined
+//! fast path covers layouts aligned to at most 8 bytes ([`size_class::common_class`]); a larger
+//! alignment, a page-map lookup and every refill or flush go through out-of-line slow paths to
+//! the same magazines.
 //!
 //! User pools have no magazines: their blocks go straight to their chunks.
 //!
