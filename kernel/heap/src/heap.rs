@@ -900,7 +900,7 @@ impl<S: PageSource> Heap<S> {
     /// After every block is freed (and every user pool destroyed) and the heap is trimmed, it
     /// maps exactly what [`init`](Self::init) mapped: the first root run and the page-map nodes
     /// that record it. Linear in the number of root slots and page-map nodes (plus
-    /// `NUM_CLASSES` × [`MAG_CAP`] blocks): meant for rare calls, such as after a workload or
+    /// `NUM_CLASSES` × `MAG_CAP` cached blocks): meant for rare calls, such as after a workload or
     /// under memory pressure, not for every free.
     pub fn trim(&mut self) {
         let st = self.state;

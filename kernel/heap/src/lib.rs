@@ -162,7 +162,7 @@
 //!   match.
 //! * Every chunk is on exactly one list of its pool: partial ⇔ 0 < used < capacity, full ⇔
 //!   used = capacity, empty ⇔ used = 0; prev/next links agree; at most
-//!   [`Pool::reserve_limit`](pool::Pool::reserve_limit) empty chunks per pool.
+//!   `Pool::reserve_limit` empty chunks per pool (see [`RESERVE_BLOCKS`]).
 //! * A chunk's free list stays inside the blocks handed out so far, links only block starts,
 //!   has no cycle, and free + used = blocks handed out (tiny chunks: bitmap and summary agree).
 //!   With `debug-checks`, the allocated bitmap has exactly `used` bits set, less the chunk's
