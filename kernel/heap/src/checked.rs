@@ -76,12 +76,19 @@ impl<A> Checked<A> {
     }
 }
 
-/// The layout actually requested from the inner allocator for a caller's `layout`.
+/// The layout actually requested from the inner allocator for a caller's `layout`: the caller's
+/// bytes plus the red zone, rounded up to the whole size class when `kheap` would serve it from a
+/// class (so that poisoning the whole class block stays inside the block, whatever the inner
+/// allocator is).
 fn debug_layout(layout: Layout) -> Option<Layout> {
-    if cfg!(feature = "debug-checks") {
-        Layout::from_size_align(layout.size().checked_add(RED_ZONE)?, layout.align()).ok()
-    } else {
-        Some(layout)
+    if !cfg!(feature = "debug-checks") {
+        return Some(layout);
+    }
+    let padded =
+        Layout::from_size_align(layout.size().checked_add(RED_ZONE)?, layout.align()).ok()?;
+    match class_for(padded) {
+        SizeClass::Small(class) => Layout::from_size_align(CLASS_SIZES[class], layout.align()).ok(),
+        SizeClass::Large => Some(padded),
     }
 }
 
@@ -281,7 +288,25 @@ mod tests {
     use super::*;
     use std::alloc::System;
 
-    static A: Checked<System> = Checked::new(System);
+    /// The system allocator, handing out zeroed blocks: `Checked` reads a fresh block's bytes
+    /// (to see whether it carries the freed tag), and in the abstract machine Miri checks, a
+    /// block fresh from `System.alloc` is uninitialised. Heap pages hold whatever their frame
+    /// held, which is initialised memory for the hardware.
+    struct Zeroed;
+
+    // SAFETY: forwards to `System`, only replacing `alloc` with `alloc_zeroed`.
+    unsafe impl GlobalAlloc for Zeroed {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded with the caller's guarantees.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded with the caller's guarantees.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    static A: Checked<Zeroed> = Checked::new(Zeroed);
 
     #[test]
     fn fresh_blocks_are_filled_and_guarded() {
@@ -316,7 +341,7 @@ mod tests {
         // SAFETY: the "freed" block is kept allocated in the inner allocator, so writing to it
         // is defined; the test drives the check directly as a reused block would.
         unsafe {
-            let p = System.alloc(debug);
+            let p = System.alloc_zeroed(debug);
             let class = match class_for(debug) {
                 SizeClass::Small(c) => CLASS_SIZES[c],
                 SizeClass::Large => unreachable!("a 64-byte block is pooled"),
