@@ -333,24 +333,30 @@ mod tests {
         }
     }
 
+    /// Frees a `System` block when dropped, also while a test's expected panic unwinds.
+    struct FreeOnDrop(*mut u8, Layout);
+
+    impl Drop for FreeOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: the block was allocated from `System` with this layout.
+            unsafe { System.dealloc(self.0, self.1) }
+        }
+    }
+
     #[test]
     #[should_panic(expected = "write after free")]
     fn write_after_free_is_reported_on_reuse() {
         let layout = Layout::from_size_align(64, 8).unwrap();
         let debug = debug_layout(layout).unwrap();
+        let SizeClass::Small(class) = class_for(debug) else {
+            unreachable!("a 64-byte block is pooled")
+        };
         // SAFETY: the "freed" block is kept allocated in the inner allocator, so writing to it
         // is defined; the test drives the check directly as a reused block would.
         unsafe {
             let p = System.alloc_zeroed(debug);
-            let class = match class_for(debug) {
-                SizeClass::Small(c) => CLASS_SIZES[c],
-                SizeClass::Large => unreachable!("a 64-byte block is pooled"),
-            };
-            poison(p, class.min(debug.size()), true);
-            p.write_bytes(POISON, debug.size());
-            p.add(TAG_OFFSET)
-                .cast::<u64>()
-                .write_unaligned(tag_for(p, class));
+            let _free = FreeOnDrop(p, debug);
+            poison(p, CLASS_SIZES[class], true);
             p.add(40).write(1);
             arm(p, layout, debug);
         }
