@@ -163,6 +163,24 @@ fn address_of(idx: &[usize; LEVELS as usize]) -> usize {
 }
 
 impl PageMap {
+    /// Nodes a map needs to record exactly the `pages` pages from `start`: the top node, plus
+    /// at each lower level one node per distinct slot of the level above that the run touches
+    /// (a run straddling a 2 MiB, 1 GiB or 512 GiB line needs two at that level).
+    pub fn path_nodes(start: usize, pages: usize) -> usize {
+        if pages == 0 {
+            return 0;
+        }
+        let first = start >> PAGE_SHIFT;
+        let last = first + pages - 1;
+        let mut nodes = 1;
+        for level in 1..LEVELS {
+            // A node at `level` covers `BITS * (LEVELS - level)` bits of page number.
+            let shift = BITS * (LEVELS - level);
+            nodes += (last >> shift) - (first >> shift) + 1;
+        }
+        nodes
+    }
+
     /// An empty map; maps nothing.
     pub const fn new() -> Self {
         Self {
@@ -534,6 +552,31 @@ mod tests {
         }
         assert!(indices(0x0000_8000_0000_0000).is_none());
         assert!(indices(0x1234_0000_0000_0000).is_none());
+    }
+
+    #[test]
+    fn path_nodes_counts_the_nodes_a_run_needs() {
+        const GIB: usize = 1 << 30;
+        let mut src = ArenaSource::new(64);
+        for (start, expect) in [
+            (0x1000, 4),
+            (0x20_0000 - 0x3000, 5),
+            (GIB - 0x1000, 6),
+            (0x80_0000_0000 - 0x1000, 7),
+            (0xffff_8000_0000_0000, 4),
+        ] {
+            assert_eq!(PageMap::path_nodes(start, 6), expect, "{start:#x}");
+            // The pages are only recorded, never touched: any canonical address will do.
+            let page = NonNull::new(ptr::without_provenance_mut::<u8>(start)).unwrap();
+            let mut map = PageMap::new();
+            map.set_run(&mut src, page, 6, Entry::Large(page)).unwrap();
+            assert_eq!(map.nodes(), expect, "{start:#x}");
+            map.clear_run(page, 6);
+            map.prune(&mut src);
+            assert_eq!(map.nodes(), 0);
+            assert_eq!(src.mapped_pages(), 0);
+        }
+        assert_eq!(PageMap::path_nodes(0x1000, 0), 0);
     }
 
     #[test]
