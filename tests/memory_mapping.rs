@@ -182,6 +182,27 @@ fn page_source_maps_aligned_writable_runs_and_takes_sub_runs_back() {
 }
 
 #[test_case]
+fn page_source_window_is_the_heap_window_and_holds_its_pages() {
+    let mut source = KernelPageSource::new();
+    let window = source
+        .window()
+        .expect("the kernel's page source has a window");
+    assert_eq!(
+        window.cast::<u8>().as_ptr() as u64,
+        memory::HEAP_WINDOW_START
+    );
+    assert_eq!(
+        window.len() as u64,
+        memory::HEAP_WINDOW_END - memory::HEAP_WINDOW_START
+    );
+    let run = source.map_pages(2).unwrap();
+    let offset = run.as_ptr() as u64 - memory::HEAP_WINDOW_START;
+    assert!(offset + 2 * PAGE_SIZE as u64 <= window.len() as u64);
+    // SAFETY: the run above, unreferenced.
+    unsafe { source.unmap_pages(run, 2) };
+}
+
+#[test_case]
 fn page_source_reuses_freed_address_space() {
     let mut source = KernelPageSource::new();
     let a = source.map_pages(8).unwrap();

@@ -212,6 +212,10 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         unsafe { self.inner.unmap_pages(ptr, count) };
         self.mapped -= count;
     }
+
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        self.inner.window()
+    }
 }
 
 /// A run of pages mapped up front from a page source, for allocators that manage one flat region.
@@ -309,6 +313,14 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
         let first = (ptr.addr().get() - self.arena.base.addr().get()) / PAGE_SIZE;
         self.buddy.free(first, count);
         self.mapped -= count;
+    }
+
+    /// The arena: every page this source hands out lies in it.
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        Some(NonNull::slice_from_raw_parts(
+            self.arena.base,
+            self.arena.bytes(),
+        ))
     }
 }
 

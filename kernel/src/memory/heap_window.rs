@@ -290,4 +290,15 @@ unsafe impl PageSource for KernelPageSource {
             unsafe { window.unmap(addr, count, tables, frames) }
         });
     }
+
+    /// The whole heap window: every page `map_pages` returns lies in it. With it, a release
+    /// build of the heap frees a small block without a page-map lookup.
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        let start = VirtAddr::new(HEAP_WINDOW_START).as_mut_ptr::<u8>();
+        let start = NonNull::new(start)?;
+        Some(NonNull::slice_from_raw_parts(
+            start,
+            HEAP_WINDOW_SIZE as usize,
+        ))
+    }
 }
