@@ -1398,6 +1398,37 @@ mod tests {
     }
 
     #[test]
+    fn page_runs_grow_in_place_when_the_next_pages_are_free() {
+        let mut h = heap(1024);
+        let p = h.allocate(layout(100_000, 8)).unwrap();
+        fill(p, 100_000, 5);
+        let before = h.stats().pages.large;
+        // SAFETY: live block of 100_000 bytes.
+        let q = unsafe { h.reallocate(p, layout(100_000, 8), 400_000) }.unwrap();
+        assert_eq!(p, q, "the pages after the run were free: no move");
+        assert_eq!(h.source().grow_calls(), 1);
+        assert_eq!(h.stats().pages.large, before + 400_000 / PAGE_SIZE + 1 - 25);
+        check(q, 100_000, 5);
+        fill(q, 400_000, 6);
+        h.check_invariants().unwrap();
+        // Something mapped right after the run: growing moves the block instead.
+        let blocker = h.allocate(layout(70_000, 8)).unwrap();
+        // SAFETY: live block of 400_000 bytes.
+        let r = unsafe { h.reallocate(q, layout(400_000, 8), 800_000) }.unwrap();
+        assert_ne!(r, q);
+        check(r, 400_000, 6);
+        h.check_invariants().unwrap();
+        assert_eq!(h.stats().requested_bytes, 870_000);
+        // SAFETY: live blocks with these layouts.
+        unsafe {
+            h.deallocate(blocker, layout(70_000, 8));
+            h.deallocate(r, layout(800_000, 8));
+        }
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
     fn failed_reallocate_leaves_the_block_alone() {
         let mut h = heap(1024);
         let l = layout(64, 8);

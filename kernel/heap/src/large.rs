@@ -615,7 +615,8 @@ impl LargeAlloc {
     /// described by a layout of `new_size` bytes; on failure (`false`) nothing changed.
     ///
     /// Region blocks shrink by splitting off their tail (when it can stand as a block) and grow by
-    /// absorbing a free successor. Page runs shrink by unmapping tail pages and never grow.
+    /// absorbing a free successor. Page runs shrink by unmapping tail pages and grow when the
+    /// page source can map the pages right after them ([`PageSource::grow_pages`]).
     ///
     /// # Safety
     ///
@@ -1159,7 +1160,8 @@ impl LargeAlloc {
         }
     }
 
-    /// Shrinks a page run in place by unmapping its tail pages; growing is refused.
+    /// Resizes a page run in place: shrinking unmaps its tail pages; growing asks the source to
+    /// map the pages right after it ([`PageSource::grow_pages`]) and fails if it cannot.
     ///
     /// # Safety
     ///
@@ -1176,7 +1178,19 @@ impl LargeAlloc {
         let data_pages = len / PAGE_SIZE - 1;
         let new_pages = new_size.div_ceil(PAGE_SIZE).max(1);
         if new_pages > data_pages {
-            return false;
+            let extra = new_pages - data_pages;
+            // SAFETY: `node` is the start of a live mapping of ours, so it is not null.
+            let start = unsafe { NonNull::new_unchecked(node.cast::<u8>()) };
+            if extra.checked_mul(PAGE_SIZE).is_none_or(|b| b > isize::MAX as usize - len)
+                || !src.grow_pages(start, len / PAGE_SIZE, extra)
+            {
+                return false;
+            }
+            // SAFETY: the node page is mapped (live run); the run now has `extra` more pages.
+            unsafe { (*node).len = len + extra * PAGE_SIZE };
+            self.page_run_pages += extra;
+            self.live_bytes += extra * PAGE_SIZE;
+            return true;
         }
         let drop_pages = data_pages - new_pages;
         if drop_pages > 0 {
@@ -1802,6 +1816,19 @@ mod tests {
             // SAFETY: the pages are inside the arena; the caller no longer uses them.
             unsafe { ptr.as_ptr().write_bytes(0xDD, count * PAGE_SIZE) };
         }
+
+        fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+            let end = (ptr.addr().get() - self.base.addr()) / PAGE_SIZE + count;
+            if end + extra > self.mapped.len() || self.mapped[end..end + extra].contains(&true) {
+                return false;
+            }
+            self.mapped[end..end + extra].fill(true);
+            self.mapped_count += extra;
+            let tail = self.base.wrapping_add(end * PAGE_SIZE);
+            // SAFETY: the pages are inside the arena and were not mapped.
+            unsafe { tail.write_bytes(0xA5, extra * PAGE_SIZE) };
+            true
+        }
     }
 
     /// xorshift64*.
@@ -2201,12 +2228,26 @@ mod tests {
             a.check_invariants().unwrap();
             assert_eq!(src.mapped_count, pages - (49 - 25));
             check(p, 100_000, 3);
-            assert!(!a.resize_in_place(&mut src, p, layout(100_000, 8), 200_000));
+            // The freed tail is still free: the run grows back in place, contents kept.
+            assert!(a.resize_in_place(&mut src, p, layout(100_000, 8), 200_000));
+            a.check_invariants().unwrap();
+            assert_eq!(src.mapped_count, pages);
+            assert_eq!(a.stats().page_run_pages, pages);
+            check(p, 100_000, 3);
+            fill(p, 200_000, 4);
+            // A run mapped right after blocks further growth; nothing changes.
+            let q = alloc(&mut a, &mut src, 100_000, 8);
+            assert_eq!(q.addr().get(), p.addr().get() + 50 * PAGE_SIZE);
+            let before = a.stats();
+            assert!(!a.resize_in_place(&mut src, p, layout(200_000, 8), 300_000));
+            assert!(!a.resize_in_place(&mut src, p, layout(200_000, 8), usize::MAX));
+            assert_eq!(a.stats(), before);
+            free(&mut a, &mut src, q, 100_000, 8);
             // A run stays a run below the threshold too, and is still freed as one.
-            assert!(a.resize_in_place(&mut src, p, layout(100_000, 8), 1000));
+            assert!(a.resize_in_place(&mut src, p, layout(200_000, 8), 1000));
             assert_eq!(a.stats().page_run_pages, 2);
         }
-        check(p, 1000, 3);
+        check(p, 1000, 4);
         free(&mut a, &mut src, p, 1000, 8);
         assert_eq!(src.mapped_count, 0);
     }

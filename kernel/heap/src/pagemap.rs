@@ -531,6 +531,30 @@ unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
         // SAFETY: forwarded; the caller guarantees the pages are ours and mapped.
         unsafe { self.src.unmap_pages(ptr, count) };
     }
+
+    /// Grows through the wrapped source and records the new pages as part of the run at `ptr`
+    /// (the caller passes the start of the mapping its page-map entries name). If recording
+    /// fails (no page for a map node), the new pages are unmapped again and the answer is `false`.
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        if !self.src.grow_pages(ptr, count, extra) {
+            return false;
+        }
+        let tail = ptr.as_ptr().wrapping_add(count * PAGE_SIZE);
+        // SAFETY: the source just mapped `extra` pages right after the run, so `tail` is a
+        // mapped page and not null.
+        let tail = unsafe { NonNull::new_unchecked(tail) };
+        if self
+            .map
+            .set_run(self.src, tail, extra, Entry::Large(ptr))
+            .is_err()
+        {
+            // SAFETY: we mapped exactly these pages just now and handed out nothing.
+            unsafe { self.src.unmap_pages(tail, extra) };
+            return false;
+        }
+        *self.pages += extra;
+        true
+    }
 }
 
 #[cfg(test)]

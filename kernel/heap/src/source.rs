@@ -57,14 +57,31 @@ pub unsafe trait PageSource {
     /// Unmaps `count` contiguous pages starting at `ptr`, giving their memory back.
     ///
     /// Any page-aligned sub-run of an earlier mapping may be unmapped on its own (for example the
-    /// unaligned head and tail of an over-sized mapping).
+    /// unaligned head and tail of an over-sized mapping), and a run that a
+    /// [`grow_pages`](Self::grow_pages) call extended may be unmapped in one call.
     ///
     /// # Safety
     ///
     /// Every page in `ptr .. ptr + count * PAGE_SIZE` must currently be mapped by an earlier
-    /// successful `map_pages` call on this same source and must not be unmapped already, and the
-    /// caller must hold no live references into those pages.
+    /// successful `map_pages` (or `grow_pages`) call on this same source and must not be unmapped
+    /// already, and the caller must hold no live references into those pages.
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize);
+
+    /// Extends the run of `count` pages at `ptr` in place: maps the `extra` pages that follow it,
+    /// if they are free, and returns whether it did. On `false` nothing changed. The default
+    /// never grows (the heap then moves the block, as it would anyway).
+    ///
+    /// The heap calls it only for a run it mapped and still holds; an implementation must still
+    /// return `false`, never panic or map elsewhere, for a run it does not recognise (outside
+    /// its range, or extending past it), since answering costs it nothing.
+    ///
+    /// On `true`, the pages `ptr + count * PAGE_SIZE .. ptr + (count + extra) * PAGE_SIZE` carry
+    /// the same guarantees as a fresh `map_pages` run, and are also reachable through pointers
+    /// derived from `ptr`: the grown run may be used, and unmapped, as one.
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let _ = (ptr, count, extra);
+        false
+    }
 
     /// The fixed range of addresses all pages of this source come from, if there is one (a
     /// kernel's heap window, an arena), as a pointer to the whole range. `None` by default.

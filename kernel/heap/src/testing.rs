@@ -62,6 +62,7 @@ pub struct ArenaSource {
     mapped: usize,
     peak: usize,
     map_calls: usize,
+    grow_calls: usize,
     fail_after: Option<usize>,
     fail_one_in: u64,
     rng: XorShift64,
@@ -88,6 +89,7 @@ impl ArenaSource {
             mapped: 0,
             peak: 0,
             map_calls: 0,
+            grow_calls: 0,
             fail_after: None,
             fail_one_in: 0,
             rng: XorShift64::new(1),
@@ -120,6 +122,11 @@ impl ArenaSource {
     /// Successful `map_pages` calls so far.
     pub fn map_calls(&self) -> usize {
         self.map_calls
+    }
+
+    /// Successful `grow_pages` calls so far.
+    pub fn grow_calls(&self) -> usize {
+        self.grow_calls
     }
 
     /// Size of the arena in pages.
@@ -240,6 +247,49 @@ unsafe impl PageSource for ArenaSource {
         self.hint = self.hint.min(first);
         // SAFETY: the pages are inside the arena; the caller holds no references into them.
         unsafe { ptr.as_ptr().write_bytes(UNMAP_FILL, count * PAGE_SIZE) };
+    }
+
+    /// Maps the `extra` pages after the run if they are all free (and the failure injection,
+    /// which applies here too, lets it). Every page of the arena derives from its base pointer,
+    /// so the grown pages are reachable from `ptr`.
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let Some(off) = ptr.addr().get().checked_sub(self.base.addr().get()) else {
+            return false;
+        };
+        if !off.is_multiple_of(PAGE_SIZE) || extra == 0 {
+            return false;
+        }
+        let Some(end) = (off / PAGE_SIZE).checked_add(count) else {
+            return false;
+        };
+        if end.checked_add(extra).is_none_or(|last| last > self.pages)
+            || (end..end + extra).any(|p| self.bit(p))
+        {
+            return false;
+        }
+        if let Some(n) = self.fail_after.as_mut() {
+            if *n == 0 {
+                return false;
+            }
+            *n -= 1;
+        }
+        if self.fail_one_in != 0 && self.rng.one_in(self.fail_one_in) {
+            return false;
+        }
+        for p in end..end + extra {
+            self.set(p, true);
+        }
+        self.mapped += extra;
+        self.peak = self.peak.max(self.mapped);
+        self.grow_calls += 1;
+        // SAFETY: `end + extra <= pages`: the new pages are inside the arena and now ours.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(end * PAGE_SIZE)
+                .write_bytes(MAP_FILL, extra * PAGE_SIZE);
+        }
+        true
     }
 
     /// The whole arena: one allocation from the host allocator, from whose base pointer every

@@ -213,6 +213,18 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         self.mapped -= count;
     }
 
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let Some(total) = self.mapped.checked_add(extra).filter(|&t| t <= self.cap) else {
+            return false;
+        };
+        if !self.inner.grow_pages(ptr, count, extra) {
+            return false;
+        }
+        self.mapped = total;
+        self.peak = self.peak.max(total);
+        true
+    }
+
     fn window(&self) -> Option<NonNull<[u8]>> {
         self.inner.window()
     }
@@ -313,6 +325,23 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
         let first = (ptr.addr().get() - self.arena.base.addr().get()) / PAGE_SIZE;
         self.buddy.free(first, count);
         self.mapped -= count;
+    }
+
+    /// Claims the arena pages after the run from the buddy, if they are free.
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let Some(offset) = ptr.addr().get().checked_sub(self.arena.base.addr().get()) else {
+            return false;
+        };
+        // The buddy never holds pages past the arena as free, so it refuses those itself.
+        let Some(end) = (offset / PAGE_SIZE).checked_add(count) else {
+            return false;
+        };
+        if !offset.is_multiple_of(PAGE_SIZE) || !self.buddy.claim(end, extra) {
+            return false;
+        }
+        self.mapped += extra;
+        self.peak = self.peak.max(self.mapped);
+        true
     }
 
     /// The arena: every page this source hands out lies in it.

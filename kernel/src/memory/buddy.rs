@@ -226,6 +226,52 @@ impl<const ORDER: u32, const WORDS: usize> Buddy<ORDER, WORDS> {
         Some(start)
     }
 
+    /// Takes exactly the pages `start .. start + count` if every one of them is free, and
+    /// returns whether it did (on `false` nothing changed). This is how a mapped run grows in
+    /// place: it claims the pages right after itself. Each free block overlapping the range is
+    /// taken whole and the parts of it outside the range are freed again, so the cost is
+    /// O(ORDER) per block touched, not per page.
+    pub fn claim(&mut self, start: usize, count: usize) -> bool {
+        if count == 0 || start >= Self::PAGES || count > Self::PAGES - start {
+            return false;
+        }
+        let end = start + count;
+        // Every page must be free before anything changes.
+        let mut page = start;
+        while page < end {
+            match self.free_block_covering(page) {
+                Some((order, block)) => page = (block + 1) << order,
+                None => return false,
+            }
+        }
+        let mut page = start;
+        while page < end {
+            let (order, block) = self
+                .free_block_covering(page)
+                .expect("buddy: a page checked free above is taken");
+            self.remove(order, block);
+            self.free_pages -= 1 << order;
+            let (lo, hi) = (block << order, (block + 1) << order);
+            // The pieces outside the range go back; they cannot merge into a block covering a
+            // claimed page, since those are taken now.
+            if lo < start {
+                self.free(lo, start - lo);
+            }
+            if hi > end {
+                self.free(end, hi - end);
+            }
+            page = hi;
+        }
+        true
+    }
+
+    /// The free block covering `page`, as `(order, block index)`, or `None` if it is taken.
+    fn free_block_covering(&self, page: usize) -> Option<(u32, usize)> {
+        (0..=ORDER)
+            .map(|order| (order, page >> order))
+            .find(|&(order, block)| self.is_free(order, block))
+    }
+
     /// Returns the pages `start .. start + count` (any run, aligned or not) to the free pool,
     /// merging each piece with its free buddies.
     ///
@@ -496,6 +542,35 @@ mod tests {
     }
 
     #[test]
+    fn claim_takes_exactly_the_range_or_nothing() {
+        let mut b = full::<6, { storage_words(6) }>();
+        // A run of 5 pages (block of 8 at 0; pages 5..8 freed again).
+        assert_eq!(b.alloc(5), Some(0));
+        // Grow it in place by 3 (the freed tail) and then by 8 more (splitting block 8..16).
+        assert!(b.claim(5, 3));
+        assert!(b.claim(8, 8));
+        b.check_invariants();
+        assert_eq!(b.free_pages(), 64 - 16);
+        // Taken, out of range or empty: refused, nothing changes.
+        assert!(!b.claim(15, 2));
+        assert!(!b.claim(60, 5));
+        assert!(!b.claim(64, 1));
+        assert!(!b.claim(20, 0));
+        assert_eq!(b.free_pages(), 64 - 16);
+        // An unaligned claim in the middle of a big free block leaves both sides free.
+        assert!(b.claim(21, 10));
+        b.check_invariants();
+        assert_eq!(b.free_pages(), 64 - 26);
+        // A claim reaching over a taken page is refused whole.
+        assert!(!b.claim(17, 10));
+        b.free(0, 16);
+        b.free(21, 10);
+        b.check_invariants();
+        assert_eq!(b.free_pages(), 64);
+        assert_eq!(b.alloc(64), Some(0));
+    }
+
+    #[test]
     fn freed_range_is_reused() {
         let mut b = full::<6, { storage_words(6) }>();
         let a = b.alloc(8).unwrap();
@@ -564,7 +639,20 @@ mod tests {
             let mut model = vec![false; pages]; // true = taken
             let mut live: Vec<(usize, usize)> = Vec::new();
             for _ in 0..3000 {
-                if live.is_empty() || rng.below(3) != 0 {
+                if !live.is_empty() && rng.below(5) == 0 {
+                    // Grow a live run in place by claiming the pages after it.
+                    let i = rng.below(live.len() as u64) as usize;
+                    let (s, n) = live[i];
+                    let extra = 1 + rng.below(32) as usize;
+                    let end = s + n;
+                    let possible =
+                        end + extra <= pages && model[end..end + extra].iter().all(|t| !t);
+                    assert_eq!(b.claim(end, extra), possible, "claim({end}, {extra})");
+                    if possible {
+                        model[end..end + extra].fill(true);
+                        live[i].1 += extra;
+                    }
+                } else if live.is_empty() || rng.below(3) != 0 {
                     let n = match rng.below(4) {
                         0 => 1,
                         1 => 1 + rng.below(8) as usize,

@@ -205,6 +205,47 @@ impl HeapWindow {
         Ok(NonNull::new(ptr).expect("heap window address is not null"))
     }
 
+    /// Maps the `extra` window pages right after the `count` pages at `addr` to fresh frames, if
+    /// those pages are free, and returns whether it did (on `false` nothing changed): a run
+    /// growing in place. Any input is answered; one that is not a run inside the window, or
+    /// would leave it, gets `false`.
+    pub(super) fn grow<T: Tlb>(
+        &mut self,
+        addr: u64,
+        count: usize,
+        extra: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> bool {
+        if !(HEAP_WINDOW_START..HEAP_WINDOW_END).contains(&addr) || !addr.is_multiple_of(PAGE) {
+            return false;
+        }
+        let Some(end) = (((addr - HEAP_WINDOW_START) / PAGE) as usize).checked_add(count) else {
+            return false;
+        };
+        if extra == 0 || frames.stats().free < extra as u64 || !self.runs.claim(end, extra) {
+            return false;
+        }
+        let start = window_page(end);
+        // SAFETY: the buddy just gave us these window pages, so none is mapped or referenced;
+        // the window is reserved for exactly this use.
+        match unsafe { tables.map_fresh_run(start, extra, WINDOW_FLAGS, frames) } {
+            Ok(()) => {
+                self.mapped += extra;
+                true
+            }
+            Err(MapError::OutOfFrames) => {
+                self.runs.free(end, extra);
+                false
+            }
+            Err(error) => panic!(
+                "heap window: growing the run at {addr:#x} by {extra} pages at {:#x} failed: \
+                 {error} (window bookkeeping disagrees with the page tables)",
+                start.start_address().as_u64()
+            ),
+        }
+    }
+
     /// Unmaps `count` pages from `addr`, frees their frames and returns the run to the buddy.
     ///
     /// # Panics
@@ -289,6 +330,16 @@ unsafe impl PageSource for KernelPageSource {
             // `HeapWindow::unmap`'s.
             unsafe { window.unmap(addr, count, tables, frames) }
         });
+    }
+
+    /// Grows a run of the window in place when the pages after it are free (the buddy claims
+    /// them and they are mapped to fresh frames, as `map_pages` would).
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let addr = ptr.as_ptr() as u64;
+        super::with_memory(|memory| match memory.parts() {
+            Some((window, tables, frames)) => window.grow(addr, count, extra, tables, frames),
+            None => false,
+        })
     }
 
     /// The whole heap window: every page `map_pages` returns lies in it. With it, a release

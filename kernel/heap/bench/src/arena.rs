@@ -185,6 +185,32 @@ impl PageArena {
         Some(unsafe { self.region.base.add(start * PAGE) })
     }
 
+    /// Maps the `extra` pages right after the `count` mapped pages at `ptr`, if all of them are
+    /// free, and returns whether it did: a mapping growing in place (the kernel's heap window
+    /// does the same with its buddy allocator). Any input gets an answer; `false` changes
+    /// nothing.
+    pub fn grow(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let Some(offset) = (ptr.as_ptr() as usize).checked_sub(self.region.base.as_ptr() as usize)
+        else {
+            return false;
+        };
+        let Some(end) = (offset / PAGE).checked_add(count) else {
+            return false;
+        };
+        if extra == 0
+            || !offset.is_multiple_of(PAGE)
+            || end.checked_add(extra).is_none_or(|last| last > self.pages)
+            || (end..end + extra).any(|p| self.used(p))
+        {
+            return false;
+        }
+        self.set(end, extra, true);
+        self.mapped += extra;
+        self.peak = self.peak.max(self.mapped);
+        self.maps += 1;
+        true
+    }
+
     /// Unmaps `count` pages starting at `ptr`.
     ///
     /// # Panics

@@ -233,6 +233,10 @@ unsafe impl kheap::PageSource for SharedPages {
         self.0.borrow_mut().unmap(ptr, count);
     }
 
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        self.0.borrow_mut().grow(ptr, count, extra)
+    }
+
     /// Every page comes from the one region, whose pointer covers all of it (the arena buffer is
     /// one allocation), as a kernel heap window would.
     fn window(&self) -> Option<NonNull<[u8]>> {
@@ -250,7 +254,8 @@ struct DlPages(SharedPages);
 unsafe impl Send for DlPages {}
 
 // SAFETY: `alloc` returns fresh, exclusively owned, page-aligned pages from the arena (or null);
-// `free`/`free_part` give back only whole pages that dlmalloc got from `alloc`; `remap` is refused.
+// `free`/`free_part` give back only whole pages that dlmalloc got from `alloc`; `remap` only ever
+// grows a mapping in place (it returns the same pointer or null), with pages that were free.
 unsafe impl dlmalloc::Allocator for DlPages {
     fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
         let pages = size.div_ceil(PAGE);
@@ -260,8 +265,24 @@ unsafe impl dlmalloc::Allocator for DlPages {
         }
     }
 
-    fn remap(&self, _ptr: *mut u8, _old: usize, _new: usize, _can_move: bool) -> *mut u8 {
-        ptr::null_mut()
+    /// Grows an mmapped chunk in place, as the kheap adapter's page source can (moving is left
+    /// to dlmalloc, which copies).
+    fn remap(&self, ptr: *mut u8, old: usize, new: usize, _can_move: bool) -> *mut u8 {
+        let Some(p) = NonNull::new(ptr) else {
+            return ptr::null_mut();
+        };
+        if new <= old || !old.is_multiple_of(PAGE) || !new.is_multiple_of(PAGE) {
+            return ptr::null_mut();
+        }
+        if (self.0)
+            .0
+            .borrow_mut()
+            .grow(p, old / PAGE, (new - old) / PAGE)
+        {
+            ptr
+        } else {
+            ptr::null_mut()
+        }
     }
 
     fn free_part(&self, ptr: *mut u8, oldsize: usize, newsize: usize) -> bool {
