@@ -1181,7 +1181,9 @@ impl LargeAlloc {
             let extra = new_pages - data_pages;
             // SAFETY: `node` is the start of a live mapping of ours, so it is not null.
             let start = unsafe { NonNull::new_unchecked(node.cast::<u8>()) };
-            if extra.checked_mul(PAGE_SIZE).is_none_or(|b| b > isize::MAX as usize - len)
+            if extra
+                .checked_mul(PAGE_SIZE)
+                .is_none_or(|b| b > isize::MAX as usize - len)
                 || !src.grow_pages(start, len / PAGE_SIZE, extra)
             {
                 return false;
