@@ -1400,7 +1400,14 @@ mod tests {
     #[test]
     fn page_runs_grow_in_place_when_the_next_pages_are_free() {
         let mut h = heap(1024);
+        // Map and free a run of the final size first: its pages are free again, and the page-map
+        // nodes that cover them stay (until `trim`), so growing into them maps nothing else
+        // (where those nodes would land depends on the arena's address).
+        let big = h.allocate(layout(400_000, 8)).unwrap();
+        // SAFETY: live block of 400_000 bytes.
+        unsafe { h.deallocate(big, layout(400_000, 8)) };
         let p = h.allocate(layout(100_000, 8)).unwrap();
+        assert_eq!(p, big, "first fit: the freed run's start");
         fill(p, 100_000, 5);
         let before = h.stats().pages.large;
         // SAFETY: live block of 100_000 bytes.
@@ -1411,10 +1418,15 @@ mod tests {
         check(q, 100_000, 5);
         fill(q, 400_000, 6);
         h.check_invariants().unwrap();
-        // Something mapped right after the run: growing moves the block instead.
+        // With something mapped right after the run (first fit puts the next run there, unless
+        // a page-map node took that page), growing moves the block instead.
         let blocker = h.allocate(layout(70_000, 8)).unwrap();
+        let blocked = h
+            .source()
+            .is_mapped(q.addr().get() + 400_000usize.next_multiple_of(PAGE_SIZE));
         // SAFETY: live block of 400_000 bytes.
         let r = unsafe { h.reallocate(q, layout(400_000, 8), 800_000) }.unwrap();
+        assert!(blocked, "the page after the run is taken");
         assert_ne!(r, q);
         check(r, 400_000, 6);
         h.check_invariants().unwrap();
