@@ -8,24 +8,12 @@
 #![test_runner(kernel::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
-use bootloader_api::BootInfo;
 use kernel::bench::Scale;
 
 // The smoke budget is 8 MiB per allocator; 128 MiB leaves the kernel heap and frames room.
 kernel::qemu_args!("-m 128M");
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 #[test_case]
 fn smoke_benchmark_verifies_every_allocator() {

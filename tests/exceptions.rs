@@ -7,21 +7,9 @@
 #![test_runner(kernel::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
-use bootloader_api::BootInfo;
 use kernel::testing::ShouldPanic;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 #[test_case]
 fn breakpoint_resumes_execution() {

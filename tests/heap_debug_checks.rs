@@ -22,23 +22,11 @@ use alloc::alloc::{alloc, dealloc, realloc};
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use bootloader_api::BootInfo;
 use kernel::allocator::HEAP;
 use kernel::soak::Baseline;
 use kernel::testing::ShouldPanic;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 /// A layout served by the general class of 64-byte blocks.
 const CLASS_64: Layout = layout(64, 8);

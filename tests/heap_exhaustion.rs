@@ -14,23 +14,11 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr;
 
-use bootloader_api::BootInfo;
 use kernel::allocator;
 
 kernel::qemu_args!("-m 48M");
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 /// Allocates blocks of `layout` until the heap says no, chaining each block to the previous one
 /// through its first word (so the bookkeeping needs no heap). Returns the chain head and count.

@@ -14,21 +14,9 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use bootloader_api::BootInfo;
 use kernel::{allocator, timer};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 static HANDLER_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static HANDLER_ERRORS: AtomicU64 = AtomicU64::new(0);

@@ -16,22 +16,10 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::hint::black_box;
 
-use bootloader_api::BootInfo;
 use kernel::testing::ShouldPanic;
 use kernel::{allocator, kfence};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 #[test_case]
 fn sampled_objects_work_and_their_pages_come_back() {

@@ -23,24 +23,12 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr;
 
-use bootloader_api::BootInfo;
 use kernel::soak::{Baseline, INSERT_HEADROOM_FRAMES};
 use kernel::{allocator, memory, serial_println};
 
 kernel::qemu_args!("-m 32M");
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 /// Small deterministic PRNG (xorshift64*).
 struct Rng(u64);

@@ -9,7 +9,6 @@
 #![test_runner(kernel::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
-use bootloader_api::BootInfo;
 use kernel::serial_println;
 use kernel::soak::{self, Config, Report};
 use kernel::testing::ShouldPanic;
@@ -17,18 +16,7 @@ use kernel::testing::ShouldPanic;
 // Small enough that a debug build fills most of it several times within the test's time.
 kernel::qemu_args!("-m 64M");
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 fn run(cfg: &Config) -> Report {
     match soak::run(cfg) {

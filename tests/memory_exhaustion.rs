@@ -12,23 +12,11 @@ kernel::qemu_args!("-m 32M");
 
 use core::ptr::NonNull;
 
-use bootloader_api::BootInfo;
 use kernel::memory::{self, KernelPageSource};
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 use x86_64::structures::paging::PhysFrame;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 /// Runs mapped by the test: 32 MiB is at most 128 runs of 64 pages, then fewer than 64 + a few
 /// single pages.

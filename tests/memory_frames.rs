@@ -15,7 +15,7 @@ use kernel::testing::ShouldPanic;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+kernel::test_kernel!(before_init = record_usable_regions);
 
 /// Most usable regions remembered from the boot memory map.
 const MAX_USABLE: usize = 64;
@@ -23,7 +23,8 @@ const MAX_USABLE: usize = 64;
 /// The usable regions of the boot memory map, copied before `kernel::init` takes the boot info.
 static USABLE: spin::Once<([(u64, u64); MAX_USABLE], usize)> = spin::Once::new();
 
-fn main(boot_info: &'static mut BootInfo) -> ! {
+/// The `before_init` of `kernel::test_kernel!`: runs before `kernel::init` takes the boot info.
+fn record_usable_regions(boot_info: &BootInfo) {
     let mut usable = [(0, 0); MAX_USABLE];
     let mut count = 0;
     for r in boot_info
@@ -39,14 +40,6 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
         "more usable regions than the test remembers"
     );
     USABLE.call_once(|| (usable, count));
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
 }
 
 fn in_usable_memory(frame: PhysFrame) -> bool {

@@ -9,24 +9,12 @@
 
 kernel::qemu_args!("-m 2G");
 
-use bootloader_api::BootInfo;
 use kernel::memory::{self, KernelPageSource};
 use kheap::source::{PAGE_SIZE, PageSource};
 use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 #[test_case]
 fn nearly_two_gib_are_usable() {

@@ -8,7 +8,6 @@
 #![test_runner(kernel::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
-use bootloader_api::BootInfo;
 use kernel::memory::bench_support::{map_scratch, nth_scratch_page, unmap_scratch};
 use kernel::memory::{self, KernelPageSource, MapError, UnmapError};
 use kernel::testing::ShouldPanic;
@@ -16,18 +15,7 @@ use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
-
-fn main(boot_info: &'static mut BootInfo) -> ! {
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
-}
+kernel::test_kernel!();
 
 const RW_NX: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::NO_EXECUTE);
 
@@ -141,7 +129,7 @@ fn heap_window_and_guard_cannot_be_mapped_by_hand() {
 
 #[test_case]
 fn kernel_code_and_stack_translate() {
-    let code = main as *const () as u64;
+    let code = kernel::init as *const () as u64;
     assert!(memory::translate(VirtAddr::new(code)).is_some());
     let local = 7u64;
     let stack = core::ptr::addr_of!(local) as u64;

@@ -14,13 +14,14 @@ use bootloader_api::info::MemoryRegionKind;
 use kernel::memory::{self, KernelPageSource, MapSummary};
 use kheap::source::{PAGE_SIZE, PageSource};
 
-bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
+kernel::test_kernel!(before_init = record_memory_map);
 
 /// What the memory map said, recorded before `kernel::init` takes the boot info: the summary,
 /// and the usable frames counted here independently (whole frames, frame 0 excluded).
 static MAP: spin::Once<(MapSummary, u64)> = spin::Once::new();
 
-fn main(boot_info: &'static mut BootInfo) -> ! {
+/// The `before_init` of `kernel::test_kernel!`: runs before `kernel::init` takes the boot info.
+fn record_memory_map(boot_info: &BootInfo) {
     let summary = memory::memory_map_summary(&boot_info.memory_regions);
     let frames = boot_info
         .memory_regions
@@ -33,14 +34,6 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
         })
         .sum();
     MAP.call_once(|| (summary, frames));
-    kernel::init(boot_info).expect("kernel init");
-    test_main();
-    kernel::testing::finish()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    kernel::testing::panic_handler(info)
 }
 
 #[test_case]

@@ -93,20 +93,6 @@ macro_rules! qemu_args {
     };
 }
 
+// The library's own unit tests (`#[test_case]`s in its modules) form a test kernel too.
 #[cfg(test)]
-bootloader_api::entry_point!(test_kernel_main, config = &BOOTLOADER_CONFIG);
-
-#[cfg(test)]
-fn test_kernel_main(boot_info: &'static mut BootInfo) -> ! {
-    if let Err(e) = init(boot_info) {
-        panic!("kernel init failed: {e}");
-    }
-    test_main();
-    testing::finish()
-}
-
-#[cfg(test)]
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    testing::panic_handler(info)
-}
+crate::test_kernel!();

@@ -11,6 +11,10 @@
 //! same mechanism ends a [`ShouldPanic`] test that panicked as expected. A test that hangs is killed
 //! by the runner's per-test timeout and reported by name.
 //!
+//! A test kernel gets its entry point, its `main` (init the kernel, run the tests, report) and its
+//! panic handler from [`test_kernel!`](crate::test_kernel); only the crate attributes that
+//! `custom_test_frameworks` needs are written out in each file, because a macro cannot supply them.
+//!
 //! Marker protocol, one per line: `@@ktest plan <tests> <filtered-out>` (first boot only),
 //! `@@ktest start <index> <name>`, `@@ktest ok <index>`, `@@ktest fail <index>`, `@@ktest done`.
 
@@ -190,6 +194,83 @@ pub fn panic_handler(info: &PanicInfo<'_>) -> ! {
             exit_qemu(QemuExitCode::Failed)
         }
     }
+}
+
+/// The bootloader API, for [`test_kernel!`](crate::test_kernel)'s expansion, so that the macro does
+/// not depend on what the calling crate names its dependencies.
+#[doc(hidden)]
+pub use bootloader_api as __bootloader_api;
+
+/// Makes a crate a test kernel: expands to the bootloader entry point (with
+/// [`BOOTLOADER_CONFIG`](crate::BOOTLOADER_CONFIG)), a `main` that brings the kernel up with
+/// [`init`](crate::init), runs the collected tests through `test_main()` and ends with [`finish`],
+/// and a `#[panic_handler]` that hands every panic to [`panic_handler`].
+///
+/// `test_kernel!(before_init = f)` also calls `f(&boot_info)` just before [`init`](crate::init),
+/// for a test that must read the boot information (the memory map, say) while it is still there:
+/// `init` takes the `&'static mut BootInfo` for good. `f` is a `fn(&BootInfo)`.
+///
+/// An init failure panics outside any test, which [`panic_handler`] reports as a failed boot.
+///
+/// The crate attributes cannot come from a macro, so every test kernel still starts with them;
+/// `test_main` is the name `reexport_test_harness_main` must give the harness entry:
+///
+/// ```ignore
+/// #![no_std]
+/// #![no_main]
+/// #![feature(custom_test_frameworks)]
+/// #![test_runner(kernel::testing::runner)]
+/// #![reexport_test_harness_main = "test_main"]
+///
+/// use bootloader_api::BootInfo;
+///
+/// kernel::qemu_args!("-m 32M");
+/// kernel::test_kernel!(before_init = count_usable_regions);
+///
+/// fn count_usable_regions(boot_info: &BootInfo) {
+///     // remember what the tests will need from the boot memory map
+/// }
+///
+/// #[test_case]
+/// fn boxes_work() {
+///     assert_eq!(*alloc::boxed::Box::new(41) + 1, 42);
+/// }
+/// ```
+///
+/// With nothing to do before init, it is just `kernel::test_kernel!();`.
+#[macro_export]
+macro_rules! test_kernel {
+    () => {
+        $crate::test_kernel!(@kernel);
+    };
+    (before_init = $before:expr $(,)?) => {
+        $crate::test_kernel!(@kernel $before);
+    };
+    (@kernel $($before:expr)?) => {
+        $crate::testing::__bootloader_api::entry_point!(
+            test_kernel_main,
+            config = &$crate::BOOTLOADER_CONFIG
+        );
+
+        fn test_kernel_main(
+            boot_info: &'static mut $crate::testing::__bootloader_api::BootInfo,
+        ) -> ! {
+            $(
+                let before_init: fn(&$crate::testing::__bootloader_api::BootInfo) = $before;
+                before_init(boot_info);
+            )?
+            if let ::core::result::Result::Err(e) = $crate::init(boot_info) {
+                ::core::panic!("kernel init failed: {e}");
+            }
+            test_main();
+            $crate::testing::finish()
+        }
+
+        #[panic_handler]
+        fn test_kernel_panic(info: &::core::panic::PanicInfo<'_>) -> ! {
+            $crate::testing::panic_handler(info)
+        }
+    };
 }
 
 /// A small stack buffer for formatting a panic message without the heap (which may be the thing
