@@ -191,6 +191,43 @@ fn page_source_window_is_the_heap_window_and_holds_its_pages() {
 }
 
 #[test_case]
+fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
+    let before = memory::stats();
+    let mut source = KernelPageSource::new();
+    // Keep 3 pages of a 16-page run: the 13 after them are free for sure.
+    let run = source.map_pages(16).unwrap();
+    // SAFETY: a sub-run of the mapping above, unreferenced.
+    unsafe { source.unmap_pages(run.add(3 * PAGE_SIZE), 13) };
+    assert!(source.grow_pages(run, 3, 1));
+    assert!(source.grow_pages(run, 4, 4));
+    assert!(source.grow_pages(run, 8, 2));
+    assert_eq!(
+        memory::stats().window_pages_mapped,
+        before.window_pages_mapped + 10
+    );
+    // SAFETY: 10 pages mapped writable for us (3 + 1 + 4 + 2).
+    unsafe {
+        core::ptr::write_bytes(run.as_ptr(), 0x5A, 10 * PAGE_SIZE);
+        assert_eq!(run.as_ptr().add(10 * PAGE_SIZE - 1).read_volatile(), 0x5A);
+        // Give page 8 back: page 9, still mapped, now blocks growing past one page.
+        source.unmap_pages(run.add(8 * PAGE_SIZE), 1);
+    }
+    let blocked = memory::stats();
+    assert!(!source.grow_pages(run, 8, 2));
+    // Not a run of the window, or past its end: refused, not a panic.
+    assert!(!source.grow_pages(core::ptr::NonNull::dangling(), 1, 1));
+    let last_page = memory::HEAP_WINDOW_END - PAGE_SIZE as u64;
+    let last_page = core::ptr::NonNull::new(last_page as *mut u8).unwrap();
+    assert!(!source.grow_pages(last_page, 1, 1));
+    assert_eq!(memory::stats(), blocked);
+    assert!(source.grow_pages(run, 8, 1));
+    // SAFETY: the 10 pages above, unreferenced; the grown run is unmapped as one.
+    unsafe { source.unmap_pages(run, 10) };
+    assert_eq!(memory::stats(), before);
+    memory::check_invariants();
+}
+
+#[test_case]
 fn page_source_reuses_freed_address_space() {
     let mut source = KernelPageSource::new();
     let a = source.map_pages(8).unwrap();

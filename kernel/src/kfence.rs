@@ -152,7 +152,7 @@ pub fn alloc(layout: Layout) -> Option<*mut u8> {
 ///
 /// # Safety
 ///
-/// `ptr` came from [`alloc`] and the caller will not touch the object again.
+/// `ptr` came from [`alloc()`] and the caller will not touch the object again.
 pub unsafe fn free(ptr: *mut u8) {
     let addr = ptr as usize;
     without_interrupts(|| {

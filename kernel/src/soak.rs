@@ -337,7 +337,7 @@ pub struct Report {
     pub growth_stopped_by_failure: u64,
     /// Growth and shrink phases run.
     pub phases: u64,
-    /// Largest live set, in bytes (as [`Object::bytes`] counts).
+    /// Largest live set, in bytes (as `Object::bytes` counts).
     pub peak_live_bytes: usize,
     /// Most objects live at once.
     pub peak_live_objects: usize,

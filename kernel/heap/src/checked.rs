@@ -44,7 +44,7 @@ pub const FRESH: u8 = 0xA5;
 /// What a freed block is filled with.
 pub const POISON: u8 = 0x6B;
 /// Marks a poisoned block (at offset 8), so a re-allocation knows to check the poison. The tag
-/// stored is this value mixed with the block's address and its class size (see [`tag_for`]), so
+/// stored is this value mixed with the block's address and its class size (see `tag_for`), so
 /// stale contents of a recycled frame — a poisoned block of another class, or at another
 /// address — never pass for a freed block here.
 pub const FREED_TAG: u64 = 0xF4EE_D0B1_0C6B_6B6B;

@@ -68,7 +68,7 @@
 //! ```
 //!
 //! A later descriptor run is a 40-byte header and 126 slots of 32 bytes (39 of 104); a pool run
-//! is a header and 50 [`UserPool`](pool::UserPool) slots of 80 bytes. The unit test
+//! is a header and 50 `UserPool` slots of 80 bytes. The unit test
 //! `root_page_layout_matches_the_crate_docs` keeps these numbers true.
 //!
 //! A chunk (module `chunk`) is one page of blocks of its pool's stride. Blocks of 8 bytes and more
