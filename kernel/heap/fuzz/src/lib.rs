@@ -217,8 +217,9 @@ impl FuzzSource {
     }
 }
 
-// SAFETY: every successful map is the arena's (which upholds the contract: disjoint, page
-// aligned, valid until unmapped); a refusal maps nothing; unmaps are forwarded unchanged.
+// SAFETY: every successful map or growth is the arena's (which upholds the contract: disjoint,
+// page aligned, valid until unmapped); a refusal maps nothing; unmaps and the window are
+// forwarded unchanged.
 unsafe impl PageSource for FuzzSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         let call = self.calls.get();
@@ -238,6 +239,19 @@ unsafe impl PageSource for FuzzSource {
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
         // SAFETY: the caller's guarantees are the arena's, which mapped every page we handed out.
         unsafe { self.arena.unmap_pages(ptr, count) }
+    }
+
+    /// Counts as a map call for the failure mask; a refused growth is not an allocation failure
+    /// (the heap moves the block instead), so it is not counted as a refusal.
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let refuse = call < 8 && self.mask.get() & (1 << call) != 0;
+        !refuse && self.arena.grow_pages(ptr, count, extra)
+    }
+
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        self.arena.window()
     }
 }
 
