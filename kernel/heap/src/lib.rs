@@ -183,6 +183,9 @@
 //! every other call. The limit is [`RESERVE_BLOCKS`] (16) blocks' worth of chunks, at least one:
 //! one chunk for small blocks, 16 for 4096-byte blocks. The large allocator likewise caches at
 //! most one empty region and unmaps page runs on free. Blocks in magazines keep their chunks.
+//! A growing `realloc` of a page run first asks the page source to map the pages right after it
+//! ([`PageSource::grow_pages`]; the kernel's heap window claims them from its buddy allocator),
+//! and moves the block only if they are taken; a shrinking one unmaps the run's tail.
 //!
 //! [`Heap::trim`] empties the magazines into their chunks, drops every reserve and cache, unmaps
 //! every root run without a live slot except the first, and unmaps empty page-map nodes: after
