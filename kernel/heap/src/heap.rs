@@ -21,7 +21,7 @@ use crate::chunk::{ChunkDesc, Geometry, KIND_CHUNK};
 use crate::debug::{self, Owner};
 use crate::error::{AllocError, InvariantError, PoolError};
 use crate::large::LargeAlloc;
-use crate::magazine::{MAG_BATCH, MAG_CAP, Magazines};
+use crate::magazine::{MAG_BATCH, MAG_CAP, Magazines, POOL_MAG_BATCH, POOL_MAG_CAP, PoolMagazine};
 use crate::pagemap::{Entry, PageMap, Recording};
 use crate::pool::{Ctx, KIND_POOL, Pool, UserPool};
 use crate::root::{DESC_SLOT, POOL_SLOT, RootHeader, Roots};
@@ -82,6 +82,12 @@ pub struct HeapState {
     map: PageMap,
     /// Free blocks cached per general class (module `magazine`).
     mags: Magazines,
+    /// The user pool named last, and its header: a repeated `pool_alloc`/`pool_free` on one
+    /// pool skips the page-map lookup that checks its id. Cleared when a pool is destroyed, so
+    /// it only ever names a live pool (an `addr` of 0 names none).
+    last_pool: PoolId,
+    /// Header of `last_pool`.
+    last_pool_header: *mut UserPool,
 }
 
 /// Where the heap state starts in the first root run.
@@ -117,6 +123,11 @@ impl HeapState {
             window: window.map_or(ptr::null_mut(), |w| w.as_ptr().cast()),
             window_len: window.map_or(0, |w| w.len()),
             mags: Magazines::new(),
+            last_pool: PoolId {
+                addr: 0,
+                generation: 0,
+            },
+            last_pool_header: ptr::null_mut(),
         }
     }
 }
@@ -351,15 +362,27 @@ impl<S: PageSource> Heap<S> {
     /// `st` must be the live state, `i < NUM_CLASSES`, and `p` a block of a chunk of class `i`.
     #[cfg(feature = "debug-checks")]
     unsafe fn mark_cached_block(st: *mut HeapState, i: usize, p: NonNull<u8>, allocated: bool) {
-        // SAFETY: guaranteed by the caller; `map` and the class pools are disjoint fields.
+        // SAFETY: guaranteed by the caller.
+        unsafe { Self::mark_cached(st, class_pool(st, i), p, allocated) }
+    }
+
+    /// `debug-checks`: sets (`allocated`) or clears the allocated bit of block `p`, cached in
+    /// the magazine of `pool` (a class or a user pool).
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state, `pool` a live list-chunk pool of it, and `p` a block of one
+    /// of its chunks.
+    #[cfg(feature = "debug-checks")]
+    unsafe fn mark_cached(st: *mut HeapState, pool: *mut Pool, p: NonNull<u8>, allocated: bool) {
+        // SAFETY: guaranteed by the caller; `map` and the pool are disjoint.
         unsafe {
             match (*st).map.lookup(p.addr().get()) {
-                Entry::Chunk(d) => {
-                    (*d.as_ptr()).set_allocated(&(*class_pool(st, i)).geo, p, allocated)
-                }
+                Entry::Chunk(d) => (*d.as_ptr()).set_allocated(&(*pool).geo, p, allocated),
                 other => panic!(
-                    "kheap: magazine of class {} B holds {:#x}, which is not in a chunk ({other:?})",
-                    CLASS_SIZES[i],
+                    "kheap: a magazine of {}-byte blocks holds {:#x}, which is not in a chunk \
+                     ({other:?})",
+                    (*pool).geo.stride,
                     p.addr()
                 ),
             }
@@ -425,6 +448,7 @@ impl<S: PageSource> Heap<S> {
             }
             let mut up = (*st).user_pools;
             while !up.is_null() {
+                self.pool_flush(st, up, POOL_MAG_CAP);
                 Self::ctx(st, &mut self.source).drain_reserve(&raw mut (*up).pool);
                 up = (*up).next;
             }
@@ -779,6 +803,7 @@ impl<S: PageSource> Heap<S> {
                 align: align as u32,
                 next: (*st).user_pools,
                 pool: Pool::new(Geometry::new(stride)),
+                mag: PoolMagazine::new(),
             });
             (*st).user_pools = up;
             (*st).user_pool_count += 1;
@@ -790,23 +815,50 @@ impl<S: PageSource> Heap<S> {
         })
     }
 
-    /// The user pool `id` names, if it is live. O(1): a page-map lookup and two loads.
+    /// The user pool `id` names, if it is live. O(1): a compare when `id` named the pool of the
+    /// previous pool call, else a page-map lookup and two loads.
+    #[inline]
     fn user_pool(&self, id: PoolId) -> Option<*mut UserPool> {
         let st = self.state;
         if st.is_null() {
             return None;
         }
+        // SAFETY: `st` is live; the cache names a live pool or none (`addr` 0, which no id has).
+        unsafe {
+            if (*st).last_pool == id {
+                return Some((*st).last_pool_header);
+            }
+        }
+        self.user_pool_lookup(st, id)
+    }
+
+    /// [`user_pool`](Self::user_pool) past the cache: checks `id` through the page map and
+    /// remembers the pool it names.
+    #[inline(never)]
+    fn user_pool_lookup(&self, st: *mut HeapState, id: PoolId) -> Option<*mut UserPool> {
         // SAFETY: `st` is live.
-        let Entry::Root(run) = (unsafe { (*st).map.get(id.addr) }) else {
+        let map = unsafe { &(*st).map };
+        let Entry::Root(run) = map
+            .lookup_hinted(id.addr)
+            .unwrap_or_else(|| map.get(id.addr))
+        else {
             return None;
         };
         // SAFETY: the page map says `run` is a live root run.
-        let slot = unsafe { Roots::slot_at(run, id.addr) }?;
+        let slot = unsafe { Roots::slot_at(run, id.addr, POOL_SLOT) }?;
         let up = slot.cast::<UserPool>().as_ptr();
         // SAFETY: a slot handed out at least once starts with its kind byte; only a pool slot
         // is read further.
         let live = unsafe { (*up).kind == KIND_POOL && (*up).generation == id.generation };
-        live.then_some(up)
+        if !live {
+            return None;
+        }
+        // SAFETY: `st` is live (the caller's); nothing borrows these fields now.
+        unsafe {
+            (*st).last_pool = id;
+            (*st).last_pool_header = up;
+        }
+        Some(up)
     }
 
     /// The layout (object size and alignment) pool `id` was created with.
@@ -818,29 +870,105 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Allocates one block from pool `id`. O(1) (plus a page-source call for a new chunk).
+    /// Pools of 8-byte blocks and more answer from their magazine first, as the general classes
+    /// do (refilled from the chunks in batches); 1–7-byte pools go to their chunks directly.
     /// Like [`allocate`](Self::allocate), it drops the heap's caches and tries once more when
     /// the page source refuses.
     pub fn pool_alloc(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
         let up = self.user_pool(id).ok_or(AllocError::NoSuchPool)?;
         let st = self.state;
-        // SAFETY: `up` is a live pool header (in a root slot, disjoint from the state).
-        let (pool, size, align) = unsafe { (&raw mut (*up).pool, (*up).size, (*up).align) };
-        // SAFETY: `st` is live (the pool exists); `pool` is live (dropping caches releases
-        // chunks and regions, never a pool).
-        let p = unsafe {
-            Self::ctx(st, &mut self.source).alloc(pool).or_else(|_| {
-                self.drop_caches();
-                Self::ctx(st, &mut self.source).alloc(pool)
-            })
-        }
-        .map_err(|cause| AllocError::OutOfPages {
-            layout: Layout::from_size_align(size as usize, align as usize)
-                .unwrap_or(Layout::new::<u8>()),
-            cause,
-        })?;
-        // SAFETY: `st` is live.
-        unsafe { (*st).requested += size as usize };
+        // SAFETY: `up` is a live pool header (in a root slot, disjoint from the state), and
+        // `st` the live state (the pool exists).
+        let p = match unsafe { Self::pool_pop(st, up) } {
+            Some(p) => p,
+            // SAFETY: as above; dropping caches releases chunks and regions, never a pool.
+            None => unsafe {
+                self.pool_alloc_uncached(st, up).or_else(|_| {
+                    self.drop_caches();
+                    self.pool_alloc_uncached(st, up)
+                })
+            }
+            .map_err(|cause| {
+                // SAFETY: as above.
+                let (size, align) = unsafe { ((*up).size as usize, (*up).align as usize) };
+                AllocError::OutOfPages {
+                    layout: Layout::from_size_align(size, align).unwrap_or(Layout::new::<u8>()),
+                    cause,
+                }
+            })?,
+        };
+        // SAFETY: `st` is live; `up` a live pool header.
+        unsafe { (*st).requested += (*up).size as usize };
         Ok(p)
+    }
+
+    /// Takes the most recently cached block of pool `up`'s magazine; with `debug-checks` marks
+    /// it allocated again.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state and `up` a live pool header of it.
+    #[inline]
+    unsafe fn pool_pop(st: *mut HeapState, up: *mut UserPool) -> Option<NonNull<u8>> {
+        // SAFETY: guaranteed by the caller; the header is not otherwise borrowed.
+        let p = unsafe { (*up).mag.pop() }?;
+        #[cfg(feature = "debug-checks")]
+        // SAFETY: as above; a cached block is a block of the pool.
+        unsafe {
+            Self::mark_cached(st, &raw mut (*up).pool, p, true)
+        };
+        #[cfg(not(feature = "debug-checks"))]
+        let _ = st;
+        Some(p)
+    }
+
+    /// A block for pool `up` from its chunks: for a pool with a magazine, a refill of
+    /// [`POOL_MAG_BATCH`] blocks (mapping one chunk at most) and then a pop.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state and `up` a live pool header of it with an empty magazine.
+    unsafe fn pool_alloc_uncached(
+        &mut self,
+        st: *mut HeapState,
+        up: *mut UserPool,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        // SAFETY: guaranteed by the caller; the pool header lies in a root slot, disjoint from
+        // the state fields `ctx` borrows.
+        unsafe {
+            let pool = &raw mut (*up).pool;
+            if (*pool).geo.is_tiny() {
+                return Self::ctx(st, &mut self.source).alloc(pool);
+            }
+            let room = (*up).mag.refill_room();
+            let n = Self::ctx(st, &mut self.source).alloc_batch(pool, room)?;
+            (*up).mag.set_len(n);
+            // A successful refill wrote at least one block.
+            Ok(Self::pool_pop(st, up).unwrap_unchecked())
+        }
+    }
+
+    /// Gives the `n` oldest blocks of pool `up`'s magazine back to their chunks.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state and `up` a live pool header of it.
+    unsafe fn pool_flush(&mut self, st: *mut HeapState, up: *mut UserPool, n: usize) {
+        // SAFETY: guaranteed by the caller. Every cached block is a block of a live chunk of the
+        // pool that counts it as used, with the provenance of its chunk page (or the window);
+        // it is given back exactly once, as it leaves the magazine here.
+        unsafe {
+            let (blocks, n) = (*up).mag.take_oldest(n);
+            let pool = &raw mut (*up).pool;
+            let stride = usize::from((*pool).geo.stride);
+            let mut ctx = Self::ctx(st, &mut self.source);
+            for &b in &blocks[..n] {
+                let Some(p) = NonNull::new(b) else { continue };
+                if let Entry::Chunk(d) = ctx.map.lookup(b.addr()) {
+                    ctx.free_block(pool, d.as_ptr(), p, stride);
+                }
+            }
+        }
     }
 
     /// Frees a block of pool `id`.
@@ -870,10 +998,75 @@ impl<S: PageSource> Heap<S> {
             // SAFETY: as above.
             size: usize::from(unsafe { (*pool).geo.stride }),
         };
-        // SAFETY: `st` is live; the caller vouches for `ptr`.
-        if unsafe { Self::ctx(st, &mut self.source).free(pool, ptr, size, owner) } {
-            // SAFETY: `st` is live.
-            unsafe { (*st).requested -= size };
+        // SAFETY: as above.
+        if unsafe { (*pool).geo.is_tiny() } {
+            // SAFETY: `st` is live; the caller vouches for `ptr`.
+            if unsafe { Self::ctx(st, &mut self.source).free(pool, ptr, size, owner) } {
+                // SAFETY: `st` is live.
+                unsafe { (*st).requested -= size };
+            }
+            return;
+        }
+        // SAFETY: `st` is live, `pool` a live pool of it; the caller vouches for `ptr`.
+        let Some(block) = (unsafe { Self::pool_freed_block(st, pool, ptr, owner) }) else {
+            return;
+        };
+        // SAFETY: `up` is a live pool header and `st` the live state; `block` is a block of the
+        // pool that its chunk counts as used, given up by the caller.
+        unsafe {
+            if !(*up).mag.push(block) {
+                self.pool_flush(st, up, POOL_MAG_BATCH);
+                (*up).mag.push(block);
+            }
+            (*st).requested -= size;
+        }
+    }
+
+    /// The block of pool `pool` at `ptr`, rebuilt with a provenance covering the whole block
+    /// (the window's in a release build whose source has one, else its chunk page's); with
+    /// `debug-checks`, first checked to be a live block of the pool and marked free but cached.
+    /// `None` for a pointer outside every chunk (with `debug-checks`: a panic naming it).
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state and `pool` a live list-chunk pool of it; without
+    /// `debug-checks`, `ptr` must be an allocated block of the pool.
+    unsafe fn pool_freed_block(
+        st: *mut HeapState,
+        pool: *mut Pool,
+        ptr: NonNull<u8>,
+        owner: Owner,
+    ) -> Option<NonNull<u8>> {
+        #[cfg(not(feature = "debug-checks"))]
+        // SAFETY: `st` is live; a block inside the window may be reached through the window
+        // pointer (`PageSource`'s contract), and the caller vouches that it is a block.
+        unsafe {
+            let window = (*st).window;
+            if ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len {
+                // The window is not null when it has a length.
+                return Some(NonNull::new_unchecked(window).with_addr(ptr.addr()));
+            }
+        }
+        // SAFETY: `st` is live; the page map names the live descriptor of the chunk holding
+        // `ptr`, if any; `pool` is live (caller).
+        unsafe {
+            let d = match (*st).map.lookup(ptr.addr().get()) {
+                Entry::Chunk(d) => d.as_ptr(),
+                other => {
+                    debug::bad_free(ptr, owner, debug::Fault::NotHeap(other));
+                    return None;
+                }
+            };
+            #[cfg(feature = "debug-checks")]
+            {
+                crate::pool::check_block(d, pool, ptr, owner);
+                (*d).set_allocated(&(*pool).geo, ptr, false);
+            }
+            #[cfg(not(feature = "debug-checks"))]
+            let _ = pool;
+            Some(NonNull::new_unchecked(
+                (*d).page.with_addr(ptr.addr().get()),
+            ))
         }
     }
 
@@ -885,6 +1078,7 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: `up` is a live pool header and `st` the live state; the pool's reserve is
         // released before its slot, and the slot is unlinked before it is freed.
         unsafe {
+            self.pool_flush(st, up, POOL_MAG_CAP);
             let live = (*up).pool.live();
             if live > 0 {
                 return Err(PoolError::PoolInUse { live_blocks: live });
@@ -898,6 +1092,11 @@ impl<S: PageSource> Heap<S> {
                 *link = (*up).next;
             }
             (*st).user_pool_count -= 1;
+            (*st).last_pool = PoolId {
+                addr: 0,
+                generation: 0,
+            };
+            (*st).last_pool_header = ptr::null_mut();
             (*st).pools.free(NonNull::new_unchecked(up).cast());
         }
         Ok(())
@@ -954,7 +1153,7 @@ impl<S: PageSource> Heap<S> {
         while !up.is_null() {
             // SAFETY: members of the user pool list are live pool headers.
             let u = unsafe { &*up };
-            let ps = PoolStats::of(&u.pool, 0);
+            let ps = PoolStats::of(&u.pool, u.mag.len());
             chunks += ps.chunks;
             held += ps.in_use * ps.block_size;
             if listed < MAX_POOL_STATS {
@@ -1037,9 +1236,10 @@ impl<S: PageSource> Heap<S> {
             if u.kind != KIND_POOL || pools >= pool_slots {
                 return Err(InvariantError::DescriptorCorrupt { addr: up.addr() });
             }
+            let cached = u.mag.cached();
             u.pool
-                .check(&raw const u.pool, &s.map, &[], |_| chunks += 1)?;
-            held += u.pool.live() * usize::from(u.pool.geo.stride);
+                .check(&raw const u.pool, &s.map, cached, |_| chunks += 1)?;
+            held += (u.pool.live() - cached.len()) * usize::from(u.pool.geo.stride);
             pools += 1;
             up = u.next;
         }
@@ -1183,20 +1383,21 @@ mod tests {
         assert_eq!(size_of::<PageMap>(), 32, "{msg}");
         assert_eq!(offset_of!(HeapState, mags), 3008, "{msg}");
         assert_eq!(size_of::<Magazines>(), 36 * 4 + 36 * 64 * 8, "{msg}");
-        assert_eq!(size_of::<HeapState>(), 21584, "{msg}");
+        assert_eq!(offset_of!(HeapState, last_pool), 21584, "{msg}");
+        assert_eq!(size_of::<HeapState>(), 21608, "{msg}");
         assert_eq!(FIRST_RUN_PAGES, 6, "{msg}");
         let debug = cfg!(feature = "debug-checks");
         assert_eq!(DESC_SLOT, if debug { 104 } else { 32 }, "{msg}");
-        assert_eq!(POOL_SLOT, 80, "{msg}");
+        assert_eq!(POOL_SLOT, 344, "{msg}");
         let first_slots =
             (FIRST_RUN_PAGES * PAGE_SIZE - STATE_OFFSET - size_of::<HeapState>()) / DESC_SLOT;
-        assert_eq!(first_slots, if debug { 28 } else { 92 }, "{msg}");
+        assert_eq!(first_slots, if debug { 28 } else { 91 }, "{msg}");
         assert_eq!(
             (PAGE_SIZE - 40) / DESC_SLOT,
             if debug { 39 } else { 126 },
             "{msg}"
         );
-        assert_eq!((PAGE_SIZE - 40) / POOL_SLOT, 50, "{msg}");
+        assert_eq!((PAGE_SIZE - 40) / POOL_SLOT, 11, "{msg}");
         let g1 = Geometry::new(1);
         let g7 = Geometry::new(7);
         assert_eq!(
@@ -1619,6 +1820,61 @@ mod tests {
     }
 
     #[test]
+    fn user_pool_magazines_cache_freed_blocks() {
+        let mut h = heap(256);
+        let a = h.create_pool(40, 8).unwrap();
+        let b = h.create_pool(64, 64).unwrap();
+        // A freed block comes back first (LIFO), from the magazine, with no chunk work.
+        let p = h.pool_alloc(a).unwrap();
+        // SAFETY: allocated above from `a`.
+        unsafe { h.pool_free(a, p) };
+        assert_eq!(h.pool_alloc(a).unwrap(), p);
+        // Alternating pools (the id cache switches) keep their blocks apart.
+        let q = h.pool_alloc(b).unwrap();
+        assert_eq!(q.addr().get() % 64, 0);
+        // SAFETY: allocated above from `b`, then `a`.
+        unsafe {
+            h.pool_free(b, q);
+            h.pool_free(a, p);
+        }
+        assert_eq!(h.pool_alloc(b).unwrap(), q);
+        // More frees than a magazine holds: the oldest go back to their chunks.
+        let blocks: Vec<_> = (0..3 * POOL_MAG_CAP)
+            .map(|i| {
+                let p = h.pool_alloc(a).unwrap();
+                fill(p, 40, i as u8);
+                p
+            })
+            .collect();
+        for (i, &p) in blocks.iter().enumerate() {
+            check(p, 40, i as u8);
+            // SAFETY: allocated above from `a`.
+            unsafe { h.pool_free(a, p) };
+            h.check_invariants().unwrap();
+        }
+        let s = h.stats();
+        let sa = s.pools.iter().flatten().find(|u| u.id == a).unwrap();
+        assert_eq!(sa.pool.in_use, 0, "cached blocks count as free");
+        assert!(sa.pool.cached > 0 && sa.pool.cached <= POOL_MAG_CAP);
+        // Destroying a pool whose blocks sit in its magazine works and gives its chunks back.
+        h.destroy_pool(a).unwrap();
+        assert_eq!(h.pool_alloc(a), Err(AllocError::NoSuchPool));
+        // SAFETY: allocated above from `b`.
+        unsafe { h.pool_free(b, q) };
+        h.trim();
+        let s = h.stats();
+        let sb = s.pools.iter().flatten().find(|u| u.id == b).unwrap();
+        assert_eq!(
+            (sb.pool.cached, sb.pool.chunks),
+            (0, 0),
+            "trim empties pool magazines"
+        );
+        h.destroy_pool(b).unwrap();
+        h.trim();
+        assert_only_roots_left(&h);
+    }
+
+    #[test]
     fn tiny_pools_pack_blocks_below_eight_bytes() {
         let mut h = heap(256);
         let sizes = if cfg!(miri) {
@@ -1931,6 +2187,29 @@ mod tests {
             let p = h.allocate(layout(10_000, 8)).unwrap();
             // SAFETY: deliberately wrong.
             unsafe { h.deallocate(p, layout(64, 8)) };
+        }
+
+        #[test]
+        #[should_panic(expected = "kheap: double free of")]
+        fn pool_double_free_of_a_cached_block() {
+            let mut h = heap(64);
+            let id = h.create_pool(48, 16).unwrap();
+            let p = h.pool_alloc(id).unwrap();
+            // SAFETY: deliberately wrong: the first free puts `p` in the pool's magazine.
+            unsafe {
+                h.pool_free(id, p);
+                h.pool_free(id, p);
+            }
+        }
+
+        #[test]
+        #[should_panic(expected = "kheap: free of interior pointer")]
+        fn pool_free_of_an_interior_pointer() {
+            let mut h = heap(64);
+            let id = h.create_pool(48, 16).unwrap();
+            let p = h.pool_alloc(id).unwrap();
+            // SAFETY: deliberately wrong.
+            unsafe { h.pool_free(id, p.add(8)) };
         }
 
         #[test]

@@ -51,7 +51,7 @@
 //! ```text
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
-//!   40     HeapState      21584 B
+//!   40     HeapState      21608 B
 //!   40       classes       2016 B   36 × Pool (56 B): partial/full/empty lists, counters, geometry
 //!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
 //!   2848     descs           56 B   Roots: the descriptor chain (this run is its first)
@@ -63,13 +63,15 @@
 //!                                   cached level-2 node              │
 //!   3048     mags         18576 B   Magazines: 36 counts (u32), then ┘
 //!                                   36 × 64 block pointers
-//!   21624  descriptor slots         92 × 32 B ChunkDesc (28 × 104 B with debug-checks)
+//!   21624    last pool       24 B   the user pool named last and its header (skips the id
+//!                                   check's page-map lookup on repeated calls)
+//!   21648  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
 //! A later descriptor run is a 40-byte header and 126 slots of 32 bytes (39 of 104); a pool run
-//! is a header and 50 `UserPool` slots of 80 bytes. The unit test
-//! `root_page_layout_matches_the_crate_docs` keeps these numbers true.
+//! is a header and 11 `UserPool` slots of 344 bytes (a pool's header and its magazine). The unit
+//! test `root_page_layout_matches_the_crate_docs` keeps these numbers true.
 //!
 //! A chunk (module `chunk`) is one page of blocks of its pool's stride. Blocks of 8 bytes and more
 //! keep a LIFO free list threaded through the free blocks as 16-bit in-chunk byte offsets, plus a
@@ -112,7 +114,9 @@
 //! alignment, a page-map lookup and every refill or flush go through out-of-line slow paths to
 //! the same magazines.
 //!
-//! User pools have no magazines: their blocks go straight to their chunks.
+//! User pools of 8-byte blocks and more have a magazine of their own, in their header: 32
+//! blocks, refilled and flushed 8 at a time. Pools of 1–7-byte blocks go straight to their
+//! chunks, whose free bitmap is also what catches a double free there.
 //!
 //! # Size classes
 //!

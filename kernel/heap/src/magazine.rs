@@ -225,6 +225,99 @@ impl Magazines {
     }
 }
 
+/// Blocks the magazine of one user pool holds (pools of 8-byte blocks and more; see
+/// [`PoolMagazine`]). Smaller than a class magazine: it lives in the pool's header slot, so it
+/// sets the slot size (344 bytes: a pool run holds 11 headers), and a pool serves one object type whose
+/// owner usually frees and allocates in step.
+pub const POOL_MAG_CAP: usize = 32;
+
+/// Blocks moved at once between a pool's magazine and its chunks: a quarter, as for the classes.
+pub const POOL_MAG_BATCH: usize = POOL_MAG_CAP / 4;
+
+/// The magazine of one user pool: the same LIFO cache of free blocks as a class's, kept in the
+/// pool header. Pools of 1–7-byte blocks do not use it: their chunks track free blocks in a
+/// bitmap, which is also what catches a double free there, and a cached block would hide from it.
+#[derive(Debug)]
+#[repr(C)]
+pub struct PoolMagazine {
+    /// Blocks held (at most [`POOL_MAG_CAP`]).
+    len: u32,
+    /// `slots[..len]`: the free blocks, oldest first; never null.
+    slots: [*mut u8; POOL_MAG_CAP],
+}
+
+impl PoolMagazine {
+    /// An empty magazine.
+    pub const fn new() -> Self {
+        Self {
+            len: 0,
+            slots: [ptr::null_mut(); POOL_MAG_CAP],
+        }
+    }
+
+    /// Blocks cached.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// The cached blocks, oldest first.
+    pub fn cached(&self) -> &[*mut u8] {
+        &self.slots[..self.len()]
+    }
+
+    /// Takes the most recently cached block, if any.
+    #[inline]
+    pub fn pop(&mut self) -> Option<NonNull<u8>> {
+        let n = self.len.checked_sub(1)?;
+        self.len = n;
+        NonNull::new(self.slots[n as usize])
+    }
+
+    /// Caches `block`, unless the magazine is full (then `false`, and nothing changed).
+    #[inline]
+    pub fn push(&mut self, block: NonNull<u8>) -> bool {
+        let n = self.len();
+        if n == POOL_MAG_CAP {
+            return false;
+        }
+        self.slots[n] = block.as_ptr();
+        self.len += 1;
+        true
+    }
+
+    /// The slots a refill of an empty magazine writes to; [`set_len`](Self::set_len) then
+    /// records how many it filled.
+    pub fn refill_room(&mut self) -> &mut [*mut u8] {
+        debug_assert_eq!(self.len, 0);
+        &mut self.slots[..POOL_MAG_BATCH]
+    }
+
+    /// Records that the first `n` slots hold blocks (non-null).
+    pub fn set_len(&mut self, n: usize) {
+        assert!(n <= POOL_MAG_CAP);
+        self.len = n as u32;
+    }
+
+    /// Removes the `n` oldest blocks (at most all) and returns them, in a copy, oldest first,
+    /// with their number; the newer blocks move down.
+    pub fn take_oldest(&mut self, n: usize) -> ([*mut u8; POOL_MAG_CAP], usize) {
+        let len = self.len();
+        let n = n.min(len);
+        let mut out = [ptr::null_mut(); POOL_MAG_CAP];
+        out[..n].copy_from_slice(&self.slots[..n]);
+        self.slots.copy_within(n..len, 0);
+        self.len = (len - n) as u32;
+        (out, n)
+    }
+}
+
+impl Default for PoolMagazine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Default for Magazines {
     fn default() -> Self {
         Self::new()
@@ -234,6 +327,34 @@ impl Default for Magazines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_magazine_is_lifo_and_flushes_oldest_first() {
+        let mut blocks = [0u64; POOL_MAG_CAP + 1];
+        let ptrs: std::vec::Vec<NonNull<u8>> = blocks
+            .iter_mut()
+            .map(|b| NonNull::from(b).cast::<u8>())
+            .collect();
+        let mut m = PoolMagazine::new();
+        assert_eq!(m.pop(), None);
+        for &p in &ptrs[..POOL_MAG_CAP] {
+            assert!(m.push(p));
+        }
+        assert!(!m.push(ptrs[POOL_MAG_CAP]), "full");
+        assert_eq!(m.len(), POOL_MAG_CAP);
+        let (old, n) = m.take_oldest(POOL_MAG_BATCH);
+        assert_eq!(n, POOL_MAG_BATCH);
+        assert_eq!(old[0], ptrs[0].as_ptr());
+        assert_eq!(m.cached()[0], ptrs[POOL_MAG_BATCH].as_ptr());
+        assert_eq!(m.pop(), Some(ptrs[POOL_MAG_CAP - 1]));
+        let (_, n) = m.take_oldest(POOL_MAG_CAP);
+        assert_eq!(n, POOL_MAG_CAP - POOL_MAG_BATCH - 1);
+        assert_eq!(m.pop(), None);
+        let room = m.refill_room();
+        room[0] = ptrs[3].as_ptr();
+        m.set_len(1);
+        assert_eq!(m.pop(), Some(ptrs[3]));
+    }
 
     #[test]
     fn lifo_and_oldest_first_flush() {

@@ -30,6 +30,7 @@ use crate::chunk::FreeFault;
 use crate::chunk::{ChunkDesc, Geometry, list};
 use crate::debug::{self, Owner};
 use crate::error::InvariantError;
+use crate::magazine::PoolMagazine;
 use crate::pagemap::{Entry, PageMap};
 use crate::root::Roots;
 use crate::source::{PageSource, PageSourceError};
@@ -78,6 +79,8 @@ pub struct UserPool {
     pub next: *mut UserPool,
     /// The pool itself.
     pub pool: Pool,
+    /// Free blocks cached in front of the pool's chunks (unused for 1–7-byte blocks).
+    pub mag: PoolMagazine,
 }
 
 /// Per-pool numbers (also used for statistics).

@@ -314,23 +314,25 @@ impl Roots {
         released
     }
 
-    /// The slot at `addr` inside the root run starting at `base`, if `addr` is exactly the
-    /// start of a slot handed out at least once. O(1).
+    /// The slot at `addr` inside the root run starting at `base`, if the run's slots are
+    /// `slot_size` bytes (a run of that chain) and `addr` is exactly the start of a slot handed
+    /// out at least once. O(1); inlined, so a constant `slot_size` makes the division a
+    /// multiplication.
     ///
     /// # Safety
     ///
     /// `base` must be the start of a live root run of this heap (as the page map records it).
-    pub unsafe fn slot_at(base: NonNull<u8>, addr: usize) -> Option<NonNull<u8>> {
+    #[inline]
+    pub unsafe fn slot_at(base: NonNull<u8>, addr: usize, slot_size: usize) -> Option<NonNull<u8>> {
         let header = base.as_ptr().cast::<RootHeader>();
         // SAFETY: `base` is a live root run, so its header is readable.
         let h = unsafe { &*header };
-        if h.magic != ROOT_MAGIC {
+        if h.magic != ROOT_MAGIC || h.slot_size as usize != slot_size || slot_size == 0 {
             return None;
         }
         let offset = addr.checked_sub(base.addr().get())?;
         let rel = offset.checked_sub(h.slot_offset as usize)?;
-        let size = h.slot_size as usize;
-        if size == 0 || rel % size != 0 || rel / size >= h.slot_bump as usize {
+        if rel % slot_size != 0 || rel / slot_size >= h.slot_bump as usize {
             return None;
         }
         // SAFETY: in bounds of the run (below `slot_offset + slot_bump * SLOT_SIZE`).
@@ -502,9 +504,11 @@ mod tests {
                 panic!()
             };
             // SAFETY: `run` is a live root run per the page map.
-            assert_eq!(unsafe { Roots::slot_at(run, s.addr().get()) }, Some(s));
-            // SAFETY: as above.
-            assert_eq!(unsafe { Roots::slot_at(run, s.addr().get() + 8) }, None);
+            let at = |addr, size| unsafe { Roots::slot_at(run, addr, size) };
+            assert_eq!(at(s.addr().get(), DESC_SLOT), Some(s));
+            assert_eq!(at(s.addr().get() + 8, DESC_SLOT), None);
+            // A run of descriptor slots is not a run of pool slots.
+            assert_eq!(at(s.addr().get(), POOL_SLOT), None);
         }
         for &s in slots.iter().rev().take(10) {
             // SAFETY: allocated above, freed once.
@@ -608,6 +612,7 @@ mod tests {
             panic!()
         };
         // SAFETY: a live root run per the page map.
-        assert_eq!(unsafe { Roots::slot_at(run, s.addr().get()) }, Some(s));
+        let found = unsafe { Roots::slot_at(run, s.addr().get(), POOL_SLOT) };
+        assert_eq!(found, Some(s));
     }
 }
