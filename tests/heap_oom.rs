@@ -25,26 +25,11 @@ use core::ptr;
 
 use kernel::soak::{Baseline, INSERT_HEADROOM_FRAMES};
 use kernel::{allocator, memory, serial_println};
+use kheap_workload::Rng;
 
 kernel::qemu_args!("-m 32M");
 
 kernel::test_kernel!();
-
-/// Small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-}
 
 /// `alloc(layout)` whose result the optimiser cannot see through. (An allocation used only for a
 /// null check may otherwise be elided and assumed to succeed — LLVM treats `__rust_alloc` as an
@@ -162,15 +147,15 @@ impl Chain {
 /// A layout of mixed size (16 B to 1 MiB, skewed small) and alignment (8 B to 4 KiB) drawn from
 /// `rng`, no larger than `ceiling`.
 fn mixed_layout(rng: &mut Rng, ceiling: usize) -> Layout {
-    let size = match rng.range(0, 99) {
-        0..=49 => rng.range(16, 128),
-        50..=79 => rng.range(129, 4096),
-        80..=94 => rng.range(4097, 65536),
-        _ => rng.range(65537, 1 << 20),
+    let size = match rng.range_usize(0, 99) {
+        0..=49 => rng.range_usize(16, 128),
+        50..=79 => rng.range_usize(129, 4096),
+        80..=94 => rng.range_usize(4097, 65536),
+        _ => rng.range_usize(65537, 1 << 20),
     }
     .min(ceiling);
-    let max_log2 = if rng.range(0, 9) == 0 { 12 } else { 4 };
-    let align = 1 << rng.range(3, max_log2);
+    let max_log2 = if rng.range_usize(0, 9) == 0 { 12 } else { 4 };
+    let align = 1 << rng.range_usize(3, max_log2);
     Layout::from_size_align(size, align).expect("valid layout")
 }
 
@@ -201,7 +186,7 @@ fn exhaust_with_mixed_sizes(rng: &mut Rng) -> (Chain, usize) {
 #[test_case]
 fn mixed_sizes_until_null_then_recover() {
     let before = Baseline::take().expect("heap initialised");
-    let mut rng = Rng(0x0032_0000_0000_0001);
+    let mut rng = Rng::new(0x0032_0000_0000_0001);
     let (mut chain, refusals) = exhaust_with_mixed_sizes(&mut rng);
     let failed = report_failure("mixed sizes");
     assert_eq!(

@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
 use kheap::ObjectPool;
+use kheap_workload::Rng;
 
 use crate::allocator::{self, HEAP};
 use crate::memory;
@@ -56,21 +57,6 @@ struct Task {
     name: [u8; 24],
     parent: Option<u64>,
     state: u32,
-}
-
-/// Small deterministic PRNG (xorshift64*), so runs are repeatable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// The byte pattern a block of id `id` holds at offset `i`.
@@ -231,8 +217,9 @@ impl Live {
         drop(task_boxes);
         drop(tasks);
 
-        // Random churn: sizes from 1 B to 256 KiB, every byte patterned and checked on free.
-        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        // Random churn: sizes from 1 B to 256 KiB, every byte patterned and checked on free. The
+        // seeded generator (shared with the benchmarks) makes every run the same.
+        let mut rng = Rng::new(0x1234_5678_9ABC_DEF1);
         let mut churned: Vec<(u64, Box<[u8]>)> = Vec::new();
         let mut churn_ops = 0;
         for id in 0..20_000u64 {

@@ -432,6 +432,7 @@ mod tests {
         };
         let w = Workload {
             name: "overlap",
+            title: alloc::string::String::new(),
             setup: Vec::new(),
             ops: alloc::vec![
                 Op::Alloc {
@@ -448,6 +449,7 @@ mod tests {
                 Op::Free { slot: 1 },
             ],
             slots: 2,
+            bump_bytes: 2 * (64 + 8),
         };
         let mut slots = Slots::default();
         let result = verify(&mut a, &w, usize::MAX, &mut slots);

@@ -5,7 +5,7 @@
 //!                                        [--runs N] [--seed N] [--out DIR]
 //! ```
 //!
-//! Each workload (see `workload`) is generated once and replayed, for every allocator (see
+//! Each workload (see the `kheap-workload` crate, shared with the in-kernel benchmark) is generated once and replayed, for every allocator (see
 //! `peers`): first an untimed verification pass (`verify`), then `--runs` timed runs with the
 //! allocator order rotated between runs, then one pass timing every call with `rdtsc`
 //! (`measure`). Heap efficiency replays an allocation-heavy stream in a fixed 16 MiB budget
@@ -22,16 +22,17 @@ mod peers;
 mod report;
 mod svg;
 mod verify;
-mod workload;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arena::ArenaMemory;
+/// The workload generator, shared with the in-kernel benchmark (`kernel/heap/workload`).
+use kheap_workload as workload;
 use measure::{Efficiency, Latency, Timed};
 use peers::{BenchAlloc, Peer, Visit, with_peer};
 use report::{EfficiencyResult, PeerRun, Report, WorkloadResult};
-use workload::{Mix, Scale, WORKLOAD_NAMES, Workload};
+use workload::{Generator, Mix, Sizes, WORKLOAD_NAMES, Workload};
 
 /// Everything the command line chooses.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ struct Options {
 /// Sizes and budgets that differ between the full benchmark and the smoke mode.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
-    scale: Scale,
+    scale: Sizes,
     /// Arena of the timed runs: big enough that no heap runs out on any workload.
     arena_bytes: usize,
     /// Fixed budget of the heap-efficiency test.
@@ -63,9 +64,32 @@ struct Limits {
     verify_ops: usize,
 }
 
+/// The full benchmark's workload sizes (the in-kernel benchmark's full scale uses the same).
+const FULL_SIZES: Sizes = Sizes {
+    churn_ops: 400_000,
+    live_targets: [10_000, 4_000, 2_000],
+    realloc_steps: 20_000,
+    realloc_max: 1 << 20,
+    scaling_levels: &[1_000, 10_000, 100_000],
+    scaling_ops: 200_000,
+    // The generator every recorded host result was measured with.
+    generator: Generator::WyRand,
+};
+
+/// Smoke mode: tiny, for `cargo test` and quick checks.
+const QUICK_SIZES: Sizes = Sizes {
+    churn_ops: 3_000,
+    live_targets: [300, 200, 100],
+    realloc_steps: 400,
+    realloc_max: 64 << 10,
+    scaling_levels: &[100, 1_000],
+    scaling_ops: 2_000,
+    ..FULL_SIZES
+};
+
 impl Limits {
     const FULL: Self = Self {
-        scale: Scale::FULL,
+        scale: FULL_SIZES,
         arena_bytes: 64 << 20,
         efficiency_bytes: 16 << 20,
         replay_budget: Duration::from_secs(2),
@@ -73,7 +97,7 @@ impl Limits {
         verify_ops: 100_000,
     };
     const QUICK: Self = Self {
-        scale: Scale::QUICK,
+        scale: QUICK_SIZES,
         arena_bytes: 8 << 20,
         efficiency_bytes: 1 << 20,
         replay_budget: Duration::from_millis(300),
@@ -280,7 +304,7 @@ fn bench_workload(
         started.elapsed().as_secs_f64()
     );
     WorkloadResult {
-        name: w.name.clone(),
+        name: w.name.into(),
         title: w.title.clone(),
         ops: w.ops.len(),
         peers: results,
@@ -521,10 +545,7 @@ mod tests {
                 assert!(r.ok(), "{} was not timed on {}", p.name(), w.name);
             }
         }
-        assert_eq!(
-            report.workloads.len(),
-            4 + Scale::QUICK.scaling_levels.len()
-        );
+        assert_eq!(report.workloads.len(), 4 + QUICK_SIZES.scaling_levels.len());
         assert_eq!(report.efficiency.len(), 3);
         report.write(&dir).unwrap();
         for f in [
