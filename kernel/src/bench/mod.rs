@@ -122,14 +122,10 @@ impl Scale {
                 repeats: 2,
             },
             Self::Full => Sizes {
+                // The host benchmark's full sizes, drawn with this benchmark's generator.
                 workloads: workload::Sizes {
-                    churn_ops: 400_000,
-                    live_targets: [10_000, 4_000, 2_000],
-                    realloc_steps: 20_000,
-                    realloc_max: 1 << 20,
-                    scaling_levels: &[1_000, 10_000, 100_000],
-                    scaling_ops: 200_000,
                     generator: KBENCH_GENERATOR,
+                    ..workload::Sizes::FULL
                 },
                 linked_list_cap_1e5: 10_000,
                 // 64 MiB: the largest live sets (1e5 small objects ≈ 10 MiB; eight vectors of up

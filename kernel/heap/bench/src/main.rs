@@ -64,18 +64,6 @@ struct Limits {
     verify_ops: usize,
 }
 
-/// The full benchmark's workload sizes (the in-kernel benchmark's full scale uses the same).
-const FULL_SIZES: Sizes = Sizes {
-    churn_ops: 400_000,
-    live_targets: [10_000, 4_000, 2_000],
-    realloc_steps: 20_000,
-    realloc_max: 1 << 20,
-    scaling_levels: &[1_000, 10_000, 100_000],
-    scaling_ops: 200_000,
-    // The generator every recorded host result was measured with.
-    generator: Generator::WyRand,
-};
-
 /// Smoke mode: tiny, for `cargo test` and quick checks.
 const QUICK_SIZES: Sizes = Sizes {
     churn_ops: 3_000,
@@ -84,12 +72,13 @@ const QUICK_SIZES: Sizes = Sizes {
     realloc_max: 64 << 10,
     scaling_levels: &[100, 1_000],
     scaling_ops: 2_000,
-    ..FULL_SIZES
+    // The generator every recorded host result was measured with (`Sizes::FULL`'s).
+    generator: Generator::WyRand,
 };
 
 impl Limits {
     const FULL: Self = Self {
-        scale: FULL_SIZES,
+        scale: Sizes::FULL,
         arena_bytes: 64 << 20,
         efficiency_bytes: 16 << 20,
         replay_budget: Duration::from_secs(2),

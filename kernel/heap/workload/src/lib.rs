@@ -394,6 +394,21 @@ pub struct Sizes {
     pub generator: Generator,
 }
 
+impl Sizes {
+    /// The full benchmark's sizes. Both benchmarks run these (the in-kernel one with its own
+    /// generator: `Sizes { generator: …, ..Sizes::FULL }`), so that their reports describe the
+    /// same amount of work.
+    pub const FULL: Self = Self {
+        churn_ops: 400_000,
+        live_targets: [10_000, 4_000, 2_000],
+        realloc_steps: 20_000,
+        realloc_max: 1 << 20,
+        scaling_levels: &[1_000, 10_000, 100_000],
+        scaling_ops: 200_000,
+        generator: Generator::WyRand,
+    };
+}
+
 /// Names of the workload families (`scaling` stands for all of its levels), for command lines.
 pub const WORKLOAD_NAMES: [&str; 5] = [
     "small-churn",

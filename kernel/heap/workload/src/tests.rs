@@ -20,15 +20,7 @@ const HOST_QUICK: Sizes = Sizes {
 };
 
 /// The full sizes (the same in both benchmarks), with the host benchmark's generator.
-const HOST_FULL: Sizes = Sizes {
-    churn_ops: 400_000,
-    live_targets: [10_000, 4_000, 2_000],
-    realloc_steps: 20_000,
-    realloc_max: 1 << 20,
-    scaling_levels: &[1_000, 10_000, 100_000],
-    scaling_ops: 200_000,
-    generator: Generator::WyRand,
-};
+const HOST_FULL: Sizes = Sizes::FULL;
 
 /// The in-kernel benchmark's smoke sizes.
 const KERNEL_SMOKE: Sizes = Sizes {
