@@ -874,6 +874,7 @@ impl<S: PageSource> Heap<S> {
     /// do (refilled from the chunks in batches); 1–7-byte pools go to their chunks directly.
     /// Like [`allocate`](Self::allocate), it drops the heap's caches and tries once more when
     /// the page source refuses.
+    #[inline]
     pub fn pool_alloc(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
         let up = self.user_pool(id).ok_or(AllocError::NoSuchPool)?;
         let st = self.state;
@@ -928,6 +929,7 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     ///
     /// `st` must be the live state and `up` a live pool header of it with an empty magazine.
+    #[inline(never)]
     unsafe fn pool_alloc_uncached(
         &mut self,
         st: *mut HeapState,
@@ -953,6 +955,7 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     ///
     /// `st` must be the live state and `up` a live pool header of it.
+    #[inline(never)]
     unsafe fn pool_flush(&mut self, st: *mut HeapState, up: *mut UserPool, n: usize) {
         // SAFETY: guaranteed by the caller. Every cached block is a block of a live chunk of the
         // pool that counts it as used, with the provenance of its chunk page (or the window);
@@ -980,6 +983,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// `ptr` must come from [`pool_alloc`](Self::pool_alloc)`(id)` of this heap and not have
     /// been freed since.
+    #[inline]
     pub unsafe fn pool_free(&mut self, id: PoolId, ptr: NonNull<u8>) {
         let Some(up) = self.user_pool(id) else {
             #[cfg(feature = "debug-checks")]

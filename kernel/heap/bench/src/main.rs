@@ -19,6 +19,7 @@
 mod arena;
 mod measure;
 mod peers;
+mod pools;
 mod report;
 mod svg;
 mod verify;
@@ -99,7 +100,8 @@ const USAGE: &str = "\
 usage: kheap-bench [options]
   --quick            smoke mode: tiny workloads, verification on, writes only with --out
   --workload NAME    run only this workload (repeatable): small-churn, kernel-mix,
-                     random-align, realloc-growth, scaling
+                     random-align, realloc-growth, scaling, pools (fixed-size objects:
+                     kheap user pools vs slabmalloc; --alloc does not apply to it)
   --alloc NAME       run only this allocator (repeatable): kheap, talc, rlsf, linked_list,
                      buddy, dlmalloc, good_memory, system, bump
   --runs N           timed runs per allocator and workload (default 5; 1 with --quick)
@@ -127,7 +129,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--timing-only" => o.timing_only = true,
             "--workload" => {
                 let w = value("--workload")?;
-                if !WORKLOAD_NAMES.contains(&w.as_str()) {
+                if !WORKLOAD_NAMES.contains(&w.as_str()) && w != POOLS {
                     return Err(format!("unknown workload {w:?}"));
                 }
                 o.workloads.push(w);
@@ -157,6 +159,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     if o.workloads.is_empty() {
         o.workloads = WORKLOAD_NAMES.iter().map(|s| s.to_string()).collect();
+        o.workloads.push(POOLS.into());
     }
     if o.peers.is_empty() {
         o.peers = Peer::ALL.to_vec();
@@ -169,6 +172,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     Ok(o)
 }
+
+/// `--workload` name of the fixed-size object benchmark (module `pools`).
+const POOLS: &str = "pools";
 
 /// Largest region the bump allocator is given: a workload that would need more (the realloc
 /// workload copies every vector at every doubling, about 1.6 GiB) is not run on it.
@@ -383,6 +389,7 @@ fn run(o: &Options, args: &[String]) -> Report {
     let mut workloads = Vec::new();
     for name in &o.workloads {
         match name.as_str() {
+            POOLS => {}
             "small-churn" => workloads.push(workload::small_churn(s, o.seed)),
             "kernel-mix" => workloads.push(workload::kernel_mix(s, o.seed)),
             "random-align" => workloads.push(workload::random_align(s, o.seed)),
@@ -444,6 +451,36 @@ fn run(o: &Options, args: &[String]) -> Report {
             peers,
         });
     }
+    let pools = if o.workloads.iter().any(|w| w == POOLS) {
+        let started = Instant::now();
+        let sizes = if o.quick {
+            pools::FixedSizes {
+                live: 200,
+                ops: 2_000,
+            }
+        } else {
+            pools::FixedSizes {
+                live: 10_000,
+                ops: 400_000,
+            }
+        };
+        let r = pools::bench(
+            sizes,
+            o.runs,
+            o.seed,
+            &mut memory,
+            limits.arena_bytes,
+            limits.replay_budget,
+        );
+        eprintln!(
+            "  {:<24} {:>6.1} s",
+            "pools",
+            started.elapsed().as_secs_f64()
+        );
+        r
+    } else {
+        Vec::new()
+    };
     Report {
         command: format!(
             "cargo run{} -p kheap-bench --{}",
@@ -471,6 +508,7 @@ fn run(o: &Options, args: &[String]) -> Report {
         tsc_step,
         workloads: results,
         efficiency,
+        pools,
     }
 }
 

@@ -186,6 +186,64 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
     }
 }
 
+/// The contestants of the fixed-size object benchmark (`pools`): ways to serve many objects of
+/// one layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixedPeer {
+    /// A kheap user pool for the layout (`Heap::create_pool`, `pool_alloc`, `pool_free`).
+    KheapPool,
+    /// slabmalloc 0.11.0: one `SCAllocator` of 4 KiB `ObjectPage`s for the layout's size,
+    /// refilled with pages from the arena.
+    Slabmalloc,
+    /// A general allocator of the main benchmark.
+    General(Peer),
+}
+
+impl FixedPeer {
+    /// Every contestant, in table order.
+    pub const ALL: [Self; 4] = [
+        Self::KheapPool,
+        Self::Slabmalloc,
+        Self::General(Peer::Kheap),
+        Self::General(Peer::Talc),
+    ];
+
+    /// Name used in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KheapPool => "kheap pool",
+            Self::Slabmalloc => "slabmalloc",
+            Self::General(Peer::Kheap) => "kheap (general)",
+            Self::General(p) => p.name(),
+        }
+    }
+}
+
+/// Creates `peer` for objects of `object` over the first `len` bytes of `memory`, runs `v` on it,
+/// and drops it.
+pub fn with_fixed_peer<V: Visit>(
+    peer: FixedPeer,
+    object: Layout,
+    memory: &mut ArenaMemory,
+    len: usize,
+    v: V,
+) -> V::Out {
+    match peer {
+        FixedPeer::General(p) => with_peer(p, memory, len, v),
+        FixedPeer::KheapPool => {
+            let region = memory.region(len);
+            // SAFETY: as in `with_peer`: the region is borrowed from `memory` for this call and
+            // used by this adapter alone, which is dropped before the call returns.
+            v.visit(&mut *unsafe { KheapPoolAlloc::new(region, object) })
+        }
+        FixedPeer::Slabmalloc => {
+            let region = memory.region(len);
+            // SAFETY: as above.
+            v.visit(&mut *unsafe { SlabAlloc::new(region, object) })
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Page sources over the arena
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +440,131 @@ impl BenchAlloc for KheapAlloc {
 
     fn release(&mut self) {
         self.heap.trim();
+    }
+}
+
+/// A kheap user pool for one object layout, over a page arena. Requests of any other layout
+/// are refused (`None`): the pool serves exactly one.
+struct KheapPoolAlloc {
+    heap: kheap::Heap<SharedPages>,
+    pages: SharedPages,
+    pool: kheap::PoolId,
+    object: Layout,
+}
+
+impl KheapPoolAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region, object: Layout) -> Box<Self> {
+        let pages = SharedPages::new(region);
+        let mut heap = kheap::Heap::new(pages.clone());
+        let pool = heap
+            .create_pool(object.size(), object.align())
+            .expect("kheap: create_pool for the benchmark's object layout");
+        Box::new(Self {
+            heap,
+            pages,
+            pool,
+            object,
+        })
+    }
+}
+
+impl BenchAlloc for KheapPoolAlloc {
+    fn name(&self) -> &'static str {
+        "kheap pool"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if layout != self.object {
+            return None;
+        }
+        self.heap.pool_alloc(self.pool).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
+        unsafe { self.heap.pool_free(self.pool, ptr) }
+    }
+
+    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
+        None
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.mapped_bytes())
+    }
+
+    fn peak_mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.peak_bytes())
+    }
+}
+
+/// A slabmalloc `SCAllocator` for one object layout, refilled with 4 KiB pages of an arena.
+struct SlabAlloc {
+    slab: slabmalloc::SCAllocator<'static, slabmalloc::ObjectPage<'static>>,
+    pages: PageArena,
+    object: Layout,
+}
+
+impl SlabAlloc {
+    /// # Safety
+    ///
+    /// `region` must be valid, unused by anything else, and outlive the adapter.
+    unsafe fn new(region: Region, object: Layout) -> Box<Self> {
+        const { assert!(size_of::<slabmalloc::ObjectPage<'static>>() == PAGE) };
+        Box::new(Self {
+            slab: slabmalloc::SCAllocator::new(object.size()),
+            pages: PageArena::new(region),
+            object,
+        })
+    }
+}
+
+impl BenchAlloc for SlabAlloc {
+    fn name(&self) -> &'static str {
+        "slabmalloc"
+    }
+
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if layout != self.object {
+            return None;
+        }
+        if let Ok(p) = self.slab.allocate(layout) {
+            return Some(p);
+        }
+        let page = self.pages.map(1)?;
+        // SAFETY: the page is 4 KiB, page aligned, fresh from the arena and ours alone until the
+        // adapter (and with it the arena region, which outlives it) is dropped; `refill` writes
+        // the page's metadata itself.
+        unsafe {
+            let page = &mut *page.as_ptr().cast::<slabmalloc::ObjectPage<'static>>();
+            self.slab.refill(page);
+        }
+        self.slab.allocate(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        self.slab
+            .deallocate(ptr, layout)
+            .expect("slabmalloc: deallocate of a block it handed out");
+    }
+
+    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
+        None
+    }
+
+    fn mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.mapped_pages() * PAGE)
+    }
+
+    fn peak_mapped_bytes(&self) -> Option<usize> {
+        Some(self.pages.peak_pages() * PAGE)
     }
 }
 

@@ -7,7 +7,8 @@ use std::io;
 use std::path::Path;
 
 use crate::measure::{Efficiency, Latency, MemoryUse, Percentiles, median};
-use crate::peers::Peer;
+use crate::peers::{FixedPeer, Peer};
+use crate::pools::FixedResult;
 use crate::svg::{self, Series};
 
 /// Everything measured for one allocator on one workload.
@@ -146,6 +147,8 @@ pub struct Report {
     pub workloads: Vec<WorkloadResult>,
     /// Heap efficiency per mix.
     pub efficiency: Vec<EfficiencyResult>,
+    /// Fixed-size objects: user pools against slabmalloc (module `pools`).
+    pub pools: Vec<FixedResult>,
 }
 
 /// Highest quantile drawn in the latency CDF.
@@ -689,6 +692,19 @@ impl Report {
         s.push_str(
             "\nThe other heaps own their whole arena from the start and cannot give pages back: n/a.\n",
         );
+        if !self.pools.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Fixed-size objects: user pools (kmem_cache-style) against slabmalloc\n\n\
+                 {}; ns per call (median of {} runs) and ratio to slabmalloc (median of per-run \
+                 ratios); peak pages taken from the arena in brackets.\n",
+                self.pools[0]
+                    .title
+                    .replace(&format!("of {} B ", self.pools[0].size), "of one size "),
+                self.runs
+            );
+            s.push_str(&self.pools_table());
+        }
         let _ = writeln!(s, "\n## Targets vs achieved\n");
         s.push_str(&self.targets_table());
         let _ = writeln!(s, "\n## Per-workload detail\n");
@@ -703,6 +719,40 @@ impl Report {
             }
         }
         s
+    }
+
+    /// One row per contestant, one column per object size.
+    fn pools_table(&self) -> String {
+        let mut headers = vec!["contestant".to_string()];
+        headers.extend(self.pools.iter().map(|r| format!("{} B objects", r.size)));
+        let rows = FixedPeer::ALL
+            .iter()
+            .map(|&p| {
+                let mut row = vec![p.name().to_string()];
+                for r in &self.pools {
+                    let cell = match r.runs.iter().find(|(q, _)| *q == p) {
+                        Some((_, run)) => match &run.verify {
+                            Err(e) => format!("failed: {e}"),
+                            Ok(_) if run.ns.is_empty() => "–".into(),
+                            Ok(_) => {
+                                let pages = run
+                                    .peak_bytes
+                                    .map_or(String::new(), |b| format!(" [{} pages]", b / 4096));
+                                format!(
+                                    "{} ({:.2}x){pages}",
+                                    fmt_ns(median(&run.ns)),
+                                    median(&run.ratio)
+                                )
+                            }
+                        },
+                        None => "–".into(),
+                    };
+                    row.push(cell);
+                }
+                row
+            })
+            .collect::<Vec<_>>();
+        md_table(&headers, &rows)
     }
 
     /// The whole REPORT.md.

@@ -527,6 +527,35 @@ pub fn scaling(s: &Sizes, live: usize, seed: u64) -> Workload {
     b.finish(scaling_name(live), title, setup, body)
 }
 
+/// Fixed-size objects, the load a dedicated pool (`kmem_cache`-style) serves: build `live`
+/// objects of `size` bytes aligned to `1 << align_log2` (untimed setup), then `ops` timed calls
+/// alternating a free of a random live object and a new allocation of the same size.
+pub fn fixed_size(
+    name: &'static str,
+    size: u32,
+    align_log2: u8,
+    live: usize,
+    ops: usize,
+    seed: u64,
+) -> Workload {
+    let mut rng = Rng::new(seed ^ 6 ^ (u64::from(size) << 8));
+    let mut b = Builder::default();
+    for _ in 0..live {
+        b.alloc(size, align_log2);
+    }
+    let setup = b.take_ops();
+    for _ in 0..ops / 2 {
+        b.free_random(&mut rng);
+        b.alloc(size, align_log2);
+    }
+    let body = b.take_ops();
+    let title = format!(
+        "fixed-size objects: {live} live objects of {size} B (align {}), {ops} free/alloc calls",
+        1u32 << align_log2
+    );
+    b.finish(name, title, setup, body)
+}
+
 /// Table name of a scaling level (`scaling-1e4`); `scaling` for a level that is not a power of
 /// ten from 10 to 10^9.
 pub fn scaling_name(live: usize) -> &'static str {
