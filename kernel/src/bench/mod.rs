@@ -45,6 +45,7 @@
 //! the same numbers on every boot (but no cache or memory effects). The report's header says
 //! which kind of count it printed ([`tsc::clock`]).
 
+pub mod fixed;
 pub mod memcost;
 pub mod peers;
 pub mod replay;
@@ -99,6 +100,8 @@ pub struct Sizes {
     /// (TCG compiles guest code on first execution), and the host is shared, so a single replay
     /// would be noisy.
     pub repeats: usize,
+    /// Live objects and timed calls of the fixed-size (user pool) section ([`fixed`]).
+    pub fixed: (usize, usize),
 }
 
 impl Scale {
@@ -120,6 +123,7 @@ impl Scale {
                 budget_pages: (8 << 20) / PAGE_SIZE,
                 memcost_iterations: 256,
                 repeats: 2,
+                fixed: (200, 2_000),
             },
             Self::Full => Sizes {
                 // The host benchmark's full sizes, drawn with this benchmark's generator.
@@ -133,6 +137,7 @@ impl Scale {
                 budget_pages: (64 << 20) / PAGE_SIZE,
                 memcost_iterations: 20_000,
                 repeats: 5,
+                fixed: (10_000, 200_000),
             },
         }
     }
@@ -286,7 +291,13 @@ pub fn run(scale: Scale) -> Result<(), BenchError> {
     drop(samples);
     report::latency(&latency, overhead);
 
-    // 3. The frame allocator and the page tables.
+    // 3. Fixed-size objects: user pools against slabmalloc.
+    let (live, ops) = sizes.fixed;
+    if let Err(e) = fixed::run(&sizes, live, ops, &mut slots) {
+        first_error.get_or_insert(e);
+    }
+
+    // 4. The frame allocator and the page tables.
     match memcost::measure(sizes.memcost_iterations) {
         Ok(costs) => report::memory_costs(&costs),
         Err(e) => {
