@@ -876,6 +876,25 @@ impl<S: PageSource> Heap<S> {
     /// the page source refuses.
     #[inline]
     pub fn pool_alloc(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
+        let st = self.state;
+        // The fast path, small enough to inline: the pool of the previous call, a cached block.
+        // SAFETY: `st` is live when not null; the id cache names a live pool or none.
+        unsafe {
+            if !st.is_null() && (*st).last_pool == id {
+                let up = (*st).last_pool_header;
+                if let Some(p) = Self::pool_pop(st, up) {
+                    (*st).requested += (*up).size as usize;
+                    return Ok(p);
+                }
+            }
+        }
+        self.pool_alloc_slow(id)
+    }
+
+    /// [`pool_alloc`](Self::pool_alloc) past its fast path: the id check through the page map,
+    /// refills, the retry after dropping the caches.
+    #[inline(never)]
+    fn pool_alloc_slow(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
         let up = self.user_pool(id).ok_or(AllocError::NoSuchPool)?;
         let st = self.state;
         // SAFETY: `up` is a live pool header (in a root slot, disjoint from the state), and
@@ -985,6 +1004,39 @@ impl<S: PageSource> Heap<S> {
     /// been freed since.
     #[inline]
     pub unsafe fn pool_free(&mut self, id: PoolId, ptr: NonNull<u8>) {
+        // The fast path of a release build, small enough to inline: the pool of the previous
+        // call, a block inside the page source's window, room in the magazine.
+        #[cfg(not(feature = "debug-checks"))]
+        // SAFETY: `st` is live when not null; the id cache names a live pool or none; a block
+        // inside the window may be reached through the window pointer (`PageSource`'s
+        // contract), and the caller vouches that `ptr` is a block of the pool.
+        unsafe {
+            let st = self.state;
+            if !st.is_null() && (*st).last_pool == id {
+                let up = (*st).last_pool_header;
+                let window = (*st).window;
+                if !(*up).pool.geo.is_tiny()
+                    && ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len
+                    && (*up)
+                        .mag
+                        .push(NonNull::new_unchecked(window).with_addr(ptr.addr()))
+                {
+                    (*st).requested -= (*up).size as usize;
+                    return;
+                }
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.pool_free_slow(id, ptr) }
+    }
+
+    /// [`pool_free`](Self::pool_free) past its fast path.
+    ///
+    /// # Safety
+    ///
+    /// As for `pool_free`.
+    #[inline(never)]
+    unsafe fn pool_free_slow(&mut self, id: PoolId, ptr: NonNull<u8>) {
         let Some(up) = self.user_pool(id) else {
             #[cfg(feature = "debug-checks")]
             panic!(

@@ -62,7 +62,9 @@ impl Drop for PoolAlloc {
 }
 
 impl BenchAlloc for PoolAlloc {
-    #[inline]
+    // Always inlined into the replay loop, as the general allocators' adapters are: under TCG a
+    // call and return cost far more time than their two instructions.
+    #[inline(always)]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         if layout != self.object {
             return None;
@@ -70,7 +72,7 @@ impl BenchAlloc for PoolAlloc {
         self.heap.pool_alloc(self.pool).ok()
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
         // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
         unsafe { self.heap.pool_free(self.pool, ptr) }
@@ -107,7 +109,9 @@ impl Drop for SlabAlloc {
 }
 
 impl BenchAlloc for SlabAlloc {
-    #[inline]
+    // Always inlined into the replay loop, as the general allocators' adapters are: under TCG a
+    // call and return cost far more time than their two instructions.
+    #[inline(always)]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         if layout != self.object {
             return None;
@@ -126,7 +130,7 @@ impl BenchAlloc for SlabAlloc {
         self.slab.allocate(layout).ok()
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
         // A block it handed out is always accepted (slabmalloc 0.11 never fails a deallocate).
         let _ = self.slab.deallocate(ptr, layout);
