@@ -1,6 +1,7 @@
 //! Sampled guard pages (`kernel::kfence`): sampled objects end at a page boundary followed by an
-//! unmapped page, so an overflow faults at once with a report naming the allocation; freed
-//! objects are unmapped, so a use after free faults too; and sampling is harmless otherwise.
+//! unmapped page, or start at one preceded by an unmapped page, so an overflow or an underflow
+//! faults at once with a report naming the allocation; freed objects are unmapped, so a use after
+//! free faults too; and sampling is harmless otherwise.
 
 #![no_std]
 #![no_main]
@@ -40,6 +41,25 @@ fn sampled_objects_work_and_their_pages_come_back() {
     for (i, b) in boxes.iter().enumerate() {
         assert!(b.iter().all(|&x| x == i as u8), "block {i} corrupted");
     }
+    // By default sampled objects alternate between the start and the end of their page.
+    let guarded = |at_start: bool| {
+        boxes
+            .iter()
+            .filter(|b| kfence::contains(b.as_ptr().addr()))
+            .filter(|b| {
+                let (start, end) = (b.as_ptr().addr(), b.as_ptr().addr() + b.len());
+                if at_start {
+                    start % 4096 == 0
+                } else {
+                    end % 4096 == 0
+                }
+            })
+            .count()
+    };
+    assert!(
+        guarded(true) > 5 && guarded(false) > 5,
+        "both placements are used"
+    );
     // Growing through realloc moves sampled objects out of their slots correctly.
     let mut v: Vec<u32> = Vec::new();
     for i in 0..5000 {
@@ -59,6 +79,7 @@ fn sampled_objects_work_and_their_pages_come_back() {
 }
 
 fn overflow_past_a_sampled_object() {
+    kfence::set_placement(kfence::Placement::End);
     kfence::enable(1);
     let layout = Layout::from_size_align(24, 8).unwrap();
     // SAFETY: deliberately not sound: writes one byte past the object, which must fault.
@@ -75,6 +96,25 @@ static OVERFLOW_PAST_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
     overflow_past_a_sampled_object,
 )
 .expecting("kfence: out-of-bounds access past the 24-byte allocation at 0x");
+
+fn underflow_before_a_sampled_object() {
+    kfence::set_placement(kfence::Placement::Start);
+    kfence::enable(1);
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    // SAFETY: deliberately not sound: writes one byte before the object, which must fault.
+    unsafe {
+        let p = black_box(alloc(layout));
+        assert!(kfence::contains(p.addr()), "the allocation was not sampled");
+        p.sub(1).write_volatile(1);
+    }
+}
+
+#[test_case]
+static UNDERFLOW_BEFORE_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
+    "underflow_before_a_sampled_object_faults",
+    underflow_before_a_sampled_object,
+)
+.expecting("kfence: out-of-bounds access before the 40-byte allocation at 0x");
 
 fn use_after_free_of_a_sampled_object() {
     kfence::enable(1);

@@ -6,7 +6,7 @@
 //! [`KernelPageSource`]); the memory layer never allocates.
 //!
 //! Every Nth allocation can be placed on a guarded page instead ([`kfence`], off until
-//! `kfence::enable`), so overflows and use-after-free of sampled objects fault at once.
+//! `kfence::enable`), so overflows, underflows and use-after-free of sampled objects fault at once.
 //!
 //! Allocation failures become null at the `GlobalAlloc` boundary; the last failed layout is kept
 //! so the panic path (`alloc`'s "memory allocation of N bytes failed") can print it together with

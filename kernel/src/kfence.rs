@@ -1,18 +1,22 @@
-//! Sampled guard-page allocations, after Linux KFENCE: every Nth heap allocation is placed at the
-//! very end of a page of its own, followed by a page that is never mapped. An overflow past the
-//! object faults at once, and so does any access after it is freed (its page is unmapped on
-//! free); the page-fault handler asks [`report_fault`] to name the allocation.
+//! Sampled guard-page allocations, after Linux KFENCE: every Nth heap allocation is placed in a
+//! page of its own between two pages that are never mapped, at the very end of its page or at its
+//! very start (alternately, by default): an overflow past an end-placed object or an underflow
+//! before a start-placed one faults at once, and so does any access after it is freed (its page
+//! is unmapped on free); the page-fault handler asks [`report_fault`] to name the allocation.
 //!
 //! ```text
-//!   KFENCE_BASE (top of the memory layer's scratch area; the guard area follows it)
-//!   ┌──────────────┬──────────────┬──────────────┬──────────────┬─ … ─┐
-//!   │ slot 0 page  │ guard (never │ slot 1 page  │ guard        │     │
-//!   │ …      [obj] │ mapped)      │ …      [obj] │              │     │
-//!   └──────────────┴──────────────┴──────────────┴──────────────┴─ … ─┘
+//!   KFENCE_START                KFENCE_BASE (the top of the memory layer's scratch area; the
+//!   │                           │             never-mapped guard area follows it)
+//!   ┌──────────────┬──────────────┬──────────────┬──────────────┬─ … ─┬──────────────┐
+//!   │ guard (never │ slot 0 page  │ guard        │ slot 1 page  │     │ slot 63 page │ guard area
+//!   │ mapped)      │ …      [obj] │              │ [obj]      … │     │ …            │
+//!   └──────────────┴──────────────┴──────────────┴──────────────┴─ … ─┴──────────────┘
 //! ```
 //!
-//! Off until [`enable`] is called with a sampling interval. The cost on the allocation path is
-//! one atomic increment while enabled (and one relaxed load while disabled); a sampled
+//! A fault in a guard page is reported against the nearer of its two neighbours that could have
+//! reached it: an end-placed object below it or a start-placed object above it (what Linux does
+//! too). Off until [`enable`] is called with a sampling interval. The cost on the allocation
+//! path is one atomic increment while enabled (and one relaxed load while disabled); a sampled
 //! allocation costs a frame and a mapping. If no slot or frame is free, the allocation simply
 //! goes to the heap. Only requests of at most a page, aligned to at most a page, are sampled.
 
@@ -32,8 +36,24 @@ const PAGE: u64 = 4096;
 /// First slot page: the top `2 * SLOTS` pages of the scratch area, so the last slot's guard is
 /// the first page of the never-mapped guard area.
 pub const KFENCE_BASE: u64 = SCRATCH_START + SCRATCH_SIZE - 2 * SLOTS as u64 * PAGE;
+/// The guard page below slot 0 (the scratch area's users map pages far below it).
+pub const KFENCE_START: u64 = KFENCE_BASE - PAGE;
 /// End of the KFENCE area.
 pub const KFENCE_END: u64 = SCRATCH_START + SCRATCH_SIZE;
+
+/// Where a sampled object goes in its page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// End and start in turn: catches overflows of half the objects, underflows of the other half.
+    Alternate,
+    /// At the page end (or as close as its alignment allows): an overflow faults.
+    End,
+    /// At the page start: an underflow faults.
+    Start,
+}
+
+/// The [`Placement`] in force: 0 alternate, 1 end, 2 start.
+static PLACEMENT: AtomicUsize = AtomicUsize::new(0);
 
 /// Sampling interval (0: off).
 static INTERVAL: AtomicUsize = AtomicUsize::new(0);
@@ -46,6 +66,8 @@ struct Slot {
     /// Address and size of the last object placed in this slot (kept after free, for reports).
     last_addr: usize,
     last_size: usize,
+    /// Whether that object was placed at the page start (else at the end).
+    at_start: bool,
 }
 
 struct State {
@@ -59,6 +81,7 @@ static STATE: Mutex<State> = Mutex::new(State {
         live: 0,
         last_addr: 0,
         last_size: 0,
+        at_start: false,
     }; SLOTS],
     sampled: 0,
     freed: 0,
@@ -81,6 +104,16 @@ pub struct KfenceStats {
 /// guarded until freed).
 pub fn enable(interval: usize) {
     INTERVAL.store(interval, Ordering::Relaxed);
+}
+
+/// Chooses where sampled objects go from now on ([`Placement::Alternate`] by default).
+pub fn set_placement(placement: Placement) {
+    let code = match placement {
+        Placement::Alternate => 0,
+        Placement::End => 1,
+        Placement::Start => 2,
+    };
+    PLACEMENT.store(code, Ordering::Relaxed);
 }
 
 /// The current counters.
@@ -131,13 +164,23 @@ pub fn alloc(layout: Layout) -> Option<*mut u8> {
             unsafe { memory::deallocate_frame(frame) };
             return None;
         }
-        // The object ends at the page end (or as close as its alignment allows).
-        let end = page_addr + PAGE;
-        let addr = (end - layout.size() as u64) & !(layout.align() as u64 - 1);
+        let at_start = match PLACEMENT.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => s.sampled % 2 == 1,
+        };
+        // At the page start (aligned for any alignment up to a page), or ending at the page end
+        // (or as close as its alignment allows).
+        let addr = if at_start {
+            page_addr
+        } else {
+            (page_addr + PAGE - layout.size() as u64) & !(layout.align() as u64 - 1)
+        };
         s.slots[index] = Slot {
             live: addr as usize,
             last_addr: addr as usize,
             last_size: layout.size(),
+            at_start,
         };
         s.sampled += 1;
         Some(addr as *mut u8)
@@ -197,22 +240,39 @@ pub fn size_of(ptr: *mut u8) -> Option<usize> {
     })
 }
 
-/// Describes a page fault at `addr` if it hit the KFENCE area: an out-of-bounds access past an
-/// object (into its guard page) or an access to a freed object. Called by the page-fault handler.
+/// Describes a page fault at `addr` if it hit the KFENCE area: an out-of-bounds access past or
+/// before an object (into a guard page) or an access to a freed object. Called by the page-fault
+/// handler.
 pub fn report_fault(addr: usize) -> Option<(&'static str, usize, usize)> {
-    if !contains(addr) {
+    let addr = addr as u64;
+    // Up to the first page of the guard area, which is the guard above the last slot.
+    if !(KFENCE_START..KFENCE_END + PAGE).contains(&addr) {
         return None;
     }
-    let offset = addr as u64 - KFENCE_BASE;
-    let index = (offset / (2 * PAGE)) as usize;
-    let in_guard = (offset / PAGE) % 2 == 1;
+    // Pages from KFENCE_START: guards at even positions, slot `i` at position `2i + 1`.
+    let position = (addr - KFENCE_START) / PAGE;
     // The handler may run while the state lock is held (a fault inside `alloc`/`free` is a bug
     // of this module); never wait for it here.
     let s = STATE.try_lock()?;
-    let slot = s.slots[index];
-    if in_guard {
-        Some(("out-of-bounds access past", slot.last_addr, slot.last_size))
+    if position % 2 == 1 {
+        let slot = s.slots[(position / 2) as usize];
+        return Some(("use-after-free of", slot.last_addr, slot.last_size));
+    }
+    // A guard page: between the slot below (its end-placed object overflows into it) and the slot
+    // above (its start-placed object underflows into it). Prefer the one on the faulting half.
+    let below = position
+        .checked_sub(2)
+        .map(|p| s.slots[(p / 2) as usize])
+        .filter(|sl| sl.last_size != 0 && !sl.at_start);
+    let above = s
+        .slots
+        .get((position / 2) as usize)
+        .filter(|sl| sl.last_size != 0 && sl.at_start);
+    let past = below.map(|sl| ("out-of-bounds access past", sl.last_addr, sl.last_size));
+    let before = above.map(|sl| ("out-of-bounds access before", sl.last_addr, sl.last_size));
+    if (addr - KFENCE_START) % PAGE < PAGE / 2 {
+        past.or(before)
     } else {
-        Some(("use-after-free of", slot.last_addr, slot.last_size))
+        before.or(past)
     }
 }
