@@ -28,7 +28,7 @@ use x86_64::VirtAddr;
 use x86_64::instructions::interrupts::without_interrupts;
 use x86_64::structures::paging::{Page, PageTableFlags, Size4KiB};
 
-use crate::memory::{self, SCRATCH_SIZE, SCRATCH_START};
+use crate::memory::{self, SCRATCH_KFENCE_PAGES, SCRATCH_SIZE, SCRATCH_START};
 
 /// Number of object slots (each an object page plus a guard page).
 pub const SLOTS: usize = 64;
@@ -36,8 +36,11 @@ const PAGE: u64 = 4096;
 /// First slot page: the top `2 * SLOTS` pages of the scratch area, so the last slot's guard is
 /// the first page of the never-mapped guard area.
 pub const KFENCE_BASE: u64 = SCRATCH_START + SCRATCH_SIZE - 2 * SLOTS as u64 * PAGE;
-/// The guard page below slot 0 (the scratch area's users map pages far below it).
+/// The guard page below slot 0.
 pub const KFENCE_START: u64 = KFENCE_BASE - PAGE;
+// The slots and their guards lie in the top of the scratch area that its hand-mapping helpers
+// leave alone.
+const _: () = assert!(KFENCE_START >= SCRATCH_START + SCRATCH_SIZE - SCRATCH_KFENCE_PAGES * PAGE);
 /// End of the KFENCE area.
 pub const KFENCE_END: u64 = SCRATCH_START + SCRATCH_SIZE;
 

@@ -16,14 +16,15 @@ use core::fmt;
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
 
-use super::heap_window::{SCRATCH_SIZE, SCRATCH_START};
+use super::heap_window::{SCRATCH_KFENCE_PAGES, SCRATCH_SIZE, SCRATCH_START};
 use super::paging;
 
 /// A physical frame, as handed out by [`frame_alloc`].
 pub type Frame = PhysFrame;
 
-/// Number of pages in the scratch area.
-pub const SCRATCH_PAGES: u64 = SCRATCH_SIZE / 4096;
+/// Number of pages of the scratch area the helpers here hand out (its top
+/// [`SCRATCH_KFENCE_PAGES`] are the sampled guard-page allocator's).
+pub const SCRATCH_PAGES: u64 = SCRATCH_SIZE / 4096 - SCRATCH_KFENCE_PAGES;
 
 /// Flags of scratch mappings: kernel data.
 const SCRATCH_FLAGS: PageTableFlags = PageTableFlags::PRESENT

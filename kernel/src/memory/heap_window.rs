@@ -68,10 +68,14 @@ pub const HEAP_SLOT_START: u64 = 0xFFFF_C000_0000_0000;
 pub const HEAP_SLOT_END: u64 = HEAP_SLOT_START + (1 << 39);
 
 /// Start of the scratch area: pages test and benchmark kernels map by hand (through
-/// [`map`](super::map)); nothing else uses it.
+/// [`map`](super::map)), and at its top the pages of the sampled guard-page allocator
+/// (`kernel/src/kfence.rs`); nothing else uses it.
 pub const SCRATCH_START: u64 = HEAP_SLOT_START;
 /// Size of the scratch area: 1 GiB.
 pub const SCRATCH_SIZE: u64 = 1 << 30;
+/// Pages at the top of the scratch area kept for the sampled guard-page allocator: the
+/// hand-mapping helpers (`bench_support`) never hand them out.
+pub const SCRATCH_KFENCE_PAGES: u64 = 256;
 
 /// The heap window is `2^WINDOW_ORDER` pages.
 pub const WINDOW_ORDER: u32 = 20;

@@ -54,8 +54,8 @@ use x86_64::{PhysAddr, VirtAddr};
 pub use frame::{BitmapFrameAllocator, FrameInitError, FrameStats};
 pub use heap_window::{
     HEAP_GUARD_PAGE, HEAP_GUARD_START, HEAP_SLOT_END, HEAP_SLOT_START, HEAP_WINDOW_END,
-    HEAP_WINDOW_PAGES, HEAP_WINDOW_SIZE, HEAP_WINDOW_START, KernelPageSource, SCRATCH_SIZE,
-    SCRATCH_START,
+    HEAP_WINDOW_PAGES, HEAP_WINDOW_SIZE, HEAP_WINDOW_START, KernelPageSource, SCRATCH_KFENCE_PAGES,
+    SCRATCH_SIZE, SCRATCH_START,
 };
 pub use paging::{MapError, UnmapError};
 pub use regions::{Bytes, MapSummary};
