@@ -422,12 +422,27 @@ impl<S: PageSource> Heap<S> {
         // its chunk page; it is given back exactly once, as it leaves the magazine here.
         unsafe {
             let (blocks, n) = Magazines::take_oldest(&raw mut (*st).mags, i, n);
-            let pool = class_pool(st, i);
+            self.give_back(st, class_pool(st, i), &blocks[..n]);
+        }
+    }
+
+    /// Gives blocks that left a magazine back to their chunks of `pool` (one page-map lookup
+    /// each); chunks that empty go to the reserve or back to the page source.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state and `pool` a live list-chunk pool of it; every non-null entry
+    /// of `blocks` a block of one of its chunks that counts it as used, with a provenance covering
+    /// the block, given back exactly once.
+    unsafe fn give_back(&mut self, st: *mut HeapState, pool: *mut Pool, blocks: &[*mut u8]) {
+        // SAFETY: guaranteed by the caller; the pool and the fields `ctx` borrows are disjoint.
+        unsafe {
+            let stride = usize::from((*pool).geo.stride);
             let mut ctx = Self::ctx(st, &mut self.source);
-            for &b in &blocks[..n] {
+            for &b in blocks {
                 let Some(p) = NonNull::new(b) else { continue };
                 if let Entry::Chunk(d) = ctx.map.lookup(b.addr()) {
-                    ctx.free_block(pool, d.as_ptr(), p, CLASS_SIZES[i]);
+                    ctx.free_block(pool, d.as_ptr(), p, stride);
                 }
             }
         }
@@ -512,16 +527,10 @@ impl<S: PageSource> Heap<S> {
     #[inline(always)]
     unsafe fn freed_block(st: *mut HeapState, i: usize, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
         #[cfg(not(feature = "debug-checks"))]
-        // SAFETY: `st` is live; a block inside the window may be reached through the window
-        // pointer (`PageSource`'s contract), and the caller vouches that it is a block.
+        // SAFETY: `st` is live (caller).
         unsafe {
             let _ = i;
-            let window = (*st).window;
-            if ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len {
-                // The window is not null when it has a length.
-                return Some(NonNull::new_unchecked(window).with_addr(ptr.addr()));
-            }
-            None
+            Self::window_block(st, ptr)
         }
         #[cfg(feature = "debug-checks")]
         // SAFETY: `st` is live; the page map names the live descriptor of the chunk holding
@@ -531,6 +540,24 @@ impl<S: PageSource> Heap<S> {
                 return None;
             };
             Some(Self::chunk_block(st, i, d.as_ptr(), ptr))
+        }
+    }
+
+    /// `ptr` rebuilt from the page source's window, if it lies inside it: then the pointer covers
+    /// the whole block whatever the caller's pointer covered (`PageSource::window`'s contract).
+    /// Release builds only: with `debug-checks` every free is checked through the page map.
+    ///
+    /// # Safety
+    ///
+    /// `st` must be the live state.
+    #[cfg(not(feature = "debug-checks"))]
+    #[inline(always)]
+    unsafe fn window_block(st: *mut HeapState, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
+        // SAFETY: `st` is live (caller); the window is not null when it has a length.
+        unsafe {
+            let window = (*st).window;
+            (ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len)
+                .then(|| NonNull::new_unchecked(window).with_addr(ptr.addr()))
         }
     }
 
@@ -548,19 +575,37 @@ impl<S: PageSource> Heap<S> {
         d: *mut ChunkDesc,
         ptr: NonNull<u8>,
     ) -> NonNull<u8> {
+        let owner = Owner::Class {
+            size: CLASS_SIZES[i],
+        };
+        // SAFETY: guaranteed by the caller; the class pool is live.
+        unsafe { Self::pool_chunk_block(class_pool(st, i), d, ptr, owner) }
+    }
+
+    /// `ptr` in chunk `d` of `pool` rebuilt from the chunk's page pointer; with `debug-checks`,
+    /// first checked to be a live block of the pool (`owner` names it in the message) and marked
+    /// free but cached.
+    ///
+    /// # Safety
+    ///
+    /// `pool` must be a live list-chunk pool and `d` the live descriptor of the chunk holding
+    /// `ptr`; without `debug-checks`, `ptr` must be an allocated block of `pool`.
+    #[inline(always)]
+    unsafe fn pool_chunk_block(
+        pool: *mut Pool,
+        d: *mut ChunkDesc,
+        ptr: NonNull<u8>,
+        owner: Owner,
+    ) -> NonNull<u8> {
         #[cfg(feature = "debug-checks")]
-        // SAFETY: `d` is live and its page holds `ptr`; the class pool is live. After the check
-        // `ptr` is an allocated block of the class, so its bit may be cleared.
+        // SAFETY: `d` is live and its page holds `ptr`; the pool is live. After the check `ptr`
+        // is an allocated block of the pool, so its bit may be cleared.
         unsafe {
-            let pool = class_pool(st, i);
-            let owner = Owner::Class {
-                size: CLASS_SIZES[i],
-            };
             crate::pool::check_block(d, pool, ptr, owner);
             (*d).set_allocated(&(*pool).geo, ptr, false);
         }
         #[cfg(not(feature = "debug-checks"))]
-        let _ = (st, i);
+        let _ = (pool, owner);
         // SAFETY: `d` is live (caller); its page pointer covers the whole chunk, so the block
         // rebuilt from it is valid for the whole block whatever the caller's pointer covered.
         unsafe { NonNull::new_unchecked((*d).page.with_addr(ptr.addr().get())) }
@@ -981,15 +1026,7 @@ impl<S: PageSource> Heap<S> {
         // it is given back exactly once, as it leaves the magazine here.
         unsafe {
             let (blocks, n) = (*up).mag.take_oldest(n);
-            let pool = &raw mut (*up).pool;
-            let stride = usize::from((*pool).geo.stride);
-            let mut ctx = Self::ctx(st, &mut self.source);
-            for &b in &blocks[..n] {
-                let Some(p) = NonNull::new(b) else { continue };
-                if let Entry::Chunk(d) = ctx.map.lookup(b.addr()) {
-                    ctx.free_block(pool, d.as_ptr(), p, stride);
-                }
-            }
+            self.give_back(st, &raw mut (*up).pool, &blocks[..n]);
         }
     }
 
@@ -1014,12 +1051,9 @@ impl<S: PageSource> Heap<S> {
             let st = self.state;
             if !st.is_null() && (*st).last_pool == id {
                 let up = (*st).last_pool_header;
-                let window = (*st).window;
                 if !(*up).pool.geo.is_tiny()
-                    && ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len
-                    && (*up)
-                        .mag
-                        .push(NonNull::new_unchecked(window).with_addr(ptr.addr()))
+                    && let Some(block) = Self::window_block(st, ptr)
+                    && (*up).mag.push(block)
                 {
                     (*st).requested -= (*up).size as usize;
                     return;
@@ -1094,35 +1128,20 @@ impl<S: PageSource> Heap<S> {
         owner: Owner,
     ) -> Option<NonNull<u8>> {
         #[cfg(not(feature = "debug-checks"))]
-        // SAFETY: `st` is live; a block inside the window may be reached through the window
-        // pointer (`PageSource`'s contract), and the caller vouches that it is a block.
-        unsafe {
-            let window = (*st).window;
-            if ptr.addr().get().wrapping_sub(window.addr()) < (*st).window_len {
-                // The window is not null when it has a length.
-                return Some(NonNull::new_unchecked(window).with_addr(ptr.addr()));
-            }
+        // SAFETY: `st` is live (caller); the caller vouches that `ptr` is a block.
+        if let Some(block) = unsafe { Self::window_block(st, ptr) } {
+            return Some(block);
         }
         // SAFETY: `st` is live; the page map names the live descriptor of the chunk holding
         // `ptr`, if any; `pool` is live (caller).
         unsafe {
-            let d = match (*st).map.lookup(ptr.addr().get()) {
-                Entry::Chunk(d) => d.as_ptr(),
+            match (*st).map.lookup(ptr.addr().get()) {
+                Entry::Chunk(d) => Some(Self::pool_chunk_block(pool, d.as_ptr(), ptr, owner)),
                 other => {
                     debug::bad_free(ptr, owner, debug::Fault::NotHeap(other));
-                    return None;
+                    None
                 }
-            };
-            #[cfg(feature = "debug-checks")]
-            {
-                crate::pool::check_block(d, pool, ptr, owner);
-                (*d).set_allocated(&(*pool).geo, ptr, false);
             }
-            #[cfg(not(feature = "debug-checks"))]
-            let _ = pool;
-            Some(NonNull::new_unchecked(
-                (*d).page.with_addr(ptr.addr().get()),
-            ))
         }
     }
 
