@@ -11,6 +11,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -98,12 +99,16 @@ impl<L: RawLock, S: PageSource> core::fmt::Debug for LockedHeap<L, S> {
 }
 
 /// Holds the raw lock; releases it on drop.
-struct Held<'a, L: RawLock>(&'a L);
+///
+/// Not `Send` (the raw-pointer marker), as `lock_api`'s guards are not: the [`RawLock`] rule says
+/// the holder that locked must be the one that unlocks (a lock that disables interrupts restores
+/// the flag it saved on its own CPU), so the release may not move to another thread.
+struct Held<'a, L: RawLock>(&'a L, PhantomData<*mut ()>);
 
 impl<'a, L: RawLock> Held<'a, L> {
     fn new(lock: &'a L) -> Self {
         lock.lock();
-        Self(lock)
+        Self(lock, PhantomData)
     }
 }
 
@@ -115,6 +120,20 @@ impl<L: RawLock> Drop for Held<'_, L> {
 }
 
 /// Exclusive access to the heap of a [`LockedHeap`]; releases the lock when dropped.
+///
+/// A guard is not `Send`: it must be dropped by the thread (or CPU) that took it, since
+/// [`RawLock::unlock`] must be called by the holder that locked (see [`RawLock`]). This does not
+/// compile:
+///
+/// ```compile_fail,E0277
+/// fn assert_send<T: Send>() {}
+/// fn guard_is_send<S: kheap::PageSource + Send>() {
+///     assert_send::<kheap::HeapGuard<'static, kheap::SpinLock, S>>();
+/// }
+/// ```
+///
+/// (whereas the heap itself may be shared: `LockedHeap<SpinLock, S>` is `Sync` for a `Send`
+/// source). Nor is it `Sync`, as the heap it lends is not.
 pub struct HeapGuard<'a, L: RawLock, S: PageSource> {
     heap: &'a mut Heap<S>,
     _held: Held<'a, L>,
