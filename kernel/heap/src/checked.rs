@@ -1,7 +1,7 @@
 //! Poisoning and red zones: a `GlobalAlloc` wrapper that catches overflows and writes after free.
 //!
-//! [`Checked<A>`] wraps any `GlobalAlloc` (in the kernel: the `LockedHeap`). With feature
-//! `debug-checks` it gives every block a debug layout:
+//! [`Checked<A>`] wraps a `GlobalAlloc` that can vet a pointer ([`CheckBlock`]; in the kernel:
+//! the `LockedHeap`). With feature `debug-checks` it gives every block a debug layout:
 //!
 //! ```text
 //!   ptr                                  ptr + size            ptr + size + RED_ZONE
@@ -15,8 +15,14 @@
 //!   └──────────┴──────────┴──────────────────────────────────────┘
 //! ```
 //!
+//! * **Vetting first**: on free and realloc the inner allocator checks the pointer
+//!   ([`CheckBlock::check_block`]) before the wrapper reads or writes the block, so a double free,
+//!   an interior or foreign pointer, or a block whose chunk is unmapped gets the heap's own
+//!   message, and no poison lands in a neighbouring block or an unmapped page.
 //! * **Red zone**: [`RED_ZONE`] bytes of [`CANARY`] after the caller's bytes, checked on free and
-//!   realloc: an overflow by even one byte stops with a message naming the block and the byte.
+//!   realloc for every block — class blocks, large-allocator blocks and page runs alike: an
+//!   overflow by even one byte stops with a message naming the block and the byte. The block is
+//!   freed before the report, so the heap stays whole.
 //! * **Fresh fill**: a new block is filled with [`FRESH`], so code that reads memory it never
 //!   wrote sees a recognisable pattern rather than stale data.
 //! * **Poison**: a freed block is filled with [`POISON`], with [`FREED_TAG`] at offset 8 (the
@@ -26,8 +32,9 @@
 //!   itself makes the block look fresh and goes unnoticed — the check is a debugging aid, not a
 //!   proof. Only blocks that `kheap` serves from its size classes carry the tag: there the heap
 //!   writes nothing into a free block but its first two bytes, while the large allocator
-//!   coalesces free blocks and keeps boundary tags inside them, so its blocks are poisoned but
-//!   not checked. Blocks smaller than 16 bytes (plus red zone) carry no tag either.
+//!   coalesces free blocks and keeps boundary tags inside them, so its region blocks are poisoned
+//!   but not checked, and its page runs (unmapped on free) are not poisoned at all. Blocks
+//!   smaller than 16 bytes (plus red zone) carry no tag either.
 //!
 //! Without `debug-checks` the wrapper forwards every call unchanged and costs nothing.
 
@@ -58,6 +65,24 @@ const TAG_OFFSET: usize = 8;
 /// Smallest debug block that carries a tag.
 const TAGGED_MIN: usize = TAG_OFFSET + 8;
 
+/// What [`Checked`] needs from the allocator it wraps, besides `GlobalAlloc`: a way to vet a
+/// pointer before the wrapper reads the block's red zone or poisons it.
+///
+/// A bad free (a double free, an interior or foreign pointer, a block whose chunk went back to
+/// the page source) must be reported in the allocator's own words *before* the wrapper touches
+/// the memory the pointer names: the poison meant for a block at an interior pointer would land
+/// in the next block, and reading the red zone of a block whose page is unmapped faults.
+///
+/// [`LockedHeap`](crate::LockedHeap) implements it with the heap's own checks (feature
+/// `debug-checks`); an allocator that cannot tell does nothing, and the wrapper then trusts the
+/// caller as `GlobalAlloc` does.
+pub trait CheckBlock: GlobalAlloc {
+    /// Panics, with a message naming `ptr`, unless it is a live block this allocator handed out
+    /// for `layout` (the wrapper passes the layout it allocated with). Returns normally for a
+    /// live block, and must not read or write memory it does not own while deciding.
+    fn check_block(&self, ptr: *mut u8, layout: Layout);
+}
+
 /// A `GlobalAlloc` wrapper that adds red zones and poisoning (with feature `debug-checks`).
 #[derive(Debug)]
 pub struct Checked<A> {
@@ -75,6 +100,10 @@ impl<A> Checked<A> {
         &self.inner
     }
 }
+
+/// Large blocks below this debug size are poisoned when freed. Larger ones are page runs, which
+/// the heap unmaps at once (a later access faults anyway), so filling them would only cost time.
+const POISON_LARGE_LIMIT: usize = crate::large::PAGE_RUN_THRESHOLD;
 
 /// The layout actually requested from the inner allocator for a caller's `layout`: the caller's
 /// bytes plus the red zone, rounded up to the whole size class when `kheap` would serve it from a
@@ -185,7 +214,7 @@ unsafe fn arm(ptr: *mut u8, layout: Layout, debug: Layout) {
 // alignment and hands out the start, so the caller's bytes lie inside a block the inner
 // allocator owns; every free and realloc passes the inner allocator the same debug layout it
 // allocated with. Without `debug-checks`, calls are forwarded unchanged.
-unsafe impl<A: GlobalAlloc> GlobalAlloc for Checked<A> {
+unsafe impl<A: CheckBlock> GlobalAlloc for Checked<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !cfg!(feature = "debug-checks") {
             // SAFETY: forwarded with the caller's guarantees.
@@ -219,29 +248,26 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Checked<A> {
             return unsafe { self.inner.dealloc(ptr, layout) };
         }
         let debug = debug_layout(layout).expect("layout was allocatable");
-        // Large blocks are handed straight back: a bad pointer may name unmapped memory, and
-        // only the heap can tell (its own checks report it).
-        let SizeClass::Small(class) = class_for(debug) else {
-            // SAFETY: forwarded; the inner allocator gets the layout it allocated with.
-            return unsafe { self.inner.dealloc(ptr, debug) };
-        };
-        // SAFETY: a class-sized `ptr` lies in a chunk page if it is valid; an invalid one (a
-        // double free, a foreign or interior pointer) is at worst read here, and the heap's own
-        // checks in `inner.dealloc` name the fault before an overflow is reported.
+        // The allocator vets the pointer before anything here reads or writes the block.
+        self.inner.check_block(ptr, debug);
+        // SAFETY: `ptr` is a live block of `debug.size()` bytes: the caller's contract, and the
+        // allocator's check just now for a caller that broke it.
         unsafe {
-            match red_zone_damage(ptr, layout.size()) {
-                None => {
-                    // A class block is poisoned whole: a later request of the same class may be
-                    // longer than this one and will check every byte up to its own length.
-                    poison(ptr, CLASS_SIZES[class], true);
-                    self.inner.dealloc(ptr, debug);
-                }
-                Some(damage) => {
-                    // The heap first: if the pointer was not a live block, it says so.
-                    self.inner.dealloc(ptr, debug);
-                    report_overflow(ptr.addr(), layout.size(), damage);
-                }
+            if let Some(damage) = red_zone_damage(ptr, layout.size()) {
+                // Freed first, so that the heap stays whole after the report.
+                self.inner.dealloc(ptr, debug);
+                report_overflow(ptr.addr(), layout.size(), damage);
             }
+            match class_for(debug) {
+                // A class block is poisoned whole: a later request of the same class may be
+                // longer than this one and will check every byte up to its own length.
+                SizeClass::Small(class) => poison(ptr, CLASS_SIZES[class], true),
+                SizeClass::Large if debug.size() < POISON_LARGE_LIMIT => {
+                    poison(ptr, debug.size(), false);
+                }
+                SizeClass::Large => {}
+            }
+            self.inner.dealloc(ptr, debug);
         }
     }
 
@@ -258,13 +284,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Checked<A> {
         ) else {
             return core::ptr::null_mut();
         };
-        if let SizeClass::Small(_) = class_for(old) {
-            // SAFETY: as in `dealloc`: the heap vets the pointer before an overflow is reported.
-            if let Some(damage) = unsafe { red_zone_damage(ptr, layout.size()) } {
-                // SAFETY: forwarded; the inner allocator gets the layout it allocated with.
-                unsafe { self.inner.dealloc(ptr, old) };
-                report_overflow(ptr.addr(), layout.size(), damage);
-            }
+        self.inner.check_block(ptr, old);
+        // SAFETY: as in `dealloc`: a live block of `old.size()` bytes.
+        if let Some(damage) = unsafe { red_zone_damage(ptr, layout.size()) } {
+            // SAFETY: forwarded; the inner allocator gets the layout it allocated with.
+            unsafe { self.inner.dealloc(ptr, old) };
+            report_overflow(ptr.addr(), layout.size(), damage);
         }
         // SAFETY: forwarded; the inner allocator sees its own layouts.
         let p = unsafe { self.inner.realloc(ptr, old, new.size()) };
@@ -286,7 +311,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Checked<A> {
 #[cfg(all(test, feature = "debug-checks"))]
 mod tests {
     use super::*;
+    use crate::locked::{LockedHeap, SpinLock};
+    use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+    use crate::testing::ArenaSource;
+    use core::ptr::NonNull;
     use std::alloc::System;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
 
     /// The system allocator, handing out zeroed blocks: `Checked` reads a fresh block's bytes
     /// (to see whether it carries the freed tag), and in the abstract machine Miri checks, a
@@ -304,6 +335,11 @@ mod tests {
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { System.dealloc(ptr, layout) }
         }
+    }
+
+    /// The system allocator cannot vet a pointer: the wrapper trusts the caller.
+    impl CheckBlock for Zeroed {
+        fn check_block(&self, _ptr: *mut u8, _layout: Layout) {}
     }
 
     static A: Checked<Zeroed> = Checked::new(Zeroed);
@@ -378,5 +414,227 @@ mod tests {
             assert!((100..100 + RED_ZONE).all(|i| q.add(i).read() == CANARY));
             A.dealloc(q, Layout::from_size_align(100, 8).unwrap());
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Over kheap itself (the kernel's stack: `Checked<LockedHeap<…>>`)
+    // -----------------------------------------------------------------------------------------
+
+    type Kheap<S> = Checked<LockedHeap<SpinLock, S>>;
+
+    /// A `Checked` kheap over a fresh arena of `pages` pages.
+    fn kheap(pages: usize) -> Kheap<ArenaSource> {
+        let a = Checked::new(LockedHeap::empty());
+        a.inner().init(ArenaSource::new(pages)).unwrap();
+        a
+    }
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).unwrap()
+    }
+
+    /// The message of the panic `f` raises, or `None` if it returns.
+    fn panic_message(f: impl FnOnce()) -> Option<String> {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).err()?;
+        Some(match payload.downcast::<String>() {
+            Ok(s) => *s,
+            Err(payload) => payload
+                .downcast_ref::<&str>()
+                .map_or_else(|| "<non-string panic>".to_string(), |s| s.to_string()),
+        })
+    }
+
+    /// Asserts that `f` panics with a heap-overflow report of a `size`-byte block at `p`.
+    fn assert_overflow_reported(p: *mut u8, size: usize, what: &str, f: impl FnOnce()) {
+        let msg = panic_message(f).unwrap_or_else(|| panic!("{what}: the overflow went unnoticed"));
+        assert!(msg.contains("heap overflow"), "{what}: {msg}");
+        let block = std::format!("{size}-byte block at {:#x}", p.addr());
+        assert!(msg.contains(&block), "{what}: {msg}");
+    }
+
+    /// After a report, the heap must still be whole and hold nothing (the damaged block was freed
+    /// before the report).
+    fn assert_heap_empty<S: PageSource>(a: &Kheap<S>, what: &str) {
+        let h = a.inner().lock().unwrap();
+        h.check_invariants().unwrap();
+        assert_eq!(h.stats().requested_bytes, 0, "{what}");
+    }
+
+    /// Request sizes that take every path of the heap: a class block (24, padded to 40), a large
+    /// region block for a mid size that the waste rule sends there (130, padded to 146), a large
+    /// region block (5000) and a page run (70 000).
+    const SIZES: [usize; 4] = [24, 130, 5000, 70_000];
+
+    #[test]
+    fn one_byte_overflow_is_reported_for_every_size() {
+        for size in SIZES {
+            let a = kheap(256);
+            let l = layout(size);
+            // SAFETY: a valid layout. The write one past the end lands in the red zone, which
+            // the debug layout allocated.
+            let p = unsafe { a.alloc(l) };
+            assert!(!p.is_null());
+            {
+                let s = a.inner().lock().unwrap().stats();
+                let path = (s.large.live_blocks - s.large.page_runs, s.large.page_runs);
+                let expect = match size {
+                    24 => (0, 0),
+                    70_000 => (0, 1),
+                    _ => (1, 0),
+                };
+                assert_eq!(
+                    path, expect,
+                    "size {size} takes the path it is meant to test"
+                );
+            }
+            // SAFETY: see above; the block is freed once, with its layout.
+            unsafe { p.add(size).write(0x42) };
+            let what = std::format!("size {size}");
+            // SAFETY: `p` is live with `l`.
+            assert_overflow_reported(p, size, &what, || unsafe { a.dealloc(p, l) });
+            assert_heap_empty(&a, &what);
+        }
+    }
+
+    /// `realloc` checks the old block's red zone and puts a new one after the new size, whether
+    /// the block grows or shrinks, in place or by moving.
+    #[test]
+    fn one_byte_overflow_is_reported_across_realloc() {
+        // (old size, new size, resized in place?)
+        let cases = [
+            (20, 24, true),         // class block, same class
+            (24, 20, true),         // class block, same class
+            (5000, 6000, true),     // region block absorbs its free successor
+            (5000, 4500, true),     // region block splits off its tail
+            (70_000, 80_000, true), // page run grows into the pages after it
+            (70_000, 66_000, true), // page run unmaps its tail
+            (70_000, 130, true),    // page run down to one data page
+            (24, 5000, false),      // class block to a region block
+            (130, 70_000, false),   // region block to a page run
+            (5000, 24, false),      // region block to a class block
+            (130, 24, false),       // region block to a class block
+        ];
+        for (old, new, in_place) in cases {
+            // The old block overflows, then is resized: the resize reports it.
+            let a = kheap(256);
+            let what = std::format!("{old} -> {new}, overflow before");
+            // SAFETY: valid layouts; the one-byte write lands in the red zone; the block is
+            // resized once with its layout.
+            unsafe {
+                let p = a.alloc(layout(old));
+                assert!(!p.is_null(), "{what}");
+                p.add(old).write(0x42);
+                assert_overflow_reported(p, old, &what, || {
+                    a.realloc(p, layout(old), new);
+                });
+            }
+            assert_heap_empty(&a, &what);
+
+            // The resized block overflows, then is freed: the free reports it.
+            let a = kheap(256);
+            let what = std::format!("{old} -> {new}, overflow after");
+            // SAFETY: as above; the resized block has `new` bytes and a red zone after them.
+            unsafe {
+                let p = a.alloc(layout(old));
+                assert!(!p.is_null(), "{what}");
+                let q = a.realloc(p, layout(old), new);
+                assert!(!q.is_null(), "{what}");
+                assert_eq!(q == p, in_place, "{what}: in place?");
+                assert!(
+                    (0..old.min(new)).all(|i| q.add(i).read() == FRESH),
+                    "{what}"
+                );
+                q.add(new).write(0x42);
+                assert_overflow_reported(q, new, &what, || a.dealloc(q, layout(new)));
+            }
+            assert_heap_empty(&a, &what);
+        }
+    }
+
+    /// An interior-pointer free is reported by the heap before the wrapper writes anything: the
+    /// poison meant for a block at the bad pointer would land in the next block.
+    #[test]
+    fn interior_free_leaves_the_neighbour_alone() {
+        let a = kheap(64);
+        let l = layout(24);
+        // Two blocks of one chunk, 40 bytes apart (24 bytes padded to the 40-byte class).
+        // SAFETY: valid layout.
+        let mut blocks: Vec<*mut u8> = (0..8).map(|_| unsafe { a.alloc(l) }).collect();
+        blocks.sort();
+        let i = blocks
+            .windows(2)
+            .position(|w| w[1].addr() - w[0].addr() == 40)
+            .expect("neighbouring blocks");
+        let (first, next) = (blocks[i], blocks[i + 1]);
+        // The neighbour holds bytes that look like a red zone (user data may be anything).
+        // SAFETY: `next` is live with 24 bytes.
+        unsafe { next.write_bytes(CANARY, 24) };
+        // SAFETY: deliberately wrong: `first + 16` is inside `first`, not a block start.
+        let msg = panic_message(|| unsafe { a.dealloc(first.add(16), l) })
+            .expect("the interior free is reported");
+        assert!(msg.contains("interior pointer"), "{msg}");
+        // SAFETY: `next` is live with 24 bytes and a red zone after them.
+        unsafe {
+            assert!(
+                (0..24).all(|j| next.add(j).read() == CANARY),
+                "the neighbour was overwritten"
+            );
+            for p in blocks {
+                a.dealloc(p, l);
+            }
+        }
+        assert_heap_empty(&a, "after the interior free");
+    }
+
+    /// An arena whose unmapped pages hold [`CANARY`] bytes, so that a red-zone check that reads
+    /// them passes: what a stray write into an unmapped page would look like on the host, where
+    /// the arena's unmapped pages stay readable (in the kernel, the read itself faults).
+    struct CanaryWhenUnmapped(ArenaSource);
+
+    // SAFETY: forwards to `ArenaSource`, whose guarantees carry over; refilling pages the caller
+    // gave back touches only arena memory nobody uses.
+    unsafe impl PageSource for CanaryWhenUnmapped {
+        fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+            self.0.map_pages(count)
+        }
+
+        unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+            // SAFETY: forwarded; the pages stay arena memory, unused by anyone.
+            unsafe {
+                self.0.unmap_pages(ptr, count);
+                ptr.as_ptr().write_bytes(CANARY, count * PAGE_SIZE);
+            }
+        }
+
+        fn window(&self) -> Option<NonNull<[u8]>> {
+            self.0.window()
+        }
+    }
+
+    /// Freeing a block again after its chunk went back to the page source is reported by the
+    /// heap, and the wrapper neither reads nor writes the page first.
+    #[test]
+    fn free_in_an_unmapped_chunk_gets_the_heaps_message() {
+        let a: Kheap<CanaryWhenUnmapped> = Checked::new(LockedHeap::empty());
+        a.inner()
+            .init(CanaryWhenUnmapped(ArenaSource::new(64)))
+            .unwrap();
+        let l = layout(100);
+        // SAFETY: valid layout; freed once here.
+        let p = unsafe { a.alloc(l) };
+        // SAFETY: `p` is live with `l`.
+        unsafe { a.dealloc(p, l) };
+        {
+            let mut h = a.inner().lock().unwrap();
+            h.trim();
+            assert!(!h.source().0.is_mapped(p.addr()), "the chunk is unmapped");
+        }
+        // SAFETY: deliberately wrong: a second free, into a page the heap no longer has.
+        let msg = panic_message(|| unsafe { a.dealloc(p, l) }).expect("the free is reported");
+        assert!(msg.contains("which is not a heap block"), "{msg}");
+        let page = p.with_addr(p.addr() & !(PAGE_SIZE - 1));
+        // SAFETY: the page is still arena memory (unmapped for the heap, not for the host).
+        let untouched = (0..PAGE_SIZE).all(|i| unsafe { page.add(i).read() } == CANARY);
+        assert!(untouched, "the unmapped page was written");
     }
 }

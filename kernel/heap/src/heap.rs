@@ -771,6 +771,22 @@ impl<S: PageSource> Heap<S> {
         Ok(fresh)
     }
 
+    /// `debug-checks`: panics, with the message [`deallocate`](Self::deallocate) would give,
+    /// unless `ptr` is a live block allocated with `layout`. Reads nothing but the heap's own
+    /// metadata (the page map says what a page is before its descriptor or header is read), so
+    /// any pointer may be checked: the red-zone wrapper ([`Checked`](crate::Checked)) asks before
+    /// it touches a block.
+    #[cfg(feature = "debug-checks")]
+    pub(crate) fn check_allocated(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let st = self.state;
+        if st.is_null() {
+            debug::bad_large_free(ptr, layout, Entry::Empty);
+            return;
+        }
+        // SAFETY: `st` is live.
+        unsafe { self.check_live(st, ptr, layout) }
+    }
+
     /// `debug-checks`: panics unless `ptr` is a live block for `layout`.
     ///
     /// # Safety

@@ -243,7 +243,7 @@ mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use checked::Checked;
+pub use checked::{CheckBlock, Checked};
 pub use error::{AllocError, InitError, InvariantError, PoolError};
 pub use heap::{FIRST_RUN_PAGES, Heap, PoolId};
 pub use large::{LargeAlloc, LargeStats};

@@ -16,6 +16,7 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use crate::checked::CheckBlock;
 use crate::error::InitError;
 use crate::heap::Heap;
 use crate::source::PageSource;
@@ -232,6 +233,22 @@ unsafe impl<L: RawLock, S: PageSource> GlobalAlloc for LockedHeap<L, S> {
         // SAFETY: `GlobalAlloc::realloc`'s contract: `ptr` is a live block of this allocator
         // with `layout`.
         unsafe { heap.reallocate(ptr, layout, new_size) }.map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}
+
+/// The heap's own checks (feature `debug-checks`; without it, nothing is checked): a pointer
+/// that is not a live block for `layout` panics with the message a free of it would give.
+impl<L: RawLock, S: PageSource> CheckBlock for LockedHeap<L, S> {
+    fn check_block(&self, ptr: *mut u8, layout: Layout) {
+        #[cfg(feature = "debug-checks")]
+        if let Some(ptr) = NonNull::new(ptr) {
+            match self.lock() {
+                Some(mut heap) => heap.check_allocated(ptr, layout),
+                None => crate::debug::bad_large_free(ptr, layout, crate::pagemap::Entry::Empty),
+            }
+        }
+        #[cfg(not(feature = "debug-checks"))]
+        let _ = (ptr, layout);
     }
 }
 
