@@ -277,9 +277,11 @@ impl<S: PageSource> Heap<S> {
     ///
     /// A class-sized request is served from the class's magazine when it holds a block (the
     /// fast path: a table lookup and a pop); otherwise the magazine is refilled from the chunks
-    /// first. If the page source refuses pages, every cache (magazines, reserve chunks, the large
-    /// allocator's cached region) is given back and the request is tried once more, so a failure
-    /// means the memory is really gone, not held in a cache.
+    /// first. If the page source refuses pages, the heap is [trimmed](Self::trim) — every cache
+    /// (magazines, reserve chunks, the large allocator's cached region) is given back, and so are
+    /// root runs and page-map nodes without a live entry (such as those a chunk that could not be
+    /// created left) — and the request is tried once more, so a failure means the memory is
+    /// really gone, not held by the heap.
     #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         let st = self.state;
@@ -296,12 +298,12 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Everything but the magazine hit: first use, refills, large requests, and the retry after
-    /// dropping the caches.
+    /// trimming.
     #[inline(never)]
     fn allocate_slow(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         match self.allocate_uncached(layout) {
             Err(AllocError::OutOfPages { .. }) if !self.state.is_null() => {
-                self.drop_caches();
+                self.trim();
                 self.allocate_uncached(layout)
             }
             result => result,
@@ -933,7 +935,7 @@ impl<S: PageSource> Heap<S> {
     /// Allocates one block from pool `id`. O(1) (plus a page-source call for a new chunk).
     /// Pools of 8-byte blocks and more answer from their magazine first, as the general classes
     /// do (refilled from the chunks in batches); 1–7-byte pools go to their chunks directly.
-    /// Like [`allocate`](Self::allocate), it drops the heap's caches and tries once more when
+    /// Like [`allocate`](Self::allocate), it trims the heap and tries once more when
     /// the page source refuses.
     #[inline]
     pub fn pool_alloc(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
@@ -953,7 +955,7 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// [`pool_alloc`](Self::pool_alloc) past its fast path: the id check through the page map,
-    /// refills, the retry after dropping the caches.
+    /// refills, the retry after trimming.
     #[inline(never)]
     fn pool_alloc_slow(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
         let up = self.user_pool(id).ok_or(AllocError::NoSuchPool)?;
@@ -962,10 +964,11 @@ impl<S: PageSource> Heap<S> {
         // `st` the live state (the pool exists).
         let p = match unsafe { Self::pool_pop(st, up) } {
             Some(p) => p,
-            // SAFETY: as above; dropping caches releases chunks and regions, never a pool.
+            // SAFETY: as above; trimming releases chunks, regions, and root runs and map
+            // nodes without a live entry: never the first root run (the state) nor a live pool.
             None => unsafe {
                 self.pool_alloc_uncached(st, up).or_else(|_| {
-                    self.drop_caches();
+                    self.trim();
                     self.pool_alloc_uncached(st, up)
                 })
             }
@@ -2134,6 +2137,101 @@ mod tests {
         unsafe { h.deallocate(p, small) };
         h.trim();
         assert_only_roots_left(&h);
+    }
+
+    /// A page source that refuses to hold more than `limit` pages at once: a machine with that
+    /// much memory.
+    struct Budget {
+        arena: ArenaSource,
+        limit: usize,
+    }
+
+    // SAFETY: forwards to `ArenaSource`, whose guarantees carry over; the budget only turns
+    // some requests into errors.
+    unsafe impl PageSource for Budget {
+        fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+            if self.arena.mapped_pages() + count > self.limit {
+                return Err(PageSourceError::OutOfMemory);
+            }
+            self.arena.map_pages(count)
+        }
+
+        unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+            // SAFETY: forwarded.
+            unsafe { self.arena.unmap_pages(ptr, count) }
+        }
+
+        fn window(&self) -> Option<NonNull<[u8]>> {
+            self.arena.window()
+        }
+    }
+
+    /// A chunk that cannot be created can leave an empty root run (chained for its descriptor)
+    /// and the page-map node that records it. The retry after a failure must give those back
+    /// too: here a later request fits only with both pages returned.
+    #[test]
+    fn the_retry_returns_root_runs_and_map_nodes_a_failed_chunk_left() {
+        // 600 pages aligned to 4 MiB: page 512 starts the arena's second 2 MiB, whose page-map
+        // leaf is a node of its own (and never a new 1 GiB one).
+        let arena = ArenaSource::aligned(600, 4 << 20);
+        let mut h = Heap::new(Budget {
+            arena,
+            limit: usize::MAX,
+        });
+        h.init().unwrap();
+        // The first root run, then the four nodes on its path: pages 0..10.
+        assert_eq!(h.source().arena.mapped_pages(), FIRST_RUN_PAGES + 4);
+        // A 17-page run at pages 10..27, freed later to leave a hole of exactly its size.
+        let hole = layout(16 * PAGE_SIZE, 8);
+        let x = h.allocate(hole).unwrap();
+        // Every descriptor slot of the first run holds one 4096-byte chunk; a padding run
+        // before them makes the last one end at page 512.
+        let slots =
+            (FIRST_RUN_PAGES * PAGE_SIZE - STATE_OFFSET - size_of::<HeapState>()) / DESC_SLOT;
+        let used = h.source().arena.mapped_pages();
+        let padding = layout((512 - used - slots - 1) * PAGE_SIZE, 8);
+        let pad = h.allocate(padding).unwrap();
+        let page = layout(4096, 8);
+        let mut chunks: Vec<_> = (0..slots).map(|_| h.allocate(page).unwrap()).collect();
+        assert_eq!(h.source().arena.mapped_pages(), 512);
+        assert_eq!(h.stats().pages.root, FIRST_RUN_PAGES);
+        let nodes = h.stats().pages.page_map;
+
+        // One more chunk needs a new descriptor run (page 512), a page-map leaf for it (513)
+        // and the chunk page: with room for two pages it fails, leaving the first two behind.
+        h.source.limit = h.source().arena.mapped_pages() + 2;
+        assert!(h.allocate(page).is_err());
+        let s = h.stats();
+        assert_eq!(
+            (s.pages.root, s.pages.page_map),
+            (FIRST_RUN_PAGES + 1, nodes + 1),
+            "the failed chunk left an empty root run and a map node"
+        );
+
+        // 17 pages are needed again, 15 are free, the hole is there: only the two pages the
+        // failed chunk left can make up the difference.
+        // SAFETY: allocated above with `hole`.
+        unsafe { h.deallocate(x, hole) };
+        h.source.limit = h.source().arena.mapped_pages() + 15;
+        let y = h
+            .allocate(hole)
+            .expect("the retry gives back the empty root run and its map node");
+        h.check_invariants().unwrap();
+        let s = h.stats();
+        assert_eq!((s.pages.root, s.pages.page_map), (FIRST_RUN_PAGES, nodes));
+
+        h.source.limit = usize::MAX;
+        // SAFETY: every block was allocated above with its layout and is freed once.
+        unsafe {
+            h.deallocate(y, hole);
+            h.deallocate(pad, padding);
+            for p in chunks.drain(..) {
+                h.deallocate(p, page);
+            }
+        }
+        h.trim();
+        h.check_invariants().unwrap();
+        assert_eq!(h.source().arena.mapped_pages(), h.idle_pages());
     }
 
     /// A page source without a window (`PageSource::window` is `None`), like the kernel's

@@ -195,9 +195,10 @@
 //! every root run without a live slot except the first, and unmaps empty page-map nodes: after
 //! every block is freed (and every user pool destroyed) and the heap is trimmed, it maps exactly
 //! what [`Heap::init`] mapped, the first root run and the page-map nodes that record it. Trim is
-//! linear in the root slots and page-map nodes; it is meant to be called rarely. A failed
-//! allocation also gives the magazines, reserves and cached region back before it retries once,
-//! so caches never make an allocation fail.
+//! linear in the root slots and page-map nodes; it is meant to be called rarely — and when an
+//! allocation fails for want of pages: the heap then trims itself before it retries once, so
+//! neither its caches nor the empty root runs and page-map nodes that a chunk which could not be
+//! created leaves behind ever make an allocation fail.
 //!
 //! # Errors and debugging
 //!

@@ -58,6 +58,8 @@ impl XorShift64 {
 pub struct ArenaSource {
     base: NonNull<u8>,
     pages: usize,
+    /// Alignment of the arena (at least a page).
+    align: usize,
     used: Vec<u64>,
     mapped: usize,
     peak: usize,
@@ -75,16 +77,25 @@ unsafe impl Send for ArenaSource {}
 impl ArenaSource {
     /// An arena of `pages` pages, all unmapped.
     pub fn new(pages: usize) -> Self {
+        Self::aligned(pages, PAGE_SIZE)
+    }
+
+    /// An arena of `pages` pages whose first page is aligned to `align` (a power of two, at
+    /// least [`PAGE_SIZE`]): where its pages fall relative to 2 MiB or larger lines (page-map
+    /// nodes, aligned runs) is then the same in every run.
+    pub fn aligned(pages: usize, align: usize) -> Self {
+        let align = align.max(PAGE_SIZE);
         let base = if pages == 0 {
             NonNull::<u8>::dangling()
         } else {
-            let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("arena size");
+            let layout = Layout::from_size_align(pages * PAGE_SIZE, align).expect("arena size");
             // SAFETY: non-zero size.
             NonNull::new(unsafe { alloc(layout) }).expect("host out of memory for the arena")
         };
         Self {
             base,
             pages,
+            align,
             used: std::vec![0; pages.div_ceil(64)],
             mapped: 0,
             peak: 0,
@@ -179,7 +190,7 @@ impl ArenaSource {
 impl Drop for ArenaSource {
     fn drop(&mut self) {
         if self.pages != 0 {
-            let layout = Layout::from_size_align(self.pages * PAGE_SIZE, PAGE_SIZE).unwrap();
+            let layout = Layout::from_size_align(self.pages * PAGE_SIZE, self.align).unwrap();
             // SAFETY: allocated in `new` with this layout.
             unsafe { dealloc(self.base.as_ptr(), layout) };
         }
