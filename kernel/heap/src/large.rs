@@ -65,10 +65,11 @@
 //! The header page costs one page per run, at most 1/17 of the smallest run, and buys a tag at
 //! `ptr - 16` in both paths (so freeing never trusts the layout to pick a path or a length), room
 //! for the index node, and a double-free check. It never breaks alignment: for an alignment above
-//! 4096 the run maps `align / 4096 - 1` extra pages, puts the user pointer on the first aligned
-//! address at least one page into the mapping, and unmaps the unused head and tail pages (the page
-//! source allows unmapping any sub-run). Shrinking a run in place unmaps its tail pages; growing in
-//! place is not attempted.
+//! 4096 the run is asked of the page source with [`PageSource::map_pages_aligned`], which places
+//! the data page at an aligned address and maps only the run's own pages (a source that cannot
+//! choose addresses maps `align / 4096 - 1` more and unmaps the head and tail around the run).
+//! Shrinking a run in place unmaps its tail pages; growing in place asks the source for the pages
+//! right after it ([`PageSource::grow_pages`]).
 //!
 //! # The mapping index
 //!
@@ -117,7 +118,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use crate::error::{AllocError, InvariantError};
-use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_slack};
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -1086,39 +1087,27 @@ impl LargeAlloc {
     ) -> Result<NonNull<u8>, AllocError> {
         let align = layout.align();
         let data_pages = layout.size().div_ceil(PAGE_SIZE).max(1);
-        // Room to slide the data start up to an aligned address.
-        let slack_pages = if align > PAGE_SIZE {
-            align / PAGE_SIZE - 1
-        } else {
-            0
-        };
-        let total = data_pages
-            .checked_add(1 + slack_pages)
-            .filter(|&n| {
-                n.checked_mul(PAGE_SIZE)
-                    .is_some_and(|bytes| bytes <= isize::MAX as usize)
-            })
+        let pages = data_pages
+            .checked_add(1)
             .ok_or(AllocError::TooLarge { layout })?;
-        let base = src
-            .map_pages(total)
-            .map_err(|cause| AllocError::OutOfPages { layout, cause })?;
-        let first_data = base.addr().get() + PAGE_SIZE;
-        let shift = first_data.wrapping_neg() & (align.max(PAGE_SIZE) - 1);
-        let head_pages = shift / PAGE_SIZE;
-        let tail_pages = total - head_pages - 1 - data_pages;
-        let node = base.as_ptr().wrapping_add(shift);
+        // A run that could not be placed even in a whole address space (with the slack an
+        // aligned placement may have to skip) is too large, rather than out of pages.
+        aligned_slack(pages, align.max(PAGE_SIZE), 1).map_err(|_| AllocError::TooLarge { layout })?;
+        // The header page, then the data at an `align`-aligned address: the source finds such a
+        // range and maps just these pages (for an alignment above a page).
+        let mapped = if align > PAGE_SIZE {
+            src.map_pages_aligned(pages, align, 1)
+        } else {
+            src.map_pages(pages)
+        };
+        let node = mapped
+            .map_err(|cause| AllocError::OutOfPages { layout, cause })?
+            .as_ptr();
         let data = node.wrapping_add(PAGE_SIZE);
-        // SAFETY: the source mapped `total` pages at `base` for us alone. The head (the
-        // `head_pages` pages before `node`) and the tail (after the data) are sub-runs of it that
-        // nothing uses; the node page and the data pages stay mapped and are written only here.
+        debug_assert!(data.addr().is_multiple_of(align));
+        // SAFETY: the source mapped the `pages` pages at `node` for us alone; the node page and
+        // the data pages are written only here.
         unsafe {
-            if head_pages > 0 {
-                src.unmap_pages(base, head_pages);
-            }
-            if tail_pages > 0 {
-                let tail = data.wrapping_add(data_pages * PAGE_SIZE);
-                src.unmap_pages(NonNull::new_unchecked(tail), tail_pages);
-            }
             let node = node.cast::<Mapping>();
             node.write(Mapping {
                 left: ptr::null_mut(),
@@ -1725,6 +1714,7 @@ struct RegionWalk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::aligned_offset;
     use std::vec::Vec;
 
     // -------------------------------------------------------------------------------------
@@ -1802,6 +1792,33 @@ mod tests {
                     unsafe { ptr.write_bytes(0xA5, count * PAGE_SIZE) };
                     return Ok(NonNull::new(ptr).unwrap());
                 }
+            }
+            Err(PageSourceError::OutOfAddressSpace)
+        }
+
+        /// The first free run whose page `aligned_page` is aligned; maps only its pages.
+        fn map_pages_aligned(
+            &mut self,
+            count: usize,
+            align: usize,
+            aligned_page: usize,
+        ) -> Result<NonNull<u8>, PageSourceError> {
+            aligned_slack(count, align, aligned_page)?;
+            if self.fail_one_in != 0 && self.rng.below(self.fail_one_in) == 0 {
+                return Err(PageSourceError::OutOfMemory);
+            }
+            let mut start = aligned_offset(self.base.addr(), align, aligned_page) / PAGE_SIZE;
+            while start + count <= self.mapped.len() {
+                if !self.mapped[start..start + count].contains(&true) {
+                    self.mapped[start..start + count].fill(true);
+                    self.mapped_count += count;
+                    self.map_calls += 1;
+                    let ptr = self.base.wrapping_add(start * PAGE_SIZE);
+                    // SAFETY: the pages are inside the arena and were not mapped.
+                    unsafe { ptr.write_bytes(0xA5, count * PAGE_SIZE) };
+                    return Ok(NonNull::new(ptr).unwrap());
+                }
+                start += align / PAGE_SIZE;
             }
             Err(PageSourceError::OutOfAddressSpace)
         }
@@ -2156,8 +2173,8 @@ mod tests {
         let q = alloc(&mut a, &mut src, 100, 64 * 1024);
         assert_eq!(a.stats().page_runs, 2);
         assert_eq!(src.mapped_count, 17 + 2);
-        // An alignment far above the page size: extra pages are mapped, then trimmed. (Smaller
-        // under Miri, which is slow at patterning bytes.)
+        // An alignment far above the page size: the source places the run, and maps only its
+        // pages. (Smaller under Miri, which is slow at patterning bytes.)
         let big = if cfg!(miri) { 1 << 17 } else { 1 << 20 };
         let r = alloc(&mut a, &mut src, big, big);
         assert_eq!(r.addr().get() % big, 0);

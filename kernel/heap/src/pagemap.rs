@@ -508,21 +508,41 @@ impl<S: PageSource> core::fmt::Debug for Recording<'_, S> {
     }
 }
 
-// SAFETY: pages come from the wrapped source unchanged, so its guarantees carry over; a page is
-// unmapped only when the caller gives it back.
-unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
-    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
-        let start = self.src.map_pages(count)?;
+impl<S: PageSource> Recording<'_, S> {
+    /// Records the `count` pages at `start`, just mapped by the wrapped source, as one large
+    /// mapping; if that fails (no page for a map node), unmaps them again.
+    fn record(&mut self, start: NonNull<u8>, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if let Err(e) = self
             .map
             .set_run(self.src, start, count, Entry::Large(start))
         {
-            // SAFETY: we mapped exactly these pages just now and handed out nothing.
+            // SAFETY: the caller mapped exactly these pages just now and handed out nothing.
             unsafe { self.src.unmap_pages(start, count) };
             return Err(e);
         }
         *self.pages += count;
         Ok(start)
+    }
+}
+
+// SAFETY: pages come from the wrapped source unchanged, so its guarantees carry over; a page is
+// unmapped only when the caller gives it back.
+unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        let start = self.src.map_pages(count)?;
+        self.record(start, count)
+    }
+
+    /// Asks the wrapped source for the aligned run (so that its own way of placing it is used,
+    /// not the default's over-sized mapping) and records it.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let start = self.src.map_pages_aligned(count, align, aligned_page)?;
+        self.record(start, count)
     }
 
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {

@@ -29,6 +29,39 @@ impl fmt::Display for PageSourceError {
     }
 }
 
+/// Checks the arguments of a [`PageSource::map_pages_aligned`] call and returns its *slack*:
+/// `align / PAGE_SIZE - 1` pages, so that any run of `count` + slack pages contains a run of
+/// `count` pages whose page `aligned_page` starts at a multiple of `align`.
+///
+/// Fails with [`PageSourceError::InvalidRequest`] unless `count > 0`, `aligned_page < count`,
+/// `align` is a power of two of at least [`PAGE_SIZE`], and `count` + slack pages fit in
+/// `isize::MAX` bytes.
+pub fn aligned_slack(
+    count: usize,
+    align: usize,
+    aligned_page: usize,
+) -> Result<usize, PageSourceError> {
+    if count == 0 || aligned_page >= count || !align.is_power_of_two() || align < PAGE_SIZE {
+        return Err(PageSourceError::InvalidRequest);
+    }
+    let slack = align / PAGE_SIZE - 1;
+    count
+        .checked_add(slack)
+        .and_then(|pages| pages.checked_mul(PAGE_SIZE))
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .map(|_| slack)
+        .ok_or(PageSourceError::InvalidRequest)
+}
+
+/// Bytes from the page address `start` to the first address at or after it where a run would
+/// have its page `aligned_page` at a multiple of `align` (a power of two): less than `align`.
+pub const fn aligned_offset(start: usize, align: usize, aligned_page: usize) -> usize {
+    start
+        .wrapping_add(aligned_page.wrapping_mul(PAGE_SIZE))
+        .wrapping_neg()
+        & (align - 1)
+}
+
 /// A source of page-aligned, contiguous runs of 4 KiB pages.
 ///
 /// In a kernel this maps fresh physical frames into a heap window; on the host it can be `mmap` or
@@ -47,12 +80,59 @@ impl fmt::Display for PageSourceError {
 /// mapped page must be accessible through a pointer derived from `w` as well as through the
 /// pointer `map_pages` returned (true of a kernel window whose pointers are made from addresses,
 /// and of an arena whose pages are carved from one allocation).
+///
+/// An implementation that overrides [`map_pages_aligned`](Self::map_pages_aligned) must give
+/// its runs every guarantee of a `map_pages(count)` run, and page `aligned_page` of a run it
+/// returns must start at a multiple of `align` (the heap hands that address out as a block of
+/// that alignment).
 pub unsafe trait PageSource {
     /// Maps `count` contiguous pages and returns the address of the first one.
     ///
     /// Fails (never panics) when memory or address space runs out or `count` is zero; a failed
     /// call leaves nothing mapped.
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError>;
+
+    /// Maps `count` contiguous pages whose page `aligned_page` (counting from 0) starts at a
+    /// multiple of `align`, and returns the address of the first page: a run for data with a
+    /// large alignment, with `aligned_page` pages of bookkeeping in front of it (the heap's page
+    /// runs put one header page before their data).
+    ///
+    /// Fails (never panics) when memory or address space runs out, and when the request is
+    /// invalid (see [`aligned_slack`]: `align` a power of two of at least [`PAGE_SIZE`],
+    /// `aligned_page < count`); a failed call leaves nothing mapped. The run carries the
+    /// guarantees of a [`map_pages`](Self::map_pages) run, and its sub-runs may be unmapped
+    /// alone in the same way.
+    ///
+    /// The default maps `count` + [`aligned_slack`] pages with `map_pages` (such a run always
+    /// contains a suitable one) and unmaps the head and tail around the aligned part: right for
+    /// every source, but it needs memory for the whole slack while it works — for a 512 MiB
+    /// alignment, 512 MiB of it. A source that chooses the addresses itself should override it
+    /// to find a suitably aligned free range and map only the `count` pages.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let slack = aligned_slack(count, align, aligned_page)?;
+        let base = self.map_pages(count + slack)?;
+        let head = aligned_offset(base.addr().get(), align, aligned_page) / PAGE_SIZE;
+        let tail = slack - head;
+        // SAFETY: the `count + slack` pages at `base` were just mapped for us and nothing refers
+        // into them. `head <= slack`, so the aligned run and the head and tail around it lie
+        // inside the mapping; the head and tail are sub-runs of it, which the contract lets us
+        // unmap on their own.
+        unsafe {
+            let start = base.add(head * PAGE_SIZE);
+            if head > 0 {
+                self.unmap_pages(base, head);
+            }
+            if tail > 0 {
+                self.unmap_pages(start.add(count * PAGE_SIZE), tail);
+            }
+            Ok(start)
+        }
+    }
 
     /// Unmaps `count` contiguous pages starting at `ptr`, giving their memory back.
     ///
@@ -63,8 +143,9 @@ pub unsafe trait PageSource {
     /// # Safety
     ///
     /// Every page in `ptr .. ptr + count * PAGE_SIZE` must currently be mapped by an earlier
-    /// successful `map_pages` (or `grow_pages`) call on this same source and must not be unmapped
-    /// already, and the caller must hold no live references into those pages.
+    /// successful `map_pages` (or `map_pages_aligned` or `grow_pages`) call on this same source
+    /// and must not be unmapped already, and the caller must hold no live references into those
+    /// pages.
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize);
 
     /// Extends the run of `count` pages at `ptr` in place: maps the `extra` pages that follow it,

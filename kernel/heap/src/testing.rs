@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use std::alloc::{Layout, alloc, dealloc};
 use std::vec::Vec;
 
-use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
 
 /// Byte freshly mapped pages are filled with (so code that expects zeroes fails).
 pub const MAP_FILL: u8 = 0xA5;
@@ -166,6 +166,33 @@ impl ArenaSource {
         }
     }
 
+    /// Whether the failure injection refuses this call (counting it against `fail_after`).
+    fn refuse(&mut self) -> bool {
+        if let Some(n) = self.fail_after.as_mut() {
+            if *n == 0 {
+                return true;
+            }
+            *n -= 1;
+        }
+        self.fail_one_in != 0 && self.rng.one_in(self.fail_one_in)
+    }
+
+    /// Maps the free run of `count` pages at page `start` (inside the arena) and returns it.
+    fn take(&mut self, start: usize, count: usize) -> NonNull<u8> {
+        for p in start..start + count {
+            self.set(p, true);
+        }
+        self.hint = start + count;
+        self.mapped += count;
+        self.peak = self.peak.max(self.mapped);
+        self.map_calls += 1;
+        // SAFETY: `start + count <= pages` (the caller's search), so the run is inside the arena.
+        let run = unsafe { self.base.add(start * PAGE_SIZE) };
+        // SAFETY: the run is inside the arena and now ours to hand out.
+        unsafe { run.as_ptr().write_bytes(MAP_FILL, count * PAGE_SIZE) };
+        run
+    }
+
     /// First run of `count` free pages at or after `from`.
     fn find(&self, from: usize, count: usize) -> Option<usize> {
         let mut start = from;
@@ -191,26 +218,21 @@ impl Drop for ArenaSource {
     fn drop(&mut self) {
         if self.pages != 0 {
             let layout = Layout::from_size_align(self.pages * PAGE_SIZE, self.align).unwrap();
-            // SAFETY: allocated in `new` with this layout.
+            // SAFETY: allocated in `aligned` with this layout.
             unsafe { dealloc(self.base.as_ptr(), layout) };
         }
     }
 }
 
 // SAFETY: runs handed out are disjoint (the bitmap), page aligned (the arena is), inside the
-// arena (which lives as long as the source), and freed only through `unmap_pages`.
+// arena (which lives as long as the source), and freed only through `unmap_pages`; an aligned
+// run starts where `aligned_offset` says its page `aligned_page` is aligned.
 unsafe impl PageSource for ArenaSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if count == 0 {
             return Err(PageSourceError::InvalidRequest);
         }
-        if let Some(n) = self.fail_after.as_mut() {
-            if *n == 0 {
-                return Err(PageSourceError::OutOfMemory);
-            }
-            *n -= 1;
-        }
-        if self.fail_one_in != 0 && self.rng.one_in(self.fail_one_in) {
+        if self.refuse() {
             return Err(PageSourceError::OutOfMemory);
         }
         if count > self.pages - self.mapped {
@@ -222,18 +244,33 @@ unsafe impl PageSource for ArenaSource {
                 .find(0, count)
                 .ok_or(PageSourceError::OutOfAddressSpace)?,
         };
-        for p in start..start + count {
-            self.set(p, true);
+        Ok(self.take(start, count))
+    }
+
+    /// The first free run of the arena whose page `aligned_page` is aligned (candidates are
+    /// `align` apart, so the search is short); only its `count` pages are mapped.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        aligned_slack(count, align, aligned_page)?;
+        if self.refuse() {
+            return Err(PageSourceError::OutOfMemory);
         }
-        self.hint = start + count;
-        self.mapped += count;
-        self.peak = self.peak.max(self.mapped);
-        self.map_calls += 1;
-        // SAFETY: `start + count <= pages`, so the run is inside the arena.
-        let run = unsafe { self.base.add(start * PAGE_SIZE) };
-        // SAFETY: the run is inside the arena and now ours to hand out.
-        unsafe { run.as_ptr().write_bytes(MAP_FILL, count * PAGE_SIZE) };
-        Ok(run)
+        if count > self.pages - self.mapped {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        let step = align / PAGE_SIZE;
+        let mut start = aligned_offset(self.base.addr().get(), align, aligned_page) / PAGE_SIZE;
+        while start + count <= self.pages {
+            if (start..start + count).all(|p| !self.bit(p)) {
+                return Ok(self.take(start, count));
+            }
+            start += step;
+        }
+        Err(PageSourceError::OutOfAddressSpace)
     }
 
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
@@ -278,13 +315,7 @@ unsafe impl PageSource for ArenaSource {
         {
             return false;
         }
-        if let Some(n) = self.fail_after.as_mut() {
-            if *n == 0 {
-                return false;
-            }
-            *n -= 1;
-        }
-        if self.fail_one_in != 0 && self.rng.one_in(self.fail_one_in) {
+        if self.refuse() {
             return false;
         }
         for p in end..end + extra {

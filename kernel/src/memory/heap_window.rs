@@ -50,7 +50,7 @@
 
 use core::ptr::NonNull;
 
-use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
+use kheap::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags};
 
@@ -250,6 +250,49 @@ impl HeapWindow {
         }
     }
 
+    /// Maps `count` pages of fresh frames at a free run of the window whose page `aligned_page`
+    /// starts at a multiple of `align` (a power of two, at least a page): address space is
+    /// reserved for the run and the slack an aligned placement may skip, but only the run's own
+    /// pages are mapped, so a 512 MiB alignment costs two frames, not 512 MiB of them. (The
+    /// reserved range is a buddy block of at least twice the alignment for a run of more than
+    /// one page, and the run sits in its middle: while it lives, that block stays split.)
+    ///
+    /// # Errors
+    ///
+    /// `InvalidRequest` for arguments [`kheap::source::aligned_slack`] rejects,
+    /// `OutOfAddressSpace` if no free range can hold the run and its slack, `OutOfMemory` if
+    /// frames run out; in every case nothing stays mapped or taken.
+    pub(super) fn map_aligned<T: Tlb>(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let slack = aligned_slack(count, align, aligned_page)?;
+        let total = count + slack;
+        if total > HEAP_WINDOW_PAGES {
+            return Err(PageSourceError::OutOfAddressSpace);
+        }
+        // The buddy finds a free range of `total` pages, in which the aligned run lies; the
+        // range goes straight back (nothing can take it meanwhile: the memory lock is held),
+        // and the run alone is then claimed and mapped, as a run growing from nothing would be.
+        let reserved = self
+            .runs
+            .alloc(total)
+            .ok_or(PageSourceError::OutOfAddressSpace)?;
+        self.runs.free(reserved, total);
+        let addr = window_page(reserved).start_address().as_u64();
+        let start = addr + aligned_offset(addr as usize, align, aligned_page) as u64;
+        if !self.grow(start, 0, count, tables, frames) {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        // The window is in the higher half: its addresses are never null.
+        Ok(NonNull::new(VirtAddr::new(start).as_mut_ptr::<u8>())
+            .expect("heap window address is not null"))
+    }
+
     /// Unmaps `count` pages from `addr`, frees their frames and returns the run to the buddy.
     ///
     /// # Panics
@@ -312,7 +355,8 @@ impl KernelPageSource {
 // mapped PRESENT | WRITABLE to frames fresh from the frame allocator: page-aligned, readable and
 // writable, and aliased by nothing (the buddy hands each window page to one run, the frame
 // allocator each frame to one page, and nothing else maps window pages). They stay mapped until
-// `unmap_pages` is called for them.
+// `unmap_pages` is called for them. `map_pages_aligned` maps its run the same way, at the start
+// `aligned_offset` computes for page `aligned_page` to be aligned.
 unsafe impl PageSource for KernelPageSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if count == 0 || count.checked_mul(PAGE_SIZE).is_none() {
@@ -334,6 +378,22 @@ unsafe impl PageSource for KernelPageSource {
             // `HeapWindow::unmap`'s.
             unsafe { window.unmap(addr, count, tables, frames) }
         });
+    }
+
+    /// Places the run in the window so that its page `aligned_page` is aligned, and maps only
+    /// the run (see `HeapWindow::map_aligned`).
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        super::with_memory(|memory| match memory.parts() {
+            Some((window, tables, frames)) => {
+                window.map_aligned(count, align, aligned_page, tables, frames)
+            }
+            None => Err(PageSourceError::OutOfMemory),
+        })
     }
 
     /// Grows a run of the window in place when the pages after it are free (the buddy claims

@@ -16,6 +16,7 @@ use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ptr::NonNull;
 
+use kheap::source::{aligned_offset, aligned_slack};
 use kheap::{LockedHeap, PAGE_SIZE, PageSource, PageSourceError, SpinLock};
 
 /// Pages of the static arena (64 MiB natively).
@@ -34,27 +35,55 @@ struct StaticArena {
     used: [u64; PAGES / 64],
 }
 
+impl StaticArena {
+    fn is_free(&self, page: usize) -> bool {
+        self.used[page / 64] & (1 << (page % 64)) == 0
+    }
+
+    /// Marks the free run of `count` pages at page `start` (inside the arena) used.
+    fn take(&mut self, start: usize, count: usize) -> NonNull<u8> {
+        for p in start..start + count {
+            self.used[p / 64] |= 1 << (p % 64);
+        }
+        let base = ARENA.0.get().cast::<u8>();
+        // SAFETY: `start + count <= PAGES` (the caller's search): inside the arena.
+        unsafe { NonNull::new_unchecked(base.add(start * PAGE_SIZE)) }
+    }
+}
+
 // SAFETY: runs are disjoint (bitmap), page aligned (the arena is), inside the static arena, and
-// only freed through `unmap_pages`.
+// only freed through `unmap_pages`; an aligned run starts where `aligned_offset` puts it.
 unsafe impl PageSource for StaticArena {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if count == 0 {
             return Err(PageSourceError::InvalidRequest);
         }
-        let free = |p: usize| self.used[p / 64] & (1 << (p % 64)) == 0;
         let mut start = 0;
         while start + count <= PAGES {
-            match (start..start + count).find(|&p| !free(p)) {
+            match (start..start + count).find(|&p| !self.is_free(p)) {
                 Some(busy) => start = busy + 1,
-                None => {
-                    for p in start..start + count {
-                        self.used[p / 64] |= 1 << (p % 64);
-                    }
-                    let base = ARENA.0.get().cast::<u8>();
-                    // SAFETY: `start + count <= PAGES`: inside the arena.
-                    return Ok(unsafe { NonNull::new_unchecked(base.add(start * PAGE_SIZE)) });
-                }
+                None => return Ok(self.take(start, count)),
             }
+        }
+        Err(PageSourceError::OutOfMemory)
+    }
+
+    /// The first free run whose page `aligned_page` is aligned: the candidates are `align`
+    /// apart.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        aligned_slack(count, align, aligned_page)?;
+        let first = aligned_offset(ARENA.0.get().addr(), align, aligned_page) / PAGE_SIZE;
+        let mut start = first;
+        while start + count <= PAGES {
+            if (start..start + count).all(|p| self.is_free(p)) {
+                return Ok(self.take(start, count));
+            }
+            start += align / PAGE_SIZE;
         }
         Err(PageSourceError::OutOfMemory)
     }
@@ -155,6 +184,23 @@ fn huge_request_fails_with_null() {
         v.try_reserve_exact(PAGES * PAGE_SIZE).map(|()| v)
     };
     assert!(v.is_err());
+    check_heap();
+}
+
+/// Over-aligned requests (page runs placed by the arena) come back aligned and usable.
+#[test]
+fn over_aligned_requests() {
+    for align in [64 << 10, 1 << 20, 8 << 20] {
+        let layout = std::alloc::Layout::from_size_align(100, align).unwrap();
+        // SAFETY: a valid layout; the block is written within its size and freed with it.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            assert_eq!(p.addr() % align, 0);
+            p.write_bytes(7, 100);
+            std::alloc::dealloc(p, layout);
+        }
+    }
     check_heap();
 }
 
