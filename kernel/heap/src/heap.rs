@@ -2272,7 +2272,10 @@ mod tests {
                 let s = h.stats().pages;
                 let data = size.div_ceil(PAGE_SIZE);
                 assert_eq!(s.large, 1 + data, "align {align:#x}, size {size}");
-                assert_eq!(s.total - before.total, 1 + data + s.page_map - before.page_map);
+                assert_eq!(
+                    s.total - before.total,
+                    1 + data + s.page_map - before.page_map
+                );
                 // Nothing more was ever mapped than is mapped now.
                 assert_eq!(h.source().peak_pages(), h.source().mapped_pages());
                 fill(p, size, 3);

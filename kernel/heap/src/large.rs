@@ -1092,7 +1092,8 @@ impl LargeAlloc {
             .ok_or(AllocError::TooLarge { layout })?;
         // A run that could not be placed even in a whole address space (with the slack an
         // aligned placement may have to skip) is too large, rather than out of pages.
-        aligned_slack(pages, align.max(PAGE_SIZE), 1).map_err(|_| AllocError::TooLarge { layout })?;
+        aligned_slack(pages, align.max(PAGE_SIZE), 1)
+            .map_err(|_| AllocError::TooLarge { layout })?;
         // The header page, then the data at an `align`-aligned address: the source finds such a
         // range and maps just these pages (for an alignment above a page).
         let mapped = if align > PAGE_SIZE {

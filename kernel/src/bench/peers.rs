@@ -19,7 +19,7 @@
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
-use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
+use kheap::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
 
 use crate::memory::buddy::{Buddy, storage_words};
 
@@ -206,6 +206,26 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         Ok(ptr)
     }
 
+    /// The inner source places the run; the cap counts only the run's pages.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let total = self
+            .mapped
+            .checked_add(count)
+            .ok_or(PageSourceError::InvalidRequest)?;
+        if total > self.cap {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        let ptr = self.inner.map_pages_aligned(count, align, aligned_page)?;
+        self.mapped = total;
+        self.peak = self.peak.max(total);
+        Ok(ptr)
+    }
+
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
         // SAFETY: forwarded contract: the pages were mapped by an earlier `map_pages` of this
         // source, hence of `inner`, and are not referenced any more.
@@ -304,7 +324,8 @@ impl<S: PageSource> ArenaPages<S> {
 // SAFETY: a successful `map_pages(n)` returns page `first` of the arena for a run of `n` pages
 // the buddy has just marked taken: page-aligned (the arena is), readable and writable (the arena
 // stays mapped while `self` lives), and handed to nobody else until `unmap_pages` returns it to
-// the buddy. `unmap_pages` accepts any sub-run, as the buddy's `free` does.
+// the buddy (an aligned run is placed where `aligned_offset` says). `unmap_pages` accepts any
+// sub-run, as the buddy's `free` does.
 unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if count == 0 {
@@ -318,6 +339,32 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
         self.peak = self.peak.max(self.mapped);
         // SAFETY: the buddy only hands out runs inside `0..arena.pages`, so the offset stays
         // inside the arena.
+        Ok(unsafe { self.arena.base.add(first * PAGE_SIZE) })
+    }
+
+    /// Reserves a buddy range that holds an aligned run (as the heap window does), gives it back
+    /// and claims just the run.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let total = count + aligned_slack(count, align, aligned_page)?;
+        let reserved = self
+            .buddy
+            .alloc(total)
+            .ok_or(PageSourceError::OutOfMemory)?;
+        self.buddy.free(reserved, total);
+        let base = self.arena.base.addr().get() + reserved * PAGE_SIZE;
+        let first = reserved + aligned_offset(base, align, aligned_page) / PAGE_SIZE;
+        if !self.buddy.claim(first, count) {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        self.mapped += count;
+        self.peak = self.peak.max(self.mapped);
+        // SAFETY: the claimed run lies inside the reserved range, which the buddy only hands out
+        // inside `0..arena.pages`.
         Ok(unsafe { self.arena.base.add(first * PAGE_SIZE) })
     }
 

@@ -185,6 +185,35 @@ impl PageArena {
         Some(unsafe { self.region.base.add(start * PAGE) })
     }
 
+    /// Maps `count` contiguous pages whose page `aligned_page` starts at a multiple of `align`
+    /// (a power of two, at least a page): the first such free run, found by trying the aligned
+    /// lines of the region in turn. Only the run's pages are mapped.
+    pub fn map_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Option<NonNull<u8>> {
+        kheap::source::aligned_slack(count, align, aligned_page).ok()?;
+        let base = self.region.base.as_ptr() as usize;
+        let mut start = kheap::source::aligned_offset(base, align, aligned_page) / PAGE;
+        while start + count <= self.pages {
+            if !(start..start + count).any(|p| self.used(p)) {
+                self.set(start, count, true);
+                if start == self.hint {
+                    self.hint = start + count;
+                }
+                self.mapped += count;
+                self.peak = self.peak.max(self.mapped);
+                self.maps += 1;
+                // SAFETY: `start + count <= pages`, so the offset stays inside the region.
+                return Some(unsafe { self.region.base.add(start * PAGE) });
+            }
+            start += align / PAGE;
+        }
+        None
+    }
+
     /// Maps the `extra` pages right after the `count` mapped pages at `ptr`, if all of them are
     /// free, and returns whether it did: a mapping growing in place (the kernel's heap window
     /// does the same with its buddy allocator). Any input gets an answer; `false` changes

@@ -274,8 +274,9 @@ impl SharedPages {
 // SAFETY: a successful `map_pages(n)` returns the start of `n` pages that `PageArena::map` has
 // just marked mapped: page-aligned (the region is page-aligned and mapping is page-granular),
 // readable and writable (the arena buffer is live for the allocator's whole life, see
-// `with_peer`), and handed out to nobody else until `unmap_pages` clears their bits again.
-// `unmap_pages` accepts any sub-run of mapped pages.
+// `with_peer`), and handed out to nobody else until `unmap_pages` clears their bits again; an
+// aligned run is placed where `aligned_offset` says. `unmap_pages` accepts any sub-run of mapped
+// pages.
 unsafe impl kheap::PageSource for SharedPages {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, kheap::PageSourceError> {
         if count == 0 || count.checked_mul(PAGE).is_none() {
@@ -284,6 +285,21 @@ unsafe impl kheap::PageSource for SharedPages {
         self.0
             .borrow_mut()
             .map(count)
+            .ok_or(kheap::PageSourceError::OutOfMemory)
+    }
+
+    /// Places the run on an aligned line of the arena and maps only its pages, as the kernel's
+    /// heap window does.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, kheap::PageSourceError> {
+        kheap::source::aligned_slack(count, align, aligned_page)?;
+        self.0
+            .borrow_mut()
+            .map_aligned(count, align, aligned_page)
             .ok_or(kheap::PageSourceError::OutOfMemory)
     }
 

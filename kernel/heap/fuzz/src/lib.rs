@@ -215,6 +215,26 @@ impl FuzzSource {
     pub fn mapped_pages(&self) -> usize {
         self.arena.mapped_pages()
     }
+
+    /// One map call: refused if the current operation's mask names it, else `map` on the arena;
+    /// a failure either way is counted as a refusal.
+    fn map_with(
+        &mut self,
+        map: impl FnOnce(&mut ArenaSource) -> Result<NonNull<u8>, PageSourceError>,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let refuse = call < 8 && self.mask.get() & (1 << call) != 0;
+        let result = if refuse {
+            Err(PageSourceError::OutOfMemory)
+        } else {
+            map(&mut self.arena)
+        };
+        if result.is_err() {
+            self.refused.set(self.refused.get() + 1);
+        }
+        result
+    }
 }
 
 // SAFETY: every successful map or growth is the arena's (which upholds the contract: disjoint,
@@ -222,18 +242,17 @@ impl FuzzSource {
 // forwarded unchanged.
 unsafe impl PageSource for FuzzSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
-        let call = self.calls.get();
-        self.calls.set(call + 1);
-        let refuse = call < 8 && self.mask.get() & (1 << call) != 0;
-        let result = if refuse {
-            Err(PageSourceError::OutOfMemory)
-        } else {
-            self.arena.map_pages(count)
-        };
-        if result.is_err() {
-            self.refused.set(self.refused.get() + 1);
-        }
-        result
+        self.map_with(|arena| arena.map_pages(count))
+    }
+
+    /// A map call like `map_pages` for the failure mask; the arena places the run.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        self.map_with(|arena| arena.map_pages_aligned(count, align, aligned_page))
     }
 
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
