@@ -174,6 +174,11 @@ impl PageArena {
                 Some(used) => start = self.next_free(used + 1)?,
             }
         }
+        Some(self.take(start, count))
+    }
+
+    /// Maps the free run of `count` pages at page `start` (inside the region) and returns it.
+    fn take(&mut self, start: usize, count: usize) -> NonNull<u8> {
         self.set(start, count, true);
         if start == self.hint {
             self.hint = start + count;
@@ -181,8 +186,9 @@ impl PageArena {
         self.mapped += count;
         self.peak = self.peak.max(self.mapped);
         self.maps += 1;
-        // SAFETY: `start + count <= pages`, so the offset stays inside the region.
-        Some(unsafe { self.region.base.add(start * PAGE) })
+        // SAFETY: `start + count <= pages` (the caller's search), so the offset stays inside the
+        // region.
+        unsafe { self.region.base.add(start * PAGE) }
     }
 
     /// Maps `count` contiguous pages whose page `aligned_page` starts at a multiple of `align`
@@ -199,15 +205,7 @@ impl PageArena {
         let mut start = kheap::source::aligned_offset(base, align, aligned_page) / PAGE;
         while start + count <= self.pages {
             if !(start..start + count).any(|p| self.used(p)) {
-                self.set(start, count, true);
-                if start == self.hint {
-                    self.hint = start + count;
-                }
-                self.mapped += count;
-                self.peak = self.peak.max(self.mapped);
-                self.maps += 1;
-                // SAFETY: `start + count <= pages`, so the offset stays inside the region.
-                return Some(unsafe { self.region.base.add(start * PAGE) });
+                return Some(self.take(start, count));
             }
             start += align / PAGE;
         }
