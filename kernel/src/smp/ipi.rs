@@ -9,7 +9,8 @@
 //!   CPU (a test uses it to allocate from an interrupt handler on every CPU), and counts.
 //!
 //! A CPU takes a fixed IPI only with interrupts enabled; until then the IPI stays pending in its
-//! APIC. Sending never waits for the target to handle it, so it cannot deadlock. (TLB shootdown
+//! APIC. Its APIC has one pending bit per vector, so IPIs of one vector that arrive before the
+//! first is taken merge into one: count events elsewhere, not by IPIs. Sending never waits for the target to handle it, so it cannot deadlock. (TLB shootdown
 //! uses NMIs instead, see [`shootdown`](super::shootdown).) "All but self" is sent to each other
 //! *online* CPU by its APIC id, not with the APIC's broadcast shorthand, which would also reach
 //! a CPU that failed to start (one that may be halted in the trampoline with no IDT).
