@@ -16,7 +16,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use kheap::{Checked, HeapStats, LockedHeap, RawLock};
 use x86_64::instructions::interrupts;
@@ -209,16 +209,16 @@ pub fn footprint() -> Footprint {
 /// * **The holder is this CPU**: the lock can never be released (interrupts are off while it is
 ///   held, so the holder is code this CPU will never return to: an allocation from inside the
 ///   allocator, or a fault while the heap was locked). That is certain at once, so it is reported
-///   at once, and the kernel stops rather than hanging silently. This was the only case on one
+///   at once (a panic), rather than hanging silently. This was the only case on one
 ///   CPU, and it still needs no timeout.
 /// * **Another CPU holds it**: that CPU is running and will release it; only how long it may take
 ///   is unknown (a `trim` of a large heap, an invariant check, a burst of TLB shootdowns, a vCPU
 ///   descheduled by a loaded host). The waiter measures *per acquisition*: its clock restarts
 ///   whenever the acquisition count moves, so waiting behind many short holds never adds up — with
 ///   any number of CPUs, each hold is judged alone. Only one single hold longer than
-///   [`HOLD_LIMIT_S`] (by the TSC, calibrated against the PIT) is reported, naming the holder's
-///   CPU: no heap operation comes near it, so it means the holder is stuck (e.g. in an endless
-///   loop with the lock held).
+///   [`HOLD_LIMIT_S`] (by the TSC, calibrated against the PIT) is reported (a panic naming the
+///   holder's CPU): no heap operation comes near it, so it means the holder is stuck (e.g. in an
+///   endless loop with the lock held).
 ///
 /// The NMI-based TLB shootdown is what makes "another CPU will release it" true: a holder waiting
 /// for this CPU's acknowledgement gets it even while this CPU spins here with interrupts off.
@@ -240,35 +240,48 @@ const FREE: usize = usize::MAX;
 static LOCKS_HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// The longest one hold of the lock by another CPU may last before the watchdog calls it stuck,
-/// in seconds. Heap operations take micro- to milliseconds (a full trim or invariant walk of a
-/// large heap under TCG, well under a second); this leaves two orders of magnitude for a loaded
-/// host, and still fires long before a test's time limit.
+/// in seconds (the default of [`set_lock_hold_limit_ms`]). Heap operations take micro- to
+/// milliseconds (a full trim or invariant walk of a large heap under TCG, well under a second);
+/// this leaves two orders of magnitude for a loaded host, and still fires long before a test's
+/// time limit.
 pub const HOLD_LIMIT_S: u64 = 30;
+
+/// The watchdog's limit in force, in ms.
+static HOLD_LIMIT_MS: AtomicU64 = AtomicU64::new(HOLD_LIMIT_S * 1000);
+
+/// Sets how long one hold of the heap lock by another CPU may last before a waiter reports the
+/// holder as stuck (default [`HOLD_LIMIT_S`]); for tests of the watchdog.
+pub fn set_lock_hold_limit_ms(ms: u64) {
+    HOLD_LIMIT_MS.store(ms, Ordering::Relaxed);
+}
 
 /// Spins between two looks at the clock (reading the TSC costs more than a spin).
 const SPINS_PER_CHECK: u32 = 1024;
 
 impl IrqSpinLock {
-    /// Called while the lock is held by `holder` (not this CPU): reports and stops the kernel if
-    /// one single hold has lasted longer than [`HOLD_LIMIT_S`].
+    /// Called while the lock is held by `holder` (not this CPU): panics, naming the holder, if
+    /// one single hold has lasted longer than the limit ([`set_lock_hold_limit_ms`]).
     fn watch(&self, holder: usize, watched: &mut Option<(usize, usize, crate::cpu::clock::Deadline)>) {
         let acquisitions = self.acquisitions.load(Ordering::Relaxed);
         match watched {
             Some((who, count, deadline)) if *who == holder && *count == acquisitions => {
                 if deadline.passed() {
-                    crate::serial_println!(
-                        "kernel heap: CPU {holder} has held the heap lock for over {HOLD_LIMIT_S} s \
+                    // Interrupts are off; the panic path does not take the heap lock.
+                    panic!(
+                        "kernel heap: CPU {holder} has held the heap lock for over {} ms \
                          (acquisition {acquisitions}) while CPU {} waits: the holder is stuck",
+                        HOLD_LIMIT_MS.load(Ordering::Relaxed),
                         crate::smp::cpu_id()
                     );
-                    crate::qemu::exit_qemu(crate::qemu::QemuExitCode::Failed);
                 }
             }
             _ => {
                 *watched = Some((
                     holder,
                     acquisitions,
-                    crate::cpu::clock::Deadline::after_us(HOLD_LIMIT_S * 1_000_000),
+                    crate::cpu::clock::Deadline::after_us(
+                        HOLD_LIMIT_MS.load(Ordering::Relaxed) * 1000,
+                    ),
                 ));
             }
         }
@@ -300,11 +313,11 @@ unsafe impl RawLock for IrqSpinLock {
             {
                 Ok(_) => break,
                 Err(holder) if holder == me => {
-                    crate::serial_println!(
+                    // The panic path does not take the heap lock (reports use `try_stats`).
+                    panic!(
                         "kernel heap: lock re-entered on the CPU that holds it (CPU {me}: \
                          allocation inside the allocator, or a fault while the heap was locked)"
                     );
-                    crate::qemu::exit_qemu(crate::qemu::QemuExitCode::Failed);
                 }
                 // A spurious failure of the weak exchange: just try again.
                 Err(FREE) => {}
