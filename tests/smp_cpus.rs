@@ -100,6 +100,8 @@ fn wait_received(cpu: usize, want: u64) {
 
 #[test_case]
 fn ipis_reach_every_cpu() {
+    // The boot CPU takes IPIs only with interrupts enabled (they are disabled by default).
+    x86_64::instructions::interrupts::enable();
     ipi::set_hook(Some(count_call));
     let base: [u64; CPUS] = core::array::from_fn(ipi::received);
     // To one CPU at a time, the sender itself included.
@@ -123,6 +125,7 @@ fn ipis_reach_every_cpu() {
     }
     assert!(ipi::send(CPUS + 3, ipi::CALL_VECTOR).is_err(), "no such CPU");
     ipi::set_hook(None);
+    x86_64::instructions::interrupts::disable();
     assert!(CALLS.load(Ordering::SeqCst) >= 2 * CPUS as u64 - 1 + CPUS as u64);
 }
 

@@ -72,8 +72,8 @@ impl core::fmt::Display for InitError {
 /// Brings the kernel up, in this order: serial console, GDT and TSS, the boot CPU's per-CPU area
 /// (so `smp::cpu_id` works from here on), IDT, TSC calibration (for the CPU start-up delays and
 /// the lock watchdog), physical frames and page tables (after taking the CPU trampoline's page
-/// out of the memory map), heap, and last every other CPU (`smp::init`). Afterwards interrupts
-/// are enabled on every CPU.
+/// out of the memory map), heap, and last every other CPU (`smp::init`). The boot CPU's
+/// interrupts stay disabled; the other CPUs wait for work with theirs enabled.
 pub fn init(boot_info: &'static mut BootInfo) -> Result<(), InitError> {
     serial::init();
     gdt::init();

@@ -1,10 +1,11 @@
 //! The periodic timer: the legacy 8259 PIC and the 8254 PIT, off until [`start`] is called.
 //!
-//! [`mask_legacy_pic`] (run by `smp::init`) moves the 8259's vectors past the CPU exceptions and
-//! masks every line, so that the kernel can run with interrupts enabled — which every CPU does
-//! after init, to take IPIs. Tests that need interrupt pressure (for example an interrupt handler
-//! that allocates while the main loop allocates too) call [`start`] with a hook that runs on every
-//! tick; the PIT's interrupts reach the boot CPU only.
+//! The boot CPU runs with interrupts disabled by default. [`mask_legacy_pic`] (run by `smp::init`)
+//! moves the 8259's vectors past the CPU exceptions and masks every line, so that code may enable
+//! interrupts (the other CPUs run with them enabled, to take IPIs) without the 8259's BIOS vectors
+//! landing on exception handlers. Tests that need interrupt pressure (for example an interrupt
+//! handler that allocates while the main loop allocates too) call [`start`] with a hook that runs
+//! on every tick; the PIT's interrupts reach the boot CPU only.
 
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
@@ -87,14 +88,12 @@ pub fn start(hz: u32, hook: fn()) {
     x86_64::instructions::interrupts::enable();
 }
 
-/// Stops the timer: masks IRQ 0. Interrupts stay enabled (for IPIs); once this returns, no
-/// further tick runs the hook.
+/// Stops the timer: masks IRQ 0 and disables interrupts.
 pub fn stop() {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        // SAFETY: writing the master PIC's mask register only masks IRQ lines.
-        unsafe { Port::<u8>::new(PIC1_DATA).write(0xFF) };
-        HOOK.store(core::ptr::null_mut(), Ordering::SeqCst);
-    });
+    x86_64::instructions::interrupts::disable();
+    // SAFETY: writing the master PIC's mask register only masks IRQ lines.
+    unsafe { Port::<u8>::new(PIC1_DATA).write(0xFF) };
+    HOOK.store(core::ptr::null_mut(), Ordering::SeqCst);
 }
 
 /// A spurious IRQ 7 from the master 8259: no EOI (nothing is in service).

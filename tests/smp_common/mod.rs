@@ -91,13 +91,19 @@ fn draw(rng: &mut Rng) -> (usize, usize) {
     (size, align)
 }
 
+/// Each CPU's share of `total` operations: the same work in all for any CPU count, so that
+/// `-smp 4` on a 2-core host takes about as long as `-smp 2`.
+fn share(total: usize) -> usize {
+    total / smp::online_count()
+}
+
 fn tag(cpu: usize, n: usize) -> u64 {
     ((cpu as u64) << 40) | n as u64
 }
 
 #[test_case]
 fn all_cpus_allocate_and_free_at_once() {
-    const OPS: usize = 12_000;
+    let ops = share(24_000);
     const LIVE: usize = 300;
     let corrupt = AtomicUsize::new(0);
     returns_everything(|| {
@@ -105,7 +111,7 @@ fn all_cpus_allocate_and_free_at_once() {
             let cpu = smp::cpu_id();
             let mut rng = Rng::new(0x5eed + cpu as u64);
             let mut live: Vec<Block> = Vec::with_capacity(LIVE);
-            for n in 0..OPS {
+            for n in 0..ops {
                 if live.len() < LIVE && (live.is_empty() || rng.next_u64() % 3 != 0) {
                     let (size, align) = draw(&mut rng);
                     live.push(Block::new(size, align, tag(cpu, n)));
@@ -129,7 +135,7 @@ fn all_cpus_allocate_and_free_at_once() {
 
 #[test_case]
 fn blocks_allocated_on_one_cpu_are_freed_on_another() {
-    const PER_CPU: usize = 4000;
+    let per_cpu = share(8000);
     /// Blocks in flight per ring at most.
     const DEPTH: usize = 64;
     let n = smp::online_count();
@@ -145,8 +151,8 @@ fn blocks_allocated_on_one_cpu_are_freed_on_another() {
             let prev = (cpu + n - 1) % n;
             let mut rng = Rng::new(0xface + cpu as u64);
             let (mut sent, mut got) = (0, 0);
-            while sent < PER_CPU || got < PER_CPU {
-                if sent < PER_CPU && rings[next].lock().len() < DEPTH {
+            while sent < per_cpu || got < per_cpu {
+                if sent < per_cpu && rings[next].lock().len() < DEPTH {
                     let (size, align) = draw(&mut rng);
                     let block = Block::new(size, align, tag(cpu, sent));
                     rings[next].lock().push_back(block);
@@ -168,7 +174,7 @@ fn blocks_allocated_on_one_cpu_are_freed_on_another() {
         assert!(rings.iter().all(|r| r.lock().is_empty()));
     });
     assert_eq!(errors.load(Ordering::SeqCst), 0, "blocks arrived changed or from the wrong CPU");
-    assert_eq!(freed_remote.load(Ordering::SeqCst), n * PER_CPU);
+    assert_eq!(freed_remote.load(Ordering::SeqCst), n * per_cpu);
 }
 
 /// A pooled object: its own tag, repeated.
@@ -176,18 +182,18 @@ type Obj = [u64; 5];
 
 #[test_case]
 fn user_pools_are_shared_by_every_cpu() {
-    const OPS: usize = 6000;
+    let ops = share(12_000);
     let n = smp::online_count();
     let errors = AtomicUsize::new(0);
     returns_everything(|| {
         let pool = kheap::ObjectPool::<Obj, _, _>::new(HEAP.heap()).expect("pool");
         let handoff: Vec<Mutex<Vec<kheap::PoolBox<'_, Obj, _, _>>>> =
-            (0..n).map(|_| Mutex::new(Vec::with_capacity(OPS))).collect();
+            (0..n).map(|_| Mutex::new(Vec::with_capacity(ops))).collect();
         smp::run_on_all(&|| {
             let cpu = smp::cpu_id();
             let mut rng = Rng::new(0x9001 + cpu as u64);
             let mut live = Vec::with_capacity(256);
-            for i in 0..OPS {
+            for i in 0..ops {
                 let t = tag(cpu, i);
                 if live.len() < 256 && rng.next_u64() % 4 != 0 {
                     live.push((t, pool.alloc([t; 5]).expect("pool block")));
@@ -252,7 +258,10 @@ fn interrupt_handlers_allocate_on_every_cpu() {
         ipi::set_hook(Some(allocating_ipi));
         smp::run_on_all(&|| {
             let cpu = smp::cpu_id();
-            assert!(x86_64::instructions::interrupts::are_enabled(), "CPU {cpu} runs with interrupts off");
+            // The other CPUs run jobs with interrupts enabled; the boot CPU (the caller) keeps
+            // its own state, disabled by default: enable them for this job.
+            let was_enabled = x86_64::instructions::interrupts::are_enabled();
+            x86_64::instructions::interrupts::enable();
             let next = (cpu + 1) % n;
             let mut live: VecDeque<Block> = VecDeque::with_capacity(200);
             let mut i = 0usize;
@@ -277,6 +286,9 @@ fn interrupt_handlers_allocate_on_every_cpu() {
                 if b.check().is_some() {
                     corrupt.fetch_add(1, Ordering::SeqCst);
                 }
+            }
+            if !was_enabled {
+                x86_64::instructions::interrupts::disable();
             }
         })
         .unwrap();
@@ -422,7 +434,7 @@ fn unmapped_heap_pages_fault_on_every_cpu_and_never_show_the_reused_frame() {
         let before = smp::shootdown::stats();
         // One page, a short run (flushed page by page), a long one (flushed whole), and a page
         // run of the global heap given back by trim.
-        for round in 0..6 {
+        for round in 0..share(12) {
             for (pages, through_heap) in [(1, false), (5, false), (40, false), (24, true)] {
                 let stale = shootdown_round(pages, through_heap);
                 assert!(

@@ -117,3 +117,17 @@ pub fn delay_us(us: u64) {
         core::hint::spin_loop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Deadline, delay_us, ticks_per_us};
+
+    #[test_case]
+    fn the_tsc_is_calibrated_and_delays_wait() {
+        assert!(ticks_per_us() > 0);
+        let d = Deadline::after_us(2000);
+        assert!(!d.passed() || d.elapsed_us() >= 2000);
+        delay_us(2000);
+        assert!(d.passed(), "a 2 ms delay ended before a 2 ms deadline");
+    }
+}

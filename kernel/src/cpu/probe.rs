@@ -72,3 +72,21 @@ pub fn fixup(rip: u64) -> Option<u64> {
     let landing = (&raw const kernel_probe_read_u64_fixup) as u64;
     (rip == insn).then_some(landing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Fault, read_u64};
+
+    #[test_case]
+    fn a_probe_reads_mapped_memory_and_survives_unmapped_memory() {
+        let value = core::hint::black_box(0x1234_5678_9abc_def0u64);
+        // SAFETY: a live local.
+        assert_eq!(unsafe { read_u64(&raw const value as u64) }, Ok(value));
+        let guard = crate::memory::HEAP_GUARD_PAGE;
+        // SAFETY: the heap's guard page is never mapped: the read faults and is reported.
+        assert_eq!(unsafe { read_u64(guard + 8) }, Err(Fault { addr: guard + 8 }));
+        // And again, to show the first fault left nothing behind.
+        // SAFETY: as above.
+        assert!(unsafe { read_u64(guard) }.is_err());
+    }
+}

@@ -106,3 +106,33 @@ pub(crate) fn idle_loop(mut seen: u64) -> ! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{CallError, run_on_all};
+    use crate::smp;
+
+    /// The library's test kernel boots with QEMU's default single CPU: the SMP layer must then
+    /// be the one-CPU kernel of before.
+    #[test_case]
+    fn one_cpu_runs_everything_itself() {
+        assert_eq!(smp::online_count(), 1, "{}", smp::summary());
+        assert_eq!(smp::cpu_id(), 0);
+        assert_eq!(smp::online_mask(), 1);
+        assert_eq!(smp::summary().failed().count(), 0);
+        let runs = AtomicUsize::new(0);
+        run_on_all(&|| {
+            assert_eq!(smp::cpu_id(), 0);
+            assert_eq!(run_on_all(&|| {}), Err(CallError::Busy));
+            runs.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // An unmap on one CPU asks nobody else.
+        let before = smp::shootdown::stats().requests;
+        smp::shootdown::flush_all();
+        assert_eq!(smp::shootdown::stats().requests, before);
+    }
+}

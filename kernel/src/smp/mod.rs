@@ -15,8 +15,10 @@
 //! After [`init`], every CPU the MADT lists runs (or was reported by its APIC id as failing to
 //! start): [`cpu_id`] gives 0 on the boot CPU and 1, 2, … on the others; [`online_count`] how
 //! many there are. The boot CPU goes on with the kernel; the others wait in their idle loop for
-//! [`run_on_all`]. Every CPU then runs with interrupts enabled: the 8259 is masked, so the only
-//! interrupts are IPIs (and the PIT's, on the boot CPU, when a test starts it).
+//! [`run_on_all`], and run with interrupts enabled. The boot CPU keeps interrupts disabled, as on
+//! one CPU, until code enables them; the 8259 is remapped and masked at init, so enabling them lets
+//! only IPIs in (and the PIT's, when a test starts it). TLB shootdowns need no enabled
+//! interrupts (they are NMIs).
 //!
 //! # Memory layout
 //!
@@ -91,6 +93,12 @@ pub fn reserve_trampoline(regions: &mut [MemoryRegion]) {
     }
 }
 
+/// Frames [`reserve_trampoline`] took out of the boot memory map (0 or 1): the frame allocator
+/// has that many fewer than the map's usable frames.
+pub fn reserved_frames() -> u64 {
+    u64::from(trampoline_frame().is_some())
+}
+
 /// The frame [`reserve_trampoline`] took, if any.
 pub(crate) fn trampoline_frame() -> Option<PhysFrame> {
     match TRAMPOLINE_FRAME.load(Ordering::Relaxed) {
@@ -117,9 +125,9 @@ static STARTUP: spin::Mutex<Startup> = spin::Mutex::new(Startup {
     failed_len: 0,
 });
 
-/// Brings up every CPU: masks the 8259, reads the MADT, maps and enables the local APIC, starts
-/// the other CPUs (each failure is recorded for [`summary`], and the others go on), then enables
-/// interrupts on the boot CPU. Call once, on the boot CPU, after the heap is up.
+/// Brings up every CPU: masks the 8259, reads the MADT, maps and enables the local APIC, and
+/// starts the other CPUs (each failure is recorded for [`summary`], and the others go on). Call
+/// once, on the boot CPU, after the heap is up; its interrupt flag is left as it was.
 ///
 /// # Errors
 ///
@@ -152,7 +160,6 @@ pub fn init(rsdp: Option<u64>) -> Result<(), SmpError> {
         }
         Err(e) => STARTUP.lock().madt = Some(e),
     }
-    x86_64::instructions::interrupts::enable();
     Ok(())
 }
 
