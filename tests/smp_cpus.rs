@@ -27,7 +27,9 @@ const PAGE: u64 = 4096;
 fn stack_pointer() -> u64 {
     let rsp: u64;
     // SAFETY: reads the stack pointer register; no memory, no flags.
-    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags))
+    };
     rsp
 }
 
@@ -42,7 +44,12 @@ fn every_cpu_comes_online_with_a_distinct_id() {
     let runs = AtomicUsize::new(0);
     smp::run_on_all(&|| {
         let bit = 1u64 << smp::cpu_id();
-        assert_eq!(seen.fetch_or(bit, Ordering::SeqCst) & bit, 0, "cpu_id {} twice", smp::cpu_id());
+        assert_eq!(
+            seen.fetch_or(bit, Ordering::SeqCst) & bit,
+            0,
+            "cpu_id {} twice",
+            smp::cpu_id()
+        );
         runs.fetch_add(1, Ordering::SeqCst);
     })
     .expect("run_on_all");
@@ -52,7 +59,11 @@ fn every_cpu_comes_online_with_a_distinct_id() {
     for i in 0..CPUS {
         let info = smp::cpu(i).expect("cpu online");
         assert_eq!(info.index, i);
-        assert!(!apic_ids[..i].contains(&info.apic_id), "APIC id {} twice", info.apic_id);
+        assert!(
+            !apic_ids[..i].contains(&info.apic_id),
+            "APIC id {} twice",
+            info.apic_id
+        );
         apic_ids[i] = info.apic_id;
     }
     assert_eq!(smp::online_mask(), (1 << CPUS) - 1);
@@ -66,18 +77,31 @@ fn each_cpu_runs_on_its_own_stack_above_a_guard_page() {
     for cpu in 1..CPUS {
         let info = smp::cpu(cpu).unwrap();
         let (low, top) = info.stack;
-        assert!((low..top).contains(&rsp[cpu]), "CPU {cpu} runs at {:#x}, not on its stack {low:#x}..{top:#x}", rsp[cpu]);
+        assert!(
+            (low..top).contains(&rsp[cpu]),
+            "CPU {cpu} runs at {:#x}, not on its stack {low:#x}..{top:#x}",
+            rsp[cpu]
+        );
         for (name, (l, t)) in [("kernel", info.stack), ("double-fault", info.fault_stack)] {
-            assert!(kernel::memory::translate(VirtAddr::new(l)).is_some(), "CPU {cpu}: {name} stack mapped");
-            assert!(kernel::memory::translate(VirtAddr::new(t - 8)).is_some(), "CPU {cpu}: {name} stack top mapped");
+            assert!(
+                kernel::memory::translate(VirtAddr::new(l)).is_some(),
+                "CPU {cpu}: {name} stack mapped"
+            );
+            assert!(
+                kernel::memory::translate(VirtAddr::new(t - 8)).is_some(),
+                "CPU {cpu}: {name} stack top mapped"
+            );
             assert!(
                 kernel::memory::translate(VirtAddr::new(l - PAGE)).is_none(),
                 "CPU {cpu}: the page below its {name} stack is a guard (unmapped)"
             );
         }
-        for other in 0..CPUS {
+        for (other, &sp) in rsp.iter().enumerate() {
             if other != cpu {
-                assert!(!(low..top).contains(&rsp[other]), "CPU {other} runs on CPU {cpu}'s stack");
+                assert!(
+                    !(low..top).contains(&sp),
+                    "CPU {other} runs on CPU {cpu}'s stack"
+                );
             }
         }
     }
@@ -93,7 +117,11 @@ fn count_call() {
 fn wait_received(cpu: usize, want: u64) {
     let deadline = Deadline::after_us(5_000_000);
     while ipi::received(cpu) < want {
-        assert!(!deadline.passed(), "CPU {cpu} handled {} of {want} IPIs", ipi::received(cpu));
+        assert!(
+            !deadline.passed(),
+            "CPU {cpu} handled {} of {want} IPIs",
+            ipi::received(cpu)
+        );
         core::hint::spin_loop();
     }
 }
@@ -105,9 +133,9 @@ fn ipis_reach_every_cpu() {
     ipi::set_hook(Some(count_call));
     let base: [u64; CPUS] = core::array::from_fn(ipi::received);
     // To one CPU at a time, the sender itself included.
-    for cpu in 0..CPUS {
+    for (cpu, &b) in base.iter().enumerate() {
         ipi::send(cpu, ipi::CALL_VECTOR).expect("send");
-        wait_received(cpu, base[cpu] + 1);
+        wait_received(cpu, b + 1);
     }
     // From each CPU in turn to all the others. (One at a time: IPIs of the same vector that
     // reach a CPU together may merge, since its APIC has one pending bit per vector.)
@@ -123,7 +151,10 @@ fn ipis_reach_every_cpu() {
             wait_received(cpu, b + 1 + from_others);
         }
     }
-    assert!(ipi::send(CPUS + 3, ipi::CALL_VECTOR).is_err(), "no such CPU");
+    assert!(
+        ipi::send(CPUS + 3, ipi::CALL_VECTOR).is_err(),
+        "no such CPU"
+    );
     ipi::set_hook(None);
     x86_64::instructions::interrupts::disable();
     assert!(CALLS.load(Ordering::SeqCst) >= 2 * CPUS as u64 - 1 + CPUS as u64);
@@ -160,7 +191,10 @@ fn a_cpu_that_does_not_answer_is_reported_and_the_others_go_on() {
     kernel::allocator::trim();
     let after = kernel::allocator::footprint();
     assert_eq!(after.heap_pages, before.heap_pages);
-    assert!(before.free_frames - after.free_frames <= 4, "{before:?} -> {after:?}");
+    assert!(
+        before.free_frames - after.free_frames <= 4,
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[inline(never)]
@@ -180,6 +214,8 @@ fn overflow_on_cpu_1() {
 }
 
 #[test_case]
-static STACK_OVERFLOW_ON_ANOTHER_CPU_HITS_ITS_GUARD_PAGE: ShouldPanic =
-    ShouldPanic::new("stack_overflow_on_another_cpu_hits_its_guard_page", overflow_on_cpu_1)
-        .expecting("DOUBLE FAULT");
+static STACK_OVERFLOW_ON_ANOTHER_CPU_HITS_ITS_GUARD_PAGE: ShouldPanic = ShouldPanic::new(
+    "stack_overflow_on_another_cpu_hits_its_guard_page",
+    overflow_on_cpu_1,
+)
+.expecting("DOUBLE FAULT");

@@ -74,4 +74,5 @@ fn reenter() {
 
 #[test_case]
 static REENTRY_IS_REPORTED_AT_ONCE: ShouldPanic =
-    ShouldPanic::new("reentry_is_reported_at_once", reenter).expecting("lock re-entered on the CPU that holds it");
+    ShouldPanic::new("reentry_is_reported_at_once", reenter)
+        .expecting("lock re-entered on the CPU that holds it");

@@ -261,7 +261,11 @@ const SPINS_PER_CHECK: u32 = 1024;
 impl IrqSpinLock {
     /// Called while the lock is held by `holder` (not this CPU): panics, naming the holder, if
     /// one single hold has lasted longer than the limit ([`set_lock_hold_limit_ms`]).
-    fn watch(&self, holder: usize, watched: &mut Option<(usize, usize, crate::cpu::clock::Deadline)>) {
+    fn watch(
+        &self,
+        holder: usize,
+        watched: &mut Option<(usize, usize, crate::cpu::clock::Deadline)>,
+    ) {
         let acquisitions = self.acquisitions.load(Ordering::Relaxed);
         match watched {
             Some((who, count, deadline)) if *who == holder && *count == acquisitions => {

@@ -6,7 +6,7 @@
 //!
 //! Every CPU has its own GDT and TSS (a TSS is marked busy when loaded, and each CPU needs its
 //! own double-fault stack). The boot CPU's are statics, loaded by [`init`] before the heap exists;
-//! each other CPU's are allocated by [`init_ap`] on the heap and live for good, with the
+//! each other CPU's are allocated by [`CpuTables::leak`] on the heap and live for good, with the
 //! double-fault stack that `smp::stacks` mapped for it. All use the same selectors and the same
 //! IST index, so the one IDT serves every CPU.
 

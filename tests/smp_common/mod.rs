@@ -16,8 +16,8 @@ use kernel::smp::{self, MAX_CPUS, ipi};
 use kheap::PageSource;
 use kheap_workload::Rng;
 use spin::Mutex;
-use x86_64::structures::paging::PhysFrame;
 use x86_64::VirtAddr;
+use x86_64::structures::paging::PhysFrame;
 
 const PAGE: usize = 4096;
 
@@ -56,7 +56,10 @@ impl Block {
         let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: the size is non-zero.
         let ptr = unsafe { alloc::alloc::alloc(layout) };
-        assert!(!ptr.is_null(), "allocation of {size} B aligned {align} failed");
+        assert!(
+            !ptr.is_null(),
+            "allocation of {size} B aligned {align} failed"
+        );
         assert!(ptr.addr().is_multiple_of(align), "misaligned block");
         for i in 0..size {
             // SAFETY: inside the block just allocated.
@@ -130,7 +133,11 @@ fn all_cpus_allocate_and_free_at_once() {
         })
         .unwrap();
     });
-    assert_eq!(corrupt.load(Ordering::SeqCst), 0, "blocks changed under their owner");
+    assert_eq!(
+        corrupt.load(Ordering::SeqCst),
+        0,
+        "blocks changed under their owner"
+    );
 }
 
 #[test_case]
@@ -143,8 +150,9 @@ fn blocks_allocated_on_one_cpu_are_freed_on_another() {
     let freed_remote = AtomicUsize::new(0);
     returns_everything(|| {
         // Ring `i` carries blocks to CPU `i`, from CPU `i - 1`.
-        let rings: Vec<Mutex<VecDeque<Block>>> =
-            (0..n).map(|_| Mutex::new(VecDeque::with_capacity(DEPTH))).collect();
+        let rings: Vec<Mutex<VecDeque<Block>>> = (0..n)
+            .map(|_| Mutex::new(VecDeque::with_capacity(DEPTH)))
+            .collect();
         smp::run_on_all(&|| {
             let cpu = smp::cpu_id();
             let next = (cpu + 1) % n;
@@ -173,7 +181,11 @@ fn blocks_allocated_on_one_cpu_are_freed_on_another() {
         .unwrap();
         assert!(rings.iter().all(|r| r.lock().is_empty()));
     });
-    assert_eq!(errors.load(Ordering::SeqCst), 0, "blocks arrived changed or from the wrong CPU");
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "blocks arrived changed or from the wrong CPU"
+    );
     assert_eq!(freed_remote.load(Ordering::SeqCst), n * per_cpu);
 }
 
@@ -187,8 +199,9 @@ fn user_pools_are_shared_by_every_cpu() {
     let errors = AtomicUsize::new(0);
     returns_everything(|| {
         let pool = kheap::ObjectPool::<Obj, _, _>::new(HEAP.heap()).expect("pool");
-        let handoff: Vec<Mutex<Vec<kheap::PoolBox<'_, Obj, _, _>>>> =
-            (0..n).map(|_| Mutex::new(Vec::with_capacity(ops))).collect();
+        let handoff: Vec<Mutex<Vec<kheap::PoolBox<'_, Obj, _, _>>>> = (0..n)
+            .map(|_| Mutex::new(Vec::with_capacity(ops)))
+            .collect();
         smp::run_on_all(&|| {
             let cpu = smp::cpu_id();
             let mut rng = Rng::new(0x9001 + cpu as u64);
@@ -239,7 +252,11 @@ fn allocating_ipi() {
     let cpu = smp::cpu_id();
     let k = IRQ_ALLOCS[cpu].fetch_add(1, Ordering::SeqCst);
     let blocks: [Block; 4] = core::array::from_fn(|j| {
-        Block::new([24, 200, 1500, 9000][j] + (k as usize % 7), 8, tag(cpu, k as usize * 4 + j))
+        Block::new(
+            [24, 200, 1500, 9000][j] + (k as usize % 7),
+            8,
+            tag(cpu, k as usize * 4 + j),
+        )
     });
     if blocks.iter().any(|b| b.check().is_some()) {
         IRQ_ERRORS.fetch_add(1, Ordering::SeqCst);
@@ -277,7 +294,10 @@ fn interrupt_handlers_allocate_on_every_cpu() {
                 if i % 8 == 0 {
                     ipi::send(next, ipi::CALL_VECTOR).unwrap();
                 }
-                if cpu == 0 && i % 64 == 0 && (0..n).all(|c| IRQ_ALLOCS[c].load(Ordering::SeqCst) >= base[c] + WANT) {
+                if cpu == 0
+                    && i % 64 == 0
+                    && (0..n).all(|c| IRQ_ALLOCS[c].load(Ordering::SeqCst) >= base[c] + WANT)
+                {
                     all_done.store(true, Ordering::SeqCst);
                 }
                 i += 1;
@@ -296,10 +316,21 @@ fn interrupt_handlers_allocate_on_every_cpu() {
     });
     for (cpu, b) in base.iter().enumerate().take(n) {
         let got = IRQ_ALLOCS[cpu].load(Ordering::SeqCst) - b;
-        assert!(got >= WANT, "CPU {cpu}: only {got} interrupt handlers allocated");
+        assert!(
+            got >= WANT,
+            "CPU {cpu}: only {got} interrupt handlers allocated"
+        );
     }
-    assert_eq!(IRQ_ERRORS.load(Ordering::SeqCst), 0, "interrupt-side blocks corrupted");
-    assert_eq!(corrupt.load(Ordering::SeqCst), 0, "main-loop blocks corrupted");
+    assert_eq!(
+        IRQ_ERRORS.load(Ordering::SeqCst),
+        0,
+        "interrupt-side blocks corrupted"
+    );
+    assert_eq!(
+        corrupt.load(Ordering::SeqCst),
+        0,
+        "main-loop blocks corrupted"
+    );
 }
 
 /// What the readers should find in the pages before they are unmapped, and what the reused
@@ -340,7 +371,11 @@ fn shootdown_round(pages: usize, through_heap: bool) -> Vec<(u64, u64)> {
             let count = (pages - usize::from(first != base)) as u64;
             addr.store(first | count, Ordering::SeqCst);
             let frames: Vec<PhysFrame> = (0..count)
-                .map(|i| PhysFrame::containing_address(memory::translate(VirtAddr::new(first + i * PAGE as u64)).unwrap()))
+                .map(|i| {
+                    PhysFrame::containing_address(
+                        memory::translate(VirtAddr::new(first + i * PAGE as u64)).unwrap(),
+                    )
+                })
                 .collect();
             // Nothing may allocate from the unmap until the readers are done: a new heap page
             // could take the unmapped addresses or frames again (a read of it would not be a
@@ -357,10 +392,16 @@ fn shootdown_round(pages: usize, through_heap: bool) -> Vec<(u64, u64)> {
                 allocator::trim();
             } else {
                 // SAFETY: the run was mapped above and nothing holds references into it.
-                unsafe { KernelPageSource::new().unmap_pages(core::ptr::NonNull::new(base as *mut u8).unwrap(), pages) };
+                unsafe {
+                    KernelPageSource::new()
+                        .unmap_pages(core::ptr::NonNull::new(base as *mut u8).unwrap(), pages)
+                };
             }
             for i in 0..count {
-                assert!(memory::translate(VirtAddr::new(first + i * PAGE as u64)).is_none(), "page still mapped");
+                assert!(
+                    memory::translate(VirtAddr::new(first + i * PAGE as u64)).is_none(),
+                    "page still mapped"
+                );
             }
             // Take the frames back from the frame allocator and give them new contents.
             let offset = memory::physical_memory_offset().unwrap().as_u64();
@@ -377,7 +418,11 @@ fn shootdown_round(pages: usize, through_heap: bool) -> Vec<(u64, u64)> {
                 }
                 taken.push(f);
             }
-            assert_eq!(reused, frames.len(), "the unmapped frames were not handed out again");
+            assert_eq!(
+                reused,
+                frames.len(),
+                "the unmapped frames were not handed out again"
+            );
             unmapped.store(true, Ordering::SeqCst);
             while done.load(Ordering::SeqCst) < n - 1 {
                 core::hint::spin_loop();
@@ -404,7 +449,12 @@ fn shootdown_round(pages: usize, through_heap: bool) -> Vec<(u64, u64)> {
             for i in 0..count {
                 // SAFETY: the page is mapped and holds plain data until CPU 0 sees `read`.
                 let v = unsafe { probe::read_u64(first + i * PAGE as u64) };
-                assert_eq!(v, Ok(OLD), "CPU {} read page {i} before the unmap", smp::cpu_id());
+                assert_eq!(
+                    v,
+                    Ok(OLD),
+                    "CPU {} read page {i} before the unmap",
+                    smp::cpu_id()
+                );
             }
             read.fetch_add(1, Ordering::SeqCst);
             while !unmapped.load(Ordering::SeqCst) {
@@ -447,6 +497,9 @@ fn unmapped_heap_pages_fault_on_every_cpu_and_never_show_the_reused_frame() {
                 );
             }
         }
-        assert!(smp::shootdown::stats().requests > before.requests, "no shootdown was sent");
+        assert!(
+            smp::shootdown::stats().requests > before.requests,
+            "no shootdown was sent"
+        );
     });
 }

@@ -36,7 +36,9 @@ pub fn now() -> u64 {
     let lo: u32;
     let hi: u32;
     // SAFETY: `rdtsc` only reads a counter; CR4.TSD is clear in this kernel, so it cannot fault.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 

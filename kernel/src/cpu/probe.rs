@@ -84,7 +84,8 @@ mod tests {
         assert_eq!(unsafe { read_u64(&raw const value as u64) }, Ok(value));
         let guard = crate::memory::HEAP_GUARD_PAGE;
         // SAFETY: the heap's guard page is never mapped: the read faults and is reported.
-        assert_eq!(unsafe { read_u64(guard + 8) }, Err(Fault { addr: guard + 8 }));
+        let result = unsafe { read_u64(guard + 8) };
+        assert_eq!(result, Err(Fault { addr: guard + 8 }));
         // And again, to show the first fault left nothing behind.
         // SAFETY: as above.
         assert!(unsafe { read_u64(guard) }.is_err());

@@ -19,8 +19,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
 
-use super::percpu::{self, MAX_CPUS};
 use super::apic;
+use super::percpu::{self, MAX_CPUS};
 
 /// Vector of the wake-up IPI.
 pub const WAKE_VECTOR: u8 = 0xF0;

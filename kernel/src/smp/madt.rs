@@ -83,7 +83,11 @@ struct PhysMap {
 }
 
 impl AcpiHandler for PhysMap {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         let virt = (self.phys_offset + physical_address as u64) as *mut T;
         // SAFETY: all physical memory is mapped at `phys_offset` for the kernel's life, so the
         // range is readable there; the address is non-null (the offset is in the higher half).

@@ -206,7 +206,11 @@ impl fmt::Display for Summary {
             write!(f, " (other CPUs not looked for: {e})")?;
         }
         if self.startup.skipped > 0 {
-            write!(f, ", {} more not supported (beyond {MAX_CPUS} or x2APIC-only)", self.startup.skipped)?;
+            write!(
+                f,
+                ", {} more not supported (beyond {MAX_CPUS} or x2APIC-only)",
+                self.startup.skipped
+            )?;
         }
         for (apic_id, error) in self.failed() {
             write!(f, "\ncpu with APIC id {apic_id} did not start: {error}")?;

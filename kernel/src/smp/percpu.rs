@@ -4,7 +4,8 @@
 //! Each CPU's GS base points at its own [`PerCpu`] (the boot CPU's is a static, set at the very
 //! start of `kernel::init`; each application processor's is leaked from the heap before it
 //! starts). The CPU index is the first word there, so [`cpu_id`] is one `mov` from `gs:0`.
-//! Indices are dense: 0 is the boot CPU, 1.. the others in the order they came up.
+//! Indices are dense: 0 is the boot CPU, 1.. the others in the order they came up (the one
+//! exception: a CPU that started but never reported keeps its index unused).
 //!
 //! The online set is a bit mask ([`MAX_CPUS`] bits) that only grows: a CPU sets its bit when it
 //! can take part (GDT, IDT and per-CPU area loaded) and never leaves. The TLB shootdown reads it
@@ -35,7 +36,12 @@ pub struct PerCpu {
 
 impl PerCpu {
     /// The area of CPU `index`.
-    pub const fn new(index: usize, apic_id: u32, stack: (u64, u64), fault_stack: (u64, u64)) -> Self {
+    pub const fn new(
+        index: usize,
+        apic_id: u32,
+        stack: (u64, u64),
+        fault_stack: (u64, u64),
+    ) -> Self {
         Self {
             index,
             apic_id,
@@ -60,7 +66,12 @@ pub struct CpuInfo {
 }
 
 /// The boot CPU's area (its APIC id is filled in by [`set_bsp_apic_id`]).
-static BSP: PerCpuCell = PerCpuCell(core::cell::UnsafeCell::new(PerCpu::new(0, 0, (0, 0), (0, 0))));
+static BSP: PerCpuCell = PerCpuCell(core::cell::UnsafeCell::new(PerCpu::new(
+    0,
+    0,
+    (0, 0),
+    (0, 0),
+)));
 
 /// The boot CPU's area lives in a static but is written once (its APIC id) before any other CPU
 /// runs; afterwards it is only read.
@@ -75,7 +86,8 @@ unsafe impl Sync for PerCpuCell {}
 /// reading GS (only the boot CPU runs then).
 static READY: AtomicBool = AtomicBool::new(false);
 /// Each online CPU's area, by index.
-static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 /// Bit `i` set: CPU `i` is online.
 static ONLINE: AtomicU64 = AtomicU64::new(0);
 /// Number of online CPUs.

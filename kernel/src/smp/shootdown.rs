@@ -21,7 +21,7 @@
 //! lock, the memory lock) — a maskable IPI would never be taken and both would wait forever. An
 //! NMI is taken even with interrupts disabled, so every online CPU answers whatever it is doing.
 //! The handler takes no lock and waits for nothing (atomics and `invlpg`/CR3 only), so it is safe
-//! at any instruction, inside any lock. Requests are serialised by [`SHOOTDOWN`] (and in practice
+//! at any instruction, inside any lock. Requests are serialised by a flag (and in practice
 //! by the memory lock); a CPU spinning for it still answers the holder's NMIs.
 //!
 //! # Ordering against CPUs coming online

@@ -11,13 +11,14 @@
 //!    the PIT;
 //! 3. waits up to a time limit for the CPU to report online. If it does not, the offer is
 //!    withdrawn: a CPU that arrives later halts in the trampoline; the failure is recorded with the
-//!    CPU's APIC id, and the kernel goes on with the others (the stacks and index are reused).
+//!    CPU's APIC id, and the kernel goes on with the others (the stacks and index are reused; if
+//!    the CPU took its slot but never reported, they stay its own, and that index stays unused).
 //!
-//! The new CPU ([`ap_entry`]) sets up its control registers like the boot CPU's, enters its
+//! The new CPU (`ap_entry`) sets up its control registers like the boot CPU's, enters its
 //! per-CPU area (GS), loads its GDT/TSS and the shared IDT, enables its local APIC, marks itself
 //! online and goes to the idle loop, where it runs what [`run_on_all`](super::run_on_all) gives it.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use x86_64::registers::control::{Cr0, Cr4};
 use x86_64::structures::paging::PhysFrame;
@@ -79,6 +80,9 @@ static BSP_CR0: AtomicU64 = AtomicU64::new(0);
 static BSP_CR4: AtomicU64 = AtomicU64::new(0);
 /// Held while a CPU is being started (one at a time: there is one start-up slot).
 static STARTING: AtomicBool = AtomicBool::new(false);
+/// The index the next CPU to start gets. It moves on when a CPU took its slot (came online, or
+/// went silent on its stacks); a CPU that never answered leaves it for the next.
+static NEXT_INDEX: AtomicUsize = AtomicUsize::new(1);
 
 /// What a starting CPU receives (its address is the trampoline's argument).
 struct Start {
@@ -161,8 +165,12 @@ pub(super) fn record_boot_cpu() {
 /// # Safety
 ///
 /// As for [`start_cpu`].
-unsafe fn start_one(tramp: &mut Trampoline, apic_id: u32, timeout_ms: u64) -> Result<usize, StartError> {
-    let index = percpu::online_count();
+unsafe fn start_one(
+    tramp: &mut Trampoline,
+    apic_id: u32,
+    timeout_ms: u64,
+) -> Result<usize, StartError> {
+    let index = NEXT_INDEX.load(Ordering::Relaxed);
     if index >= MAX_CPUS {
         return Err(StartError::TooManyCpus);
     }
@@ -174,7 +182,8 @@ unsafe fn start_one(tramp: &mut Trampoline, apic_id: u32, timeout_ms: u64) -> Re
         cpu_stacks.fault_stack,
     )));
     let tables = CpuTables::leak(cpu_stacks.fault_stack.1);
-    let start: &'static Start = alloc::boxed::Box::leak(alloc::boxed::Box::new(Start { area, tables }));
+    let start: &'static Start =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(Start { area, tables }));
     tramp.offer(cpu_stacks.stack.1, core::ptr::from_ref(start) as usize);
 
     apic::send(apic_id, apic::Delivery::InitAssert);
@@ -194,6 +203,7 @@ unsafe fn start_one(tramp: &mut Trampoline, apic_id: u32, timeout_ms: u64) -> Re
         true
     };
     if online(&Deadline::after_us(timeout_ms * 1000)) {
+        NEXT_INDEX.store(index + 1, Ordering::Relaxed);
         return Ok(index);
     }
     if tramp.withdraw() {
@@ -201,14 +211,19 @@ unsafe fn start_one(tramp: &mut Trampoline, apic_id: u32, timeout_ms: u64) -> Re
         // SAFETY: the three boxes were leaked above and no CPU has seen them (the slot was
         // withdrawn before anyone took it); the stacks are likewise unused.
         unsafe {
-            drop(alloc::boxed::Box::from_raw(core::ptr::from_ref(start).cast_mut()));
-            drop(alloc::boxed::Box::from_raw(core::ptr::from_ref(area).cast_mut()));
+            drop(alloc::boxed::Box::from_raw(
+                core::ptr::from_ref(start).cast_mut(),
+            ));
+            drop(alloc::boxed::Box::from_raw(
+                core::ptr::from_ref(area).cast_mut(),
+            ));
             CpuTables::free(tables);
             stacks::unmap(cpu_stacks);
         }
         return Err(StartError::NoAnswer { ms: timeout_ms });
     }
-    // It took the slot just now: give it as long again.
+    // It took the slot just now: its index and stacks are its own. Give it as long again.
+    NEXT_INDEX.store(index + 1, Ordering::Relaxed);
     if online(&Deadline::after_us(timeout_ms * 1000)) {
         Ok(index)
     } else {

@@ -243,8 +243,14 @@ impl Trampoline {
             late_cpu_possible: false,
         };
         // The absolute addresses are physical = identity-mapped virtual addresses, all < 1 MiB.
-        tramp.write_u32(&raw const ap_tramp_gdtr_base, (phys + offset(&raw const ap_tramp_gdt)) as u32);
-        tramp.write_u32(&raw const ap_tramp_ljmp_target, (phys + offset(&raw const ap_tramp_long)) as u32);
+        tramp.write_u32(
+            &raw const ap_tramp_gdtr_base,
+            (phys + offset(&raw const ap_tramp_gdt)) as u32,
+        );
+        tramp.write_u32(
+            &raw const ap_tramp_ljmp_target,
+            (phys + offset(&raw const ap_tramp_long)) as u32,
+        );
         tramp.write_u64(&raw const ap_tramp_cr3, cr3);
         tramp.write_u64(&raw const ap_tramp_entry, entry as usize as u64);
         tramp.write_u32(&raw const ap_tramp_state, EMPTY);
@@ -274,7 +280,8 @@ impl Trampoline {
     pub fn offer(&mut self, stack_top: u64, index: usize) {
         self.write_u64(&raw const ap_tramp_stack, stack_top);
         self.write_u64(&raw const ap_tramp_arg, index as u64);
-        self.state().store(READY, core::sync::atomic::Ordering::SeqCst);
+        self.state()
+            .store(READY, core::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether a CPU has taken the slot offered last.
@@ -294,7 +301,9 @@ impl Trampoline {
     }
 
     fn state(&self) -> &core::sync::atomic::AtomicU32 {
-        let ptr = self.field(&raw const ap_tramp_state).cast::<core::sync::atomic::AtomicU32>();
+        let ptr = self
+            .field(&raw const ap_tramp_state)
+            .cast::<core::sync::atomic::AtomicU32>();
         // SAFETY: the state word is 4-aligned (it follows an 8-aligned quad), inside the
         // trampoline's page, which lives as long as `self` (and longer); other CPUs access it
         // only atomically (`lock cmpxchg`).
