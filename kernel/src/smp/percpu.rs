@@ -139,14 +139,9 @@ pub fn mark_online(area: &'static PerCpu) {
     x86_64::instructions::tlb::flush_all();
 }
 
-/// The index `area` describes.
-pub fn index_of(area: &PerCpu) -> usize {
-    area.index
-}
-
-/// The double-fault stack `area` describes.
-pub fn fault_stack_of(area: &PerCpu) -> (u64, u64) {
-    area.fault_stack
+/// The local APIC id `area` describes.
+pub fn apic_id_of(area: &PerCpu) -> u32 {
+    area.apic_id
 }
 
 /// This CPU's index: 0 for the boot CPU, then 1, 2, … in the order the others came up.

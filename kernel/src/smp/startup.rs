@@ -234,8 +234,17 @@ unsafe fn start_one(
 /// The first Rust code of an application processor, entered from the trampoline on its own
 /// stack with interrupts disabled; `arg` is the address of its [`Start`].
 extern "sysv64" fn ap_entry(arg: u64) -> ! {
-    // SAFETY: the trampoline passes the `Start` that `start_one` leaked for this CPU.
+    // SAFETY: the trampoline passes the `Start` that `start_one` leaked for the slot this CPU
+    // took.
     let start: &'static Start = unsafe { &*(arg as *const Start) };
+    if apic::id() != percpu::apic_id_of(start.area) {
+        // A CPU that answered a withdrawn start so late that it took the slot meant for the next
+        // CPU: the area describes another CPU. Stay off; the kernel reports that start as silent.
+        loop {
+            x86_64::instructions::interrupts::disable();
+            x86_64::instructions::hlt();
+        }
+    }
     // SAFETY: the boot CPU's values, valid on this CPU too (same model under QEMU and on any
     // machine that starts all CPUs alike); paging and long mode are already on, and the bits
     // the trampoline set (PE, PG, PAE) are set in these too.

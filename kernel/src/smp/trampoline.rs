@@ -5,11 +5,11 @@
 //! kernel's own page tables and jumps to the kernel:
 //!
 //! ```text
-//!  real mode ── lgdt (3 descriptors in the trampoline) ── CR4.PAE ── CR3 = kernel's PML4
+//!  real mode ── claim the start-up slot (lock cmpxchg READY → TAKEN), or halt if withdrawn
+//!            ── lgdt (3 descriptors in the trampoline) ── CR4.PAE ── CR3 = kernel's PML4
 //!            ── EFER.LME|NXE ── CR0.PE|PG  (now in long mode, compatibility sub-mode)
 //!            ── far jmp to the 64-bit selector ── load data segments
-//!            ── claim the start-up slot (lock cmpxchg READY → TAKEN), or halt if it was withdrawn
-//!            ── rsp = its stack, rdi = its CPU index ── jmp to the kernel's AP entry
+//!            ── rsp = its stack, rdi = its start data ── jmp to the kernel's AP entry
 //! ```
 //!
 //! The code is position-independent: 16-bit code addresses its data relative to CS, 64-bit code
@@ -21,9 +21,11 @@
 //!
 //! The page is taken from the bootloader's memory map before the frame allocator is built
 //! ([`reserve`]), so nothing else ever gets it. CPUs are started one at a time; the start-up
-//! slot (stack, index, state) is rewritten for each, and the `state` handshake makes sure a CPU
-//! that comes up after the kernel gave up waiting for it halts instead of running on a slot that
-//! now belongs to the next CPU.
+//! slot (stack, start data, state) is rewritten for each, and the `state` handshake makes sure a
+//! CPU that comes up after the kernel gave up waiting for it halts in real mode instead of running
+//! on a slot that is gone. (Should it arrive while the *next* CPU's slot is offered, it takes
+//! that slot; the kernel entry checks the APIC id and halts it there, and the next CPU is reported
+//! as silent.)
 
 use core::arch::global_asm;
 
@@ -52,6 +54,12 @@ global_asm!(
     "    cld",
     "    mov ax, cs",
     "    mov ds, ax",
+    // Claim the start-up slot (READY → TAKEN) before anything else, or halt here, in real mode,
+    // if it was withdrawn: a late CPU then never touches paging or the kernel.
+    "    mov eax, 1",
+    "    mov ecx, 2",
+    "    lock cmpxchg dword ptr [AP_TRAMP_STATE_OFFSET], ecx",
+    "    jne 4f",
     "    lgdt [AP_TRAMP_GDTR_OFFSET]",
     "    mov eax, cr4",
     "    or eax, 0x20",
@@ -70,6 +78,10 @@ global_asm!(
     "ap_tramp_ljmp_target:",
     "    .long 0",
     "    .word 0x08",
+    "4:",
+    "    cli",
+    "    hlt",
+    "    jmp 4b",
     ".code64",
     "ap_tramp_long:",
     "    mov ax, 0x10",
@@ -79,10 +91,6 @@ global_asm!(
     "    xor eax, eax",
     "    mov fs, ax",
     "    mov gs, ax",
-    "    mov eax, 1",
-    "    mov ecx, 2",
-    "    lock cmpxchg dword ptr [rip + ap_tramp_state], ecx",
-    "    jne 3f",
     "    mov rsp, qword ptr [rip + ap_tramp_stack]",
     "    mov rdi, qword ptr [rip + ap_tramp_arg]",
     "    mov rax, qword ptr [rip + ap_tramp_entry]",
@@ -90,10 +98,6 @@ global_asm!(
     // A zero return address, so that rsp is 8 mod 16 at the entry, as after a call.
     "    push rbp",
     "    jmp rax",
-    "3:",
-    "    cli",
-    "    hlt",
-    "    jmp 3b",
     ".balign 8",
     "ap_tramp_gdt:",
     "    .quad 0",
@@ -121,6 +125,7 @@ global_asm!(
     // Offsets from the start (CS base) for the 16-bit code's memory operands.
     ".set AP_TRAMP_GDTR_OFFSET, ap_tramp_gdtr - ap_trampoline_start",
     ".set AP_TRAMP_CR3_OFFSET, ap_tramp_cr3 - ap_trampoline_start",
+    ".set AP_TRAMP_STATE_OFFSET, ap_tramp_state - ap_trampoline_start",
     ".popsection",
 );
 
@@ -199,7 +204,8 @@ pub struct Trampoline {
     base: *mut u8,
     /// Whether the identity mapping was made here (else it existed already, and stays).
     mapped_here: bool,
-    /// Whether a CPU may still arrive: then the page must stay mapped and reserved for good.
+    /// Whether a CPU took a slot without reporting: it may still run in the page, so the
+    /// identity mapping stays for good.
     late_cpu_possible: bool,
 }
 
@@ -290,14 +296,19 @@ impl Trampoline {
     }
 
     /// Withdraws the offer if no CPU has taken it; returns `false` if one has (it is running
-    /// on the offered stack then). After a withdrawal a CPU may still arrive late (and will
-    /// halt in the trampoline), so the page stays mapped and reserved for good.
+    /// on the offered stack then, and may still need the identity mapping: it stays for good). A
+    /// CPU that arrives after a withdrawal halts in real mode, in the page (which is never
+    /// reused).
     pub fn withdraw(&mut self) -> bool {
         use core::sync::atomic::Ordering;
-        self.late_cpu_possible = true;
-        self.state()
+        let withdrawn = self
+            .state()
             .compare_exchange(READY, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+            .is_ok();
+        if !withdrawn {
+            self.late_cpu_possible = true;
+        }
+        withdrawn
     }
 
     fn state(&self) -> &core::sync::atomic::AtomicU32 {
@@ -334,8 +345,9 @@ impl Drop for Trampoline {
     fn drop(&mut self) {
         if self.mapped_here && !self.late_cpu_possible {
             let page = Page::containing_address(VirtAddr::new(self.frame.start_address().as_u64()));
-            // SAFETY: every CPU that used the trampoline has left it (each reported in after
-            // jumping to the kernel), and no other CPU may still arrive.
+            // SAFETY: every CPU that took a slot has left the trampoline (each reported in
+            // after jumping to the kernel); a CPU arriving now halts in real mode, before
+            // paging, so it never uses this mapping.
             let _ = unsafe { memory::unmap(page) };
         }
     }
