@@ -81,15 +81,16 @@ impl CpuTables {
     /// Builds a GDT and TSS for an application processor, with `fault_stack_top` as its
     /// double-fault stack, on the heap. They are leaked: a CPU keeps them for good. Built by
     /// the CPU that starts it, so that the new CPU allocates nothing before its IDT is loaded.
-    pub fn leak(fault_stack_top: u64) -> &'static Self {
+    /// `None` if the heap is exhausted (nothing stays allocated then).
+    pub fn leak(fault_stack_top: u64) -> Option<&'static Self> {
         let mut tss = TaskStateSegment::new();
         tss.interrupt_stack_table[DOUBLE_FAULT_IST_INDEX as usize] = VirtAddr::new(fault_stack_top);
-        let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
+        let tss: &'static TaskStateSegment = crate::smp::try_leak(tss)?;
         let mut table = GlobalDescriptorTable::new();
         let code = table.append(Descriptor::kernel_code_segment());
         let data = table.append(Descriptor::kernel_data_segment());
         let tss_selector = table.append(Descriptor::tss_segment(tss));
-        alloc::boxed::Box::leak(alloc::boxed::Box::new(Self {
+        let tables = crate::smp::try_leak(Self {
             gdt: Gdt {
                 table,
                 code,
@@ -97,7 +98,13 @@ impl CpuTables {
                 tss: tss_selector,
             },
             tss,
-        }))
+        });
+        if tables.is_none() {
+            // SAFETY: leaked just above (a heap block of the TSS's layout), referred to by
+            // nothing that lives on.
+            drop(unsafe { alloc::boxed::Box::from_raw(core::ptr::from_ref(tss).cast_mut()) });
+        }
+        tables.map(|t| &*t)
     }
 
     /// Loads these tables on the calling CPU (an application processor, once).

@@ -48,6 +48,8 @@ pub enum StartError {
     Trampoline(TrampolineError),
     /// Its stacks could not be mapped.
     Stacks(StackError),
+    /// The heap had no room for its per-CPU area or tables.
+    OutOfMemory,
     /// [`MAX_CPUS`] CPUs are online already.
     TooManyCpus,
     /// It did not take its start-up slot within the time limit (it may not exist, or be broken).
@@ -68,6 +70,7 @@ impl core::fmt::Display for StartError {
             Self::NoTrampolineFrame => f.write_str("no free frame below 1 MiB for the trampoline"),
             Self::Trampoline(e) => write!(f, "{e}"),
             Self::Stacks(e) => write!(f, "{e}"),
+            Self::OutOfMemory => f.write_str("out of heap memory for its per-CPU data"),
             Self::TooManyCpus => write!(f, "more than {MAX_CPUS} CPUs"),
             Self::NoAnswer { ms } => write!(f, "no answer within {ms} ms"),
             Self::Silent { ms } => write!(f, "started but did not report within {ms} ms"),
@@ -175,15 +178,11 @@ unsafe fn start_one(
         return Err(StartError::TooManyCpus);
     }
     let cpu_stacks = stacks::map(index).map_err(StartError::Stacks)?;
-    let area: &'static PerCpu = alloc::boxed::Box::leak(alloc::boxed::Box::new(PerCpu::new(
-        index,
-        apic_id,
-        cpu_stacks.stack,
-        cpu_stacks.fault_stack,
-    )));
-    let tables = CpuTables::leak(cpu_stacks.fault_stack.1);
-    let start: &'static Start =
-        alloc::boxed::Box::leak(alloc::boxed::Box::new(Start { area, tables }));
+    let Some((area, tables, start)) = per_cpu_data(index, apic_id, cpu_stacks) else {
+        // SAFETY: mapped just above, used by no CPU.
+        unsafe { stacks::unmap(cpu_stacks) };
+        return Err(StartError::OutOfMemory);
+    };
     tramp.offer(cpu_stacks.stack.1, core::ptr::from_ref(start) as usize);
 
     apic::send(apic_id, apic::Delivery::InitAssert);
@@ -208,16 +207,10 @@ unsafe fn start_one(
     }
     if tramp.withdraw() {
         // It never took the slot: nothing of this attempt is in use.
-        // SAFETY: the three boxes were leaked above and no CPU has seen them (the slot was
-        // withdrawn before anyone took it); the stacks are likewise unused.
+        // SAFETY: no CPU has seen the data or the stacks (the slot was withdrawn before anyone
+        // took it).
         unsafe {
-            drop(alloc::boxed::Box::from_raw(
-                core::ptr::from_ref(start).cast_mut(),
-            ));
-            drop(alloc::boxed::Box::from_raw(
-                core::ptr::from_ref(area).cast_mut(),
-            ));
-            CpuTables::free(tables);
+            free_per_cpu_data(area, tables, start);
             stacks::unmap(cpu_stacks);
         }
         return Err(StartError::NoAnswer { ms: timeout_ms });
@@ -228,6 +221,62 @@ unsafe fn start_one(
         Ok(index)
     } else {
         Err(StartError::Silent { ms: 2 * timeout_ms })
+    }
+}
+
+/// The per-CPU area, GDT/TSS and start data of CPU `index`, leaked on the heap (`None`, with
+/// nothing allocated, if the heap is exhausted).
+fn per_cpu_data(
+    index: usize,
+    apic_id: u32,
+    cpu_stacks: stacks::CpuStacks,
+) -> Option<(&'static PerCpu, &'static CpuTables, &'static Start)> {
+    let area: &'static PerCpu = super::try_leak(PerCpu::new(
+        index,
+        apic_id,
+        cpu_stacks.stack,
+        cpu_stacks.fault_stack,
+    ))?;
+    let Some(tables) = CpuTables::leak(cpu_stacks.fault_stack.1) else {
+        // SAFETY: leaked just above, seen by nobody.
+        drop(unsafe { alloc::boxed::Box::from_raw(core::ptr::from_ref(area).cast_mut()) });
+        return None;
+    };
+    match super::try_leak(Start { area, tables }) {
+        Some(start) => Some((area, tables, start)),
+        None => {
+            // SAFETY: leaked just above, seen by nobody.
+            unsafe {
+                drop(alloc::boxed::Box::from_raw(
+                    core::ptr::from_ref(area).cast_mut(),
+                ));
+                CpuTables::free(tables);
+            }
+            None
+        }
+    }
+}
+
+/// Frees what [`per_cpu_data`] leaked.
+///
+/// # Safety
+///
+/// No CPU has seen or will see any of it.
+unsafe fn free_per_cpu_data(
+    area: &'static PerCpu,
+    tables: &'static CpuTables,
+    start: &'static Start,
+) {
+    // SAFETY: all three are leaked heap blocks of their types' layouts, unused (caller's
+    // contract).
+    unsafe {
+        drop(alloc::boxed::Box::from_raw(
+            core::ptr::from_ref(start).cast_mut(),
+        ));
+        drop(alloc::boxed::Box::from_raw(
+            core::ptr::from_ref(area).cast_mut(),
+        ));
+        CpuTables::free(tables);
     }
 }
 
