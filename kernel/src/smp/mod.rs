@@ -29,8 +29,9 @@
 //!
 //! # Locks and interrupts with several CPUs
 //!
-//! Lock order: heap lock → memory lock (→ shootdown, which is not a lock anyone waits on with
-//! another held: see below). kfence's lock → memory lock. The serial port's lock is a leaf.
+//! Lock order: heap lock → memory lock → the shootdown flag (held only while waiting for NMI
+//! acknowledgements, which nothing can block). kfence's lock → memory lock. The serial port's
+//! lock is a leaf.
 //! Every lock that an interrupt handler may want is taken with interrupts disabled, and every
 //! wait that happens with interrupts disabled can still answer a TLB shootdown, because
 //! shootdowns are NMIs: see [`shootdown`] for why that rules out the deadlock "CPU A holds the
