@@ -3,7 +3,9 @@
 //! [`HEAP`] is a [`kheap::LockedHeap`] whose lock ([`IrqSpinLock`]) disables interrupts while it is
 //! held, so an interrupt handler that allocates can never spin on a lock held by the code it
 //! interrupted. Lock order: this heap lock, then the memory layer's lock (taken inside
-//! [`KernelPageSource`]); the memory layer never allocates.
+//! [`KernelPageSource`]); the memory layer never allocates. Every CPU shares the one heap behind
+//! the one lock; the lock's watchdog tells a lock this CPU can never get back from one that
+//! another CPU holds for a while (see [`IrqSpinLock`]).
 //!
 //! Every Nth allocation can be placed on a guarded page instead ([`kfence`], off until
 //! `kfence::enable`), so overflows, underflows and use-after-free of sampled objects fault at once.
@@ -14,7 +16,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use kheap::{Checked, HeapStats, LockedHeap, RawLock};
 use x86_64::instructions::interrupts;
@@ -197,55 +199,142 @@ pub fn footprint() -> Footprint {
 }
 
 /// A spinlock that keeps interrupts disabled while it is held and restores the previous
-/// interrupt state on release, so the heap can be used from interrupt handlers.
+/// interrupt state on release, so the heap can be used from interrupt handlers, with a watchdog
+/// that tells a dead lock from a busy one.
 ///
-/// The kernel runs on one CPU: finding the lock held with interrupts off means it is held by code
-/// this CPU can never return to (an allocation from inside the allocator, or a fault while the
-/// heap was locked). That is reported and the kernel stops, rather than hanging silently.
+/// # The watchdog
+///
+/// The lock records which CPU holds it and counts its acquisitions. A waiter then knows:
+///
+/// * **The holder is this CPU**: the lock can never be released (interrupts are off while it is
+///   held, so the holder is code this CPU will never return to: an allocation from inside the
+///   allocator, or a fault while the heap was locked). That is certain at once, so it is reported
+///   at once (a panic), rather than hanging silently. This was the only case on one
+///   CPU, and it still needs no timeout.
+/// * **Another CPU holds it**: that CPU is running and will release it; only how long it may take
+///   is unknown (a `trim` of a large heap, an invariant check, a burst of TLB shootdowns, a vCPU
+///   descheduled by a loaded host). The waiter measures *per acquisition*: its clock restarts
+///   whenever the acquisition count moves, so waiting behind many short holds never adds up — with
+///   any number of CPUs, each hold is judged alone. Only one single hold longer than
+///   [`HOLD_LIMIT_S`] (by the TSC, calibrated against the PIT) is reported (a panic naming the
+///   holder's CPU): no heap operation comes near it, so it means the holder is stuck (e.g. in an
+///   endless loop with the lock held).
+///
+/// The NMI-based TLB shootdown is what makes "another CPU will release it" true: a holder waiting
+/// for this CPU's acknowledgement gets it even while this CPU spins here with interrupts off.
 #[derive(Debug)]
 pub struct IrqSpinLock {
-    locked: AtomicBool,
+    /// Index of the holding CPU, or [`FREE`].
+    owner: AtomicUsize,
+    /// Acquisitions so far (the watchdog's measure of progress).
+    acquisitions: AtomicUsize,
     /// Interrupt flag of the current holder before it locked.
     saved_if: AtomicBool,
 }
+
+/// `IrqSpinLock::owner` of a free lock.
+const FREE: usize = usize::MAX;
 
 /// Number of [`IrqSpinLock`]s currently held. The heap's lock is the only one, so non-zero means
 /// "the heap is locked" — which a panic report must not wait for.
 static LOCKS_HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// Spins this often before declaring the lock dead (a live holder on one CPU cannot exist).
-const DEADLOCK_SPINS: u32 = 1 << 20;
+/// The longest one hold of the lock by another CPU may last before the watchdog calls it stuck,
+/// in seconds (the default of [`set_lock_hold_limit_ms`]). Heap operations take micro- to
+/// milliseconds (a full trim or invariant walk of a large heap under TCG, well under a second);
+/// this leaves two orders of magnitude for a loaded host, and still fires long before a test's
+/// time limit.
+pub const HOLD_LIMIT_S: u64 = 30;
 
-// SAFETY: `lock` returns only after atomically swapping `false` for `true` (acquire), and only
-// `unlock` (release) stores `false`; so there is at most one holder and hand-overs synchronise.
-// Interrupts stay disabled from before the swap until after the release, so no handler on this
-// CPU can run while the lock is held.
+/// The watchdog's limit in force, in ms.
+static HOLD_LIMIT_MS: AtomicU64 = AtomicU64::new(HOLD_LIMIT_S * 1000);
+
+/// Sets how long one hold of the heap lock by another CPU may last before a waiter reports the
+/// holder as stuck (default [`HOLD_LIMIT_S`]); for tests of the watchdog.
+pub fn set_lock_hold_limit_ms(ms: u64) {
+    HOLD_LIMIT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Spins between two looks at the clock (reading the TSC costs more than a spin).
+const SPINS_PER_CHECK: u32 = 1024;
+
+impl IrqSpinLock {
+    /// Called while the lock is held by `holder` (not this CPU): panics, naming the holder, if
+    /// one single hold has lasted longer than the limit ([`set_lock_hold_limit_ms`]).
+    fn watch(
+        &self,
+        holder: usize,
+        watched: &mut Option<(usize, usize, crate::cpu::clock::Deadline)>,
+    ) {
+        let acquisitions = self.acquisitions.load(Ordering::Relaxed);
+        match watched {
+            Some((who, count, deadline)) if *who == holder && *count == acquisitions => {
+                if deadline.passed() {
+                    // Interrupts are off; the panic path does not take the heap lock.
+                    panic!(
+                        "kernel heap: CPU {holder} has held the heap lock for over {} ms \
+                         (acquisition {acquisitions}) while CPU {} waits: the holder is stuck",
+                        HOLD_LIMIT_MS.load(Ordering::Relaxed),
+                        crate::smp::cpu_id()
+                    );
+                }
+            }
+            _ => {
+                *watched = Some((
+                    holder,
+                    acquisitions,
+                    crate::cpu::clock::Deadline::after_us(
+                        HOLD_LIMIT_MS.load(Ordering::Relaxed) * 1000,
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+// SAFETY: `lock` returns only after atomically swapping `FREE` for its CPU index (acquire), and
+// only `unlock` (release) stores `FREE`; so there is at most one holder and hand-overs
+// synchronise. Interrupts stay disabled from before the swap until after the release, so no
+// handler on this CPU can run while the lock is held.
 unsafe impl RawLock for IrqSpinLock {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = Self {
-        locked: AtomicBool::new(false),
+        owner: AtomicUsize::new(FREE),
+        acquisitions: AtomicUsize::new(0),
         saved_if: AtomicBool::new(false),
     };
 
     fn lock(&self) {
         let was_enabled = interrupts::are_enabled();
         interrupts::disable();
+        let me = crate::smp::cpu_id();
         let mut spins = 0u32;
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins == DEADLOCK_SPINS {
-                crate::serial_println!(
-                    "kernel heap: lock re-entered on the CPU that holds it \
-                     (allocation inside the allocator, or a fault while the heap was locked)"
-                );
-                crate::qemu::exit_qemu(crate::qemu::QemuExitCode::Failed);
+        let mut watched = None;
+        loop {
+            match self
+                .owner
+                .compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(holder) if holder == me => {
+                    // The panic path does not take the heap lock (reports use `try_stats`).
+                    panic!(
+                        "kernel heap: lock re-entered on the CPU that holds it (CPU {me}: \
+                         allocation inside the allocator, or a fault while the heap was locked)"
+                    );
+                }
+                // A spurious failure of the weak exchange: just try again.
+                Err(FREE) => {}
+                Err(holder) => {
+                    spins = spins.wrapping_add(1);
+                    if spins.is_multiple_of(SPINS_PER_CHECK) {
+                        self.watch(holder, &mut watched);
+                    }
+                }
             }
             core::hint::spin_loop();
         }
+        self.acquisitions.fetch_add(1, Ordering::Relaxed);
         self.saved_if.store(was_enabled, Ordering::Relaxed);
         LOCKS_HELD.fetch_add(1, Ordering::AcqRel);
     }
@@ -253,7 +342,7 @@ unsafe impl RawLock for IrqSpinLock {
     unsafe fn unlock(&self) {
         let restore = self.saved_if.load(Ordering::Relaxed);
         LOCKS_HELD.fetch_sub(1, Ordering::AcqRel);
-        self.locked.store(false, Ordering::Release);
+        self.owner.store(FREE, Ordering::Release);
         if restore {
             interrupts::enable();
         }

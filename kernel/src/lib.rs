@@ -1,7 +1,8 @@
 //! A small x86_64 kernel whose job is to run, and prove, the `kheap` kernel heap.
 //!
-//! Init order (see [`init`]): serial console → GDT/TSS → IDT → physical frames and page tables →
-//! heap. Each step that can fail returns a typed error.
+//! Init order (see [`init`]): serial console → GDT/TSS → per-CPU area → IDT → TSC calibration →
+//! physical frames and page tables (minus the page the CPU trampoline needs) → heap → the other
+//! CPUs. Each step that can fail returns a typed error.
 
 #![no_std]
 #![cfg_attr(test, no_main)]
@@ -14,6 +15,7 @@ extern crate alloc;
 
 pub mod allocator;
 pub mod bench;
+pub mod cpu;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;
@@ -21,6 +23,7 @@ pub mod kfence;
 pub mod memory;
 pub mod qemu;
 pub mod serial;
+pub mod smp;
 pub mod soak;
 pub mod testing;
 pub mod timer;
@@ -51,6 +54,9 @@ pub enum InitError {
     Memory(memory::MemoryInitError),
     /// The heap could not map its first root page.
     Heap(allocator::HeapInitError),
+    /// The local APIC could not be set up (the other CPUs' own failures are not errors: they
+    /// are reported in `smp::summary`).
+    Smp(smp::SmpError),
 }
 
 impl core::fmt::Display for InitError {
@@ -58,18 +64,26 @@ impl core::fmt::Display for InitError {
         match self {
             Self::Memory(e) => write!(f, "memory: {e}"),
             Self::Heap(e) => write!(f, "{e}"),
+            Self::Smp(e) => write!(f, "smp: {e}"),
         }
     }
 }
 
-/// Brings the kernel up, in this order: serial console, GDT and TSS, IDT, physical frames and
-/// page tables, heap.
+/// Brings the kernel up, in this order: serial console, GDT and TSS, the boot CPU's per-CPU area
+/// (so `smp::cpu_id` works from here on), IDT, TSC calibration (for the CPU start-up delays and
+/// the lock watchdog), physical frames and page tables (after taking the CPU trampoline's page
+/// out of the memory map), heap, and last every other CPU (`smp::init`). The boot CPU's
+/// interrupts stay disabled; the other CPUs wait for work with theirs enabled.
 pub fn init(boot_info: &'static mut BootInfo) -> Result<(), InitError> {
     serial::init();
     gdt::init();
+    smp::percpu::init_bsp();
     interrupts::init();
+    cpu::clock::calibrate();
+    smp::reserve_trampoline(&mut boot_info.memory_regions);
     memory::init(boot_info).map_err(InitError::Memory)?;
     allocator::init().map_err(InitError::Heap)?;
+    smp::init(boot_info.rsdp_addr.into_option()).map_err(InitError::Smp)?;
     Ok(())
 }
 

@@ -24,6 +24,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         exit_qemu(QemuExitCode::Failed);
     }
     serial_println!("heap: initialised over the heap window");
+    serial_println!("{}", kernel::smp::summary());
     // Guard-page sampling (KFENCE-style) of one allocation in 50 during the workload.
     kernel::kfence::enable(50);
     if let Err(e) = workload::run() {

@@ -20,7 +20,7 @@
 //!  0xFFFF_C002_0000_0000 ├──────────────────────────────────────┤ HEAP_WINDOW_END
 //!                        │ never mapped (room to grow the window)│
 //!  0xFFFF_C080_0000_0000 ╘══════════════════════════════════════╛ HEAP_SLOT_END
-//!                          slots 385..=511: unused
+//!                          slot 385: the CPU area (`smp`); slots 386..=511: unused
 //! ```
 //!
 //! The whole of PML4 slot 384 belongs to this module. That makes the "is anything already

@@ -23,7 +23,10 @@
 //! `spin::Mutex<MemoryState>`, taken only through `with_memory`, which disables interrupts for
 //! the duration (an interrupt handler that needed memory would otherwise spin forever on a lock
 //! its own CPU holds). Lock order: the heap's lock, then this one — never the reverse; nothing in
-//! this module allocates from the heap. The state is all-zero until [`init`], so the static
+//! this module allocates from the heap. With several CPUs the one lock makes frames, tables and
+//! window safe to use from all of them; every unmap shoots down the other CPUs' TLB entries
+//! before its frames are freed (`HardwareTlb`, `smp::shootdown`), by NMI, so a CPU spinning on
+//! this lock or the heap's with interrupts off still answers. The state is all-zero until [`init`], so the static
 //! (260 KiB, mostly the window's buddy bitmaps) lives in `.bss`.
 //!
 //! # Cost
@@ -103,16 +106,26 @@ impl fmt::Display for MemoryInitError {
     }
 }
 
-/// The kernel's TLB: `invlpg` and CR3 reloads.
+/// The kernel's TLB: `invlpg` and CR3 reloads on this CPU, then a shootdown on every other online
+/// CPU (`smp::shootdown`), which returns only when all have flushed too. The page mapper calls it
+/// after clearing entries and before it frees their frames, inside the memory lock, so no frame
+/// is reused while any CPU can still reach it.
 #[derive(Debug, Clone, Copy)]
 struct HardwareTlb;
 
 impl Tlb for HardwareTlb {
     fn flush_page(&mut self, page: Page) {
-        x86_64::instructions::tlb::flush(page.start_address());
+        self.flush_range(page, 1);
     }
     fn flush_all(&mut self) {
         x86_64::instructions::tlb::flush_all();
+        crate::smp::shootdown::flush_all();
+    }
+    fn flush_range(&mut self, start: Page, count: usize) {
+        for i in 0..count as u64 {
+            x86_64::instructions::tlb::flush((start + i).start_address());
+        }
+        crate::smp::shootdown::flush_pages(start, count as u64);
     }
 }
 

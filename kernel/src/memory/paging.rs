@@ -51,6 +51,14 @@ pub trait Tlb {
     fn flush_page(&mut self, page: Page);
     /// Invalidates all non-global translations and paging-structure caches.
     fn flush_all(&mut self);
+    /// Invalidates the translations of `count` pages from `start` (and the paging-structure
+    /// caches): one request, so that an implementation that must also tell other CPUs (a TLB
+    /// shootdown) does so once per run, not once per page.
+    fn flush_range(&mut self, start: Page, count: usize) {
+        for i in 0..count {
+            self.flush_page(start + i as u64);
+        }
+    }
 }
 
 /// Why a page could not be mapped.
@@ -417,9 +425,7 @@ impl<T: Tlb> PageTables<T> {
             if cleared > FLUSH_ALL_THRESHOLD {
                 self.tlb.flush_all();
             } else {
-                for i in 0..cleared {
-                    self.tlb.flush_page(page + i as u64);
-                }
+                self.tlb.flush_range(page, cleared);
                 if cleared == 0 && garbage.frames[0].is_some() {
                     self.tlb.flush_all();
                 }
