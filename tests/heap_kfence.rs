@@ -177,11 +177,18 @@ fn fill_every_slot() -> [*mut u8; SLOTS] {
         });
         // SAFETY: a non-zero size.
         *object = black_box(unsafe { alloc(layout) });
-        assert!(kfence::contains(object.addr()), "object {i} was not sampled");
+        assert!(
+            kfence::contains(object.addr()),
+            "object {i} was not sampled"
+        );
     }
     kfence::enable(0);
     kfence::set_placement(kfence::Placement::Alternate);
-    assert_eq!(objects[0].addr() as u64, KFENCE_BASE, "slot 0, at its page start");
+    assert_eq!(
+        objects[0].addr() as u64,
+        KFENCE_BASE,
+        "slot 0, at its page start"
+    );
     assert_eq!(
         objects[SLOTS - 1].addr() as u64,
         KFENCE_END - 4096 - EDGE_OBJECT as u64,
@@ -200,7 +207,11 @@ fn faults_at_each_edge_of_the_kfence_area_name_the_right_object() {
     // Outside the area: below its first guard, and the heap window's guard right after it.
     assert_eq!(KFENCE_END, HEAP_GUARD_START);
     assert_eq!(report(KFENCE_START - 1), None);
-    assert_eq!(report(HEAP_GUARD_START), None, "the heap guard's first byte");
+    assert_eq!(
+        report(HEAP_GUARD_START),
+        None,
+        "the heap guard's first byte"
+    );
     assert_eq!(report(HEAP_GUARD_START + 4095), None);
     assert_eq!(report(HEAP_GUARD_START + 4096), None);
     // The guard below slot 0: an underflow of its start-placed object.

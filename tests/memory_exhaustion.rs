@@ -156,7 +156,10 @@ fn failed_maps_at_page_table_boundaries_change_nothing() {
     let took = fails_cleanly_until_it_fits("growing a full 2 MiB run by a page", 8, || {
         source.grow_pages(run, 512, 1)
     });
-    assert!((1..=3).contains(&took), "{took} frames for a page and its table");
+    assert!(
+        (1..=3).contains(&took),
+        "{took} frames for a page and its table"
+    );
     // 513 pages span two fresh page tables: running out right after the boundary.
     let mut pair = None;
     let took = fails_cleanly_until_it_fits("mapping 513 pages over two page tables", 520, || {

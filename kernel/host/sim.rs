@@ -185,8 +185,8 @@ impl Machine {
         let ranges = UsableRanges::from_regions(map.iter().copied()).expect("one range");
         // SAFETY: the arena backs the whole map, is used by nothing else and outlives the
         // allocator (both are fields of the machine, the arena dropped last).
-        let frames = unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }
-            .expect("the bitmap fits");
+        let frames =
+            unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }.expect("the bitmap fits");
         // Root slot 0 → the "bootloader" PDPT at BASE + 0x1000 (both zeroed by the arena).
         let link = (BASE + 0x1000) | (PageTableFlags::PRESENT | PageTableFlags::WRITABLE).bits();
         // SAFETY: the root table is the arena's first 4 KiB, which is 4096-aligned.
@@ -340,9 +340,7 @@ impl Machine {
         };
         let done = match result {
             Ok(()) => count as u64,
-            Err(UnmapError::NotMapped { page }) => {
-                (page.start_address().as_u64() - start) / 4096
-            }
+            Err(UnmapError::NotMapped { page }) => (page.start_address().as_u64() - start) / 4096,
             Err(UnmapError::HugePage | UnmapError::ReservedRange) => 0,
         };
         for i in 0..done {
@@ -436,7 +434,10 @@ impl Machine {
             (BASE..self.arena.end()).contains(&table),
             "table {table:#x} outside the simulated memory"
         );
-        let base = self.arena.as_mut_ptr().wrapping_add((table - BASE) as usize);
+        let base = self
+            .arena
+            .as_mut_ptr()
+            .wrapping_add((table - BASE) as usize);
         for index in 0..512u16 {
             // SAFETY: `table` is a frame inside the arena (checked above), 4 KiB long and
             // aligned; entries are 8 bytes.

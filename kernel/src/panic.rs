@@ -98,5 +98,4 @@ const HEAP_HELD: &str = "the heap lock is held (the panic may have happened insi
                          or there is no heap yet";
 
 /// Why the memory layer's statistics are missing.
-const MEMORY_HELD: &str =
-    "the memory lock is held (the panic happened inside the memory layer)";
+const MEMORY_HELD: &str = "the memory lock is held (the panic happened inside the memory layer)";

@@ -41,7 +41,11 @@ fn raw_run_fails_cleanly_until_it_fits(m: &mut Machine, start: u64, count: usize
     m.set_free_frames(needed);
     m.map_run(start, count)
         .expect("exactly enough frames for the pages and their tables");
-    assert_eq!(m.frame_stats().free, 0, "the run took exactly {needed} frames");
+    assert_eq!(
+        m.frame_stats().free,
+        0,
+        "the run took exactly {needed} frames"
+    );
     m.check();
     m.release_hoard();
     m.unmap_run(start, count).unwrap();
@@ -178,7 +182,11 @@ fn growing_a_run_across_a_table_boundary_fails_cleanly() {
         m.set_free_frames(free);
         let held = m.snapshot();
         assert!(!m.grow_pages(addr, 512, 1), "{free} frames free");
-        assert_eq!(m.snapshot(), held, "a refused growth with {free} frames free");
+        assert_eq!(
+            m.snapshot(),
+            held,
+            "a refused growth with {free} frames free"
+        );
         m.check();
     }
     m.set_free_frames(2);

@@ -747,8 +747,8 @@ impl<T: Tlb> PageTables<T> {
 #[cfg(all(test, not(target_os = "none")))]
 mod tests {
     extern crate std;
-    use super::super::sim::PhysArena;
     use super::super::regions::{Region, RegionKind, UsableRanges};
+    use super::super::sim::PhysArena;
     use super::*;
     use std::vec::Vec;
 
