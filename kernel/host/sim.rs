@@ -145,6 +145,51 @@ impl fmt::Debug for Snapshot {
     }
 }
 
+/// The bare simulated machine: `usable_frames` frames of RAM (one becomes the frame allocator's
+/// bitmap) after a root table at [`BASE`] and a "bootloader" PDPT at `BASE + 0x1000`, linked from
+/// root slot 0 (as if the bootloader had mapped something in the lowest 512 GiB); a frame
+/// allocator over the usable frames and a mapper over the tables, with `tlb`.
+///
+/// The allocator and the mapper point into the arena: keep it alive while they are used.
+///
+/// # Panics
+///
+/// If `usable_frames` is zero.
+pub fn boot<T: Tlb>(
+    usable_frames: u64,
+    tlb: T,
+) -> (PhysArena, BitmapFrameAllocator, PageTables<T>) {
+    let len = (usable_frames + 2) * 0x1000;
+    let arena = PhysArena::new(BASE, len as usize);
+    let map = [
+        Region {
+            start: BASE,
+            end: BASE + 0x2000,
+            kind: RegionKind::Bootloader,
+        },
+        Region {
+            start: BASE + 0x2000,
+            end: BASE + len,
+            kind: RegionKind::Usable,
+        },
+    ];
+    let ranges = UsableRanges::from_regions(map.iter().copied()).expect("one range");
+    // SAFETY: the arena backs the whole map and is used by nothing else; the caller keeps it
+    // alive while the allocator is used.
+    let frames =
+        unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }.expect("the bitmap fits");
+    // Root slot 0 → the "bootloader" PDPT at BASE + 0x1000 (both zeroed by the arena).
+    let link = (BASE + 0x1000) | (PageTableFlags::PRESENT | PageTableFlags::WRITABLE).bits();
+    // SAFETY: the root table is the arena's first 4 KiB, which is 4096-aligned.
+    unsafe { arena.as_mut_ptr().cast::<u64>().write(link) };
+    let root = PhysFrame::containing_address(PhysAddr::new(BASE));
+    // SAFETY: 1. the root is a valid (zeroed but for slot 0, which links a zeroed PDPT)
+    // hierarchy; 2. all of the simulated physical memory is at `arena.offset()`; 3. this mapper
+    // is the only one over these tables.
+    let tables = unsafe { PageTables::new(arena.offset(), root, tlb) };
+    (arena, frames, tables)
+}
+
 /// The simulated machine (see the module docs).
 #[derive(Debug)]
 pub struct Machine {
@@ -168,34 +213,7 @@ impl Machine {
     /// If `usable_frames` is zero.
     #[must_use]
     pub fn new(usable_frames: u64) -> Self {
-        let len = (usable_frames + 2) * 0x1000;
-        let arena = PhysArena::new(BASE, len as usize);
-        let map = [
-            Region {
-                start: BASE,
-                end: BASE + 0x2000,
-                kind: RegionKind::Bootloader,
-            },
-            Region {
-                start: BASE + 0x2000,
-                end: BASE + len,
-                kind: RegionKind::Usable,
-            },
-        ];
-        let ranges = UsableRanges::from_regions(map.iter().copied()).expect("one range");
-        // SAFETY: the arena backs the whole map, is used by nothing else and outlives the
-        // allocator (both are fields of the machine, the arena dropped last).
-        let frames =
-            unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }.expect("the bitmap fits");
-        // Root slot 0 → the "bootloader" PDPT at BASE + 0x1000 (both zeroed by the arena).
-        let link = (BASE + 0x1000) | (PageTableFlags::PRESENT | PageTableFlags::WRITABLE).bits();
-        // SAFETY: the root table is the arena's first 4 KiB, which is 4096-aligned.
-        unsafe { arena.as_mut_ptr().cast::<u64>().write(link) };
-        let root = PhysFrame::containing_address(PhysAddr::new(BASE));
-        // SAFETY: 1. the root is a valid (zeroed but for slot 0, which links a zeroed PDPT)
-        // hierarchy; 2. all of the simulated physical memory is at `arena.offset()`; 3. this
-        // mapper is the only one over these tables.
-        let tables = unsafe { PageTables::new(arena.offset(), root, TlbLog::default()) };
+        let (arena, frames, tables) = boot(usable_frames, TlbLog::default());
         // 260 KiB, as in the kernel's `static` (built on the stack first: fine for the host).
         let mut window = Box::new(HeapWindow::empty());
         window.reset();

@@ -747,8 +747,7 @@ impl<T: Tlb> PageTables<T> {
 #[cfg(all(test, not(target_os = "none")))]
 mod tests {
     extern crate std;
-    use super::super::regions::{Region, RegionKind, UsableRanges};
-    use super::super::sim::PhysArena;
+    use super::super::sim::{BASE, PhysArena};
     use super::*;
     use std::vec::Vec;
 
@@ -767,7 +766,6 @@ mod tests {
         }
     }
 
-    const BASE: u64 = 0x10_0000;
     const RW: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::NO_EXECUTE);
 
     struct World {
@@ -776,34 +774,11 @@ mod tests {
         tables: PageTables<Recorder>,
     }
 
-    /// Simulated machine: `frames` usable frames after a root table at `BASE` (frame 0x100) and
-    /// a "bootloader" PDPT at `BASE + 0x1000`, linked from root slot 0 (as if the bootloader had
-    /// mapped something in the lowest 512 GiB).
+    /// Simulated machine (`kernel/host`'s `sim::boot`): `frames` usable frames after a root
+    /// table at `BASE` (frame 0x100) and a "bootloader" PDPT at `BASE + 0x1000`, linked from
+    /// root slot 0 (as if the bootloader had mapped something in the lowest 512 GiB).
     fn world(usable_frames: u64) -> World {
-        let len = (usable_frames + 2) * 0x1000;
-        let arena = PhysArena::new(BASE, len as usize);
-        let map = [
-            Region {
-                start: BASE,
-                end: BASE + 0x2000,
-                kind: RegionKind::Bootloader,
-            },
-            Region {
-                start: BASE + 0x2000,
-                end: BASE + len,
-                kind: RegionKind::Usable,
-            },
-        ];
-        let ranges = UsableRanges::from_regions(map.iter().copied()).unwrap();
-        // SAFETY: the arena backs the whole map and outlives the world (it is a field).
-        let frames = unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }.unwrap();
-        let root = PhysFrame::containing_address(PhysAddr::new(BASE));
-        // SAFETY: the arena is zeroed: the root is an empty, valid table, mapped at the offset.
-        let mut tables = unsafe { PageTables::new(arena.offset(), root, Recorder::default()) };
-        let mut link = PageTableEntry::new();
-        link.set_addr(PhysAddr::new(BASE + 0x1000), TABLE_FLAGS);
-        // SAFETY: slot 0 of the valid, empty root; the linked PDPT is zeroed.
-        unsafe { tables.write(BASE, 0, link) };
+        let (arena, frames, tables) = super::super::sim::boot(usable_frames, Recorder::default());
         World {
             _arena: arena,
             frames,
