@@ -11,6 +11,7 @@
 
 kernel::qemu_args!("-m 32M");
 
+use core::ops::RangeInclusive;
 use core::ptr::NonNull;
 
 use kernel::memory::bench_support::FrameHoard;
@@ -122,12 +123,17 @@ fn audited_stats() -> MemoryStats {
     stats
 }
 
-/// Tries `attempt` with 0, 1, 2, … frames free until it succeeds: every failure must leave the
-/// memory counters (frames, page tables, window) exactly as they were. Returns how many frames
-/// it took.
-fn fails_cleanly_until_it_fits(what: &str, limit: u64, mut attempt: impl FnMut() -> bool) -> u64 {
+/// Tries `attempt` with each number of free frames in `frees`, fewest first, until it succeeds:
+/// every failure must leave the memory counters (frames, page tables, window) exactly as they
+/// were. Returns how many frames it took.
+fn fails_cleanly_until_it_fits(
+    what: &str,
+    frees: RangeInclusive<u64>,
+    mut attempt: impl FnMut() -> bool,
+) -> u64 {
     let mut hoard = FrameHoard::new();
-    for free in 0..=limit {
+    let limit = *frees.end();
+    for free in frees {
         hoard.keep_free(free);
         let before = audited_stats();
         let done = attempt();
@@ -153,16 +159,18 @@ fn failed_maps_at_page_table_boundaries_change_nothing() {
     let run = source.map_pages(512).expect("2 MiB");
     // Growing it by one page goes into the next span, where nothing is mapped: the page needs a
     // new page table, and a failure maps no page of that span.
-    let took = fails_cleanly_until_it_fits("growing a full 2 MiB run by a page", 8, || {
+    let took = fails_cleanly_until_it_fits("growing a full 2 MiB run by a page", 0..=8, || {
         source.grow_pages(run, 512, 1)
     });
     assert!(
         (1..=3).contains(&took),
         "{took} frames for a page and its table"
     );
-    // 513 pages span two fresh page tables: running out right after the boundary.
+    // 513 pages span two fresh page tables: running out right after the boundary (with 514 or
+    // 515 frames free: the first table, 512 pages and the second table), or just before it.
     let mut pair = None;
-    let took = fails_cleanly_until_it_fits("mapping 513 pages over two page tables", 520, || {
+    let frees = 500..=520;
+    let took = fails_cleanly_until_it_fits("mapping 513 pages over two page tables", frees, || {
         pair = source.map_pages(513).ok();
         pair.is_some()
     });
