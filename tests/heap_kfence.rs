@@ -1,7 +1,10 @@
 //! Sampled guard pages (`kernel::kfence`): sampled objects end at a page boundary followed by an
 //! unmapped page, or start at one preceded by an unmapped page, so an overflow or an underflow
 //! faults at once with a report naming the allocation; freed objects are unmapped, so a use after
-//! free faults too; and sampling is harmless otherwise.
+//! free faults too; and sampling is harmless otherwise. Faults at each edge of the kfence area
+//! (the guard below slot 0, the first and the last slot, the guard above the last slot) are
+//! reported against the right object, and one just past the area, at the start of the heap
+//! window's guard, is an ordinary page fault.
 
 #![no_std]
 #![no_main]
@@ -17,6 +20,8 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::hint::black_box;
 
+use kernel::kfence::{KFENCE_BASE, KFENCE_END, KFENCE_START, SLOTS};
+use kernel::memory::HEAP_GUARD_START;
 use kernel::testing::ShouldPanic;
 use kernel::{allocator, kfence};
 
@@ -153,3 +158,120 @@ static DOUBLE_FREE_OF_A_SAMPLED_OBJECT_IS_REPORTED: ShouldPanic = ShouldPanic::n
     double_free_of_a_sampled_object,
 )
 .expecting("kheap: double free of 0x");
+
+/// Size of the objects that fill every slot in the edge tests.
+const EDGE_OBJECT: usize = 48;
+
+/// Fills every kfence slot with a 48-byte object, in slot order: slot 0's at the start of its
+/// page, every other one at the end. Returns the objects, `[0]` in slot 0.
+fn fill_every_slot() -> [*mut u8; SLOTS] {
+    assert_eq!(kfence::stats().live, 0, "kfence slots in use");
+    let layout = Layout::from_size_align(EDGE_OBJECT, 8).unwrap();
+    let mut objects = [core::ptr::null_mut(); SLOTS];
+    kfence::enable(1);
+    for (i, object) in objects.iter_mut().enumerate() {
+        kfence::set_placement(if i == 0 {
+            kfence::Placement::Start
+        } else {
+            kfence::Placement::End
+        });
+        // SAFETY: a non-zero size.
+        *object = black_box(unsafe { alloc(layout) });
+        assert!(
+            kfence::contains(object.addr()),
+            "object {i} was not sampled"
+        );
+    }
+    kfence::enable(0);
+    kfence::set_placement(kfence::Placement::Alternate);
+    assert_eq!(
+        objects[0].addr() as u64,
+        KFENCE_BASE,
+        "slot 0, at its page start"
+    );
+    assert_eq!(
+        objects[SLOTS - 1].addr() as u64,
+        KFENCE_END - 4096 - EDGE_OBJECT as u64,
+        "the last slot, at its page end"
+    );
+    objects
+}
+
+#[test_case]
+fn faults_at_each_edge_of_the_kfence_area_name_the_right_object() {
+    allocator::trim();
+    let before = allocator::footprint();
+    let objects = fill_every_slot();
+    let (first, last) = (objects[0].addr(), objects[SLOTS - 1].addr());
+    let report = |addr: u64| kfence::report_fault(addr as usize);
+    // Outside the area: below its first guard, and the heap window's guard right after it.
+    assert_eq!(KFENCE_END, HEAP_GUARD_START);
+    assert_eq!(report(KFENCE_START - 1), None);
+    assert_eq!(
+        report(HEAP_GUARD_START),
+        None,
+        "the heap guard's first byte"
+    );
+    assert_eq!(report(HEAP_GUARD_START + 4095), None);
+    assert_eq!(report(HEAP_GUARD_START + 4096), None);
+    // The guard below slot 0: an underflow of its start-placed object.
+    for addr in [KFENCE_START, KFENCE_START + 4095] {
+        assert_eq!(
+            report(addr),
+            Some(("out-of-bounds access before", first, EDGE_OBJECT)),
+            "{addr:#x}"
+        );
+    }
+    // The first and the last slot's pages (faults there happen after a free).
+    assert_eq!(
+        report(KFENCE_BASE + 17),
+        Some(("use-after-free of", first, EDGE_OBJECT))
+    );
+    assert_eq!(
+        report(KFENCE_END - 2 * 4096),
+        Some(("use-after-free of", last, EDGE_OBJECT))
+    );
+    // The guard above the last slot, the area's last page: an overflow of its end-placed object.
+    for addr in [KFENCE_END - 4096, KFENCE_END - 1] {
+        assert_eq!(
+            report(addr),
+            Some(("out-of-bounds access past", last, EDGE_OBJECT)),
+            "{addr:#x}"
+        );
+    }
+    let layout = Layout::from_size_align(EDGE_OBJECT, 8).unwrap();
+    for object in objects {
+        // SAFETY: allocated by `fill_every_slot` with this layout, not used again.
+        unsafe { dealloc(object, layout) };
+    }
+    assert_eq!(kfence::stats().live, 0);
+    allocator::trim();
+    assert_eq!(allocator::footprint(), before, "slot pages not returned");
+}
+
+fn overflow_past_the_last_slot() {
+    let objects = fill_every_slot();
+    // SAFETY: deliberately not sound: writes one byte past the last slot's object, into the
+    // guard page that is the kfence area's last page.
+    unsafe { objects[SLOTS - 1].add(EDGE_OBJECT).write_volatile(1) };
+}
+
+#[test_case]
+static OVERFLOW_PAST_THE_LAST_SLOT_FAULTS: ShouldPanic = ShouldPanic::new(
+    "overflow_past_the_last_slot_faults",
+    overflow_past_the_last_slot,
+)
+.expecting("kfence: out-of-bounds access past the 48-byte allocation at 0xffffc0003fffefd0");
+
+fn access_at_the_heap_guard_start() {
+    let p = HEAP_GUARD_START as *mut u8;
+    // SAFETY: deliberately not sound: the heap window's guard area is never mapped.
+    unsafe { black_box(p).write_volatile(1) };
+}
+
+#[test_case]
+static A_FAULT_AT_THE_HEAP_GUARD_START_IS_A_PLAIN_PAGE_FAULT: ShouldPanic = ShouldPanic::new(
+    "a_fault_at_the_heap_guard_start_is_a_plain_page_fault",
+    access_at_the_heap_guard_start,
+)
+.expecting("EXCEPTION: PAGE FAULT accessing 0xffffc00040000000");

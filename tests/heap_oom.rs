@@ -23,6 +23,7 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr;
 
+use kernel::memory::bench_support::FrameHoard;
 use kernel::soak::{Baseline, INSERT_HEADROOM_FRAMES};
 use kernel::{allocator, memory, serial_println};
 use kheap_workload::Rng;
@@ -394,4 +395,52 @@ fn request_beyond_free_memory_fails_without_side_effects() {
     // SAFETY: allocated just above with this layout.
     unsafe { dealloc(p, fits) };
     assert_returned(&before);
+}
+
+/// The heap running out of frames right at a page-table boundary: a block of about 2 MiB is a
+/// page run of a little more than 512 pages (its size plus the heap's own overhead), so it spans
+/// two page tables the memory layer must make. For a few sizes around that and every number of
+/// free frames just below what the block takes, the refusal leaves nothing behind — no page, no
+/// page-table frame (`Baseline::check_returned` audits the tables) — and with enough frames the
+/// block fits.
+#[test_case]
+fn refusals_at_a_page_table_boundary_leave_no_page_table_behind() {
+    let mut before = Baseline::take().expect("heap initialised");
+    let mut hoard = FrameHoard::new();
+    for pages_less in 0..3 {
+        let layout = Layout::from_size_align((2 << 20) - pages_less * 4096, 8).unwrap();
+        // What the block takes with memory to spare: pages, page tables, heap bookkeeping.
+        let free = memory::stats().frames_free;
+        let p = try_alloc(layout);
+        assert!(!p.is_null(), "2 MiB on a 32 MiB machine");
+        let needed = free - memory::stats().frames_free;
+        // SAFETY: allocated just above with this layout.
+        unsafe { dealloc(p, layout) };
+        before = assert_returned(&before);
+        let mut refused = 0;
+        for free in needed - 4..=needed {
+            hoard.keep_free(free);
+            let p = try_alloc(layout);
+            if p.is_null() {
+                refused += 1;
+            } else {
+                // SAFETY: allocated just above with this layout.
+                unsafe { dealloc(p, layout) };
+            }
+            hoard.release();
+            if let Err(e) = before.check_returned() {
+                panic!(
+                    "after trying {} bytes with {free} frames free: {e}",
+                    layout.size()
+                );
+            }
+        }
+        serial_println!(
+            "page-table boundary: {} bytes take {needed} frames; with {} to {needed} free, \
+             {refused} of 5 tries refused",
+            layout.size(),
+            needed - 4
+        );
+        assert!(refused > 0, "memory never ran out");
+    }
 }

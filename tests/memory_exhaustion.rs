@@ -1,5 +1,6 @@
 //! Running out of physical memory with 32 MiB of RAM: the frame allocator and the heap window's
-//! page source report exhaustion as errors, a failed request maps nothing, and once everything is
+//! page source report exhaustion as errors, a failed request maps nothing — also when it runs out
+//! right at a page-table boundary, with every number of free frames — and once everything is
 //! given back the counters are exactly where they started.
 
 #![no_std]
@@ -10,9 +11,11 @@
 
 kernel::qemu_args!("-m 32M");
 
+use core::ops::RangeInclusive;
 use core::ptr::NonNull;
 
-use kernel::memory::{self, KernelPageSource};
+use kernel::memory::bench_support::FrameHoard;
+use kernel::memory::{self, KernelPageSource, MemoryStats};
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 use x86_64::structures::paging::PhysFrame;
 
@@ -105,4 +108,77 @@ fn frame_allocator_runs_dry_and_recovers() {
         unsafe { memory::deallocate_frame(frame) };
     }
     assert_eq!(memory::stats(), start);
+}
+
+/// Memory counters, with the page-table audit checked: every table of the mapper is linked and
+/// holds something.
+fn audited_stats() -> MemoryStats {
+    let stats = memory::stats();
+    let audit = memory::page_table_audit();
+    assert!(
+        audit.is_exact(stats.page_table_frames),
+        "{audit}, the mapper counts {}",
+        stats.page_table_frames
+    );
+    stats
+}
+
+/// Tries `attempt` with each number of free frames in `frees`, fewest first, until it succeeds:
+/// every failure must leave the memory counters (frames, page tables, window) exactly as they
+/// were. Returns how many frames it took.
+fn fails_cleanly_until_it_fits(
+    what: &str,
+    frees: RangeInclusive<u64>,
+    mut attempt: impl FnMut() -> bool,
+) -> u64 {
+    let mut hoard = FrameHoard::new();
+    let limit = *frees.end();
+    for free in frees {
+        hoard.keep_free(free);
+        let before = audited_stats();
+        let done = attempt();
+        if done {
+            hoard.release();
+            return free;
+        }
+        let after = audited_stats();
+        hoard.release();
+        assert_eq!(
+            after, before,
+            "{what} failing with {free} frames free changed the memory counters"
+        );
+    }
+    panic!("{what} did not succeed with {limit} frames free");
+}
+
+#[test_case]
+fn failed_maps_at_page_table_boundaries_change_nothing() {
+    let start = audited_stats();
+    let mut source = KernelPageSource::new();
+    // A 512-page run fills one 2 MiB span (runs are aligned to their size).
+    let run = source.map_pages(512).expect("2 MiB");
+    // Growing it by one page goes into the next span, where nothing is mapped: the page needs a
+    // new page table, and a failure maps no page of that span.
+    let took = fails_cleanly_until_it_fits("growing a full 2 MiB run by a page", 0..=8, || {
+        source.grow_pages(run, 512, 1)
+    });
+    assert!(
+        (1..=3).contains(&took),
+        "{took} frames for a page and its table"
+    );
+    // 513 pages span two fresh page tables: running out right after the boundary (with 514 or
+    // 515 frames free: the first table, 512 pages and the second table), or just before it.
+    let mut pair = None;
+    let frees = 500..=520;
+    let took = fails_cleanly_until_it_fits("mapping 513 pages over two page tables", frees, || {
+        pair = source.map_pages(513).ok();
+        pair.is_some()
+    });
+    assert!((515..=516).contains(&took), "{took} frames for 513 pages");
+    // SAFETY: the runs mapped above, never referenced.
+    unsafe {
+        source.unmap_pages(pair.unwrap(), 513);
+        source.unmap_pages(run, 513);
+    }
+    assert_eq!(audited_stats(), start, "everything came back");
 }

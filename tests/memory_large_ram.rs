@@ -71,6 +71,9 @@ fn a_256_mib_run_maps_and_unmaps() {
     // 128 page tables + a page directory (its PDPT may already exist).
     let tables = mapped.page_table_frames - before.page_table_frames;
     assert!((128..=130).contains(&tables), "{tables} page-table frames");
+    // Every one of them is linked and maps something.
+    let audit = memory::page_table_audit();
+    assert!(audit.is_exact(mapped.page_table_frames), "{audit}");
     for p in 0..pages {
         // SAFETY: mapped writable for us.
         unsafe {

@@ -1,11 +1,15 @@
-//! Host unit tests of the kernel's pure-logic modules.
+//! Host build of the kernel's pure-logic modules, for their unit tests and for fuzzing.
 //!
 //! The kernel builds for `x86_64-unknown-none`, where there is no test harness. The modules of
 //! `kernel/src/memory` that use no privileged instructions are compiled here a second time, for
 //! the host, so that `cargo test` (or `cargo test -p kernel-host`) runs their `#[cfg(test)]`
 //! tests: the window buddy allocator, the memory-map reduction, the frame allocator (over a
-//! simulated physical memory arena) and the page-table walker (over simulated tables, with a
-//! recording TLB).
+//! simulated physical memory arena), the page-table walker (over simulated tables, with a
+//! recording TLB) and the heap window's bookkeeping (`KernelPageSource`, which takes the
+//! kernel's memory lock, is left out).
+//!
+//! [`sim`] puts them together as a simulated machine, for the integration tests in `tests/` and
+//! the fuzz target `page_source_ops` (`kernel/heap/fuzz`).
 //!
 //! Each module is included with `#[path]` at the crate root, so a module's `super::` reaches its
 //! siblings here just as it does inside `kernel::memory`.
@@ -15,7 +19,10 @@
 pub mod buddy;
 #[path = "../src/memory/frame.rs"]
 pub mod frame;
+#[path = "../src/memory/heap_window.rs"]
+pub mod heap_window;
 #[path = "../src/memory/paging.rs"]
 pub mod paging;
 #[path = "../src/memory/regions.rs"]
 pub mod regions;
+pub mod sim;

@@ -5,13 +5,18 @@
 //! is unmapped on free); the page-fault handler asks [`report_fault`] to name the allocation.
 //!
 //! ```text
-//!   KFENCE_START                KFENCE_BASE (the top of the memory layer's scratch area; the
-//!   │                           │             never-mapped guard area follows it)
-//!   ┌──────────────┬──────────────┬──────────────┬──────────────┬─ … ─┬──────────────┐
-//!   │ guard (never │ slot 0 page  │ guard        │ slot 1 page  │     │ slot 63 page │ guard area
-//!   │ mapped)      │ …      [obj] │              │ [obj]      … │     │ …            │
-//!   └──────────────┴──────────────┴──────────────┴──────────────┴─ … ─┴──────────────┘
+//!   KFENCE_START   KFENCE_BASE (the top 2 * SLOTS + 1 pages of the memory layer's     KFENCE_END =
+//!   │              │             scratch area)                                       HEAP_GUARD_START
+//!   ┌──────────────┬──────────────┬──────────────┬──────────────┬─ … ─┬──────────────┬──────────────┐
+//!   │ guard (never │ slot 0 page  │ guard        │ slot 1 page  │     │ slot 63 page │ guard        │ the heap's
+//!   │ mapped)      │ …      [obj] │              │ [obj]      … │     │ …      [obj] │              │ guard area
+//!   └──────────────┴──────────────┴──────────────┴──────────────┴─ … ─┴──────────────┴──────────────┘
+//!   page position:  0              1              2              3          127            128
 //! ```
+//!
+//! Every slot has a guard page on each side; the last slot's upper guard is the top page of the
+//! scratch area. The never-mapped guard area below the heap window starts right after it
+//! (`HEAP_GUARD_START`); a fault there is not kfence's and gets the plain page-fault report.
 //!
 //! A fault in a guard page is reported against the nearer of its two neighbours that could have
 //! reached it: an end-placed object below it or a start-placed object above it (what Linux does
@@ -33,15 +38,17 @@ use crate::memory::{self, SCRATCH_KFENCE_PAGES, SCRATCH_SIZE, SCRATCH_START};
 /// Number of object slots (each an object page plus a guard page).
 pub const SLOTS: usize = 64;
 const PAGE: u64 = 4096;
-/// First slot page: the top `2 * SLOTS` pages of the scratch area, so the last slot's guard is
-/// the first page of the never-mapped guard area.
+/// First slot page. Slot `i`'s page is followed by its guard, so the slots and their upper guards
+/// fill the top `2 * SLOTS` pages of the scratch area: the last slot's guard is the scratch
+/// area's top page, just below the never-mapped guard area of the heap window.
 pub const KFENCE_BASE: u64 = SCRATCH_START + SCRATCH_SIZE - 2 * SLOTS as u64 * PAGE;
 /// The guard page below slot 0.
 pub const KFENCE_START: u64 = KFENCE_BASE - PAGE;
 // The slots and their guards lie in the top of the scratch area that its hand-mapping helpers
 // leave alone.
 const _: () = assert!(KFENCE_START >= SCRATCH_START + SCRATCH_SIZE - SCRATCH_KFENCE_PAGES * PAGE);
-/// End of the KFENCE area.
+/// End of the KFENCE area (exclusive): the end of the scratch area, where the heap window's
+/// guard area begins.
 pub const KFENCE_END: u64 = SCRATCH_START + SCRATCH_SIZE;
 
 /// Where a sampled object goes in its page.
@@ -248,11 +255,14 @@ pub fn size_of(ptr: *mut u8) -> Option<usize> {
 /// handler.
 pub fn report_fault(addr: usize) -> Option<(&'static str, usize, usize)> {
     let addr = addr as u64;
-    // Up to the first page of the guard area, which is the guard above the last slot.
-    if !(KFENCE_START..KFENCE_END + PAGE).contains(&addr) {
+    // From the guard below slot 0 to the guard above the last slot, which is the area's last
+    // page. (The page after it, the heap window's guard area, is not kfence's: an overflow of
+    // the last slot faults in that slot's guard first.)
+    if !(KFENCE_START..KFENCE_END).contains(&addr) {
         return None;
     }
-    // Pages from KFENCE_START: guards at even positions, slot `i` at position `2i + 1`.
+    // Pages from KFENCE_START: guards at even positions 0..=2 * SLOTS, slot `i` at position
+    // `2i + 1`; so `position / 2` is at most SLOTS, and below SLOTS for a slot page.
     let position = (addr - KFENCE_START) / PAGE;
     // The handler may run while the state lock is held (a fault inside `alloc`/`free` is a bug
     // of this module); never wait for it here.

@@ -21,6 +21,7 @@ pub mod gdt;
 pub mod interrupts;
 pub mod kfence;
 pub mod memory;
+pub mod panic;
 pub mod qemu;
 pub mod serial;
 pub mod smp;

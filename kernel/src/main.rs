@@ -6,7 +6,7 @@
 
 use bootloader_api::BootInfo;
 use kernel::qemu::{QemuExitCode, exit_qemu};
-use kernel::{allocator, memory, serial_println, workload};
+use kernel::{memory, serial_println, workload};
 
 bootloader_api::entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -37,18 +37,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    serial_println!("KERNEL PANIC: {info}");
-    if let Some(layout) = allocator::last_failure() {
-        serial_println!(
-            "last failed allocation: {} bytes aligned to {}",
-            layout.size(),
-            layout.align()
-        );
-        // `try_stats` does not wait for the heap lock: the panic may have happened inside it.
-        if let Some(stats) = allocator::try_stats() {
-            serial_println!("{stats}");
-        }
-        serial_println!("{}", memory::stats());
-    }
+    // Never waits for a lock: the panic may have happened inside the heap or the memory layer.
+    kernel::panic::report(info, kernel::panic::Detail::Full);
     exit_qemu(QemuExitCode::Failed)
 }

@@ -427,6 +427,14 @@ pub enum SoakError {
         /// What the heap and the memory layer hold now.
         after: Baseline,
     },
+    /// The page tables hold a table of the mapper's that maps nothing (empty), or the mapper
+    /// counts more or fewer table frames than are linked: a page-table frame leaked or lost.
+    PageTables {
+        /// What the walk of the page tables found.
+        audit: memory::TableAudit,
+        /// The mapper's count of its table frames.
+        counted: u64,
+    },
 }
 
 impl fmt::Display for SoakError {
@@ -441,6 +449,10 @@ impl fmt::Display for SoakError {
             Self::NotReturned { before, after } => {
                 write!(f, "memory not returned: before {before:?}, after {after:?}")
             }
+            Self::PageTables { audit, counted } => write!(
+                f,
+                "page-table frames not accounted for: {audit}, the mapper counts {counted}"
+            ),
         }
     }
 }
@@ -875,9 +887,14 @@ impl Soak {
 /// never unmapped (see the `kheap` crate docs), and a workload that had many chunks live needed
 /// more descriptor root pages and page-map nodes to record them, so the heap may keep exactly as
 /// many more pages as its root-run and page-map counts grew by, and no other page; the free-frame
-/// count must have dropped by exactly those kept pages plus any page-table frames the memory layer
-/// kept. This tolerance is measured, not guessed: if the heap comes to release those pages on
-/// trim, the kept count is simply 0.
+/// count must have dropped by exactly those kept pages plus the change in page-table frames. This
+/// tolerance is measured, not guessed: if the heap comes to release those pages on trim, the kept
+/// count is simply 0.
+///
+/// Page-table frames are counted exactly too: the memory layer's
+/// [`page_table_audit`](memory::page_table_audit) must find exactly as many of the mapper's tables
+/// linked as it counts, and none of them empty — so every page-table frame still taken maps a
+/// page that is still mapped (a table left behind by a failed or undone mapping is an error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Baseline {
     /// Heap-window pages and free frames.
@@ -920,13 +937,21 @@ impl Baseline {
     ///
     /// [`SoakError::NotEmpty`] if the heap holds more chunk or large pages or requested bytes;
     /// [`SoakError::NotReturned`] if more heap pages or frames stayed taken than its bookkeeping
-    /// and the page tables account for.
+    /// and the page tables account for; [`SoakError::PageTables`] if a page-table frame is
+    /// taken without holding a mapping.
     ///
     /// # Panics
     ///
     /// If an invariant checker finds a broken invariant.
     pub fn check_returned(&self) -> Result<Self, SoakError> {
         let now = Self::take()?;
+        let audit = memory::page_table_audit();
+        if !audit.is_exact(now.page_table_frames) {
+            return Err(SoakError::PageTables {
+                audit,
+                counted: now.page_table_frames,
+            });
+        }
         allocator::check_invariants();
         memory::check_invariants();
         if (now.chunk_pages, now.large_pages, now.requested_bytes)

@@ -176,21 +176,25 @@ pub fn panic_handler(info: &PanicInfo<'_>) -> ! {
             let _ = write!(msg, "{}", info.message());
             match cur.expected {
                 Some(text) if !msg.as_str().contains(text) => {
-                    serial_println!("{}", info);
+                    crate::panic::report(info, crate::panic::Detail::Full);
                     serial_println!("note: panic did not contain expected string `{}`", text);
                     serial_println!("@@ktest fail {}", cur.index);
                 }
-                _ => serial_println!("@@ktest ok {}", cur.index),
+                _ => {
+                    crate::panic::report(info, crate::panic::Detail::Brief);
+                    serial_println!("@@ktest ok {}", cur.index);
+                }
             }
             exit_qemu(QemuExitCode::Resume)
         }
         Some(cur) => {
-            serial_println!("{}", info);
+            crate::panic::report(info, crate::panic::Detail::Full);
             serial_println!("@@ktest fail {}", cur.index);
             exit_qemu(QemuExitCode::Resume)
         }
         None => {
-            serial_println!("kernel panic outside any test: {}", info);
+            serial_println!("kernel panic outside any test:");
+            crate::panic::report(info, crate::panic::Detail::Full);
             exit_qemu(QemuExitCode::Failed)
         }
     }

@@ -53,6 +53,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    serial_println!("KERNEL PANIC: {info}");
+    // Never waits for a lock: the panic may have happened inside the heap or the memory layer.
+    kernel::panic::report(info, kernel::panic::Detail::Full);
     exit_qemu(QemuExitCode::Failed)
 }

@@ -81,20 +81,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    serial_println!("KERNEL PANIC: {info}");
-    if let Some(layout) = allocator::last_failure() {
-        serial_println!(
-            "last failed allocation: {} bytes aligned to {}",
-            layout.size(),
-            layout.align()
-        );
-    }
-    // `try_stats` does not wait for the heap lock: the panic may have happened inside it.
-    if let Some(stats) = allocator::try_stats() {
-        serial_println!("{stats}");
-    }
-    if let Some(m) = memory::try_stats() {
-        serial_println!("{m}");
-    }
+    // Never waits for a lock: the panic may have happened inside the heap or the memory layer.
+    kernel::panic::report(info, kernel::panic::Detail::Full);
     exit_qemu(QemuExitCode::Failed)
 }

@@ -154,3 +154,85 @@ pub unsafe fn unmap_scratch(index: u64) -> Result<(), paging::UnmapError> {
         unsafe { tables.unmap_fresh_run(page, 1, frames) }
     })
 }
+
+/// Frames taken out of circulation, for tests that make memory run out at a chosen point:
+/// [`keep_free`](Self::keep_free)`(n)` leaves exactly `n` frames free. The frames are chained
+/// through their own first words, so the hoard needs no memory of its own; dropping it gives
+/// them all back.
+#[derive(Debug, Default)]
+pub struct FrameHoard {
+    /// Physical address of the most recently taken frame (0: none).
+    head: u64,
+    /// Frames held.
+    len: u64,
+}
+
+impl FrameHoard {
+    /// An empty hoard.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { head: 0, len: 0 }
+    }
+
+    /// Takes frames until at most `free` are free (all of them if `free` is 0), under one
+    /// memory lock.
+    ///
+    /// # Panics
+    ///
+    /// Before `memory::init`.
+    pub fn keep_free(&mut self, free: u64) {
+        super::with_memory(|m| {
+            assert!(m.ready, "memory: FrameHoard used before memory::init");
+            while m.frames.stats().free > free {
+                let Some(frame) = m.frames.allocate() else {
+                    break;
+                };
+                let addr = frame.start_address().as_u64();
+                let link = (m.frames.phys_offset() + addr) as *mut u64;
+                // SAFETY: the frame is ours now, mapped writable through the physical-memory
+                // mapping (the frame allocator's own contract); its first word holds the link.
+                unsafe { link.write_volatile(self.head) };
+                self.head = addr;
+                self.len += 1;
+            }
+        });
+    }
+
+    /// Frames held.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the hoard holds no frame.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Gives every frame back.
+    pub fn release(&mut self) {
+        if self.head == 0 {
+            return;
+        }
+        super::with_memory(|m| {
+            while self.head != 0 {
+                let link = (m.frames.phys_offset() + self.head) as *const u64;
+                // SAFETY: a frame of the chain, mapped through the physical-memory mapping.
+                let next = unsafe { link.read_volatile() };
+                let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(self.head));
+                // SAFETY: the frame came from this allocator in `keep_free` and only the chain
+                // link was ever written to it.
+                unsafe { m.frames.deallocate(frame) };
+                self.head = next;
+                self.len -= 1;
+            }
+        });
+    }
+}
+
+impl Drop for FrameHoard {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

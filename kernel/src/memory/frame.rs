@@ -348,45 +348,15 @@ impl FrameDeallocator<Size4KiB> for BitmapFrameAllocator {
 }
 
 #[cfg(all(test, not(target_os = "none")))]
-pub(crate) mod tests {
+mod tests {
     extern crate std;
     use super::super::regions::{Region, RegionKind};
     use super::*;
-    use std::alloc::{Layout, alloc_zeroed, dealloc};
     use std::collections::HashSet;
     use std::vec::Vec;
 
-    /// Simulated physical memory: `len` bytes of host memory standing for physical addresses
-    /// `base .. base + len`.
-    pub(crate) struct PhysArena {
-        ptr: *mut u8,
-        layout: Layout,
-        base: u64,
-    }
-
-    impl PhysArena {
-        pub(crate) fn new(base: u64, len: usize) -> Self {
-            let layout = Layout::from_size_align(len, 4096).unwrap();
-            // SAFETY: the layout has a non-zero size.
-            let ptr = unsafe { alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            Self { ptr, layout, base }
-        }
-        /// The `phys_offset` under which physical address `p` is at `ptr + (p - base)`.
-        pub(crate) fn offset(&self) -> u64 {
-            (self.ptr.expose_provenance() as u64).wrapping_sub(self.base)
-        }
-        pub(crate) fn end(&self) -> u64 {
-            self.base + self.layout.size() as u64
-        }
-    }
-
-    impl Drop for PhysArena {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { dealloc(self.ptr, self.layout) };
-        }
-    }
+    // Simulated physical memory, from the host build's simulated machine (`kernel/host`).
+    use super::super::sim::PhysArena;
 
     fn usable(start: u64, end: u64) -> Region {
         Region {
@@ -457,7 +427,7 @@ pub(crate) mod tests {
     fn the_bitmap_is_zeroed_even_over_garbage() {
         let arena = PhysArena::new(0x10_0000, 0x4_0000);
         // SAFETY: the arena is 0x4_0000 bytes long.
-        unsafe { ptr::write_bytes(arena.ptr, 0xAB, 0x4_0000) };
+        unsafe { ptr::write_bytes(arena.as_mut_ptr(), 0xAB, 0x4_0000) };
         let mut a = allocator(&arena, &[usable(0x10_0000, 0x14_0000)]);
         let f = a.allocate().unwrap();
         // SAFETY: frame from `a`.

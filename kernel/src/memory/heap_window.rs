@@ -50,7 +50,9 @@
 
 use core::ptr::NonNull;
 
-use kheap::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
+#[cfg(target_os = "none")]
+use kheap::source::PageSource;
+use kheap::source::{PAGE_SIZE, PageSourceError, aligned_offset, aligned_slack};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags};
 
@@ -183,7 +185,8 @@ impl HeapWindow {
             .runs
             .alloc(count)
             .ok_or(PageSourceError::OutOfAddressSpace)?;
-        // Cheap early answer; page tables may still need more, which the mapper handles.
+        // Cheap early answer. The exact one is the mapper's: it counts the frames for the pages
+        // and for the page tables the run needs before it maps anything.
         if frames.stats().free < count as u64 {
             self.runs.free(first, count);
             return Err(PageSourceError::OutOfMemory);
@@ -227,6 +230,7 @@ impl HeapWindow {
         let Some(end) = (((addr - HEAP_WINDOW_START) / PAGE) as usize).checked_add(count) else {
             return false;
         };
+        // As in `map`: a cheap early answer; the mapper checks pages and tables exactly.
         if extra == 0 || frames.stats().free < extra as u64 || !self.runs.claim(end, extra) {
             return false;
         }
@@ -340,9 +344,13 @@ fn window_page(index: usize) -> Page {
 ///
 /// A unit handle over the global memory state; every call takes the memory lock with interrupts
 /// disabled. It never allocates from the heap, so the heap may call it with its own lock held.
+/// (Kernel builds only: the host build of this module, `kernel/host`, drives `HeapWindow`
+/// over simulated memory instead.)
+#[cfg(target_os = "none")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelPageSource;
 
+#[cfg(target_os = "none")]
 impl KernelPageSource {
     /// A handle to the heap window.
     #[must_use]
@@ -357,6 +365,7 @@ impl KernelPageSource {
 // allocator each frame to one page, and nothing else maps window pages). They stay mapped until
 // `unmap_pages` is called for them. `map_pages_aligned` maps its run the same way, at the start
 // `aligned_offset` computes for page `aligned_page` to be aligned.
+#[cfg(target_os = "none")]
 unsafe impl PageSource for KernelPageSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if count == 0 || count.checked_mul(PAGE_SIZE).is_none() {

@@ -60,7 +60,7 @@ pub use heap_window::{
     HEAP_WINDOW_PAGES, HEAP_WINDOW_SIZE, HEAP_WINDOW_START, KernelPageSource, SCRATCH_KFENCE_PAGES,
     SCRATCH_SIZE, SCRATCH_START,
 };
-pub use paging::{MapError, UnmapError};
+pub use paging::{MapError, TableAudit, UnmapError};
 pub use regions::{Bytes, MapSummary};
 
 use heap_window::HeapWindow;
@@ -403,15 +403,22 @@ impl fmt::Display for MemoryStats {
 }
 
 /// Walks the memory layer's bookkeeping and panics, naming the broken rule, if it is
-/// inconsistent: the window's buddy bitmaps and counters, mapped pages against taken pages, and
-/// frame counts against what the window and the page tables hold. Linear in the window size:
-/// for tests and debugging, not for hot paths.
+/// inconsistent: the window's buddy bitmaps and counters, mapped pages against taken pages,
+/// frame counts against what the window and the page tables hold, and the page tables
+/// themselves ([`page_table_audit`]: exactly the mapper's count of tables linked, none empty).
+/// Linear in the window size: for tests and debugging, not for hot paths.
 pub fn check_invariants() {
     with_memory(|m| {
         if !m.ready {
             return;
         }
         m.window.check_invariants();
+        let audit = m.tables.audit(&m.frames);
+        assert!(
+            audit.is_exact(m.tables.table_frames()),
+            "memory: page tables: {audit}, but the mapper counts {} (a leaked or lost table)",
+            m.tables.table_frames()
+        );
         let s = m.stats();
         assert_eq!(
             s.frames_total,
@@ -423,6 +430,22 @@ pub fn check_invariants() {
             "memory: fewer frames used than the bitmap, page tables and heap pages hold"
         );
     });
+}
+
+/// Walks the page tables and counts the mapper's own tables linked in them, and the empty ones
+/// among them ([`TableAudit`]). Every footprint check compares it with
+/// [`MemoryStats::page_table_frames`]: equal, and no empty table, means that every page-table
+/// frame in use holds a mapping (none leaked, none lost). A default (all-zero) audit before
+/// [`init`].
+#[must_use]
+pub fn page_table_audit() -> TableAudit {
+    with_memory(|m| {
+        if m.ready {
+            m.tables.audit(&m.frames)
+        } else {
+            TableAudit::default()
+        }
+    })
 }
 
 /// A snapshot of all memory counters (all zero but the window's geometry before [`init`]).

@@ -10,8 +10,9 @@
 //! Why not `x86_64::OffsetPageTable`: that mapper never gives page-table frames back, so a heap
 //! that grows and shrinks would leak them. This walker
 //!
-//! * creates missing tables from the [`BitmapFrameAllocator`] while mapping and, if the allocator
-//!   runs dry half-way, removes the tables it created in that call (a failed map changes nothing);
+//! * creates missing tables from the [`BitmapFrameAllocator`] while mapping; a run of fresh pages
+//!   counts the frames it needs for pages *and* tables before it changes anything, and any other
+//!   failure removes what the call mapped and the tables it made (a failed map changes nothing);
 //! * after unmapping, frees every table left empty (PT, then PD, then PDPT; never the PML4), but
 //!   only tables that the frame allocator handed out — the bootloader's own tables stay;
 //! * flushes the TLB before any frame that a stale translation or paging-structure cache entry
@@ -125,6 +126,35 @@ impl fmt::Display for UnmapError {
     }
 }
 
+/// What [`PageTables::audit`] found in the page-table hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableAudit {
+    /// Linked tables whose frames the frame allocator handed out: the mapper's own tables.
+    pub owned: u64,
+    /// Of those, tables with no entry in use. The mapper frees a table as soon as it is empty
+    /// (and a failed map removes the tables it made), so each one is a leak.
+    pub empty: u64,
+}
+
+impl TableAudit {
+    /// Whether the hierarchy holds exactly `table_frames` tables of the mapper's and none of
+    /// them is empty: no page-table frame is lost or kept without a use.
+    #[must_use]
+    pub fn is_exact(&self, table_frames: u64) -> bool {
+        self.owned == table_frames && self.empty == 0
+    }
+}
+
+impl fmt::Display for TableAudit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} page tables of the mapper linked, {} of them empty",
+            self.owned, self.empty
+        )
+    }
+}
+
 /// Page-table frames freed by one step, to be returned after the TLB flush (at most PT, PD and
 /// PDPT).
 #[derive(Default)]
@@ -183,10 +213,109 @@ impl<T: Tlb> PageTables<T> {
         }
     }
 
+    /// The TLB maintenance object.
+    #[must_use]
+    pub fn tlb(&self) -> &T {
+        &self.tlb
+    }
+
+    /// The TLB maintenance object, mutably.
+    pub fn tlb_mut(&mut self) -> &mut T {
+        &mut self.tlb
+    }
+
     /// Page-table frames this mapper allocated and still uses.
     #[must_use]
     pub fn table_frames(&self) -> u64 {
         self.table_frames
+    }
+
+    /// Walks every table reachable from the root and counts the mapper's own (those whose
+    /// frames `frames` handed out) and the empty ones among them. Reads each PML4, PDPT and PD
+    /// entry once and scans only the mapper's tables for emptiness: for checks and tests, not
+    /// for hot paths.
+    #[must_use]
+    pub fn audit(&self, frames: &BitmapFrameAllocator) -> TableAudit {
+        let mut audit = TableAudit::default();
+        self.audit_table(self.root, 4, frames, &mut audit);
+        audit
+    }
+
+    /// [`audit`](Self::audit) of the table at `table`, which is at `level` (4: PML4 … 2: PD).
+    fn audit_table(
+        &self,
+        table: u64,
+        level: u32,
+        frames: &BitmapFrameAllocator,
+        audit: &mut TableAudit,
+    ) {
+        for index in 0..ENTRIES {
+            // SAFETY: `table` is the root or was reached through present entries of valid tables.
+            let entry = unsafe { self.read(table, index) };
+            let flags = entry.flags();
+            // PDPT and PD entries may map 1 GiB / 2 MiB pages: no table below those.
+            if !flags.contains(PageTableFlags::PRESENT)
+                || (level < 4 && flags.contains(PageTableFlags::HUGE_PAGE))
+            {
+                continue;
+            }
+            let child = entry.addr().as_u64();
+            if frames.is_allocated(PhysFrame::containing_address(entry.addr())) {
+                audit.owned += 1;
+                if self.is_empty(child) {
+                    audit.empty += 1;
+                }
+            }
+            if level > 2 {
+                self.audit_table(child, level - 1, frames, audit);
+            }
+        }
+    }
+
+    /// Frames that mapping `count` fresh pages from `start` takes: one per page, plus one per
+    /// page table (PDPT, PD, PT) the run needs that does not exist yet. Reads one path of
+    /// entries per 2 MiB span of the run; changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`MapError::HugePageInTheWay`] if a huge page covers part of the run.
+    pub fn frames_for_run(&self, start: Page, count: usize) -> Result<u64, MapError> {
+        let mut needed = count as u64;
+        // Per level (PDPT, PD, PT): the virtual-page prefix naming the last table counted as
+        // missing, so that a table the run would create is counted once however many spans
+        // pass through it (the spans are visited in address order).
+        let mut counted = [u64::MAX; 3];
+        let mut done = 0;
+        while done < count {
+            let page = start + done as u64;
+            let number = (page.start_address().as_u64() >> 12) & ((1 << 36) - 1);
+            let prefixes = [number >> 27, number >> 18, number >> 9];
+            let indices = [page.p4_index(), page.p3_index(), page.p2_index()];
+            let mut table = Some(self.root);
+            for level in 0..3 {
+                table = match table {
+                    Some(t) => {
+                        // SAFETY: `t` is the root or was reached through present entries.
+                        let entry = unsafe { self.read(t, usize::from(indices[level])) };
+                        let flags = entry.flags();
+                        if !flags.contains(PageTableFlags::PRESENT) {
+                            None
+                        } else if flags.contains(PageTableFlags::HUGE_PAGE) {
+                            return Err(MapError::HugePageInTheWay);
+                        } else {
+                            Some(entry.addr().as_u64())
+                        }
+                    }
+                    None => None,
+                };
+                if table.is_none() && counted[level] != prefixes[level] {
+                    counted[level] = prefixes[level];
+                    needed += 1;
+                }
+            }
+            done += (ENTRIES - usize::from(page.p1_index())).min(count - done);
+        }
+        Ok(needed)
     }
 
     /// Whether the PML4 entry covering `addr` is unused, i.e. nothing at all is mapped in that
@@ -295,11 +424,19 @@ impl<T: Tlb> PageTables<T> {
     ///
     /// # Errors
     ///
-    /// [`MapError::OutOfFrames`] when frames run out for a page or a table,
+    /// [`MapError::OutOfFrames`] when there are fewer free frames than the pages plus the
+    /// page tables the run needs ([`frames_for_run`](Self::frames_for_run)),
     /// [`MapError::AlreadyMapped`] if a page of the run is mapped already,
-    /// [`MapError::HugePageInTheWay`], [`MapError::InvalidFlags`]. On every error the pages
-    /// mapped by this call are unmapped again and their frames and new tables freed: a failed
-    /// call leaves the tables and the frame count as they were.
+    /// [`MapError::HugePageInTheWay`], [`MapError::InvalidFlags`]. A failed call leaves the
+    /// tables and the frame count as they were:
+    ///
+    /// 1. Every frame the run takes, for pages and for new tables, is counted before anything
+    ///    changes, so running out of frames is found before the first table is made. (Counting
+    ///    reads one path of entries per 2 MiB span; the frame allocator's free count is exact,
+    ///    and nothing else allocates while we hold it.)
+    /// 2. An error found part-way (a page that is already mapped) unmaps the pages this call
+    ///    mapped, which frees the tables they emptied, and then frees the tables of the span
+    ///    where it stopped if they are empty (made by this call, with no page of it mapped).
     ///
     /// # Safety
     ///
@@ -314,6 +451,9 @@ impl<T: Tlb> PageTables<T> {
     ) -> Result<(), MapError> {
         if flags.contains(PageTableFlags::HUGE_PAGE) {
             return Err(MapError::InvalidFlags);
+        }
+        if frames.stats().free < self.frames_for_run(start, count)? {
+            return Err(MapError::OutOfFrames);
         }
         let flags = flags | PageTableFlags::PRESENT;
         let mut done = 0;
@@ -354,8 +494,30 @@ impl<T: Tlb> PageTables<T> {
             // SAFETY: exactly the pages this call mapped, to frames nothing else has seen.
             let undo = unsafe { self.unmap_fresh_run(start, done, frames) };
             debug_assert!(undo.is_ok(), "undoing a partial run failed: {undo:?}");
+            // The span the run stopped in may have tables this call made and no page of the
+            // run: the unmap above never walked there.
+            self.free_empty_tables(start + done as u64, frames);
         }
         result
+    }
+
+    /// Frees the tables on the path to `page` that are empty and the frame allocator's (PT,
+    /// then PD, then PDPT; none if the path is incomplete), after one full TLB flush.
+    fn free_empty_tables(&mut self, page: Page, frames: &mut BitmapFrameAllocator) {
+        let Ok(path) = self.walk(page) else {
+            return;
+        };
+        let garbage = self.reclaim(path, page, frames);
+        if garbage.frames[0].is_none() {
+            return;
+        }
+        self.tlb.flush_all();
+        for frame in garbage.frames.into_iter().flatten() {
+            // SAFETY: the table is empty, unlinked by `reclaim` and flushed from the
+            // paging-structure caches; it came from `frames` (checked in `reclaim`).
+            unsafe { frames.deallocate(frame) };
+            self.table_frames -= 1;
+        }
     }
 
     /// Unmaps `count` pages from `start`, flushes them and frees their frames to `frames`, then
@@ -591,8 +753,7 @@ impl<T: Tlb> PageTables<T> {
 #[cfg(all(test, not(target_os = "none")))]
 mod tests {
     extern crate std;
-    use super::super::frame::tests::PhysArena;
-    use super::super::regions::{Region, RegionKind, UsableRanges};
+    use super::super::sim::{BASE, PhysArena};
     use super::*;
     use std::vec::Vec;
 
@@ -611,7 +772,6 @@ mod tests {
         }
     }
 
-    const BASE: u64 = 0x10_0000;
     const RW: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::NO_EXECUTE);
 
     struct World {
@@ -620,34 +780,11 @@ mod tests {
         tables: PageTables<Recorder>,
     }
 
-    /// Simulated machine: `frames` usable frames after a root table at `BASE` (frame 0x100) and
-    /// a "bootloader" PDPT at `BASE + 0x1000`, linked from root slot 0 (as if the bootloader had
-    /// mapped something in the lowest 512 GiB).
+    /// Simulated machine (`kernel/host`'s `sim::boot`): `frames` usable frames after a root
+    /// table at `BASE` (frame 0x100) and a "bootloader" PDPT at `BASE + 0x1000`, linked from
+    /// root slot 0 (as if the bootloader had mapped something in the lowest 512 GiB).
     fn world(usable_frames: u64) -> World {
-        let len = (usable_frames + 2) * 0x1000;
-        let arena = PhysArena::new(BASE, len as usize);
-        let map = [
-            Region {
-                start: BASE,
-                end: BASE + 0x2000,
-                kind: RegionKind::Bootloader,
-            },
-            Region {
-                start: BASE + 0x2000,
-                end: BASE + len,
-                kind: RegionKind::Usable,
-            },
-        ];
-        let ranges = UsableRanges::from_regions(map.iter().copied()).unwrap();
-        // SAFETY: the arena backs the whole map and outlives the world (it is a field).
-        let frames = unsafe { BitmapFrameAllocator::new(arena.offset(), ranges) }.unwrap();
-        let root = PhysFrame::containing_address(PhysAddr::new(BASE));
-        // SAFETY: the arena is zeroed: the root is an empty, valid table, mapped at the offset.
-        let mut tables = unsafe { PageTables::new(arena.offset(), root, Recorder::default()) };
-        let mut link = PageTableEntry::new();
-        link.set_addr(PhysAddr::new(BASE + 0x1000), TABLE_FLAGS);
-        // SAFETY: slot 0 of the valid, empty root; the linked PDPT is zeroed.
-        unsafe { tables.write(BASE, 0, link) };
+        let (arena, frames, tables) = super::super::sim::boot(usable_frames, Recorder::default());
         World {
             _arena: arena,
             frames,

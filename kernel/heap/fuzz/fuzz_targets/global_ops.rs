@@ -119,10 +119,8 @@ fuzz_target!(|input: Input| {
                 );
                 if zeroed {
                     // SAFETY: a fresh block of `size` bytes.
-                    assert!(
-                        (0..size).all(|i| unsafe { p.add(i).read() } == 0),
-                        "not zeroed"
-                    );
+                    let bytes = unsafe { std::slice::from_raw_parts(p, size) };
+                    assert!(bytes.iter().all(|&b| b == 0), "not zeroed");
                 }
                 insert(&mut ranges, p, size);
                 let b = Live {

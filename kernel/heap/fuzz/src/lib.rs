@@ -31,6 +31,14 @@
 //! The two targets differ only in their [`Config`]: [`HEAP_OPS`] spreads sizes over every class
 //! and the large allocator, [`LARGE_OPS`] concentrates on large blocks (region blocks, the page-run
 //! threshold at 64 KiB, page runs, in-place resizes).
+//!
+//! Two more harnesses live in their own modules: [`pools`] (target `pool_ops`: user pools
+//! through `PoolHandle` and `ObjectPool` on a `LockedHeap` over [`FuzzSource`]) and
+//! [`page_source`] (target `page_source_ops`: the kernel's frame allocator, page tables and heap
+//! window on the simulated machine of `kernel/host`).
+
+pub mod page_source;
+pub mod pools;
 
 use std::alloc::Layout;
 use std::cell::Cell;
