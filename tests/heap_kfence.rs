@@ -17,12 +17,11 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::hint::black_box;
 
-use kernel::testing::ShouldPanic;
 use kernel::{allocator, kfence};
 
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn sampled_objects_work_and_their_pages_come_back() {
     allocator::trim();
     let before = allocator::footprint();
@@ -90,12 +89,11 @@ fn overflow_past_a_sampled_object() {
     }
 }
 
-#[test_case]
-static OVERFLOW_PAST_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "overflow_past_a_sampled_object_faults",
-    overflow_past_a_sampled_object,
-)
-.expecting("kfence: out-of-bounds access past the 24-byte allocation at 0x");
+#[kernel::test]
+#[should_panic(expected = "kfence: out-of-bounds access past the 24-byte allocation at 0x")]
+fn overflow_past_a_sampled_object_faults() {
+    overflow_past_a_sampled_object();
+}
 
 fn underflow_before_a_sampled_object() {
     kfence::set_placement(kfence::Placement::Start);
@@ -109,12 +107,11 @@ fn underflow_before_a_sampled_object() {
     }
 }
 
-#[test_case]
-static UNDERFLOW_BEFORE_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "underflow_before_a_sampled_object_faults",
-    underflow_before_a_sampled_object,
-)
-.expecting("kfence: out-of-bounds access before the 40-byte allocation at 0x");
+#[kernel::test]
+#[should_panic(expected = "kfence: out-of-bounds access before the 40-byte allocation at 0x")]
+fn underflow_before_a_sampled_object_faults() {
+    underflow_before_a_sampled_object();
+}
 
 fn use_after_free_of_a_sampled_object() {
     kfence::enable(1);
@@ -128,12 +125,11 @@ fn use_after_free_of_a_sampled_object() {
     }
 }
 
-#[test_case]
-static USE_AFTER_FREE_OF_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "use_after_free_of_a_sampled_object_faults",
-    use_after_free_of_a_sampled_object,
-)
-.expecting("kfence: use-after-free of the 100-byte allocation at 0x");
+#[kernel::test]
+#[should_panic(expected = "kfence: use-after-free of the 100-byte allocation at 0x")]
+fn use_after_free_of_a_sampled_object_faults() {
+    use_after_free_of_a_sampled_object();
+}
 
 fn double_free_of_a_sampled_object() {
     kfence::enable(1);
@@ -147,9 +143,8 @@ fn double_free_of_a_sampled_object() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_OF_A_SAMPLED_OBJECT_IS_REPORTED: ShouldPanic = ShouldPanic::new(
-    "double_free_of_a_sampled_object_is_reported",
-    double_free_of_a_sampled_object,
-)
-.expecting("kheap: double free of 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: double free of 0x")]
+fn double_free_of_a_sampled_object_is_reported() {
+    double_free_of_a_sampled_object();
+}

@@ -14,11 +14,9 @@ use alloc::alloc::{alloc, dealloc};
 use core::alloc::Layout;
 use core::hint::black_box;
 
-use kernel::testing::ShouldPanic;
-
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn fresh_blocks_are_filled_with_the_fresh_pattern() {
     let layout = Layout::from_size_align(100, 8).unwrap();
     // SAFETY: valid layout; the block is read within its size and freed with its layout. The
@@ -44,10 +42,11 @@ fn overflow_by_one_byte() {
     }
 }
 
-#[test_case]
-static ONE_BYTE_OVERFLOW_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("one_byte_overflow_is_reported", overflow_by_one_byte)
-        .expecting("heap overflow");
+#[kernel::test]
+#[should_panic(expected = "heap overflow")]
+fn one_byte_overflow_is_reported() {
+    overflow_by_one_byte();
+}
 
 fn write_after_free() {
     let layout = Layout::from_size_align(64, 8).unwrap();
@@ -63,7 +62,8 @@ fn write_after_free() {
     }
 }
 
-#[test_case]
-static WRITE_AFTER_FREE_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("write_after_free_is_reported", write_after_free)
-        .expecting("write after free");
+#[kernel::test]
+#[should_panic(expected = "write after free")]
+fn write_after_free_is_reported() {
+    write_after_free();
+}

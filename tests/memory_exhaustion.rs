@@ -25,7 +25,7 @@ const MAX_RUNS: usize = 1024;
 /// The test's own list of runs (no heap: the heap lives on the same frames).
 static RUNS: spin::Mutex<[(usize, usize); MAX_RUNS]> = spin::Mutex::new([(0, 0); MAX_RUNS]);
 
-#[test_case]
+#[kernel::test]
 fn page_source_runs_dry_without_partial_mappings_and_recovers() {
     let start = memory::stats();
     let mut source = KernelPageSource::new();
@@ -78,7 +78,7 @@ fn page_source_runs_dry_without_partial_mappings_and_recovers() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn frame_allocator_runs_dry_and_recovers() {
     let start = memory::stats();
     let offset = memory::physical_memory_offset().unwrap();

@@ -11,6 +11,8 @@
 #![reexport_test_harness_main = "test_main"]
 
 extern crate alloc;
+// Lets `#[kernel::test]`'s expansion name this crate as `::kernel` in the library's own tests too.
+extern crate self as kernel;
 
 pub mod allocator;
 pub mod bench;
@@ -25,6 +27,10 @@ pub mod soak;
 pub mod testing;
 pub mod timer;
 pub mod workload;
+
+/// Marks a test function of a test kernel: `#[kernel::test]`, optionally followed by
+/// `#[should_panic(expected = "…")]` or `#[ignore = "…"]` (see [`testing`]).
+pub use kernel_macros::test;
 
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -93,6 +99,6 @@ macro_rules! qemu_args {
     };
 }
 
-// The library's own unit tests (`#[test_case]`s in its modules) form a test kernel too.
+// The library's own unit tests (`#[kernel::test]`s in its modules) form a test kernel too.
 #[cfg(test)]
 crate::test_kernel!();
