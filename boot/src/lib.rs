@@ -35,3 +35,5 @@ pub mod paths;
 pub mod protocol;
 pub mod qemu;
 pub mod session;
+#[cfg(test)]
+mod testelf;

@@ -224,6 +224,7 @@ fn llvm_strip(input: &Path, output: &Path) -> bool {
         .arg(input)
         .arg("-o")
         .arg(output)
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }

@@ -135,8 +135,20 @@ impl Qemu {
         decode_text_screen(&bytes)
     }
 
+    /// Whether the CPU has stopped for good: halted with interrupts off (`cli; hlt`, what the
+    /// bootloader's panic handlers end in). `None` if QEMU does not answer.
+    pub fn halted(&mut self) -> Option<bool> {
+        let registers = self.monitor("info registers").ok()?;
+        Some(is_halted(&registers))
+    }
+
     /// Runs a monitor command that dumps memory as `0x..` bytes and returns them.
     fn read_memory(&mut self, command: &str) -> Result<Vec<u8>, String> {
+        Ok(parse_hex_dump(&self.monitor(command)?))
+    }
+
+    /// Runs a human-monitor command through QMP and returns the raw reply.
+    fn monitor(&mut self, command: &str) -> Result<String, String> {
         if self.qmp.is_none() {
             self.qmp = Some(self.connect_qmp()?);
         }
@@ -147,8 +159,7 @@ impl Qemu {
         qmp.get_mut()
             .write_all(request.as_bytes())
             .map_err(|e| e.to_string())?;
-        let reply = read_reply(qmp)?;
-        Ok(parse_hex_dump(&reply))
+        read_reply(qmp)
     }
 
     fn connect_qmp(&self) -> Result<BufReader<UnixStream>, String> {
@@ -225,6 +236,16 @@ pub fn decode_text_screen(bytes: &[u8]) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
+/// Whether `info registers` shows the CPU halted (`HLT=1`) with interrupts off (flag IF, bit 9 of
+/// `RFL`/`EFL`, clear).
+fn is_halted(registers: &str) -> bool {
+    let flags = registers
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+        .find_map(|w| w.strip_prefix("RFL=").or_else(|| w.strip_prefix("EFL=")))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+    registers.contains("HLT=1") && flags.is_some_and(|f| f & (1 << 9) == 0)
+}
+
 /// Whether screen or serial text is a bootloader panic.
 pub fn is_panic(text: &str) -> bool {
     text.contains("PANIC") || text.contains("panicked at")
@@ -286,6 +307,21 @@ mod tests {
             }
         }
         bytes
+    }
+
+    #[test]
+    fn tells_a_stopped_cpu() {
+        let stopped = r#"{"return": "RAX=0000000000000000 RBX=0000000000000001\r\nRIP=000000000012a3f1 RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n"}"#;
+        assert!(is_halted(stopped));
+        // Waiting for an interrupt is not stopping.
+        assert!(!is_halted(&stopped.replace("RFL=00000046", "RFL=00000246")));
+        assert!(!is_halted(&stopped.replace("HLT=1", "HLT=0")));
+        assert!(!is_halted(
+            "EIP=0000fff0 EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0"
+        ));
+        assert!(is_halted(
+            "EIP=00007c00 EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1"
+        ));
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub enum BootEnd {
         /// was printed with the rest of the output).
         screen: Option<String>,
     },
+    /// Before printing anything, the CPU stopped for good (halted with interrupts off): what the
+    /// bootloader's panic handlers do, also where nothing reaches serial or the text screen.
+    Stopped {
+        /// What the VGA text screen showed, if anything.
+        screen: Option<String>,
+    },
     /// The time limit ran out and QEMU was killed.
     TimedOut(Duration),
 }
@@ -237,11 +243,23 @@ impl<'a, W: Write> Session<'a, W> {
                 "the bootloader panicked before starting the kernel (its message is above)"
                     .to_owned()
             }
+            BootEnd::Stopped { screen } => {
+                let mut s =
+                    "the machine stopped (CPU halted with interrupts off) before the kernel \
+                             printed anything: the bootloader failed where it cannot report (its \
+                             early stages print only to the screen, and nothing before its last \
+                             stage reads the kernel file)"
+                        .to_owned();
+                if let Some(screen) = screen {
+                    let _ = write!(s, "; the screen shows:\n{}", indent(screen));
+                }
+                s
+            }
             BootEnd::TimedOut(limit) => format!("timed out after {}s", limit.as_secs()),
         };
         let boot_failed = matches!(
             end,
-            BootEnd::NoOutput { .. } | BootEnd::BootloaderPanic { .. }
+            BootEnd::NoOutput { .. } | BootEnd::BootloaderPanic { .. } | BootEnd::Stopped { .. }
         );
         if boot_failed && self.machine.ram < self.machine.min_ram {
             let need = memory::mib_ceil(self.machine.min_ram);
@@ -394,11 +412,16 @@ impl<'a, W: Write> Session<'a, W> {
                 Err(RecvTimeoutError::Timeout) => {
                     if !seen_output && !gdb && self.machine.read_screen && now >= next_screen_look {
                         next_screen_look = now + SCREEN_POLL;
-                        if let Some(screen) = qemu.screen_text().filter(|s| qemu::is_panic(s)) {
+                        let screen = qemu.screen_text();
+                        if let Some(screen) = screen.clone().filter(|s| qemu::is_panic(s)) {
                             qemu.kill();
                             return Ok(BootEnd::BootloaderPanic {
                                 screen: Some(screen),
                             });
+                        }
+                        if qemu.halted() == Some(true) {
+                            qemu.kill();
+                            return Ok(BootEnd::Stopped { screen });
                         }
                     }
                 }
