@@ -117,15 +117,10 @@ fn short_name(name: &str) -> &str {
     name.split_once("::").map_or(name, |(_, rest)| rest)
 }
 
-/// What `#![test_runner(kernel::testing::runner)]` accepts: only the [`Test`]s that
-/// `#[kernel::test]` makes.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a kernel test: mark test functions with `#[kernel::test]`, not `#[test_case]`",
-    label = "not made by `#[kernel::test]`",
-    note = "write `#[kernel::test]` above `fn name() {{ … }}` instead of `#[test_case]`",
-    note = "a should-panic test is `#[kernel::test] #[should_panic(expected = \"…\")] fn name() {{ … }}`, not a `ShouldPanic` static",
-    note = "the framework is described in kernel/src/testing.rs"
-)]
+/// What `#![test_runner(kernel::testing::runner)]` accepts: the [`Test`]s that `#[kernel::test]`
+/// makes. The other implementations exist only to turn the test forms of earlier versions of this
+/// framework into compile errors that say what to write instead (a `#[test_case]` function, a
+/// `ShouldPanic` static).
 pub trait Testable {
     /// The test's description.
     fn test(&self) -> &Test;
@@ -137,22 +132,57 @@ impl Testable for Test {
     }
 }
 
+/// Fails the build when instantiated: `Reject::<T>::TEST_CASE_FN` for a `#[test_case]` function,
+/// `Reject::<T>::SHOULD_PANIC` for a `ShouldPanic` static (an assertion that depends on `T`, so it
+/// is evaluated only for a type that is really used as a test).
+struct Reject<T>(core::marker::PhantomData<T>);
+
+impl<T> Reject<T> {
+    const TEST_CASE_FN: () = panic!(
+        "`#[test_case]` functions are not kernel tests: write `#[kernel::test]` instead of \
+         `#[test_case]` above the function (see kernel/src/testing.rs)"
+    );
+    const SHOULD_PANIC: () = panic!(
+        "`ShouldPanic` statics are not kernel tests: write `#[kernel::test]` and \
+         `#[should_panic(expected = \"…\")]` above `fn name() {{ … }}` instead"
+    );
+}
+
+impl<F: Fn()> Testable for F {
+    fn test(&self) -> &Test {
+        #[allow(clippy::let_unit_value)]
+        let () = Reject::<F>::TEST_CASE_FN;
+        unreachable!()
+    }
+}
+
 /// The should-panic test of earlier versions of this framework, kept only so that a test written
-/// the old way fails to compile with a message saying what to write instead (it is not
-/// [`Testable`]). Write `#[kernel::test] #[should_panic(expected = "…")] fn name() { … }`.
+/// the old way fails to build with a message saying what to write instead. Write
+/// `#[kernel::test] #[should_panic(expected = "…")] fn name() { … }`.
 #[deprecated(
     note = "write `#[kernel::test]` and `#[should_panic(expected = \"…\")]` above `fn name() { … }` instead"
 )]
+///
+/// (Generic only so that the compile error comes where it is used as a test, not here.)
 #[derive(Debug)]
-pub struct ShouldPanic {
-    _private: (),
+pub struct ShouldPanic<F = fn()> {
+    _test: F,
+}
+
+#[allow(deprecated)]
+impl<F> Testable for ShouldPanic<F> {
+    fn test(&self) -> &Test {
+        #[allow(clippy::let_unit_value)]
+        let () = Reject::<F>::SHOULD_PANIC;
+        unreachable!()
+    }
 }
 
 #[allow(deprecated)]
 impl ShouldPanic {
     /// Kept for the error message only; see [`ShouldPanic`].
-    pub const fn new(_name: &'static str, _test: fn()) -> Self {
-        Self { _private: () }
+    pub const fn new(_name: &'static str, test: fn()) -> Self {
+        Self { _test: test }
     }
 
     /// Kept for the error message only; see [`ShouldPanic`].
