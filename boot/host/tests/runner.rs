@@ -222,7 +222,10 @@ fn list_filters_and_ignored_need_no_boot() {
     );
     assert_contains(&stdout, "; 3 filtered out; finished in ");
     let out = run(&kernel, &["slow"], &env);
-    assert_contains(&text(&out.stdout), "test slow ... ignored\n");
+    assert_contains(
+        &text(&out.stdout),
+        "\nrunning 1 test\ntest slow ... ignored\n",
+    );
     assert_contains(&text(&out.stdout), "0 passed; 0 failed; 1 ignored");
     let out = run(&kernel, &["--exact", "firs"], &env);
     assert_contains(&text(&out.stdout), "running 0 tests");
