@@ -119,7 +119,7 @@ impl Qemu {
             let _ = t.join();
         }
         let mut s = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
-        Ok((status, s.held.drain(..).collect::<Vec<_>>().join("\n")))
+        Ok((status, std::mem::take(&mut s.held).join("\n")))
     }
 
     /// Stops QEMU.

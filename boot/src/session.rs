@@ -294,10 +294,10 @@ impl<'a, W: Write> Session<'a, W> {
     fn summary(&mut self, elapsed: Duration) -> ExitCode {
         self.report_ignored_before(usize::MAX);
         if self.terse_column > 0 {
-            self.print(&format!("\n"));
+            self.print("\n");
         }
         if !self.failure_output.is_empty() {
-            self.print(&format!("\nfailures:\n"));
+            self.print("\nfailures:\n");
             for (name, lines) in std::mem::take(&mut self.failure_output) {
                 self.print(&format!("\n---- {name} output ----\n"));
                 for line in lines {
@@ -306,7 +306,7 @@ impl<'a, W: Write> Session<'a, W> {
             }
         }
         if !self.failed.is_empty() {
-            self.print(&format!("\nfailures:\n"));
+            self.print("\nfailures:\n");
             for name in self.failed.clone() {
                 self.print(&format!("    {name}\n"));
             }
@@ -461,7 +461,7 @@ impl<'a, W: Write> Session<'a, W> {
                         ));
                     }
                     self.test_mode = true;
-                    self.print(&format!("\nrunning 0 tests\n"));
+                    self.print("\nrunning 0 tests\n");
                 } else if tests != self.catalog.tests.len() {
                     return Err(format!(
                         "the kernel has {tests} tests but its `{}` section lists {}",
@@ -554,7 +554,7 @@ impl<'a, W: Write> Session<'a, W> {
             self.print(&format!("{c}"));
             self.terse_column += 1;
             if self.terse_column == 88 {
-                self.print(&format!("\n"));
+                self.print("\n");
                 self.terse_column = 0;
             }
             if let Outcome::Failed(why) = outcome {
@@ -608,7 +608,7 @@ pub fn is_bootloader_panic(line: &str) -> bool {
 
 /// `16 MiB`, `20.5 MiB`.
 pub fn mib(bytes: u64) -> String {
-    if bytes % (1 << 20) == 0 {
+    if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))

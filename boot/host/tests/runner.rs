@@ -126,7 +126,7 @@ fn qemu_failing_to_start_is_reported_with_its_message_and_leaves_no_image() {
     );
     assert!(!err.contains("triple fault"), "{err}");
     // Nothing next to the input, nothing left under target/.
-    assert_eq!(files_starting(&dir, ""), [name.clone()]);
+    assert_eq!(files_starting(&dir, ""), std::slice::from_ref(&name));
     assert_eq!(files_starting(&image_dir(), &name), Vec::<String>::new());
 
     // KERNEL_KEEP_IMAGE keeps it, under target/.
