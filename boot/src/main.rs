@@ -67,7 +67,7 @@ fn run() -> Result<ExitCode, String> {
             // Nothing to boot for: report the ignored and filtered-out tests as libtest would.
             let machine = Machine {
                 qemu_args: Vec::new(),
-                ram: 0,
+                ram: None,
                 min_ram: 0,
                 read_screen: false,
             };
@@ -115,7 +115,7 @@ fn run() -> Result<ExitCode, String> {
         );
     }
     let machine = Machine {
-        ram: memory::ram_bytes(&qemu_args)?,
+        ram: memory::ram_bytes(&qemu_args).ok(),
         min_ram: memory::minimum_bytes(booted_bytes, info.loaded_bytes),
         read_screen: !opts.uefi,
         qemu_args,

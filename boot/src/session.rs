@@ -75,8 +75,8 @@ pub enum BootEnd {
 pub struct Machine {
     /// Every QEMU argument but the per-boot fw_cfg ones.
     pub qemu_args: Vec<String>,
-    /// RAM given to QEMU.
-    pub ram: u64,
+    /// RAM given to QEMU (`None` if its `-m` could not be read: QEMU will judge it).
+    pub ram: Option<u64>,
     /// Estimated RAM the bootloader needs for this kernel.
     pub min_ram: u64,
     /// Whether the screen can be read for bootloader messages (BIOS boot).
@@ -261,14 +261,17 @@ impl<'a, W: Write> Session<'a, W> {
             end,
             BootEnd::NoOutput { .. } | BootEnd::BootloaderPanic { .. } | BootEnd::Stopped { .. }
         );
-        if boot_failed && self.machine.ram < self.machine.min_ram {
+        if let Some(ram) = self.machine.ram
+            && boot_failed
+            && ram < self.machine.min_ram
+        {
             let need = memory::mib_ceil(self.machine.min_ram);
             let _ = write!(
                 why,
                 "\nnote: QEMU had {} of RAM; this kernel needs about {need} MiB to boot: the BIOS \
                  bootloader copies the kernel to 16 MiB and then needs about 4 MiB for page \
                  tables (see boot/src/memory.rs). Give it more, e.g. KERNEL_QEMU_ARGS=\"-m {need}M\"",
-                mib(self.machine.ram)
+                mib(ram)
             );
         }
         why
@@ -649,7 +652,7 @@ mod tests {
     fn machine() -> Machine {
         Machine {
             qemu_args: vec![],
-            ram: 16 << 20,
+            ram: Some(16 << 20),
             min_ram: 21 << 20,
             read_screen: true,
         }

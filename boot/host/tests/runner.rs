@@ -11,6 +11,7 @@ mod testelf;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Once;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,8 +38,22 @@ fn fake_kernel(dir: &Path, name: &str, sections: &[(&str, &[u8])]) -> PathBuf {
     path
 }
 
+/// Builds the runner once, with its output not captured: on a fresh machine that takes minutes,
+/// and `boot/cargo-runner` says so.
+fn build_runner() {
+    static BUILT: Once = Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(workspace().join("boot/cargo-runner"))
+            .arg("--build-only")
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the runner failed");
+    });
+}
+
 /// Runs the runner on `kernel` with `args` and `env` (and no inherited `KERNEL_*` settings).
 fn run(kernel: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    build_runner();
     let mut cmd = Command::new(workspace().join("boot/cargo-runner"));
     cmd.arg(kernel).args(args);
     for (k, _) in std::env::vars() {
@@ -56,6 +71,7 @@ fn cargo_test(args: &[&str]) -> Output {
 
 /// `cargo test <args>` with `env` (and no inherited `KERNEL_*` settings).
 fn cargo_test_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    build_runner();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace()).arg("test").args(args);
