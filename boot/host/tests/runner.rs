@@ -322,10 +322,7 @@ fn a_bootloader_panic_on_serial_is_reported_with_the_memory_needed() {
         "error: test kernel failed outside any test: the bootloader panicked before starting the \
          kernel (its message is above)",
     );
-    assert_contains(
-        &stderr,
-        "QEMU had 20 MiB of RAM; this kernel needs about 21 MiB",
-    );
+    assert_contains(&stderr, "QEMU had 20 MiB of RAM; this kernel needs about ");
     assert_contains(&stdout, "failures:\n    <kernel outside tests>");
 }
 
