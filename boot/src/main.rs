@@ -170,6 +170,7 @@ fn build_image(opts: &Options) -> Result<(TempFile, u64), String> {
     let kernel = &opts.kernel;
     let dir = paths::image_dir();
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    paths::remove_stale(&dir);
     let stem = kernel
         .file_name()
         .map_or_else(|| "kernel".into(), |n| n.to_string_lossy().into_owned());

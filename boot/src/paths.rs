@@ -28,6 +28,32 @@ pub fn target_dir_of(path: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// Deletes the files a runner that was killed (Ctrl-C) left in `dir`: those named
+/// `<kernel>-<pid>.<kind>` for a process that no longer runs (`/proc/<pid>` is gone). Kept images
+/// have no process number in their names and stay.
+pub fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(pid) = name.to_str().and_then(owner_pid)
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The process number in a name `<kernel>-<pid>.<kind>`, `<kind>` being `bios.img`, `uefi.img` or
+/// `stripped`.
+fn owner_pid(name: &str) -> Option<u32> {
+    let stem = ["bios.img", "uefi.img", "stripped"]
+        .iter()
+        .find_map(|kind| name.strip_suffix(kind)?.strip_suffix('.'))?;
+    stem.rsplit_once('-')?.1.parse().ok()
+}
+
 /// A file that is deleted when dropped, unless kept.
 #[derive(Debug)]
 pub struct TempFile {
@@ -76,6 +102,28 @@ mod tests {
         );
         assert_eq!(target_dir_of(Path::new("/")), None);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn stale_files_of_dead_runners_are_removed() {
+        assert_eq!(owner_pid("exceptions-1a2b-4242.bios.img"), Some(4242));
+        assert_eq!(owner_pid("kernel-17.stripped"), Some(17));
+        assert_eq!(owner_pid("kernel.bios.img"), None);
+        assert_eq!(owner_pid("kernel-x.uefi.img"), None);
+        assert_eq!(owner_pid("notes.txt"), None);
+
+        let dir = env::temp_dir().join(format!("boot-stale-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // No process has number u32::MAX - 1; this test's process is alive.
+        let dead = dir.join(format!("kernel-{}.bios.img", u32::MAX - 1));
+        let alive = dir.join(format!("kernel-{}.bios.img", std::process::id()));
+        let kept = dir.join("kernel.bios.img");
+        for f in [&dead, &alive, &kept] {
+            std::fs::write(f, "x").unwrap();
+        }
+        remove_stale(&dir);
+        assert!(!dead.exists() && alive.exists() && kept.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
