@@ -15,7 +15,7 @@ kernel::qemu_args!("-m 128M");
 
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn smoke_benchmark_verifies_every_allocator() {
     if let Err(e) = kernel::bench::run(Scale::Smoke) {
         panic!("benchmark failed: {e}");

@@ -7,11 +7,9 @@
 #![test_runner(kernel::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
-use kernel::testing::ShouldPanic;
-
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn breakpoint_resumes_execution() {
     x86_64::instructions::interrupts::int3();
 }
@@ -26,10 +24,11 @@ fn touch_unmapped() {
     unsafe { ptr.write_volatile(42) };
 }
 
-#[test_case]
-static PAGE_FAULT_NAMES_THE_ADDRESS: ShouldPanic =
-    ShouldPanic::new("page_fault_names_the_address", touch_unmapped)
-        .expecting("PAGE FAULT accessing 0xdeadb000");
+#[kernel::test]
+#[should_panic(expected = "PAGE FAULT accessing 0xdeadb000")]
+fn page_fault_names_the_address() {
+    touch_unmapped();
+}
 
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
@@ -42,12 +41,13 @@ fn overflow_the_stack() {
     core::hint::black_box(recurse(0));
 }
 
-#[test_case]
-static STACK_OVERFLOW_REPORTS_DOUBLE_FAULT: ShouldPanic =
-    ShouldPanic::new("stack_overflow_reports_double_fault", overflow_the_stack)
-        .expecting("DOUBLE FAULT");
+#[kernel::test]
+#[should_panic(expected = "DOUBLE FAULT")]
+fn stack_overflow_reports_double_fault() {
+    overflow_the_stack();
+}
 
-#[test_case]
+#[kernel::test]
 fn still_running_after_faults() {
     // Runs after the two should-panic tests: the runner rebooted past them, so this boot started
     // here with a working IDT and stack.

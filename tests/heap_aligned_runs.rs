@@ -72,28 +72,28 @@ fn aligned_run(size: usize, align: usize) {
     assert_eq!(after, before, "everything came back");
 }
 
-#[test_case]
+#[kernel::test]
 fn eight_bytes_aligned_to_512_mib_take_two_pages() {
     aligned_run(8, 512 << 20);
 }
 
-#[test_case]
+#[kernel::test]
 fn eight_bytes_aligned_to_1_gib_take_two_pages() {
     aligned_run(8, 1 << 30);
 }
 
-#[test_case]
+#[kernel::test]
 fn a_few_pages_aligned_to_64_mib() {
     aligned_run(3 * 4096 + 1, 64 << 20);
 }
 
-#[test_case]
+#[kernel::test]
 fn three_mib_aligned_to_4_mib() {
     aligned_run(3 << 20, 4 << 20);
 }
 
 /// Several over-aligned runs live at once, each on its own aligned line of the window.
-#[test_case]
+#[kernel::test]
 fn several_runs_aligned_to_64_mib_live_together() {
     allocator::trim();
     let before = allocator::footprint();

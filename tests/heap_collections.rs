@@ -34,7 +34,7 @@ fn returns_everything(workload: impl FnOnce()) {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn box_holds_a_value() {
     returns_everything(|| {
         let a = Box::new(41u64);
@@ -44,7 +44,7 @@ fn box_holds_a_value() {
     });
 }
 
-#[test_case]
+#[kernel::test]
 fn vec_grows_to_several_mib() {
     returns_everything(|| {
         let mut v: Vec<u64> = Vec::new();
@@ -58,7 +58,7 @@ fn vec_grows_to_several_mib() {
     });
 }
 
-#[test_case]
+#[kernel::test]
 fn string_formatting_and_growth() {
     returns_everything(|| {
         let mut s = String::new();
@@ -71,7 +71,7 @@ fn string_formatting_and_growth() {
     });
 }
 
-#[test_case]
+#[kernel::test]
 fn btreemap_with_100k_entries() {
     returns_everything(|| {
         let mut map = BTreeMap::new();
@@ -89,7 +89,7 @@ fn btreemap_with_100k_entries() {
     });
 }
 
-#[test_case]
+#[kernel::test]
 fn vecdeque_with_100k_elements() {
     returns_everything(|| {
         let mut q = VecDeque::new();
@@ -109,7 +109,7 @@ fn vecdeque_with_100k_elements() {
     });
 }
 
-#[test_case]
+#[kernel::test]
 fn many_long_lived_and_short_lived_objects() {
     returns_everything(|| {
         let mut long_lived: Vec<Box<[u8]>> = Vec::new();

@@ -24,7 +24,6 @@ use core::ptr::NonNull;
 
 use kernel::allocator::HEAP;
 use kernel::soak::Baseline;
-use kernel::testing::ShouldPanic;
 
 kernel::test_kernel!();
 
@@ -70,10 +69,11 @@ fn double_free_class_block() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_OF_A_CLASS_BLOCK: ShouldPanic =
-    ShouldPanic::new("double_free_of_a_class_block", double_free_class_block)
-        .expecting("kheap: double free of 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: double free of 0x")]
+fn double_free_of_a_class_block() {
+    double_free_class_block();
+}
 
 fn double_free_region_block() {
     let p = block_and_neighbour(REGION_BLOCK);
@@ -84,10 +84,11 @@ fn double_free_region_block() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_OF_A_LARGE_BLOCK: ShouldPanic =
-    ShouldPanic::new("double_free_of_a_large_block", double_free_region_block)
-        .expecting("kheap: double free of large block 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: double free of large block 0x")]
+fn double_free_of_a_large_block() {
+    double_free_region_block();
+}
 
 fn double_free_page_run() {
     let p = block_and_neighbour(PAGE_RUN);
@@ -98,12 +99,11 @@ fn double_free_page_run() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_OF_A_PAGE_RUN_FINDS_NO_HEAP_BLOCK: ShouldPanic = ShouldPanic::new(
-    "double_free_of_a_page_run_finds_no_heap_block",
-    double_free_page_run,
-)
-.expecting("which is not a heap block");
+#[kernel::test]
+#[should_panic(expected = "which is not a heap block")]
+fn double_free_of_a_page_run_finds_no_heap_block() {
+    double_free_page_run();
+}
 
 fn free_stack_address() {
     let local = [0u64; 8];
@@ -114,10 +114,11 @@ fn free_stack_address() {
     unsafe { dealloc(p, CLASS_64) };
 }
 
-#[test_case]
-static FREE_OF_A_STACK_ADDRESS: ShouldPanic =
-    ShouldPanic::new("free_of_a_stack_address", free_stack_address)
-        .expecting("which is not a heap block (class ");
+#[kernel::test]
+#[should_panic(expected = "which is not a heap block (class ")]
+fn free_of_a_stack_address() {
+    free_stack_address();
+}
 
 static IN_THE_IMAGE: [u64; 8] = [0; 8];
 
@@ -129,12 +130,11 @@ fn free_static_address() {
     unsafe { dealloc(p, CLASS_64) };
 }
 
-#[test_case]
-static FREE_OF_AN_ADDRESS_IN_THE_KERNEL_IMAGE: ShouldPanic = ShouldPanic::new(
-    "free_of_an_address_in_the_kernel_image",
-    free_static_address,
-)
-.expecting("which is not a heap block (class ");
+#[kernel::test]
+#[should_panic(expected = "which is not a heap block (class ")]
+fn free_of_an_address_in_the_kernel_image() {
+    free_static_address();
+}
 
 fn free_static_address_as_large() {
     let p = core::hint::black_box(IN_THE_IMAGE.as_ptr())
@@ -144,12 +144,11 @@ fn free_static_address_as_large() {
     unsafe { dealloc(p, REGION_BLOCK) };
 }
 
-#[test_case]
-static LARGE_FREE_OF_AN_ADDRESS_IN_THE_KERNEL_IMAGE: ShouldPanic = ShouldPanic::new(
-    "large_free_of_an_address_in_the_kernel_image",
-    free_static_address_as_large,
-)
-.expecting("align 16), which is not a heap block");
+#[kernel::test]
+#[should_panic(expected = "align 16), which is not a heap block")]
+fn large_free_of_an_address_in_the_kernel_image() {
+    free_static_address_as_large();
+}
 
 fn free_interior_pointer() {
     let p = block_and_neighbour(CLASS_64);
@@ -157,10 +156,11 @@ fn free_interior_pointer() {
     unsafe { dealloc(p.add(8), CLASS_64) };
 }
 
-#[test_case]
-static FREE_OF_AN_INTERIOR_POINTER: ShouldPanic =
-    ShouldPanic::new("free_of_an_interior_pointer", free_interior_pointer)
-        .expecting("kheap: free of interior pointer 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: free of interior pointer 0x")]
+fn free_of_an_interior_pointer() {
+    free_interior_pointer();
+}
 
 fn free_interior_pointer_of_large_block() {
     let p = block_and_neighbour(REGION_BLOCK);
@@ -172,12 +172,11 @@ fn free_interior_pointer_of_large_block() {
     }
 }
 
-#[test_case]
-static FREE_OF_AN_INTERIOR_POINTER_OF_A_LARGE_BLOCK: ShouldPanic = ShouldPanic::new(
-    "free_of_an_interior_pointer_of_a_large_block",
-    free_interior_pointer_of_large_block,
-)
-.expecting("or not a block start");
+#[kernel::test]
+#[should_panic(expected = "or not a block start")]
+fn free_of_an_interior_pointer_of_a_large_block() {
+    free_interior_pointer_of_large_block();
+}
 
 fn free_with_other_class() {
     let p = block_and_neighbour(CLASS_64);
@@ -185,10 +184,11 @@ fn free_with_other_class() {
     unsafe { dealloc(p, layout(128, 8)) };
 }
 
-#[test_case]
-static FREE_WITH_A_LAYOUT_OF_ANOTHER_CLASS: ShouldPanic =
-    ShouldPanic::new("free_with_a_layout_of_another_class", free_with_other_class)
-        .expecting("B, but it belongs to a pool of");
+#[kernel::test]
+#[should_panic(expected = "B, but it belongs to a pool of")]
+fn free_with_a_layout_of_another_class() {
+    free_with_other_class();
+}
 
 fn free_large_block_as_class() {
     let p = block_and_neighbour(REGION_BLOCK);
@@ -196,12 +196,11 @@ fn free_large_block_as_class() {
     unsafe { dealloc(p, CLASS_64) };
 }
 
-#[test_case]
-static FREE_OF_A_LARGE_BLOCK_WITH_A_CLASS_LAYOUT: ShouldPanic = ShouldPanic::new(
-    "free_of_a_large_block_with_a_class_layout",
-    free_large_block_as_class,
-)
-.expecting("B, but it is a large block (wrong layout?)");
+#[kernel::test]
+#[should_panic(expected = "B, but it is a large block (wrong layout?)")]
+fn free_of_a_large_block_with_a_class_layout() {
+    free_large_block_as_class();
+}
 
 fn free_class_block_as_large() {
     let p = block_and_neighbour(CLASS_64);
@@ -209,12 +208,11 @@ fn free_class_block_as_large() {
     unsafe { dealloc(p, REGION_BLOCK) };
 }
 
-#[test_case]
-static FREE_OF_A_CLASS_BLOCK_WITH_A_LARGE_LAYOUT: ShouldPanic = ShouldPanic::new(
-    "free_of_a_class_block_with_a_large_layout",
-    free_class_block_as_large,
-)
-.expecting("but it is in a chunk or root page (wrong layout?)");
+#[kernel::test]
+#[should_panic(expected = "but it is in a chunk or root page (wrong layout?)")]
+fn free_of_a_class_block_with_a_large_layout() {
+    free_class_block_as_large();
+}
 
 fn realloc_freed_block() {
     let p = block_and_neighbour(CLASS_64);
@@ -225,10 +223,11 @@ fn realloc_freed_block() {
     }
 }
 
-#[test_case]
-static REALLOC_OF_A_FREED_BLOCK: ShouldPanic =
-    ShouldPanic::new("realloc_of_a_freed_block", realloc_freed_block)
-        .expecting("kheap: double free of 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: double free of 0x")]
+fn realloc_of_a_freed_block() {
+    realloc_freed_block();
+}
 
 fn pool_free_to_wrong_pool() {
     let mut heap = HEAP.heap().lock().expect("heap initialised");
@@ -242,10 +241,13 @@ fn pool_free_to_wrong_pool() {
     unsafe { heap.pool_free(b, p) };
 }
 
-#[test_case]
-static POOL_FREE_TO_THE_WRONG_POOL: ShouldPanic =
-    ShouldPanic::new("pool_free_to_the_wrong_pool", pool_free_to_wrong_pool)
-        .expecting("48 B blocks, but it belongs to a pool of 48 B blocks (wrong layout or pool?)");
+#[kernel::test]
+#[should_panic(
+    expected = "48 B blocks, but it belongs to a pool of 48 B blocks (wrong layout or pool?)"
+)]
+fn pool_free_to_the_wrong_pool() {
+    pool_free_to_wrong_pool();
+}
 
 fn pool_free_of_class_block() {
     let p = NonNull::new(block_and_neighbour(CLASS_64)).expect("non-null");
@@ -257,12 +259,11 @@ fn pool_free_of_class_block() {
     unsafe { heap.pool_free(pool, p) };
 }
 
-#[test_case]
-static POOL_FREE_OF_A_GENERAL_CLASS_BLOCK: ShouldPanic = ShouldPanic::new(
-    "pool_free_of_a_general_class_block",
-    pool_free_of_class_block,
-)
-.expecting("64 B blocks, but it belongs to a pool of");
+#[kernel::test]
+#[should_panic(expected = "64 B blocks, but it belongs to a pool of")]
+fn pool_free_of_a_general_class_block() {
+    pool_free_of_class_block();
+}
 
 fn pool_double_free_tiny() {
     let mut heap = HEAP.heap().lock().expect("heap initialised");
@@ -278,10 +279,11 @@ fn pool_double_free_tiny() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_OF_A_TINY_POOL_BLOCK: ShouldPanic =
-    ShouldPanic::new("double_free_of_a_tiny_pool_block", pool_double_free_tiny)
-        .expecting("kheap: double free of 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: double free of 0x")]
+fn double_free_of_a_tiny_pool_block() {
+    pool_double_free_tiny();
+}
 
 fn pool_free_to_destroyed_pool() {
     let mut heap = HEAP.heap().lock().expect("heap initialised");
@@ -295,15 +297,16 @@ fn pool_free_to_destroyed_pool() {
     unsafe { heap.pool_free(pool, p) };
 }
 
-#[test_case]
-static POOL_FREE_TO_A_DESTROYED_POOL: ShouldPanic =
-    ShouldPanic::new("pool_free_to_a_destroyed_pool", pool_free_to_destroyed_pool)
-        .expecting("which is not a live pool of this heap");
+#[kernel::test]
+#[should_panic(expected = "which is not a live pool of this heap")]
+fn pool_free_to_a_destroyed_pool() {
+    pool_free_to_destroyed_pool();
+}
 
 /// The checks stay quiet for correct use: every kind of block freed once, with its own layout or
 /// pool, and the heap is consistent and gives every page back (but for the root page it maps for
 /// user-pool headers, which it keeps by design: see `kernel::soak::Baseline`).
-#[test_case]
+#[kernel::test]
 fn correct_frees_pass_every_check() {
     let before = Baseline::take().expect("heap initialised");
     for layout in [

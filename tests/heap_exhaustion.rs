@@ -93,22 +93,22 @@ fn exhaust_and_recover(layout: Layout) {
     assert_eq!(allocator::footprint(), before);
 }
 
-#[test_case]
+#[kernel::test]
 fn small_blocks_until_null_then_recover() {
     exhaust_and_recover(Layout::from_size_align(64, 8).unwrap());
 }
 
-#[test_case]
+#[kernel::test]
 fn page_sized_blocks_until_null_then_recover() {
     exhaust_and_recover(Layout::from_size_align(4096, 4096).unwrap());
 }
 
-#[test_case]
+#[kernel::test]
 fn large_blocks_until_null_then_recover() {
     exhaust_and_recover(Layout::from_size_align(200 * 1024, 16).unwrap());
 }
 
-#[test_case]
+#[kernel::test]
 fn try_reserve_reports_failure_instead_of_aborting() {
     let mut v: Vec<u8> = Vec::new();
     assert!(

@@ -38,7 +38,7 @@ fn allocating_tick() {
     }
 }
 
-#[test_case]
+#[kernel::test]
 fn timer_interrupt_allocates_while_main_loop_allocates() {
     allocator::trim();
     let before = allocator::footprint();

@@ -22,12 +22,11 @@ use core::hint::black_box;
 
 use kernel::kfence::{KFENCE_BASE, KFENCE_END, KFENCE_START, SLOTS};
 use kernel::memory::HEAP_GUARD_START;
-use kernel::testing::ShouldPanic;
 use kernel::{allocator, kfence};
 
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn sampled_objects_work_and_their_pages_come_back() {
     allocator::trim();
     let before = allocator::footprint();
@@ -95,12 +94,11 @@ fn overflow_past_a_sampled_object() {
     }
 }
 
-#[test_case]
-static OVERFLOW_PAST_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "overflow_past_a_sampled_object_faults",
-    overflow_past_a_sampled_object,
-)
-.expecting("kfence: out-of-bounds access past the 24-byte allocation at 0x");
+#[kernel::test]
+#[should_panic(expected = "kfence: out-of-bounds access past the 24-byte allocation at 0x")]
+fn overflow_past_a_sampled_object_faults() {
+    overflow_past_a_sampled_object();
+}
 
 fn underflow_before_a_sampled_object() {
     kfence::set_placement(kfence::Placement::Start);
@@ -114,12 +112,11 @@ fn underflow_before_a_sampled_object() {
     }
 }
 
-#[test_case]
-static UNDERFLOW_BEFORE_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "underflow_before_a_sampled_object_faults",
-    underflow_before_a_sampled_object,
-)
-.expecting("kfence: out-of-bounds access before the 40-byte allocation at 0x");
+#[kernel::test]
+#[should_panic(expected = "kfence: out-of-bounds access before the 40-byte allocation at 0x")]
+fn underflow_before_a_sampled_object_faults() {
+    underflow_before_a_sampled_object();
+}
 
 fn use_after_free_of_a_sampled_object() {
     kfence::enable(1);
@@ -133,12 +130,11 @@ fn use_after_free_of_a_sampled_object() {
     }
 }
 
-#[test_case]
-static USE_AFTER_FREE_OF_A_SAMPLED_OBJECT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "use_after_free_of_a_sampled_object_faults",
-    use_after_free_of_a_sampled_object,
-)
-.expecting("kfence: use-after-free of the 100-byte allocation at 0x");
+#[kernel::test]
+#[should_panic(expected = "kfence: use-after-free of the 100-byte allocation at 0x")]
+fn use_after_free_of_a_sampled_object_faults() {
+    use_after_free_of_a_sampled_object();
+}
 
 fn double_free_of_a_sampled_object() {
     kfence::enable(1);
@@ -152,12 +148,11 @@ fn double_free_of_a_sampled_object() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_OF_A_SAMPLED_OBJECT_IS_REPORTED: ShouldPanic = ShouldPanic::new(
-    "double_free_of_a_sampled_object_is_reported",
-    double_free_of_a_sampled_object,
-)
-.expecting("kheap: double free of 0x");
+#[kernel::test]
+#[should_panic(expected = "kheap: double free of 0x")]
+fn double_free_of_a_sampled_object_is_reported() {
+    double_free_of_a_sampled_object();
+}
 
 /// Size of the objects that fill every slot in the edge tests.
 const EDGE_OBJECT: usize = 48;
@@ -197,7 +192,7 @@ fn fill_every_slot() -> [*mut u8; SLOTS] {
     objects
 }
 
-#[test_case]
+#[kernel::test]
 fn faults_at_each_edge_of_the_kfence_area_name_the_right_object() {
     allocator::trim();
     let before = allocator::footprint();
@@ -256,12 +251,13 @@ fn overflow_past_the_last_slot() {
     unsafe { objects[SLOTS - 1].add(EDGE_OBJECT).write_volatile(1) };
 }
 
-#[test_case]
-static OVERFLOW_PAST_THE_LAST_SLOT_FAULTS: ShouldPanic = ShouldPanic::new(
-    "overflow_past_the_last_slot_faults",
-    overflow_past_the_last_slot,
-)
-.expecting("kfence: out-of-bounds access past the 48-byte allocation at 0xffffc0003fffefd0");
+#[kernel::test]
+#[should_panic(
+    expected = "kfence: out-of-bounds access past the 48-byte allocation at 0xffffc0003fffefd0"
+)]
+fn overflow_past_the_last_slot_faults() {
+    overflow_past_the_last_slot();
+}
 
 fn access_at_the_heap_guard_start() {
     let p = HEAP_GUARD_START as *mut u8;
@@ -269,9 +265,8 @@ fn access_at_the_heap_guard_start() {
     unsafe { black_box(p).write_volatile(1) };
 }
 
-#[test_case]
-static A_FAULT_AT_THE_HEAP_GUARD_START_IS_A_PLAIN_PAGE_FAULT: ShouldPanic = ShouldPanic::new(
-    "a_fault_at_the_heap_guard_start_is_a_plain_page_fault",
-    access_at_the_heap_guard_start,
-)
-.expecting("EXCEPTION: PAGE FAULT accessing 0xffffc00040000000");
+#[kernel::test]
+#[should_panic(expected = "EXCEPTION: PAGE FAULT accessing 0xffffc00040000000")]
+fn a_fault_at_the_heap_guard_start_is_a_plain_page_fault() {
+    access_at_the_heap_guard_start();
+}

@@ -184,7 +184,7 @@ fn exhaust_with_mixed_sizes(rng: &mut Rng) -> (Chain, usize) {
     }
 }
 
-#[test_case]
+#[kernel::test]
 fn mixed_sizes_until_null_then_recover() {
     let before = Baseline::take().expect("heap initialised");
     let mut rng = Rng::new(0x0032_0000_0000_0001);
@@ -252,7 +252,7 @@ fn mixed_sizes_until_null_then_recover() {
     assert_returned(&after);
 }
 
-#[test_case]
+#[kernel::test]
 fn vec_growth_until_try_reserve_fails() {
     let before = Baseline::take().expect("heap initialised");
     let mut v: Vec<u64> = Vec::new();
@@ -309,7 +309,7 @@ fn vec_growth_until_try_reserve_fails() {
     assert_returned(&before);
 }
 
-#[test_case]
+#[kernel::test]
 fn btreemap_insertion_with_guards_until_memory_runs_out() {
     let before = Baseline::take().expect("heap initialised");
     let mut map: BTreeMap<u64, Box<[u8]>> = BTreeMap::new();
@@ -370,7 +370,7 @@ fn btreemap_insertion_with_guards_until_memory_runs_out() {
     assert_returned(&before);
 }
 
-#[test_case]
+#[kernel::test]
 fn request_beyond_free_memory_fails_without_side_effects() {
     let before = Baseline::take().expect("heap initialised");
     let free = memory::stats().frames_free as usize * 4096;
@@ -403,7 +403,7 @@ fn request_beyond_free_memory_fails_without_side_effects() {
 /// free frames just below what the block takes, the refusal leaves nothing behind — no page, no
 /// page-table frame (`Baseline::check_returned` audits the tables) — and with enough frames the
 /// block fits.
-#[test_case]
+#[kernel::test]
 fn refusals_at_a_page_table_boundary_leave_no_page_table_behind() {
     let mut before = Baseline::take().expect("heap initialised");
     let mut hoard = FrameHoard::new();

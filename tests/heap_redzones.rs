@@ -17,11 +17,10 @@ use core::alloc::Layout;
 use core::hint::black_box;
 
 use kernel::allocator;
-use kernel::testing::ShouldPanic;
 
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn fresh_blocks_are_filled_with_the_fresh_pattern() {
     let layout = Layout::from_size_align(100, 8).unwrap();
     // SAFETY: valid layout; the block is read within its size and freed with its layout. The
@@ -50,35 +49,33 @@ fn overflow_by_one_byte(size: usize) {
 }
 
 // A class block (24 bytes, padded to the 40-byte class).
-#[test_case]
-static ONE_BYTE_OVERFLOW_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("one_byte_overflow_is_reported", || overflow_by_one_byte(24))
-        .expecting("heap overflow");
+#[kernel::test]
+#[should_panic(expected = "heap overflow")]
+fn one_byte_overflow_is_reported() {
+    overflow_by_one_byte(24);
+}
 
 // A mid size that the size classes' waste rule sends to the large allocator (146 with its red
 // zone).
-#[test_case]
-static OVERFLOW_OF_A_MID_SIZE_LARGE_BLOCK_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("overflow_of_a_mid_size_large_block_is_reported", || {
-        overflow_by_one_byte(130)
-    })
-    .expecting("1 past the end of the 130-byte block");
+#[kernel::test]
+#[should_panic(expected = "1 past the end of the 130-byte block")]
+fn overflow_of_a_mid_size_large_block_is_reported() {
+    overflow_by_one_byte(130);
+}
 
 // A block of a large-allocator region.
-#[test_case]
-static OVERFLOW_OF_A_REGION_BLOCK_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("overflow_of_a_region_block_is_reported", || {
-        overflow_by_one_byte(5000)
-    })
-    .expecting("1 past the end of the 5000-byte block");
+#[kernel::test]
+#[should_panic(expected = "1 past the end of the 5000-byte block")]
+fn overflow_of_a_region_block_is_reported() {
+    overflow_by_one_byte(5000);
+}
 
 // A page run.
-#[test_case]
-static OVERFLOW_OF_A_PAGE_RUN_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("overflow_of_a_page_run_is_reported", || {
-        overflow_by_one_byte(70_000)
-    })
-    .expecting("1 past the end of the 70000-byte block");
+#[kernel::test]
+#[should_panic(expected = "1 past the end of the 70000-byte block")]
+fn overflow_of_a_page_run_is_reported() {
+    overflow_by_one_byte(70_000);
+}
 
 /// Allocates `old` bytes, overflows them by one byte, then resizes the block to `new` bytes.
 fn overflow_then_realloc(old: usize, new: usize) {
@@ -110,28 +107,25 @@ fn realloc_then_overflow(old: usize, new: usize, in_place: bool) {
 }
 
 // Growing a region block into a page run: the old block's red zone is checked first.
-#[test_case]
-static OVERFLOW_BEFORE_A_GROWING_REALLOC_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("overflow_before_a_growing_realloc_is_reported", || {
-        overflow_then_realloc(5000, 70_000)
-    })
-    .expecting("1 past the end of the 5000-byte block");
+#[kernel::test]
+#[should_panic(expected = "1 past the end of the 5000-byte block")]
+fn overflow_before_a_growing_realloc_is_reported() {
+    overflow_then_realloc(5000, 70_000);
+}
 
 // A page run shrunk in place (its tail pages unmapped) gets a red zone after its new size.
-#[test_case]
-static OVERFLOW_AFTER_A_SHRINKING_REALLOC_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("overflow_after_a_shrinking_realloc_is_reported", || {
-        realloc_then_overflow(70_000, 66_000, true)
-    })
-    .expecting("1 past the end of the 66000-byte block");
+#[kernel::test]
+#[should_panic(expected = "1 past the end of the 66000-byte block")]
+fn overflow_after_a_shrinking_realloc_is_reported() {
+    realloc_then_overflow(70_000, 66_000, true);
+}
 
 // A class block moved to a region block.
-#[test_case]
-static OVERFLOW_AFTER_A_MOVING_REALLOC_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("overflow_after_a_moving_realloc_is_reported", || {
-        realloc_then_overflow(24, 5000, false)
-    })
-    .expecting("1 past the end of the 5000-byte block");
+#[kernel::test]
+#[should_panic(expected = "1 past the end of the 5000-byte block")]
+fn overflow_after_a_moving_realloc_is_reported() {
+    realloc_then_overflow(24, 5000, false);
+}
 
 /// Frees a block a second time after the heap gave its chunk back to the page source: the
 /// red-zone layer must let the heap vet the pointer before it reads the (unmapped) red zone.
@@ -149,12 +143,11 @@ fn free_in_an_unmapped_chunk() {
     }
 }
 
-#[test_case]
-static FREE_IN_AN_UNMAPPED_CHUNK_GETS_THE_HEAPS_MESSAGE: ShouldPanic = ShouldPanic::new(
-    "free_in_an_unmapped_chunk_gets_the_heaps_message",
-    free_in_an_unmapped_chunk,
-)
-.expecting("which is not a heap block");
+#[kernel::test]
+#[should_panic(expected = "which is not a heap block")]
+fn free_in_an_unmapped_chunk_gets_the_heaps_message() {
+    free_in_an_unmapped_chunk();
+}
 
 fn write_after_free() {
     let layout = Layout::from_size_align(64, 8).unwrap();
@@ -170,7 +163,8 @@ fn write_after_free() {
     }
 }
 
-#[test_case]
-static WRITE_AFTER_FREE_IS_REPORTED: ShouldPanic =
-    ShouldPanic::new("write_after_free_is_reported", write_after_free)
-        .expecting("write after free");
+#[kernel::test]
+#[should_panic(expected = "write after free")]
+fn write_after_free_is_reported() {
+    write_after_free();
+}

@@ -11,7 +11,6 @@
 
 use kernel::serial_println;
 use kernel::soak::{self, Config, Report};
-use kernel::testing::ShouldPanic;
 
 // Small enough that a debug build fills most of it several times within the test's time.
 kernel::qemu_args!("-m 64M");
@@ -28,7 +27,7 @@ fn run(cfg: &Config) -> Report {
     }
 }
 
-#[test_case]
+#[kernel::test]
 fn random_operations_fill_most_of_ram_and_give_it_back() {
     let cfg = Config::SHORT;
     let report = run(&cfg);
@@ -55,7 +54,7 @@ fn random_operations_fill_most_of_ram_and_give_it_back() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn growth_stops_gracefully_when_memory_runs_out() {
     // Every growth phase aims beyond the free memory, so each ends at a refused allocation.
     let cfg = Config {
@@ -88,9 +87,8 @@ fn corrupted_byte_is_found() {
     let _ = soak::run(&cfg);
 }
 
-#[test_case]
-static A_CORRUPTED_BYTE_IS_FOUND_AND_NAMED: ShouldPanic = ShouldPanic::new(
-    "a_corrupted_byte_is_found_and_named",
-    corrupted_byte_is_found,
-)
-.expecting("soak: corruption at 0x");
+#[kernel::test]
+#[should_panic(expected = "soak: corruption at 0x")]
+fn a_corrupted_byte_is_found_and_named() {
+    corrupted_byte_is_found();
+}

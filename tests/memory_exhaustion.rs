@@ -28,7 +28,7 @@ const MAX_RUNS: usize = 1024;
 /// The test's own list of runs (no heap: the heap lives on the same frames).
 static RUNS: spin::Mutex<[(usize, usize); MAX_RUNS]> = spin::Mutex::new([(0, 0); MAX_RUNS]);
 
-#[test_case]
+#[kernel::test]
 fn page_source_runs_dry_without_partial_mappings_and_recovers() {
     let start = memory::stats();
     let mut source = KernelPageSource::new();
@@ -81,7 +81,7 @@ fn page_source_runs_dry_without_partial_mappings_and_recovers() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn frame_allocator_runs_dry_and_recovers() {
     let start = memory::stats();
     let offset = memory::physical_memory_offset().unwrap();
@@ -151,7 +151,7 @@ fn fails_cleanly_until_it_fits(
     panic!("{what} did not succeed with {limit} frames free");
 }
 
-#[test_case]
+#[kernel::test]
 fn failed_maps_at_page_table_boundaries_change_nothing() {
     let start = audited_stats();
     let mut source = KernelPageSource::new();

@@ -11,7 +11,6 @@
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 use kernel::memory::{self, allocate_frame, deallocate_frame};
-use kernel::testing::ShouldPanic;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
 
@@ -57,7 +56,7 @@ fn frame_word(frame: PhysFrame) -> *mut u64 {
     (offset + frame.start_address().as_u64()).as_mut_ptr()
 }
 
-#[test_case]
+#[kernel::test]
 fn stats_add_up() {
     let s = memory::stats();
     assert!(s.frames_total > 0);
@@ -66,7 +65,7 @@ fn stats_add_up() {
     assert!(s.frames_used >= s.bitmap_frames + s.page_table_frames);
 }
 
-#[test_case]
+#[kernel::test]
 fn frame_comes_back() {
     let before = memory::stats();
     let frame = allocate_frame().expect("a frame");
@@ -76,7 +75,7 @@ fn frame_comes_back() {
     assert_eq!(memory::stats(), before);
 }
 
-#[test_case]
+#[kernel::test]
 fn freed_frame_is_reused_first() {
     let a = allocate_frame().expect("a frame");
     // SAFETY: unused frame from the allocator.
@@ -87,7 +86,7 @@ fn freed_frame_is_reused_first() {
     unsafe { deallocate_frame(b) };
 }
 
-#[test_case]
+#[kernel::test]
 fn frames_are_distinct_usable_ram() {
     const N: usize = 2000;
     let before = memory::stats();
@@ -126,17 +125,19 @@ fn double_free() {
     }
 }
 
-#[test_case]
-static DOUBLE_FREE_PANICS_NAMING_THE_FRAME: ShouldPanic =
-    ShouldPanic::new("double_free_panics_naming_the_frame", double_free)
-        .expecting("double free of frame 0x");
+#[kernel::test]
+#[should_panic(expected = "double free of frame 0x")]
+fn double_free_panics_naming_the_frame() {
+    double_free();
+}
 
 fn free_frame_zero() {
     // SAFETY: not sound on purpose: frame 0 is never usable memory, the free must panic.
     unsafe { deallocate_frame(PhysFrame::containing_address(PhysAddr::zero())) };
 }
 
-#[test_case]
-static FREEING_RESERVED_MEMORY_PANICS: ShouldPanic =
-    ShouldPanic::new("freeing_reserved_memory_panics", free_frame_zero)
-        .expecting("freeing frame 0x0, which is not usable memory");
+#[kernel::test]
+#[should_panic(expected = "freeing frame 0x0, which is not usable memory")]
+fn freeing_reserved_memory_panics() {
+    free_frame_zero();
+}

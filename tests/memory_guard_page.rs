@@ -8,12 +8,11 @@
 #![reexport_test_harness_main = "test_main"]
 
 use kernel::memory;
-use kernel::testing::ShouldPanic;
 use x86_64::VirtAddr;
 
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn guard_and_window_edges_are_unmapped() {
     assert_eq!(memory::HEAP_GUARD_PAGE, 0xFFFF_C000_FFFF_F000);
     assert_eq!(
@@ -36,10 +35,11 @@ fn write_guard_page() {
     unsafe { ptr.write_volatile(1) };
 }
 
-#[test_case]
-static WRITE_BELOW_THE_HEAP_WINDOW_FAULTS: ShouldPanic =
-    ShouldPanic::new("write_below_the_heap_window_faults", write_guard_page)
-        .expecting("PAGE FAULT accessing 0xffffc000fffffff8");
+#[kernel::test]
+#[should_panic(expected = "PAGE FAULT accessing 0xffffc000fffffff8")]
+fn write_below_the_heap_window_faults() {
+    write_guard_page();
+}
 
 fn write_past_window_end() {
     let ptr = memory::HEAP_WINDOW_END as *mut u8;
@@ -47,7 +47,8 @@ fn write_past_window_end() {
     unsafe { ptr.write_volatile(1) };
 }
 
-#[test_case]
-static WRITE_ABOVE_THE_HEAP_WINDOW_FAULTS: ShouldPanic =
-    ShouldPanic::new("write_above_the_heap_window_faults", write_past_window_end)
-        .expecting("PAGE FAULT accessing 0xffffc00200000000");
+#[kernel::test]
+#[should_panic(expected = "PAGE FAULT accessing 0xffffc00200000000")]
+fn write_above_the_heap_window_faults() {
+    write_past_window_end();
+}

@@ -16,7 +16,7 @@ use x86_64::structures::paging::PhysFrame;
 
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn nearly_two_gib_are_usable() {
     let s = memory::stats();
     assert!(
@@ -33,7 +33,7 @@ fn nearly_two_gib_are_usable() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn every_frame_can_be_allocated_and_freed() {
     let start = memory::stats();
     let offset = memory::physical_memory_offset().unwrap();
@@ -57,7 +57,7 @@ fn every_frame_can_be_allocated_and_freed() {
     assert_eq!(memory::stats(), start);
 }
 
-#[test_case]
+#[kernel::test]
 fn a_256_mib_run_maps_and_unmaps() {
     let before = memory::stats();
     let pages = 65_536;

@@ -10,7 +10,6 @@
 
 use kernel::memory::bench_support::{map_scratch, nth_scratch_page, unmap_scratch};
 use kernel::memory::{self, KernelPageSource, MapError, UnmapError};
-use kernel::testing::ShouldPanic;
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags};
@@ -19,7 +18,7 @@ kernel::test_kernel!();
 
 const RW_NX: PageTableFlags = PageTableFlags::WRITABLE.union(PageTableFlags::NO_EXECUTE);
 
-#[test_case]
+#[kernel::test]
 fn map_write_read_unmap_gives_everything_back() {
     let before = memory::stats();
     let frame = memory::allocate_frame().expect("a frame");
@@ -56,7 +55,7 @@ fn map_write_read_unmap_gives_everything_back() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn map_again_reuses_frame_and_address() {
     let before = memory::stats();
     let page = map_scratch(9).expect("map");
@@ -75,7 +74,7 @@ fn map_again_reuses_frame_and_address() {
     assert_eq!(memory::stats(), before);
 }
 
-#[test_case]
+#[kernel::test]
 fn double_map_is_a_typed_error() {
     let page = map_scratch(1).expect("map");
     let mapped_to = memory::translate(page.start_address()).unwrap();
@@ -96,7 +95,7 @@ fn double_map_is_a_typed_error() {
     }
 }
 
-#[test_case]
+#[kernel::test]
 fn unmapping_an_unmapped_page_is_a_typed_error() {
     let page = nth_scratch_page(77).unwrap();
     // SAFETY: must fail without unmapping anything.
@@ -107,7 +106,7 @@ fn unmapping_an_unmapped_page_is_a_typed_error() {
     assert_eq!(scratch, Err(UnmapError::NotMapped { page }));
 }
 
-#[test_case]
+#[kernel::test]
 fn heap_window_and_guard_cannot_be_mapped_by_hand() {
     let frame = memory::allocate_frame().unwrap();
     for addr in [
@@ -127,7 +126,7 @@ fn heap_window_and_guard_cannot_be_mapped_by_hand() {
     unsafe { memory::deallocate_frame(frame) };
 }
 
-#[test_case]
+#[kernel::test]
 fn kernel_code_and_stack_translate() {
     let code = kernel::init as *const () as u64;
     assert!(memory::translate(VirtAddr::new(code)).is_some());
@@ -136,7 +135,7 @@ fn kernel_code_and_stack_translate() {
     assert!(memory::translate(VirtAddr::new(stack)).is_some());
 }
 
-#[test_case]
+#[kernel::test]
 fn page_source_maps_aligned_writable_runs_and_takes_sub_runs_back() {
     let before = memory::stats();
     let mut source = KernelPageSource::new();
@@ -169,7 +168,7 @@ fn page_source_maps_aligned_writable_runs_and_takes_sub_runs_back() {
     memory::check_invariants();
 }
 
-#[test_case]
+#[kernel::test]
 fn page_source_window_is_the_heap_window_and_holds_its_pages() {
     let mut source = KernelPageSource::new();
     let window = source
@@ -190,7 +189,7 @@ fn page_source_window_is_the_heap_window_and_holds_its_pages() {
     unsafe { source.unmap_pages(run, 2) };
 }
 
-#[test_case]
+#[kernel::test]
 fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
     let before = memory::stats();
     let mut source = KernelPageSource::new();
@@ -227,7 +226,7 @@ fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
     memory::check_invariants();
 }
 
-#[test_case]
+#[kernel::test]
 fn page_source_reuses_freed_address_space() {
     let mut source = KernelPageSource::new();
     let a = source.map_pages(8).unwrap();
@@ -239,7 +238,7 @@ fn page_source_reuses_freed_address_space() {
     unsafe { source.unmap_pages(b, 8) };
 }
 
-#[test_case]
+#[kernel::test]
 fn page_source_rejects_bad_requests() {
     let mut source = KernelPageSource::new();
     assert_eq!(source.map_pages(0), Err(PageSourceError::InvalidRequest));
@@ -253,7 +252,7 @@ fn page_source_rejects_bad_requests() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn page_source_reports_a_full_window_as_out_of_address_space() {
     let before = memory::stats();
     let mut source = KernelPageSource::new();
@@ -285,7 +284,8 @@ fn execute_heap_page() {
     }
 }
 
-#[test_case]
-static HEAP_PAGES_ARE_NOT_EXECUTABLE: ShouldPanic =
-    ShouldPanic::new("heap_pages_are_not_executable", execute_heap_page)
-        .expecting("INSTRUCTION_FETCH");
+#[kernel::test]
+#[should_panic(expected = "INSTRUCTION_FETCH")]
+fn heap_pages_are_not_executable() {
+    execute_heap_page();
+}

@@ -36,7 +36,7 @@ fn record_memory_map(boot_info: &BootInfo) {
     MAP.call_once(|| (summary, frames));
 }
 
-#[test_case]
+#[kernel::test]
 fn totals_match_the_memory_map() {
     let (summary, counted) = *MAP.get().unwrap();
     let s = memory::stats();
@@ -56,7 +56,7 @@ fn totals_match_the_memory_map() {
     assert_eq!(s.bitmap_frames, 1);
 }
 
-#[test_case]
+#[kernel::test]
 fn heap_window_works_with_little_ram() {
     let before = memory::stats();
     let mut source = KernelPageSource::new();

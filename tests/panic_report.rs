@@ -16,7 +16,6 @@ use core::alloc::Layout;
 use core::hint::black_box;
 
 use kernel::memory;
-use kernel::testing::ShouldPanic;
 
 kernel::test_kernel!();
 
@@ -39,12 +38,11 @@ fn frame_double_free_inside_the_memory_lock() {
     }
 }
 
-#[test_case]
-static A_PANIC_WHILE_THE_MEMORY_LOCK_IS_HELD_IS_REPORTED_AT_ONCE: ShouldPanic = ShouldPanic::new(
-    "a_panic_while_the_memory_lock_is_held_is_reported_at_once",
-    frame_double_free_inside_the_memory_lock,
-)
-.expecting("frame allocator: double free of frame 0x");
+#[kernel::test]
+#[should_panic(expected = "frame allocator: double free of frame 0x")]
+fn a_panic_while_the_memory_lock_is_held_is_reported_at_once() {
+    frame_double_free_inside_the_memory_lock();
+}
 
 fn heap_double_free_inside_the_heap_lock() {
     refuse_an_allocation();
@@ -59,9 +57,8 @@ fn heap_double_free_inside_the_heap_lock() {
     }
 }
 
-#[test_case]
-static A_PANIC_WHILE_THE_HEAP_LOCK_IS_HELD_IS_REPORTED_AT_ONCE: ShouldPanic = ShouldPanic::new(
-    "a_panic_while_the_heap_lock_is_held_is_reported_at_once",
-    heap_double_free_inside_the_heap_lock,
-)
-.expecting("double free of 0x");
+#[kernel::test]
+#[should_panic(expected = "double free of 0x")]
+fn a_panic_while_the_heap_lock_is_held_is_reported_at_once() {
+    heap_double_free_inside_the_heap_lock();
+}

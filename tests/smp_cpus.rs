@@ -15,7 +15,6 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kernel::cpu::clock::Deadline;
 use kernel::smp::{self, ipi};
-use kernel::testing::ShouldPanic;
 use x86_64::VirtAddr;
 
 kernel::qemu_args!("-smp 4 -accel tcg,thread=multi");
@@ -33,7 +32,7 @@ fn stack_pointer() -> u64 {
     rsp
 }
 
-#[test_case]
+#[kernel::test]
 fn every_cpu_comes_online_with_a_distinct_id() {
     let summary = smp::summary();
     kernel::serial_println!("{summary}");
@@ -69,7 +68,7 @@ fn every_cpu_comes_online_with_a_distinct_id() {
     assert_eq!(smp::online_mask(), (1 << CPUS) - 1);
 }
 
-#[test_case]
+#[kernel::test]
 fn each_cpu_runs_on_its_own_stack_above_a_guard_page() {
     let rsp: [AtomicU64; CPUS] = [const { AtomicU64::new(0) }; CPUS];
     smp::run_on_all(&|| rsp[smp::cpu_id()].store(stack_pointer(), Ordering::SeqCst)).unwrap();
@@ -126,7 +125,7 @@ fn wait_received(cpu: usize, want: u64) {
     }
 }
 
-#[test_case]
+#[kernel::test]
 fn ipis_reach_every_cpu() {
     // The boot CPU takes IPIs only with interrupts enabled (they are disabled by default).
     x86_64::instructions::interrupts::enable();
@@ -160,7 +159,7 @@ fn ipis_reach_every_cpu() {
     assert!(CALLS.load(Ordering::SeqCst) >= 2 * CPUS as u64 - 1 + CPUS as u64);
 }
 
-#[test_case]
+#[kernel::test]
 fn run_on_all_refuses_a_nested_call() {
     let nested = AtomicUsize::new(0);
     smp::run_on_all(&|| {
@@ -172,7 +171,7 @@ fn run_on_all_refuses_a_nested_call() {
     assert_eq!(nested.load(Ordering::SeqCst), CPUS);
 }
 
-#[test_case]
+#[kernel::test]
 fn a_cpu_that_does_not_answer_is_reported_and_the_others_go_on() {
     kernel::allocator::trim();
     let before = kernel::allocator::footprint();
@@ -209,9 +208,8 @@ fn overflow_on_cpu_1() {
     });
 }
 
-#[test_case]
-static STACK_OVERFLOW_ON_ANOTHER_CPU_HITS_ITS_GUARD_PAGE: ShouldPanic = ShouldPanic::new(
-    "stack_overflow_on_another_cpu_hits_its_guard_page",
-    overflow_on_cpu_1,
-)
-.expecting("DOUBLE FAULT");
+#[kernel::test]
+#[should_panic(expected = "DOUBLE FAULT")]
+fn stack_overflow_on_another_cpu_hits_its_guard_page() {
+    overflow_on_cpu_1();
+}

@@ -15,7 +15,7 @@ mod smp_common;
 kernel::qemu_args!("-smp 4 -accel tcg,thread=multi");
 kernel::test_kernel!();
 
-#[test_case]
+#[kernel::test]
 fn four_cpus_are_online() {
     assert_eq!(kernel::smp::online_count(), 4, "{}", kernel::smp::summary());
 }

@@ -16,7 +16,6 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::allocator::{self, HEAP};
 use kernel::cpu::clock;
 use kernel::smp;
-use kernel::testing::ShouldPanic;
 
 kernel::qemu_args!("-smp 2 -accel tcg,thread=multi");
 kernel::test_kernel!();
@@ -49,7 +48,7 @@ fn cpu_1_holds_the_heap_lock_while_cpu_0_allocates(hold_ms: Option<u64>) {
     .unwrap();
 }
 
-#[test_case]
+#[kernel::test]
 fn a_long_hold_by_another_cpu_is_waited_for() {
     // 1.5 s: hundreds of times longer than the old spin-count watchdog (2^20 spins) allowed.
     cpu_1_holds_the_heap_lock_while_cpu_0_allocates(Some(1500));
@@ -61,10 +60,11 @@ fn stuck_holder() {
     cpu_1_holds_the_heap_lock_while_cpu_0_allocates(None);
 }
 
-#[test_case]
-static A_STUCK_HOLDER_IS_NAMED: ShouldPanic =
-    ShouldPanic::new("a_stuck_holder_is_named", stuck_holder)
-        .expecting("CPU 1 has held the heap lock for over 300 ms");
+#[kernel::test]
+#[should_panic(expected = "CPU 1 has held the heap lock for over 300 ms")]
+fn a_stuck_holder_is_named() {
+    stuck_holder();
+}
 
 fn reenter() {
     let _guard = HEAP.heap().lock().expect("heap");
@@ -72,7 +72,8 @@ fn reenter() {
     core::hint::black_box(Box::new(1u64));
 }
 
-#[test_case]
-static REENTRY_IS_REPORTED_AT_ONCE: ShouldPanic =
-    ShouldPanic::new("reentry_is_reported_at_once", reenter)
-        .expecting("lock re-entered on the CPU that holds it");
+#[kernel::test]
+#[should_panic(expected = "lock re-entered on the CPU that holds it")]
+fn reentry_is_reported_at_once() {
+    reenter();
+}

@@ -3,8 +3,8 @@
 /// One marker.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    /// `@@ktest plan <tests> <filtered-out>`: printed once, on the first boot.
-    Plan { tests: usize, filtered_out: usize },
+    /// `@@ktest plan <tests>`: printed at every boot, with the number of tests in the kernel.
+    Plan { tests: usize },
     /// `@@ktest start <index> <name>`.
     Start { index: usize, name: String },
     /// `@@ktest ok <index>`.
@@ -28,12 +28,7 @@ pub fn parse_line(line: &str) -> (&str, Option<Event>) {
     let kind = words.next().unwrap_or("");
     let num = |w: Option<&str>| w.and_then(|w| w.trim().parse::<usize>().ok());
     let event = match kind {
-        "plan" => num(words.next())
-            .zip(num(words.next()))
-            .map(|(tests, filtered_out)| Event::Plan {
-                tests,
-                filtered_out,
-            }),
+        "plan" => num(words.next()).map(|tests| Event::Plan { tests }),
         "start" => num(words.next()).map(|index| Event::Start {
             index,
             name: words.next().unwrap_or("?").trim().to_owned(),
@@ -56,14 +51,8 @@ mod tests {
     #[test]
     fn parses_every_marker() {
         assert_eq!(
-            parse_line("@@ktest plan 3 1"),
-            (
-                "",
-                Some(Event::Plan {
-                    tests: 3,
-                    filtered_out: 1
-                })
-            )
+            parse_line("@@ktest plan 3"),
+            ("", Some(Event::Plan { tests: 3 }))
         );
         assert_eq!(
             parse_line("@@ktest start 2 heap::boxes_work"),

@@ -12,6 +12,8 @@
 #![reexport_test_harness_main = "test_main"]
 
 extern crate alloc;
+// Lets `#[kernel::test]`'s expansion name this crate as `::kernel` in the library's own tests too.
+extern crate self as kernel;
 
 pub mod allocator;
 pub mod bench;
@@ -29,6 +31,10 @@ pub mod soak;
 pub mod testing;
 pub mod timer;
 pub mod workload;
+
+/// Marks a test function of a test kernel: `#[kernel::test]`, optionally followed by
+/// `#[should_panic(expected = "…")]` or `#[ignore = "…"]` (see [`testing`]).
+pub use kernel_macros::test;
 
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -108,6 +114,6 @@ macro_rules! qemu_args {
     };
 }
 
-// The library's own unit tests (`#[test_case]`s in its modules) form a test kernel too.
+// The library's own unit tests (`#[kernel::test]`s in its modules) form a test kernel too.
 #[cfg(test)]
 crate::test_kernel!();

@@ -104,7 +104,7 @@ fn tag(cpu: usize, n: usize) -> u64 {
     ((cpu as u64) << 40) | n as u64
 }
 
-#[test_case]
+#[kernel::test]
 fn all_cpus_allocate_and_free_at_once() {
     let ops = share(24_000);
     const LIVE: usize = 300;
@@ -140,7 +140,7 @@ fn all_cpus_allocate_and_free_at_once() {
     );
 }
 
-#[test_case]
+#[kernel::test]
 fn blocks_allocated_on_one_cpu_are_freed_on_another() {
     let per_cpu = share(8000);
     /// Blocks in flight per ring at most.
@@ -192,7 +192,7 @@ fn blocks_allocated_on_one_cpu_are_freed_on_another() {
 /// A pooled object: its own tag, repeated.
 type Obj = [u64; 5];
 
-#[test_case]
+#[kernel::test]
 fn user_pools_are_shared_by_every_cpu() {
     let ops = share(12_000);
     let n = smp::online_count();
@@ -263,7 +263,7 @@ fn allocating_ipi() {
     }
 }
 
-#[test_case]
+#[kernel::test]
 fn interrupt_handlers_allocate_on_every_cpu() {
     /// Interrupt-side allocation rounds each CPU must see.
     const WANT: u64 = 100;
@@ -478,7 +478,7 @@ fn shootdown_round(pages: usize, through_heap: bool) -> Vec<(u64, u64)> {
     stale.into_inner()
 }
 
-#[test_case]
+#[kernel::test]
 fn unmapped_heap_pages_fault_on_every_cpu_and_never_show_the_reused_frame() {
     returns_everything(|| {
         let before = smp::shootdown::stats();

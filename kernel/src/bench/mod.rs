@@ -457,7 +457,7 @@ mod tests {
 
     /// The shared generator, built for the kernel target (integer-only, no FPU), yields
     /// replayable sequences at the smoke scale.
-    #[test_case]
+    #[kernel::test]
     fn smoke_workloads_are_consistent() {
         let w = &Scale::Smoke.sizes().workloads;
         let mut all = alloc::vec![

@@ -424,7 +424,7 @@ mod tests {
         }
     }
 
-    #[test_case]
+    #[kernel::test]
     fn verification_catches_overlapping_blocks() {
         let mut buf = alloc::vec![0u64; 1024];
         let mut a = Overlapping {
@@ -461,7 +461,7 @@ mod tests {
         assert!(timed(&mut a, &w, usize::MAX, &mut slots).is_ok());
     }
 
-    #[test_case]
+    #[kernel::test]
     fn pattern_check_names_the_first_wrong_byte() {
         let mut buf = alloc::vec![0u64; 16];
         let ptr = NonNull::from(&mut buf[..]).cast::<u8>();

@@ -124,7 +124,7 @@ pub fn delay_us(us: u64) {
 mod tests {
     use super::{Deadline, delay_us, ticks_per_us};
 
-    #[test_case]
+    #[kernel::test]
     fn the_tsc_is_calibrated_and_delays_wait() {
         assert!(ticks_per_us() > 0);
         let d = Deadline::after_us(2000);

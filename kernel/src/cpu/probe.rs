@@ -77,7 +77,7 @@ pub fn fixup(rip: u64) -> Option<u64> {
 mod tests {
     use super::{Fault, read_u64};
 
-    #[test_case]
+    #[kernel::test]
     fn a_probe_reads_mapped_memory_and_survives_unmapped_memory() {
         let value = core::hint::black_box(0x1234_5678_9abc_def0u64);
         // SAFETY: a live local.

@@ -116,7 +116,7 @@ mod tests {
 
     /// The library's test kernel boots with QEMU's default single CPU: the SMP layer must then
     /// be the one-CPU kernel of before.
-    #[test_case]
+    #[kernel::test]
     fn one_cpu_runs_everything_itself() {
         assert_eq!(smp::online_count(), 1, "{}", smp::summary());
         assert_eq!(smp::cpu_id(), 0);
