@@ -333,7 +333,9 @@ fn cargo_test_reports_each_kind_of_failure_by_name() {
     let stdout = text(&out.stdout);
     for line in [
         "running 4 tests\n",
-        "this test fails\ntest a_panicking_test_fails ... FAILED\n",
+        // The panic report (kernel/src/panic.rs) follows the message with the memory state.
+        "panicked at tests/test_framework_failures.rs:16:5:\nthis test fails\n",
+        "test a_panicking_test_fails ... FAILED\n",
         "note: test did not panic as expected\n\
          test a_should_panic_test_that_returns_fails - should panic ... FAILED\n",
         "note: panic did not contain expected string `another message`\n\
