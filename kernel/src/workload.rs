@@ -3,6 +3,12 @@
 //! `ObjectPool`, `Box::new_in` on a pool, large buffers and page runs, random churn with every byte
 //! patterned and checked — and then proves that every page went back.
 //!
+//! With several CPUs online it runs on all of them at once ([`crate::smp::run_on_all`]): each CPU
+//! builds, checks and frees its own share of the workload (its own collections, pools and churn,
+//! with its own seed), all of them against the one global heap at the same time; the heap table
+//! at the peak is printed while every CPU holds its share, and the footprint check after the
+//! workload covers all of them.
+//!
 //! It scales to the memory it finds ([`Sizes::for_free_memory`]): the full workload peaks at about
 //! 46 MiB of heap, which fits the default 128 MiB of QEMU; with less RAM every count shrinks in
 //! proportion, down to the 21 MiB the bootloader needs to start the kernel at all (see
@@ -14,6 +20,9 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::Mutex;
 
 use kheap::ObjectPool;
 use kheap_workload::Rng;
@@ -21,6 +30,7 @@ use kheap_workload::Rng;
 use crate::allocator::{self, HEAP};
 use crate::memory;
 use crate::serial_println;
+use crate::smp::{self, MAX_CPUS};
 
 /// Why the workload failed.
 #[derive(Debug)]
@@ -41,6 +51,11 @@ pub enum WorkloadError {
     },
     /// A user pool could not be created.
     Pool(kheap::PoolError),
+    /// A CPU did not report a result for its share.
+    DidNotRun {
+        /// The CPU's index.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for WorkloadError {
@@ -52,6 +67,7 @@ impl fmt::Display for WorkloadError {
                 write!(f, "memory not returned: before {before:?}, after {after:?}")
             }
             Self::Pool(e) => write!(f, "user pool: {e}"),
+            Self::DidNotRun { cpu } => write!(f, "CPU {cpu} did not run its share"),
         }
     }
 }
@@ -165,6 +181,25 @@ impl Sizes {
     }
 }
 
+impl Sizes {
+    /// One CPU's share when `cpus` CPUs run the workload together: every count divided by
+    /// `cpus` (at least 1), so that together they make about what one CPU would alone.
+    pub fn share(self, cpus: usize) -> Sizes {
+        let cpus = cpus.max(1) as u64;
+        let part = |n: u64| (n / cpus).max(1);
+        Sizes {
+            permille: self.permille,
+            numbers: part(self.numbers),
+            map_entries: part(self.map_entries),
+            queue: part(u64::from(self.queue)) as u32,
+            tasks: part(self.tasks),
+            pool_boxes: part(u64::from(self.pool_boxes)) as u32,
+            churn_allocs: part(self.churn_allocs),
+            churn_floor: part(self.churn_floor as u64) as usize,
+        }
+    }
+}
+
 /// Runs the workload at the size that fits the free memory, printing the heap table before, at
 /// peak and after.
 pub fn run() -> Result<(), WorkloadError> {
@@ -188,13 +223,7 @@ pub fn run_sized(sizes: Sizes) -> Result<(), WorkloadError> {
     let before = allocator::footprint();
     print_heap("before the workload");
 
-    {
-        let live = Live::build(sizes)?;
-        print_heap("at peak, everything live");
-        live.verify()?;
-        allocator::check_invariants();
-        serial_println!("workload: {}", live.summary());
-    }
+    on_every_cpu(sizes)?;
 
     allocator::trim();
     allocator::check_invariants();
@@ -211,6 +240,73 @@ pub fn run_sized(sizes: Sizes) -> Result<(), WorkloadError> {
     Ok(())
 }
 
+/// Runs one share of the workload on every online CPU at once (the whole of it with one CPU):
+/// every CPU builds its share, all wait until every share is built (the heap's peak, printed
+/// once), then each checks and frees its own. The summaries are printed in CPU order afterwards.
+fn on_every_cpu(sizes: Sizes) -> Result<(), WorkloadError> {
+    let cpus = smp::online_count();
+    let share = sizes.share(cpus);
+    let built = Barrier::new(cpus);
+    let printed = Barrier::new(cpus);
+    let results: [Mutex<Option<Result<String, WorkloadError>>>; MAX_CPUS] =
+        [const { Mutex::new(None) }; MAX_CPUS];
+    let job = || {
+        let cpu = smp::cpu_id();
+        // Every CPU reaches both barriers, also when its share failed, so none waits forever.
+        let live = Live::build(share, cpu as u64);
+        built.wait();
+        if cpu == 0 {
+            print_heap("at peak, everything live");
+        }
+        printed.wait();
+        let result = live.and_then(|live| {
+            live.verify()?;
+            Ok(live.summary())
+        });
+        *results[cpu].lock() = Some(result);
+    };
+    if cpus == 1 {
+        job();
+    } else {
+        // Only the boot workload calls `run_on_all` here, so it is never busy.
+        smp::run_on_all(&job).expect("run_on_all is not in use during the boot workload");
+        serial_println!("workload: ran on {cpus} CPUs at once, one share each");
+    }
+    allocator::check_invariants();
+    for (cpu, slot) in results.iter().enumerate().take(cpus) {
+        match slot.lock().take() {
+            Some(Ok(summary)) if cpus == 1 => serial_println!("workload: {summary}"),
+            Some(Ok(summary)) => serial_println!("workload: CPU {cpu}: {summary}"),
+            Some(Err(e)) => return Err(e),
+            None => return Err(WorkloadError::DidNotRun { cpu }),
+        }
+    }
+    Ok(())
+}
+
+/// A one-shot meeting point for `n` CPUs: [`wait`](Self::wait) returns once all `n` have called
+/// it.
+struct Barrier {
+    n: usize,
+    arrived: AtomicUsize,
+}
+
+impl Barrier {
+    const fn new(n: usize) -> Self {
+        Self {
+            n,
+            arrived: AtomicUsize::new(0),
+        }
+    }
+
+    fn wait(&self) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < self.n {
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// Everything the workload keeps alive at its peak.
 struct Live {
     numbers: Vec<u64>,
@@ -224,7 +320,7 @@ struct Live {
 }
 
 impl Live {
-    fn build(sizes: Sizes) -> Result<Self, WorkloadError> {
+    fn build(sizes: Sizes, cpu: u64) -> Result<Self, WorkloadError> {
         let heap = HEAP.heap();
 
         // A growing vector (MiBs, through the large allocator and page runs).
@@ -302,7 +398,8 @@ impl Live {
 
         // Random churn: sizes from 1 B to 256 KiB, every byte patterned and checked on free. The
         // seeded generator (shared with the benchmarks) makes every run the same.
-        let mut rng = Rng::new(0x1234_5678_9ABC_DEF1);
+        // Each CPU has a seed of its own.
+        let mut rng = Rng::new(0x1234_5678_9ABC_DEF1 ^ cpu.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut churned: Vec<(u64, Box<[u8]>)> = Vec::new();
         let mut churn_ops = 0;
         for id in 0..sizes.churn_allocs {
@@ -386,6 +483,17 @@ mod tests {
     fn the_full_workload_fits_qemus_default_memory() {
         // What the kernel finds free at `-m 128M`.
         assert_eq!(Sizes::for_free_memory(122 << 20), Sizes::FULL);
+    }
+
+    #[kernel::test]
+    fn shares_split_every_count_between_cpus() {
+        let one = Sizes::FULL.share(1);
+        assert_eq!(one, Sizes::FULL);
+        let four = Sizes::FULL.share(4);
+        assert_eq!(four.numbers, Sizes::FULL.numbers / 4);
+        assert_eq!(four.churn_allocs, Sizes::FULL.churn_allocs / 4);
+        let tiny = Sizes::for_free_memory(0).share(8);
+        assert!(tiny.tasks >= 1 && tiny.queue >= 1 && tiny.churn_floor >= 1);
     }
 
     #[kernel::test]
