@@ -503,3 +503,14 @@ fn unmapped_heap_pages_fault_on_every_cpu_and_never_show_the_reused_frame() {
         );
     });
 }
+
+/// The `cargo run` boot workload, at a tenth of its size, on every CPU at once: each CPU builds,
+/// checks and frees its own share, and every page comes back (`run_sized` checks the footprint).
+#[kernel::test]
+fn the_boot_workload_runs_on_every_cpu_at_once() {
+    let sizes = kernel::workload::Sizes::for_free_memory(12 << 20);
+    assert!(sizes.permille < 200, "{sizes:?}");
+    if let Err(e) = kernel::workload::run_sized(sizes) {
+        panic!("boot workload on {} CPUs: {e}", smp::online_count());
+    }
+}
