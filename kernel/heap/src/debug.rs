@@ -143,3 +143,7 @@ fn report_large(ptr: NonNull<u8>, layout: Layout, entry: Entry) -> ! {
         ),
     }
 }
+
+/// Whether the debug checks are compiled in (feature `debug-checks`). Checks written as
+/// `if !ENABLED { return; }` hooks cost nothing without the feature.
+pub const ENABLED: bool = cfg!(feature = "debug-checks");
