@@ -228,6 +228,7 @@ extern crate std;
 
 pub mod checked;
 mod chunk;
+mod chunk_lists;
 mod debug;
 pub mod error;
 mod heap;
@@ -245,11 +246,12 @@ mod stats;
 pub mod testing;
 
 pub use checked::{CheckBlock, Checked};
+pub use chunk_lists::RESERVE_BLOCKS;
 pub use error::{AllocError, InitError, InvariantError, PoolError};
-pub use heap::{FIRST_RUN_PAGES, Heap, PoolId};
+pub use heap::{FIRST_RUN_PAGES, Heap};
 pub use large::{LargeAlloc, LargeStats};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
 pub use object_pool::{ObjectPool, PoolBox, PoolHandle};
-pub use pool::RESERVE_BLOCKS;
+pub use pool::PoolId;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
 pub use stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};

@@ -10,8 +10,8 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use crate::error::{AllocError, PoolError};
-use crate::heap::PoolId;
 use crate::locked::{LockedHeap, RawLock};
+use crate::pool::PoolId;
 use crate::source::PageSource;
 
 /// A user pool of a [`LockedHeap`], by handle. Copyable; does not destroy the pool when dropped

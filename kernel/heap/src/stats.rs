@@ -7,9 +7,9 @@
 
 use core::fmt;
 
-use crate::heap::PoolId;
+use crate::chunk_lists::ChunkLists;
 use crate::large::LargeStats;
-use crate::pool::Pool;
+use crate::pool::PoolId;
 use crate::size_class::NUM_CLASSES;
 
 /// User pools listed one by one in [`HeapStats::pools`]; the rest are summed in
@@ -34,11 +34,11 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    /// The numbers of `pool`, of whose blocks handed out of chunks `cached` sit in a magazine.
-    pub(crate) fn of(pool: &Pool, cached: usize) -> Self {
-        let c = pool.counts();
+    /// The numbers of `lists`, of whose blocks handed out of chunks `cached` sit in a magazine.
+    pub(crate) fn of(lists: &ChunkLists, cached: usize) -> Self {
+        let c = lists.counts();
         Self {
-            block_size: usize::from(pool.geo.stride),
+            block_size: usize::from(lists.geo.stride),
             in_use: c.live - cached,
             free: c.free + cached,
             cached,
