@@ -496,6 +496,7 @@ impl<S: PageSource> Back<'_, S> {
     ///
     /// `lists` must point to live chunk lists of this heap (not aliased by a live reference) of
     /// list chunks (blocks of 8 bytes and more), and `mag` must cache blocks of `lists` only.
+    #[inline(never)]
     pub unsafe fn refill<const CAP: usize>(
         &mut self,
         lists: *mut ChunkLists,
@@ -515,6 +516,7 @@ impl<S: PageSource> Back<'_, S> {
     ///
     /// As for [`refill`](Self::refill); every block in `mag` must be a block of `lists` that its
     /// chunk counts as used, with a provenance covering the block.
+    #[inline(never)]
     pub unsafe fn flush<const CAP: usize>(
         &mut self,
         lists: *mut ChunkLists,

@@ -78,18 +78,36 @@ impl<S: PageSource> Heap<S> {
         {
             // SAFETY: `common_class` returns class indices.
             let mut class = unsafe { st.class(i) };
-            if !class.is_full()
-                // SAFETY: the caller vouches that `ptr` is an allocated block of class `i`.
-                && let Some(block) = unsafe { class.freed_block_fast(ptr) }
-            {
-                class.cache(block, layout.size());
+            // SAFETY: the caller vouches that `ptr` is an allocated block of class `i`.
+            if let Some(block) = unsafe { class.freed_block_fast(ptr) } {
+                if !class.cache(block, layout.size()) {
+                    // A call in tail position, as below.
+                    // SAFETY: `block` is the caller's block, checked, with a provenance
+                    // covering it.
+                    return unsafe { self.flush_and_cache(i, block, layout.size()) };
+                }
                 return;
             }
         }
-        // A call in tail position only (a full magazine and a page-map cache miss included), so
-        // that the fast path above needs no saved registers.
+        // A call in tail position only (a page-map cache miss included), so that the fast path
+        // above needs no saved registers.
         // SAFETY: forwarded.
         unsafe { self.deallocate_slow(ptr, layout) }
+    }
+
+    /// [`deallocate`](Self::deallocate) into a full magazine: gives its oldest batch back to
+    /// the chunks, then caches `block`.
+    ///
+    /// # Safety
+    ///
+    /// `i < NUM_CLASSES`, and `block` is a block of class `i` the caller gives up, that its
+    /// chunk counts as used, with a provenance covering the block.
+    #[inline(never)]
+    unsafe fn flush_and_cache(&mut self, i: usize, block: NonNull<u8>, size: usize) {
+        if let Some(mut st) = self.live() {
+            // SAFETY: guaranteed by the caller.
+            unsafe { st.class(i).give(block, size) };
+        }
     }
 
     /// Frees what the fast path does not: blocks outside the window or the page map's cached

@@ -13,7 +13,8 @@ use crate::chunk::ChunkDesc;
 use crate::chunk_lists::{Back, ChunkLists, check_block};
 use crate::debug::{self, Fault, Owner};
 use crate::magazine::Magazine;
-use crate::pagemap::Entry;
+use crate::pagemap::{Entry, PageMap};
+use crate::root::Roots;
 use crate::source::{PageSource, PageSourceError};
 
 /// The page source's window ([`PageSource::window`]): every page it maps lies inside, and a
@@ -60,7 +61,11 @@ pub(super) struct Front<'a, S: PageSource, const CAP: usize> {
     lists: *mut ChunkLists,
     /// Names the class or pool in debug messages.
     owner: Owner,
-    back: Back<'a, S>,
+    /// The back, by its parts: a `Back` is made for each call that needs one, so that no
+    /// pointer into this struct escapes and it stays in registers.
+    src: &'a mut S,
+    roots: &'a mut Roots,
+    map: &'a mut PageMap,
     requested: &'a mut usize,
     window: Window,
 }
@@ -82,7 +87,9 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
             mag,
             lists,
             owner,
-            back,
+            src: back.src,
+            roots: back.roots,
+            map: back.map,
             requested,
             window,
         }
@@ -94,8 +101,19 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     }
 
     /// The back behind the magazine.
-    pub(super) fn back(&mut self) -> &mut Back<'a, S> {
-        &mut self.back
+    #[inline(always)]
+    pub(super) fn back(&mut self) -> Back<'_, S> {
+        Back {
+            src: self.src,
+            roots: self.roots,
+            map: self.map,
+        }
+    }
+
+    /// A `Back` of these parts (for the calls that also borrow the magazine).
+    #[inline(always)]
+    fn back_of<'b>(src: &'b mut S, roots: &'b mut Roots, map: &'b mut PageMap) -> Back<'b, S> {
+        Back { src, roots, map }
     }
 
     /// The allocation fast path: the most recently cached block, counted as `size` requested
@@ -103,29 +121,27 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     #[inline(always)]
     pub(super) fn take(&mut self, size: usize) -> Option<NonNull<u8>> {
         let p = self.mag.pop()?;
+        let lists = self.lists;
         // SAFETY: `lists` are live and `p` is a block of theirs (the invariant).
-        unsafe { self.back.mark_taken(self.lists, p) };
+        unsafe { self.back().mark_taken(lists, p) };
         *self.requested += size;
         Some(p)
     }
 
     /// Refills the (empty) magazine with a batch of blocks from the chunks, mapping one chunk at
     /// most, and takes one, counted as `size` requested bytes.
-    #[inline(never)]
+    #[inline]
     pub(super) fn refill_and_take(&mut self, size: usize) -> Result<NonNull<u8>, PageSourceError> {
         // SAFETY: `lists` are live list-chunk lists and `mag` caches their blocks (invariant).
         unsafe {
-            self.back
-                .refill(self.lists, self.mag, Magazine::<CAP>::BATCH)
+            Self::back_of(self.src, self.roots, self.map).refill(
+                self.lists,
+                self.mag,
+                Magazine::<CAP>::BATCH,
+            )
         }?;
         // A successful refill leaves at least one block in the magazine.
         self.take(size).ok_or(PageSourceError::InvalidRequest)
-    }
-
-    /// Whether the magazine is full (the free fast path then gives way to the slow path).
-    #[inline(always)]
-    pub(super) fn is_full(&self) -> bool {
-        self.mag.is_full()
     }
 
     /// The free fast path's view of a freed block: `ptr` rebuilt with a provenance that covers
@@ -146,7 +162,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
         if !debug::ENABLED {
             return self.window.block(ptr);
         }
-        let Some(Entry::Chunk(d)) = self.back.map.lookup_hinted(ptr.addr().get()) else {
+        let Some(Entry::Chunk(d)) = self.map.lookup_hinted(ptr.addr().get()) else {
             return None;
         };
         // SAFETY: the page map names the live descriptor of the chunk holding `ptr`.
@@ -159,13 +175,14 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     /// # Safety
     ///
     /// As for `freed_block_fast`.
+    #[inline]
     pub(super) unsafe fn freed_block(&mut self, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
         if !debug::ENABLED
             && let Some(block) = self.window.block(ptr)
         {
             return Some(block);
         }
-        match self.back.map.lookup(ptr.addr().get()) {
+        match self.map.lookup(ptr.addr().get()) {
             // SAFETY: the page map names the live descriptor of the chunk holding `ptr`.
             Entry::Chunk(d) => Some(unsafe { self.chunk_block(d.as_ptr(), ptr) }),
             other => {
@@ -194,13 +211,16 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
         }
     }
 
-    /// The free fast path's end: caches `block` in the magazine, which is not full, and counts
-    /// `size` requested bytes out.
+    /// The free fast path's end: caches `block` in the magazine and counts `size` requested
+    /// bytes out, unless the magazine is full (then `false`, and nothing changed).
     #[inline(always)]
-    pub(super) fn cache(&mut self, block: NonNull<u8>, size: usize) {
-        let cached = self.mag.push(block);
-        debug_assert!(cached, "the magazine was checked not to be full");
+    #[must_use = "a full magazine does not take the block"]
+    pub(super) fn cache(&mut self, block: NonNull<u8>, size: usize) -> bool {
+        if !self.mag.push(block) {
+            return false;
+        }
         *self.requested -= size;
+        true
     }
 
     /// Caches `block`, giving the magazine's oldest batch back to the chunks first if it is
@@ -210,17 +230,20 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     ///
     /// `block` is a block of the lists the caller gives up, that its chunk counts as used, with
     /// a provenance covering the block (from [`freed_block`](Self::freed_block)).
+    #[inline]
     pub(super) unsafe fn give(&mut self, block: NonNull<u8>, size: usize) {
         if self.mag.is_full() {
             self.flush(Magazine::<CAP>::BATCH);
         }
-        self.cache(block, size);
+        let cached = self.cache(block, size);
+        debug_assert!(cached, "a flushed magazine has room");
     }
 
     /// Gives the `n` oldest blocks of the magazine (at most all) back to their chunks.
+    #[inline]
     pub(super) fn flush(&mut self, n: usize) {
         // SAFETY: the invariant: live lists, and every cached block is theirs, counted as used,
         // with a provenance covering it.
-        unsafe { self.back.flush(self.lists, self.mag, n) };
+        unsafe { Self::back_of(self.src, self.roots, self.map).flush(self.lists, self.mag, n) };
     }
 }

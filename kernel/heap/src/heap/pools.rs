@@ -122,16 +122,33 @@ impl<S: PageSource> Heap<S> {
             && !pool.is_tiny()
         {
             let mut front = st.pool_front(pool);
-            if !front.is_full()
-                // SAFETY: the caller vouches that `ptr` is an allocated block of the pool.
-                && let Some(block) = unsafe { front.freed_block_fast(ptr) }
-            {
-                front.cache(block, pool.size());
+            // SAFETY: the caller vouches that `ptr` is an allocated block of the pool.
+            if let Some(block) = unsafe { front.freed_block_fast(ptr) } {
+                if !front.cache(block, pool.size()) {
+                    // SAFETY: `block` is the caller's block, checked, with a provenance
+                    // covering it.
+                    return unsafe { self.pool_flush_and_cache(pool, block) };
+                }
                 return;
             }
         }
         // SAFETY: forwarded contract.
         unsafe { self.pool_free_slow(id, ptr) }
+    }
+
+    /// [`pool_free`](Self::pool_free) into a full magazine: gives its oldest batch back to the
+    /// chunks, then caches `block`.
+    ///
+    /// # Safety
+    ///
+    /// `pool` is a live pool of this heap, and `block` a block of it the caller gives up, that
+    /// its chunk counts as used, with a provenance covering the block.
+    #[inline(never)]
+    unsafe fn pool_flush_and_cache(&mut self, pool: PoolRef, block: NonNull<u8>) {
+        if let Some(mut st) = self.live() {
+            // SAFETY: guaranteed by the caller.
+            unsafe { st.pool_front(pool).give(block, pool.size()) };
+        }
     }
 
     /// [`pool_free`](Self::pool_free) past its fast path.
