@@ -49,13 +49,13 @@ pub const TINY_LIMIT: usize = 8;
 /// non-zero bytes, so a zeroed or recycled slot is never mistaken for another kind.
 pub const KIND_CHUNK: u8 = 0xC7;
 
-/// Which list of its pool a chunk is on.
+/// Which of its chunk lists a chunk is on.
 pub mod list {
     /// Some blocks free, some in use.
     pub const PARTIAL: u8 = 1;
     /// No block free.
     pub const FULL: u8 = 2;
-    /// No block in use (the pool's reserve).
+    /// No block in use (the reserve).
     pub const EMPTY: u8 = 3;
 }
 

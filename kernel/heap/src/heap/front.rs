@@ -110,12 +110,6 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
         }
     }
 
-    /// A `Back` of these parts (for the calls that also borrow the magazine).
-    #[inline(always)]
-    fn back_of<'b>(src: &'b mut S, roots: &'b mut Roots, map: &'b mut PageMap) -> Back<'b, S> {
-        Back { src, roots, map }
-    }
-
     /// The allocation fast path: the most recently cached block, counted as `size` requested
     /// bytes (with `debug-checks`, marked allocated again).
     #[inline(always)]
@@ -134,11 +128,12 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     pub(super) fn refill_and_take(&mut self, size: usize) -> Result<NonNull<u8>, PageSourceError> {
         // SAFETY: `lists` are live list-chunk lists and `mag` caches their blocks (invariant).
         unsafe {
-            Self::back_of(self.src, self.roots, self.map).refill(
-                self.lists,
-                self.mag,
-                Magazine::<CAP>::BATCH,
-            )
+            Back {
+                src: self.src,
+                roots: self.roots,
+                map: self.map,
+            }
+            .refill(self.lists, self.mag, Magazine::<CAP>::BATCH)
         }?;
         // A successful refill leaves at least one block in the magazine.
         self.take(size).ok_or(PageSourceError::InvalidRequest)
@@ -244,6 +239,13 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     pub(super) fn flush(&mut self, n: usize) {
         // SAFETY: the invariant: live lists, and every cached block is theirs, counted as used,
         // with a provenance covering it.
-        unsafe { Self::back_of(self.src, self.roots, self.map).flush(self.lists, self.mag, n) };
+        unsafe {
+            Back {
+                src: self.src,
+                roots: self.roots,
+                map: self.map,
+            }
+            .flush(self.lists, self.mag, n)
+        };
     }
 }

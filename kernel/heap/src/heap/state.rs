@@ -1,12 +1,14 @@
 //! The heap state and [`Live`], the one way the paths reach it.
 //!
-//! [`HeapState`] lives in the first root run, right after its header. A path never holds a
-//! reference to the whole state (20 KiB, mostly magazines): under the stacked/tree borrows models
-//! Miri checks, a reference to it would cover memory other live pointers write (the descriptors
-//! point into the class chunk lists), and retagging it on every call would make each call
-//! O(20 KiB) under Miri. Instead an operation gets a [`Live`] — the state's pointer, known to be
-//! initialised, plus the page source — and splits it into borrows of the fields it needs, a
-//! magazine at a time; the `&mut self` of each split keeps those borrows disjoint.
+//! [`HeapState`] lives in the first root run, right after its header. An allocation or free never
+//! holds a reference to the whole state (21 KiB, mostly magazines): under the stacked/tree
+//! borrows models Miri checks, a mutable reference to it would cover memory other live pointers
+//! write (the descriptors point back into the class chunk lists), and retagging it on every call
+//! would make each call O(21 KiB) under Miri. Instead an operation gets a [`Live`] — the state's
+//! pointer, known to be initialised, plus the page source — and splits it into borrows of the
+//! fields it needs, a magazine at a time; the `&mut self` of each split keeps those borrows
+//! disjoint. (The read-only walks, statistics and the invariant checker, read the whole state
+//! through `&self`.)
 
 use core::ptr::{self, NonNull};
 

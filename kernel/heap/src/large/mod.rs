@@ -1,8 +1,8 @@
 //! The large allocator: a coalescing, two-level segregated-fit allocator over *regions*, plus
 //! *page runs* for very large requests.
 //!
-//! Every request the size-class pools do not serve lands here: sizes from just above the largest
-//! pool class up to gigabytes, with any power-of-two alignment. A request takes one of two paths,
+//! Every request the size classes do not serve lands here: sizes from just above the largest
+//! class up to gigabytes, with any power-of-two alignment. A request takes one of two paths,
 //! chosen by its *footprint*, `size + (align > 16 ? align : 0)` (the most a region would have to
 //! set aside for it):
 //!
