@@ -538,7 +538,7 @@ impl<S: PageSource> Back<'_, S> {
     /// `lists` must point to live chunk lists of this heap; every entry of `blocks` must be a
     /// block of one of their chunks that counts it as used, with a provenance covering the block,
     /// given back exactly once.
-    pub unsafe fn give_back(&mut self, lists: *mut ChunkLists, blocks: &[*mut u8]) {
+    unsafe fn give_back(&mut self, lists: *mut ChunkLists, blocks: &[*mut u8]) {
         // SAFETY: guaranteed by the caller.
         let stride = usize::from(unsafe { (*lists).geo.stride });
         for &b in blocks {
@@ -784,5 +784,65 @@ pub unsafe fn check_block(
         Ok(()) => {}
         Err(FreeFault::Interior { block }) => debug::bad_free(ptr, owner, Fault::Interior(block)),
         Err(FreeFault::NotAllocated) => debug::bad_free(ptr, owner, Fault::DoubleFree),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::DESC_SLOT;
+    use crate::testing::ArenaSource;
+
+    /// The back's batch operations take any magazine and any chunk lists from outside: here
+    /// both live on the stack, with a descriptor chain and a page map of their own.
+    #[test]
+    fn the_back_refills_and_flushes_a_magazine_it_does_not_own() {
+        let mut src = ArenaSource::new(64);
+        let mut map = PageMap::new();
+        let mut roots = Roots::empty(DESC_SLOT);
+        let mut lists = ChunkLists::new(Geometry::new(64));
+        let l = &raw mut lists;
+        let mut mag = Magazine::<8>::new();
+        let mut back = Back {
+            src: &mut src,
+            roots: &mut roots,
+            map: &mut map,
+        };
+        // SAFETY: `l` points to chunk lists of 64-byte blocks that only this test uses, through
+        // `l`; the magazine caches blocks of them only; every flushed block came from a refill.
+        unsafe {
+            back.refill(l, &mut mag, 5).unwrap();
+            assert_eq!(mag.len(), 5);
+            // A budget beyond the magazine's room fills the room.
+            back.refill(l, &mut mag, 100).unwrap();
+            assert_eq!(mag.len(), 8);
+            assert_eq!((*l).counts().live, 8, "cached blocks count as used");
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            let oldest = mag.cached()[..3].to_vec();
+            back.flush(l, &mut mag, 3);
+            assert_eq!(mag.len(), 5);
+            assert!(oldest.iter().all(|p| !mag.cached().contains(p)));
+            assert_eq!((*l).counts().live, 5);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            // Emptied, the chunk waits in the reserve; draining it gives its page back.
+            back.flush(l, &mut mag, usize::MAX);
+            assert_eq!(mag.len(), 0);
+            assert_eq!(
+                (*l).counts(),
+                ListCounts {
+                    live: 0,
+                    chunks: 1,
+                    free: 64
+                }
+            );
+            back.drain_reserve(l);
+            assert_eq!((*l).counts().chunks, 0);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            // A page source that refuses leaves the magazine as it was.
+            back.src.fail_after(Some(0));
+            assert!(back.refill(l, &mut mag, 5).is_err());
+            assert_eq!(mag.len(), 0);
+        }
+        roots.check(&map, |_, _| Ok(())).unwrap();
     }
 }
