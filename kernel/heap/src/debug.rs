@@ -21,7 +21,7 @@
 //! `if !ENABLED { return; }` (its code compiles either way and folds away without the feature);
 //! only `chunk::ChunkDebug`, the descriptor's owner and allocated bitmap, has two definitions,
 //! the one without the feature taking no bytes. This module holds the reports; each layer keeps
-//! the hooks that read its own data: `ChunkDebug`, `chunk_lists::check_block` and
+//! the hooks that read its own data: `ChunkDebug`, `back::check_block` and
 //! `Back::mark_taken` (a block against its chunk), the large allocator's `check_free`, and the
 //! heap's check of a pointer before `reallocate` and for the red-zone wrapper.
 //!

@@ -22,18 +22,21 @@
 //!
 //! # Vocabulary
 //!
-//! | word | what it is | where |
-//! | --- | --- | --- |
-//! | size class | one of the 36 general block sizes a `Layout` maps to | `size_class` |
-//! | chunk | one page of equal blocks, described by a `ChunkDesc` in a root slot | `chunk` |
-//! | chunk lists | the chunks of one block size: partial, full and empty (reserve) | `chunk_lists` |
-//! | magazine | a stack of free blocks in front of chunk lists (one type for classes and pools) | `magazine` |
-//! | front, back | the magazines; and all that stands behind them (chunk lists, root runs, page map, large allocator, page source), reached in batches | `heap`, `chunk_lists::Back` |
-//! | user pool | what [`Heap::create_pool`] makes: chunk lists and a magazine of one object size, named by a [`PoolId`], kept in a pool header | `pool` |
-//! | [`ObjectPool`], [`PoolBox`] | a typed user pool of a [`LockedHeap`], and its owning box | `object_pool` |
-//! | [`PoolHandle`] | a user pool of a [`LockedHeap`] by id, which implements `Allocator` | `object_pool` |
-//! | root run | pages holding the heap state, chunk descriptors and pool headers | `root` |
-//! | page map | address → what the page is (chunk, root run, large mapping) | `pagemap` |
+//! * *size class*: one of the 36 general block sizes a `Layout` maps to (module `size_class`).
+//! * *chunk*: one page of equal blocks, described by a `ChunkDesc` in a root slot (`chunk`).
+//! * *chunk lists*: the chunks of one block size, on a partial, a full and an empty (reserve)
+//!   list (`chunk_lists`).
+//! * *magazine*: a stack of free blocks in front of chunk lists; one type for the classes and
+//!   the user pools (`magazine`).
+//! * *front* and *back*: the magazines; and all that stands behind them (chunk lists, root
+//!   runs, the page map, the large allocator, the page source), which the front reaches in
+//!   batches (`heap`, `back::Back`).
+//! * *user pool*: what [`Heap::create_pool`] makes, chunk lists and a magazine of one object
+//!   size, named by a [`PoolId`] and kept in a pool header (`pool`). [`ObjectPool`] is a typed
+//!   user pool of a [`LockedHeap`], [`PoolBox`] its owning box, and [`PoolHandle`] a user pool
+//!   of a [`LockedHeap`] by id, which implements `Allocator` (`object_pool`).
+//! * *root run*: pages holding the heap state, chunk descriptors and pool headers (`root`).
+//! * *page map*: what each heap page is, from any address in it (`pagemap`).
 //!
 //! # Root runs, chunk lists and chunks
 //!
@@ -66,27 +69,27 @@
 //! ```text
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
-//!   40     HeapState      21752 B
-//!   40       mags         18720 B   36 × Magazine (520 B): a count, then 64 block pointers
-//!   18760    classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
+//!   40     HeapState      21608 B
+//!   40       classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
 //!                                   geometry
-//!   20776    large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
-//!   21568    descs           56 B   Roots: the descriptor chain (this run is its first)
-//!   21624    pools           80 B   Roots of the pool-header chain, pool list and count, next
+//!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
+//!   2848     descs           56 B   Roots: the descriptor chain (this run is its first)
+//!   2904     pools           80 B   Roots of the pool-header chain, pool list and count, next
 //!                                   generation
-//!   21704    large pages      8 B   pages the large allocator maps
-//!   21712    requested        8 B   requested bytes of live blocks   ┐ touched by every
-//!   21720    window          16 B   the page source's window         │ allocation and free
-//!   21736    map             32 B   PageMap: top node, node count,   │ (with the class's
-//!                                   cached level-2 node              ┘ magazine)
-//!   21768    last pool       24 B   the user pool named last and its header (skips the id
+//!   2984     large pages      8 B   pages the large allocator maps
+//!   2992     requested        8 B   requested bytes of live blocks   ┐ touched by every
+//!   3000     window          16 B   the page source's window         │ allocation and free:
+//!   3016     map             32 B   PageMap: top node, node count,   │ kept together
+//!                                   cached level-2 node              │
+//!   3048     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
+//!                                   then 36 × 64 block pointers
+//!   21624    last pool       24 B   the user pool named last and its header (skips the id
 //!                                   check's page-map lookup on repeated calls)
-//!   21792  descriptor slots         87 × 32 B ChunkDesc (26 × 104 B with debug-checks)
+//!   21648  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
-//! The magazines come first so that a class's magazine is at `state + class × 520`, one address
-//! computation on the fast paths. A later descriptor run is a 40-byte header and 126 slots of 32
+//! A later descriptor run is a 40-byte header and 126 slots of 32
 //! bytes (39 of 104); a pool run is a header and 11 `PoolHeader` slots of 344 bytes (a pool's
 //! identity, its chunk lists and its magazine). The unit test
 //! `root_page_layout_matches_the_crate_docs` keeps these numbers true.
@@ -125,7 +128,7 @@
 //! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
 //! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists (mapping
 //! one chunk at most); a full one gives its oldest quarter back to their chunks (one page-map
-//! lookup each). Those batches are the *back*'s operations (`chunk_lists::Back::refill` and
+//! lookup each). Those batches are the *back*'s operations (`back::Back::refill` and
 //! `flush`), which take the magazine from outside: the magazines are the heap's front, and
 //! everything behind them its back. A cached block still counts as used by its chunk, so its
 //! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
@@ -237,12 +240,13 @@
 //! From the ground up (each imports only those before it): `source` (the page-source trait),
 //! `size_class` (the class table and mapping), `error`, `magazine`, `chunk` (one page of
 //! blocks), `pagemap`, `root` (root runs and slots), `debug` (reports of bad frees),
-//! `chunk_lists` (chunks of one size, and the back's batch operations), `pool` (user pool ids
-//! and headers), `large/` (the large allocator), `stats`, `heap/` ([`Heap`]: its state, the front,
-//! the class and pool paths, statistics and the checker), `checked/` ([`Checked`]: red zones and
-//! poison around another allocator), `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]),
-//! `object_pool` ([`ObjectPool`], [`PoolBox`], [`PoolHandle`]), and `testing` (feature
-//! `testing`: an arena page source and a PRNG for host tests).
+//! `chunk_lists` (the chunks of one size), `back` (what the magazines reach behind them: the
+//! batch operations), `pool` (user pool ids and headers), `large/` (the large allocator),
+//! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
+//! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
+//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `object_pool` ([`ObjectPool`],
+//! [`PoolBox`], [`PoolHandle`]), and `testing` (feature `testing`: an arena page source and a
+//! PRNG for host tests).
 
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(all(test, feature = "allocator-api"), feature(allocator_ext))]
@@ -250,6 +254,7 @@
 #[cfg(all(feature = "testing", not(test)))]
 extern crate std;
 
+mod back;
 pub mod checked;
 mod chunk;
 mod chunk_lists;

@@ -4,6 +4,12 @@
 //! A [`Magazine`] holds up to `CAP` pointers to free blocks of one block size, used LIFO. Every
 //! general size class has one of [`MAG_CAP`] blocks in the heap state, and every user pool of
 //! 8-byte blocks and more one of [`POOL_MAG_CAP`] blocks in its header: one type, two sizes.
+//! A `Magazine` is the count and the slots, borrowed from where they are kept, and all the
+//! magazine logic: a [`MagazineStore`] keeps one magazine (a pool's); [`ClassMagazines`] keeps
+//! the 36 of the general classes with their counts side by side, so that the fast paths find a
+//! class's count at `counts + class × 4` and its slots at `slots + class × 512`, two addresses
+//! the processor computes in its load instructions (one struct per class magazine, 520 bytes
+//! apart, cost the fast paths an extra multiply before their first load).
 //! An allocation pops the most recently freed block and a free pushes the block it is given, so
 //! the common call touches the magazine and nothing else: not the chunk descriptor, not the
 //! chunk lists, and not the block itself (a chunk free writes a link into the block, usually a
@@ -17,9 +23,9 @@
 //!                              lookup each), keep the newer ones, then push
 //! ```
 //!
-//! Those batches are the *back*'s operations (`chunk_lists::Back::refill` and `flush`), and they
-//! take the magazine from outside: a magazine is a plain value, usable wherever it lives (the
-//! heap state and pool headers today, per-CPU data tomorrow). Working in batches means a cache
+//! Those batches are the *back*'s operations (`back::Back::refill` and `flush`), and they
+//! take the magazine from outside: a magazine is usable wherever its store lives (the heap state
+//! and pool headers today, per-CPU data tomorrow). Working in batches means a cache
 //! that alternates between allocation and free around either end does not bounce into a slow path
 //! on every call: after a refill or a flush the magazine is `BATCH` blocks away from that end, and
 //! a random walk of allocations and frees needs on the order of `BATCH × (CAP - BATCH)` calls to
@@ -37,12 +43,14 @@
 //! `Heap::trim` empties every magazine into the chunks, so trimming still returns every unused
 //! page; so does a failed allocation before it retries (see `Heap::allocate`).
 //!
-//! The class magazines take 18.3 KiB of the heap state (36 classes × 64 pointers and a count
-//! each), which is why the first root run is six pages (see the crate documentation). Pools of
+//! The class magazines take 18.1 KiB of the heap state (36 classes × 64 pointers, and the
+//! counts), which is why the first root run is six pages (see the crate documentation). Pools of
 //! 1–7-byte blocks have none: their chunks track free blocks in a bitmap, which is also what
 //! catches a double free there, and a cached block would hide from it.
 
 use core::ptr::{self, NonNull};
+
+use crate::size_class::NUM_CLASSES;
 
 /// Blocks the magazine of a general class holds. With 64, a class with random allocations and
 /// frees reaches its chunks about once in several hundred calls. Measured on the host benchmark:
@@ -59,17 +67,18 @@ pub const MAG_BATCH: usize = Magazine::<MAG_CAP>::BATCH;
 /// serves one object type whose owner usually frees and allocates in step.
 pub const POOL_MAG_CAP: usize = 32;
 
-/// A LIFO cache of up to `CAP` free blocks of one block size (see the module documentation).
+/// A LIFO cache of up to `CAP` free blocks of one block size (see the module documentation):
+/// the count and the slots of a magazine, borrowed from its store.
+///
+/// Invariant (kept by every method, and by the stores, whose fields only a `Magazine` writes):
+/// the count is at most `CAP`, and the first `count` slots hold blocks (non-null), oldest first.
 #[derive(Debug)]
-#[repr(C)]
-pub struct Magazine<const CAP: usize> {
-    /// Blocks held (at most `CAP`).
-    len: u32,
-    /// `slots[..len]`: the free blocks, oldest first; never null.
-    slots: [*mut u8; CAP],
+pub struct Magazine<'a, const CAP: usize> {
+    len: &'a mut u32,
+    slots: &'a mut [*mut u8; CAP],
 }
 
-impl<const CAP: usize> Magazine<CAP> {
+impl<'a, const CAP: usize> Magazine<'a, CAP> {
     /// Blocks moved at once between the magazine and its chunks: a quarter of it. After a batch
     /// the magazine is `BATCH` away from the end that triggered it; a cache whose calls wander at
     /// random comes back to an end after about `BATCH × (CAP - BATCH)` calls and then moves
@@ -78,19 +87,29 @@ impl<const CAP: usize> Magazine<CAP> {
     /// beat a half and an eighth.
     pub const BATCH: usize = CAP / 4;
 
-    /// An empty magazine.
-    pub const fn new() -> Self {
-        assert!(CAP <= u32::MAX as usize);
-        Self {
-            len: 0,
-            slots: [ptr::null_mut(); CAP],
+    /// The magazine whose count and slots these are.
+    ///
+    /// # Safety
+    ///
+    /// `*len <= CAP`, and the first `*len` slots hold non-null blocks.
+    #[inline(always)]
+    pub unsafe fn new(len: &'a mut u32, slots: &'a mut [*mut u8; CAP]) -> Self {
+        Self { len, slots }
+    }
+
+    /// The same magazine, for a shorter borrow (to hand it to a batch operation by value).
+    #[inline(always)]
+    pub fn reborrow(&mut self) -> Magazine<'_, CAP> {
+        Magazine {
+            len: self.len,
+            slots: self.slots,
         }
     }
 
     /// Blocks cached.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len as usize
+        *self.len as usize
     }
 
     /// Whether the magazine holds `CAP` blocks.
@@ -108,9 +127,8 @@ impl<const CAP: usize> Magazine<CAP> {
     #[inline]
     pub fn pop(&mut self) -> Option<NonNull<u8>> {
         let n = self.len.checked_sub(1)? as usize;
-        self.len = n as u32;
-        // SAFETY: `n < len <= CAP`, and the first `len` slots hold the non-null blocks `push` and
-        // `filled` stored.
+        *self.len = n as u32;
+        // SAFETY: `n < len <= CAP`, and the first `len` slots hold non-null blocks (invariant).
         Some(unsafe { NonNull::new_unchecked(*self.slots.get_unchecked(n)) })
     }
 
@@ -124,7 +142,7 @@ impl<const CAP: usize> Magazine<CAP> {
         }
         // SAFETY: `n < CAP`.
         unsafe { *self.slots.get_unchecked_mut(n) = block.as_ptr() };
-        self.len += 1;
+        *self.len += 1;
         true
     }
 
@@ -141,7 +159,7 @@ impl<const CAP: usize> Magazine<CAP> {
         let len = self.len() + n;
         assert!(len <= CAP);
         debug_assert!(self.slots[self.len()..len].iter().all(|p| !p.is_null()));
-        self.len = len as u32;
+        *self.len = len as u32;
     }
 
     /// Forgets the `n` oldest blocks (at most all; a flush gives them back to their chunks
@@ -150,11 +168,97 @@ impl<const CAP: usize> Magazine<CAP> {
         let len = self.len();
         let n = n.min(len);
         self.slots.copy_within(n..len, 0);
-        self.len = (len - n) as u32;
+        *self.len = (len - n) as u32;
     }
 }
 
-impl<const CAP: usize> Default for Magazine<CAP> {
+/// Where one magazine is kept: its count and its slots.
+#[derive(Debug)]
+#[repr(C)]
+pub struct MagazineStore<const CAP: usize> {
+    len: u32,
+    slots: [*mut u8; CAP],
+}
+
+impl<const CAP: usize> MagazineStore<CAP> {
+    /// An empty magazine.
+    pub const fn new() -> Self {
+        assert!(CAP <= u32::MAX as usize);
+        Self {
+            len: 0,
+            slots: [ptr::null_mut(); CAP],
+        }
+    }
+
+    /// The magazine.
+    #[inline(always)]
+    pub fn magazine(&mut self) -> Magazine<'_, CAP> {
+        // SAFETY: only a `Magazine` writes the fields, and it keeps their invariant.
+        unsafe { Magazine::new(&mut self.len, &mut self.slots) }
+    }
+
+    /// Blocks cached.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// The cached blocks, oldest first.
+    pub fn cached(&self) -> &[*mut u8] {
+        &self.slots[..self.len()]
+    }
+}
+
+impl<const CAP: usize> Default for MagazineStore<CAP> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where the magazines of the general classes are kept: the counts side by side, then the slots.
+#[derive(Debug)]
+#[repr(C)]
+pub struct ClassMagazines {
+    /// Blocks held by the magazine of each class.
+    len: [u32; NUM_CLASSES],
+    /// `slots[i]`: the slots of class `i`'s magazine.
+    slots: [[*mut u8; MAG_CAP]; NUM_CLASSES],
+}
+
+impl ClassMagazines {
+    /// Empty magazines.
+    pub const fn new() -> Self {
+        Self {
+            len: [0; NUM_CLASSES],
+            slots: [[ptr::null_mut(); MAG_CAP]; NUM_CLASSES],
+        }
+    }
+
+    /// The magazine of class `i`. Takes a raw pointer and borrows one class's count and slots:
+    /// a reference to all 18 KiB for every allocation would cost nothing natively but makes every
+    /// call O(18 KiB) under Miri (a retag is proportional to the size of the referent).
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to live class magazines that nothing else borrows for `'a`, and
+    /// `i < NUM_CLASSES`.
+    #[inline(always)]
+    pub unsafe fn magazine<'a>(this: *mut Self, i: usize) -> Magazine<'a, MAG_CAP> {
+        // SAFETY: `i` is in bounds (caller), so both pointers stay inside the arrays; only a
+        // `Magazine` writes the fields, and it keeps their invariant.
+        unsafe {
+            let len = &mut *(&raw mut (*this).len).cast::<u32>().add(i);
+            let slots = &mut *(&raw mut (*this).slots).cast::<[*mut u8; MAG_CAP]>().add(i);
+            Magazine::new(len, slots)
+        }
+    }
+
+    /// The blocks class `i`'s magazine holds, oldest first.
+    pub fn cached(&self, i: usize) -> &[*mut u8] {
+        &self.slots[i][..self.len[i] as usize]
+    }
+}
+
+impl Default for ClassMagazines {
     fn default() -> Self {
         Self::new()
     }
@@ -173,10 +277,9 @@ mod tests {
         (storage, ptrs)
     }
 
-    fn lifo_and_oldest_first<const CAP: usize>() {
+    fn lifo_and_oldest_first<const CAP: usize>(mut m: Magazine<'_, CAP>) {
         let (_storage, ptrs) = blocks(CAP + 1);
         let raw = |p: &[NonNull<u8>]| p.iter().map(|p| p.as_ptr()).collect::<std::vec::Vec<_>>();
-        let mut m = Magazine::<CAP>::new();
         assert_eq!(m.pop(), None);
         for &p in &ptrs[..CAP] {
             assert!(!m.is_full());
@@ -211,13 +314,26 @@ mod tests {
 
     #[test]
     fn class_magazines_are_lifo_and_flush_oldest_first() {
-        lifo_and_oldest_first::<MAG_CAP>();
+        let mut mags = ClassMagazines::new();
+        // SAFETY: `mags` is live and borrowed by nothing else; 3 and 5 are class indices.
+        let (m, other) = unsafe {
+            let this = &raw mut mags;
+            (
+                ClassMagazines::magazine(this, 3),
+                ClassMagazines::magazine(this, 5),
+            )
+        };
+        lifo_and_oldest_first(m);
+        assert_eq!(other.len(), 0, "each class has its own magazine");
         assert_eq!(MAG_BATCH, 16);
+        assert!(mags.cached(3).is_empty());
     }
 
     #[test]
     fn pool_magazines_are_lifo_and_flush_oldest_first() {
-        lifo_and_oldest_first::<POOL_MAG_CAP>();
+        let mut store = MagazineStore::<POOL_MAG_CAP>::new();
+        lifo_and_oldest_first(store.magazine());
+        assert_eq!(store.len(), 0);
         assert_eq!(Magazine::<POOL_MAG_CAP>::BATCH, 8);
     }
 }

@@ -14,7 +14,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::chunk_lists::ChunkLists;
-use crate::magazine::{Magazine, POOL_MAG_CAP};
+use crate::magazine::{MagazineStore, POOL_MAG_CAP};
 use crate::pagemap::{Entry, PageMap};
 use crate::root::Roots;
 
@@ -74,7 +74,7 @@ pub struct PoolHeader {
     /// The pool's chunks.
     pub lists: ChunkLists,
     /// Free blocks cached in front of the chunks (unused for 1–7-byte blocks).
-    pub mag: Magazine<POOL_MAG_CAP>,
+    pub mag: MagazineStore<POOL_MAG_CAP>,
 }
 
 /// The header of the live pool `id` names, if any, given the heap's page map: the map says

@@ -6,7 +6,7 @@ use core::ptr::{self, NonNull};
 
 use super::Heap;
 use super::state::Live;
-use crate::chunk_lists::check_block;
+use crate::back::check_block;
 use crate::debug::{self, Fault, Owner};
 use crate::error::AllocError;
 use crate::large::LargeAlloc;

@@ -9,8 +9,9 @@
 
 use core::ptr::NonNull;
 
+use crate::back::{Back, check_block};
 use crate::chunk::ChunkDesc;
-use crate::chunk_lists::{Back, ChunkLists, check_block};
+use crate::chunk_lists::ChunkLists;
 use crate::debug::{self, Fault, Owner};
 use crate::magazine::Magazine;
 use crate::pagemap::{Entry, PageMap};
@@ -57,7 +58,7 @@ impl Window {
 /// whose back, counter and window these are, and `mag` caches blocks of `lists` only, each
 /// counted as used by its chunk and held with a provenance that covers the block.
 pub(super) struct Front<'a, S: PageSource, const CAP: usize> {
-    mag: &'a mut Magazine<CAP>,
+    mag: Magazine<'a, CAP>,
     lists: *mut ChunkLists,
     /// Names the class or pool in debug messages.
     owner: Owner,
@@ -76,7 +77,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     /// The invariant of [`Front`] holds for these parts.
     #[inline(always)]
     pub(super) unsafe fn new(
-        mag: &'a mut Magazine<CAP>,
+        mag: Magazine<'a, CAP>,
         lists: *mut ChunkLists,
         owner: Owner,
         back: Back<'a, S>,
@@ -133,7 +134,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
                 roots: self.roots,
                 map: self.map,
             }
-            .refill(self.lists, self.mag, Magazine::<CAP>::BATCH)
+            .refill(self.lists, self.mag.reborrow(), Magazine::<CAP>::BATCH)
         }?;
         // A successful refill leaves at least one block in the magazine.
         self.take(size).ok_or(PageSourceError::InvalidRequest)
@@ -245,7 +246,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
                 roots: self.roots,
                 map: self.map,
             }
-            .flush(self.lists, self.mag, n)
+            .flush(self.lists, self.mag.reborrow(), n)
         };
     }
 }

@@ -8,7 +8,7 @@
 //! The heap is a *front* and a *back*. The front is the magazines: one per general class, one
 //! per user pool (module `front`, one type for both), which the fast paths pop and push. The back
 //! is everything behind them — chunk lists, pool headers, root runs, the page map, the large
-//! allocator and the page source — reached in batches through `chunk_lists::Back`, whose
+//! allocator and the page source — reached in batches through `back::Back`, whose
 //! `refill` and `flush` take the magazine they fill or empty from outside.
 //!
 //! `allocate` and `deallocate` (and their pool twins) are small `#[inline]` fast paths (a class

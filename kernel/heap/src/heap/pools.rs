@@ -11,7 +11,7 @@ use crate::chunk::Geometry;
 use crate::chunk_lists::ChunkLists;
 use crate::debug;
 use crate::error::{AllocError, PoolError};
-use crate::magazine::{Magazine, POOL_MAG_CAP};
+use crate::magazine::{MagazineStore, POOL_MAG_CAP};
 use crate::pool::{self, KIND_POOL, PoolHeader, PoolId};
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
@@ -44,7 +44,7 @@ impl<S: PageSource> Heap<S> {
                 align: align as u32,
                 next: pools.list,
                 lists: ChunkLists::new(Geometry::new(stride)),
-                mag: Magazine::new(),
+                mag: MagazineStore::new(),
             });
         }
         pools.list = header.as_ptr();
@@ -219,7 +219,7 @@ impl<S: PageSource> Heap<S> {
 
 impl<S: PageSource> Live<'_, S> {
     /// A block of `pool`, counted as its object size in requested bytes: from the magazine, else
-    /// from a refill of [`Magazine::BATCH`] blocks (mapping one chunk at most); for a 1–7-byte
+    /// from a refill of a batch of blocks (mapping one chunk at most); for a 1–7-byte
     /// pool, from its chunks directly.
     fn pool_take(&mut self, pool: PoolRef) -> Result<NonNull<u8>, PageSourceError> {
         let size = pool.size();

@@ -13,25 +13,23 @@
 use core::ptr::{self, NonNull};
 
 use super::front::{Front, Window};
+use crate::back::Back;
 use crate::chunk::{DESC_SLOT, Geometry};
-use crate::chunk_lists::{Back, ChunkLists};
+use crate::chunk_lists::ChunkLists;
 use crate::debug::Owner;
 use crate::large::LargeAlloc;
-use crate::magazine::{MAG_CAP, Magazine, POOL_MAG_CAP};
+use crate::magazine::{ClassMagazines, MAG_CAP, POOL_MAG_CAP};
 use crate::pagemap::{PageMap, Recording};
 use crate::pool::{self, POOL_SLOT, PoolHeader, PoolId};
 use crate::root::{RootHeader, Roots};
 use crate::size_class::{CLASS_SIZES, NUM_CLASSES};
 use crate::source::{PAGE_SIZE, PageSource};
 
-/// Everything the heap keeps, in its first root run. The magazines come first (a class's
-/// magazine is then at `state + class × 520`, one address computation on the fast paths); the
-/// other fields every allocation and free touches (`requested`, the window, the page map's
-/// cached node, the pool named last) are kept together after the rest.
+/// Everything the heap keeps, in its first root run. The fields every allocation and free
+/// touches (`requested`, the window, the page map's cached node, the magazine counts) are kept
+/// together in front of the magazine slots.
 #[repr(C)]
 pub(super) struct HeapState {
-    /// Free blocks cached per general class (module `magazine`).
-    pub(super) mags: [Magazine<MAG_CAP>; NUM_CLASSES],
     /// The chunks of the general size classes ([`CLASS_SIZES`]).
     pub(super) classes: [ChunkLists; NUM_CLASSES],
     /// Requests no class serves.
@@ -48,6 +46,8 @@ pub(super) struct HeapState {
     pub(super) window: Window,
     /// Page → what it is.
     pub(super) map: PageMap,
+    /// Free blocks cached per general class (module `magazine`).
+    pub(super) mags: ClassMagazines,
     /// The user pool named last: a repeated `pool_alloc`/`pool_free` on one pool skips the
     /// page-map lookup that checks its id.
     pub(super) last_pool: LastPool,
@@ -88,7 +88,6 @@ impl HeapState {
     /// The state of a fresh heap whose first descriptor run is `descs`.
     pub(super) fn new(descs: Roots, window: Option<NonNull<[u8]>>) -> Self {
         Self {
-            mags: [const { Magazine::new() }; NUM_CLASSES],
             classes: const {
                 let mut lists = [const { ChunkLists::new(Geometry::new(8)) }; NUM_CLASSES];
                 let mut i = 0;
@@ -110,6 +109,7 @@ impl HeapState {
             requested: 0,
             window: Window::new(window),
             map: PageMap::new(),
+            mags: ClassMagazines::new(),
             last_pool: LastPool {
                 id: PoolId::NONE,
                 header: ptr::null_mut(),
@@ -281,7 +281,7 @@ impl<'h, S: PageSource> Live<'h, S> {
         // the magazine and the chunk lists of one class; the class's magazine caches blocks of
         // its lists only.
         unsafe {
-            let mag = &mut *(&raw mut (*st).mags).cast::<Magazine<MAG_CAP>>().add(i);
+            let mag = ClassMagazines::magazine(&raw mut (*st).mags, i);
             let lists = (&raw mut (*st).classes).cast::<ChunkLists>().add(i);
             let owner = Owner::Class {
                 size: *CLASS_SIZES.get_unchecked(i),
@@ -310,7 +310,7 @@ impl<'h, S: PageSource> Live<'h, S> {
                 map: &mut (*st).map,
             };
             Front::new(
-                &mut (*h).mag,
+                (*h).mag.magazine(),
                 pool.lists(),
                 pool.owner(),
                 back,
@@ -384,6 +384,6 @@ impl HeapState {
 
     /// The blocks class `i`'s magazine holds.
     pub(super) fn class_cached(&self, i: usize) -> &[*mut u8] {
-        self.mags[i].cached()
+        self.mags.cached(i)
     }
 }

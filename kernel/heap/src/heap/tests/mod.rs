@@ -11,7 +11,7 @@ use crate::chunk::{DESC_SLOT, Geometry};
 use crate::chunk_lists::ChunkLists;
 use crate::error::{AllocError, PoolError};
 use crate::large::LargeAlloc;
-use crate::magazine::{MAG_BATCH, MAG_CAP, Magazine, POOL_MAG_CAP};
+use crate::magazine::{ClassMagazines, MAG_BATCH, MAG_CAP, MagazineStore, POOL_MAG_CAP};
 use crate::pagemap::PageMap;
 use crate::pool::POOL_SLOT;
 use crate::size_class::CLASS_SIZES;
@@ -82,29 +82,33 @@ fn root_page_layout_matches_the_crate_docs() {
     use core::mem::offset_of;
     let msg = "the root page layout changed: update the table in lib.rs";
     assert_eq!(STATE_OFFSET, 40, "{msg}");
-    assert_eq!(offset_of!(HeapState, mags), 0, "{msg}");
-    assert_eq!(size_of::<Magazine<MAG_CAP>>(), 8 + 64 * 8, "{msg}");
-    assert_eq!(offset_of!(HeapState, classes), 36 * 520, "{msg}");
     assert_eq!(size_of::<ChunkLists>(), 56, "{msg}");
-    assert_eq!(offset_of!(HeapState, large), 20736, "{msg}");
+    assert_eq!(offset_of!(HeapState, classes), 0, "{msg}");
+    assert_eq!(offset_of!(HeapState, large), 2016, "{msg}");
     assert_eq!(size_of::<LargeAlloc>(), 792, "{msg}");
-    assert_eq!(offset_of!(HeapState, descs), 21528, "{msg}");
-    assert_eq!(offset_of!(HeapState, pools), 21584, "{msg}");
-    assert_eq!(offset_of!(HeapState, large_pages), 21664, "{msg}");
-    assert_eq!(offset_of!(HeapState, requested), 21672, "{msg}");
-    assert_eq!(offset_of!(HeapState, window), 21680, "{msg}");
-    assert_eq!(offset_of!(HeapState, map), 21696, "{msg}");
+    assert_eq!(offset_of!(HeapState, descs), 2808, "{msg}");
+    assert_eq!(offset_of!(HeapState, pools), 2864, "{msg}");
+    assert_eq!(offset_of!(HeapState, large_pages), 2944, "{msg}");
+    assert_eq!(offset_of!(HeapState, requested), 2952, "{msg}");
+    assert_eq!(offset_of!(HeapState, window), 2960, "{msg}");
+    assert_eq!(offset_of!(HeapState, map), 2976, "{msg}");
     assert_eq!(size_of::<PageMap>(), 32, "{msg}");
-    assert_eq!(offset_of!(HeapState, last_pool), 21728, "{msg}");
-    assert_eq!(size_of::<HeapState>(), 21752, "{msg}");
+    assert_eq!(offset_of!(HeapState, mags), 3008, "{msg}");
+    assert_eq!(size_of::<ClassMagazines>(), 36 * 4 + 36 * 64 * 8, "{msg}");
+    assert_eq!(offset_of!(HeapState, last_pool), 21584, "{msg}");
+    assert_eq!(size_of::<HeapState>(), 21608, "{msg}");
     assert_eq!(FIRST_RUN_PAGES, 6, "{msg}");
     let debug = cfg!(feature = "debug-checks");
     assert_eq!(DESC_SLOT, if debug { 104 } else { 32 }, "{msg}");
     assert_eq!(POOL_SLOT, 344, "{msg}");
-    assert_eq!(size_of::<Magazine<POOL_MAG_CAP>>(), 8 + 32 * 8, "{msg}");
+    assert_eq!(
+        size_of::<MagazineStore<POOL_MAG_CAP>>(),
+        8 + 32 * 8,
+        "{msg}"
+    );
     let first_slots =
         (FIRST_RUN_PAGES * PAGE_SIZE - STATE_OFFSET - size_of::<HeapState>()) / DESC_SLOT;
-    assert_eq!(first_slots, if debug { 26 } else { 87 }, "{msg}");
+    assert_eq!(first_slots, if debug { 28 } else { 91 }, "{msg}");
     assert_eq!(
         (PAGE_SIZE - 40) / DESC_SLOT,
         if debug { 39 } else { 126 },
