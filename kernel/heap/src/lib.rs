@@ -33,7 +33,7 @@
 //!   batches (`heap`, `back::Back`).
 //! * *user pool*: what [`Heap::create_pool`] makes, chunk lists and a magazine of one object
 //!   size, named by a [`PoolId`] and kept in a pool header (`pool`). [`ObjectPool`] is a typed
-//!   user pool of a [`LockedHeap`], [`PoolBox`] its owning box, and [`PoolHandle`] a user pool
+//!   user pool of a [`LockedHeap`], [`PoolBox`] its owning box, and [`PoolAllocator`] a user pool
 //!   of a [`LockedHeap`] by id, which implements `Allocator` (`object_pool`).
 //! * *root run*: pages holding the heap state, chunk descriptors and pool headers (`root`).
 //! * *page map*: what each heap page is, from any address in it (`pagemap`).
@@ -245,7 +245,7 @@
 //! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
 //! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
 //! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `object_pool` ([`ObjectPool`],
-//! [`PoolBox`], [`PoolHandle`]), and `testing` (feature `testing`: an arena page source and a
+//! [`PoolBox`], [`PoolAllocator`]), and `testing` (feature `testing`: an arena page source and a
 //! PRNG for host tests).
 
 #![cfg_attr(not(test), no_std)]
@@ -280,7 +280,7 @@ pub use error::{AllocError, InitError, InvariantError, PoolError};
 pub use heap::{FIRST_RUN_PAGES, Heap};
 pub use large::{LargeAlloc, LargeStats};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
-pub use object_pool::{ObjectPool, PoolBox, PoolHandle};
+pub use object_pool::{ObjectPool, PoolAllocator, PoolBox};
 pub use pool::PoolId;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
-pub use stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};
+pub use stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};

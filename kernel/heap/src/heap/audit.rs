@@ -7,7 +7,7 @@ use crate::pagemap::{Entry, EntryCounts};
 use crate::pool::{KIND_POOL, PoolHeader, PoolId};
 use crate::size_class::CLASS_SIZES;
 use crate::source::PageSource;
-use crate::stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};
+use crate::stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};
 
 impl<S: PageSource> Heap<S> {
     /// A snapshot of the heap's numbers. Linear in the number of user pools.
@@ -22,13 +22,13 @@ impl<S: PageSource> Heap<S> {
         let mut chunks = 0;
         let mut held = 0;
         for (i, (out, lists)) in s.classes.iter_mut().zip(st.classes.iter()).enumerate() {
-            *out = PoolStats::of(lists, st.class_cached(i).len());
+            *out = BlockStats::of(lists, st.class_cached(i).len());
             chunks += out.chunks;
             held += out.in_use * out.block_size;
         }
         let mut listed = 0;
         for h in pool_headers(st.pools.list) {
-            let ps = PoolStats::of(&h.lists, h.mag.len());
+            let ps = BlockStats::of(&h.lists, h.mag.len());
             chunks += ps.chunks;
             held += ps.in_use * ps.block_size;
             if listed < MAX_POOL_STATS {
@@ -36,7 +36,7 @@ impl<S: PageSource> Heap<S> {
                     id: PoolId::new(core::ptr::from_ref(h).addr(), h.generation),
                     object_size: h.size as usize,
                     object_align: h.align as usize,
-                    pool: ps,
+                    blocks: ps,
                 });
                 listed += 1;
             } else {

@@ -1,4 +1,4 @@
-//! User pools' paths: `create_pool`, `pool_alloc`, `pool_free`, `destroy_pool`. A pool of
+//! User pools' paths: `create_pool`, `pool_allocate`, `pool_deallocate`, `destroy_pool`. A pool of
 //! 8-byte blocks and more goes through its magazine exactly as a general class does (module
 //! `front`); a pool of 1–7-byte blocks goes straight to its tiny chunks.
 
@@ -70,7 +70,7 @@ impl<S: PageSource> Heap<S> {
     /// Like [`allocate`](Self::allocate), it trims the heap and tries once more when
     /// the page source refuses.
     #[inline]
-    pub fn pool_alloc(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
+    pub fn pool_allocate(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
         // The fast path, small enough to inline: the pool of the previous call, a cached block.
         if let Some(mut st) = self.live()
             && let Some(pool) = st.last_pool(id)
@@ -78,13 +78,13 @@ impl<S: PageSource> Heap<S> {
         {
             return Ok(p);
         }
-        self.pool_alloc_slow(id)
+        self.pool_allocate_slow(id)
     }
 
-    /// [`pool_alloc`](Self::pool_alloc) past its fast path: the id check through the page map,
-    /// refills, the retry after trimming.
+    /// [`pool_allocate`](Self::pool_allocate) past its fast path: the id check through the page
+    /// map, refills, the retry after trimming.
     #[inline(never)]
-    fn pool_alloc_slow(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
+    fn pool_allocate_slow(&mut self, id: PoolId) -> Result<NonNull<u8>, AllocError> {
         let mut st = self.live().ok_or(AllocError::NoSuchPool)?;
         let pool = st.pool(id).ok_or(AllocError::NoSuchPool)?;
         // Trimming releases chunks, regions, and root runs and map nodes without a live entry:
@@ -110,10 +110,10 @@ impl<S: PageSource> Heap<S> {
     ///
     /// # Safety
     ///
-    /// `ptr` must come from [`pool_alloc`](Self::pool_alloc)`(id)` of this heap and not have
+    /// `ptr` must come from [`pool_allocate`](Self::pool_allocate)`(id)` of this heap and not have
     /// been freed since.
     #[inline]
-    pub unsafe fn pool_free(&mut self, id: PoolId, ptr: NonNull<u8>) {
+    pub unsafe fn pool_deallocate(&mut self, id: PoolId, ptr: NonNull<u8>) {
         // The fast path, small enough to inline: the pool of the previous call, room in its
         // magazine, a block inside the page source's window (with `debug-checks`: the page map's
         // cached node, and the block checked).
@@ -133,11 +133,11 @@ impl<S: PageSource> Heap<S> {
             }
         }
         // SAFETY: forwarded contract.
-        unsafe { self.pool_free_slow(id, ptr) }
+        unsafe { self.pool_deallocate_slow(id, ptr) }
     }
 
-    /// [`pool_free`](Self::pool_free) into a full magazine: gives its oldest batch back to the
-    /// chunks, then caches `block`.
+    /// [`pool_deallocate`](Self::pool_deallocate) into a full magazine: gives its oldest batch
+    /// back to the chunks, then caches `block`.
     ///
     /// # Safety
     ///
@@ -151,13 +151,13 @@ impl<S: PageSource> Heap<S> {
         }
     }
 
-    /// [`pool_free`](Self::pool_free) past its fast path.
+    /// [`pool_deallocate`](Self::pool_deallocate) past its fast path.
     ///
     /// # Safety
     ///
-    /// As for `pool_free`.
+    /// As for `pool_deallocate`.
     #[inline(never)]
-    unsafe fn pool_free_slow(&mut self, id: PoolId, ptr: NonNull<u8>) {
+    unsafe fn pool_deallocate_slow(&mut self, id: PoolId, ptr: NonNull<u8>) {
         let Some(mut st) = self.live() else {
             return debug::bad_pool(ptr, id.generation());
         };

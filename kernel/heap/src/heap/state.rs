@@ -48,8 +48,8 @@ pub(super) struct HeapState {
     pub(super) map: PageMap,
     /// Free blocks cached per general class (module `magazine`).
     pub(super) mags: ClassMagazines,
-    /// The user pool named last: a repeated `pool_alloc`/`pool_free` on one pool skips the
-    /// page-map lookup that checks its id.
+    /// The user pool named last: a repeated `pool_allocate`/`pool_deallocate` on one pool skips
+    /// the page-map lookup that checks its id.
     pub(super) last_pool: LastPool,
 }
 

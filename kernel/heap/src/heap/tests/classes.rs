@@ -261,7 +261,7 @@ fn failed_reallocate_leaves_the_block_alone() {
 fn stats_table_prints() {
     let mut h = heap(512);
     let id = h.create_pool(40, 8).unwrap();
-    let _ = h.pool_alloc(id).unwrap();
+    let _ = h.pool_allocate(id).unwrap();
     let _ = h.allocate(layout(64, 8)).unwrap();
     let _ = h.allocate(layout(10_000, 8)).unwrap();
     let s = h.stats();

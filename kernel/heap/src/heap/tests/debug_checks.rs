@@ -98,11 +98,11 @@ fn large_block_freed_as_small() {
 fn pool_double_free_of_a_cached_block() {
     let mut h = heap(64);
     let id = h.create_pool(48, 16).unwrap();
-    let p = h.pool_alloc(id).unwrap();
+    let p = h.pool_allocate(id).unwrap();
     // SAFETY: deliberately wrong: the first free puts `p` in the pool's magazine.
     unsafe {
-        h.pool_free(id, p);
-        h.pool_free(id, p);
+        h.pool_deallocate(id, p);
+        h.pool_deallocate(id, p);
     }
 }
 
@@ -111,9 +111,9 @@ fn pool_double_free_of_a_cached_block() {
 fn pool_free_of_an_interior_pointer() {
     let mut h = heap(64);
     let id = h.create_pool(48, 16).unwrap();
-    let p = h.pool_alloc(id).unwrap();
+    let p = h.pool_allocate(id).unwrap();
     // SAFETY: deliberately wrong.
-    unsafe { h.pool_free(id, p.add(8)) };
+    unsafe { h.pool_deallocate(id, p.add(8)) };
 }
 
 #[test]
@@ -121,11 +121,11 @@ fn pool_free_of_an_interior_pointer() {
 fn tiny_pool_double_free() {
     let mut h = heap(64);
     let id = h.create_pool(1, 1).unwrap();
-    let p = h.pool_alloc(id).unwrap();
+    let p = h.pool_allocate(id).unwrap();
     // SAFETY: deliberately wrong.
     unsafe {
-        h.pool_free(id, p);
-        h.pool_free(id, p);
+        h.pool_deallocate(id, p);
+        h.pool_deallocate(id, p);
     }
 }
 
@@ -134,12 +134,12 @@ fn tiny_pool_double_free() {
 fn free_to_destroyed_pool() {
     let mut h = heap(64);
     let id = h.create_pool(16, 8).unwrap();
-    let p = h.pool_alloc(id).unwrap();
+    let p = h.pool_allocate(id).unwrap();
     // SAFETY: freed once, then (deliberately wrong) again after the pool is gone.
-    unsafe { h.pool_free(id, p) };
+    unsafe { h.pool_deallocate(id, p) };
     h.destroy_pool(id).unwrap();
     // SAFETY: deliberately wrong.
-    unsafe { h.pool_free(id, p) };
+    unsafe { h.pool_deallocate(id, p) };
 }
 
 #[test]
@@ -148,9 +148,9 @@ fn free_to_the_wrong_pool() {
     let mut h = heap(64);
     let a = h.create_pool(16, 8).unwrap();
     let b = h.create_pool(16, 8).unwrap();
-    let p = h.pool_alloc(a).unwrap();
+    let p = h.pool_allocate(a).unwrap();
     // SAFETY: deliberately wrong.
-    unsafe { h.pool_free(b, p) };
+    unsafe { h.pool_deallocate(b, p) };
 }
 
 #[test]
