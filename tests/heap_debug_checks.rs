@@ -234,11 +234,11 @@ fn pool_free_to_wrong_pool() {
     // Two pools of the same block size: only the pool check can tell them apart.
     let a = heap.create_pool(48, 8).expect("pool a");
     let b = heap.create_pool(48, 8).expect("pool b");
-    let keep = heap.pool_alloc(a).expect("block of pool a");
-    let p = heap.pool_alloc(a).expect("block of pool a");
+    let keep = heap.pool_allocate(a).expect("block of pool a");
+    let p = heap.pool_allocate(a).expect("block of pool a");
     core::hint::black_box(keep);
     // SAFETY: not sound on purpose: a block of pool `a` returned to pool `b`.
-    unsafe { heap.pool_free(b, p) };
+    unsafe { heap.pool_deallocate(b, p) };
 }
 
 #[kernel::test]
@@ -253,10 +253,10 @@ fn pool_free_of_class_block() {
     let p = NonNull::new(block_and_neighbour(CLASS_64)).expect("non-null");
     let mut heap = HEAP.heap().lock().expect("heap initialised");
     let pool = heap.create_pool(64, 8).expect("pool");
-    let keep = heap.pool_alloc(pool).expect("block");
+    let keep = heap.pool_allocate(pool).expect("block");
     core::hint::black_box(keep);
     // SAFETY: not sound on purpose: a general-class block returned to a user pool.
-    unsafe { heap.pool_free(pool, p) };
+    unsafe { heap.pool_deallocate(pool, p) };
 }
 
 #[kernel::test]
@@ -269,13 +269,13 @@ fn pool_double_free_tiny() {
     let mut heap = HEAP.heap().lock().expect("heap initialised");
     // 3-byte blocks: a tiny chunk, whose free bitmap is what catches the double free.
     let pool = heap.create_pool(3, 1).expect("pool");
-    let keep = heap.pool_alloc(pool).expect("block");
-    let p = heap.pool_alloc(pool).expect("block");
+    let keep = heap.pool_allocate(pool).expect("block");
+    let p = heap.pool_allocate(pool).expect("block");
     core::hint::black_box(keep);
     // SAFETY: the first free is valid; the second is the misuse under test.
     unsafe {
-        heap.pool_free(pool, p);
-        heap.pool_free(pool, p);
+        heap.pool_deallocate(pool, p);
+        heap.pool_deallocate(pool, p);
     }
 }
 
@@ -288,13 +288,13 @@ fn double_free_of_a_tiny_pool_block() {
 fn pool_free_to_destroyed_pool() {
     let mut heap = HEAP.heap().lock().expect("heap initialised");
     let pool = heap.create_pool(24, 8).expect("pool");
-    let p = heap.pool_alloc(pool).expect("block");
+    let p = heap.pool_allocate(pool).expect("block");
     // SAFETY: valid: the block came from this pool.
-    unsafe { heap.pool_free(pool, p) };
+    unsafe { heap.pool_deallocate(pool, p) };
     heap.destroy_pool(pool)
         .expect("an empty pool can be destroyed");
     // SAFETY: not sound on purpose: the pool no longer exists.
-    unsafe { heap.pool_free(pool, p) };
+    unsafe { heap.pool_deallocate(pool, p) };
 }
 
 #[kernel::test]
@@ -327,9 +327,9 @@ fn correct_frees_pass_every_check() {
     {
         let mut heap = HEAP.heap().lock().expect("heap initialised");
         let pool = heap.create_pool(3, 1).expect("pool");
-        let p = heap.pool_alloc(pool).expect("block");
+        let p = heap.pool_allocate(pool).expect("block");
         // SAFETY: a block of this pool, freed once.
-        unsafe { heap.pool_free(pool, p) };
+        unsafe { heap.pool_deallocate(pool, p) };
         heap.destroy_pool(pool).expect("destroy");
     }
     if let Err(e) = before.check_returned() {

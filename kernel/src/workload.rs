@@ -354,7 +354,7 @@ impl Live {
             };
             task_boxes.push(
                 tasks
-                    .alloc(t)
+                    .allocate(t)
                     .map_err(|_| WorkloadError::OutOfMemory("task pool"))?,
             );
         }
@@ -376,7 +376,7 @@ impl Live {
         let task_count = task_boxes.len();
 
         // `Box::new_in` on a pool of 12-byte objects (a block size below every general class).
-        let small = kheap::PoolHandle::create(heap, core::alloc::Layout::new::<[u32; 3]>())
+        let small = kheap::PoolAllocator::create(heap, core::alloc::Layout::new::<[u32; 3]>())
             .map_err(WorkloadError::Pool)?;
         let mut boxes: Vec<Box<[u32; 3], _>> = Vec::new();
         for i in 0..sizes.pool_boxes {

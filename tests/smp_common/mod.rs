@@ -209,7 +209,7 @@ fn user_pools_are_shared_by_every_cpu() {
             for i in 0..ops {
                 let t = tag(cpu, i);
                 if live.len() < 256 && rng.next_u64() % 4 != 0 {
-                    live.push((t, pool.alloc([t; 5]).expect("pool block")));
+                    live.push((t, pool.allocate([t; 5]).expect("pool block")));
                 } else if let Some((t, b)) = live.pop() {
                     if *b != [t; 5] {
                         errors.fetch_add(1, Ordering::SeqCst);

@@ -34,7 +34,6 @@
 
 use core::ptr::{self, NonNull};
 
-use crate::pool::Pool;
 use crate::source::PAGE_SIZE;
 
 /// End of a chunk free list: no block starts at offset 0xFFFF of a 4096-byte page.
@@ -50,13 +49,13 @@ pub const TINY_LIMIT: usize = 8;
 /// non-zero bytes, so a zeroed or recycled slot is never mistaken for another kind.
 pub const KIND_CHUNK: u8 = 0xC7;
 
-/// Which list of its pool a chunk is on.
+/// Which of its chunk lists a chunk is on.
 pub mod list {
     /// Some blocks free, some in use.
     pub const PARTIAL: u8 = 1;
     /// No block free.
     pub const FULL: u8 = 2;
-    /// No block in use (the pool's reserve).
+    /// No block in use (the reserve).
     pub const EMPTY: u8 = 3;
 }
 
@@ -131,6 +130,10 @@ impl Geometry {
     }
 }
 
+/// Slot size of descriptor runs (module `root`): one chunk descriptor, in 8-byte units (32 bytes;
+/// 104 with `debug-checks`, for [`ChunkDebug`]).
+pub const DESC_SLOT: usize = size_of::<ChunkDesc>().next_multiple_of(8);
+
 /// Out-of-line description of one chunk; lives in a root-page slot. 32 bytes (104 with
 /// `debug-checks`).
 #[derive(Debug)]
@@ -152,17 +155,103 @@ pub struct ChunkDesc {
     pub next: *mut ChunkDesc,
     /// Previous chunk on the same list.
     pub prev: *mut ChunkDesc,
-    /// `debug-checks`: the pool the chunk belongs to, to catch frees to the wrong pool (the
-    /// heap otherwise knows the pool from the request, so release builds do without it).
-    #[cfg(feature = "debug-checks")]
-    pub pool: *mut Pool,
-    /// `debug-checks`: bit i set <=> block i of a list chunk is allocated (<= 512 blocks).
-    #[cfg(feature = "debug-checks")]
-    pub allocated: [u64; 8],
+    /// What the debug checks know of the chunk (nothing, in 0 bytes, without `debug-checks`).
+    pub debug: ChunkDebug,
+}
+
+/// What `debug-checks` records in a chunk descriptor: the chunk's owner (to catch frees to the
+/// wrong class or pool, which release builds know only from the request) and an allocated bitmap
+/// of a list chunk's blocks (to catch double frees; a tiny chunk's free bitmap does that itself).
+/// A block that sits in a magazine is marked free here ("free but cached").
+#[cfg(feature = "debug-checks")]
+#[derive(Debug)]
+#[repr(C)]
+pub struct ChunkDebug {
+    /// The chunk lists the chunk belongs to, as an address compared for identity (the layer
+    /// above knows its type).
+    owner: *const (),
+    /// Bit i set <=> block i of a list chunk is allocated (<= 512 blocks).
+    allocated: [u64; 8],
+}
+
+/// Without `debug-checks` a descriptor records nothing for the checks: every method below is
+/// empty or answers "unknown".
+#[cfg(not(feature = "debug-checks"))]
+#[derive(Debug)]
+#[repr(C)]
+pub struct ChunkDebug;
+
+#[cfg(feature = "debug-checks")]
+impl ChunkDebug {
+    /// A fresh chunk of `owner`, no block allocated.
+    #[inline]
+    pub const fn new(owner: *const ()) -> Self {
+        Self {
+            owner,
+            allocated: [0; 8],
+        }
+    }
+
+    /// The owner recorded at creation.
+    #[inline]
+    pub fn owner(&self) -> Option<*const ()> {
+        Some(self.owner)
+    }
+
+    /// Marks block `index` allocated (`true`) or free.
+    #[inline]
+    pub fn mark(&mut self, index: usize, allocated: bool) {
+        let bit = 1u64 << (index % 64);
+        if allocated {
+            self.allocated[index / 64] |= bit;
+        } else {
+            self.allocated[index / 64] &= !bit;
+        }
+    }
+
+    /// Whether block `index` is marked allocated.
+    #[inline]
+    pub fn is_allocated(&self, index: usize) -> Option<bool> {
+        Some(self.allocated[index / 64] & (1 << (index % 64)) != 0)
+    }
+
+    /// Blocks marked allocated.
+    pub fn allocated_count(&self) -> Option<usize> {
+        Some(self.allocated.iter().map(|w| w.count_ones() as usize).sum())
+    }
+}
+
+#[cfg(not(feature = "debug-checks"))]
+impl ChunkDebug {
+    /// Records nothing.
+    #[inline(always)]
+    pub const fn new(_owner: *const ()) -> Self {
+        Self
+    }
+
+    /// Unknown.
+    #[inline(always)]
+    pub fn owner(&self) -> Option<*const ()> {
+        None
+    }
+
+    /// Records nothing.
+    #[inline(always)]
+    pub fn mark(&mut self, _index: usize, _allocated: bool) {}
+
+    /// Unknown.
+    #[inline(always)]
+    pub fn is_allocated(&self, _index: usize) -> Option<bool> {
+        None
+    }
+
+    /// Unknown.
+    pub fn allocated_count(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Why a pointer handed to free is not a live block of the chunk it lies in.
-#[cfg_attr(not(feature = "debug-checks"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreeFault {
     /// The pointer is inside a block (or in a tiny chunk's bitmap), not at its start.
@@ -175,15 +264,14 @@ pub enum FreeFault {
 }
 
 impl ChunkDesc {
-    /// Sets up a descriptor for a fresh chunk `page` of `pool`, in the slot at `this`.
+    /// Sets up a descriptor for a fresh chunk `page` of `owner` (the chunk lists it joins, for
+    /// the debug checks), in the slot at `this`.
     ///
     /// # Safety
     ///
     /// `this` must be a writable, exclusively owned descriptor slot; `page` must be a whole page
-    /// the caller owns, with `geo` the geometry of `pool`.
-    pub unsafe fn init(this: *mut Self, page: NonNull<u8>, pool: *mut Pool, geo: &Geometry) {
-        #[cfg(not(feature = "debug-checks"))]
-        let _ = pool;
+    /// the caller owns, with `geo` the geometry of `owner`'s chunks.
+    pub unsafe fn init(this: *mut Self, page: NonNull<u8>, owner: *const (), geo: &Geometry) {
         // SAFETY: the caller guarantees `this` is writable and ours.
         unsafe {
             this.write(Self {
@@ -195,10 +283,7 @@ impl ChunkDesc {
                 page: page.as_ptr(),
                 next: ptr::null_mut(),
                 prev: ptr::null_mut(),
-                #[cfg(feature = "debug-checks")]
-                pool,
-                #[cfg(feature = "debug-checks")]
-                allocated: [0; 8],
+                debug: ChunkDebug::new(owner),
             });
         }
         if geo.is_tiny() {
@@ -255,10 +340,8 @@ impl ChunkDesc {
             usize::from(offset)
         };
         self.used += 1;
-        #[cfg(feature = "debug-checks")]
         if !geo.is_tiny() {
-            let i = geo.index_of(offset);
-            self.allocated[i / 64] |= 1 << (i % 64);
+            self.debug.mark(geo.index_of(offset), true);
         }
         // SAFETY: `offset` is the start of a block inside the page.
         unsafe { NonNull::new_unchecked(self.page.add(offset)) }
@@ -266,17 +349,12 @@ impl ChunkDesc {
 
     /// `debug-checks`: sets or clears the allocated bit of block `ptr` of this list chunk, to
     /// mark a block that moves into a magazine as free (but cached) and one that leaves it as
-    /// allocated again.
-    #[cfg(feature = "debug-checks")]
+    /// allocated again. Does nothing without the feature.
     #[inline]
     pub fn set_allocated(&mut self, geo: &Geometry, ptr: NonNull<u8>, on: bool) {
         debug_assert!(!geo.is_tiny());
-        let i = geo.index_of(ptr.addr().get() & (PAGE_SIZE - 1));
-        if on {
-            self.allocated[i / 64] |= 1 << (i % 64);
-        } else {
-            self.allocated[i / 64] &= !(1 << (i % 64));
-        }
+        self.debug
+            .mark(geo.index_of(ptr.addr().get() & (PAGE_SIZE - 1)), on);
     }
 
     /// # Safety
@@ -308,7 +386,6 @@ impl ChunkDesc {
     /// # Safety
     ///
     /// `self` must describe a live chunk of geometry `geo` and `ptr` must lie in its page.
-    #[cfg_attr(not(feature = "debug-checks"), allow(dead_code))]
     pub unsafe fn check_live(&self, geo: &Geometry, ptr: NonNull<u8>) -> Result<(), FreeFault> {
         let offset = ptr.addr().get() & (PAGE_SIZE - 1);
         let page = self.page.addr();
@@ -339,11 +416,7 @@ impl ChunkDesc {
             }
             return Ok(());
         }
-        if offset >= usize::from(self.bump) {
-            return Err(FreeFault::NotAllocated);
-        }
-        #[cfg(feature = "debug-checks")]
-        if self.allocated[index / 64] & (1 << (index % 64)) == 0 {
+        if offset >= usize::from(self.bump) || self.debug.is_allocated(index) == Some(false) {
             return Err(FreeFault::NotAllocated);
         }
         Ok(())
@@ -380,11 +453,7 @@ impl ChunkDesc {
             }
             return;
         }
-        #[cfg(feature = "debug-checks")]
-        {
-            let i = geo.index_of(offset);
-            self.allocated[i / 64] &= !(1 << (i % 64));
-        }
+        self.debug.mark(geo.index_of(offset), false);
         let link = if owned >= 2 {
             ptr.as_ptr()
         } else {
@@ -539,7 +608,7 @@ mod tests {
         let geo = Geometry::new(stride);
         let mut slot = core::mem::MaybeUninit::<ChunkDesc>::uninit();
         // SAFETY: the slot is ours, the page is ours.
-        unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null_mut(), &geo) };
+        unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null(), &geo) };
         // SAFETY: initialised just above.
         let d = unsafe { slot.assume_init_mut() };
         let n = usize::from(geo.capacity);
@@ -608,7 +677,7 @@ mod tests {
         let geo = Geometry::new(64);
         let mut slot = core::mem::MaybeUninit::<ChunkDesc>::uninit();
         // SAFETY: the slot is ours, the page is ours.
-        unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null_mut(), &geo) };
+        unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null(), &geo) };
         // SAFETY: initialised above.
         let d = unsafe { slot.assume_init_mut() };
         // SAFETY: not full; then freeing the allocated blocks.

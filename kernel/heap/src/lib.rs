@@ -1,4 +1,4 @@
-//! `kheap`: a pool/chunk kernel heap.
+//! `kheap`: a chunk/magazine kernel heap.
 //!
 //! # What it is
 //!
@@ -10,17 +10,35 @@
 //!
 //! Requests are served in two ways:
 //!
-//! * **Pools of chunks** for sizes up to a page: a *pool* serves one block size; its memory is
-//!   *chunks*, each exactly one page split into equal blocks. The general allocator has one pool
+//! * **Chunks** for sizes up to a page: a *chunk* is one page split into equal blocks, and the
+//!   chunks of one block size are kept on *chunk lists*. The general allocator has chunk lists
 //!   per size class (36 classes from 8 to 4096 bytes, see [`size_class`]), fronted by a
 //!   *magazine* per class (a small stack of free blocks that most calls stop at, see below);
-//!   user pools ([`Heap::create_pool`]) serve any size from 1 to 4096 bytes. Allocation and
-//!   free are O(1).
+//!   user pools ([`Heap::create_pool`]) have chunk lists (and a magazine) of their own and serve
+//!   any size from 1 to 4096 bytes. Allocation and free are O(1).
 //! * **The large allocator** (`large`) for everything the classes do not serve: a
 //!   coalescing TLSF-style allocator over 64 KiB regions, and page runs of their own for
 //!   requests of 64 KiB and more.
 //!
-//! # Root runs, pools and chunks
+//! # Vocabulary
+//!
+//! * *size class*: one of the 36 general block sizes a `Layout` maps to (module `size_class`).
+//! * *chunk*: one page of equal blocks, described by a `ChunkDesc` in a root slot (`chunk`).
+//! * *chunk lists*: the chunks of one block size, on a partial, a full and an empty (reserve)
+//!   list (`chunk_lists`).
+//! * *magazine*: a stack of free blocks in front of chunk lists; one type for the classes and
+//!   the user pools (`magazine`).
+//! * *front* and *back*: the magazines; and all that stands behind them (chunk lists, root
+//!   runs, the page map, the large allocator, the page source), which the front reaches in
+//!   batches (`heap`, `back::Back`).
+//! * *user pool*: what [`Heap::create_pool`] makes, chunk lists and a magazine of one object
+//!   size, named by a [`PoolId`] and kept in a pool header (`pool`). [`ObjectPool`] is a typed
+//!   user pool of a [`LockedHeap`], [`PoolBox`] its owning box, and [`PoolAllocator`] a user pool
+//!   of a [`LockedHeap`] by id, which implements `Allocator` (`object_pool`).
+//! * *root run*: pages holding the heap state, chunk descriptors and pool headers (`root`).
+//! * *page map*: what each heap page is, from any address in it (`pagemap`).
+//!
+//! # Root runs, chunk lists and chunks
 //!
 //! ```text
 //!   Heap { source, state* }
@@ -29,9 +47,9 @@
 //!   ┌────────────────────────────────────────────┐     ┌──────────────────────────────┐
 //!   │ header │ heap state │ descriptor slots …   │────▶│ header │ descriptor slots …  │──▶ …
 //!   └──────────────┬──────────────────┬──────────┘     └──────────────────────────────┘
-//!                  │ class pools      │ ChunkDesc ─────────────▶ chunk page (blocks only)
 //!                  │ magazines ───────┼──────────────────────────▶ free blocks of the classes
-//!                  │ user pool list ──┼──▶ pool root runs: header │ UserPool slots …
+//!                  │ class chunk lists│ ChunkDesc ─────────────▶ chunk page (blocks only)
+//!                  │ pool list ───────┼──▶ pool root runs: header │ PoolHeader slots …
 //!                  │ page map ────────┼──▶ radix nodes ──▶ leaf: page → ChunkDesc / root / large
 //!                  │ LargeAlloc ──────┴──▶ regions and page runs
 //! ```
@@ -52,29 +70,32 @@
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
 //!   40     HeapState      21608 B
-//!   40       classes       2016 B   36 × Pool (56 B): partial/full/empty lists, counters, geometry
+//!   40       classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
+//!                                   geometry
 //!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
 //!   2848     descs           56 B   Roots: the descriptor chain (this run is its first)
-//!   2904     pools           56 B   Roots: the pool-header chain
-//!   2960     user pools …    32 B   user pool list and count, next generation, large pages
+//!   2904     pools           80 B   Roots of the pool-header chain, pool list and count, next
+//!                                   generation
+//!   2984     large pages      8 B   pages the large allocator maps
 //!   2992     requested        8 B   requested bytes of live blocks   ┐ touched by every
 //!   3000     window          16 B   the page source's window         │ allocation and free:
 //!   3016     map             32 B   PageMap: top node, node count,   │ kept together
 //!                                   cached level-2 node              │
-//!   3048     mags         18576 B   Magazines: 36 counts (u32), then ┘
-//!                                   36 × 64 block pointers
+//!   3048     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
+//!                                   then 36 × 64 block pointers
 //!   21624    last pool       24 B   the user pool named last and its header (skips the id
 //!                                   check's page-map lookup on repeated calls)
 //!   21648  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
-//! A later descriptor run is a 40-byte header and 126 slots of 32 bytes (39 of 104); a pool run
-//! is a header and 11 `UserPool` slots of 344 bytes (a pool's header and its magazine). The unit
-//! test `root_page_layout_matches_the_crate_docs` keeps these numbers true.
+//! A later descriptor run is a 40-byte header and 126 slots of 32
+//! bytes (39 of 104); a pool run is a header and 11 `PoolHeader` slots of 344 bytes (a pool's
+//! identity, its chunk lists and its magazine). The unit test
+//! `root_page_layout_matches_the_crate_docs` keeps these numbers true.
 //!
-//! A chunk (module `chunk`) is one page of blocks of its pool's stride. Blocks of 8 bytes and more
-//! keep a LIFO free list threaded through the free blocks as 16-bit in-chunk byte offsets, plus a
+//! A chunk (module `chunk`) is one page of blocks of one stride. Blocks of 8 bytes and more keep
+//! a LIFO free list threaded through the free blocks as 16-bit in-chunk byte offsets, plus a
 //! bump cursor for never-used blocks, so a new chunk is set up in O(1). Blocks of 1 to 7 bytes
 //! (user pools only) are not rounded up; their chunks start with a two-level free bitmap instead
 //! (a 1-byte block cannot hold a link, and the bitmap also catches double frees among the up to
@@ -91,32 +112,33 @@
 //!
 //! (1-byte blocks: W = 57, 3632 blocks per chunk; 7-byte blocks: W = 9, 573 blocks.)
 //!
-//! A pool (module `pool`) keeps its chunks on three doubly linked lists through the
-//! descriptors: *partial* (some blocks free), *full* and *empty*. Allocation takes the head of
-//! the partial list; a full chunk that gets a block back is pushed at the head, so the next
-//! allocations refill the chunk that was most recently full (an O(1) stand-in for "the fullest
-//! chunk"), which lets the other partial chunks drain. A pool maps no chunk before its first
-//! allocation.
+//! Chunk lists (module `chunk_lists`) keep the chunks of one block size on three doubly linked
+//! lists through the descriptors: *partial* (some blocks free), *full* and *empty*. Allocation
+//! takes the head of the partial list; a full chunk that gets a block back is pushed at the head,
+//! so the next allocations refill the chunk that was most recently full (an O(1) stand-in for
+//! "the fullest chunk"), which lets the other partial chunks drain. Chunk lists map no chunk
+//! before their first allocation.
 //!
-//! # Magazines: the fast path
+//! # Magazines: the front
 //!
-//! Each general class has a magazine in the heap state (module `magazine`): up to 64 free
-//! blocks, used LIFO. [`Heap::allocate`] pops one and [`Heap::deallocate`] pushes one, so the
+//! Each general class has a magazine in the heap state, and each user pool of 8-byte blocks and
+//! more one in its header (module `magazine`: one `Magazine` type, 64 blocks for a class, 32 for
+//! a pool), used LIFO. [`Heap::allocate`] pops one and [`Heap::deallocate`] pushes one, so the
 //! common call is a table lookup for the class, a pop or a push, and the requested-bytes
 //! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
-//! An empty magazine is refilled with 16 blocks from the class's chunks (mapping one chunk at
-//! most); a full one gives its 16 oldest blocks back to their chunks (one page-map lookup each).
-//! A cached block still counts as used by its chunk, so its chunk stays mapped, but statistics
-//! count it as free. The freed pointer is cached with a provenance that covers the whole block:
-//! rebuilt from the page source's [window](PageSource::window) when it has one (release builds
-//! then free without any lookup), otherwise from the chunk page the page map names. The inlined
-//! fast path covers layouts aligned to at most 8 bytes ([`size_class::common_class`]); a larger
-//! alignment, a page-map lookup and every refill or flush go through out-of-line slow paths to
-//! the same magazines.
-//!
-//! User pools of 8-byte blocks and more have a magazine of their own, in their header: 32
-//! blocks, refilled and flushed 8 at a time. Pools of 1–7-byte blocks go straight to their
-//! chunks, whose free bitmap is also what catches a double free there.
+//! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists (mapping
+//! one chunk at most); a full one gives its oldest quarter back to their chunks (one page-map
+//! lookup each). Those batches are the *back*'s operations (`back::Back::refill` and
+//! `flush`), which take the magazine from outside: the magazines are the heap's front, and
+//! everything behind them its back. A cached block still counts as used by its chunk, so its
+//! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
+//! provenance that covers the whole block: rebuilt from the page source's
+//! [window](PageSource::window) when it has one (release builds then free without any lookup),
+//! otherwise from the chunk page the page map names. The inlined fast path covers layouts
+//! aligned to at most 8 bytes ([`size_class::common_class`]); a larger alignment, a page-map
+//! lookup and every refill or flush go through out-of-line slow paths to the same magazines.
+//! Pools of 1–7-byte blocks go straight to their chunks, whose free bitmap is also what catches
+//! a double free there.
 //!
 //! # Size classes
 //!
@@ -138,8 +160,8 @@
 //! a large-allocator page (pointer to the start of its mapping). The large allocator gets its
 //! pages through a wrapper source that records them. A lookup is four dependent loads, or two
 //! when the address lies in the same 1 GiB as the previous lookup (the map caches that level-2
-//! node); it also lets debug checks reject foreign pointers in O(1), and makes a user pool
-//! handle (the address of its header slot plus a generation number) checkable in O(1).
+//! node); it also lets debug checks reject foreign pointers in O(1), and makes a user pool id
+//! (the address of its header slot plus a generation number) checkable in O(1).
 //!
 //! Provenance: the pointer a caller frees may carry the provenance of only the bytes it asked
 //! for (a `Box`'s does, under Stacked Borrows). So a chunk's free-list link is written through
@@ -164,32 +186,34 @@
 //!   page; every handed-out slot is free (and on its chain's free list exactly once, inside a run
 //!   of the chain) or holds its chain's kind; each run's live-slot count and the chain's counts
 //!   match.
-//! * Every chunk is on exactly one list of its pool: partial ⇔ 0 < used < capacity, full ⇔
-//!   used = capacity, empty ⇔ used = 0; prev/next links agree; at most
-//!   `Pool::reserve_limit` empty chunks per pool (see [`RESERVE_BLOCKS`]).
+//! * Every chunk is on exactly one list of its chunk lists: partial ⇔ 0 < used < capacity,
+//!   full ⇔ used = capacity, empty ⇔ used = 0; prev/next links agree; at most
+//!   `ChunkLists::reserve_limit` empty chunks (see [`RESERVE_BLOCKS`]).
 //! * A chunk's free list stays inside the blocks handed out so far, links only block starts,
 //!   has no cycle, and free + used = blocks handed out (tiny chunks: bitmap and summary agree).
 //!   With `debug-checks`, the allocated bitmap has exactly `used` bits set, less the chunk's
-//!   blocks that sit in a magazine.
-//! * Every block in a class's magazine is the start of a block handed out of a chunk of that
-//!   class, is not on its chunk's free list, is cached once, and (with `debug-checks`) is marked
+//!   blocks that sit in a magazine, and each descriptor names its own chunk lists.
+//! * Every block in a magazine is the start of a block handed out of a chunk of its class or
+//!   pool, is not on its chunk's free list, is cached once, and (with `debug-checks`) is marked
 //!   free in the allocated bitmap.
 //! * The page map records exactly the root pages, the chunks (each pointing to its own
 //!   descriptor) and the large-allocator pages; its node count is right.
-//! * Pool counters (live blocks, chunks) and heap counters (user pools, large pages) match the
-//!   walk; requested bytes never exceed held bytes; the large allocator passes its own checker.
+//! * Chunk-list counters (live blocks, chunks) and heap counters (user pools, large pages) match
+//!   the walk; requested bytes never exceed held bytes; the large allocator passes its own
+//!   checker.
 //!
 //! # Memory return
 //!
-//! A chunk whose last block is freed is returned to the page source at once, unless its pool
-//! keeps fewer empty chunks than its reserve limit, in which case it waits there for the next
-//! allocation: a pool that oscillates around a chunk boundary does not map and unmap a page on
-//! every other call. The limit is [`RESERVE_BLOCKS`] (16) blocks' worth of chunks, at least one:
-//! one chunk for small blocks, 16 for 4096-byte blocks. The large allocator likewise caches at
-//! most one empty region and unmaps page runs on free. Blocks in magazines keep their chunks.
-//! A growing `realloc` of a page run first asks the page source to map the pages right after it
-//! ([`PageSource::grow_pages`]; the kernel's heap window claims them from its buddy allocator),
-//! and moves the block only if they are taken; a shrinking one unmaps the run's tail.
+//! A chunk whose last block is freed is returned to the page source at once, unless its chunk
+//! lists keep fewer empty chunks than their reserve limit, in which case it waits there for the
+//! next allocation: a class or pool that oscillates around a chunk boundary does not map and
+//! unmap a page on every other call. The limit is [`RESERVE_BLOCKS`] (16) blocks' worth of
+//! chunks, at least one: one chunk for small blocks, 16 for 4096-byte blocks. The large
+//! allocator likewise caches at most one empty region and unmaps page runs on free. Blocks in
+//! magazines keep their chunks. A growing `realloc` of a page run first asks the page source to
+//! map the pages right after it ([`PageSource::grow_pages`]; the kernel's heap window claims
+//! them from its buddy allocator), and moves the block only if they are taken; a shrinking one
+//! unmaps the run's tail.
 //!
 //! [`Heap::trim`] empties the magazines into their chunks, drops every reserve and cache, unmaps
 //! every root run without a live slot except the first, and unmaps empty page-map nodes: after
@@ -207,18 +231,22 @@
 //! freeing a pointer the heap does not own, an interior pointer, a block of another class or
 //! pool, or a block twice panics with a message that names the address and the class or pool
 //! (module `debug`), at the free that is wrong; a block in a magazine is marked free in its
-//! chunk's allocated bitmap, so freeing it again is caught too. Without the feature those checks
-//! cost nothing. [`Heap::stats`] returns a fixed-size
-//! [`HeapStats`] that prints as a `/proc/slabinfo`-like table.
+//! chunk's allocated bitmap, so freeing it again is caught too. The checks are hooks the paths
+//! call unconditionally, which do nothing without the feature. [`Heap::stats`] returns a
+//! fixed-size [`HeapStats`] that prints as a `/proc/slabinfo`-like table.
 //!
 //! # Modules
 //!
-//! `size_class` (the class table and mapping), `root` (root runs and slots), `pagemap`,
-//! `chunk` (one page of blocks), `pool` (lists of chunks), `magazine` (per-class caches of free
-//! blocks), `large` (the large allocator),
-//! `heap` ([`Heap`]), `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `stats`,
-//! `object_pool` ([`ObjectPool`], [`PoolBox`], [`PoolHandle`]), `debug`, `error`, `source`, and
-//! `testing` (feature `testing`: an arena page source and a PRNG for host tests).
+//! From the ground up (each imports only those before it): `source` (the page-source trait),
+//! `size_class` (the class table and mapping), `error`, `magazine`, `chunk` (one page of
+//! blocks), `pagemap`, `root` (root runs and slots), `debug` (reports of bad frees),
+//! `chunk_lists` (the chunks of one size), `back` (what the magazines reach behind them: the
+//! batch operations), `pool` (user pool ids and headers), `large/` (the large allocator),
+//! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
+//! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
+//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `object_pool` ([`ObjectPool`],
+//! [`PoolBox`], [`PoolAllocator`]), and `testing` (feature `testing`: an arena page source and a
+//! PRNG for host tests).
 
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(all(test, feature = "allocator-api"), feature(allocator_ext))]
@@ -226,8 +254,10 @@
 #[cfg(all(feature = "testing", not(test)))]
 extern crate std;
 
+mod back;
 pub mod checked;
 mod chunk;
+mod chunk_lists;
 mod debug;
 pub mod error;
 mod heap;
@@ -245,11 +275,12 @@ mod stats;
 pub mod testing;
 
 pub use checked::{CheckBlock, Checked};
+pub use chunk_lists::RESERVE_BLOCKS;
 pub use error::{AllocError, InitError, InvariantError, PoolError};
-pub use heap::{FIRST_RUN_PAGES, Heap, PoolId};
+pub use heap::{FIRST_RUN_PAGES, Heap};
 pub use large::{LargeAlloc, LargeStats};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
-pub use object_pool::{ObjectPool, PoolBox, PoolHandle};
-pub use pool::RESERVE_BLOCKS;
+pub use object_pool::{ObjectPool, PoolAllocator, PoolBox};
+pub use pool::PoolId;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
-pub use stats::{HeapStats, MAX_POOL_STATS, PageStats, PoolStats, UserPoolStats};
+pub use stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};

@@ -240,15 +240,16 @@ unsafe impl<L: RawLock, S: PageSource> GlobalAlloc for LockedHeap<L, S> {
 /// that is not a live block for `layout` panics with the message a free of it would give.
 impl<L: RawLock, S: PageSource> CheckBlock for LockedHeap<L, S> {
     fn check_block(&self, ptr: *mut u8, layout: Layout) {
-        #[cfg(feature = "debug-checks")]
-        if let Some(ptr) = NonNull::new(ptr) {
-            match self.lock() {
-                Some(mut heap) => heap.check_allocated(ptr, layout),
-                None => crate::debug::bad_large_free(ptr, layout, crate::pagemap::Entry::Empty),
-            }
+        let Some(ptr) = NonNull::new(ptr) else {
+            return;
+        };
+        if !crate::debug::ENABLED {
+            return;
         }
-        #[cfg(not(feature = "debug-checks"))]
-        let _ = (ptr, layout);
+        match self.lock() {
+            Some(mut heap) => heap.check_allocated(ptr, layout),
+            None => crate::debug::bad_large_free(ptr, layout, crate::pagemap::Entry::Empty),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Typed pools on a shared heap: [`ObjectPool<T>`] hands out [`PoolBox`]es (drop frees), and
-//! [`PoolHandle`] names a pool of a [`LockedHeap`] and, with feature `allocator-api`,
-//! implements `core::alloc::Allocator` so that `Box::new_in(x, &handle)` allocates from it.
+//! [`PoolAllocator`] names a user pool of a [`LockedHeap`] and, with feature `allocator-api`,
+//! implements `core::alloc::Allocator` so that `Box::new_in(x, &pool)` allocates from it.
 
 use core::alloc::Layout;
 use core::fmt;
@@ -10,32 +10,34 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use crate::error::{AllocError, PoolError};
-use crate::heap::PoolId;
 use crate::locked::{LockedHeap, RawLock};
+use crate::pool::PoolId;
 use crate::source::PageSource;
 
-/// A user pool of a [`LockedHeap`], by handle. Copyable; does not destroy the pool when dropped
-/// (see [`destroy`](Self::destroy)).
-pub struct PoolHandle<'h, L: RawLock, S: PageSource> {
+/// A user pool of a [`LockedHeap`], by id: an allocator of its blocks. Copyable; does not
+/// destroy the pool when dropped (see [`destroy`](Self::destroy)).
+pub struct PoolAllocator<'h, L: RawLock, S: PageSource> {
     heap: &'h LockedHeap<L, S>,
     id: PoolId,
 }
 
-impl<L: RawLock, S: PageSource> Clone for PoolHandle<'_, L, S> {
+impl<L: RawLock, S: PageSource> Clone for PoolAllocator<'_, L, S> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<L: RawLock, S: PageSource> Copy for PoolHandle<'_, L, S> {}
+impl<L: RawLock, S: PageSource> Copy for PoolAllocator<'_, L, S> {}
 
-impl<L: RawLock, S: PageSource> fmt::Debug for PoolHandle<'_, L, S> {
+impl<L: RawLock, S: PageSource> fmt::Debug for PoolAllocator<'_, L, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolHandle").field("id", &self.id).finish()
+        f.debug_struct("PoolAllocator")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
-impl<'h, L: RawLock, S: PageSource> PoolHandle<'h, L, S> {
+impl<'h, L: RawLock, S: PageSource> PoolAllocator<'h, L, S> {
     /// Creates a pool for blocks of `layout` on `heap`.
     pub fn create(heap: &'h LockedHeap<L, S>, layout: Layout) -> Result<Self, PoolError> {
         let id = heap
@@ -45,7 +47,7 @@ impl<'h, L: RawLock, S: PageSource> PoolHandle<'h, L, S> {
         Ok(Self { heap, id })
     }
 
-    /// A handle for an existing pool `id` of `heap`.
+    /// The allocator of an existing pool `id` of `heap`.
     pub fn new(heap: &'h LockedHeap<L, S>, id: PoolId) -> Self {
         Self { heap, id }
     }
@@ -61,11 +63,11 @@ impl<'h, L: RawLock, S: PageSource> PoolHandle<'h, L, S> {
     }
 
     /// Allocates one block.
-    pub fn alloc(&self) -> Result<NonNull<u8>, AllocError> {
+    pub fn allocate_block(&self) -> Result<NonNull<u8>, AllocError> {
         self.heap
             .lock()
             .ok_or(AllocError::Uninitialized)?
-            .pool_alloc(self.id)
+            .pool_allocate(self.id)
     }
 
     /// Frees one block.
@@ -73,10 +75,10 @@ impl<'h, L: RawLock, S: PageSource> PoolHandle<'h, L, S> {
     /// # Safety
     ///
     /// `ptr` must come from this pool and not have been freed since.
-    pub unsafe fn free(&self, ptr: NonNull<u8>) {
+    pub unsafe fn deallocate_block(&self, ptr: NonNull<u8>) {
         if let Some(mut heap) = self.heap.lock() {
             // SAFETY: forwarded from the caller.
-            unsafe { heap.pool_free(self.id, ptr) };
+            unsafe { heap.pool_deallocate(self.id, ptr) };
         }
     }
 
@@ -91,10 +93,10 @@ impl<'h, L: RawLock, S: PageSource> PoolHandle<'h, L, S> {
 
 #[cfg(feature = "allocator-api")]
 // SAFETY: blocks come from the pool and stay valid until freed: the pool cannot be destroyed
-// while any block is allocated, and the handle borrows the heap, so copies of the handle (which
+// while any block is allocated, and the allocator borrows the heap, so its copies (which
 // all name the same pool) can free each other's blocks. Layouts that do not fit the pool's block
 // are refused, so every returned block has `layout.size()` bytes aligned to `layout.align()`.
-unsafe impl<L: RawLock, S: PageSource> core::alloc::Allocator for PoolHandle<'_, L, S> {
+unsafe impl<L: RawLock, S: PageSource> core::alloc::Allocator for PoolAllocator<'_, L, S> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, core::alloc::AllocError> {
         let mut heap = self.heap.lock().ok_or(core::alloc::AllocError)?;
         let block = heap
@@ -104,7 +106,7 @@ unsafe impl<L: RawLock, S: PageSource> core::alloc::Allocator for PoolHandle<'_,
             return Err(core::alloc::AllocError);
         }
         let p = heap
-            .pool_alloc(self.id)
+            .pool_allocate(self.id)
             .map_err(|_| core::alloc::AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, block.size()))
     }
@@ -112,21 +114,21 @@ unsafe impl<L: RawLock, S: PageSource> core::alloc::Allocator for PoolHandle<'_,
     unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
         // SAFETY: `Allocator::deallocate`'s contract: `ptr` is a block of this allocator, i.e.
         // of this pool.
-        unsafe { self.free(ptr) };
+        unsafe { self.deallocate_block(ptr) };
     }
 }
 
 /// A pool of `T`s. Dropping it destroys the pool if no block is allocated (a leaked
 /// [`PoolBox`] keeps it alive).
 pub struct ObjectPool<'h, T, L: RawLock, S: PageSource> {
-    handle: PoolHandle<'h, L, S>,
+    allocator: PoolAllocator<'h, L, S>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T, L: RawLock, S: PageSource> fmt::Debug for ObjectPool<'_, T, L, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObjectPool")
-            .field("id", &self.handle.id)
+            .field("id", &self.allocator.id)
             .finish()
     }
 }
@@ -143,30 +145,30 @@ impl<'h, T, L: RawLock, S: PageSource> ObjectPool<'h, T, L, S> {
                 }
             })?;
         Ok(Self {
-            handle: PoolHandle::create(heap, layout)?,
+            allocator: PoolAllocator::create(heap, layout)?,
             _t: PhantomData,
         })
     }
 
-    /// The underlying pool handle (e.g. for `Box::new_in`).
-    pub fn handle(&self) -> PoolHandle<'h, L, S> {
-        self.handle
+    /// The pool's allocator (e.g. for `Box::new_in`).
+    pub fn allocator(&self) -> PoolAllocator<'h, L, S> {
+        self.allocator
     }
 
     /// Moves `value` into a new block. On failure `value` is dropped.
-    pub fn alloc(&self, value: T) -> Result<PoolBox<'_, T, L, S>, AllocError> {
-        let ptr = self.alloc_raw(value)?;
+    pub fn allocate(&self, value: T) -> Result<PoolBox<'_, T, L, S>, AllocError> {
+        let ptr = self.allocate_raw(value)?;
         Ok(PoolBox {
             ptr,
-            handle: self.handle,
+            allocator: self.allocator,
             _owns: PhantomData,
         })
     }
 
     /// Moves `value` into a new block and returns the raw pointer; free it with
-    /// [`free_raw`](Self::free_raw).
-    pub fn alloc_raw(&self, value: T) -> Result<NonNull<T>, AllocError> {
-        let ptr = self.handle.alloc()?.cast::<T>();
+    /// [`deallocate_raw`](Self::deallocate_raw).
+    pub fn allocate_raw(&self, value: T) -> Result<NonNull<T>, AllocError> {
+        let ptr = self.allocator.allocate_block()?.cast::<T>();
         // SAFETY: the block fits a `T` (size and alignment) and is ours.
         unsafe { ptr.as_ptr().write(value) };
         Ok(ptr)
@@ -176,18 +178,18 @@ impl<'h, T, L: RawLock, S: PageSource> ObjectPool<'h, T, L, S> {
     ///
     /// # Safety
     ///
-    /// `ptr` must come from [`alloc_raw`](Self::alloc_raw) (or [`PoolBox::into_raw`]) of this
+    /// `ptr` must come from [`allocate_raw`](Self::allocate_raw) (or [`PoolBox::into_raw`]) of this
     /// pool, hold a live `T`, and not have been freed since.
-    pub unsafe fn free_raw(&self, ptr: NonNull<T>) {
+    pub unsafe fn deallocate_raw(&self, ptr: NonNull<T>) {
         // SAFETY: forwarded from the caller.
         unsafe {
             ptr.as_ptr().drop_in_place();
-            self.handle.free(ptr.cast());
+            self.allocator.deallocate_block(ptr.cast());
         }
     }
 
     /// Drops the value and frees the block (the same as dropping `b`).
-    pub fn free(&self, b: PoolBox<'_, T, L, S>) {
+    pub fn deallocate(&self, b: PoolBox<'_, T, L, S>) {
         drop(b);
     }
 }
@@ -195,14 +197,14 @@ impl<'h, T, L: RawLock, S: PageSource> ObjectPool<'h, T, L, S> {
 impl<T, L: RawLock, S: PageSource> Drop for ObjectPool<'_, T, L, S> {
     fn drop(&mut self) {
         // A pool with leaked blocks stays; there is nobody to report the error to.
-        let _ = self.handle.destroy();
+        let _ = self.allocator.destroy();
     }
 }
 
 /// A `T` in a block of an [`ObjectPool`]; dropping it drops the `T` and frees the block.
 pub struct PoolBox<'p, T, L: RawLock, S: PageSource> {
     ptr: NonNull<T>,
-    handle: PoolHandle<'p, L, S>,
+    allocator: PoolAllocator<'p, L, S>,
     _owns: PhantomData<T>,
 }
 
@@ -227,13 +229,13 @@ impl<'p, T, L: RawLock, S: PageSource> PoolBox<'p, T, L, S> {
         // block is freed without dropping it again.
         unsafe {
             let value = b.ptr.as_ptr().read();
-            b.handle.free(b.ptr.cast());
+            b.allocator.deallocate_block(b.ptr.cast());
             value
         }
     }
 
     /// Gives up ownership without freeing: the block stays allocated until passed to
-    /// [`ObjectPool::free_raw`].
+    /// [`ObjectPool::deallocate_raw`].
     pub fn into_raw(b: Self) -> NonNull<T> {
         ManuallyDrop::new(b).ptr
     }
@@ -266,7 +268,7 @@ impl<T, L: RawLock, S: PageSource> Drop for PoolBox<'_, T, L, S> {
         // SAFETY: the box owns a live `T` in a block of its pool; dropped once, freed once.
         unsafe {
             self.ptr.as_ptr().drop_in_place();
-            self.handle.free(self.ptr.cast());
+            self.allocator.deallocate_block(self.ptr.cast());
         }
     }
 }
@@ -294,7 +296,7 @@ mod tests {
             let pool = ObjectPool::<(Rc<()>, u64), _, _>::new(&heap).unwrap();
             let mut boxes = std::vec::Vec::new();
             for i in 0..100 {
-                boxes.push(pool.alloc((counter.clone(), i)).unwrap());
+                boxes.push(pool.allocate((counter.clone(), i)).unwrap());
             }
             assert_eq!(Rc::strong_count(&counter), 101);
             assert_eq!(boxes[7].1, 7);
@@ -306,8 +308,8 @@ mod tests {
             drop(rc);
             let raw = PoolBox::into_raw(boxes.pop().unwrap());
             // SAFETY: from this pool, live.
-            unsafe { pool.free_raw(raw) };
-            pool.free(boxes.pop().unwrap());
+            unsafe { pool.deallocate_raw(raw) };
+            pool.deallocate(boxes.pop().unwrap());
             drop(boxes);
             assert_eq!(Rc::strong_count(&counter), 1);
             let g = heap.lock().unwrap();
@@ -326,12 +328,12 @@ mod tests {
         let units = ObjectPool::<(), _, _>::new(&heap).unwrap();
         let mut v = std::vec::Vec::new();
         for i in 0..if cfg!(miri) { 500 } else { 5000u32 } {
-            v.push(bytes.alloc(i as u8).unwrap());
+            v.push(bytes.allocate(i as u8).unwrap());
         }
         for (i, b) in v.iter().enumerate() {
             assert_eq!(**b, i as u8);
         }
-        let u = units.alloc(()).unwrap();
+        let u = units.allocate(()).unwrap();
         drop(u);
         drop(v);
         heap.lock().unwrap().check_invariants().unwrap();
@@ -341,17 +343,17 @@ mod tests {
     fn leaked_box_keeps_the_pool() {
         let heap = heap();
         let pool = ObjectPool::<u32, _, _>::new(&heap).unwrap();
-        let raw = PoolBox::into_raw(pool.alloc(5).unwrap());
-        let handle = pool.handle();
+        let raw = PoolBox::into_raw(pool.allocate(5).unwrap());
+        let allocator = pool.allocator();
         drop(pool);
         assert_eq!(
-            handle.destroy(),
+            allocator.destroy(),
             Err(PoolError::PoolInUse { live_blocks: 1 })
         );
         // SAFETY: a live block of this pool; `u32` needs no drop.
-        unsafe { handle.free(raw.cast()) };
-        handle.destroy().unwrap();
-        assert_eq!(handle.destroy(), Err(PoolError::NoSuchPool));
+        unsafe { allocator.deallocate_block(raw.cast()) };
+        allocator.destroy().unwrap();
+        assert_eq!(allocator.destroy(), Err(PoolError::NoSuchPool));
     }
 
     #[cfg(feature = "allocator-api")]
@@ -362,7 +364,7 @@ mod tests {
         use core::alloc::Allocator;
 
         let heap = heap();
-        let pool = PoolHandle::create(&heap, Layout::new::<[u64; 3]>()).unwrap();
+        let pool = PoolAllocator::create(&heap, Layout::new::<[u64; 3]>()).unwrap();
         {
             let b = Box::new_in([1u64, 2, 3], &pool);
             assert_eq!(b[2], 3);
@@ -374,12 +376,12 @@ mod tests {
                     .is_err()
             );
             assert_eq!(
-                heap.lock().unwrap().stats().pools[0].unwrap().pool.in_use,
+                heap.lock().unwrap().stats().pools[0].unwrap().blocks.in_use,
                 2
             );
         }
         assert_eq!(
-            heap.lock().unwrap().stats().pools[0].unwrap().pool.in_use,
+            heap.lock().unwrap().stats().pools[0].unwrap().blocks.in_use,
             0
         );
         pool.destroy().unwrap();

@@ -4,11 +4,14 @@
 //! otherwise cut into equal *slots*. The heap keeps two chains of runs ([`Roots`]), one per slot
 //! kind, so that each is packed at its own size:
 //!
-//! * descriptor runs: slots of [`DESC_SLOT`] bytes, each a chunk descriptor
-//!   (`chunk::ChunkDesc`). The first run of this chain also holds the heap state (general pools,
-//!   large allocator, page map root, counters) between its header and its slots;
-//! * pool runs: slots of [`POOL_SLOT`] bytes, each a user pool header (`pool::UserPool`),
+//! * descriptor runs: slots of `chunk::DESC_SLOT` bytes, each a chunk descriptor
+//!   (`chunk::ChunkDesc`). The first run of this chain also holds the heap state (class chunk
+//!   lists, magazines, large allocator, page map root, counters) between its header and its slots;
+//! * pool runs: slots of `pool::POOL_SLOT` bytes, each a user pool header (`pool::PoolHeader`),
 //!   mapped when the first user pool is created.
+//!
+//! This module knows neither kind: a chain is made with its slot size, and a slot's owner writes
+//! its kind byte.
 //!
 //! Later runs are one page each. Runs of a chain are linked through `next` in creation order.
 //! A slot's first byte says what it holds ([`KIND_FREE`], `chunk::KIND_CHUNK`,
@@ -32,10 +35,8 @@
 
 use core::ptr::{self, NonNull};
 
-use crate::chunk::ChunkDesc;
 use crate::error::InvariantError;
 use crate::pagemap::{Entry, PageMap};
-use crate::pool::UserPool;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
 /// "kheaprt1" in the first 8 bytes of every root run.
@@ -46,13 +47,6 @@ const RELEASE_MAGIC: u64 = u64::from_le_bytes(*b"kheaprt0");
 
 /// `kind` byte of a free slot.
 pub const KIND_FREE: u8 = 0xF5;
-
-/// Slot size of descriptor runs: one chunk descriptor, in 8-byte units (32 bytes; 104 with
-/// `debug-checks`, for the allocated bitmap and the pool pointer).
-pub const DESC_SLOT: usize = size_of::<ChunkDesc>().next_multiple_of(8);
-
-/// Slot size of pool runs: one user pool header (80 bytes).
-pub const POOL_SLOT: usize = size_of::<UserPool>().next_multiple_of(8);
 
 /// Header at offset 0 of every root run. 40 bytes.
 #[derive(Debug)]
@@ -91,8 +85,10 @@ struct FreeSlot {
     next: *mut FreeSlot,
 }
 
+/// The smallest slot a chain can have: a free slot must hold its list link.
+pub const MIN_SLOT: usize = size_of::<FreeSlot>();
+
 const _: () = assert!(size_of::<RootHeader>() == 40);
-const _: () = assert!(DESC_SLOT >= size_of::<FreeSlot>() && POOL_SLOT >= size_of::<FreeSlot>());
 
 /// A chain of root runs and the slot allocator over them. Lives in the heap state.
 #[derive(Debug)]
@@ -114,8 +110,10 @@ pub struct Roots {
 }
 
 impl Roots {
-    /// A chain without runs; the first slot request maps one.
+    /// A chain without runs; the first slot request maps one. `slot_size` must be at least
+    /// [`MIN_SLOT`].
     pub const fn empty(slot_size: usize) -> Self {
+        assert!(slot_size >= MIN_SLOT);
         Self {
             first: ptr::null_mut(),
             last: ptr::null_mut(),
@@ -129,6 +127,7 @@ impl Roots {
 
     /// Starts the chain with a first run of `pages` pages at `base`, whose slots begin at
     /// `slot_offset` (the bytes between the header and `slot_offset` are the caller's).
+    /// `slot_size` must be at least [`MIN_SLOT`].
     ///
     /// # Safety
     ///
@@ -140,6 +139,7 @@ impl Roots {
         slot_offset: usize,
         slot_size: usize,
     ) -> Self {
+        assert!(slot_size >= MIN_SLOT);
         let header = base.as_ptr().cast::<RootHeader>();
         // SAFETY: the caller gives us the run; its first bytes are the header.
         unsafe { init_header(header, pages, slot_offset, slot_size) };
@@ -477,6 +477,10 @@ unsafe fn init_header(header: *mut RootHeader, pages: usize, slot_offset: usize,
 mod tests {
     use super::*;
     use crate::testing::ArenaSource;
+
+    /// Two slot sizes (those of chunk descriptors and of pool headers, in a release build).
+    const DESC_SLOT: usize = 32;
+    const POOL_SLOT: usize = 344;
 
     #[test]
     fn slots_recycle_and_chain_new_runs() {

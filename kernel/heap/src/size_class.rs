@@ -1,4 +1,4 @@
-//! The general size classes: which pool serves a [`Layout`], or whether it goes to the large
+//! The general size classes: which class serves a [`Layout`], or whether it goes to the large
 //! allocator.
 //!
 //! There is exactly one mapping, [`class_for`], a `const fn` that accounts for size *and*
@@ -49,7 +49,7 @@ pub const MAX_CLASS_SIZE: usize = CLASS_SIZES[NUM_CLASSES - 1];
 /// Where a layout is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeClass {
-    /// By the general pool of this class index (into [`CLASS_SIZES`]).
+    /// By the general class of this index (into [`CLASS_SIZES`]).
     Small(usize),
     /// By the large allocator.
     Large,

@@ -7,25 +7,25 @@
 
 use core::fmt;
 
-use crate::heap::PoolId;
+use crate::chunk_lists::ChunkLists;
 use crate::large::LargeStats;
-use crate::pool::Pool;
+use crate::pool::PoolId;
 use crate::size_class::NUM_CLASSES;
 
 /// User pools listed one by one in [`HeapStats::pools`]; the rest are summed in
 /// [`HeapStats::other_pools`] (keeps the snapshot a fixed size).
 pub const MAX_POOL_STATS: usize = 16;
 
-/// Numbers of one pool (a general class or a user pool).
+/// Numbers of the blocks of one size: a general class's, or a user pool's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolStats {
+pub struct BlockStats {
     /// Block size in bytes.
     pub block_size: usize,
     /// Blocks allocated.
     pub in_use: usize,
-    /// Free blocks in the pool's chunks (the cached ones included).
+    /// Free blocks in its chunks (the cached ones included).
     pub free: usize,
-    /// Of the free blocks, those held in the class's magazine (0 for user pools).
+    /// Of the free blocks, those held in its magazine.
     pub cached: usize,
     /// Chunks.
     pub chunks: usize,
@@ -33,12 +33,12 @@ pub struct PoolStats {
     pub pages: usize,
 }
 
-impl PoolStats {
-    /// The numbers of `pool`, of whose blocks handed out of chunks `cached` sit in a magazine.
-    pub(crate) fn of(pool: &Pool, cached: usize) -> Self {
-        let c = pool.counts();
+impl BlockStats {
+    /// The numbers of `lists`, of whose blocks handed out of chunks `cached` sit in a magazine.
+    pub(crate) fn of(lists: &ChunkLists, cached: usize) -> Self {
+        let c = lists.counts();
         Self {
-            block_size: usize::from(pool.geo.stride),
+            block_size: usize::from(lists.geo.stride),
             in_use: c.live - cached,
             free: c.free + cached,
             cached,
@@ -66,7 +66,7 @@ pub struct UserPoolStats {
     /// Object alignment it was created with.
     pub object_align: usize,
     /// Its blocks and chunks.
-    pub pool: PoolStats,
+    pub blocks: BlockStats,
 }
 
 /// Pages the heap holds from its page source, by use.
@@ -88,13 +88,13 @@ pub struct PageStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapStats {
     /// The general size classes, in class order.
-    pub classes: [PoolStats; NUM_CLASSES],
+    pub classes: [BlockStats; NUM_CLASSES],
     /// The first [`MAX_POOL_STATS`] user pools (most recently created first).
     pub pools: [Option<UserPoolStats>; MAX_POOL_STATS],
     /// Number of user pools.
     pub user_pools: usize,
     /// Sum over the user pools not listed in `pools` (`block_size` is 0).
-    pub other_pools: PoolStats,
+    pub other_pools: BlockStats,
     /// Pages held, by use.
     pub pages: PageStats,
     /// Sum of the sizes requested by live allocations (layout sizes, pool object sizes).
@@ -108,10 +108,10 @@ pub struct HeapStats {
 impl Default for HeapStats {
     fn default() -> Self {
         Self {
-            classes: [PoolStats::default(); NUM_CLASSES],
+            classes: [BlockStats::default(); NUM_CLASSES],
             pools: [None; MAX_POOL_STATS],
             user_pools: 0,
-            other_pools: PoolStats::default(),
+            other_pools: BlockStats::default(),
             pages: PageStats::default(),
             requested_bytes: 0,
             held_bytes: 0,
@@ -167,7 +167,7 @@ impl Label {
     }
 }
 
-fn row(f: &mut fmt::Formatter<'_>, name: fmt::Arguments<'_>, p: &PoolStats) -> fmt::Result {
+fn row(f: &mut fmt::Formatter<'_>, name: fmt::Arguments<'_>, p: &BlockStats) -> fmt::Result {
     writeln!(
         f,
         "{:<18} {:>6} {:>10} {:>10} {:>7} {:>8} {:>8} {:>7}",
@@ -192,7 +192,7 @@ impl fmt::Display for HeapStats {
         for p in self.classes.iter().filter(|p| p.chunks > 0) {
             row(f, format_args!("class-{}", p.block_size), p)?;
         }
-        for u in self.pools.iter().flatten().filter(|u| u.pool.chunks > 0) {
+        for u in self.pools.iter().flatten().filter(|u| u.blocks.chunks > 0) {
             row(
                 f,
                 format_args!(
@@ -201,7 +201,7 @@ impl fmt::Display for HeapStats {
                     u.object_size,
                     u.object_align
                 ),
-                &u.pool,
+                &u.blocks,
             )?;
         }
         if self.other_pools.chunks > 0 {

@@ -69,13 +69,13 @@ impl BenchAlloc for PoolAlloc {
         if layout != self.object {
             return None;
         }
-        self.heap.pool_alloc(self.pool).ok()
+        self.heap.pool_allocate(self.pool).ok()
     }
 
     #[inline(always)]
     unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
         // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
-        unsafe { self.heap.pool_free(self.pool, ptr) }
+        unsafe { self.heap.pool_deallocate(self.pool, ptr) }
     }
 
     unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {

@@ -190,7 +190,7 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
 /// one layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FixedPeer {
-    /// A kheap user pool for the layout (`Heap::create_pool`, `pool_alloc`, `pool_free`).
+    /// A kheap user pool for the layout (`Heap::create_pool`, `pool_allocate`, `pool_deallocate`).
     KheapPool,
     /// slabmalloc 0.11.0: one `SCAllocator` of 4 KiB `ObjectPage`s for the layout's size,
     /// refilled with pages from the arena.
@@ -497,13 +497,13 @@ impl BenchAlloc for KheapPoolAlloc {
         if layout != self.object {
             return None;
         }
-        self.heap.pool_alloc(self.pool).ok()
+        self.heap.pool_allocate(self.pool).ok()
     }
 
     #[inline]
     unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
         // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
-        unsafe { self.heap.pool_free(self.pool, ptr) }
+        unsafe { self.heap.pool_deallocate(self.pool, ptr) }
     }
 
     unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {

@@ -1,5 +1,5 @@
-//! User pools through their public API: `PoolHandle` (create, alloc, free, destroy, and the
-//! `Allocator` trait) and typed `ObjectPool`s (`PoolBox`, `alloc_raw`/`free_raw`, drop), many
+//! User pools through their public API: `PoolAllocator` (create, alloc, free, destroy, and the
+//! `Allocator` trait) and typed `ObjectPool`s (`PoolBox`, `allocate_raw`/`deallocate_raw`, drop), many
 //! pools at once, general blocks in between, page-source refusals chosen by the input; every
 //! byte patterned and checked, every drop counted, the heap's invariant checker after every
 //! step. See the harness (`src/pools.rs`). Run: `cargo fuzz run pool_ops`.

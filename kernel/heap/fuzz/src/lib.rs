@@ -33,7 +33,7 @@
 //! threshold at 64 KiB, page runs, in-place resizes).
 //!
 //! Two more harnesses live in their own modules: [`pools`] (target `pool_ops`: user pools
-//! through `PoolHandle` and `ObjectPool` on a `LockedHeap` over [`FuzzSource`]) and
+//! through `PoolAllocator` and `ObjectPool` on a `LockedHeap` over [`FuzzSource`]) and
 //! [`page_source`] (target `page_source_ops`: the kernel's frame allocator, page tables and heap
 //! window on the simulated machine of `kernel/host`).
 
@@ -118,7 +118,7 @@ pub enum Op {
         /// Map calls to refuse.
         fail: FailMask,
     },
-    /// `deallocate` (or `pool_free`, for a pool block) of a live block.
+    /// `deallocate` (or `pool_deallocate`, for a pool block) of a live block.
     Free {
         /// Which live block.
         index: u16,
@@ -150,14 +150,14 @@ pub enum Op {
         /// Map calls to refuse.
         fail: FailMask,
     },
-    /// `pool_alloc` from a pool, live or destroyed.
+    /// `pool_allocate` from a pool, live or destroyed.
     PoolAlloc {
         /// Which pool.
         pool: u8,
         /// Map calls to refuse.
         fail: FailMask,
     },
-    /// `pool_free` of a live block of a pool.
+    /// `pool_deallocate` of a live block of a pool.
     PoolFree {
         /// Which pool.
         pool: u8,
@@ -485,7 +485,7 @@ impl<'c> Model<'c> {
             }
             Owner::Pool(p) => {
                 // SAFETY: allocated from this pool, which is live (it has a live block), once.
-                unsafe { self.heap.pool_free(self.pools[p].id, b.ptr) };
+                unsafe { self.heap.pool_deallocate(self.pools[p].id, b.ptr) };
                 self.pools[p].live -= 1;
             }
         }
@@ -566,12 +566,12 @@ impl<'c> Model<'c> {
         }
     }
 
-    fn pool_alloc(&mut self, p: usize) {
+    fn pool_allocate(&mut self, p: usize) {
         let (id, size, align, destroyed) = {
             let m = &self.pools[p];
             (m.id, m.size, m.align, m.destroyed)
         };
-        match self.heap.pool_alloc(id) {
+        match self.heap.pool_allocate(id) {
             Ok(ptr) => {
                 assert!(!destroyed, "step {}: destroyed {id} allocated", self.step);
                 let b = Block {
@@ -590,7 +590,7 @@ impl<'c> Model<'c> {
             }
             Err(e) => {
                 assert!(!destroyed, "step {}: destroyed {id}: {e:?}", self.step);
-                self.failed(e, "pool_alloc");
+                self.failed(e, "pool_allocate");
             }
         }
     }
@@ -654,7 +654,7 @@ impl<'c> Model<'c> {
             } => self.create_pool(usize::from(size) % 4200, 1 << (align_log2 % 14)),
             Op::PoolAlloc { pool, .. } => {
                 if !self.pools.is_empty() {
-                    self.pool_alloc(usize::from(pool) % self.pools.len());
+                    self.pool_allocate(usize::from(pool) % self.pools.len());
                 }
             }
             Op::PoolFree { pool, index } => {

@@ -1,7 +1,7 @@
 //! The harness of `pool_ops`: user pools through their public API on a [`LockedHeap`] — untyped
-//! [`PoolHandle`]s (create, alloc, free, destroy, and `core::alloc::Allocator`, what
+//! [`PoolAllocator`]s (create, alloc, free, destroy, and `core::alloc::Allocator`, what
 //! `Box::new_in(x, &handle)` uses) and typed [`ObjectPool`]s ([`PoolBox`] with `into_raw`,
-//! `into_inner` and drop, `alloc_raw`/`free_raw`, and dropping the pool) — with many pools at
+//! `into_inner` and drop, `allocate_raw`/`deallocate_raw`, and dropping the pool) — with many pools at
 //! once, general blocks from the same heap in between, and page-source refusals chosen by the
 //! input ([`FailMask`], as in the other targets).
 //!
@@ -11,7 +11,7 @@
 //!   general); every byte of every untyped block is patterned when handed out and checked when
 //!   freed; every typed value carries its own pattern, checked when it is dropped;
 //! * every typed value is dropped exactly once: when its box is dropped or freed, when
-//!   `into_inner` hands it back, and when a failed `alloc` gives it back (the count is checked);
+//!   `into_inner` hands it back, and when a failed `allocate` gives it back (the count is checked);
 //! * the heap's invariant checker passes (through the lock), its page count equals the pages the
 //!   source mapped, its requested bytes and its number of user pools equal the model's;
 //! * a failure is `OutOfPages` and only happens when the page source refused a map; invalid
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arbitrary::Arbitrary;
 use kheap::{
-    AllocError, LockedHeap, ObjectPool, PAGE_SIZE, PoolBox, PoolError, PoolHandle, SpinLock,
+    AllocError, LockedHeap, ObjectPool, PAGE_SIZE, PoolBox, PoolError, PoolAllocator, SpinLock,
 };
 
 use crate::{FailMask, FuzzSource};
@@ -38,7 +38,7 @@ use crate::{FailMask, FuzzSource};
 /// The heap under test.
 type FuzzHeap = LockedHeap<SpinLock, FuzzSource>;
 /// An untyped pool of it.
-type Handle<'h> = PoolHandle<'h, SpinLock, FuzzSource>;
+type Handle<'h> = PoolAllocator<'h, SpinLock, FuzzSource>;
 
 /// Arena sizes in pages: 1 MiB runs dry after a few dozen pools, 16 MiB rarely.
 const ARENAS: [usize; 2] = [256, 4096];
@@ -121,7 +121,7 @@ impl Drop for Wide {
 /// One step of a scenario. Indices pick among pools or live blocks modulo their count.
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum PoolOp {
-    /// `PoolHandle::create` with size `size % 4200` and alignment `1 << (align_log2 % 14)`
+    /// `PoolAllocator::create` with size `size % 4200` and alignment `1 << (align_log2 % 14)`
     /// (zero, more than a page and 8 KiB alignment are invalid).
     Create {
         /// Block size.
@@ -138,8 +138,8 @@ pub enum PoolOp {
         /// Map calls to refuse.
         fail: FailMask,
     },
-    /// One block from a pool: for a handle `alloc()`; for a typed pool (by `how % 4`) `alloc`
-    /// kept through `PoolBox::into_raw`, `alloc_raw`, `alloc` then `into_inner`, or `alloc`
+    /// One block from a pool: for a handle `allocate_block()`; for a typed pool (by `how % 4`) `allocate`
+    /// kept through `PoolBox::into_raw`, `allocate_raw`, `allocate` then `into_inner`, or `allocate`
     /// then dropping the box.
     Alloc {
         /// Which pool.
@@ -167,7 +167,7 @@ pub enum PoolOp {
         /// Which block.
         index: u16,
     },
-    /// Destroys a pool: `PoolHandle::destroy`, or for a typed pool dropping the `ObjectPool`
+    /// Destroys a pool: `PoolAllocator::destroy`, or for a typed pool dropping the `ObjectPool`
     /// (or, while it has blocks, `destroy` on its handle, which must refuse).
     Destroy {
         /// Which pool.
@@ -214,11 +214,11 @@ struct PoolModel<'h> {
 /// How a live block was allocated, hence how it is freed and what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
-    /// `PoolHandle::alloc`: untyped, every byte of the block patterned.
+    /// `PoolAllocator::alloc`: untyped, every byte of the block patterned.
     Handle,
     /// `Allocator::allocate` with this layout: its bytes patterned.
     Allocator(Layout),
-    /// A typed value, freed with `free_raw` (which drops it).
+    /// A typed value, freed with `deallocate_raw` (which drops it).
     Typed,
     /// A general block through `GlobalAlloc` with this layout.
     General(Layout),
@@ -329,7 +329,7 @@ impl<'h> Model<'h> {
             return;
         };
         let valid = size != 0 && align <= PAGE_SIZE && size.next_multiple_of(align) <= PAGE_SIZE;
-        match PoolHandle::create(self.heap, layout) {
+        match PoolAllocator::create(self.heap, layout) {
             Ok(handle) => {
                 assert!(valid, "step {}: pool {layout:?} accepted", self.step);
                 self.pools.push(PoolModel {
@@ -360,9 +360,9 @@ impl<'h> Model<'h> {
         match made {
             Ok((layout, typed)) => {
                 let handle = match &typed {
-                    Typed::Tracked(p) => p.handle(),
-                    Typed::Wide(p) => p.handle(),
-                    Typed::Unit(p) => p.handle(),
+                    Typed::Tracked(p) => p.allocator(),
+                    Typed::Wide(p) => p.allocator(),
+                    Typed::Unit(p) => p.allocator(),
                 };
                 self.pools.push(PoolModel {
                     handle,
@@ -384,7 +384,7 @@ impl<'h> Model<'h> {
         let drops_before = self.drops;
         // The block, and whether it stays live; `None` for a refusal.
         let result: Result<Option<NonNull<u8>>, ()> = match &self.pools[p].typed {
-            None => match self.pools[p].handle.alloc() {
+            None => match self.pools[p].handle.allocate_block() {
                 Ok(ptr) => {
                     assert!(!destroyed, "step {}: destroyed pool allocated", self.step);
                     Ok(Some(ptr))
@@ -478,7 +478,7 @@ impl<'h> Model<'h> {
                 return;
             }
             // SAFETY: allocated from this pool's handle, freed once.
-            Route::Handle => unsafe { self.pools[b.pool].handle.free(b.ptr) },
+            Route::Handle => unsafe { self.pools[b.pool].handle.deallocate_block(b.ptr) },
             // SAFETY: allocated through this handle's `Allocator` with this layout.
             Route::Allocator(layout) => unsafe {
                 self.pools[b.pool].handle.deallocate(b.ptr, layout)
@@ -487,14 +487,14 @@ impl<'h> Model<'h> {
                 if !matches!(self.pools[b.pool].typed, Some(Typed::Unit(_))) {
                     self.drops += 1;
                 }
-                // SAFETY: a live value of this pool's type from `alloc_raw`/`into_raw`, freed
+                // SAFETY: a live value of this pool's type from `allocate_raw`/`into_raw`, freed
                 // once; a typed block always has its `ObjectPool` (it is not dropped while the
                 // pool has blocks).
                 unsafe {
                     match self.pools[b.pool].typed.as_ref().expect("typed pool") {
-                        Typed::Tracked(pool) => pool.free_raw(b.ptr.cast()),
-                        Typed::Wide(pool) => pool.free_raw(b.ptr.cast()),
-                        Typed::Unit(pool) => pool.free_raw(b.ptr.cast()),
+                        Typed::Tracked(pool) => pool.deallocate_raw(b.ptr.cast()),
+                        Typed::Wide(pool) => pool.deallocate_raw(b.ptr.cast()),
+                        Typed::Unit(pool) => pool.deallocate_raw(b.ptr.cast()),
                     }
                 }
             }
@@ -508,7 +508,7 @@ impl<'h> Model<'h> {
             // Dropping the `ObjectPool` destroys its (empty) pool.
             self.pools[p].typed = None;
             self.pools[p].destroyed = true;
-            assert_eq!(self.pools[p].handle.alloc(), Err(AllocError::NoSuchPool));
+            assert_eq!(self.pools[p].handle.allocate_block(), Err(AllocError::NoSuchPool));
             return;
         }
         match self.pools[p].handle.destroy() {
@@ -685,18 +685,18 @@ fn typed_alloc<T>(
         Err(())
     };
     match how % 4 {
-        0 => match pool.alloc(value) {
+        0 => match pool.allocate(value) {
             Ok(b) => {
                 check(&b);
                 Ok(Some(PoolBox::into_raw(b).cast()))
             }
             Err(e) => refused(e, drops),
         },
-        1 => match pool.alloc_raw(value) {
+        1 => match pool.allocate_raw(value) {
             Ok(ptr) => Ok(Some(ptr.cast())),
             Err(e) => refused(e, drops),
         },
-        2 => match pool.alloc(value) {
+        2 => match pool.allocate(value) {
             Ok(b) => {
                 let v = PoolBox::into_inner(b);
                 check(&v);
@@ -706,7 +706,7 @@ fn typed_alloc<T>(
             }
             Err(e) => refused(e, drops),
         },
-        _ => match pool.alloc(value) {
+        _ => match pool.allocate(value) {
             Ok(b) => {
                 check(&b);
                 drop(b);

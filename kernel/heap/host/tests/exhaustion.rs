@@ -126,7 +126,7 @@ fn pools_exhaust_cleanly() {
     let id = heap.create_pool(size, 1).unwrap();
     let mut blocks = Vec::new();
     loop {
-        match heap.pool_alloc(id) {
+        match heap.pool_allocate(id) {
             Ok(p) => blocks.push(p),
             Err(AllocError::OutOfPages { .. }) => break,
             Err(e) => panic!("{e}"),
@@ -136,11 +136,11 @@ fn pools_exhaust_cleanly() {
     // Every page of the arena is in use, and every chunk is full.
     let s = heap.stats();
     assert_eq!(heap.source().mapped_pages(), pages, "{s}");
-    let pool = s.pools[0].unwrap().pool;
+    let pool = s.pools[0].unwrap().blocks;
     assert_eq!((pool.in_use, pool.free), (blocks.len(), 0), "{s}");
     for p in blocks {
         // SAFETY: allocated from `id` above.
-        unsafe { heap.pool_free(id, p) };
+        unsafe { heap.pool_deallocate(id, p) };
     }
     heap.destroy_pool(id).unwrap();
     heap.trim();

@@ -204,7 +204,7 @@ impl Model {
             }
             Some(p) => {
                 // SAFETY: allocated from this pool, freed once.
-                unsafe { self.heap.pool_free(self.pools[p].id, b.ptr) };
+                unsafe { self.heap.pool_deallocate(self.pools[p].id, b.ptr) };
                 self.pools[p].live -= 1;
             }
         }
@@ -283,12 +283,12 @@ impl Model {
         }
     }
 
-    fn pool_alloc(&mut self) {
+    fn pool_allocate(&mut self) {
         if self.pools.is_empty() {
             return self.create_pool();
         }
         let p = self.rng.below(self.pools.len() as u64) as usize;
-        match self.heap.pool_alloc(self.pools[p].id) {
+        match self.heap.pool_allocate(self.pools[p].id) {
             Ok(ptr) => {
                 let pool = &mut self.pools[p];
                 pool.live += 1;
@@ -316,7 +316,7 @@ impl Model {
             Ok(()) => {
                 assert_eq!(pool.live, 0);
                 let id = pool.id;
-                assert_eq!(self.heap.pool_alloc(id), Err(AllocError::NoSuchPool));
+                assert_eq!(self.heap.pool_allocate(id), Err(AllocError::NoSuchPool));
                 // Keep indices of live pool blocks stable: swap_remove and renumber.
                 let last = self.pools.len() - 1;
                 self.pools.swap_remove(p);
@@ -341,7 +341,7 @@ impl Model {
             0..=44 => self.alloc(),
             45..=74 => self.free(),
             75..=87 => self.realloc(),
-            88..=93 => self.pool_alloc(),
+            88..=93 => self.pool_allocate(),
             94..=96 => self.create_pool(),
             97 => self.heap.trim(),
             _ => self.destroy_pool(),

@@ -1,0 +1,402 @@
+//! The back of the heap, as the magazines (the *front*) reach it: the page source, the descriptor
+//! slots and the page map, with the batch operations that move blocks between a magazine and its
+//! chunk lists ([`Back::refill`], [`Back::flush`]), the direct paths of pools without a magazine,
+//! and the debug check of a block against its chunk ([`check_block`]).
+//!
+//! Every operation takes the chunk lists it works on, and every batch operation the magazine it
+//! fills or empties, from outside: a magazine of the heap state, of a pool header, or (later) of
+//! a CPU's front all go through the same calls.
+
+use core::ptr::NonNull;
+
+use crate::chunk::{ChunkDesc, FreeFault};
+use crate::chunk_lists::ChunkLists;
+use crate::debug::{self, Fault, Owner};
+use crate::magazine::Magazine;
+use crate::pagemap::{Entry, PageMap};
+use crate::root::Roots;
+use crate::source::{PageSource, PageSourceError};
+
+/// The back of the heap as chunk lists and their magazines reach it: the page source, the root
+/// slots of chunk descriptors and the page map. Every operation that takes chunk lists takes them
+/// by raw pointer (the descriptors of their chunks point back to them), and every batch operation
+/// takes the magazine it fills or empties from outside (by value: a magazine is a borrow of its
+/// count and slots, two pointers).
+pub struct Back<'a, S: PageSource> {
+    /// The heap's page source.
+    pub src: &'a mut S,
+    /// The heap's chain of descriptor slots.
+    pub roots: &'a mut Roots,
+    /// The heap's page map.
+    pub map: &'a mut PageMap,
+}
+
+impl<S: PageSource> core::fmt::Debug for Back<'_, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Back").finish_non_exhaustive()
+    }
+}
+
+impl<S: PageSource> Back<'_, S> {
+    /// Refills `mag` with up to `budget` blocks of `lists` (at most the magazine's free room),
+    /// mapping one new chunk if no chunk has a free block. Afterwards the magazine holds at least
+    /// one more block, unless the page source failed (then nothing changed). The blocks count as
+    /// used by their chunks; with `debug-checks` they are marked free but cached.
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live chunk lists of this heap (not aliased by a live reference) of
+    /// list chunks (blocks of 8 bytes and more), and `mag` must cache blocks of `lists` only.
+    #[inline(never)]
+    pub unsafe fn refill<const CAP: usize>(
+        &mut self,
+        lists: *mut ChunkLists,
+        mut mag: Magazine<'_, CAP>,
+        budget: usize,
+    ) -> Result<(), PageSourceError> {
+        // SAFETY: guaranteed by the caller.
+        let n = unsafe { self.alloc_batch(lists, mag.room(budget)) }?;
+        mag.filled(n);
+        Ok(())
+    }
+
+    /// Gives the `n` oldest blocks of `mag` (at most all) back to their chunks of `lists`, one
+    /// page-map lookup each; chunks that empty go to the reserve or back to the page source.
+    ///
+    /// # Safety
+    ///
+    /// As for [`refill`](Self::refill); every block in `mag` must be a block of `lists` that its
+    /// chunk counts as used, with a provenance covering the block.
+    #[inline(never)]
+    pub unsafe fn flush<const CAP: usize>(
+        &mut self,
+        lists: *mut ChunkLists,
+        mut mag: Magazine<'_, CAP>,
+        n: usize,
+    ) {
+        let n = n.min(mag.len());
+        // SAFETY: guaranteed by the caller; each block is given back exactly once, as it leaves
+        // the magazine here.
+        unsafe { self.give_back(lists, &mag.cached()[..n]) };
+        mag.drop_oldest(n);
+    }
+
+    /// Gives blocks that left a magazine back to their chunks of `lists` (one page-map lookup
+    /// each); chunks that empty go to the reserve or back to the page source.
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live chunk lists of this heap; every entry of `blocks` must be a
+    /// block of one of their chunks that counts it as used, with a provenance covering the block,
+    /// given back exactly once.
+    unsafe fn give_back(&mut self, lists: *mut ChunkLists, blocks: &[*mut u8]) {
+        // SAFETY: guaranteed by the caller.
+        let stride = usize::from(unsafe { (*lists).geo.stride });
+        for &b in blocks {
+            let Some(p) = NonNull::new(b) else { continue };
+            if let Entry::Chunk(d) = self.map.lookup(b.addr()) {
+                // SAFETY: the page map names the live descriptor of `b`'s chunk, a chunk of
+                // `lists` that counts `b` as used (caller); the block covers `stride` bytes.
+                unsafe { self.free_block(lists, d.as_ptr(), p, stride) };
+            }
+        }
+    }
+
+    /// `debug-checks`: marks `p`, a block of `lists` just taken from a magazine, allocated again
+    /// (one page-map lookup). Does nothing without the feature.
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live list-chunk lists of this heap and `p` be a block of one of
+    /// their chunks.
+    #[inline]
+    pub unsafe fn mark_taken(&mut self, lists: *mut ChunkLists, p: NonNull<u8>) {
+        if !debug::ENABLED {
+            return;
+        }
+        match self.map.lookup(p.addr().get()) {
+            // SAFETY: the page map names the live descriptor of `p`'s chunk; `lists` is live
+            // (caller), and only its geometry is read.
+            Entry::Chunk(d) => unsafe { (*d.as_ptr()).set_allocated(&(*lists).geo, p, true) },
+            other => panic!(
+                "kheap: a magazine holds {:#x}, which is not in a chunk ({other:?})",
+                p.addr()
+            ),
+        }
+    }
+
+    /// Allocates a block from `lists`, mapping a new chunk if every chunk is full. O(1). (The
+    /// path of tiny pools, which have no magazine.)
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live chunk lists of this heap (not aliased by a live reference).
+    #[inline]
+    pub unsafe fn alloc(&mut self, lists: *mut ChunkLists) -> Result<NonNull<u8>, PageSourceError> {
+        // SAFETY: guaranteed by the caller.
+        if let Some(p) = unsafe { (*lists).alloc_cached() } {
+            return Ok(p);
+        }
+        // SAFETY: as above.
+        unsafe { self.alloc_new_chunk(lists) }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`alloc`](Self::alloc).
+    #[cold]
+    unsafe fn alloc_new_chunk(
+        &mut self,
+        lists: *mut ChunkLists,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        // SAFETY: `lists` is live (caller).
+        unsafe {
+            self.add_chunk(lists)?;
+            // The fresh chunk is on the empty list, so this takes its first block.
+            Ok((*lists).alloc_cached().unwrap_unchecked())
+        }
+    }
+
+    /// Fills `out` with up to `out.len()` blocks of `lists` for a magazine (see
+    /// [`ChunkLists::alloc_batch`]), mapping one new chunk if no chunk has a free block. Returns
+    /// how many blocks it wrote: at least one, unless `out` is empty or the page source fails.
+    ///
+    /// # Safety
+    ///
+    /// As for [`alloc`](Self::alloc).
+    unsafe fn alloc_batch(
+        &mut self,
+        lists: *mut ChunkLists,
+        out: &mut [*mut u8],
+    ) -> Result<usize, PageSourceError> {
+        // SAFETY: `lists` is live (caller).
+        unsafe {
+            let n = (*lists).alloc_batch(out);
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            self.add_chunk(lists)?;
+            Ok((*lists).alloc_batch(out))
+        }
+    }
+
+    /// Maps a new chunk for `lists` (a descriptor slot, a page and its page-map entry) and puts
+    /// it on their empty list. On failure nothing is left behind.
+    ///
+    /// # Safety
+    ///
+    /// As for [`alloc`](Self::alloc).
+    unsafe fn add_chunk(&mut self, lists: *mut ChunkLists) -> Result<(), PageSourceError> {
+        let slot = self.roots.alloc(self.src, self.map)?;
+        let page = match self.src.map_pages(1) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: taken just above, unused.
+                unsafe { self.roots.free(slot) };
+                return Err(e);
+            }
+        };
+        let d = slot.cast::<ChunkDesc>();
+        if let Err(e) = self.map.set(self.src, page, Entry::Chunk(d)) {
+            // SAFETY: both taken just above, unused.
+            unsafe {
+                self.src.unmap_pages(page, 1);
+                self.roots.free(slot);
+            }
+            return Err(e);
+        }
+        // SAFETY: `lists` is live (caller); the slot and the page are ours and the page is
+        // recorded as this chunk.
+        unsafe { ChunkLists::adopt(lists, d, page) };
+        Ok(())
+    }
+
+    /// Frees `ptr` into `lists`, returning its chunk to the page source if it empties and the
+    /// reserve is full. O(1). `owned` is the size the caller asked for (see `ChunkDesc::free`);
+    /// `owner` names the class or pool in debug messages. (The path of tiny pools.)
+    ///
+    /// With `debug-checks`, panics (naming the address and the owner) if `ptr` is not a live
+    /// block of `lists`; without, an invalid pointer that the page map does not know is ignored.
+    ///
+    /// Returns whether a block was freed (false only for an ignored invalid pointer).
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live chunk lists of this heap, and `ptr` must be a block allocated
+    /// from them (by a request of `owned` bytes) and not freed since.
+    #[inline]
+    pub unsafe fn free(
+        &mut self,
+        lists: *mut ChunkLists,
+        ptr: NonNull<u8>,
+        owned: usize,
+        owner: Owner,
+    ) -> bool {
+        let d = match self.map.lookup(ptr.addr().get()) {
+            Entry::Chunk(d) => d.as_ptr(),
+            other => {
+                debug::bad_free(ptr, owner, Fault::NotHeap(other));
+                return false;
+            }
+        };
+        // SAFETY: `d` is a live descriptor (page map) and `ptr` lies in its page; `lists` is
+        // live (caller). The check passes for the block of `lists` the caller vouches for.
+        unsafe {
+            check_block(d, lists, ptr, owner);
+            self.free_block(lists, d, ptr, owned);
+        }
+        true
+    }
+
+    /// Gives block `ptr` of chunk `d` back to `lists` without the debug checks of
+    /// [`free`](Self::free) (for blocks the heap itself held, such as a magazine's), returning
+    /// the chunk to the page source if it empties and the reserve is full. O(1).
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live chunk lists of this heap, `d` be a chunk of them and `ptr` a
+    /// block of that chunk that counts as used, valid for writes of `owned` bytes.
+    #[inline]
+    unsafe fn free_block(
+        &mut self,
+        lists: *mut ChunkLists,
+        d: *mut ChunkDesc,
+        ptr: NonNull<u8>,
+        owned: usize,
+    ) {
+        // SAFETY: guaranteed by the caller.
+        if let Some(empty) = unsafe { (*lists).free(d, ptr, owned) } {
+            // SAFETY: the lists forgot the chunk; it is ours to release.
+            unsafe { self.release(empty) };
+        }
+    }
+
+    /// Returns a chunk its lists have forgotten to the page source, and its slot to the roots.
+    ///
+    /// # Safety
+    ///
+    /// `d` must be a live descriptor that no lists hold any more.
+    unsafe fn release(&mut self, d: NonNull<ChunkDesc>) {
+        // SAFETY: guaranteed by the caller.
+        let page = unsafe { (*d.as_ptr()).page };
+        // SAFETY: descriptors always hold their (non-null) chunk page.
+        let page = unsafe { NonNull::new_unchecked(page) };
+        self.map.clear_run(page, 1);
+        // SAFETY: the chunk is one page of our source, no block of it is in use, and the
+        // descriptor slot is no longer referenced.
+        unsafe {
+            self.src.unmap_pages(page, 1);
+            self.roots.free(d.cast());
+        }
+    }
+
+    /// Returns every reserve chunk of `lists` to the page source.
+    ///
+    /// # Safety
+    ///
+    /// `lists` must point to live chunk lists of this heap.
+    pub unsafe fn drain_reserve(&mut self, lists: *mut ChunkLists) {
+        // SAFETY: guaranteed by the caller.
+        while let Some(d) = unsafe { (*lists).take_empty() } {
+            // SAFETY: the lists forgot it.
+            unsafe { self.release(d) };
+        }
+    }
+}
+
+/// `debug-checks`: panics (naming `ptr` and `owner`) unless `ptr` is a live block of `lists` in
+/// chunk `d`. Does nothing without the feature.
+///
+/// # Safety
+///
+/// `d` must be a live descriptor whose page holds `ptr`; `lists` must be live.
+#[inline]
+pub unsafe fn check_block(
+    d: *mut ChunkDesc,
+    lists: *mut ChunkLists,
+    ptr: NonNull<u8>,
+    owner: Owner,
+) {
+    if !debug::ENABLED {
+        return;
+    }
+    // SAFETY: guaranteed by the caller.
+    let (recorded, geo) = unsafe { ((*d).debug.owner(), (*lists).geo) };
+    if let Some(actual) = recorded
+        && actual != lists.cast_const().cast()
+    {
+        // SAFETY: the owner recorded in a live descriptor is the live chunk lists holding it;
+        // only its geometry is read.
+        let size = usize::from(unsafe { (*actual.cast::<ChunkLists>()).geo.stride });
+        debug::bad_free(ptr, owner, Fault::WrongPool { size });
+    }
+    // SAFETY: guaranteed by the caller.
+    match unsafe { (*d).check_live(&geo, ptr) } {
+        Ok(()) => {}
+        Err(FreeFault::Interior { block }) => debug::bad_free(ptr, owner, Fault::Interior(block)),
+        Err(FreeFault::NotAllocated) => debug::bad_free(ptr, owner, Fault::DoubleFree),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{DESC_SLOT, Geometry};
+    use crate::chunk_lists::ListCounts;
+    use crate::magazine::MagazineStore;
+    use crate::testing::ArenaSource;
+
+    /// The back's batch operations take any magazine and any chunk lists from outside: here
+    /// both live on the stack, with a descriptor chain and a page map of their own.
+    #[test]
+    fn the_back_refills_and_flushes_a_magazine_it_does_not_own() {
+        let mut src = ArenaSource::new(64);
+        let mut map = PageMap::new();
+        let mut roots = Roots::empty(DESC_SLOT);
+        let mut lists = ChunkLists::new(Geometry::new(64));
+        let l = &raw mut lists;
+        let mut store = MagazineStore::<8>::new();
+        let mut mag = store.magazine();
+        let mut back = Back {
+            src: &mut src,
+            roots: &mut roots,
+            map: &mut map,
+        };
+        // SAFETY: `l` points to chunk lists of 64-byte blocks that only this test uses, through
+        // `l`; the magazine caches blocks of them only; every flushed block came from a refill.
+        unsafe {
+            back.refill(l, mag.reborrow(), 5).unwrap();
+            assert_eq!(mag.len(), 5);
+            // A budget beyond the magazine's room fills the room.
+            back.refill(l, mag.reborrow(), 100).unwrap();
+            assert_eq!(mag.len(), 8);
+            assert_eq!((*l).counts().live, 8, "cached blocks count as used");
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            let oldest = mag.cached()[..3].to_vec();
+            back.flush(l, mag.reborrow(), 3);
+            assert_eq!(mag.len(), 5);
+            assert!(oldest.iter().all(|p| !mag.cached().contains(p)));
+            assert_eq!((*l).counts().live, 5);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            // Emptied, the chunk waits in the reserve; draining it gives its page back.
+            back.flush(l, mag.reborrow(), usize::MAX);
+            assert_eq!(mag.len(), 0);
+            assert_eq!(
+                (*l).counts(),
+                ListCounts {
+                    live: 0,
+                    chunks: 1,
+                    free: 64
+                }
+            );
+            back.drain_reserve(l);
+            assert_eq!((*l).counts().chunks, 0);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            // A page source that refuses leaves the magazine as it was.
+            back.src.fail_after(Some(0));
+            assert!(back.refill(l, mag.reborrow(), 5).is_err());
+            assert_eq!(mag.len(), 0);
+        }
+        roots.check(&map, |_, _| Ok(())).unwrap();
+    }
+}

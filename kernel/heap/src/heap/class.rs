@@ -1,0 +1,302 @@
+//! The general allocator's paths: `allocate`, `deallocate`, `reallocate`, `usable_size`, and the
+//! debug check of a pointer before it is touched.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+use super::Heap;
+use super::state::Live;
+use crate::back::check_block;
+use crate::debug::{self, Fault, Owner};
+use crate::error::AllocError;
+use crate::large::LargeAlloc;
+use crate::pagemap::Entry;
+use crate::size_class::{CLASS_SIZES, SizeClass, class_for, common_class};
+use crate::source::PageSource;
+
+impl<S: PageSource> Heap<S> {
+    /// Allocates a block for `layout`. O(1) for class sizes (plus a page-source call when a
+    /// class needs a new chunk); large requests cost what the large allocator costs.
+    ///
+    /// A class-sized request is served from the class's magazine when it holds a block (the
+    /// fast path: a table lookup and a pop); otherwise the magazine is refilled from the chunks
+    /// first. If the page source refuses pages, the heap is [trimmed](Self::trim) — every cache
+    /// (magazines, reserve chunks, the large allocator's cached region) is given back, and so are
+    /// root runs and page-map nodes without a live entry (such as those a chunk that could not be
+    /// created left) — and the request is tried once more, so a failure means the memory is
+    /// really gone, not held by the heap.
+    #[inline]
+    pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        if let Some(mut st) = self.live()
+            && let Some(i) = common_class(layout)
+            // SAFETY: `common_class` returns class indices.
+            && let Some(p) = unsafe { st.class(i) }.take(layout.size())
+        {
+            return Ok(p);
+        }
+        self.allocate_slow(layout)
+    }
+
+    /// Everything but the magazine hit: first use, refills, large requests, and the retry after
+    /// trimming.
+    #[inline(never)]
+    fn allocate_slow(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let mut st = self
+            .live_or_init()
+            .map_err(|cause| AllocError::OutOfPages { layout, cause })?;
+        match st.allocate_uncached(layout) {
+            Err(AllocError::OutOfPages { .. }) => {
+                st.trim();
+                st.allocate_uncached(layout)
+            }
+            result => result,
+        }
+    }
+
+    /// Frees a block.
+    ///
+    /// A class-sized block goes to its class's magazine; when the magazine is full, its oldest
+    /// quarter goes back to the chunks first. The pointer the magazine keeps is rebuilt with a
+    /// provenance that covers the whole block: that of the page source's window
+    /// ([`PageSource::window`]) in a release build whose source has one (no lookup at all), and
+    /// otherwise that of the block's chunk page, found with one page-map lookup.
+    ///
+    /// With `debug-checks`, a pointer that is not a live block of the class (or large block)
+    /// `layout` maps to panics with a message naming it. Without, freeing anything else is
+    /// undefined behaviour, except that a pointer outside the window (for a source without a
+    /// window: outside every chunk and large-allocator page) is ignored.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must come from [`allocate`](Self::allocate) (or `reallocate`) of this heap with
+    /// this `layout` (for `reallocate`: the new size and the old alignment), and must not have
+    /// been freed since.
+    #[inline]
+    pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        if let Some(mut st) = self.live()
+            && let Some(i) = common_class(layout)
+        {
+            // SAFETY: `common_class` returns class indices.
+            let mut class = unsafe { st.class(i) };
+            // SAFETY: the caller vouches that `ptr` is an allocated block of class `i`.
+            if let Some(block) = unsafe { class.freed_block_fast(ptr) } {
+                if !class.cache(block, layout.size()) {
+                    // A call in tail position, as below.
+                    // SAFETY: `block` is the caller's block, checked, with a provenance
+                    // covering it.
+                    return unsafe { self.flush_and_cache(i, block, layout.size()) };
+                }
+                return;
+            }
+        }
+        // A call in tail position only (a page-map cache miss included), so that the fast path
+        // above needs no saved registers.
+        // SAFETY: forwarded.
+        unsafe { self.deallocate_slow(ptr, layout) }
+    }
+
+    /// [`deallocate`](Self::deallocate) into a full magazine: gives its oldest batch back to
+    /// the chunks, then caches `block`.
+    ///
+    /// # Safety
+    ///
+    /// `i < NUM_CLASSES`, and `block` is a block of class `i` the caller gives up, that its
+    /// chunk counts as used, with a provenance covering the block.
+    #[inline(never)]
+    unsafe fn flush_and_cache(&mut self, i: usize, block: NonNull<u8>, size: usize) {
+        if let Some(mut st) = self.live() {
+            // SAFETY: guaranteed by the caller.
+            unsafe { st.class(i).give(block, size) };
+        }
+    }
+
+    /// Frees what the fast path does not: blocks outside the window or the page map's cached
+    /// node, into a full magazine, large blocks, and (with `debug-checks`, a panic) pointers that
+    /// are no such block. The pointer is looked up once, and the free goes where the entry says.
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate).
+    #[inline(never)]
+    unsafe fn deallocate_slow(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let Some(mut st) = self.live() else {
+            return debug::bad_large_free(ptr, layout, Entry::Empty);
+        };
+        match class_for(layout) {
+            SizeClass::Small(i) => {
+                // SAFETY: `class_for` returns class indices.
+                let mut class = unsafe { st.class(i) };
+                // SAFETY: the caller vouches that `ptr` is an allocated block of class `i`; the
+                // block `freed_block` returns is that block, checked, given up by the caller.
+                unsafe {
+                    if let Some(block) = class.freed_block(ptr) {
+                        class.give(block, layout.size());
+                    }
+                }
+            }
+            SizeClass::Large => {
+                let (large, mut rec) = st.large();
+                let entry = rec.map.lookup(ptr.addr().get());
+                let Entry::Large(run) = entry else {
+                    return debug::bad_large_free(ptr, layout, entry);
+                };
+                check_large(large, ptr, layout, entry);
+                // SAFETY: the caller guarantees `ptr` is a live large block of this layout; the
+                // block rebuilt from its mapping's start is the same address.
+                unsafe { large.deallocate(&mut rec, run.with_addr(ptr.addr()), layout) };
+                *st.requested() -= layout.size();
+            }
+        }
+    }
+
+    /// Resizes a block to `new_size` bytes (same alignment): in place when the new size maps to
+    /// the same class, or when the large allocator can resize it in place; otherwise allocate,
+    /// copy, free. On failure the old block is untouched and still owned by the caller.
+    ///
+    /// A `new_size` that cannot form a layout with the old alignment fails with `TooLarge`
+    /// (carrying the old layout).
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate) with `old`.
+    pub unsafe fn reallocate(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let new = Layout::from_size_align(new_size, old.align())
+            .map_err(|_| AllocError::TooLarge { layout: old })?;
+        let Some(mut st) = self.live() else {
+            return Err(AllocError::Uninitialized);
+        };
+        st.check_live(ptr, old);
+        match (class_for(old), class_for(new)) {
+            (SizeClass::Small(a), SizeClass::Small(b)) if a == b => {
+                *st.requested() = *st.requested() - old.size() + new_size;
+                return Ok(ptr);
+            }
+            (SizeClass::Large, SizeClass::Large) => {
+                let (large, mut rec) = st.large();
+                let resized = match rec.map.lookup(ptr.addr().get()) {
+                    // SAFETY: the caller vouches for `ptr` and `old`; the block rebuilt from its
+                    // mapping's start is the same address.
+                    Entry::Large(run) => Some(run.with_addr(ptr.addr())).filter(|&block| unsafe {
+                        large.resize_in_place(&mut rec, block, old, new_size)
+                    }),
+                    _ => None,
+                };
+                if let Some(block) = resized {
+                    *st.requested() = *st.requested() - old.size() + new_size;
+                    return Ok(block);
+                }
+            }
+            _ => {}
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live and distinct; the old one has `old.size()` readable
+        // bytes and the new one `new_size` writable bytes.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.size().min(new_size));
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
+    }
+
+    /// `debug-checks`: panics, with the message [`deallocate`](Self::deallocate) would give,
+    /// unless `ptr` is a live block allocated with `layout`. Reads nothing but the heap's own
+    /// metadata (the page map says what a page is before its descriptor or header is read), so
+    /// any pointer may be checked: the red-zone wrapper ([`Checked`](crate::Checked)) asks before
+    /// it touches a block. Does nothing without the feature.
+    pub(crate) fn check_allocated(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        match self.live() {
+            Some(mut st) => st.check_live(ptr, layout),
+            None => debug::bad_large_free(ptr, layout, Entry::Empty),
+        }
+    }
+
+    /// Bytes usable in the block at `ptr` (at least `layout.size()`).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block of this heap allocated with `layout`.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>, layout: Layout) -> usize {
+        match class_for(layout) {
+            SizeClass::Small(i) => CLASS_SIZES[i],
+            SizeClass::Large => {
+                let Some(st) = self.view() else {
+                    return layout.size();
+                };
+                let block = match st.map.get(ptr.addr().get()) {
+                    Entry::Large(run) => run.with_addr(ptr.addr()),
+                    _ => ptr,
+                };
+                // SAFETY: the caller vouches for the block; `block` is the same address.
+                unsafe { st.large.usable_size(block, layout) }
+            }
+        }
+    }
+}
+
+impl<S: PageSource> Live<'_, S> {
+    /// [`Heap::allocate`] past the magazine's fast path, on an initialised heap.
+    fn allocate_uncached(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        match class_for(layout) {
+            SizeClass::Small(i) => {
+                // SAFETY: `class_for` returns class indices.
+                let mut class = unsafe { self.class(i) };
+                match class.take(layout.size()) {
+                    Some(p) => Ok(p),
+                    None => class
+                        .refill_and_take(layout.size())
+                        .map_err(|cause| AllocError::OutOfPages { layout, cause }),
+                }
+            }
+            SizeClass::Large => {
+                let (large, mut rec) = self.large();
+                let p = large.allocate(&mut rec, layout)?;
+                *self.requested() += layout.size();
+                Ok(p)
+            }
+        }
+    }
+
+    /// `debug-checks`: panics unless `ptr` is a live block for `layout` (see
+    /// [`Heap::check_allocated`]). Does nothing without the feature.
+    pub(super) fn check_live(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        if !debug::ENABLED {
+            return;
+        }
+        match class_for(layout) {
+            SizeClass::Small(i) => {
+                let owner = Owner::Class {
+                    size: CLASS_SIZES[i],
+                };
+                // SAFETY: `class_for` returns class indices.
+                let lists = unsafe { self.class(i) }.lists();
+                match self.map().get(ptr.addr().get()) {
+                    // SAFETY: a live descriptor whose page holds `ptr`; live class lists.
+                    Entry::Chunk(d) => unsafe { check_block(d.as_ptr(), lists, ptr, owner) },
+                    other => debug::bad_free(ptr, owner, Fault::NotHeap(other)),
+                }
+            }
+            SizeClass::Large => {
+                let (large, rec) = self.large();
+                let entry = rec.map.get(ptr.addr().get());
+                check_large(large, ptr, layout, entry);
+            }
+        }
+    }
+}
+
+/// `debug-checks`: panics unless `ptr`, whose page the page map records as `entry`, is a live
+/// block of the large allocator. Does nothing without the feature.
+fn check_large(large: &LargeAlloc, ptr: NonNull<u8>, layout: Layout, entry: Entry) {
+    if !debug::ENABLED {
+        return;
+    }
+    match entry {
+        Entry::Large(run) if large.owns(run.with_addr(ptr.addr())) => {}
+        _ => debug::bad_large_free(ptr, layout, entry),
+    }
+}

@@ -1,0 +1,168 @@
+//! `debug-checks`: invalid frees panic with a message naming the address and the class or pool.
+
+use super::*;
+
+#[test]
+#[should_panic(expected = "kheap: double free of")]
+fn double_free() {
+    let mut h = heap(64);
+    let l = layout(64, 8);
+    let p = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong: the second free is the bug under test.
+    unsafe {
+        h.deallocate(p, l);
+        h.deallocate(p, l);
+    }
+}
+
+/// The first free put the block in the magazine, and the magazine gave it back to its
+/// chunk before the second free: still caught.
+#[test]
+#[should_panic(expected = "kheap: double free of")]
+fn double_free_after_the_magazine_gave_the_block_back() {
+    let mut h = heap(64);
+    let l = layout(64, 8);
+    let blocks: Vec<_> = (0..2 * MAG_CAP).map(|_| h.allocate(l).unwrap()).collect();
+    // SAFETY: every block is freed once; then (deliberately wrong) the first again.
+    unsafe {
+        for &p in &blocks {
+            h.deallocate(p, l);
+        }
+        h.check_invariants().unwrap();
+        assert!(h.stats().classes[7].cached < blocks.len());
+        h.deallocate(blocks[0], l);
+    }
+}
+
+#[test]
+#[should_panic(expected = "(class 64 B)")]
+fn double_free_names_the_class() {
+    double_free();
+}
+
+#[test]
+#[should_panic(expected = "kheap: free of interior pointer")]
+fn interior_pointer() {
+    let mut h = heap(64);
+    let l = layout(64, 8);
+    let p = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(p.add(8), l) };
+}
+
+#[test]
+#[should_panic(expected = "but it belongs to a pool of 128 B blocks")]
+fn wrong_class() {
+    let mut h = heap(64);
+    let p = h.allocate(layout(128, 8)).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(p, layout(64, 8)) };
+}
+
+#[test]
+#[should_panic(expected = "which is not a heap block")]
+fn foreign_pointer() {
+    let mut h = heap(64);
+    let _ = h.allocate(layout(8, 8)).unwrap();
+    let mut local = 0u64;
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(NonNull::from(&mut local).cast(), layout(8, 8)) };
+}
+
+#[test]
+#[should_panic(expected = "kheap: double free of large block")]
+fn large_double_free() {
+    let mut h = heap(64);
+    let l = layout(10_000, 8);
+    let p = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe {
+        h.deallocate(p, l);
+        h.deallocate(p, l);
+    }
+}
+
+#[test]
+#[should_panic(expected = "but it is a large block")]
+fn large_block_freed_as_small() {
+    let mut h = heap(64);
+    let p = h.allocate(layout(10_000, 8)).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(p, layout(64, 8)) };
+}
+
+#[test]
+#[should_panic(expected = "kheap: double free of")]
+fn pool_double_free_of_a_cached_block() {
+    let mut h = heap(64);
+    let id = h.create_pool(48, 16).unwrap();
+    let p = h.pool_allocate(id).unwrap();
+    // SAFETY: deliberately wrong: the first free puts `p` in the pool's magazine.
+    unsafe {
+        h.pool_deallocate(id, p);
+        h.pool_deallocate(id, p);
+    }
+}
+
+#[test]
+#[should_panic(expected = "kheap: free of interior pointer")]
+fn pool_free_of_an_interior_pointer() {
+    let mut h = heap(64);
+    let id = h.create_pool(48, 16).unwrap();
+    let p = h.pool_allocate(id).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.pool_deallocate(id, p.add(8)) };
+}
+
+#[test]
+#[should_panic(expected = "kheap: double free of")]
+fn tiny_pool_double_free() {
+    let mut h = heap(64);
+    let id = h.create_pool(1, 1).unwrap();
+    let p = h.pool_allocate(id).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe {
+        h.pool_deallocate(id, p);
+        h.pool_deallocate(id, p);
+    }
+}
+
+#[test]
+#[should_panic(expected = "which is not a live pool")]
+fn free_to_destroyed_pool() {
+    let mut h = heap(64);
+    let id = h.create_pool(16, 8).unwrap();
+    let p = h.pool_allocate(id).unwrap();
+    // SAFETY: freed once, then (deliberately wrong) again after the pool is gone.
+    unsafe { h.pool_deallocate(id, p) };
+    h.destroy_pool(id).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.pool_deallocate(id, p) };
+}
+
+#[test]
+#[should_panic(expected = "as pool #2, 16 B blocks, but it belongs to a pool of 16 B")]
+fn free_to_the_wrong_pool() {
+    let mut h = heap(64);
+    let a = h.create_pool(16, 8).unwrap();
+    let b = h.create_pool(16, 8).unwrap();
+    let p = h.pool_allocate(a).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.pool_deallocate(b, p) };
+}
+
+#[test]
+#[should_panic(expected = "kheap: double free of")]
+fn realloc_of_a_freed_block() {
+    let mut h = heap(64);
+    let l = layout(32, 8);
+    let p = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe {
+        h.deallocate(p, l);
+        let _ = h.reallocate(p, l, 24);
+    }
+}

@@ -1,0 +1,368 @@
+//! The large allocator: a coalescing, two-level segregated-fit allocator over *regions*, plus
+//! *page runs* for very large requests.
+//!
+//! Every request the size classes do not serve lands here: sizes from just above the largest
+//! class up to gigabytes, with any power-of-two alignment. A request takes one of two paths,
+//! chosen by its *footprint*, `size + (align > 16 ? align : 0)` (the most a region would have to
+//! set aside for it):
+//!
+//! * footprint below [`PAGE_RUN_THRESHOLD`] (64 KiB): a **block** carved from a region;
+//! * otherwise: a **page run** of its own, mapped for it and unmapped when it is freed.
+//!
+//! # Regions and blocks
+//!
+//! A region is one run of pages from the [`PageSource`], `max(64 KiB, need)` bytes long (`need`
+//! being the request's worst-case block plus the region's own header and end sentinel, rounded up
+//! to whole pages; at most 68 KiB given the threshold). It is tiled by blocks, each starting with a
+//! 16-byte header that doubles as the boundary tag of its predecessor:
+//!
+//! ```text
+//! region + 0        Mapping node (index links, length, kind)           REGION_HEADER = 48 bytes
+//! region + 48       block 0 | block 1 | ... | block n-1                 they tile the region
+//! region + len - 16 end sentinel: a header of size 0, state END
+//!
+//! block + 0   prev_size   usize  size of the physically preceding block; 0 = first in region
+//! block + 8   size_state  usize  bits 0..4 state (USED, FREE, END or RUN, exactly one bit),
+//!                                bits 4..48 block size in bytes (header included, multiple of 16),
+//!                                bits 48..64 a check tag derived from the block's address
+//! block + 16  payload: the user pointer of a USED block (16-aligned)
+//!             a FREE block keeps its free-list links here:
+//! block + 16  next_free   *mut u8  next block in the same bin, or null
+//! block + 24  prev_free   *mut u8  previous block in the same bin; null = bin head
+//! ```
+//!
+//! Since `prev_size` is kept up to date for every block (free or used), both neighbours of a block
+//! are found in O(1): `block - prev_size` and `block + size`. Freeing marks the block FREE, merges
+//! it with a FREE predecessor and/or successor, and bins the result, so no two adjacent blocks are
+//! ever both free. The smallest block is 32 bytes (header and two links).
+//!
+//! # Bins (TLSF)
+//!
+//! Free blocks sit in doubly-linked lists, one per *bin*, indexed two-level as in TLSF: the first
+//! level is the power of two of the size (sizes below 128 bytes share level 0), the second splits
+//! each power-of-two range into 8 linear sub-bins. A 32-bit first-level bitmap and one 8-bit
+//! bitmap per level say which bins are non-empty, so the smallest non-empty bin whose every block
+//! is large enough is found with two bit scans. The searched size is first rounded up to the next
+//! sub-bin boundary (the "good fit" of TLSF); before a new region is mapped the exact bin is also
+//! probed for a few entries (`PROBE_LIMIT`), which rescues requests just above a sub-bin boundary.
+//! An allocation splits the tail off its block when the rest can stand as a block of its own.
+//!
+//! An alignment above 16 is honoured by searching for `size + align + 16` bytes, placing the block
+//! so that its payload is aligned, and returning the leading gap to the bins as a free block. A gap
+//! of exactly 16 bytes cannot be a block, so the block then moves up by one more alignment step.
+//!
+//! # Page runs
+//!
+//! A page run is a *header page* followed by the data pages; the caller's pointer is the first data
+//! page:
+//!
+//! ```text
+//! run + 0             Mapping node (index links, length = (1 + data pages) * 4096, kind RUN)
+//! run + 4096 - 16     a block header with state RUN (what `deallocate` reads to pick the path)
+//! run + 4096          user data, ceil(size / 4096) pages, aligned to the request's alignment
+//! ```
+//!
+//! The header page costs one page per run, at most 1/17 of the smallest run, and buys a tag at
+//! `ptr - 16` in both paths (so freeing never trusts the layout to pick a path or a length), room
+//! for the index node, and a double-free check. It never breaks alignment: for an alignment above
+//! 4096 the run is asked of the page source with [`PageSource::map_pages_aligned`], which places
+//! the data page at an aligned address and maps only the run's own pages (a source that cannot
+//! choose addresses maps `align / 4096 - 1` more and unmaps the head and tail around the run).
+//! Shrinking a run in place unmaps its tail pages; growing in place asks the source for the pages
+//! right after it ([`PageSource::grow_pages`]).
+//!
+//! # The mapping index
+//!
+//! The node at the start of every region and every page run is an entry of one intrusive treap
+//! (a binary search tree by address, heap-ordered by a hash of the address) rooted in
+//! [`LargeAlloc`]. It gives O(log n) expected lookup of the mapping that contains an address,
+//! which [`LargeAlloc::owns`] and the debug checks use so that they never read unmapped memory,
+//! and an in-order walk for [`LargeAlloc::check_invariants`]. No metadata lives anywhere but in
+//! the mappings themselves and in the fixed-size `LargeAlloc` (under 1 KiB, so it fits the heap's
+//! root page).
+//!
+//! # Returning memory
+//!
+//! A region whose blocks have all been freed coalesces into one free block spanning it. The first
+//! such region of the standard 64 KiB size is kept as a cache (its block stays in the bins, ready
+//! for the next request) so that a workload that allocates and frees one large block in a loop does
+//! not map and unmap a region each time; any other wholly free region is unmapped at once. So at
+//! most one empty region is ever mapped; [`LargeAlloc::release_cached`] unmaps it too.
+//!
+//! # Invariants (checked by [`LargeAlloc::check_invariants`])
+//!
+//! * The index is a valid treap; mappings do not overlap; each node says REGION or RUN.
+//! * Blocks tile each region from `region + 48` to its sentinel; every header has a valid tag and
+//!   state; the `prev_size` of each block and of the sentinel is the size of the block before it.
+//! * No two physically adjacent blocks are both free.
+//! * The free blocks are exactly the entries of the bins, each in the bin of its size; the lists
+//!   are consistently doubly linked; the bitmaps mark exactly the non-empty bins.
+//! * At most one region is wholly free, and it is the cached one.
+//! * The counters behind [`LargeStats`] match what the walk finds.
+//!
+//! # Debug checks
+//!
+//! With the `debug-checks` feature, [`LargeAlloc::deallocate`] first looks the pointer up in the
+//! index and reads its header; freeing a block that is already free (or whose mapping is already
+//! gone) panics with `kheap: double free of large block 0x...`. Without the feature the check is
+//! an empty function. A block freed and merged into its predecessor keeps its FREE header inside
+//! the merged block, so a second free of it is caught until that memory is handed out again.
+//!
+//! All pointers are derived from the pointers the page source returned (`wrapping_add`,
+//! `wrapping_sub`), never from integers, so the module runs under Miri's strict provenance. The
+//! code assumes a 64-bit `usize` (it is an x86_64 heap): the size word packs a 48-bit size and a
+//! 16-bit tag.
+//!
+//! # Files
+//!
+//! `block` (the block header), `bins` (the TLSF bins), `index` (the treap of mappings), `region`
+//! (region blocks: carve, coalesce, resize), `run` (page runs), `check` (the invariant checker and
+//! the debug check of a free); this file holds the allocator's state and dispatches each call to
+//! the region or the page-run path. The tests are in `tests/`.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::ptr::{self, NonNull};
+
+use crate::error::AllocError;
+use crate::source::{PAGE_SIZE, PageSource};
+
+mod bins;
+mod block;
+mod check;
+mod index;
+mod region;
+mod run;
+#[cfg(test)]
+mod tests;
+
+use bins::Bins;
+use block::{Block, GRANULE, HEADER, RUN};
+use index::{Index, KIND_RUN, Mapping, run_node};
+
+/// Requests whose footprint (size plus alignment padding) reaches this go to page runs. Such a
+/// block would fill most of a standard region by itself, so a region would bring no sharing, only
+/// split and coalesce work and a leftover fragment; a page run of at least 64 KiB wastes less than
+/// one data page plus its header page (the header page is at most 1/17 of the run).
+pub const PAGE_RUN_THRESHOLD: usize = 64 * 1024;
+
+// `LargeAlloc` lives inside the heap's first root run, next to other state.
+const _: () = assert!(size_of::<LargeAlloc>() <= 1536);
+
+/// The most a region could have to set aside for `layout`: its size plus alignment padding.
+fn footprint(layout: Layout) -> usize {
+    let padding = if layout.align() > GRANULE {
+        layout.align()
+    } else {
+        0
+    };
+    layout.size().saturating_add(padding)
+}
+
+/// Counters of a [`LargeAlloc`], for statistics and for the kernel's out-of-memory report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LargeStats {
+    /// Regions mapped, including the cached empty one.
+    pub regions: usize,
+    /// Bytes of all regions.
+    pub region_bytes: usize,
+    /// Bytes of all free blocks in regions (headers included).
+    pub free_bytes: usize,
+    /// Size of the largest free block in bytes (header included; its payload is 16 bytes less).
+    pub largest_free: usize,
+    /// Live allocations: region blocks plus page runs.
+    pub live_blocks: usize,
+    /// Bytes usable by callers in the live allocations (the sum of their usable sizes).
+    pub live_bytes: usize,
+    /// Page runs mapped.
+    pub page_runs: usize,
+    /// Pages of all page runs, each run's header page included.
+    pub page_run_pages: usize,
+}
+
+/// The large allocator (see the module documentation).
+///
+/// It holds only pointers into its own mappings, never into itself, so it may be moved at any
+/// time. It takes `&mut self`; locking is the caller's business.
+pub struct LargeAlloc {
+    /// The free blocks of the regions (and [`LargeStats::free_bytes`]).
+    bins: Bins,
+    /// Every region and page run.
+    index: Index,
+    /// The wholly free region kept mapped, or null.
+    cached: *mut Mapping,
+    /// See [`LargeStats::regions`].
+    regions: usize,
+    /// See [`LargeStats::region_bytes`].
+    region_bytes: usize,
+    /// See [`LargeStats::live_blocks`].
+    live_blocks: usize,
+    /// See [`LargeStats::live_bytes`].
+    live_bytes: usize,
+    /// See [`LargeStats::page_runs`].
+    page_runs: usize,
+    /// See [`LargeStats::page_run_pages`].
+    page_run_pages: usize,
+}
+
+// SAFETY: `LargeAlloc` owns the regions and page runs its pointers lead to (nothing else refers
+// to their metadata) and has no thread affinity, so it may move to another thread together with
+// them; all access goes through `&mut self` or, for reads, `&self`, serialised by the caller.
+unsafe impl Send for LargeAlloc {}
+
+impl Default for LargeAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LargeAlloc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LargeAlloc")
+            .field("stats", &self.stats())
+            .field("cached_region", &self.cached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LargeAlloc {
+    /// An allocator that holds nothing.
+    pub const fn new() -> Self {
+        Self {
+            bins: Bins::new(),
+            index: Index::new(),
+            cached: ptr::null_mut(),
+            regions: 0,
+            region_bytes: 0,
+            live_blocks: 0,
+            live_bytes: 0,
+            page_runs: 0,
+            page_run_pages: 0,
+        }
+    }
+
+    /// Allocates a block for `layout`, mapping a region or a page run from `src` if needed.
+    ///
+    /// Fails with [`AllocError::TooLarge`] if the page count overflows and with
+    /// [`AllocError::OutOfPages`] if `src` refuses; a failed call changes nothing.
+    pub fn allocate<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        layout: Layout,
+    ) -> Result<NonNull<u8>, AllocError> {
+        if footprint(layout) >= PAGE_RUN_THRESHOLD {
+            self.allocate_run(src, layout)
+        } else {
+            self.allocate_block(src, layout)
+        }
+    }
+
+    /// Frees a block or page run.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from [`allocate`](Self::allocate) on this allocator (with the same `src`) with
+    /// this `layout` (or with the size of its last successful
+    /// [`resize_in_place`](Self::resize_in_place)), and has not been freed yet.
+    pub unsafe fn deallocate<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) {
+        self.check_free(ptr, layout);
+        let block = Block::from_user(ptr);
+        // SAFETY: `ptr` is live (caller), so its header at `ptr - 16` is mapped: in its region,
+        // or at the end of its run's header page; the header says which.
+        unsafe {
+            if block.state() == RUN {
+                self.free_run(src, ptr)
+            } else {
+                self.free_block(src, block)
+            }
+        }
+    }
+
+    /// Tries to resize the allocation at `ptr` in place to `new_size` bytes. On success (`true`)
+    /// it has at least `new_size` usable bytes and the same alignment, and is from then on
+    /// described by a layout of `new_size` bytes; on failure (`false`) nothing changed.
+    ///
+    /// Region blocks shrink by splitting off their tail (when it can stand as a block) and grow by
+    /// absorbing a free successor. Page runs shrink by unmapping tail pages and grow when the
+    /// page source can map the pages right after them ([`PageSource::grow_pages`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate), with `_layout` the allocation's layout.
+    #[must_use = "on `false` the allocation was not resized"]
+    pub unsafe fn resize_in_place<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        _layout: Layout,
+        new_size: usize,
+    ) -> bool {
+        let block = Block::from_user(ptr);
+        // SAFETY: `ptr` is live (caller), so its header is mapped (see `deallocate`) and says
+        // whether `ptr` is the data of a page run or a region block.
+        unsafe {
+            if block.state() == RUN {
+                self.resize_run(src, ptr, new_size)
+            } else {
+                self.resize_block(src, block, new_size)
+            }
+        }
+    }
+
+    /// Current counters (and the largest free block, found from the bitmaps).
+    pub fn stats(&self) -> LargeStats {
+        LargeStats {
+            regions: self.regions,
+            region_bytes: self.region_bytes,
+            free_bytes: self.bins.free_bytes(),
+            largest_free: self.bins.largest(),
+            live_blocks: self.live_blocks,
+            live_bytes: self.live_bytes,
+            page_runs: self.page_runs,
+            page_run_pages: self.page_run_pages,
+        }
+    }
+
+    /// Is `ptr` the user pointer of a live block or page run of this allocator?
+    ///
+    /// Looks `ptr` up in the index first (O(log n) expected), so it never reads outside this
+    /// allocator's mappings, whatever `ptr` is. For a region it then checks the header at
+    /// `ptr - 16` (tag, USED state, size within the region) and that both neighbours agree with it
+    /// through their boundary tags; only user data that forges a whole consistent header at the
+    /// right address could fool it.
+    pub fn owns(&self, ptr: NonNull<u8>) -> bool {
+        let node = self.index.find_containing(ptr.addr().get());
+        if node.is_null() {
+            return false;
+        }
+        // SAFETY: `node` is in the index, so it is the live node of a mapping of ours.
+        if unsafe { (*node).kind } == KIND_RUN {
+            return ptr.addr().get() == node.addr() + PAGE_SIZE;
+        }
+        // SAFETY: as above; a node that is not a run's is a region's.
+        unsafe { self.region_owns(node, ptr) }
+    }
+
+    /// Usable size of a live allocation: at least `layout.size()`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate), with `_layout` the allocation's layout.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>, _layout: Layout) -> usize {
+        let block = Block::from_user(ptr);
+        // SAFETY: `ptr` is live (caller): its header is mapped and, for a run, so is the node
+        // one page before `ptr`.
+        unsafe {
+            if block.state() == RUN {
+                (*run_node(ptr)).len - PAGE_SIZE
+            } else {
+                block.size() - HEADER
+            }
+        }
+    }
+}

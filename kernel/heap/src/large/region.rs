@@ -1,0 +1,355 @@
+//! Regions: runs of at least 64 KiB from the page source, tiled by blocks.
+//!
+//! ```text
+//! region + 0        Mapping node (index links, length, kind)           REGION_HEADER = 48 bytes
+//! region + 48       block 0 | block 1 | ... | block n-1                 they tile the region
+//! region + len - 16 end sentinel: a header of size 0, state END
+//! ```
+//!
+//! An allocation takes a binned block (or maps a region for it), aligns its payload, and splits
+//! off the leading gap and the tail when they can stand as blocks; a free merges the block with
+//! free neighbours and bins the result, or caches or unmaps a region that becomes wholly free.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+use super::bins::BIN_LIMIT;
+use super::block::{Block, END, FREE, GRANULE, HEADER, MIN_BLOCK, USED, block_size_for};
+use super::index::{KIND_REGION, Mapping};
+use super::{LargeAlloc, PAGE_RUN_THRESHOLD};
+use crate::error::AllocError;
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+
+/// Smallest region. 16 pages amortise one page-source call over many blocks of the sizes that
+/// come here (from ~145 bytes to a few KiB typically), while an idle, cached region stays cheap.
+pub(super) const REGION_MIN: usize = 64 * 1024;
+/// Bytes at the start of a region taken by its index node, rounded up to the granule.
+pub(super) const REGION_HEADER: usize = size_of::<Mapping>().next_multiple_of(GRANULE);
+/// The largest free block a region request can need: below the threshold, `size + align`
+/// (`size` alone for `align <= 16`) is at most `PAGE_RUN_THRESHOLD - 1`, and the search asks for
+/// `round_up(size + HEADER, 16) + align + 16` bytes.
+const MAX_REGION_NEED: usize = PAGE_RUN_THRESHOLD + 2 * GRANULE;
+/// The largest region ever mapped.
+pub(super) const MAX_REGION: usize = region_len_for(MAX_REGION_NEED);
+
+// The whole free space of the largest region must fit the bins.
+const _: () = assert!(MAX_REGION - REGION_HEADER - HEADER < BIN_LIMIT);
+// Regions are whole pages, and pages keep headers granule-aligned.
+const _: () = assert!(REGION_MIN.is_multiple_of(PAGE_SIZE) && PAGE_SIZE.is_multiple_of(GRANULE));
+
+/// Bytes of the region for a free block of `need` bytes: header, block and sentinel in whole
+/// pages, at least [`REGION_MIN`].
+const fn region_len_for(need: usize) -> usize {
+    let len = (REGION_HEADER + need + HEADER).next_multiple_of(PAGE_SIZE);
+    if len < REGION_MIN { REGION_MIN } else { len }
+}
+
+impl LargeAlloc {
+    /// The region path of [`allocate`](Self::allocate).
+    pub(super) fn allocate_block<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        layout: Layout,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let align = layout.align();
+        // The footprint is below the threshold, so none of this overflows (MAX_REGION_NEED).
+        let block_size = block_size_for(layout.size()).ok_or(AllocError::TooLarge { layout })?;
+        let need = if align > GRANULE {
+            block_size + align + GRANULE
+        } else {
+            block_size
+        };
+        let block = match self.bins.find(need) {
+            Some(block) => {
+                // SAFETY: `find_free` returned a block that is in a bin.
+                unsafe { self.bins.remove(block) };
+                if !self.cached.is_null() && block.addr() == self.cached.addr() + REGION_HEADER {
+                    // The cached region's only block is taken: the region is no longer empty.
+                    self.cached = ptr::null_mut();
+                }
+                block
+            }
+            None => self
+                .map_region(src, need)
+                .map_err(|cause| AllocError::OutOfPages { layout, cause })?,
+        };
+        // SAFETY: `block` is a free block of at least `need` bytes that is in no bin.
+        Ok(unsafe { self.carve(block, block_size, align) })
+    }
+
+    /// Maps a region with one free block of at least `need` bytes and returns that block (not
+    /// binned). On failure nothing changes.
+    fn map_region<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        need: usize,
+    ) -> Result<Block, PageSourceError> {
+        let len = region_len_for(need);
+        let base = src.map_pages(len / PAGE_SIZE)?.as_ptr();
+        let node = base.cast::<Mapping>();
+        let first = Block(base.wrapping_add(REGION_HEADER));
+        let sentinel = Block(base.wrapping_add(len - HEADER));
+        let size = len - REGION_HEADER - HEADER;
+        // SAFETY: the source just mapped `len` bytes at `base` for us alone (PageSource
+        // contract); the node, the first header and the sentinel lie inside, suitably aligned.
+        unsafe {
+            node.write(Mapping {
+                left: ptr::null_mut(),
+                right: ptr::null_mut(),
+                parent: ptr::null_mut(),
+                len,
+                kind: KIND_REGION,
+            });
+            self.index.insert(node);
+            first.set_prev_size(0);
+            first.set(size, FREE);
+            sentinel.set_prev_size(size);
+            sentinel.set(0, END);
+        }
+        self.regions += 1;
+        self.region_bytes += len;
+        Ok(first)
+    }
+
+    /// Turns the free, unbinned `block` into a used block of `block_size` bytes whose payload is
+    /// aligned to `align`, binning the leading gap and the tail when they can stand as blocks.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a free block of a region of ours, in no bin, whose neighbours are not free, of
+    /// at least `block_size` bytes (`block_size + align + 16` if `align > 16`).
+    unsafe fn carve(&mut self, block: Block, block_size: usize, align: usize) -> NonNull<u8> {
+        // SAFETY: every header touched lies within `block` or is its successor, all in the region
+        // (caller's guarantee on the size); the gap and tail pieces are at least MIN_BLOCK bytes.
+        unsafe {
+            let mut start = block;
+            let mut size = block.size();
+            if align > GRANULE {
+                let payload = (block.addr() + HEADER).next_multiple_of(align);
+                let mut gap = payload - HEADER - block.addr();
+                if gap != 0 && gap < MIN_BLOCK {
+                    gap += align;
+                }
+                if gap != 0 {
+                    // The leading gap stays a free block; its predecessor is not free.
+                    block.set(gap, FREE);
+                    self.bins.insert(block);
+                    start = block.forward(gap);
+                    start.set_prev_size(gap);
+                    size -= gap;
+                }
+            }
+            debug_assert!(size >= block_size);
+            if size - block_size >= MIN_BLOCK {
+                start.set(block_size, USED);
+                let tail = start.forward(block_size);
+                tail.set_prev_size(block_size);
+                tail.set(size - block_size, FREE);
+                // The tail's successor was the block's successor, which is not free.
+                tail.next().set_prev_size(size - block_size);
+                self.bins.insert(tail);
+            } else {
+                start.set(size, USED);
+                start.next().set_prev_size(size);
+            }
+            self.live_blocks += 1;
+            self.live_bytes += start.size() - HEADER;
+            start.user()
+        }
+    }
+
+    /// Marks `block` free, merges it with free neighbours and bins the result, or, if that
+    /// empties the region, caches or unmaps the region.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a block of a region of ours that is not free and not binned, with valid size
+    /// and `prev_size`, and nobody uses its memory any more.
+    unsafe fn free_and_coalesce<S: PageSource>(&mut self, src: &mut S, block: Block) {
+        // SAFETY: `block` and its neighbours are headers in the same region (the boundary tags
+        // are valid); binned neighbours leave their bins before they are merged.
+        unsafe {
+            let mut start = block;
+            let mut size = block.size();
+            // This header stays in memory when merged away: a second free of `block` sees FREE.
+            block.set(size, FREE);
+            if let Some(prev) = block.prev()
+                && prev.state() == FREE
+            {
+                self.bins.remove(prev);
+                size += prev.size();
+                start = prev;
+            }
+            let next = block.next();
+            if next.state() == FREE {
+                self.bins.remove(next);
+                size += next.size();
+            }
+            start.set(size, FREE);
+            let after = start.next();
+            after.set_prev_size(size);
+            if start.prev_size() == 0 && after.state() == END {
+                let region = start.back(REGION_HEADER).0.cast::<Mapping>();
+                if self.cached.is_null() && (*region).len == REGION_MIN {
+                    self.cached = region;
+                    self.bins.insert(start);
+                } else {
+                    self.unmap_region(src, region);
+                }
+            } else {
+                self.bins.insert(start);
+            }
+        }
+    }
+
+    /// Removes `region` from the index and gives its pages back to `src`.
+    ///
+    /// # Safety
+    ///
+    /// `region` is a region of ours that is wholly free, with its block in no bin.
+    unsafe fn unmap_region<S: PageSource>(&mut self, src: &mut S, region: *mut Mapping) {
+        // SAFETY: the region is ours and indexed; once out of the index, with no binned block,
+        // nothing refers to it, so its pages can go back to the source that mapped them.
+        unsafe {
+            let len = (*region).len;
+            self.index.remove(region);
+            self.regions -= 1;
+            self.region_bytes -= len;
+            src.unmap_pages(NonNull::new_unchecked(region.cast::<u8>()), len / PAGE_SIZE);
+        }
+    }
+
+    /// Frees the region block `block` (the region path of [`deallocate`](Self::deallocate)).
+    ///
+    /// # Safety
+    ///
+    /// `block` is the header of a live region block of ours that nobody uses any more.
+    pub(super) unsafe fn free_block<S: PageSource>(&mut self, src: &mut S, block: Block) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let size = block.size();
+            self.live_blocks -= 1;
+            self.live_bytes -= size - HEADER;
+            self.free_and_coalesce(src, block);
+        }
+    }
+
+    /// Resizes the region block `block` in place to hold `new_size` bytes (the region path of
+    /// [`resize_in_place`](Self::resize_in_place)): a shrink splits off the tail when it can
+    /// stand as a block; a growth absorbs a free successor, or fails.
+    ///
+    /// # Safety
+    ///
+    /// `block` is the header of a live region block of ours.
+    pub(super) unsafe fn resize_block<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        block: Block,
+        new_size: usize,
+    ) -> bool {
+        let Some(new_block) = block_size_for(new_size) else {
+            return false;
+        };
+        // SAFETY: `block` is a live region block (caller), so it, its successor and the
+        // successor's successor are valid headers in the same region, which this allocator owns.
+        unsafe {
+            let size = block.size();
+            if new_block <= size {
+                if size - new_block >= MIN_BLOCK {
+                    let tail = block.forward(new_block);
+                    block.set(new_block, USED);
+                    tail.set_prev_size(new_block);
+                    tail.set(size - new_block, USED);
+                    self.live_bytes -= size - new_block;
+                    // The tail's predecessor is `block`, which is used, so the region does not
+                    // become empty and `src` is not needed.
+                    self.free_and_coalesce(src, tail);
+                }
+                return true;
+            }
+            let next = block.next();
+            if next.state() != FREE {
+                return false;
+            }
+            let total = size + next.size();
+            if total < new_block {
+                return false;
+            }
+            self.bins.remove(next);
+            if total - new_block >= MIN_BLOCK {
+                block.set(new_block, USED);
+                let tail = block.forward(new_block);
+                tail.set_prev_size(new_block);
+                tail.set(total - new_block, FREE);
+                // The successor of the absorbed block is not free (it was coalesced).
+                tail.next().set_prev_size(total - new_block);
+                self.bins.insert(tail);
+                self.live_bytes += new_block - size;
+            } else {
+                block.set(total, USED);
+                block.next().set_prev_size(total);
+                self.live_bytes += total - size;
+            }
+            true
+        }
+    }
+
+    /// Is `ptr` the user pointer of a live block of `region`? (See [`owns`](Self::owns).)
+    ///
+    /// # Safety
+    ///
+    /// `region` is the indexed node of one of our regions, and `ptr` lies inside the region.
+    pub(super) unsafe fn region_owns(&self, region: *mut Mapping, ptr: NonNull<u8>) -> bool {
+        let addr = ptr.addr().get();
+        let base = region.addr();
+        // SAFETY: the node of a live region (caller).
+        let len = unsafe { (*region).len };
+        let sentinel = base + len - HEADER;
+        if !addr.is_multiple_of(GRANULE) || addr < base + REGION_HEADER + HEADER || addr >= sentinel
+        {
+            return false;
+        }
+        let block = Block::from_user(ptr);
+        // SAFETY: `block` lies in [region + REGION_HEADER, sentinel), inside the region; the
+        // neighbours are checked to lie inside it before they are read.
+        unsafe {
+            if block.checked_state() != Some(USED) {
+                return false;
+            }
+            let size = block.size();
+            if size < MIN_BLOCK || size > sentinel - block.addr() {
+                return false;
+            }
+            if block.next().prev_size() != size {
+                return false;
+            }
+            match block.prev() {
+                None => block.addr() == base + REGION_HEADER,
+                Some(prev) => {
+                    prev.addr() >= base + REGION_HEADER
+                        && prev.addr() < block.addr()
+                        && prev.checked_state().is_some()
+                        && prev.size() == block.addr() - prev.addr()
+                }
+            }
+        }
+    }
+
+    /// Unmaps the cached empty region, if any (when the heap is torn down, or to give memory back
+    /// under pressure).
+    pub fn release_cached<S: PageSource>(&mut self, src: &mut S) {
+        let region = self.cached;
+        if region.is_null() {
+            return;
+        }
+        self.cached = ptr::null_mut();
+        let first = Block(region.cast::<u8>().wrapping_add(REGION_HEADER));
+        // SAFETY: the cached region is mapped and wholly free; its single block `first` is in a
+        // bin. Once out of the bin, nothing refers to the region but its index entry, which
+        // `unmap_region` removes.
+        unsafe {
+            self.bins.remove(first);
+            self.unmap_region(src, region);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Region blocks: splitting, coalescing, alignment gaps, the cached region, in-place resizing.
+
+use super::*;
+
+#[test]
+fn split_leaves_one_free_tail() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    let p = alloc(&mut a, &mut src, 1000, 8);
+    let s = a.stats();
+    assert_eq!(s.regions, 1);
+    assert_eq!(s.region_bytes, REGION_MIN);
+    assert_eq!(s.live_blocks, 1);
+    assert_eq!(s.live_bytes, 1008);
+    assert_eq!(s.free_bytes, REGION_MIN - REGION_HEADER - HEADER - 1024);
+    assert_eq!(s.largest_free, s.free_bytes);
+    assert_eq!(a.bins.len(), 1);
+    // SAFETY: `p` is live with this layout.
+    assert_eq!(unsafe { a.usable_size(p, layout(1000, 8)) }, 1008);
+    // The second block follows the first directly.
+    let q = alloc(&mut a, &mut src, 200, 8);
+    assert_eq!(q.addr().get() - p.addr().get(), 1024);
+    free(&mut a, &mut src, q, 200, 8);
+    free(&mut a, &mut src, p, 1000, 8);
+}
+
+#[test]
+fn free_coalesces_with_both_neighbours() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    let x = alloc(&mut a, &mut src, 1000, 8);
+    let y = alloc(&mut a, &mut src, 1000, 8);
+    let z = alloc(&mut a, &mut src, 1000, 8);
+    let w = alloc(&mut a, &mut src, 1000, 8);
+    free(&mut a, &mut src, x, 1000, 8);
+    assert_eq!(a.bins.len(), 2);
+    free(&mut a, &mut src, z, 1000, 8);
+    assert_eq!(a.bins.len(), 3);
+    // y merges with x before it and z after it.
+    free(&mut a, &mut src, y, 1000, 8);
+    assert_eq!(a.bins.len(), 2);
+    assert_eq!(
+        a.stats().largest_free,
+        REGION_MIN - REGION_HEADER - HEADER - 4 * 1024
+    );
+    // w merges with both sides too, emptying the region, which is cached.
+    free(&mut a, &mut src, w, 1000, 8);
+    assert_eq!(a.bins.len(), 1);
+    let s = a.stats();
+    assert_eq!((s.regions, s.live_blocks, s.live_bytes), (1, 0, 0));
+    assert_eq!(s.free_bytes, REGION_MIN - REGION_HEADER - HEADER);
+    a.release_cached(&mut src);
+    a.check_invariants().unwrap();
+    assert_eq!(a.stats(), LargeStats::default());
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+#[test]
+fn aligned_blocks_leave_their_gap_free() {
+    let mut src = ArenaSource::new(256);
+    let mut a = LargeAlloc::new();
+    let mut live = Vec::new();
+    for shift in 5..=15 {
+        let align = 1 << shift;
+        let size = 200 + shift * 8;
+        let p = alloc(&mut a, &mut src, size, align);
+        fill(p, size, shift as u64);
+        live.push((p, size, align));
+    }
+    for &(p, size, align) in &live {
+        check(p, size, align.trailing_zeros() as u64);
+        assert!(a.owns(p));
+    }
+    for (p, size, align) in live {
+        free(&mut a, &mut src, p, size, align);
+    }
+    assert_eq!(a.stats().live_blocks, 0);
+    assert!(a.stats().regions <= 1);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+#[test]
+fn a_sixteen_byte_gap_moves_the_block_up_by_one_alignment() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    // A 1024-byte block at region + 48 and a 48-byte one leave the free block at
+    // region + 1120; the next 64-aligned payload, region + 1152, would leave a 16-byte gap,
+    // too small for a block, so the block moves up to make the gap 16 + 64 bytes.
+    let p = alloc(&mut a, &mut src, 1000, 8);
+    let q = alloc(&mut a, &mut src, 32, 8);
+    let r = alloc(&mut a, &mut src, 300, 64);
+    assert_eq!(r.addr().get() % 64, 0);
+    let gap = r.addr().get() - HEADER - (q.addr().get() + 32);
+    assert_eq!(gap, 80);
+    assert_eq!(a.bins.len(), 2);
+    free(&mut a, &mut src, p, 1000, 8);
+    free(&mut a, &mut src, q, 32, 8);
+    free(&mut a, &mut src, r, 300, 64);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+#[test]
+fn wholly_free_regions_are_returned_but_one_is_cached() {
+    let mut src = ArenaSource::new(256);
+    let mut a = LargeAlloc::new();
+    let live: Vec<_> = (0..24).map(|_| alloc(&mut a, &mut src, 6000, 8)).collect();
+    assert!(a.stats().regions >= 2);
+    for p in live {
+        free(&mut a, &mut src, p, 6000, 8);
+    }
+    assert_eq!(a.stats().regions, 1);
+    assert_eq!(src.mapped_pages(), REGION_MIN / PAGE_SIZE);
+    // The cached region serves the next request without a new mapping.
+    let calls = src.map_calls();
+    let p = alloc(&mut a, &mut src, 5000, 8);
+    assert_eq!(src.map_calls(), calls);
+    free(&mut a, &mut src, p, 5000, 8);
+    a.release_cached(&mut src);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+    assert_eq!(a.stats(), LargeStats::default());
+}
+
+#[test]
+fn oversize_regions_are_never_cached() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    // Footprint just below the threshold: the block needs more than a standard region.
+    let p = alloc(&mut a, &mut src, 65_500, 8);
+    assert_eq!(a.stats().region_bytes, 68 * 1024);
+    assert_eq!(a.stats().page_runs, 0);
+    free(&mut a, &mut src, p, 65_500, 8);
+    assert_eq!(a.stats().regions, 0);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+#[test]
+fn probe_reuses_the_cached_region_just_above_a_sub_bin_boundary() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    let p = alloc(&mut a, &mut src, 500, 8);
+    free(&mut a, &mut src, p, 500, 8);
+    let calls = src.map_calls();
+    // Needs a 62_000-byte block: the good-fit search rounds that past the bin of the cached
+    // 65_472-byte block.
+    assert!(search_bin(62_000).unwrap() > bin_of(REGION_MIN - REGION_HEADER - HEADER));
+    let size = 62_000 - HEADER;
+    let q = alloc(&mut a, &mut src, size, 8);
+    assert_eq!(src.map_calls(), calls);
+    free(&mut a, &mut src, q, size, 8);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+#[test]
+fn resize_in_place_of_region_blocks() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    let p = alloc(&mut a, &mut src, 4000, 8);
+    let q = alloc(&mut a, &mut src, 1000, 8);
+    fill(p, 4000, 7);
+    // SAFETY: `p` and `q` are live with the layouts passed.
+    unsafe {
+        // Shrink: the tail becomes a free block (its successor q is used).
+        assert!(a.resize_in_place(&mut src, p, layout(4000, 8), 1000));
+        a.check_invariants().unwrap();
+        assert_eq!(a.usable_size(p, layout(1000, 8)), 1008);
+        check(p, 1000, 7);
+        // Grow back into the freed tail.
+        assert!(a.resize_in_place(&mut src, p, layout(1000, 8), 3000));
+        a.check_invariants().unwrap();
+        assert!(a.usable_size(p, layout(3000, 8)) >= 3000);
+        check(p, 1000, 7);
+        // Growing past the used successor fails and changes nothing.
+        let before = a.stats();
+        assert!(!a.resize_in_place(&mut src, p, layout(3000, 8), 5000));
+        assert!(!a.resize_in_place(&mut src, p, layout(3000, 8), usize::MAX));
+        assert_eq!(a.stats(), before);
+        // q grows into the free rest of the region.
+        assert!(a.resize_in_place(&mut src, q, layout(1000, 8), 30_000));
+        a.check_invariants().unwrap();
+        // A shrink too small to split off a block is a no-op success.
+        assert!(a.resize_in_place(&mut src, q, layout(30_000, 8), 29_990));
+        a.check_invariants().unwrap();
+    }
+    free(&mut a, &mut src, p, 3000, 8);
+    free(&mut a, &mut src, q, 29_990, 8);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
