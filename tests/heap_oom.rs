@@ -24,7 +24,7 @@ use core::alloc::Layout;
 use core::ptr;
 
 use kernel::memory::bench_support::FrameHoard;
-use kernel::soak::{Baseline, INSERT_HEADROOM_FRAMES};
+use kernel::baseline::{Baseline, INSERT_HEADROOM_FRAMES};
 use kernel::{allocator, memory, serial_println};
 use kheap_workload::Rng;
 

@@ -10,11 +10,13 @@ use core::ptr::NonNull;
 
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 
-use super::peers::{BenchAlloc, CappedSource, CountedSource, Peer, Visit, with_peer};
-use super::replay::{self, Slots};
-use super::{BenchError, SEED, Sizes, workload};
-use crate::memory::KernelPageSource;
-use crate::serial_println;
+use kernel::memory::KernelPageSource;
+use kernel::serial_println;
+use kheap_workload::bench_alloc::{BenchAlloc, PageUse};
+use kheap_workload::replay::{self, Slots};
+
+use crate::peers::{CappedSource, CountedSource, Peer, Visit, with_peer};
+use crate::{BenchError, SEED, Sizes, workload};
 
 /// Object layouts measured: a small node, a typical kernel object, a larger struct.
 const OBJECTS: [(u32, u8); 3] = [(16, 3), (64, 3), (192, 3)];
@@ -82,8 +84,8 @@ impl BenchAlloc for PoolAlloc {
         None
     }
 
-    fn peak_pages(&self) -> usize {
-        self.heap.source().peak_pages()
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.heap.source().page_use())
     }
 }
 
@@ -140,8 +142,8 @@ impl BenchAlloc for SlabAlloc {
         None
     }
 
-    fn peak_pages(&self) -> usize {
-        self.source.peak_pages()
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.source.page_use())
     }
 }
 
@@ -182,17 +184,17 @@ type Cell = Result<(u64, usize, usize), &'static str>;
 /// Measures every contestant on every object layout and prints the table. Returns the first
 /// failure: an arena that could not be mapped, or a replay that did not verify.
 pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<(), BenchError> {
-    struct Timed<'a>(&'a workload::Workload, &'a mut Slots);
+    struct Timed<'a>(&'a workload::Workload, &'a mut Slots, usize);
     impl Visit for Timed<'_> {
         type Out = (Result<(u64, usize), replay::ReplayError>, usize);
         fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
-            let r = replay::timed(a, self.0, usize::MAX, self.1);
-            (r, a.peak_pages())
+            let r = crate::time_replay(a, self.0, usize::MAX, self.1);
+            (r, a.pages().map_or(self.2, |p| p.peak))
         }
     }
     struct Verify<'a>(&'a workload::Workload, &'a mut Slots);
     impl Visit for Verify<'_> {
-        type Out = Result<(), replay::ReplayError>;
+        type Out = Result<usize, replay::ReplayError>;
         fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
             replay::verify(a, self.0, usize::MAX, self.1)
         }
@@ -222,7 +224,12 @@ pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<
         for _ in 0..sizes.repeats.max(1) {
             for (c, &contestant) in ALL.iter().enumerate() {
                 let (result, peak) =
-                    match with_contestant(contestant, object, sizes.budget_pages, Timed(&w, slots))
+                    match with_contestant(
+                        contestant,
+                        object,
+                        sizes.budget_pages,
+                        Timed(&w, slots, sizes.budget_pages),
+                    )
                     {
                         Ok(out) => out,
                         Err(cause) => {
@@ -245,7 +252,7 @@ pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<
             let verified =
                 with_contestant(contestant, object, sizes.budget_pages, Verify(&w, slots));
             let error = match verified {
-                Ok(Ok(())) => continue,
+                Ok(Ok(_)) => continue,
                 Ok(Err(error)) => BenchError::Verify {
                     workload: w.name,
                     allocator: contestant.name(),

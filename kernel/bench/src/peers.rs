@@ -1,7 +1,8 @@
 //! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`].
 //!
-//! All of them get their memory from the same page source (in the kernel: the heap window's
-//! [`KernelPageSource`](crate::memory::KernelPageSource)) and the same budget of pages:
+//! [`BenchAlloc`] is the trait both benchmarks share (`kheap-workload`); the adapters here are
+//! the kernel's, because where the memory comes from differs. All of them get their memory from the same page source (in the kernel: the heap window's
+//! [`KernelPageSource`](kernel::memory::KernelPageSource)) and the same budget of pages:
 //!
 //! * our heap, `kheap::Heap`, asks for pages as it grows, through a [`CappedSource`] that refuses
 //!   to map more than the budget (so mapping cost is part of what is measured, as in the kernel);
@@ -17,73 +18,12 @@
 //! pays no dynamic-dispatch cost.
 
 use core::alloc::Layout;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
+use kheap_workload::bench_alloc::{BenchAlloc, PageUse, realloc_by_copy};
 
-use crate::memory::buddy::{Buddy, storage_words};
-
-/// What the benchmark needs from an allocator. All requests have a non-zero size.
-pub trait BenchAlloc {
-    /// Allocates a block for `layout`; `None` when out of memory.
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>>;
-
-    /// Frees a block.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must be a live block returned by this allocator's `alloc` or `realloc` for `layout`
-    /// (the layout most recently requested for it).
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout);
-
-    /// Resizes a block to `new_size` bytes with the same alignment, keeping its contents up to the
-    /// smaller size. On `None` the old block is still live and unchanged.
-    ///
-    /// # Safety
-    ///
-    /// As for [`free`](Self::free), with `old` the block's current layout; `new_size` is non-zero
-    /// and, rounded up to `old.align()`, does not overflow `isize`.
-    unsafe fn realloc(
-        &mut self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new_size: usize,
-    ) -> Option<NonNull<u8>>;
-
-    /// Most pages it ever held at once (its whole arena, for a flat-arena allocator).
-    fn peak_pages(&self) -> usize;
-
-    /// Gives memory it no longer needs back to the page source, where it can (kheap's `trim`), and
-    /// returns the pages it still holds; `None` for allocators that own a fixed arena.
-    fn release(&mut self) -> Option<usize> {
-        None
-    }
-}
-
-/// `realloc` for allocators without one (or whose in-place attempt failed): allocate, copy, free.
-///
-/// # Safety
-///
-/// The contract of [`BenchAlloc::realloc`].
-unsafe fn realloc_by_copy<A: BenchAlloc>(
-    a: &mut A,
-    ptr: NonNull<u8>,
-    old: Layout,
-    new_size: usize,
-) -> Option<NonNull<u8>> {
-    let new_layout = Layout::from_size_align(new_size, old.align()).ok()?;
-    let new = a.alloc(new_layout)?;
-    // SAFETY:
-    // 1. `ptr` is live with `old.size()` bytes (caller's contract) and `new` is a fresh block of
-    //    `new_size` bytes, so both ranges are valid for the copied length.
-    // 2. A fresh block cannot overlap a live one.
-    // 3. `ptr` is live with layout `old`, as `free` requires, and is not used afterwards.
-    unsafe {
-        ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old.size().min(new_size));
-        a.free(ptr, old);
-    }
-    Some(new)
-}
+use kernel::memory::buddy::{Buddy, storage_words};
 
 /// The allocators the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,10 +91,8 @@ pub fn with_peer<S: PageSource, V: Visit>(
 
 /// A page source that counts the pages it has handed out.
 pub trait CountedSource: PageSource {
-    /// Pages mapped through this source and not unmapped yet.
-    fn mapped_pages(&self) -> usize;
-    /// Most pages ever mapped at once.
-    fn peak_pages(&self) -> usize;
+    /// Pages mapped through this source now, and at most.
+    fn page_use(&self) -> PageUse;
 }
 
 /// A page source that refuses to hold more than `cap` pages at once, and counts what it holds.
@@ -164,6 +102,8 @@ pub struct CappedSource<S> {
     cap: usize,
     mapped: usize,
     peak: usize,
+    maps: u64,
+    unmaps: u64,
 }
 
 impl<S: PageSource> CappedSource<S> {
@@ -174,17 +114,20 @@ impl<S: PageSource> CappedSource<S> {
             cap,
             mapped: 0,
             peak: 0,
+            maps: 0,
+            unmaps: 0,
         }
     }
 }
 
 impl<S: PageSource> CountedSource for CappedSource<S> {
-    fn mapped_pages(&self) -> usize {
-        self.mapped
-    }
-
-    fn peak_pages(&self) -> usize {
-        self.peak
+    fn page_use(&self) -> PageUse {
+        PageUse {
+            mapped: self.mapped,
+            peak: self.peak,
+            maps: self.maps,
+            unmaps: self.unmaps,
+        }
     }
 }
 
@@ -203,6 +146,7 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         let ptr = self.inner.map_pages(count)?;
         self.mapped = total;
         self.peak = self.peak.max(total);
+        self.maps += 1;
         Ok(ptr)
     }
 
@@ -223,6 +167,7 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         let ptr = self.inner.map_pages_aligned(count, align, aligned_page)?;
         self.mapped = total;
         self.peak = self.peak.max(total);
+        self.maps += 1;
         Ok(ptr)
     }
 
@@ -231,6 +176,7 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         // source, hence of `inner`, and are not referenced any more.
         unsafe { self.inner.unmap_pages(ptr, count) };
         self.mapped -= count;
+        self.unmaps += 1;
     }
 
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
@@ -242,6 +188,7 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         }
         self.mapped = total;
         self.peak = self.peak.max(total);
+        self.maps += 1;
         true
     }
 
@@ -285,9 +232,9 @@ impl<S: PageSource> Drop for Arena<S> {
     }
 }
 
-/// Largest arena [`ArenaPages`] can manage, as a power of two: 2^14 pages = 64 MiB, the full
-/// run's budget.
-const ARENA_ORDER: u32 = 14;
+/// Largest arena [`ArenaPages`] can manage, as a power of two: 2^17 pages = 512 MiB, the budget
+/// of the full run's largest workload (the growing vectors).
+const ARENA_ORDER: u32 = 17;
 
 /// The buddy allocator over an arena's page indices (the heap window's algorithm, smaller).
 type ArenaBuddy = Buddy<ARENA_ORDER, { storage_words(ARENA_ORDER) }>;
@@ -401,12 +348,12 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
 }
 
 impl<S: PageSource> CountedSource for ArenaPages<S> {
-    fn mapped_pages(&self) -> usize {
-        self.mapped
-    }
-
-    fn peak_pages(&self) -> usize {
-        self.peak
+    fn page_use(&self) -> PageUse {
+        PageUse {
+            mapped: self.mapped,
+            peak: self.peak,
+            ..PageUse::default()
+        }
     }
 }
 
@@ -454,24 +401,36 @@ impl<S: CountedSource> BenchAlloc for KheapAlloc<S> {
         unsafe { self.heap.reallocate(ptr, old, new).ok() }
     }
 
-    fn peak_pages(&self) -> usize {
-        self.heap.source().peak_pages()
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.heap.source().page_use())
     }
 
-    fn release(&mut self) -> Option<usize> {
+    fn release(&mut self) {
         self.heap.trim();
-        Some(self.heap.source().mapped_pages())
     }
 }
 
 /// talc over a claimed arena. Field order matters: the allocator is dropped before its arena.
-struct TalcAlloc<S: PageSource> {
+pub struct TalcAlloc<S: PageSource> {
     talc: talc::base::Talc<talc::source::Manual, talc::DefaultBinning>,
-    arena: Arena<S>,
+    /// The memory talc manages, unmapped when this is dropped (after `talc`).
+    _arena: Arena<S>,
+}
+
+// SAFETY: talc's raw pointers all point into the arena, which this value owns (and which is
+// only unmapped when it is dropped); nothing else refers to that memory, so the whole may move to
+// another CPU, where the several-CPU section uses it behind a lock.
+unsafe impl<S: PageSource + Send> Send for TalcAlloc<S> {}
+
+impl<S: PageSource> core::fmt::Debug for TalcAlloc<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TalcAlloc").finish_non_exhaustive()
+    }
 }
 
 impl<S: PageSource> TalcAlloc<S> {
-    fn new(arena: Arena<S>) -> Self {
+    /// talc managing all of `arena`.
+    pub fn new(arena: Arena<S>) -> Self {
         let mut talc = talc::base::Talc::new(talc::source::Manual);
         // SAFETY: the arena is mapped, exclusively ours, and outlives the allocator (it is dropped
         // after it, see the field order); `Manual` allows manual heap management. A budget of at
@@ -482,7 +441,10 @@ impl<S: PageSource> TalcAlloc<S> {
             "talc refused a {}-byte arena",
             arena.bytes()
         );
-        Self { talc, arena }
+        Self {
+            talc,
+            _arena: arena,
+        }
     }
 }
 
@@ -512,15 +474,13 @@ impl<S: PageSource> BenchAlloc for TalcAlloc<S> {
         }
     }
 
-    fn peak_pages(&self) -> usize {
-        self.arena.pages
-    }
 }
 
 /// linked_list_allocator's first-fit heap over an arena. Field order: heap before arena.
 struct LinkedListAlloc<S: PageSource> {
     heap: linked_list_allocator::Heap,
-    arena: Arena<S>,
+    /// The memory the heap manages, unmapped when this is dropped (after `heap`).
+    _arena: Arena<S>,
 }
 
 impl<S: PageSource> LinkedListAlloc<S> {
@@ -529,7 +489,10 @@ impl<S: PageSource> LinkedListAlloc<S> {
         // SAFETY: the arena is mapped, exclusively ours, and outlives the heap (dropped after it),
         // and it is larger than `Heap::MIN_SIZE`.
         unsafe { heap.init(arena.base.as_ptr(), arena.bytes()) };
-        Self { heap, arena }
+        Self {
+            heap,
+            _arena: arena,
+        }
     }
 }
 
@@ -551,7 +514,4 @@ impl<S: PageSource> BenchAlloc for LinkedListAlloc<S> {
         unsafe { realloc_by_copy(self, ptr, old, new) }
     }
 
-    fn peak_pages(&self) -> usize {
-        self.arena.pages
-    }
 }
