@@ -62,7 +62,7 @@ pub fn run(sizes: &Sizes) -> Result<(), BenchError> {
         "vs talc",
         "peak"
     );
-    let mut buffers = Buffers::default();
+    let mut buffers = Buffers::new(shape);
     let mut best: [Option<Result<(u64, Option<usize>), BenchError>>; Peer::ALL.len()] =
         [None; Peer::ALL.len()];
     for _ in 0..sizes.repeats.max(1) {

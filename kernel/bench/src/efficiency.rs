@@ -39,7 +39,12 @@ pub fn run(sizes: &Sizes, slots: &mut Slots) -> Result<(), BenchError> {
          {} KiB before the first refused request ==",
         bytes >> 10
     );
-    serial_println!("{:<12} {:>10} {:>8}  verified", "allocator", "efficiency", "calls");
+    serial_println!(
+        "{:<12} {:>10} {:>8}  verified",
+        "allocator",
+        "efficiency",
+        "calls"
+    );
     let mut first_error = None;
     for peer in Peer::ALL {
         match with_peer(peer, KernelPageSource, budget, Run(slots)) {
@@ -52,7 +57,11 @@ pub fn run(sizes: &Sizes, slots: &mut Slots) -> Result<(), BenchError> {
                     permille / 10,
                     permille % 10,
                     e.ops,
-                    if e.failed { "" } else { " (never refused: a lower bound)" }
+                    if e.failed {
+                        ""
+                    } else {
+                        " (never refused: a lower bound)"
+                    }
                 );
             }
             Ok(Err(error)) => {

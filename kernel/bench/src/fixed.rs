@@ -223,24 +223,22 @@ pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<
             .expect("the object layouts are valid");
         for _ in 0..sizes.repeats.max(1) {
             for (c, &contestant) in ALL.iter().enumerate() {
-                let (result, peak) =
-                    match with_contestant(
-                        contestant,
-                        object,
-                        sizes.budget_pages,
-                        Timed(&w, slots, sizes.budget_pages),
-                    )
-                    {
-                        Ok(out) => out,
-                        Err(cause) => {
-                            cells[c][k] = Err("no memory");
-                            first_error.get_or_insert(BenchError::Arena {
-                                allocator: contestant.name(),
-                                cause,
-                            });
-                            continue;
-                        }
-                    };
+                let (result, peak) = match with_contestant(
+                    contestant,
+                    object,
+                    sizes.budget_pages,
+                    Timed(&w, slots, sizes.budget_pages),
+                ) {
+                    Ok(out) => out,
+                    Err(cause) => {
+                        cells[c][k] = Err("no memory");
+                        first_error.get_or_insert(BenchError::Arena {
+                            allocator: contestant.name(),
+                            cause,
+                        });
+                        continue;
+                    }
+                };
                 cells[c][k] = match (result, cells[c][k]) {
                     (Ok((cycles, _)), Ok((best, ..))) if cycles >= best => cells[c][k],
                     (Ok((cycles, n)), _) => Ok((cycles, n, peak)),

@@ -16,9 +16,9 @@
 #![no_main]
 
 use bootloader_api::BootInfo;
-use kernel_bench::{Scale, Sections};
 use kernel::qemu::{QemuExitCode, exit_qemu};
 use kernel::serial_println;
+use kernel_bench::{Scale, Sections};
 
 kernel::qemu_args!("-m 1G");
 

@@ -473,7 +473,6 @@ impl<S: PageSource> BenchAlloc for TalcAlloc<S> {
             }
         }
     }
-
 }
 
 /// linked_list_allocator's first-fit heap over an arena. Field order: heap before arena.
@@ -513,5 +512,4 @@ impl<S: PageSource> BenchAlloc for LinkedListAlloc<S> {
         // SAFETY: forwarded contract (linked_list_allocator has no resize of its own).
         unsafe { realloc_by_copy(self, ptr, old, new) }
     }
-
 }

@@ -15,8 +15,8 @@
 
 use bootloader_api::BootInfo;
 use kernel::qemu::{QemuExitCode, exit_qemu};
-use kernel_soak::Config;
 use kernel::{allocator, memory, serial_println};
+use kernel_soak::Config;
 
 kernel::qemu_args!("-m 256M");
 

@@ -11,10 +11,12 @@
 use std::alloc::Layout;
 use std::time::Duration;
 
+use kheap_workload::bench_alloc::BenchAlloc;
+use kheap_workload::replay::{self, Slots};
+
 use crate::arena::ArenaMemory;
 use crate::measure::{self, Timed};
-use crate::peers::{BenchAlloc, FixedPeer, Visit, with_fixed_peer};
-use crate::verify;
+use crate::peers::{FixedPeer, Visit, with_fixed_peer};
 use crate::workload::{self, Workload};
 
 /// Object layouts measured: a small node, a typical kernel object, a larger struct.
@@ -57,7 +59,7 @@ struct VerifyVisit<'a>(&'a Workload);
 impl Visit for VerifyVisit<'_> {
     type Out = Result<usize, String>;
     fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
-        verify::verify(a, self.0, usize::MAX)
+        replay::verify(a, self.0, usize::MAX, &mut Slots::default()).map_err(|e| e.to_string())
     }
 }
 
@@ -84,7 +86,7 @@ pub fn bench(
         .map(|&(size, align_log2)| {
             let w =
                 workload::fixed_size("fixed-size", size, align_log2, sizes.live, sizes.ops, seed);
-            let object = measure::layout(size, align_log2);
+            let object = replay::layout(size, align_log2);
             bench_one(&w, object, runs, memory, region, budget)
         })
         .collect()

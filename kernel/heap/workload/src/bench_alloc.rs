@@ -74,6 +74,39 @@ pub trait BenchAlloc {
     fn release(&mut self) {}
 }
 
+/// A boxed allocator (adapters that must not move once set up live in a box).
+impl<A: BenchAlloc> BenchAlloc for alloc::boxed::Box<A> {
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        (**self).alloc(layout)
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).free(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).realloc(ptr, old, new_size) }
+    }
+
+    fn pages(&self) -> Option<PageUse> {
+        (**self).pages()
+    }
+
+    fn release(&mut self) {
+        (**self).release();
+    }
+}
+
 /// `realloc` for allocators without one (or whose in-place attempt failed): allocate, copy, free.
 ///
 /// # Safety

@@ -33,7 +33,11 @@ pub unsafe fn fill(p: NonNull<u8>, from: usize, len: usize, tag: u64) {
     }
     while j + 8 <= len {
         // SAFETY: `j + 8 <= len`, inside the block; unaligned writes are allowed.
-        unsafe { p.add(j).cast::<u64>().write_unaligned(word(tag, j / 8).to_le()) };
+        unsafe {
+            p.add(j)
+                .cast::<u64>()
+                .write_unaligned(word(tag, j / 8).to_le())
+        };
         j += 8;
     }
     while j < len {

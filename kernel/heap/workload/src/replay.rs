@@ -189,7 +189,12 @@ impl Slots {
     }
 
     /// Records a new live block (verifying passes): alignment and overlap checks.
-    fn insert_range(&mut self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<(), ReplayError> {
+    fn insert_range(
+        &mut self,
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+    ) -> Result<(), ReplayError> {
         let (start, end) = (ptr.addr().get(), ptr.addr().get() + size);
         if !start.is_multiple_of(align) {
             return Err(ReplayError::Misaligned { addr: start, align });
@@ -216,7 +221,12 @@ impl Slots {
         &mut self,
         a: &mut A,
     ) -> Result<(), ReplayError> {
-        let mut live: Vec<Slot> = self.slots.iter().filter(|s| s.ptr.is_some()).copied().collect();
+        let mut live: Vec<Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.ptr.is_some())
+            .copied()
+            .collect();
         live.sort_unstable_by_key(|s| s.ptr.map_or(0, |p| p.addr().get()));
         self.slots.iter_mut().for_each(|s| *s = Slot::EMPTY);
         self.ranges.clear();

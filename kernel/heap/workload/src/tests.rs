@@ -337,7 +337,11 @@ impl BenchAlloc for ShortCopy {
         let new_block = self.alloc(Layout::from_size_align(new, old.align()).ok()?)?;
         // SAFETY: both blocks are live and at least `old.size().min(new) - 1` long.
         unsafe {
-            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new_block.as_ptr(), old.size().min(new) - 1);
+            std::ptr::copy_nonoverlapping(
+                ptr.as_ptr(),
+                new_block.as_ptr(),
+                old.size().min(new) - 1,
+            );
             self.free(ptr, old);
         }
         Some(new_block)
@@ -381,8 +385,15 @@ fn verification_catches_overlapping_blocks() {
         "{result:?}"
     );
     // The timed replay does not look at contents: it runs through.
-    let t = replay::timed(&mut a, &two_blocks(), usize::MAX, &mut slots, replay::unlimited, || 0)
-        .unwrap();
+    let t = replay::timed(
+        &mut a,
+        &two_blocks(),
+        usize::MAX,
+        &mut slots,
+        replay::unlimited,
+        || 0,
+    )
+    .unwrap();
     assert_eq!((t.ops, t.stopped), (4, None));
 }
 
@@ -399,7 +410,10 @@ fn verification_catches_a_realloc_that_loses_contents() {
         matches!(result, Err(ReplayError::Corrupted { .. })),
         "{result:?}"
     );
-    assert_eq!(bad.0.live, 0, "a failed verification still frees everything");
+    assert_eq!(
+        bad.0.live, 0,
+        "a failed verification still frees everything"
+    );
 }
 
 #[test]
@@ -432,7 +446,10 @@ fn percentiles_are_nearest_rank_and_the_tail_ends_at_the_maximum() {
     let t = tail(&s, 0);
     assert_eq!(t.first().map(|p| (p.ticks, p.calls)), Some((901, 100)));
     assert_eq!(t.last().map(|p| (p.ticks, p.calls)), Some((1000, 1)));
-    assert!(t.windows(2).all(|w| w[0].ticks <= w[1].ticks && w[0].calls > w[1].calls));
+    assert!(
+        t.windows(2)
+            .all(|w| w[0].ticks <= w[1].ticks && w[0].calls > w[1].calls)
+    );
     assert!(tail(&[], 0).is_empty());
 }
 
@@ -493,11 +510,20 @@ fn efficiency_stops_at_the_first_refusal_and_verifies() {
     let mut a = Budget(Malloc::default(), 1 << 20);
     let mut slots = Slots::default();
     let mut stream = GrowthStream::talc_like(5);
-    let e = replay::efficiency(&mut a, &mut stream, 1_000_000, &mut slots, replay::unlimited)
-        .unwrap();
+    let e = replay::efficiency(
+        &mut a,
+        &mut stream,
+        1_000_000,
+        &mut slots,
+        replay::unlimited,
+    )
+    .unwrap();
     assert!(e.failed);
     // A perfect packer holds everything up to its budget.
-    assert!(e.peak_live > (1 << 20) - 100_000 && e.peak_live <= 1 << 20, "{e:?}");
+    assert!(
+        e.peak_live > (1 << 20) - 100_000 && e.peak_live <= 1 << 20,
+        "{e:?}"
+    );
     assert_eq!(a.0.live, 0);
 }
 

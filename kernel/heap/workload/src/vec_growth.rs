@@ -81,6 +81,13 @@ fn layout_of(cap: usize) -> Layout {
 }
 
 impl Buffers {
+    /// Room for the buffers of `shape`, so that no run allocates its table while it is timed.
+    pub fn new(shape: VecGrowth) -> Self {
+        Self {
+            bufs: Vec::with_capacity(shape.vectors),
+        }
+    }
+
     /// Runs the pushes of `shape` on `a` from empty buffers; with `VERIFY`, checks alignment and
     /// every kept element after each growth. On a refused growth the buffers stay as they are
     /// (free them with [`free_all`](Self::free_all)).
@@ -153,8 +160,9 @@ fn grow<A: BenchAlloc, const VERIFY: bool>(
         None => a.alloc(new_layout).ok_or(oom)?,
         // SAFETY: a live block of `a` with the layout of `b.cap` elements; the new size is
         // non-zero and small.
-        Some(p) => unsafe { a.realloc(p.cast(), layout_of(b.cap), new_layout.size()) }
-            .ok_or(oom)?,
+        Some(p) => {
+            unsafe { a.realloc(p.cast(), layout_of(b.cap), new_layout.size()) }.ok_or(oom)?
+        }
     };
     b.ptr = Some(new.cast());
     b.cap = new_cap;
