@@ -15,6 +15,9 @@ use crate::peers::{Peer, Visit, with_peer};
 use crate::report::Ratio;
 use crate::{BenchError, Sizes};
 
+/// The fastest timed run of one allocator so far (cycles, most pages held), or why it has none.
+type Best = Option<Result<(u64, Option<usize>), BenchError>>;
+
 /// One timed run: the cycles of all pushes, and the most pages held.
 struct Timed<'a>(VecGrowth, &'a mut Buffers);
 
@@ -63,8 +66,7 @@ pub fn run(sizes: &Sizes) -> Result<(), BenchError> {
         "peak"
     );
     let mut buffers = Buffers::new(shape);
-    let mut best: [Option<Result<(u64, Option<usize>), BenchError>>; Peer::ALL.len()] =
-        [None; Peer::ALL.len()];
+    let mut best: [Best; Peer::ALL.len()] = [None; Peer::ALL.len()];
     for _ in 0..sizes.repeats.max(1) {
         for (i, &peer) in Peer::ALL.iter().enumerate() {
             if matches!(best[i], Some(Err(_))) {
@@ -89,7 +91,7 @@ pub fn run(sizes: &Sizes) -> Result<(), BenchError> {
             };
         }
     }
-    let per_push = |r: &Option<Result<(u64, Option<usize>), BenchError>>| match r {
+    let per_push = |r: &Best| match r {
         Some(Ok((cycles, _))) => Some(*cycles as f64 / shape.pushes().max(1) as f64),
         _ => None,
     };

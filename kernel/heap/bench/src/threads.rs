@@ -239,9 +239,8 @@ fn produce_consume<G: GlobalAlloc, const VERIFY: bool>(
                     seed ^ 1
                 };
                 // SAFETY: a live block of `size` bytes, patterned by its producer.
-                if let Some(off) =
-                    unsafe { pattern::check(p, size as usize, u64::from(tag) ^ producer) }
-                {
+                let wrong = unsafe { pattern::check(p, size as usize, u64::from(tag) ^ producer) };
+                if let Some(off) = wrong {
                     return Err(format!(
                         "block {p:p} ({size} B) from the other thread corrupted at byte {off}"
                     ));

@@ -6,13 +6,13 @@
 //! table updates alone (only the allocator writes to memory), while the verifying loop also
 //!
 //! * patterns every block when it is allocated and checks the pattern before it is freed or
-//!   resized ([`pattern`](crate::pattern)); a realloc must keep the common prefix;
+//!   resized ([`pattern`]); a realloc must keep the common prefix;
 //! * checks that every block honours its alignment and overlaps no other live block (an
 //!   address-ordered map of the live ranges).
 //!
 //! Passes: [`verify`] (untimed, everything checked), [`timed`] (the body between two readings of
 //! a clock the benchmark chooses: thread CPU time on the host, the TSC in the kernel),
-//! [`latencies`] (every call of the body bracketed by [`stamp`](crate::tsc::stamp), allocations,
+//! [`latencies`] (every call of the body bracketed by [`stamp`], allocations,
 //! frees and reallocs apart) and [`efficiency`] (an endless [`GrowthStream`] until the first
 //! refused request, verified as it goes). Whatever is live at the end of a pass is freed by
 //! [`Slots::teardown`], in address order (so allocators with address-ordered free lists, like
@@ -338,7 +338,7 @@ pub fn step<A: BenchAlloc, const VERIFY: bool>(
     Ok(())
 }
 
-/// Runs `ops` in order, asking `over_budget` every [`BUDGET_CHUNK`] ops whether to stop; returns
+/// Runs `ops` in order, asking `over_budget` every few hundred ops whether to stop; returns
 /// how many ran (all of them, or fewer when the budget said stop), or the first failure.
 #[inline(always)]
 pub fn run<A: BenchAlloc, const VERIFY: bool>(

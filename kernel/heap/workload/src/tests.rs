@@ -418,7 +418,7 @@ fn verification_catches_a_realloc_that_loses_contents() {
 
 #[test]
 fn pattern_check_names_the_first_wrong_byte() {
-    let mut buf = vec![0u64; 16];
+    let mut buf = [0u64; 16];
     let p = NonNull::from(&mut buf[..]).cast::<u8>();
     // SAFETY: the buffer has 128 bytes.
     unsafe {

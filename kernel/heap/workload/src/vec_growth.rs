@@ -158,9 +158,9 @@ fn grow<A: BenchAlloc, const VERIFY: bool>(
     };
     let new = match b.ptr {
         None => a.alloc(new_layout).ok_or(oom)?,
-        // SAFETY: a live block of `a` with the layout of `b.cap` elements; the new size is
-        // non-zero and small.
         Some(p) => {
+            // SAFETY: a live block of `a` with the layout of `b.cap` elements; the new size is
+            // non-zero and small.
             unsafe { a.realloc(p.cast(), layout_of(b.cap), new_layout.size()) }.ok_or(oom)?
         }
     };
