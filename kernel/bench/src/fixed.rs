@@ -12,10 +12,10 @@ use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 
 use kernel::memory::KernelPageSource;
 use kernel::serial_println;
-use kheap_workload::bench_alloc::{BenchAlloc, PageUse};
+use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, KheapPool, PageUse};
 use kheap_workload::replay::{self, Slots};
 
-use crate::peers::{CappedSource, CountedSource, Peer, Visit, with_peer};
+use crate::peers::{CappedSource, Peer, Visit, with_peer};
 use crate::{BenchError, SEED, Sizes, workload};
 
 /// Object layouts measured: a small node, a typical kernel object, a larger struct.
@@ -44,48 +44,6 @@ impl Contestant {
             Self::General(Peer::Kheap) => "kheap (general)",
             Self::General(p) => p.name(),
         }
-    }
-}
-
-/// A kheap user pool for one layout over a capped heap-window source. Other layouts are refused.
-struct PoolAlloc {
-    heap: kheap::Heap<CappedSource<KernelPageSource>>,
-    pool: kheap::PoolId,
-    object: Layout,
-}
-
-impl Drop for PoolAlloc {
-    fn drop(&mut self) {
-        // Every block was freed by the replay's teardown: the pool's chunks go back, then the
-        // heap's reserves (its root run and page-map nodes stay, as for the general heap).
-        let _ = self.heap.destroy_pool(self.pool);
-        self.heap.trim();
-    }
-}
-
-impl BenchAlloc for PoolAlloc {
-    // Always inlined into the replay loop, as the general allocators' adapters are: under TCG a
-    // call and return cost far more time than their two instructions.
-    #[inline(always)]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if layout != self.object {
-            return None;
-        }
-        self.heap.pool_alloc(self.pool).ok()
-    }
-
-    #[inline(always)]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
-        unsafe { self.heap.pool_free(self.pool, ptr) }
-    }
-
-    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
-        None
-    }
-
-    fn pages(&self) -> Option<PageUse> {
-        Some(self.heap.source().page_use())
     }
 }
 
@@ -157,14 +115,12 @@ fn with_contestant<V: Visit>(
     match c {
         Contestant::General(p) => with_peer(p, KernelPageSource, budget, v),
         Contestant::KheapPool => {
-            let mut heap = kheap::Heap::new(CappedSource::new(KernelPageSource, budget));
-            let pool = heap
-                .create_pool(object.size(), object.align())
-                .map_err(|e| match e {
-                    kheap::PoolError::OutOfPages(cause) => cause,
-                    _ => PageSourceError::InvalidRequest,
-                })?;
-            Ok(v.visit(&mut PoolAlloc { heap, pool, object }))
+            let source = CappedSource::new(KernelPageSource, budget);
+            let mut pool = KheapPool::new(source, object).map_err(|e| match e {
+                kheap::PoolError::OutOfPages(cause) => cause,
+                _ => PageSourceError::InvalidRequest,
+            })?;
+            Ok(v.visit(&mut pool))
         }
         Contestant::Slabmalloc => {
             const { assert!(size_of::<slabmalloc::ObjectPage<'static>>() == PAGE_SIZE) };

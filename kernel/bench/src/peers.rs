@@ -21,7 +21,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
-use kheap_workload::bench_alloc::{BenchAlloc, PageUse, realloc_by_copy};
+use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, PageUse, realloc_by_copy};
 
 use kernel::memory::buddy::{Buddy, storage_words};
 
@@ -72,28 +72,16 @@ pub fn with_peer<S: PageSource, V: Visit>(
     v: V,
 ) -> Result<V::Out, PageSourceError> {
     Ok(match peer {
-        Peer::Kheap => v.visit(&mut KheapAlloc::new(CappedSource::new(
-            source,
-            budget_pages,
-        ))),
+        Peer::Kheap => visit_kheap(CappedSource::new(source, budget_pages), v),
         Peer::Talc => v.visit(&mut TalcAlloc::new(Arena::map(source, budget_pages)?)),
         Peer::LinkedList => v.visit(&mut LinkedListAlloc::new(Arena::map(source, budget_pages)?)),
-        Peer::KheapArena => {
-            let pages = ArenaPages::new(Arena::map(source, budget_pages)?)?;
-            v.visit(&mut KheapAlloc::new(pages))
-        }
+        Peer::KheapArena => visit_kheap(ArenaPages::new(Arena::map(source, budget_pages)?)?, v),
     })
 }
 
 // -------------------------------------------------------------------------------------------------
 // Memory for the allocators
 // -------------------------------------------------------------------------------------------------
-
-/// A page source that counts the pages it has handed out.
-pub trait CountedSource: PageSource {
-    /// Pages mapped through this source now, and at most.
-    fn page_use(&self) -> PageUse;
-}
 
 /// A page source that refuses to hold more than `cap` pages at once, and counts what it holds.
 #[derive(Debug)]
@@ -120,6 +108,27 @@ impl<S: PageSource> CappedSource<S> {
     }
 }
 
+impl<S: PageSource> CappedSource<S> {
+    /// Pages held after mapping `count` more, if the cap allows it.
+    fn admit(&self, count: usize) -> Result<usize, PageSourceError> {
+        let total = self
+            .mapped
+            .checked_add(count)
+            .ok_or(PageSourceError::InvalidRequest)?;
+        if total > self.cap {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        Ok(total)
+    }
+
+    /// Records a successful map that brought the pages held to `total`.
+    fn took(&mut self, total: usize) {
+        self.mapped = total;
+        self.peak = self.peak.max(total);
+        self.maps += 1;
+    }
+}
+
 impl<S: PageSource> CountedSource for CappedSource<S> {
     fn page_use(&self) -> PageUse {
         PageUse {
@@ -136,17 +145,9 @@ impl<S: PageSource> CountedSource for CappedSource<S> {
 // cap only turns some requests into errors, which the trait allows.
 unsafe impl<S: PageSource> PageSource for CappedSource<S> {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
-        let total = self
-            .mapped
-            .checked_add(count)
-            .ok_or(PageSourceError::InvalidRequest)?;
-        if total > self.cap {
-            return Err(PageSourceError::OutOfMemory);
-        }
+        let total = self.admit(count)?;
         let ptr = self.inner.map_pages(count)?;
-        self.mapped = total;
-        self.peak = self.peak.max(total);
-        self.maps += 1;
+        self.took(total);
         Ok(ptr)
     }
 
@@ -157,17 +158,9 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         align: usize,
         aligned_page: usize,
     ) -> Result<NonNull<u8>, PageSourceError> {
-        let total = self
-            .mapped
-            .checked_add(count)
-            .ok_or(PageSourceError::InvalidRequest)?;
-        if total > self.cap {
-            return Err(PageSourceError::OutOfMemory);
-        }
+        let total = self.admit(count)?;
         let ptr = self.inner.map_pages_aligned(count, align, aligned_page)?;
-        self.mapped = total;
-        self.peak = self.peak.max(total);
-        self.maps += 1;
+        self.took(total);
         Ok(ptr)
     }
 
@@ -180,15 +173,13 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
     }
 
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
-        let Some(total) = self.mapped.checked_add(extra).filter(|&t| t <= self.cap) else {
+        let Ok(total) = self.admit(extra) else {
             return false;
         };
         if !self.inner.grow_pages(ptr, count, extra) {
             return false;
         }
-        self.mapped = total;
-        self.peak = self.peak.max(total);
-        self.maps += 1;
+        self.took(total);
         true
     }
 
@@ -361,53 +352,15 @@ impl<S: PageSource> CountedSource for ArenaPages<S> {
 // Adapters
 // -------------------------------------------------------------------------------------------------
 
-/// Our heap core over a counted page source.
-struct KheapAlloc<S: CountedSource> {
-    heap: kheap::Heap<S>,
-}
-
-impl<S: CountedSource> KheapAlloc<S> {
-    fn new(source: S) -> Self {
-        Self {
-            heap: kheap::Heap::new(source),
-        }
-    }
-}
-
-impl<S: CountedSource> Drop for KheapAlloc<S> {
-    fn drop(&mut self) {
-        // The replay's teardown freed every block; give back the empty chunks the heap keeps in
-        // reserve too, so the next allocator starts from the same free memory. `kheap::Heap` has
-        // no teardown of its own: its root run and page-map nodes stay mapped (a few pages).
-        self.heap.trim();
-    }
-}
-
-impl<S: CountedSource> BenchAlloc for KheapAlloc<S> {
-    #[inline]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        self.heap.allocate(layout).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
-        unsafe { self.heap.deallocate(ptr, layout) }
-    }
-
-    #[inline]
-    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
-        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
-        unsafe { self.heap.reallocate(ptr, old, new).ok() }
-    }
-
-    fn pages(&self) -> Option<PageUse> {
-        Some(self.heap.source().page_use())
-    }
-
-    fn release(&mut self) {
-        self.heap.trim();
-    }
+/// Our heap core over a counted page source: `kheap::Heap`, which is a [`BenchAlloc`] itself;
+/// trimmed when the visit is done, so the next allocator starts from the same free memory
+/// (`kheap::Heap` has no teardown of its own: its root run and page-map nodes stay mapped, a few
+/// pages).
+fn visit_kheap<S: CountedSource, V: Visit>(source: S, v: V) -> V::Out {
+    let mut heap = kheap::Heap::new(source);
+    let out = v.visit(&mut heap);
+    heap.trim();
+    out
 }
 
 /// talc over a claimed arena. Field order matters: the allocator is dropped before its arena.

@@ -23,7 +23,7 @@ use kheap_workload::latency::Percentiles;
 use kheap_workload::replay::{self, Latencies, ReplayError, Slots};
 use kheap_workload::tsc::stamp;
 
-use crate::arena::PAGE;
+use crate::arena::{ArenaMemory, PAGE};
 use crate::workload::{GrowthStream, Workload};
 
 /// Why a replay stopped before the end of its ops.
@@ -203,6 +203,91 @@ pub fn efficiency<A: BenchAlloc>(
         start.elapsed() > budget
     })
     .map_err(|e| e.to_string())
+}
+
+/// One allocator's timed runs in a section beside the main table (fixed-size objects, growing
+/// vectors).
+#[derive(Debug, Clone)]
+pub struct RunSeries {
+    /// Verification: units checked (calls, pushes), or what went wrong (also a timed run that
+    /// stopped early).
+    pub verify: Result<usize, String>,
+    /// ns per unit (thread CPU time) of each timed run.
+    pub ns: Vec<f64>,
+    /// ns per unit of wall time of each timed run.
+    pub wall_ns: Vec<f64>,
+    /// Ratio to the section's reference allocator within each run.
+    pub ratio: Vec<f64>,
+    /// Most bytes taken from the page source, for page-backed allocators.
+    pub peak_bytes: Option<usize>,
+}
+
+/// What one timed run of a [`RunSeries`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// ns per unit, thread CPU time.
+    pub ns: f64,
+    /// ns per unit, wall time.
+    pub wall_ns: f64,
+    /// Most bytes taken from the page source.
+    pub peak_bytes: Option<usize>,
+}
+
+/// Verifies every allocator of `peers` with `verify`, then times each verified one `runs` times
+/// with `time`, in rounds with the order rotated (so no allocator always runs first); ratios are
+/// to `reference` within each round. A timed run that fails marks the allocator failed. Both
+/// get `memory` (where the allocators' regions come from).
+pub fn rounds<P: Copy + PartialEq>(
+    peers: &[P],
+    runs: usize,
+    reference: P,
+    memory: &mut ArenaMemory,
+    mut verify: impl FnMut(&mut ArenaMemory, P) -> Result<usize, String>,
+    mut time: impl FnMut(&mut ArenaMemory, P) -> Result<Sample, String>,
+) -> Vec<(P, RunSeries)> {
+    let mut results: Vec<(P, RunSeries)> = peers
+        .iter()
+        .map(|&p| {
+            let series = RunSeries {
+                verify: verify(memory, p),
+                ns: Vec::new(),
+                wall_ns: Vec::new(),
+                ratio: Vec::new(),
+                peak_bytes: None,
+            };
+            (p, series)
+        })
+        .collect();
+    for run in 0..runs {
+        let n = results.len();
+        let mut run_ns = vec![f64::NAN; n];
+        for k in 0..n {
+            let i = (k + run) % n;
+            let (p, r) = &mut results[i];
+            if r.verify.is_err() {
+                continue;
+            }
+            match time(memory, *p) {
+                Ok(t) => {
+                    r.ns.push(t.ns);
+                    r.wall_ns.push(t.wall_ns);
+                    r.peak_bytes = r.peak_bytes.or(t.peak_bytes);
+                    run_ns[i] = t.ns;
+                }
+                Err(e) => r.verify = Err(e),
+            }
+        }
+        let reference = peers
+            .iter()
+            .position(|&p| p == reference)
+            .map_or(f64::NAN, |i| run_ns[i]);
+        for (i, (_, r)) in results.iter_mut().enumerate() {
+            if run_ns[i].is_finite() {
+                r.ratio.push(run_ns[i] / reference);
+            }
+        }
+    }
+    results
 }
 
 /// Median of a sample (NaN for none).

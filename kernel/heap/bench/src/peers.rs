@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
 
-use kheap_workload::bench_alloc::{BenchAlloc, PageUse, realloc_by_copy};
+use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, KheapPool, PageUse, realloc_by_copy};
 
 use crate::arena::{ArenaMemory, PAGE, PageArena, Region};
 
@@ -104,7 +104,10 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
     // used by this one allocator only and outlives it.
     unsafe {
         match peer {
-            Peer::Kheap => v.visit(&mut *KheapAlloc::new(region)),
+            Peer::Kheap => {
+                const { assert!(kheap::PAGE_SIZE == PAGE) };
+                v.visit(&mut kheap::Heap::new(ArenaSource::new(region)))
+            }
             Peer::Talc => v.visit(&mut *TalcAlloc::new(region)),
             Peer::Rlsf => v.visit(&mut *RlsfAlloc::new(region)),
             Peer::LinkedList => v.visit(&mut *LinkedListAlloc::new(region)),
@@ -202,9 +205,12 @@ pub fn with_fixed_peer<V: Visit>(
         FixedPeer::General(p) => with_peer(p, memory, len, v),
         FixedPeer::KheapPool => {
             let region = memory.region(len);
-            // SAFETY: as in `with_peer`: the region is borrowed from `memory` for this call and
-            // used by this adapter alone, which is dropped before the call returns.
-            v.visit(&mut *unsafe { KheapPoolAlloc::new(region, object) })
+            // As in `with_peer`: the region is borrowed from `memory` for this call and used by
+            // this adapter alone, which is dropped before the call returns.
+            let pages = ArenaSource::new(region);
+            let mut pool = KheapPool::new(pages, object)
+                .expect("kheap: create_pool for the benchmark's object layout");
+            v.visit(&mut pool)
         }
         FixedPeer::Slabmalloc => {
             let region = memory.region(len);
@@ -228,9 +234,10 @@ impl ArenaSource {
     pub fn new(region: Region) -> Self {
         Self(PageArena::new(region))
     }
+}
 
-    /// Pages mapped now and at most, and the calls so far.
-    pub fn page_use(&self) -> PageUse {
+impl CountedSource for ArenaSource {
+    fn page_use(&self) -> PageUse {
         self.0.page_use()
     }
 }
@@ -379,95 +386,6 @@ unsafe impl dlmalloc::Allocator for DlPages {
 // ---------------------------------------------------------------------------------------------
 // Adapters
 // ---------------------------------------------------------------------------------------------
-
-/// Our heap core.
-struct KheapAlloc {
-    heap: kheap::Heap<ArenaSource>,
-}
-
-impl KheapAlloc {
-    /// # Safety
-    ///
-    /// `region` must be valid, unused by anything else, and outlive the adapter.
-    unsafe fn new(region: Region) -> Box<Self> {
-        const { assert!(kheap::PAGE_SIZE == PAGE) };
-        Box::new(Self {
-            heap: kheap::Heap::new(ArenaSource::new(region)),
-        })
-    }
-}
-
-impl BenchAlloc for KheapAlloc {
-    #[inline]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        self.heap.allocate(layout).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
-        unsafe { self.heap.deallocate(ptr, layout) }
-    }
-
-    #[inline]
-    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
-        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
-        unsafe { self.heap.reallocate(ptr, old, new).ok() }
-    }
-
-    fn pages(&self) -> Option<PageUse> {
-        Some(self.heap.source().page_use())
-    }
-
-    fn release(&mut self) {
-        self.heap.trim();
-    }
-}
-
-/// A kheap user pool for one object layout, over a page arena. Requests of any other layout
-/// are refused (`None`): the pool serves exactly one.
-struct KheapPoolAlloc {
-    heap: kheap::Heap<ArenaSource>,
-    pool: kheap::PoolId,
-    object: Layout,
-}
-
-impl KheapPoolAlloc {
-    /// # Safety
-    ///
-    /// `region` must be valid, unused by anything else, and outlive the adapter.
-    unsafe fn new(region: Region, object: Layout) -> Box<Self> {
-        let mut heap = kheap::Heap::new(ArenaSource::new(region));
-        let pool = heap
-            .create_pool(object.size(), object.align())
-            .expect("kheap: create_pool for the benchmark's object layout");
-        Box::new(Self { heap, pool, object })
-    }
-}
-
-impl BenchAlloc for KheapPoolAlloc {
-    #[inline]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if layout != self.object {
-            return None;
-        }
-        self.heap.pool_alloc(self.pool).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
-        unsafe { self.heap.pool_free(self.pool, ptr) }
-    }
-
-    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
-        None
-    }
-
-    fn pages(&self) -> Option<PageUse> {
-        Some(self.heap.source().page_use())
-    }
-}
 
 /// A slabmalloc `SCAllocator` for one object layout, refilled with 4 KiB pages of an arena.
 struct SlabAlloc {

@@ -15,7 +15,7 @@ use kheap_workload::bench_alloc::BenchAlloc;
 use kheap_workload::replay::{self, Slots};
 
 use crate::arena::ArenaMemory;
-use crate::measure::{self, Timed};
+use crate::measure::{self, RunSeries, Sample, Timed};
 use crate::peers::{FixedPeer, Visit, with_fixed_peer};
 use crate::workload::{self, Workload};
 
@@ -31,19 +31,6 @@ pub struct FixedSizes {
     pub ops: usize,
 }
 
-/// One contestant on one object layout.
-#[derive(Debug, Clone)]
-pub struct FixedRun {
-    /// Verification result: calls checked, or what went wrong.
-    pub verify: Result<usize, String>,
-    /// ns per call of each timed run.
-    pub ns: Vec<f64>,
-    /// Ratio to slabmalloc within each run.
-    pub ratio: Vec<f64>,
-    /// Most bytes taken from the page source, for page-backed contestants.
-    pub peak_bytes: Option<usize>,
-}
-
 /// All contestants on one object layout.
 #[derive(Debug, Clone)]
 pub struct FixedResult {
@@ -52,7 +39,7 @@ pub struct FixedResult {
     /// Description of the workload.
     pub title: String,
     /// In [`FixedPeer::ALL`] order.
-    pub runs: Vec<(FixedPeer, FixedRun)>,
+    pub runs: Vec<(FixedPeer, RunSeries)>,
 }
 
 struct VerifyVisit<'a>(&'a Workload);
@@ -100,51 +87,28 @@ fn bench_one(
     region: usize,
     budget: Duration,
 ) -> FixedResult {
-    let mut results: Vec<(FixedPeer, FixedRun)> = FixedPeer::ALL
-        .iter()
-        .map(|&p| {
-            let verify = with_fixed_peer(p, object, memory, region, VerifyVisit(w));
-            let run = FixedRun {
-                verify,
-                ns: Vec::new(),
-                ratio: Vec::new(),
-                peak_bytes: None,
-            };
-            (p, run)
-        })
-        .collect();
-    for run in 0..runs {
-        let n = results.len();
-        let mut run_ns = vec![f64::NAN; n];
-        for k in 0..n {
-            let i = (k + run) % n; // rotate the order so no contestant always runs first
-            let (p, r) = &mut results[i];
-            if r.verify.is_err() {
-                continue;
-            }
-            let (t, peak) = with_fixed_peer(*p, object, memory, region, TimeVisit(w, budget));
+    let results = measure::rounds(
+        &FixedPeer::ALL,
+        runs,
+        FixedPeer::Slabmalloc,
+        memory,
+        |memory, p| with_fixed_peer(p, object, memory, region, VerifyVisit(w)),
+        |memory, p| {
+            let (t, peak) = with_fixed_peer(p, object, memory, region, TimeVisit(w, budget));
             if t.ops_done < w.ops.len() {
-                r.verify = Err(format!(
+                return Err(format!(
                     "stopped after {} of {} calls",
                     t.ops_done,
                     w.ops.len()
                 ));
-                continue;
             }
-            r.ns.push(t.ns_per_op);
-            r.peak_bytes = r.peak_bytes.or(peak);
-            run_ns[i] = t.ns_per_op;
-        }
-        let slab = FixedPeer::ALL
-            .iter()
-            .position(|&p| p == FixedPeer::Slabmalloc)
-            .map_or(f64::NAN, |i| run_ns[i]);
-        for (i, (_, r)) in results.iter_mut().enumerate() {
-            if run_ns[i].is_finite() {
-                r.ratio.push(run_ns[i] / slab);
-            }
-        }
-    }
+            Ok(Sample {
+                ns: t.ns_per_op,
+                wall_ns: t.wall_ns_per_op,
+                peak_bytes: peak,
+            })
+        },
+    );
     FixedResult {
         size: object.size() as u32,
         title: w.title.clone(),

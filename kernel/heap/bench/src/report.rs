@@ -269,6 +269,15 @@ pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Smallest and largest finite value (NaN for none).
+fn min_max(values: &[f64]) -> (f64, f64) {
+    let finite = values.iter().copied().filter(|x| x.is_finite());
+    (
+        finite.clone().fold(f64::NAN, f64::min),
+        finite.fold(f64::NAN, f64::max),
+    )
+}
+
 fn fmt_ns(ns: f64) -> String {
     if !ns.is_finite() {
         "–".into()
@@ -415,9 +424,7 @@ impl Report {
             .peers
             .iter()
             .map(|(p, r)| {
-                let finite: Vec<f64> = r.ns.iter().copied().filter(|x| x.is_finite()).collect();
-                let min = finite.iter().copied().fold(f64::NAN, f64::min);
-                let max = finite.iter().copied().fold(f64::NAN, f64::max);
+                let (min, max) = min_max(&r.ns);
                 vec![
                     p.name().into(),
                     flag(r).unwrap_or_else(|| fmt_ns(r.ns_median())),
@@ -735,9 +742,7 @@ impl Report {
             .peers
             .iter()
             .map(|(p, r)| {
-                let finite: Vec<f64> = r.ns.iter().copied().filter(|x| x.is_finite()).collect();
-                let min = finite.iter().copied().fold(f64::NAN, f64::min);
-                let max = finite.iter().copied().fold(f64::NAN, f64::max);
+                let (min, max) = min_max(&r.ns);
                 vec![
                     p.name().into(),
                     fmt_ns(median(&r.ns)),
@@ -748,7 +753,7 @@ impl Report {
                     r.peak_bytes
                         .map_or("– (fixed region)".into(), |b| format!("{}", b / 4096)),
                     match &r.verify {
-                        Ok(()) => "ok".into(),
+                        Ok(n) => format!("ok ({n} pushes)"),
                         Err(e) => format!("FAILED: {e}"),
                     },
                 ]

@@ -9,12 +9,15 @@
 //! * [`realloc_by_copy`]: `realloc` for allocators that have none.
 //! * [`Locked`]: an adapter behind a [`RawLock`], as a `GlobalAlloc` that threads (or CPUs) share;
 //!   [`Shared`]: any `GlobalAlloc` seen as a [`BenchAlloc`], for the threaded sections.
+//! * kheap itself, the same in both benchmarks: `kheap::Heap` over any [`CountedSource`] is a
+//!   [`BenchAlloc`], and [`KheapPool`] is a user pool for one object layout. Each benchmark
+//!   supplies the page source.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 
-use kheap::RawLock;
+use kheap::{Heap, PageSource, PoolId, RawLock};
 
 /// Pages an allocator that grows a page at a time has taken from its page source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,5 +233,104 @@ impl<G: GlobalAlloc + ?Sized> BenchAlloc for Shared<'_, G> {
     ) -> Option<NonNull<u8>> {
         // SAFETY: forwarded contract.
         NonNull::new(unsafe { self.0.realloc(ptr.as_ptr(), old, new_size) })
+    }
+}
+
+/// A page source that counts the pages it has handed out (the benchmarks' sources for kheap).
+pub trait CountedSource: PageSource {
+    /// Pages mapped now and at most, and the calls so far.
+    fn page_use(&self) -> PageUse;
+}
+
+/// Our heap core, driven through its own (non-global) API.
+impl<S: CountedSource> BenchAlloc for Heap<S> {
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.allocate(layout).ok()
+    }
+
+    #[inline]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
+        unsafe { self.deallocate(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
+        unsafe { self.reallocate(ptr, old, new).ok() }
+    }
+
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.source().page_use())
+    }
+
+    fn release(&mut self) {
+        self.trim();
+    }
+}
+
+/// A kheap user pool for one object layout (the `kmem_cache`-style API) over its own heap.
+/// Requests of any other layout are refused (`None`): the pool serves exactly one. Dropping it
+/// destroys the pool and trims the heap (every block must have been freed).
+pub struct KheapPool<S: PageSource> {
+    heap: Heap<S>,
+    pool: PoolId,
+    object: Layout,
+}
+
+impl<S: PageSource> core::fmt::Debug for KheapPool<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KheapPool")
+            .field("object", &self.object)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: PageSource> KheapPool<S> {
+    /// A fresh heap over `source` with one user pool for `object`.
+    ///
+    /// # Errors
+    ///
+    /// What `Heap::create_pool` says (no page for the pool's header, an unsupported layout).
+    pub fn new(source: S, object: Layout) -> Result<Self, kheap::PoolError> {
+        let mut heap = Heap::new(source);
+        let pool = heap.create_pool(object.size(), object.align())?;
+        Ok(Self { heap, pool, object })
+    }
+}
+
+impl<S: PageSource> Drop for KheapPool<S> {
+    fn drop(&mut self) {
+        // Every block was freed by the replay's teardown: the pool's chunks go back, then the
+        // heap's reserves (its root run and page-map nodes stay: `kheap::Heap` has no teardown).
+        let _ = self.heap.destroy_pool(self.pool);
+        self.heap.trim();
+    }
+}
+
+impl<S: CountedSource> BenchAlloc for KheapPool<S> {
+    // Always inlined into the replay loop, as the general allocators' adapters are: under TCG a
+    // call and return cost far more time than their two instructions.
+    #[inline(always)]
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if layout != self.object {
+            return None;
+        }
+        self.heap.pool_alloc(self.pool).ok()
+    }
+
+    #[inline(always)]
+    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
+        unsafe { self.heap.pool_free(self.pool, ptr) }
+    }
+
+    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
+        None
+    }
+
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.heap.source().page_use())
     }
 }
