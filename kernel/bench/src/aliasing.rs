@@ -50,6 +50,7 @@ impl Visit for Verify<'_> {
 /// run that ran out of memory or did not verify).
 pub fn run(sizes: &Sizes) -> Result<(), BenchError> {
     let (shape, budget) = sizes.vectors;
+    serial_println!();
     serial_println!(
         "== Growing vectors (cache aliasing): {} buffers of u64 grown round-robin to {} elements \
          each ({} KiB), push = one u64 store, growth = realloc to twice the capacity ==",
