@@ -478,17 +478,19 @@ pub fn latencies<A: BenchAlloc>(
                 index,
                 setup: false,
             };
-            let t0 = stamp();
-            let r = step::<A, false>(a, table, at, op);
-            let dt = stamp().wrapping_sub(t0);
-            if let Err(e) = r {
-                out.failed = Some(e);
-                break;
-            }
-            match op {
-                Op::Alloc { .. } => out.alloc.push(dt),
-                Op::Free { .. } => out.free.push(dt),
-                Op::Realloc { .. } => out.realloc.push(dt),
+            // One bracket per kind of call, so that inside it the compiler knows which kind `step`
+            // performs (the dispatch on the op stays outside the timed code).
+            let (r, samples) = match op {
+                Op::Alloc { .. } => (timed_step(a, table, at, op), &mut out.alloc),
+                Op::Free { .. } => (timed_step(a, table, at, op), &mut out.free),
+                Op::Realloc { .. } => (timed_step(a, table, at, op), &mut out.realloc),
+            };
+            match r {
+                Ok(dt) => samples.push(dt),
+                Err(e) => {
+                    out.failed = Some(e);
+                    break;
+                }
             }
             if index % BUDGET_CHUNK == BUDGET_CHUNK - 1 && over_budget() {
                 out.capped = true;
@@ -498,6 +500,20 @@ pub fn latencies<A: BenchAlloc>(
     }
     // The timed pass does not look at contents, so the teardown cannot fail.
     let _ = table.teardown::<A, false>(a);
+}
+
+/// One untimed-harness [`step`] between two [`stamp`]s: its counter ticks, or its failure.
+#[inline(always)]
+fn timed_step<A: BenchAlloc>(
+    a: &mut A,
+    table: &mut Slots,
+    at: At,
+    op: Op,
+) -> Result<u64, ReplayError> {
+    let t0 = stamp();
+    let r = step::<A, false>(a, table, at, op);
+    let dt = stamp().wrapping_sub(t0);
+    r.map(|()| dt)
 }
 
 /// Heap efficiency of one allocator on one stream.
