@@ -335,13 +335,11 @@ impl BenchAlloc for ShortCopy {
     }
     unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
         let new_block = self.alloc(Layout::from_size_align(new, old.align()).ok()?)?;
-        // SAFETY: both blocks are live and at least `old.size().min(new) - 1` long.
+        let kept = old.size().min(new);
+        // SAFETY: both blocks are live and at least `kept` bytes long.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                ptr.as_ptr(),
-                new_block.as_ptr(),
-                old.size().min(new) - 1,
-            );
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new_block.as_ptr(), kept - 1);
+            new_block.add(kept - 1).write(!ptr.add(kept - 1).read());
             self.free(ptr, old);
         }
         Some(new_block)
