@@ -1,6 +1,7 @@
 //! The in-kernel benchmark runs end to end at smoke scale: every workload on every allocator,
-//! timed and verified, the latency percentiles and the frame/page-table costs. It asserts only that
-//! every replay verified (benchmarks never assert on timings).
+//! timed and verified, the latency percentiles, the frame/page-table costs, the fixed-size
+//! objects, the growing vectors, heap efficiency and the several-CPU section (one CPU here). It
+//! asserts only that every replay verified (benchmarks never assert on timings).
 
 #![no_std]
 #![no_main]
@@ -8,16 +9,45 @@
 #![test_runner(kernel::testing::runner)]
 #![reexport_test_harness_main = "test_main"]
 
-use kernel::bench::Scale;
+extern crate alloc;
+
+use kernel_bench::{Scale, workload};
 
 // The smoke budget is 8 MiB per allocator; 128 MiB leaves the kernel heap and frames room.
 kernel::qemu_args!("-m 128M");
 
 kernel::test_kernel!();
 
+/// The shared generator, built for the kernel target (integer-only, no FPU), yields replayable
+/// sequences at the smoke scale.
+#[kernel::test]
+fn smoke_workloads_are_consistent() {
+    const SEED: u64 = 0x6b62_656e_6368_2a01;
+    let w = &Scale::Smoke.sizes().workloads;
+    let mut all = alloc::vec![
+        workload::small_churn(w, SEED),
+        workload::kernel_mix(w, SEED),
+        workload::random_align(w, SEED),
+        workload::realloc_growth(w, SEED),
+    ];
+    all.extend(
+        w.scaling_levels
+            .iter()
+            .map(|&n| workload::scaling(w, n, SEED)),
+    );
+    for wl in &all {
+        assert!(wl.is_consistent(), "{}", wl.name);
+        assert!(!wl.ops.is_empty(), "{}", wl.name);
+    }
+    assert_eq!(
+        workload::small_churn(w, SEED).digest(),
+        workload::small_churn(w, SEED).digest()
+    );
+}
+
 #[kernel::test]
 fn smoke_benchmark_verifies_every_allocator() {
-    if let Err(e) = kernel::bench::run(Scale::Smoke) {
+    if let Err(e) = kernel_bench::run(Scale::Smoke) {
         panic!("benchmark failed: {e}");
     }
 }

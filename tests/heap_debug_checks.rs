@@ -23,7 +23,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use kernel::allocator::HEAP;
-use kernel::soak::Baseline;
+use kernel::baseline::Baseline;
 
 kernel::test_kernel!();
 
@@ -305,7 +305,7 @@ fn pool_free_to_a_destroyed_pool() {
 
 /// The checks stay quiet for correct use: every kind of block freed once, with its own layout or
 /// pool, and the heap is consistent and gives every page back (but for the root page it maps for
-/// user-pool headers, which it keeps by design: see `kernel::soak::Baseline`).
+/// user-pool headers, which it keeps by design: see `kernel::baseline::Baseline`).
 #[kernel::test]
 fn correct_frees_pass_every_check() {
     let before = Baseline::take().expect("heap initialised");

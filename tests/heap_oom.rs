@@ -23,8 +23,8 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr;
 
+use kernel::baseline::{Baseline, INSERT_HEADROOM_FRAMES};
 use kernel::memory::bench_support::FrameHoard;
-use kernel::soak::{Baseline, INSERT_HEADROOM_FRAMES};
 use kernel::{allocator, memory, serial_println};
 use kheap_workload::Rng;
 

@@ -1,7 +1,7 @@
-//! The heap soak test, short version (the long one is `cargo run --release --bin soak`): random
+//! The heap soak test, short version (the long one is `cargo soak`): random
 //! operations through `Box`, `Vec`, `BTreeMap` and raw `alloc`/`realloc`/`dealloc`, every byte
 //! checked, the live set swinging between a few KiB and most of the machine's memory, and every
-//! page back at the end. See `kernel::soak`.
+//! page back at the end. See `kernel_soak`.
 
 #![no_std]
 #![no_main]
@@ -10,7 +10,7 @@
 #![reexport_test_harness_main = "test_main"]
 
 use kernel::serial_println;
-use kernel::soak::{self, Config, Report};
+use kernel_soak::{self as soak, Config, Report};
 
 // Small enough that a debug build fills most of it several times within the test's time.
 kernel::qemu_args!("-m 64M");
@@ -46,7 +46,7 @@ fn random_operations_fill_most_of_ram_and_give_it_back() {
     );
     assert!(report.reallocations > 0 && report.vec_growths > 0 && report.map_inserts > 0);
     // The heap really mapped most of the machine at the peak, and gave it back: what it still
-    // holds beyond the start is its own bookkeeping (`soak::Baseline` checked the accounting).
+    // holds beyond the start is its own bookkeeping (`kernel::baseline::Baseline` checked the accounting).
     assert!(report.peak_heap_pages > report.frames_total / 2);
     assert_eq!(
         report.pages_kept() as usize,

@@ -16,7 +16,7 @@ extern crate alloc;
 extern crate self as kernel;
 
 pub mod allocator;
-pub mod bench;
+pub mod baseline;
 pub mod cpu;
 pub mod fw_cfg;
 pub mod gdt;
@@ -27,7 +27,6 @@ pub mod panic;
 pub mod qemu;
 pub mod serial;
 pub mod smp;
-pub mod soak;
 pub mod testing;
 pub mod timer;
 pub mod workload;

@@ -1,17 +1,15 @@
-//! Single operations of the memory layers, for the in-kernel benchmark to time (with `rdtsc`
-//! around each call) and for test kernels.
+//! Pages of the scratch area and frames held out of circulation, for the in-kernel benchmark
+//! (`kernel/bench`, which times the memory layer's own functions around them) and for test
+//! kernels.
 //!
 //! Every function takes the memory lock once, with interrupts disabled, exactly as the heap's
-//! page source does, so the timings include what a real caller pays. Map/unmap work on the
-//! scratch area ([`SCRATCH_START`], 1 GiB = 262 144 pages), which nothing else uses; heap-window
-//! runs are timed through [`KernelPageSource`](super::KernelPageSource) directly.
+//! page source does. Scratch pages lie in the scratch area ([`SCRATCH_START`], 1 GiB = 262 144
+//! pages), which nothing else uses.
 //!
 //! Note for timing map/unmap: the mapper frees page tables that an unmap leaves empty. A lone
 //! scratch page therefore costs a page-directory and a page-table allocation (and zeroing) on
 //! every map, and their frees on every unmap. To time just the leaf entry, keep a neighbouring
-//! scratch page mapped (e.g. [`map_scratch`]`(1)`) while timing [`scratch_page`].
-
-use core::fmt;
+//! scratch page mapped (e.g. [`map_scratch`]`(1)`).
 
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
@@ -19,94 +17,20 @@ use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
 use super::heap_window::{SCRATCH_KFENCE_PAGES, SCRATCH_SIZE, SCRATCH_START};
 use super::paging;
 
-/// A physical frame, as handed out by [`frame_alloc`].
-pub type Frame = PhysFrame;
-
 /// Number of pages of the scratch area the helpers here hand out (its top
 /// [`SCRATCH_KFENCE_PAGES`] are the sampled guard-page allocator's).
 pub const SCRATCH_PAGES: u64 = SCRATCH_SIZE / 4096 - SCRATCH_KFENCE_PAGES;
 
 /// Flags of scratch mappings: kernel data.
-const SCRATCH_FLAGS: PageTableFlags = PageTableFlags::PRESENT
+pub const SCRATCH_FLAGS: PageTableFlags = PageTableFlags::PRESENT
     .union(PageTableFlags::WRITABLE)
     .union(PageTableFlags::NO_EXECUTE);
-
-/// Why a benchmark map or unmap failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MapError {
-    /// Mapping failed.
-    Map(paging::MapError),
-    /// Unmapping failed.
-    Unmap(paging::UnmapError),
-}
-
-impl fmt::Display for MapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Map(e) => write!(f, "map: {e}"),
-            Self::Unmap(e) => write!(f, "unmap: {e}"),
-        }
-    }
-}
-
-/// The page reserved for single-page map/unmap timing: the first page of the scratch area.
-#[must_use]
-pub fn scratch_page() -> Page {
-    Page::containing_address(VirtAddr::new(SCRATCH_START))
-}
 
 /// Page `index` of the scratch area, or `None` past its end.
 #[must_use]
 pub fn nth_scratch_page(index: u64) -> Option<Page> {
     (index < SCRATCH_PAGES)
         .then(|| Page::containing_address(VirtAddr::new(SCRATCH_START + index * 4096)))
-}
-
-/// One frame allocation (see [`allocate_frame`](super::allocate_frame)); `None` when out of
-/// frames.
-#[must_use]
-pub fn frame_alloc() -> Option<Frame> {
-    super::allocate_frame()
-}
-
-/// One frame free.
-///
-/// # Safety
-///
-/// As [`deallocate_frame`](super::deallocate_frame): the frame came from [`frame_alloc`] and is
-/// unused.
-pub unsafe fn frame_free(frame: Frame) {
-    // SAFETY: the caller's contract.
-    unsafe { super::deallocate_frame(frame) }
-}
-
-/// Maps `page` to `frame`, writable and not executable (see [`map`](super::map)).
-///
-/// # Errors
-///
-/// [`MapError::Map`] with the mapper's reason.
-///
-/// # Safety
-///
-/// As [`map`](super::map): `frame` is owned by the caller and not mapped elsewhere, and `page`
-/// is a scratch page nothing else uses.
-pub unsafe fn map(page: Page, frame: Frame) -> Result<(), MapError> {
-    // SAFETY: the caller's contract.
-    unsafe { super::map(page, frame, SCRATCH_FLAGS) }.map_err(MapError::Map)
-}
-
-/// Unmaps `page` and returns its frame (not freed); see [`unmap`](super::unmap).
-///
-/// # Errors
-///
-/// [`MapError::Unmap`] with the mapper's reason.
-///
-/// # Safety
-///
-/// Nothing may access the page afterwards.
-pub unsafe fn unmap(page: Page) -> Result<Frame, MapError> {
-    // SAFETY: the caller's contract.
-    unsafe { super::unmap(page) }.map_err(MapError::Unmap)
 }
 
 /// Maps scratch page `index` to a fresh frame (allocation and mapping under one lock) and

@@ -115,19 +115,14 @@ impl PageArena {
         self.region
     }
 
-    /// Pages mapped right now.
-    pub fn mapped_pages(&self) -> usize {
-        self.mapped
-    }
-
-    /// Calls so far: successful maps and unmaps.
-    pub fn calls(&self) -> (u64, u64) {
-        (self.maps, self.unmaps)
-    }
-
-    /// Most pages ever mapped at once.
-    pub fn peak_pages(&self) -> usize {
-        self.peak
+    /// Pages mapped now and at most, and the calls so far.
+    pub fn page_use(&self) -> kheap_workload::bench_alloc::PageUse {
+        kheap_workload::bench_alloc::PageUse {
+            mapped: self.mapped,
+            peak: self.peak,
+            maps: self.maps,
+            unmaps: self.unmaps,
+        }
     }
 
     fn used(&self, page: usize) -> bool {
@@ -284,8 +279,8 @@ mod tests {
         assert_eq!(c.as_ptr() as usize - a.as_ptr() as usize, 5 * PAGE);
         let d = arena.map(3).unwrap(); // fits it exactly
         assert_eq!(d, a);
-        assert_eq!(arena.mapped_pages(), 9);
+        assert_eq!(arena.page_use().mapped, 9);
         assert!(arena.map(64).is_none());
-        assert_eq!(arena.peak_pages(), 9);
+        assert_eq!(arena.page_use().peak, 9);
     }
 }

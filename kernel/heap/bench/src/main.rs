@@ -12,17 +12,23 @@
 //! until the first failed allocation. Tables go to stdout; the full run writes `REPORT.md`,
 //! `runs.csv` and three SVG plots (`report`, `svg`) to `results/` beside this crate.
 //!
+//! Beyond the op-list workloads: fixed-size objects (`pools`), talc's own heap-efficiency
+//! benchmark (`talc-like`), growing vectors (`vec-growth`, the cache-aliasing pattern) and the
+//! threaded section (`threads`: 1 and 2 threads, every contestant shared through `GlobalAlloc`).
+//! `--kernel-tail LOG` turns the `tail` rows of a `cargo kbench` log into the in-kernel tail plots.
+//!
 //! `--quick` is the smoke mode: tiny workloads, verification on, nothing written unless `--out`
 //! is given. A unit test runs it, so `cargo test -p kheap-bench` keeps the bench compiling and
 //! working.
 
+mod aliasing;
 mod arena;
 mod measure;
 mod peers;
 mod pools;
 mod report;
 mod svg;
-mod verify;
+mod threads;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,10 +36,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arena::ArenaMemory;
 /// The workload generator, shared with the in-kernel benchmark (`kernel/heap/workload`).
 use kheap_workload as workload;
+use kheap_workload::bench_alloc::BenchAlloc;
+use kheap_workload::replay::{self, Slots};
+use kheap_workload::vec_growth::VecGrowth;
 use measure::{Efficiency, Latency, Timed};
-use peers::{BenchAlloc, Peer, Visit, with_peer};
+use peers::{Peer, Visit, with_peer};
 use report::{EfficiencyResult, PeerRun, Report, WorkloadResult};
-use workload::{Generator, Mix, Sizes, WORKLOAD_NAMES, Workload};
+use workload::{Generator, GrowthStream, Mix, Sizes, WORKLOAD_NAMES, Workload};
 
 /// Everything the command line chooses.
 #[derive(Debug, Clone)]
@@ -46,6 +55,8 @@ struct Options {
     out: Option<PathBuf>,
     /// Skip the latency and efficiency passes (for profiling the timed replays).
     timing_only: bool,
+    /// Plot the tail rows of this kbench log instead of benchmarking.
+    kernel_tail: Option<PathBuf>,
 }
 
 /// Sizes and budgets that differ between the full benchmark and the smoke mode.
@@ -63,6 +74,10 @@ struct Limits {
     efficiency_budget: Duration,
     /// Body ops verified per workload (the scaling levels' setup is always verified in full).
     verify_ops: usize,
+    /// The growing vectors, and the region each allocator gets for them.
+    vectors: (VecGrowth, usize),
+    /// Sizes of the threaded section.
+    threads: threads::ThreadSizes,
 }
 
 /// Smoke mode: tiny, for `cargo test` and quick checks.
@@ -85,6 +100,10 @@ impl Limits {
         replay_budget: Duration::from_secs(2),
         efficiency_budget: Duration::from_secs(10),
         verify_ops: 100_000,
+        // The vectors end at 128 KiB each (125 MiB together); an allocator that cannot grow them
+        // in place leaves the smaller copies behind as holes.
+        vectors: (VecGrowth::FULL, 512 << 20),
+        threads: threads::ThreadSizes::FULL,
     };
     const QUICK: Self = Self {
         scale: QUICK_SIZES,
@@ -93,6 +112,14 @@ impl Limits {
         replay_budget: Duration::from_millis(300),
         efficiency_budget: Duration::from_millis(300),
         verify_ops: usize::MAX,
+        vectors: (
+            VecGrowth {
+                vectors: 100,
+                elements: 1_000,
+            },
+            8 << 20,
+        ),
+        threads: threads::ThreadSizes::QUICK,
     };
 }
 
@@ -101,7 +128,10 @@ usage: kheap-bench [options]
   --quick            smoke mode: tiny workloads, verification on, writes only with --out
   --workload NAME    run only this workload (repeatable): small-churn, kernel-mix,
                      random-align, realloc-growth, scaling, pools (fixed-size objects:
-                     kheap user pools vs slabmalloc; --alloc does not apply to it)
+                     kheap user pools vs slabmalloc; --alloc does not apply to it),
+                     talc-like (talc's heap-efficiency benchmark), vec-growth (growing
+                     vectors, the cache-aliasing pattern), threads (1 and 2 threads; its
+                     contestants are fixed: kheap, talc, rlsf, linked_list, system, mimalloc)
   --alloc NAME       run only this allocator (repeatable): kheap, talc, rlsf, linked_list,
                      buddy, dlmalloc, good_memory, system, bump
   --runs N           timed runs per allocator and workload (default 5; 1 with --quick)
@@ -109,6 +139,8 @@ usage: kheap-bench [options]
   --timing-only      skip the latency and heap-efficiency passes (for profiling)
   --out DIR          where REPORT.md, runs.csv and the plots go
                      (default: kernel/heap/bench/results)
+  --kernel-tail LOG  only plot the tail rows of a `cargo kbench` log into
+                     kernel_tail_alloc.svg and kernel_tail_free.svg (in --out)
 ";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -120,6 +152,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         seed: 1,
         out: None,
         timing_only: false,
+        kernel_tail: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -129,7 +162,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--timing-only" => o.timing_only = true,
             "--workload" => {
                 let w = value("--workload")?;
-                if !WORKLOAD_NAMES.contains(&w.as_str()) && w != POOLS {
+                if !WORKLOAD_NAMES.contains(&w.as_str()) && !SECTIONS.contains(&w.as_str()) {
                     return Err(format!("unknown workload {w:?}"));
                 }
                 o.workloads.push(w);
@@ -150,6 +183,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .map_err(|e| format!("--seed: {e}"))?
             }
             "--out" => o.out = Some(PathBuf::from(value("--out")?)),
+            "--kernel-tail" => o.kernel_tail = Some(PathBuf::from(value("--kernel-tail")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -159,7 +193,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     if o.workloads.is_empty() {
         o.workloads = WORKLOAD_NAMES.iter().map(|s| s.to_string()).collect();
-        o.workloads.push(POOLS.into());
+        o.workloads.extend(SECTIONS.iter().map(|s| s.to_string()));
     }
     if o.peers.is_empty() {
         o.peers = Peer::ALL.to_vec();
@@ -175,6 +209,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 
 /// `--workload` name of the fixed-size object benchmark (module `pools`).
 const POOLS: &str = "pools";
+/// `--workload` name of talc's heap-efficiency benchmark (an efficiency stream only).
+const TALC_LIKE: &str = "talc-like";
+/// `--workload` name of the growing vectors (module `aliasing`).
+const VEC_GROWTH: &str = "vec-growth";
+/// `--workload` name of the threaded section (module `threads`).
+const THREADS: &str = "threads";
+/// The sections that are not op-list workloads, in report order.
+const SECTIONS: [&str; 4] = [POOLS, TALC_LIKE, VEC_GROWTH, THREADS];
 
 /// Largest region the bump allocator is given: a workload that would need more (the realloc
 /// workload copies every vector at every doubling, about 1.6 GiB) is not run on it.
@@ -193,7 +235,7 @@ struct VerifyVisit<'a>(&'a Workload, usize);
 impl Visit for VerifyVisit<'_> {
     type Out = Result<usize, String>;
     fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
-        verify::verify(a, self.0, self.1)
+        replay::verify(a, self.0, self.1, &mut Slots::default()).map_err(|e| e.to_string())
     }
 }
 
@@ -213,11 +255,23 @@ impl Visit for LatencyVisit<'_> {
     }
 }
 
-struct EfficiencyVisit(Mix, u64, Duration);
+/// A heap-efficiency stream: one of the churn mixes (two allocations for every free), or talc's
+/// own efficiency benchmark.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Mix(Mix),
+    TalcLike,
+}
+
+struct EfficiencyVisit(Stream, u64, Duration);
 impl Visit for EfficiencyVisit {
     type Out = Efficiency;
     fn visit<A: BenchAlloc>(self, a: &mut A) -> Efficiency {
-        measure::efficiency(a, self.0, self.1, self.2)
+        let stream = match self.0 {
+            Stream::Mix(mix) => GrowthStream::new(mix, self.1),
+            Stream::TalcLike => GrowthStream::talc_like(self.1),
+        };
+        measure::efficiency(a, stream, self.2)
     }
 }
 
@@ -389,7 +443,7 @@ fn run(o: &Options, args: &[String]) -> Report {
     let mut workloads = Vec::new();
     for name in &o.workloads {
         match name.as_str() {
-            POOLS => {}
+            POOLS | TALC_LIKE | VEC_GROWTH | THREADS => {}
             "small-churn" => workloads.push(workload::small_churn(s, o.seed)),
             "kernel-mix" => workloads.push(workload::kernel_mix(s, o.seed)),
             "random-align" => workloads.push(workload::random_align(s, o.seed)),
@@ -409,11 +463,17 @@ fn run(o: &Options, args: &[String]) -> Report {
         .filter(|&b| b <= BUMP_CAP)
         .max()
         .unwrap_or(0);
+    let vec_bytes = if o.workloads.iter().any(|w| w == VEC_GROWTH) {
+        limits.vectors.1
+    } else {
+        0
+    };
     let mut memory = ArenaMemory::new(
         limits
             .arena_bytes
             .max(limits.efficiency_bytes)
-            .max(bump_max),
+            .max(bump_max)
+            .max(vec_bytes),
     );
     eprintln!("arena {} MiB; bracket and workloads:", memory.len() >> 20);
     let (bracket, tsc_step) = measure::bracket_cost();
@@ -423,10 +483,11 @@ fn run(o: &Options, args: &[String]) -> Report {
         .collect();
 
     let mut efficiency = Vec::new();
-    for (name, mix) in [
-        ("small-churn", Mix::Small),
-        ("kernel-mix", Mix::Kernel),
-        ("random-align", Mix::RandomAlign),
+    for (name, stream) in [
+        ("small-churn", Stream::Mix(Mix::Small)),
+        ("kernel-mix", Stream::Mix(Mix::Kernel)),
+        ("random-align", Stream::Mix(Mix::RandomAlign)),
+        (TALC_LIKE, Stream::TalcLike),
     ] {
         if o.timing_only || !o.workloads.iter().any(|w| w == name) {
             continue;
@@ -437,7 +498,7 @@ fn run(o: &Options, args: &[String]) -> Report {
             .iter()
             .filter(|p| p.uses_arena())
             .map(|&p| {
-                let v = EfficiencyVisit(mix, o.seed, limits.efficiency_budget);
+                let v = EfficiencyVisit(stream, o.seed, limits.efficiency_budget);
                 (p, with_peer(p, &mut memory, limits.efficiency_bytes, v))
             })
             .collect();
@@ -481,6 +542,33 @@ fn run(o: &Options, args: &[String]) -> Report {
     } else {
         Vec::new()
     };
+    let vec_growth = o.workloads.iter().any(|w| w == VEC_GROWTH).then(|| {
+        let started = Instant::now();
+        let (shape, region) = limits.vectors;
+        let r = aliasing::bench(shape, &o.peers, o.runs, &mut memory, region);
+        eprintln!(
+            "  {:<24} {:>6.1} s",
+            VEC_GROWTH,
+            started.elapsed().as_secs_f64()
+        );
+        r
+    });
+    let threads = o.workloads.iter().any(|w| w == THREADS).then(|| {
+        let started = Instant::now();
+        let r = threads::bench(
+            limits.threads,
+            o.runs,
+            o.seed,
+            &mut memory,
+            limits.arena_bytes,
+        );
+        eprintln!(
+            "  {:<24} {:>6.1} s",
+            THREADS,
+            started.elapsed().as_secs_f64()
+        );
+        r
+    });
     Report {
         command: format!(
             "cargo run{} -p kheap-bench --{}",
@@ -509,6 +597,8 @@ fn run(o: &Options, args: &[String]) -> Report {
         workloads: results,
         efficiency,
         pools,
+        vec_growth,
+        threads,
     }
 }
 
@@ -524,6 +614,17 @@ fn main() {
             std::process::exit(if e.is_empty() { 0 } else { 2 });
         }
     };
+    if let Some(log) = &o.kernel_tail {
+        let dir = o.out.clone().unwrap_or_else(|| PathBuf::from("."));
+        match report::kernel_tail_plots(log, &dir) {
+            Ok(n) => eprintln!("wrote the tails of {n} allocators to {}", dir.display()),
+            Err(e) => {
+                eprintln!("error: {}: {e}", log.display());
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if cfg!(debug_assertions) && !o.quick {
         eprintln!("warning: a debug build; timings are meaningless (use --release)");
     }
@@ -573,13 +674,37 @@ mod tests {
             }
         }
         assert_eq!(report.workloads.len(), 4 + QUICK_SIZES.scaling_levels.len());
-        assert_eq!(report.efficiency.len(), 3);
+        assert_eq!(report.efficiency.len(), 4);
+        for e in &report.efficiency {
+            for (p, r) in &e.peers {
+                assert!(
+                    r.is_ok(),
+                    "{} failed verification on {}: {r:?}",
+                    p.name(),
+                    e.name
+                );
+            }
+        }
+        let vectors = report.vec_growth.as_ref().unwrap();
+        for (p, r) in &vectors.peers {
+            assert!(r.verify.is_ok(), "{}: {:?}", p.name(), r.verify);
+            assert!(!r.ns.is_empty(), "{} was not timed on vec-growth", p.name());
+        }
+        let threads = report.threads.as_ref().unwrap();
+        assert_eq!(threads.rows.len(), threads::Contestant::ALL.len());
+        for row in &threads.rows {
+            for cell in [&row.churn, &row.pc] {
+                assert!(cell.verify.is_ok(), "{}: {:?}", row.name, cell.verify);
+                assert_eq!(cell.ops_per_s.len(), 2, "{}: one and two threads", row.name);
+            }
+        }
         report.write(&dir).unwrap();
         for f in [
             "REPORT.md",
             "runs.csv",
             "ns_per_op.svg",
-            "latency_cdf.svg",
+            "tail_alloc.svg",
+            "tail_free.svg",
             "scaling.svg",
         ] {
             assert!(dir.join(f).metadata().unwrap().len() > 0, "{f} is empty");

@@ -1,79 +1,30 @@
-//! Timing: whole-replay wall time (ns per call), per-call latency with `rdtsc`, percentiles,
-//! memory after a full free, and heap efficiency in a fixed budget.
+//! Timing: whole-replay time (ns per call), per-call latency with `rdtsc`, percentiles, memory
+//! after a full free, and heap efficiency in a fixed budget — over the replay loop both
+//! benchmarks share (`kheap_workload::replay`).
 //!
 //! The figure of a timed replay is the *thread CPU time* it took (`CLOCK_THREAD_CPUTIME_ID`),
 //! not wall time: the bench runs on shared machines, and time spent descheduled while other
 //! processes run is not the allocator's cost. Wall time is recorded beside it.
 //!
-//! Replays share one slot table ([`Slots`]) and one loop ([`run_ops`]), so every allocator pays
-//! the same harness cost (an op decode and a table access per call); the bump allocator shows
-//! what that floor is. Timed runs do not touch the blocks: only the allocator writes to memory.
+//! Every allocator pays the same harness cost (an op decode and a slot-table access per call);
+//! the bump allocator shows what that floor is. Timed runs do not touch the blocks: only the
+//! allocator writes to memory.
 //!
-//! Latency brackets are `lfence; rdtsc; lfence` on both sides of one call. `rdtsc` counts TSC
-//! reference cycles (constant rate, not core clock cycles). The cost of an empty bracket is
-//! measured the same way and reported beside the percentiles; the percentiles themselves are
-//! raw (bracket included).
+//! Latency brackets are `lfence; rdtsc; lfence` on both sides of one call
+//! (`kheap_workload::tsc::stamp`). `rdtsc` counts TSC reference cycles (constant rate, not core
+//! clock cycles). The cost of an empty bracket is measured the same way and reported beside the
+//! percentiles; the percentiles themselves are raw (bracket included).
 
-use std::alloc::Layout;
 use std::hint::black_box;
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use crate::peers::BenchAlloc;
-use crate::workload::{GrowthStream, Mix, Op, Workload};
+use kheap_workload::bench_alloc::BenchAlloc;
+use kheap_workload::latency::Percentiles;
+use kheap_workload::replay::{self, Latencies, ReplayError, Slots};
+use kheap_workload::tsc::stamp;
 
-/// Layout of a workload request.
-#[inline(always)]
-pub fn layout(size: u32, align_log2: u8) -> Layout {
-    // Workloads only produce sizes below 4 GiB and alignments up to 4096, so this never fails.
-    Layout::from_size_align(size as usize, 1 << align_log2).expect("workload layouts are valid")
-}
-
-/// The replay's slot table: the block held by each slot and its current layout.
-#[derive(Debug)]
-pub struct Slots {
-    ptr: Vec<Option<NonNull<u8>>>,
-    size: Vec<u32>,
-    align_log2: Vec<u8>,
-}
-
-impl Slots {
-    /// `n` empty slots.
-    pub fn new(n: usize) -> Self {
-        Self {
-            ptr: vec![None; n],
-            size: vec![0; n],
-            align_log2: vec![0; n],
-        }
-    }
-
-    fn grow_to(&mut self, slot: usize) {
-        if slot >= self.ptr.len() {
-            self.ptr.resize(slot + 1, None);
-            self.size.resize(slot + 1, 0);
-            self.align_log2.resize(slot + 1, 0);
-        }
-    }
-
-    /// Live blocks with their layouts, in address order.
-    pub fn live_by_address(&self) -> Vec<(NonNull<u8>, Layout)> {
-        let mut live: Vec<_> = (0..self.ptr.len())
-            .filter_map(|s| Some((self.ptr[s]?, layout(self.size[s], self.align_log2[s]))))
-            .collect();
-        live.sort_by_key(|(p, _)| p.as_ptr() as usize);
-        live
-    }
-
-    /// Frees every live block in address order (untimed teardown). Address order keeps
-    /// list-based allocators such as linked_list_allocator from turning teardown quadratic.
-    pub fn free_all<A: BenchAlloc>(&mut self, a: &mut A) {
-        for (p, l) in self.live_by_address() {
-            // SAFETY: every pointer in the table is a live block of `a` with its recorded layout.
-            unsafe { a.free(p, l) };
-        }
-        self.ptr.fill(None);
-    }
-}
+use crate::arena::{ArenaMemory, PAGE};
+use crate::workload::{GrowthStream, Workload};
 
 /// Why a replay stopped before the end of its ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,81 +35,6 @@ pub enum Stop {
     OutOfMemory(usize),
     /// The time budget ran out after this many ops.
     Budget(usize),
-}
-
-/// Applies one op. Returns false when an allocation or reallocation failed.
-///
-/// # Safety
-///
-/// `slots` must only hold live blocks of `a` (true for any table built by replays against `a`),
-/// and `op` must be consistent with it (generated workloads are).
-#[inline(always)]
-unsafe fn apply<A: BenchAlloc>(a: &mut A, slots: &mut Slots, op: Op) -> bool {
-    match op {
-        Op::Alloc {
-            slot,
-            size,
-            align_log2,
-        } => {
-            let s = slot as usize;
-            match a.alloc(layout(size, align_log2)) {
-                Some(p) => {
-                    slots.ptr[s] = Some(p);
-                    slots.size[s] = size;
-                    slots.align_log2[s] = align_log2;
-                    true
-                }
-                None => false,
-            }
-        }
-        Op::Free { slot } => {
-            let s = slot as usize;
-            let p = slots.ptr[s].take().expect("workload frees a live slot");
-            // SAFETY: `p` is a live block of `a` with this layout (table invariant).
-            unsafe { a.free(p, layout(slots.size[s], slots.align_log2[s])) };
-            true
-        }
-        Op::Realloc { slot, new_size } => {
-            let s = slot as usize;
-            let p = slots.ptr[s].expect("workload reallocs a live slot");
-            let old = layout(slots.size[s], slots.align_log2[s]);
-            // SAFETY: `p` is live with layout `old` (table invariant); `new_size` is non-zero.
-            match unsafe { a.realloc(p, old, new_size as usize) } {
-                Some(q) => {
-                    slots.ptr[s] = Some(q);
-                    slots.size[s] = new_size;
-                    true
-                }
-                None => false,
-            }
-        }
-    }
-}
-
-/// Replays `ops` in chunks, checking the clock between chunks when there is a budget.
-#[inline(never)]
-pub fn run_ops<A: BenchAlloc>(
-    a: &mut A,
-    slots: &mut Slots,
-    ops: &[Op],
-    budget: Option<Duration>,
-) -> Stop {
-    /// Ops between clock checks: large enough that `Instant::now` is noise, small enough that a
-    /// slow allocator overshoots its budget by little.
-    const CHUNK: usize = 256;
-    let start = Instant::now();
-    for (c, chunk) in ops.chunks(CHUNK).enumerate() {
-        for (i, &op) in chunk.iter().enumerate() {
-            // SAFETY: `slots` was built by replaying the same workload against `a`.
-            if !unsafe { apply(a, slots, op) } {
-                return Stop::OutOfMemory(c * CHUNK + i);
-            }
-        }
-        if budget.is_some_and(|b| start.elapsed() > b) {
-            return Stop::Budget((c + 1) * CHUNK);
-        }
-    }
-    Stop::Done
 }
 
 /// Memory of a page-backed allocator around a full free.
@@ -203,39 +79,48 @@ pub struct Timed {
 
 /// Replays `w` on a fresh allocator: setup (untimed), body (timed), teardown (untimed).
 pub fn time_workload<A: BenchAlloc>(a: &mut A, w: &Workload, budget: Option<Duration>) -> Timed {
-    let mut slots = Slots::new(w.slots);
-    if let stop @ (Stop::OutOfMemory(_) | Stop::Budget(_)) = run_ops(a, &mut slots, &w.setup, None)
-    {
-        return Timed {
-            ns_per_op: f64::NAN,
-            wall_ns_per_op: f64::NAN,
-            ops_done: 0,
-            stop,
-            memory: None,
-        };
-    }
-    let calls0 = a.page_calls().unwrap_or_default();
-    let (cpu0, start) = (thread_cpu_time(), Instant::now());
-    let stop = run_ops(a, &mut slots, &w.ops, budget);
-    let (cpu, elapsed) = (thread_cpu_time() - cpu0, start.elapsed());
-    let ops_done = match stop {
-        Stop::Done => w.ops.len(),
-        Stop::OutOfMemory(n) | Stop::Budget(n) => n.min(w.ops.len()),
+    let mut slots = Slots::default();
+    let started = Instant::now();
+    let over = || budget.is_some_and(|b| started.elapsed() > b);
+    let clock = || (thread_cpu_time(), Instant::now());
+    let calls0 = a.pages().map_or((0, 0), |p| (p.maps, p.unmaps));
+    let t = match replay::timed(a, w, usize::MAX, &mut slots, over, clock) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = slots.teardown::<A, false>(a);
+            let stop = match e {
+                ReplayError::OutOfMemory { op, .. } => Stop::OutOfMemory(op),
+                _ => Stop::OutOfMemory(0),
+            };
+            return Timed {
+                ns_per_op: f64::NAN,
+                wall_ns_per_op: f64::NAN,
+                ops_done: 0,
+                stop,
+                memory: None,
+            };
+        }
     };
-    let memory = a.mapped_bytes().map(|_| {
-        let calls1 = a.page_calls().unwrap_or_default();
-        let calls = (calls1.0 - calls0.0, calls1.1 - calls0.1);
-        let peak = a.peak_mapped_bytes().unwrap_or(0);
-        slots.free_all(a);
-        let after_free = a.mapped_bytes().unwrap_or(0);
+    let (cpu, elapsed) = (t.end.0 - t.start.0, t.end.1 - t.start.1);
+    let stop = match t.stopped {
+        Some(_) => Stop::OutOfMemory(t.ops),
+        None if t.ops < w.ops.len() => Stop::Budget(t.ops),
+        None => Stop::Done,
+    };
+    let ops_done = t.ops;
+    let memory = a.pages().map(|p| {
+        let calls = (p.maps - calls0.0, p.unmaps - calls0.1);
+        let _ = slots.teardown::<A, false>(a);
+        let after_free = a.pages().map_or(0, |p| p.mapped);
         a.release();
         MemoryUse {
-            peak,
-            after_free,
-            after_trim: a.mapped_bytes().unwrap_or(0),
+            peak: p.peak * PAGE,
+            after_free: after_free * PAGE,
+            after_trim: a.pages().map_or(0, |p| p.mapped) * PAGE,
             calls,
         }
     });
+    let _ = slots.teardown::<A, false>(a);
     Timed {
         ns_per_op: cpu.as_nanos() as f64 / ops_done.max(1) as f64,
         wall_ns_per_op: elapsed.as_nanos() as f64 / ops_done.max(1) as f64,
@@ -245,57 +130,7 @@ pub fn time_workload<A: BenchAlloc>(a: &mut A, w: &Workload, budget: Option<Dura
     }
 }
 
-/// Reads the TSC between two fences, so that the calls being timed neither start before nor
-/// drift past the reading.
-#[inline(always)]
-fn stamp() -> u64 {
-    use std::arch::x86_64::{_mm_lfence, _rdtsc};
-    // SAFETY: `rdtsc` and `lfence` (SSE2, part of the x86_64 baseline) are always available on
-    // x86_64 and have no memory effects.
-    unsafe {
-        _mm_lfence();
-        let t = _rdtsc();
-        _mm_lfence();
-        t
-    }
-}
-
-/// Percentiles of a set of single-call latencies, in TSC cycles.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Largest sample.
-    pub max: u64,
-}
-
-/// Nearest-rank percentile `q` (0..=1) of sorted samples.
-pub fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-impl Percentiles {
-    /// Summarises samples (sorted in place).
-    pub fn of(samples: &mut [u64]) -> Self {
-        samples.sort_unstable();
-        Self {
-            p50: percentile(samples, 0.5),
-            p99: percentile(samples, 0.99),
-            p999: percentile(samples, 0.999),
-            max: samples.last().copied().unwrap_or(0),
-        }
-    }
-}
-
-/// Single-call latencies of one replay.
+/// Single-call latencies of one replay, summarised.
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
     /// Allocation calls.
@@ -304,45 +139,27 @@ pub struct Latency {
     pub free: Percentiles,
     /// Realloc calls (when the workload has any).
     pub realloc: Option<Percentiles>,
-    /// Sorted allocation latencies, kept for the CDF plot.
+    /// Sorted allocation latencies, kept for the tail plot.
     pub alloc_sorted: Vec<u64>,
+    /// Sorted free latencies, kept for the tail plot.
+    pub free_sorted: Vec<u64>,
     /// Whether the time budget cut the replay short.
     pub capped: bool,
 }
 
 /// Replays `w` timing every call of its body separately.
 pub fn latency_workload<A: BenchAlloc>(a: &mut A, w: &Workload, budget: Duration) -> Latency {
-    let mut slots = Slots::new(w.slots);
-    run_ops(a, &mut slots, &w.setup, None);
-    let (mut allocs, mut frees, mut reallocs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slots = Slots::default();
+    let mut l = Latencies::default();
     let start = Instant::now();
-    let mut capped = false;
-    for (i, &op) in w.ops.iter().enumerate() {
-        let t0 = stamp();
-        // SAFETY: `slots` was built by replaying this workload against `a`.
-        let ok = unsafe { apply(a, &mut slots, op) };
-        let dt = stamp().wrapping_sub(t0);
-        if !ok {
-            break;
-        }
-        match op {
-            Op::Alloc { .. } => allocs.push(dt),
-            Op::Free { .. } => frees.push(dt),
-            Op::Realloc { .. } => reallocs.push(dt),
-        }
-        if i % 256 == 255 && start.elapsed() > budget {
-            capped = true;
-            break;
-        }
-    }
-    slots.free_all(a);
-    let alloc = Percentiles::of(&mut allocs);
+    replay::latencies(a, w, &mut slots, || start.elapsed() > budget, &mut l);
     Latency {
-        alloc,
-        free: Percentiles::of(&mut frees),
-        realloc: (!reallocs.is_empty()).then(|| Percentiles::of(&mut reallocs)),
-        alloc_sorted: allocs,
-        capped,
+        alloc: Percentiles::of(&mut l.alloc),
+        free: Percentiles::of(&mut l.free),
+        realloc: (!l.realloc.is_empty()).then(|| Percentiles::of(&mut l.realloc)),
+        alloc_sorted: l.alloc,
+        free_sorted: l.free,
+        capped: l.capped,
     }
 }
 
@@ -367,60 +184,110 @@ pub fn bracket_cost() -> (Percentiles, u64) {
     (Percentiles::of(&mut samples), step)
 }
 
-/// Heap efficiency of one allocator on one mix.
-#[derive(Debug, Clone, Copy)]
-pub struct Efficiency {
-    /// Most requested bytes live at once before the first failed allocation.
-    pub peak_live: usize,
-    /// Calls made before stopping.
-    pub ops: usize,
-    /// False when stopped by the time or op budget instead of a failed allocation (then
-    /// `peak_live` is only a lower bound).
-    pub failed: bool,
-}
+/// Heap efficiency of one allocator on one stream: the shared figures, or why the verification
+/// that runs along failed.
+pub type Efficiency = Result<replay::Efficiency, String>;
 
-/// Replays the allocation-heavy stream of `mix` until the first failed allocation (or the
-/// budget), tracking the peak of live requested bytes. The caller divides by the arena size.
-pub fn efficiency<A: BenchAlloc>(a: &mut A, mix: Mix, seed: u64, budget: Duration) -> Efficiency {
+/// Replays `stream` until the first refused request (or the budget), every block patterned and
+/// checked, tracking the peak of live requested bytes. The caller divides by the arena size.
+pub fn efficiency<A: BenchAlloc>(
+    a: &mut A,
+    mut stream: GrowthStream,
+    budget: Duration,
+) -> Efficiency {
     /// Safety net for an allocator that never fails; far beyond what fits in any budget here.
     const MAX_OPS: usize = 50_000_000;
-    let mut stream = GrowthStream::new(mix, seed);
-    let mut slots = Slots::new(0);
-    let mut peak_live = 0;
     let start = Instant::now();
-    let mut result = Efficiency {
-        peak_live: 0,
-        ops: MAX_OPS,
-        failed: false,
-    };
-    for i in 0..MAX_OPS {
-        let (op, live) = stream.next_op();
-        if let Op::Alloc { slot, .. } = op {
-            slots.grow_to(slot as usize);
-        }
-        // SAFETY: `slots` holds exactly the blocks this stream allocated from `a`.
-        if !unsafe { apply(a, &mut slots, op) } {
-            peak_live = peak_live.max(stream.live_bytes_before(op));
-            result = Efficiency {
-                peak_live,
-                ops: i,
-                failed: true,
+    let mut slots = Slots::default();
+    replay::efficiency(a, &mut stream, MAX_OPS, &mut slots, || {
+        start.elapsed() > budget
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// One allocator's timed runs in a section beside the main table (fixed-size objects, growing
+/// vectors).
+#[derive(Debug, Clone)]
+pub struct RunSeries {
+    /// Verification: units checked (calls, pushes), or what went wrong (also a timed run that
+    /// stopped early).
+    pub verify: Result<usize, String>,
+    /// ns per unit (thread CPU time) of each timed run.
+    pub ns: Vec<f64>,
+    /// ns per unit of wall time of each timed run.
+    pub wall_ns: Vec<f64>,
+    /// Ratio to the section's reference allocator within each run.
+    pub ratio: Vec<f64>,
+    /// Most bytes taken from the page source, for page-backed allocators.
+    pub peak_bytes: Option<usize>,
+}
+
+/// What one timed run of a [`RunSeries`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// ns per unit, thread CPU time.
+    pub ns: f64,
+    /// ns per unit, wall time.
+    pub wall_ns: f64,
+    /// Most bytes taken from the page source.
+    pub peak_bytes: Option<usize>,
+}
+
+/// Verifies every allocator of `peers` with `verify`, then times each verified one `runs` times
+/// with `time`, in rounds with the order rotated (so no allocator always runs first); ratios are
+/// to `reference` within each round. A timed run that fails marks the allocator failed. Both
+/// get `memory` (where the allocators' regions come from).
+pub fn rounds<P: Copy + PartialEq>(
+    peers: &[P],
+    runs: usize,
+    reference: P,
+    memory: &mut ArenaMemory,
+    mut verify: impl FnMut(&mut ArenaMemory, P) -> Result<usize, String>,
+    mut time: impl FnMut(&mut ArenaMemory, P) -> Result<Sample, String>,
+) -> Vec<(P, RunSeries)> {
+    let mut results: Vec<(P, RunSeries)> = peers
+        .iter()
+        .map(|&p| {
+            let series = RunSeries {
+                verify: verify(memory, p),
+                ns: Vec::new(),
+                wall_ns: Vec::new(),
+                ratio: Vec::new(),
+                peak_bytes: None,
             };
-            break;
+            (p, series)
+        })
+        .collect();
+    for run in 0..runs {
+        let n = results.len();
+        let mut run_ns = vec![f64::NAN; n];
+        for k in 0..n {
+            let i = (k + run) % n;
+            let (p, r) = &mut results[i];
+            if r.verify.is_err() {
+                continue;
+            }
+            match time(memory, *p) {
+                Ok(t) => {
+                    r.ns.push(t.ns);
+                    r.wall_ns.push(t.wall_ns);
+                    r.peak_bytes = r.peak_bytes.or(t.peak_bytes);
+                    run_ns[i] = t.ns;
+                }
+                Err(e) => r.verify = Err(e),
+            }
         }
-        peak_live = peak_live.max(live);
-        if i % 1024 == 1023 && start.elapsed() > budget {
-            result = Efficiency {
-                peak_live,
-                ops: i + 1,
-                failed: false,
-            };
-            break;
+        let reference = peers
+            .iter()
+            .position(|&p| p == reference)
+            .map_or(f64::NAN, |i| run_ns[i]);
+        for (i, (_, r)) in results.iter_mut().enumerate() {
+            if run_ns[i].is_finite() {
+                r.ratio.push(run_ns[i] / reference);
+            }
         }
     }
-    result.peak_live = peak_live;
-    slots.free_all(a);
-    result
+    results
 }
 
 /// Median of a sample (NaN for none).
@@ -443,11 +310,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_use_nearest_rank() {
-        let mut s: Vec<u64> = (1..=1000).rev().collect();
-        let p = Percentiles::of(&mut s);
-        assert_eq!((p.p50, p.p99, p.p999, p.max), (500, 990, 999, 1000));
-        assert_eq!(percentile(&[7], 0.999), 7);
+    fn median_skips_nan_and_averages_the_middle_pair() {
         assert_eq!(median(&[3.0, 1.0, 2.0, f64::NAN]), 2.0);
         assert_eq!(median(&[4.0, 1.0]), 2.5);
     }

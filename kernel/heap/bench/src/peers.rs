@@ -1,4 +1,6 @@
-//! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`].
+//! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`]
+//! (the trait both benchmarks share, from `kheap-workload`; the adapters are the host's, since
+//! their memory comes from a host buffer).
 //!
 //! Every adapter gets its memory from a [`Region`] of the shared, pre-touched arena (see
 //! `arena`): flat-heap peers claim the whole region up front; our heap and dlmalloc ask a
@@ -14,80 +16,9 @@ use std::cell::RefCell;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
 
+use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, KheapPool, PageUse, realloc_by_copy};
+
 use crate::arena::{ArenaMemory, PAGE, PageArena, Region};
-
-/// What the bench needs from an allocator. All requests have a non-zero size.
-pub trait BenchAlloc {
-    /// Name used in tables.
-    fn name(&self) -> &'static str;
-
-    /// Allocates a block for `layout`; `None` when out of memory.
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>>;
-
-    /// Frees a block.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must be a live block returned by this allocator's `alloc` or `realloc` for
-    /// `layout` (the layout most recently requested for it).
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout);
-
-    /// Resizes a block to `new_size` bytes with the same alignment, keeping its contents up to the
-    /// smaller size. On `None` the old block is still live and unchanged.
-    ///
-    /// # Safety
-    ///
-    /// As for [`free`](Self::free), with `old` the block's current layout; `new_size` is non-zero
-    /// and, rounded up to `old.align()`, does not overflow `isize`.
-    unsafe fn realloc(
-        &mut self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new_size: usize,
-    ) -> Option<NonNull<u8>>;
-
-    /// Bytes currently taken from the page source, for allocators that grow by pages; `None`
-    /// for allocators that own their whole arena from the start.
-    fn mapped_bytes(&self) -> Option<usize>;
-
-    /// Peak of [`mapped_bytes`](Self::mapped_bytes) since creation.
-    fn peak_mapped_bytes(&self) -> Option<usize> {
-        None
-    }
-
-    /// Page-source calls so far (maps, unmaps), for page-backed allocators.
-    fn page_calls(&self) -> Option<(u64, u64)> {
-        None
-    }
-
-    /// Gives unused memory back to the page source, where the allocator can (`trim`).
-    fn release(&mut self) {}
-}
-
-/// `realloc` for peers that have none: allocate, copy, free.
-///
-/// # Safety
-///
-/// The contract of [`BenchAlloc::realloc`].
-unsafe fn realloc_by_copy<A: BenchAlloc>(
-    a: &mut A,
-    ptr: NonNull<u8>,
-    old: Layout,
-    new_size: usize,
-) -> Option<NonNull<u8>> {
-    // The caller guarantees that `new_size` rounded to `old.align()` does not overflow.
-    let new_layout = Layout::from_size_align(new_size, old.align()).ok()?;
-    let new = a.alloc(new_layout)?;
-    // SAFETY: 1. `ptr` is live with `old.size()` bytes (caller's contract); `new` is a fresh block
-    //         of `new_size` bytes, so both ranges are valid for the copied length.
-    //         2. A fresh block cannot overlap a live one.
-    //         3. `ptr` is live with layout `old`, as `free` requires.
-    unsafe {
-        ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old.size().min(new_size));
-        a.free(ptr, old);
-    }
-    Some(new)
-}
 
 /// The allocators the bench knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -173,7 +104,10 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
     // used by this one allocator only and outlives it.
     unsafe {
         match peer {
-            Peer::Kheap => v.visit(&mut *KheapAlloc::new(region)),
+            Peer::Kheap => {
+                const { assert!(kheap::PAGE_SIZE == PAGE) };
+                v.visit(&mut kheap::Heap::new(ArenaSource::new(region)))
+            }
             Peer::Talc => v.visit(&mut *TalcAlloc::new(region)),
             Peer::Rlsf => v.visit(&mut *RlsfAlloc::new(region)),
             Peer::LinkedList => v.visit(&mut *LinkedListAlloc::new(region)),
@@ -182,6 +116,45 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
             Peer::GoodMemory => v.visit(&mut *GoodMemoryAlloc::new(region)),
             Peer::System => v.visit(&mut SystemAlloc),
             Peer::Bump => v.visit(&mut *BumpAlloc::new(region)),
+        }
+    }
+}
+
+/// Something to do with one allocator shared between threads, generic over its `GlobalAlloc`.
+pub trait SharedVisit {
+    /// What the visit produces.
+    type Out;
+    /// Runs with a freshly created allocator.
+    fn visit<G: GlobalAlloc + Sync>(self, g: &G) -> Self::Out;
+}
+
+/// Creates contestant `c` of the threaded section over the first `len` bytes of `memory` (the
+/// arena peers behind a spinlock), runs `v` on it, and drops it.
+pub fn with_shared<V: SharedVisit>(
+    c: crate::threads::Contestant,
+    memory: &mut ArenaMemory,
+    len: usize,
+    v: V,
+) -> V::Out {
+    use crate::threads::Contestant;
+    use kheap_workload::bench_alloc::Locked;
+    let region = memory.region(len);
+    // SAFETY: for every `new` below: as in `with_peer`, the region is borrowed from `memory` for
+    // this call and used by this one allocator, which is dropped before the call returns.
+    unsafe {
+        match c {
+            Contestant::Kheap => {
+                let heap: kheap::LockedHeap<kheap::SpinLock, ArenaSource> =
+                    kheap::LockedHeap::new(ArenaSource::new(region));
+                v.visit(&heap)
+            }
+            Contestant::Talc => v.visit(&Locked::<kheap::SpinLock, _>::new(TalcAlloc::new(region))),
+            Contestant::Rlsf => v.visit(&Locked::<kheap::SpinLock, _>::new(RlsfAlloc::new(region))),
+            Contestant::LinkedList => v.visit(&Locked::<kheap::SpinLock, _>::new(
+                LinkedListAlloc::new(region),
+            )),
+            Contestant::System => v.visit(&System),
+            Contestant::Mimalloc => v.visit(&mimalloc::MiMalloc),
         }
     }
 }
@@ -232,9 +205,12 @@ pub fn with_fixed_peer<V: Visit>(
         FixedPeer::General(p) => with_peer(p, memory, len, v),
         FixedPeer::KheapPool => {
             let region = memory.region(len);
-            // SAFETY: as in `with_peer`: the region is borrowed from `memory` for this call and
-            // used by this adapter alone, which is dropped before the call returns.
-            v.visit(&mut *unsafe { KheapPoolAlloc::new(region, object) })
+            // As in `with_peer`: the region is borrowed from `memory` for this call and used by
+            // this adapter alone, which is dropped before the call returns.
+            let pages = ArenaSource::new(region);
+            let mut pool = KheapPool::new(pages, object)
+                .expect("kheap: create_pool for the benchmark's object layout");
+            v.visit(&mut pool)
         }
         FixedPeer::Slabmalloc => {
             let region = memory.region(len);
@@ -248,28 +224,28 @@ pub fn with_fixed_peer<V: Visit>(
 // Page sources over the arena
 // ---------------------------------------------------------------------------------------------
 
-/// A handle on a [`PageArena`] shared between an allocator's page source and its adapter (which
-/// reads the mapped-page count).
-#[derive(Debug, Clone)]
-struct SharedPages(Rc<RefCell<PageArena>>);
+/// A [`PageArena`] as kheap's page source. The adapters read its counts through
+/// `Heap::source()`.
+#[derive(Debug)]
+pub struct ArenaSource(PageArena);
 
-impl SharedPages {
-    fn new(region: Region) -> Self {
-        Self(Rc::new(RefCell::new(PageArena::new(region))))
-    }
-
-    fn mapped_bytes(&self) -> usize {
-        self.0.borrow().mapped_pages() * PAGE
-    }
-
-    fn peak_bytes(&self) -> usize {
-        self.0.borrow().peak_pages() * PAGE
-    }
-
-    fn calls(&self) -> (u64, u64) {
-        self.0.borrow().calls()
+impl ArenaSource {
+    /// Pages of `region`, none mapped yet.
+    pub fn new(region: Region) -> Self {
+        Self(PageArena::new(region))
     }
 }
+
+impl CountedSource for ArenaSource {
+    fn page_use(&self) -> PageUse {
+        self.0.page_use()
+    }
+}
+
+// SAFETY: the arena's pages belong to the one allocator that owns this source (see `with_peer`:
+// the region is lent to it alone), so the source, and the pointers in it, may move to another
+// thread with that allocator (the threaded section shares a locked heap between threads).
+unsafe impl Send for ArenaSource {}
 
 // SAFETY: a successful `map_pages(n)` returns the start of `n` pages that `PageArena::map` has
 // just marked mapped: page-aligned (the region is page-aligned and mapping is page-granular),
@@ -277,15 +253,12 @@ impl SharedPages {
 // `with_peer`), and handed out to nobody else until `unmap_pages` clears their bits again; an
 // aligned run is placed where `aligned_offset` says. `unmap_pages` accepts any sub-run of mapped
 // pages.
-unsafe impl kheap::PageSource for SharedPages {
+unsafe impl kheap::PageSource for ArenaSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, kheap::PageSourceError> {
         if count == 0 || count.checked_mul(PAGE).is_none() {
             return Err(kheap::PageSourceError::InvalidRequest);
         }
-        self.0
-            .borrow_mut()
-            .map(count)
-            .ok_or(kheap::PageSourceError::OutOfMemory)
+        self.0.map(count).ok_or(kheap::PageSourceError::OutOfMemory)
     }
 
     /// Places the run on an aligned line of the arena and maps only its pages, as the kernel's
@@ -298,24 +271,38 @@ unsafe impl kheap::PageSource for SharedPages {
     ) -> Result<NonNull<u8>, kheap::PageSourceError> {
         kheap::source::aligned_slack(count, align, aligned_page)?;
         self.0
-            .borrow_mut()
             .map_aligned(count, align, aligned_page)
             .ok_or(kheap::PageSourceError::OutOfMemory)
     }
 
     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
-        self.0.borrow_mut().unmap(ptr, count);
+        self.0.unmap(ptr, count);
     }
 
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
-        self.0.borrow_mut().grow(ptr, count, extra)
+        self.0.grow(ptr, count, extra)
     }
 
     /// Every page comes from the one region, whose pointer covers all of it (the arena buffer is
     /// one allocation), as a kernel heap window would.
     fn window(&self) -> Option<NonNull<[u8]>> {
-        let region = self.0.borrow().region();
+        let region = self.0.region();
         Some(NonNull::slice_from_raw_parts(region.base, region.len))
+    }
+}
+
+/// A handle on a [`PageArena`] shared between dlmalloc's system allocator and its adapter (which
+/// reads the mapped-page count; dlmalloc does not lend its system allocator back).
+#[derive(Debug, Clone)]
+struct SharedPages(Rc<RefCell<PageArena>>);
+
+impl SharedPages {
+    fn new(region: Region) -> Self {
+        Self(Rc::new(RefCell::new(PageArena::new(region))))
+    }
+
+    fn page_use(&self) -> PageUse {
+        self.0.borrow().page_use()
     }
 }
 
@@ -400,125 +387,6 @@ unsafe impl dlmalloc::Allocator for DlPages {
 // Adapters
 // ---------------------------------------------------------------------------------------------
 
-/// Our heap core.
-struct KheapAlloc {
-    heap: kheap::Heap<SharedPages>,
-    pages: SharedPages,
-}
-
-impl KheapAlloc {
-    /// # Safety
-    ///
-    /// `region` must be valid, unused by anything else, and outlive the adapter.
-    unsafe fn new(region: Region) -> Box<Self> {
-        const { assert!(kheap::PAGE_SIZE == PAGE) };
-        let pages = SharedPages::new(region);
-        Box::new(Self {
-            heap: kheap::Heap::new(pages.clone()),
-            pages,
-        })
-    }
-}
-
-impl BenchAlloc for KheapAlloc {
-    fn name(&self) -> &'static str {
-        "kheap"
-    }
-
-    #[inline]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        self.heap.allocate(layout).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
-        unsafe { self.heap.deallocate(ptr, layout) }
-    }
-
-    #[inline]
-    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
-        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
-        unsafe { self.heap.reallocate(ptr, old, new).ok() }
-    }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.mapped_bytes())
-    }
-
-    fn peak_mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.peak_bytes())
-    }
-
-    fn page_calls(&self) -> Option<(u64, u64)> {
-        Some(self.pages.calls())
-    }
-
-    fn release(&mut self) {
-        self.heap.trim();
-    }
-}
-
-/// A kheap user pool for one object layout, over a page arena. Requests of any other layout
-/// are refused (`None`): the pool serves exactly one.
-struct KheapPoolAlloc {
-    heap: kheap::Heap<SharedPages>,
-    pages: SharedPages,
-    pool: kheap::PoolId,
-    object: Layout,
-}
-
-impl KheapPoolAlloc {
-    /// # Safety
-    ///
-    /// `region` must be valid, unused by anything else, and outlive the adapter.
-    unsafe fn new(region: Region, object: Layout) -> Box<Self> {
-        let pages = SharedPages::new(region);
-        let mut heap = kheap::Heap::new(pages.clone());
-        let pool = heap
-            .create_pool(object.size(), object.align())
-            .expect("kheap: create_pool for the benchmark's object layout");
-        Box::new(Self {
-            heap,
-            pages,
-            pool,
-            object,
-        })
-    }
-}
-
-impl BenchAlloc for KheapPoolAlloc {
-    fn name(&self) -> &'static str {
-        "kheap pool"
-    }
-
-    #[inline]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if layout != self.object {
-            return None;
-        }
-        self.heap.pool_allocate(self.pool).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
-        unsafe { self.heap.pool_deallocate(self.pool, ptr) }
-    }
-
-    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
-        None
-    }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.mapped_bytes())
-    }
-
-    fn peak_mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.peak_bytes())
-    }
-}
-
 /// A slabmalloc `SCAllocator` for one object layout, refilled with 4 KiB pages of an arena.
 struct SlabAlloc {
     slab: slabmalloc::SCAllocator<'static, slabmalloc::ObjectPage<'static>>,
@@ -541,10 +409,6 @@ impl SlabAlloc {
 }
 
 impl BenchAlloc for SlabAlloc {
-    fn name(&self) -> &'static str {
-        "slabmalloc"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         if layout != self.object {
@@ -575,12 +439,8 @@ impl BenchAlloc for SlabAlloc {
         None
     }
 
-    fn mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.mapped_pages() * PAGE)
-    }
-
-    fn peak_mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.peak_pages() * PAGE)
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.pages.page_use())
     }
 }
 
@@ -588,6 +448,10 @@ impl BenchAlloc for SlabAlloc {
 struct TalcAlloc {
     talc: talc::base::Talc<talc::source::Manual, talc::DefaultBinning>,
 }
+
+// SAFETY: talc's pointers all lead into the region lent to this adapter alone (see `with_peer`),
+// so the adapter may move to another thread; the threaded section shares it behind a lock.
+unsafe impl Send for TalcAlloc {}
 
 impl TalcAlloc {
     /// # Safety
@@ -606,10 +470,6 @@ impl TalcAlloc {
 }
 
 impl BenchAlloc for TalcAlloc {
-    fn name(&self) -> &'static str {
-        "talc"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // SAFETY: bench requests never have a zero size (trait contract).
@@ -633,10 +493,6 @@ impl BenchAlloc for TalcAlloc {
             }
         }
     }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
-    }
 }
 
 /// rlsf's TLSF: 28 first-level classes (blocks up to 8 GiB, so a single arena-sized free block
@@ -646,6 +502,9 @@ type RlsfTlsf = rlsf::Tlsf<'static, u32, u32, 28, 32>;
 struct RlsfAlloc {
     tlsf: RlsfTlsf,
 }
+
+// SAFETY: as for `TalcAlloc`: the TLSF's pointers lead into this adapter's own region.
+unsafe impl Send for RlsfAlloc {}
 
 impl RlsfAlloc {
     /// # Safety
@@ -664,10 +523,6 @@ impl RlsfAlloc {
 }
 
 impl BenchAlloc for RlsfAlloc {
-    fn name(&self) -> &'static str {
-        "rlsf"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.tlsf.allocate(layout)
@@ -685,16 +540,15 @@ impl BenchAlloc for RlsfAlloc {
         // SAFETY: forwarded contract: `ptr` is live and was allocated with this alignment.
         unsafe { self.tlsf.reallocate(ptr, layout) }
     }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
-    }
 }
 
 /// linked_list_allocator's first-fit heap.
 struct LinkedListAlloc {
     heap: linked_list_allocator::Heap,
 }
+
+// SAFETY: as for `TalcAlloc`: the hole list lies in this adapter's own region.
+unsafe impl Send for LinkedListAlloc {}
 
 impl LinkedListAlloc {
     /// # Safety
@@ -711,10 +565,6 @@ impl LinkedListAlloc {
 }
 
 impl BenchAlloc for LinkedListAlloc {
-    fn name(&self) -> &'static str {
-        "linked_list"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.heap.allocate_first_fit(layout).ok()
@@ -730,10 +580,6 @@ impl BenchAlloc for LinkedListAlloc {
     unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded contract.
         unsafe { realloc_by_copy(self, ptr, old, new) }
-    }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
     }
 }
 
@@ -757,10 +603,6 @@ impl BuddyAlloc {
 }
 
 impl BenchAlloc for BuddyAlloc {
-    fn name(&self) -> &'static str {
-        "buddy"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         self.heap.alloc(layout).ok()
@@ -776,10 +618,6 @@ impl BenchAlloc for BuddyAlloc {
     unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded contract.
         unsafe { realloc_by_copy(self, ptr, old, new) }
-    }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
     }
 }
 
@@ -801,10 +639,6 @@ impl DlmallocAlloc {
 }
 
 impl BenchAlloc for DlmallocAlloc {
-    fn name(&self) -> &'static str {
-        "dlmalloc"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // SAFETY: `layout` is a valid layout with a non-zero size, as `malloc` requires.
@@ -824,16 +658,8 @@ impl BenchAlloc for DlmallocAlloc {
         NonNull::new(unsafe { self.dl.realloc(ptr.as_ptr(), old.size(), old.align(), new) })
     }
 
-    fn mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.mapped_bytes())
-    }
-
-    fn peak_mapped_bytes(&self) -> Option<usize> {
-        Some(self.pages.peak_bytes())
-    }
-
-    fn page_calls(&self) -> Option<(u64, u64)> {
-        Some(self.pages.calls())
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.pages.page_use())
     }
 
     fn release(&mut self) {
@@ -864,10 +690,6 @@ impl GoodMemoryAlloc {
 }
 
 impl BenchAlloc for GoodMemoryAlloc {
-    fn name(&self) -> &'static str {
-        "good_memory"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // SAFETY: the heap is initialised and `layout` has a non-zero size.
@@ -885,20 +707,12 @@ impl BenchAlloc for GoodMemoryAlloc {
         // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
         NonNull::new(unsafe { self.heap.realloc(ptr.as_ptr(), old, new) })
     }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
-    }
 }
 
 /// The host `malloc`, as a reference point.
 struct SystemAlloc;
 
 impl BenchAlloc for SystemAlloc {
-    fn name(&self) -> &'static str {
-        "system"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         // SAFETY: `layout` has a non-zero size.
@@ -916,10 +730,6 @@ impl BenchAlloc for SystemAlloc {
         // SAFETY: forwarded contract: `ptr` came from `System` with `old`; `new` is non-zero and
         // does not overflow when rounded to the alignment.
         NonNull::new(unsafe { System.realloc(ptr.as_ptr(), old, new) })
-    }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
     }
 }
 
@@ -947,10 +757,6 @@ impl BumpAlloc {
 }
 
 impl BenchAlloc for BumpAlloc {
-    fn name(&self) -> &'static str {
-        "bump"
-    }
-
     #[inline]
     fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
         let base = self.region.base.as_ptr() as usize;
@@ -977,9 +783,5 @@ impl BenchAlloc for BumpAlloc {
         }
         // SAFETY: forwarded contract.
         unsafe { realloc_by_copy(self, ptr, old, new) }
-    }
-
-    fn mapped_bytes(&self) -> Option<usize> {
-        None
     }
 }

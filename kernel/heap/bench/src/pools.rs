@@ -11,10 +11,12 @@
 use std::alloc::Layout;
 use std::time::Duration;
 
+use kheap_workload::bench_alloc::BenchAlloc;
+use kheap_workload::replay::{self, Slots};
+
 use crate::arena::ArenaMemory;
-use crate::measure::{self, Timed};
-use crate::peers::{BenchAlloc, FixedPeer, Visit, with_fixed_peer};
-use crate::verify;
+use crate::measure::{self, RunSeries, Sample, Timed};
+use crate::peers::{FixedPeer, Visit, with_fixed_peer};
 use crate::workload::{self, Workload};
 
 /// Object layouts measured: a small node, a typical kernel object, a larger struct.
@@ -29,19 +31,6 @@ pub struct FixedSizes {
     pub ops: usize,
 }
 
-/// One contestant on one object layout.
-#[derive(Debug, Clone)]
-pub struct FixedRun {
-    /// Verification result: calls checked, or what went wrong.
-    pub verify: Result<usize, String>,
-    /// ns per call of each timed run.
-    pub ns: Vec<f64>,
-    /// Ratio to slabmalloc within each run.
-    pub ratio: Vec<f64>,
-    /// Most bytes taken from the page source, for page-backed contestants.
-    pub peak_bytes: Option<usize>,
-}
-
 /// All contestants on one object layout.
 #[derive(Debug, Clone)]
 pub struct FixedResult {
@@ -50,14 +39,14 @@ pub struct FixedResult {
     /// Description of the workload.
     pub title: String,
     /// In [`FixedPeer::ALL`] order.
-    pub runs: Vec<(FixedPeer, FixedRun)>,
+    pub runs: Vec<(FixedPeer, RunSeries)>,
 }
 
 struct VerifyVisit<'a>(&'a Workload);
 impl Visit for VerifyVisit<'_> {
     type Out = Result<usize, String>;
     fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
-        verify::verify(a, self.0, usize::MAX)
+        replay::verify(a, self.0, usize::MAX, &mut Slots::default()).map_err(|e| e.to_string())
     }
 }
 
@@ -84,7 +73,7 @@ pub fn bench(
         .map(|&(size, align_log2)| {
             let w =
                 workload::fixed_size("fixed-size", size, align_log2, sizes.live, sizes.ops, seed);
-            let object = measure::layout(size, align_log2);
+            let object = replay::layout(size, align_log2);
             bench_one(&w, object, runs, memory, region, budget)
         })
         .collect()
@@ -98,51 +87,28 @@ fn bench_one(
     region: usize,
     budget: Duration,
 ) -> FixedResult {
-    let mut results: Vec<(FixedPeer, FixedRun)> = FixedPeer::ALL
-        .iter()
-        .map(|&p| {
-            let verify = with_fixed_peer(p, object, memory, region, VerifyVisit(w));
-            let run = FixedRun {
-                verify,
-                ns: Vec::new(),
-                ratio: Vec::new(),
-                peak_bytes: None,
-            };
-            (p, run)
-        })
-        .collect();
-    for run in 0..runs {
-        let n = results.len();
-        let mut run_ns = vec![f64::NAN; n];
-        for k in 0..n {
-            let i = (k + run) % n; // rotate the order so no contestant always runs first
-            let (p, r) = &mut results[i];
-            if r.verify.is_err() {
-                continue;
-            }
-            let (t, peak) = with_fixed_peer(*p, object, memory, region, TimeVisit(w, budget));
+    let results = measure::rounds(
+        &FixedPeer::ALL,
+        runs,
+        FixedPeer::Slabmalloc,
+        memory,
+        |memory, p| with_fixed_peer(p, object, memory, region, VerifyVisit(w)),
+        |memory, p| {
+            let (t, peak) = with_fixed_peer(p, object, memory, region, TimeVisit(w, budget));
             if t.ops_done < w.ops.len() {
-                r.verify = Err(format!(
+                return Err(format!(
                     "stopped after {} of {} calls",
                     t.ops_done,
                     w.ops.len()
                 ));
-                continue;
             }
-            r.ns.push(t.ns_per_op);
-            r.peak_bytes = r.peak_bytes.or(peak);
-            run_ns[i] = t.ns_per_op;
-        }
-        let slab = FixedPeer::ALL
-            .iter()
-            .position(|&p| p == FixedPeer::Slabmalloc)
-            .map_or(f64::NAN, |i| run_ns[i]);
-        for (i, (_, r)) in results.iter_mut().enumerate() {
-            if run_ns[i].is_finite() {
-                r.ratio.push(run_ns[i] / slab);
-            }
-        }
-    }
+            Ok(Sample {
+                ns: t.ns_per_op,
+                wall_ns: t.wall_ns_per_op,
+                peak_bytes: peak,
+            })
+        },
+    );
     FixedResult {
         size: object.size() as u32,
         title: w.title.clone(),

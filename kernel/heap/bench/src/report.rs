@@ -6,10 +6,14 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::measure::{Efficiency, Latency, MemoryUse, Percentiles, median};
+use kheap_workload::latency::{Percentiles, TailPoint, tail};
+
+use crate::aliasing::VecResult;
+use crate::measure::{Efficiency, Latency, MemoryUse, median};
 use crate::peers::{FixedPeer, Peer};
 use crate::pools::FixedResult;
 use crate::svg::{self, Series};
+use crate::threads::ThreadsResult;
 
 /// Everything measured for one allocator on one workload.
 #[derive(Debug, Clone)]
@@ -149,10 +153,84 @@ pub struct Report {
     pub efficiency: Vec<EfficiencyResult>,
     /// Fixed-size objects: user pools against slabmalloc (module `pools`).
     pub pools: Vec<FixedResult>,
+    /// The growing vectors (module `aliasing`).
+    pub vec_growth: Option<VecResult>,
+    /// The threaded section (module `threads`).
+    pub threads: Option<ThreadsResult>,
 }
 
-/// Highest quantile drawn in the latency CDF.
-const CDF_TOP: f64 = 0.9999;
+/// The tail of sorted latencies as plot points: (cycles, fraction of calls taking that long or
+/// longer), p90 to the maximum.
+fn tail_series(name: &str, points: &[TailPoint]) -> Series {
+    Series {
+        name: name.into(),
+        points: points
+            .iter()
+            .map(|p| (p.ticks.max(1) as f64, p.calls as f64 / p.of.max(1) as f64))
+            .collect(),
+    }
+}
+
+/// A tail plot: exceedance on log–log axes, one curve per allocator.
+fn tail_chart(title: &str, series: &[Series]) -> String {
+    svg::line_chart(
+        title,
+        "cycles per call (log)",
+        "fraction of calls taking x or more (log)",
+        series,
+        (true, true),
+        false,
+    )
+}
+
+/// Reads the `tail` rows of a `cargo kbench` log (`tail <alloc|free> <allocator> <cycles>
+/// <calls> <of>`) and writes `kernel_tail_alloc.svg` and `kernel_tail_free.svg` into `dir`.
+/// Returns how many allocators it plotted.
+pub fn kernel_tail_plots(log: &Path, dir: &Path) -> io::Result<usize> {
+    let text = fs::read_to_string(log)?;
+    let mut curves: Vec<(String, String, Vec<TailPoint>)> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let ["tail", call, name, ticks, calls, of] = f[..] else {
+            continue;
+        };
+        let (Ok(ticks), Ok(calls), Ok(of)) = (ticks.parse(), calls.parse(), of.parse()) else {
+            continue;
+        };
+        let point = TailPoint { ticks, calls, of };
+        match curves.iter_mut().find(|(c, n, _)| c == call && n == name) {
+            Some((.., pts)) => pts.push(point),
+            None => curves.push((call.into(), name.into(), vec![point])),
+        }
+    }
+    if curves.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no `tail` rows (is this the serial output of `cargo kbench`?)",
+        ));
+    }
+    let counter = if text.contains("counter: deterministic") {
+        "instructions (-icount)"
+    } else {
+        "TSC cycles under TCG"
+    };
+    fs::create_dir_all(dir)?;
+    for call in ["alloc", "free"] {
+        let series: Vec<Series> = curves
+            .iter()
+            .filter(|(c, ..)| c == call)
+            .map(|(_, name, pts)| tail_series(name, pts))
+            .collect();
+        let title = format!(
+            "in-kernel kernel-mix: tail of {call} latency, p90 to max ({counter}, net of the bracket)"
+        );
+        fs::write(
+            dir.join(format!("kernel_tail_{call}.svg")),
+            tail_chart(&title, &series),
+        )?;
+    }
+    Ok(curves.len() / 2)
+}
 
 /// Formats a Markdown table with padded columns (readable as plain text too).
 pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
@@ -189,6 +267,15 @@ pub fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row));
     }
     out
+}
+
+/// Smallest and largest finite value (NaN for none).
+fn min_max(values: &[f64]) -> (f64, f64) {
+    let finite = values.iter().copied().filter(|x| x.is_finite());
+    (
+        finite.clone().fold(f64::NAN, f64::min),
+        finite.fold(f64::NAN, f64::max),
+    )
 }
 
 fn fmt_ns(ns: f64) -> String {
@@ -337,9 +424,7 @@ impl Report {
             .peers
             .iter()
             .map(|(p, r)| {
-                let finite: Vec<f64> = r.ns.iter().copied().filter(|x| x.is_finite()).collect();
-                let min = finite.iter().copied().fold(f64::NAN, f64::min);
-                let max = finite.iter().copied().fold(f64::NAN, f64::max);
+                let (min, max) = min_max(&r.ns);
                 vec![
                     p.name().into(),
                     flag(r).unwrap_or_else(|| fmt_ns(r.ns_median())),
@@ -371,10 +456,12 @@ impl Report {
         let mut headers: Vec<String> = [
             "allocator",
             "alloc p50",
+            "p90",
             "p99",
             "p99.9",
             "max",
             "free p50",
+            "p90",
             "p99",
             "p99.9",
             "max",
@@ -391,7 +478,7 @@ impl Report {
                 let l = r.latency.as_ref()?;
                 let mut row = vec![format!("{}{}", p.name(), if l.capped { "†" } else { "" })];
                 for q in [l.alloc, l.free] {
-                    row.extend([q.p50, q.p99, q.p999, q.max].map(|v| v.to_string()));
+                    row.extend([q.p50, q.p90, q.p99, q.p999, q.max].map(|v| v.to_string()));
                 }
                 if has_realloc {
                     let q = l.realloc.unwrap_or_default();
@@ -456,7 +543,8 @@ impl Report {
                 for e in &self.efficiency {
                     row.push(match e.peers.iter().find(|(q, _)| *q == p) {
                         None => "".into(),
-                        Some((_, eff)) => format!(
+                        Some((_, Err(why))) => format!("FAILED verification: {why}"),
+                        Some((_, Ok(eff))) => format!(
                             "{}{:.1}% ({} calls)",
                             if eff.failed { "" } else { "≥" },
                             100.0 * eff.peak_live as f64 / self.efficiency_bytes as f64,
@@ -482,6 +570,7 @@ impl Report {
     fn efficiency_pct(&self, name: &str, peer: Peer) -> Option<(f64, bool)> {
         let e = self.efficiency.iter().find(|e| e.name == name)?;
         let (_, eff) = e.peers.iter().find(|(p, _)| *p == peer)?;
+        let eff = eff.as_ref().ok()?;
         Some((
             100.0 * eff.peak_live as f64 / self.efficiency_bytes as f64,
             eff.failed,
@@ -635,6 +724,87 @@ impl Report {
         out
     }
 
+    /// The growing vectors: ns per push and ratio to talc.
+    fn vec_table(&self, v: &VecResult) -> String {
+        let headers: Vec<String> = [
+            "allocator",
+            "ns/push median",
+            "vs talc",
+            "min",
+            "max",
+            "wall median",
+            "peak pages taken",
+            "verification",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = v
+            .peers
+            .iter()
+            .map(|(p, r)| {
+                let (min, max) = min_max(&r.ns);
+                vec![
+                    p.name().into(),
+                    fmt_ns(median(&r.ns)),
+                    fmt_ratio(median(&r.ratio)),
+                    fmt_ns(min),
+                    fmt_ns(max),
+                    fmt_ns(median(&r.wall_ns)),
+                    r.peak_bytes
+                        .map_or("– (fixed region)".into(), |b| format!("{}", b / 4096)),
+                    match &r.verify {
+                        Ok(n) => format!("ok ({n} pushes)"),
+                        Err(e) => format!("FAILED: {e}"),
+                    },
+                ]
+            })
+            .collect();
+        md_table(&headers, &rows)
+    }
+
+    /// The threaded section: aggregate calls per second with 1 and 2 threads, and the ratio.
+    fn threads_table(&self, t: &ThreadsResult) -> String {
+        let headers: Vec<String> = [
+            "allocator",
+            "churn, 1 thread (Mcalls/s)",
+            "2 threads",
+            "2T / 1T",
+            "producer/consumer, 1 thread",
+            "2 threads",
+            "2T / 1T",
+            "verification",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mops = |c: &crate::threads::Cell, i: usize| {
+            c.ops_per_s
+                .get(i)
+                .map_or("–".into(), |v| format!("{:.2}", v / 1e6))
+        };
+        let rows: Vec<Vec<String>> = t
+            .rows
+            .iter()
+            .map(|r| {
+                let verdict = match (&r.churn.verify, &r.pc.verify) {
+                    (Ok(()), Ok(())) => "ok".to_string(),
+                    (Err(e), _) => format!("churn FAILED: {e}"),
+                    (_, Err(e)) => format!("producer/consumer FAILED: {e}"),
+                };
+                vec![
+                    r.name.into(),
+                    mops(&r.churn, 0),
+                    mops(&r.churn, 1),
+                    fmt_ratio(r.churn.scaling()),
+                    mops(&r.pc, 0),
+                    mops(&r.pc, 1),
+                    fmt_ratio(r.pc.scaling()),
+                    verdict,
+                ]
+            })
+            .collect();
+        md_table(&headers, &rows)
+    }
+
     fn targets_table(&self) -> String {
         let rows: Vec<Vec<String>> = self
             .targets()
@@ -704,6 +874,42 @@ impl Report {
                 self.runs
             );
             s.push_str(&self.pools_table());
+        }
+        if let Some(v) = &self.vec_growth {
+            let _ = writeln!(
+                s,
+                "\n## Growing vectors (cache aliasing)\n\n\
+                 {} `Vec<u64>`-like buffers grown round-robin to {} elements each (push = one u64 \
+                 store at the end, growth = realloc to twice the capacity, from 4 elements; {} KiB \
+                 each at the end), {} MiB region per allocator; ns per push (thread CPU time, the \
+                 growths included), median of {} runs, and ratio to talc (median of per-run \
+                 ratios). Every element is written and checked in an untimed verifying run first.\n",
+                v.shape.vectors,
+                v.shape.elements,
+                v.shape.final_bytes() >> 10,
+                v.region >> 20,
+                self.runs
+            );
+            s.push_str(&self.vec_table(v));
+        }
+        if let Some(t) = &self.threads {
+            let _ = writeln!(
+                s,
+                "\n## Threads: 1 and 2 threads sharing one allocator\n\n\
+                 Per-thread churn: each thread replays its own small-object churn ({} calls, live \
+                 set ~{}). Producer/consumer: each thread allocates {} small blocks (8–512 B) and \
+                 passes them through a bounded ring of {} to the other thread, which frees them (one \
+                 thread: its own ring). Aggregate calls per second of wall time from the common \
+                 start to the last thread's end, median of {} runs, fresh allocator each; \
+                 verified first with 2 threads (churn blocks patterned and checked; each \
+                 producer/consumer block patterned by its producer, checked by its consumer). \
+                 kheap is `LockedHeap<SpinLock, _>`; talc, rlsf and linked_list are each behind a \
+                 spinlock; system is the host malloc; mimalloc has per-thread caches. **This \
+                 machine has {} logical CPUs, shared with other work** (load average in the \
+                 header): 2 threads here are 2 threads on 2 busy cores.\n",
+                t.sizes.churn_ops, t.sizes.live, t.sizes.blocks, t.sizes.ring, self.runs, t.cpus
+            );
+            s.push_str(&self.threads_table(t));
         }
         let _ = writeln!(s, "\n## Targets vs achieved\n");
         s.push_str(&self.targets_table());
@@ -785,12 +991,14 @@ impl Report {
             self.runs,
             self.budget_secs
         );
-        s.push_str("\nPlots: [ns per call](ns_per_op.svg), [kernel-mix alloc latency CDF](latency_cdf.svg), [scaling](scaling.svg).\n\n");
+        s.push_str("\nPlots: [ns per call](ns_per_op.svg), kernel-mix latency tails (fraction of calls taking x cycles or more, p90 to max, log–log): [alloc](tail_alloc.svg), [free](tail_free.svg); [scaling](scaling.svg). In-kernel tails: [alloc](kernel_tail_alloc.svg), [free](kernel_tail_free.svg) (see KERNEL.md).\n\n");
         s.push_str(&self.tables());
         s
     }
 
-    /// Raw per-run figures, one line per allocator, workload and run.
+    /// Raw per-run figures, one line per allocator, workload and run (growing vectors: ns per
+    /// push; threads: aggregate calls per second, in the CPU column, with 1 and 2 threads as
+    /// workloads `threads-churn-1` and so on).
     pub fn runs_csv(&self) -> String {
         let mut s =
             String::from("workload,allocator,run,cpu_ns_per_call,wall_ns_per_call,ratio_to_talc\n");
@@ -809,6 +1017,31 @@ impl Report {
                         wall,
                         ratio
                     );
+                }
+            }
+        }
+        if let Some(v) = &self.vec_growth {
+            for (p, r) in &v.peers {
+                for (i, ns) in r.ns.iter().enumerate() {
+                    let wall = r.wall_ns.get(i).copied().unwrap_or(f64::NAN);
+                    let ratio = r.ratio.get(i).copied().unwrap_or(f64::NAN);
+                    let _ = writeln!(
+                        s,
+                        "vec-growth,{},{i},{ns:.3},{wall:.3},{ratio:.4}",
+                        p.name()
+                    );
+                }
+            }
+        }
+        if let Some(t) = &self.threads {
+            for r in &t.rows {
+                for (what, cell) in [("churn", &r.churn), ("pc", &r.pc)] {
+                    for (i, run) in cell.runs.iter().enumerate() {
+                        for (k, ops) in run.iter().enumerate() {
+                            let _ =
+                                writeln!(s, "threads-{what}-{},{},{i},{ops:.0},,", k + 1, r.name);
+                        }
+                    }
                 }
             }
         }
@@ -842,50 +1075,31 @@ impl Report {
             svg::bar_chart(&title, "ns per call", &groups, &series),
         )?;
 
-        let cdf: Vec<Series> = self
-            .workload("kernel-mix")
-            .map(|w| {
-                w.peers
+        if let Some(w) = self.workload("kernel-mix") {
+            for (call, title) in [("alloc", "allocations"), ("free", "frees")] {
+                let series: Vec<Series> = w
+                    .peers
                     .iter()
                     .filter_map(|(p, r)| {
                         let l = r.latency.as_ref()?;
-                        let n = l.alloc_sorted.len();
-                        let points = (0..=400)
-                            .map(|i| {
-                                // Denser sampling near the tail, where the interesting part is;
-                                // stops at p99.99 so that the rare descheduled call (millions of
-                                // cycles) does not squeeze the rest of the axis.
-                                let q = CDF_TOP * (1.0 - (1.0 - i as f64 / 400.0).powi(3));
-                                let idx = ((q * n as f64) as usize).min(n.saturating_sub(1));
-                                (
-                                    l.alloc_sorted.get(idx).copied().unwrap_or(1).max(1) as f64,
-                                    (idx + 1) as f64 / n as f64,
-                                )
-                            })
-                            .collect();
-                        Some(Series {
-                            name: p.name().into(),
-                            points,
-                        })
+                        let sorted = if call == "alloc" {
+                            &l.alloc_sorted
+                        } else {
+                            &l.free_sorted
+                        };
+                        Some(tail_series(p.name(), &tail(sorted, 0)))
                     })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let title = format!(
-            "kernel-mix: CDF of alloc latency to p99.99 (TSC cycles, log x; empty bracket {} cycles)",
-            self.bracket.p50
-        );
-        fs::write(
-            dir.join("latency_cdf.svg"),
-            svg::line_chart(
-                &title,
-                "cycles",
-                "fraction of calls",
-                &cdf,
-                (true, false),
-                false,
-            ),
-        )?;
+                    .collect();
+                let title = format!(
+                    "kernel-mix: tail of {title}, p90 to max (TSC cycles, raw; empty bracket {})",
+                    self.bracket.p50
+                );
+                fs::write(
+                    dir.join(format!("tail_{call}.svg")),
+                    tail_chart(&title, &series),
+                )?;
+            }
+        }
 
         let levels: Vec<(f64, &WorkloadResult)> = self
             .workloads

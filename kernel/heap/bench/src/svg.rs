@@ -138,7 +138,14 @@ impl Axis {
     fn ticks(&self) -> Vec<(f64, String)> {
         if self.log {
             (self.lo as i32..=self.hi as i32)
-                .map(|e| (10f64.powi(e), fmt_num(10f64.powi(e))))
+                .map(|e| {
+                    let label = match e {
+                        0.. => fmt_num(10f64.powi(e)),
+                        -2..0 => format!("{:.*}", (-e) as usize, 10f64.powi(e)),
+                        _ => format!("1e{e}"),
+                    };
+                    (10f64.powi(e), label)
+                })
                 .collect()
         } else {
             let step = nice_step((self.hi - self.lo) / 5.0);
@@ -351,5 +358,11 @@ mod tests {
         let lines = line_chart("t", "x", "y", &[s], (true, true), true);
         assert_eq!(lines.matches("<circle").count(), 2);
         assert_eq!(Axis::new(3.0, 700.0, true, 0.0, 100.0).ticks().len(), 4); // 1, 10, 100, 1k
+        let small: Vec<String> = Axis::new(0.0004, 0.2, true, 0.0, 100.0)
+            .ticks()
+            .into_iter()
+            .map(|t| t.1)
+            .collect();
+        assert_eq!(small, ["1e-4", "1e-3", "0.01", "0.1", "1"]);
     }
 }

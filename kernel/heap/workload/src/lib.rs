@@ -1,10 +1,24 @@
-//! Operation sequences for the allocator benchmarks: generated once from a seeded PRNG, then
-//! replayed for every allocator.
+//! The allocator benchmarks' shared half: the workloads, and the harness that replays them.
 //!
 //! Both benchmarks use this crate: the host one (`kernel/heap/bench`, with `std`) and the
-//! in-kernel one (`kernel/src/bench`, in QEMU). It is `no_std` + `alloc` and uses integer
-//! arithmetic only, because the kernel target has no hardware floating point; probabilities are
-//! exact fractions (see [`Rng::chance`]).
+//! in-kernel one (`kernel/bench`, in QEMU). It is `no_std` + `alloc`, and the generator uses
+//! integer arithmetic only, because the kernel target has no hardware floating point;
+//! probabilities are exact fractions (see [`Rng::chance`]). What it holds:
+//!
+//! | module | what |
+//! | --- | --- |
+//! | this one | the seeded generator: [`Workload`]s of [`Op`]s, [`GrowthStream`]s |
+//! | [`bench_alloc`] | [`BenchAlloc`](bench_alloc::BenchAlloc), the one trait every benchmarked allocator is driven through; [`Locked`](bench_alloc::Locked) and [`Shared`](bench_alloc::Shared) for the threaded sections |
+//! | [`replay`] | the one replay loop: verifying, timed, per-call latency and heap-efficiency passes |
+//! | [`pattern`] | the contents verification writes into every block and checks |
+//! | [`latency`] | percentiles and the tail (exceedance) of single-call latencies |
+//! | [`vec_growth`] | the cache-aliasing pattern: many `Vec<u64>`-like buffers growing round-robin |
+//! | [`tsc`] | the fenced time-stamp counter read both benchmarks time calls with |
+//!
+//! Each benchmark keeps its own adapters (where the memory comes from differs: a host buffer, the
+//! kernel's heap window), its own clock for whole replays and its own reports.
+//!
+//! # Workloads
 //!
 //! A [`Workload`] is a flat list of [`Op`]s over numbered *slots* (a slot holds one live block).
 //! Generation never looks at addresses, so every allocator sees the identical sequence; the
@@ -14,9 +28,9 @@
 //!
 //! The workloads ([`small_churn`], [`kernel_mix`], [`random_align`], [`realloc_growth`],
 //! [`scaling`]) take a [`Sizes`], so each benchmark chooses its own op counts and live sets.
-//! [`GrowthStream`] is the allocation-heavy variant the host benchmark uses for heap efficiency:
-//! an endless, deterministic stream (two allocations for every free) replayed until the first
-//! failure.
+//! [`GrowthStream`] is the allocation-heavy variant for heap efficiency: an endless,
+//! deterministic stream replayed until the first failure (two allocations for every free, or
+//! talc's own efficiency benchmark's mix of calls: [`GrowthStream::talc_like`]).
 //!
 //! # Two generators, one sequence each
 //! The two benchmarks were first written with their own generators: the host one with wyrand and
@@ -28,6 +42,13 @@
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
+
+pub mod bench_alloc;
+pub mod latency;
+pub mod pattern;
+pub mod replay;
+pub mod tsc;
+pub mod vec_growth;
 
 use alloc::format;
 use alloc::string::String;
@@ -162,6 +183,11 @@ pub enum Mix {
     Kernel,
     /// Sizes log-uniform in 8 B–4 KiB, alignment uniform over 8, 16, …, 4096.
     RandomAlign,
+    /// talc's benchmark distribution (`generate_size` / `generate_align` in its `benches`): a cap
+    /// uniform in 16..10 000, then a size uniform in 4..cap (so small sizes are favoured); the
+    /// alignment is 8 shifted left by half the trailing zeros of a random 16-bit number: 8 B 75%,
+    /// 16 B 19%, 32 B 5%, … up to 2 KiB.
+    TalcLike,
 }
 
 impl Mix {
@@ -188,6 +214,12 @@ impl Mix {
                 let exp = rng.range(3, 11);
                 let size = rng.range(1 << exp, (2 << exp) - 1).min(4096);
                 (size, rng.range(3, 12) as u8)
+            }
+            Self::TalcLike => {
+                let cap = rng.range(16, 9_999);
+                let size = rng.range(4, cap - 1);
+                let bits = rng.next_u64() as u16;
+                (size, 3 + (bits.trailing_zeros() / 2) as u8)
             }
         }
     }
@@ -577,48 +609,94 @@ pub fn scaling_name(live: usize) -> &'static str {
         .map_or("scaling", |k| NAMES[k])
 }
 
-/// The allocation-heavy stream of one mix for the heap-efficiency test: two allocations for
-/// every free (victims chosen at random), endless and deterministic in its seed (wyrand).
+/// The allocation-heavy stream of the heap-efficiency test: endless, deterministic in its seed
+/// (wyrand), victims chosen at random.
 #[derive(Debug)]
 pub struct GrowthStream {
     rng: Rng,
     mix: Mix,
+    kind: StreamKind,
     b: Builder,
     live_bytes: usize,
+    /// Requested bytes live before the most recent op.
+    before: usize,
 }
 
+/// Which calls a [`GrowthStream`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    /// Two allocations for every free.
+    TwoToOne,
+    /// talc's own heap-efficiency benchmark (`benches/src/heap_efficiency.rs` in the talc
+    /// repository): of ten calls, five allocate, one frees and four resize a random live block to
+    /// a size uniform in 1 B..100 KB, keeping its alignment.
+    TalcLike,
+}
+
+/// Largest size (exclusive) a talc-like stream resizes a block to: ten times talc's largest
+/// allocation, as its benchmark does.
+const TALC_REALLOC_MAX: u32 = 100_000;
+
 impl GrowthStream {
-    /// A stream of `mix` requests.
+    /// A stream of `mix` requests, two allocations for every free.
     pub fn new(mix: Mix, seed: u64) -> Self {
+        Self::with_kind(mix, StreamKind::TwoToOne, seed)
+    }
+
+    /// talc's heap-efficiency benchmark: [`Mix::TalcLike`] requests, and of ten calls five
+    /// allocations, one free and four reallocs to 1 B..100 KB.
+    pub fn talc_like(seed: u64) -> Self {
+        Self::with_kind(Mix::TalcLike, StreamKind::TalcLike, seed)
+    }
+
+    fn with_kind(mix: Mix, kind: StreamKind, seed: u64) -> Self {
         Self {
             rng: Rng::new(seed ^ 0xeff ^ mix as u64),
             mix,
+            kind,
             b: Builder::default(),
             live_bytes: 0,
+            before: 0,
         }
     }
 
     /// The next call, and the requested bytes live once it has completed.
     pub fn next_op(&mut self) -> (Op, usize) {
-        if self.b.live.is_empty() || self.rng.chance(2, 3) {
+        self.before = self.live_bytes;
+        let (alloc, free) = match self.kind {
+            StreamKind::TwoToOne => {
+                let alloc = self.b.live.is_empty() || self.rng.chance(2, 3);
+                (alloc, !alloc)
+            }
+            StreamKind::TalcLike => {
+                let action = self.rng.below(10);
+                let alloc = self.b.live.is_empty() || action <= 4;
+                (alloc, !alloc && action == 5)
+            }
+        };
+        if alloc {
             let (size, align) = self.mix.draw(&mut self.rng);
             self.b.alloc(size, align);
             self.live_bytes += size as usize;
         } else {
             let victim = self.b.live[self.rng.below(self.b.live.len() as u64) as usize];
-            self.live_bytes -= self.b.size[victim as usize] as usize;
-            self.b.free(victim);
+            let old = self.b.size[victim as usize] as usize;
+            if free {
+                self.live_bytes -= old;
+                self.b.free(victim);
+            } else {
+                let new_size = self.rng.range(1, TALC_REALLOC_MAX - 1);
+                self.live_bytes = self.live_bytes - old + new_size as usize;
+                self.b.realloc(victim, new_size);
+            }
         }
         let op = self.b.ops.pop().expect("an op was just pushed");
         (op, self.live_bytes)
     }
 
-    /// Requested bytes live before the pending allocation `op` (used when it fails).
-    pub fn live_bytes_before(&self, op: Op) -> usize {
-        match op {
-            Op::Alloc { size, .. } => self.live_bytes - size as usize,
-            _ => self.live_bytes,
-        }
+    /// Requested bytes live before the most recent op (what counts when that op is refused).
+    pub fn live_bytes_before(&self) -> usize {
+        self.before
     }
 }
 

@@ -275,3 +275,297 @@ fn xorshift_never_sticks_at_zero() {
     let x = rng.range_usize(10, 20);
     assert!((10..=20).contains(&x));
 }
+
+// -------------------------------------------------------------------------------------------------
+// The shared harness: replay, verification, latency summaries, the new workloads
+// -------------------------------------------------------------------------------------------------
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr::NonNull;
+
+use crate::bench_alloc::{BenchAlloc, Locked, Shared};
+use crate::latency::{Percentiles, tail};
+use crate::replay::{self, ReplayError, Slots};
+use crate::vec_growth::{Buffers, VecGrowth};
+
+/// The host's `malloc`, counting live blocks.
+#[derive(Default)]
+struct Malloc {
+    live: usize,
+}
+
+impl BenchAlloc for Malloc {
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.live += 1;
+        // SAFETY: benchmark layouts have a non-zero size.
+        NonNull::new(unsafe { System.alloc(layout) })
+    }
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        self.live -= 1;
+        // SAFETY: forwarded contract.
+        unsafe { System.dealloc(ptr.as_ptr(), layout) }
+    }
+}
+
+/// A broken allocator: every block is the same buffer, so two live blocks overlap.
+struct Overlapping {
+    buf: NonNull<u8>,
+}
+
+impl BenchAlloc for Overlapping {
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        (layout.size() <= 4096).then_some(self.buf)
+    }
+    unsafe fn free(&mut self, _ptr: NonNull<u8>, _layout: Layout) {}
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, _: Layout, new: usize) -> Option<NonNull<u8>> {
+        (new <= 4096).then_some(ptr)
+    }
+}
+
+/// A broken realloc: it moves the block but copies one byte too few.
+struct ShortCopy(Malloc);
+
+impl BenchAlloc for ShortCopy {
+    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        self.0.alloc(layout)
+    }
+    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.free(ptr, layout) }
+    }
+    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
+        let new_block = self.alloc(Layout::from_size_align(new, old.align()).ok()?)?;
+        let kept = old.size().min(new);
+        // SAFETY: both blocks are live and at least `kept` bytes long.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new_block.as_ptr(), kept - 1);
+            new_block.add(kept - 1).write(!ptr.add(kept - 1).read());
+            self.free(ptr, old);
+        }
+        Some(new_block)
+    }
+}
+
+fn two_blocks() -> Workload {
+    Workload {
+        name: "overlap",
+        title: String::new(),
+        setup: Vec::new(),
+        ops: vec![
+            Op::Alloc {
+                slot: 0,
+                size: 64,
+                align_log2: 3,
+            },
+            Op::Alloc {
+                slot: 1,
+                size: 64,
+                align_log2: 3,
+            },
+            Op::Free { slot: 0 },
+            Op::Free { slot: 1 },
+        ],
+        slots: 2,
+        bump_bytes: 2 * (64 + 8),
+    }
+}
+
+#[test]
+fn verification_catches_overlapping_blocks() {
+    let mut buf = vec![0u64; 1024];
+    let mut a = Overlapping {
+        buf: NonNull::from(&mut buf[..]).cast(),
+    };
+    let mut slots = Slots::default();
+    let result = replay::verify(&mut a, &two_blocks(), usize::MAX, &mut slots);
+    assert!(
+        matches!(result, Err(ReplayError::Overlap { .. })),
+        "{result:?}"
+    );
+    // The timed replay does not look at contents: it runs through.
+    let t = replay::timed(
+        &mut a,
+        &two_blocks(),
+        usize::MAX,
+        &mut slots,
+        replay::unlimited,
+        || 0,
+    )
+    .unwrap();
+    assert_eq!((t.ops, t.stopped), (4, None));
+}
+
+#[test]
+fn verification_catches_a_realloc_that_loses_contents() {
+    let s = HOST_QUICK;
+    let w = realloc_growth(&s, 1);
+    let mut slots = Slots::default();
+    let good = replay::verify(&mut Malloc::default(), &w, usize::MAX, &mut slots);
+    assert_eq!(good, Ok(w.setup.len() + w.ops.len()));
+    let mut bad = ShortCopy(Malloc::default());
+    let result = replay::verify(&mut bad, &w, usize::MAX, &mut slots);
+    assert!(
+        matches!(result, Err(ReplayError::Corrupted { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        bad.0.live, 0,
+        "a failed verification still frees everything"
+    );
+}
+
+#[test]
+fn pattern_check_names_the_first_wrong_byte() {
+    let mut buf = [0u64; 16];
+    let p = NonNull::from(&mut buf[..]).cast::<u8>();
+    // SAFETY: the buffer has 128 bytes.
+    unsafe {
+        crate::pattern::fill(p, 0, 100, 7);
+        assert_eq!(crate::pattern::check(p, 100, 7), None);
+        assert_eq!(crate::pattern::check(p, 100, 8), Some(0));
+        *p.add(61).as_ptr() ^= 1;
+        assert_eq!(crate::pattern::check(p, 100, 7), Some(61));
+        assert_eq!(crate::pattern::check(p, 60, 7), None);
+        // Refilling from an unaligned offset continues the same pattern.
+        crate::pattern::fill(p, 61, 100, 7);
+        assert_eq!(crate::pattern::check(p, 100, 7), None);
+    }
+}
+
+#[test]
+fn percentiles_are_nearest_rank_and_the_tail_ends_at_the_maximum() {
+    let mut s: Vec<u64> = (1..=1000).rev().collect();
+    let p = Percentiles::of(&mut s);
+    assert_eq!(
+        (p.calls, p.p50, p.p90, p.p99, p.p999, p.max),
+        (1000, 500, 900, 990, 999, 1000)
+    );
+    assert_eq!(p.net_of(600).p50, 0);
+    let t = tail(&s, 0);
+    assert_eq!(t.first().map(|p| (p.ticks, p.calls)), Some((901, 100)));
+    assert_eq!(t.last().map(|p| (p.ticks, p.calls)), Some((1000, 1)));
+    assert!(
+        t.windows(2)
+            .all(|w| w[0].ticks <= w[1].ticks && w[0].calls > w[1].calls)
+    );
+    assert!(tail(&[], 0).is_empty());
+}
+
+#[test]
+fn talc_like_mix_follows_talcs_distribution() {
+    let mut rng = Rng::new(3);
+    let n = 100_000;
+    let mut align8 = 0;
+    for _ in 0..n {
+        let (size, align) = Mix::TalcLike.draw(&mut rng);
+        assert!((4..9_998).contains(&size), "{size}");
+        assert!((3..=11).contains(&align), "{align}");
+        align8 += usize::from(align == 3);
+    }
+    // 75% of talc's alignments are the pointer size.
+    assert!((73_000..77_000).contains(&align8), "{align8}");
+    let mut stream = GrowthStream::talc_like(1);
+    let mut model = std::collections::HashMap::new();
+    let mut reallocs = 0;
+    for _ in 0..10_000 {
+        let before = model.values().sum::<usize>();
+        let (op, live) = stream.next_op();
+        assert_eq!(stream.live_bytes_before(), before);
+        match op {
+            Op::Alloc { slot, size, .. } => {
+                model.insert(slot, size as usize);
+            }
+            Op::Free { slot } => {
+                model.remove(&slot).unwrap();
+            }
+            Op::Realloc { slot, new_size } => {
+                assert!(new_size < 100_000);
+                *model.get_mut(&slot).unwrap() = new_size as usize;
+                reallocs += 1;
+            }
+        }
+        assert_eq!(live, model.values().sum::<usize>());
+    }
+    assert!((3_500..4_500).contains(&reallocs), "{reallocs}");
+}
+
+#[test]
+fn efficiency_stops_at_the_first_refusal_and_verifies() {
+    /// `malloc` with a budget of requested bytes.
+    struct Budget(Malloc, usize);
+    impl BenchAlloc for Budget {
+        fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+            let left = self.1.checked_sub(layout.size())?;
+            self.1 = left;
+            self.0.alloc(layout)
+        }
+        unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+            self.1 += layout.size();
+            // SAFETY: forwarded contract.
+            unsafe { self.0.free(ptr, layout) }
+        }
+    }
+    let mut a = Budget(Malloc::default(), 1 << 20);
+    let mut slots = Slots::default();
+    let mut stream = GrowthStream::talc_like(5);
+    let e = replay::efficiency(
+        &mut a,
+        &mut stream,
+        1_000_000,
+        &mut slots,
+        replay::unlimited,
+    )
+    .unwrap();
+    assert!(e.failed);
+    // A perfect packer holds everything up to its budget.
+    assert!(
+        e.peak_live > (1 << 20) - 100_000 && e.peak_live <= 1 << 20,
+        "{e:?}"
+    );
+    assert_eq!(a.0.live, 0);
+}
+
+#[test]
+fn vec_growth_pushes_and_checks_every_element() {
+    let shape = VecGrowth {
+        vectors: 10,
+        elements: 100,
+    };
+    assert_eq!(shape.final_bytes(), 128 * 8);
+    let mut a = Malloc::default();
+    let mut b = Buffers::default();
+    b.push_all::<_, true>(&mut a, shape).unwrap();
+    assert_eq!(a.live, 10);
+    b.free_all::<_, true>(&mut a).unwrap();
+    assert_eq!(a.live, 0);
+    let mut bad = ShortCopy(Malloc::default());
+    let r = b.push_all::<_, true>(&mut bad, shape);
+    assert!(matches!(r, Err(ReplayError::Corrupted { .. })), "{r:?}");
+    b.free_all::<_, false>(&mut bad).unwrap();
+    assert_eq!(bad.0.live, 0);
+}
+
+#[test]
+fn locked_and_shared_adapters_replay_from_threads() {
+    let heap: Locked<kheap::SpinLock, Malloc> = Locked::new(Malloc::default());
+    let s = HOST_QUICK;
+    std::thread::scope(|scope| {
+        for seed in 0..2 {
+            let heap = &heap;
+            scope.spawn(move || {
+                let w = small_churn(&s, seed);
+                let mut slots = Slots::default();
+                let n = replay::verify(&mut Shared(heap), &w, usize::MAX, &mut slots).unwrap();
+                assert_eq!(n, w.ops.len());
+            });
+        }
+    });
+    assert_eq!(heap.with(|m| m.live), 0);
+    // SAFETY: a fresh block of 8 bytes is freed with its layout.
+    unsafe {
+        let l = Layout::new::<u64>();
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        heap.dealloc(p, l);
+    }
+}

@@ -1,7 +1,8 @@
 //! The allocators under test, each driven through its own non-global API behind [`BenchAlloc`].
 //!
-//! All of them get their memory from the same page source (in the kernel: the heap window's
-//! [`KernelPageSource`](crate::memory::KernelPageSource)) and the same budget of pages:
+//! [`BenchAlloc`] is the trait both benchmarks share (`kheap-workload`); the adapters here are
+//! the kernel's, because where the memory comes from differs. All of them get their memory from the same page source (in the kernel: the heap window's
+//! [`KernelPageSource`](kernel::memory::KernelPageSource)) and the same budget of pages:
 //!
 //! * our heap, `kheap::Heap`, asks for pages as it grows, through a [`CappedSource`] that refuses
 //!   to map more than the budget (so mapping cost is part of what is measured, as in the kernel);
@@ -17,73 +18,12 @@
 //! pays no dynamic-dispatch cost.
 
 use core::alloc::Layout;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError, aligned_offset, aligned_slack};
+use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, PageUse, realloc_by_copy};
 
-use crate::memory::buddy::{Buddy, storage_words};
-
-/// What the benchmark needs from an allocator. All requests have a non-zero size.
-pub trait BenchAlloc {
-    /// Allocates a block for `layout`; `None` when out of memory.
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>>;
-
-    /// Frees a block.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must be a live block returned by this allocator's `alloc` or `realloc` for `layout`
-    /// (the layout most recently requested for it).
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout);
-
-    /// Resizes a block to `new_size` bytes with the same alignment, keeping its contents up to the
-    /// smaller size. On `None` the old block is still live and unchanged.
-    ///
-    /// # Safety
-    ///
-    /// As for [`free`](Self::free), with `old` the block's current layout; `new_size` is non-zero
-    /// and, rounded up to `old.align()`, does not overflow `isize`.
-    unsafe fn realloc(
-        &mut self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new_size: usize,
-    ) -> Option<NonNull<u8>>;
-
-    /// Most pages it ever held at once (its whole arena, for a flat-arena allocator).
-    fn peak_pages(&self) -> usize;
-
-    /// Gives memory it no longer needs back to the page source, where it can (kheap's `trim`), and
-    /// returns the pages it still holds; `None` for allocators that own a fixed arena.
-    fn release(&mut self) -> Option<usize> {
-        None
-    }
-}
-
-/// `realloc` for allocators without one (or whose in-place attempt failed): allocate, copy, free.
-///
-/// # Safety
-///
-/// The contract of [`BenchAlloc::realloc`].
-unsafe fn realloc_by_copy<A: BenchAlloc>(
-    a: &mut A,
-    ptr: NonNull<u8>,
-    old: Layout,
-    new_size: usize,
-) -> Option<NonNull<u8>> {
-    let new_layout = Layout::from_size_align(new_size, old.align()).ok()?;
-    let new = a.alloc(new_layout)?;
-    // SAFETY:
-    // 1. `ptr` is live with `old.size()` bytes (caller's contract) and `new` is a fresh block of
-    //    `new_size` bytes, so both ranges are valid for the copied length.
-    // 2. A fresh block cannot overlap a live one.
-    // 3. `ptr` is live with layout `old`, as `free` requires, and is not used afterwards.
-    unsafe {
-        ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old.size().min(new_size));
-        a.free(ptr, old);
-    }
-    Some(new)
-}
+use kernel::memory::buddy::{Buddy, storage_words};
 
 /// The allocators the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,30 +72,16 @@ pub fn with_peer<S: PageSource, V: Visit>(
     v: V,
 ) -> Result<V::Out, PageSourceError> {
     Ok(match peer {
-        Peer::Kheap => v.visit(&mut KheapAlloc::new(CappedSource::new(
-            source,
-            budget_pages,
-        ))),
+        Peer::Kheap => visit_kheap(CappedSource::new(source, budget_pages), v),
         Peer::Talc => v.visit(&mut TalcAlloc::new(Arena::map(source, budget_pages)?)),
         Peer::LinkedList => v.visit(&mut LinkedListAlloc::new(Arena::map(source, budget_pages)?)),
-        Peer::KheapArena => {
-            let pages = ArenaPages::new(Arena::map(source, budget_pages)?)?;
-            v.visit(&mut KheapAlloc::new(pages))
-        }
+        Peer::KheapArena => visit_kheap(ArenaPages::new(Arena::map(source, budget_pages)?)?, v),
     })
 }
 
 // -------------------------------------------------------------------------------------------------
 // Memory for the allocators
 // -------------------------------------------------------------------------------------------------
-
-/// A page source that counts the pages it has handed out.
-pub trait CountedSource: PageSource {
-    /// Pages mapped through this source and not unmapped yet.
-    fn mapped_pages(&self) -> usize;
-    /// Most pages ever mapped at once.
-    fn peak_pages(&self) -> usize;
-}
 
 /// A page source that refuses to hold more than `cap` pages at once, and counts what it holds.
 #[derive(Debug)]
@@ -164,6 +90,8 @@ pub struct CappedSource<S> {
     cap: usize,
     mapped: usize,
     peak: usize,
+    maps: u64,
+    unmaps: u64,
 }
 
 impl<S: PageSource> CappedSource<S> {
@@ -174,17 +102,41 @@ impl<S: PageSource> CappedSource<S> {
             cap,
             mapped: 0,
             peak: 0,
+            maps: 0,
+            unmaps: 0,
         }
     }
 }
 
-impl<S: PageSource> CountedSource for CappedSource<S> {
-    fn mapped_pages(&self) -> usize {
-        self.mapped
+impl<S: PageSource> CappedSource<S> {
+    /// Pages held after mapping `count` more, if the cap allows it.
+    fn admit(&self, count: usize) -> Result<usize, PageSourceError> {
+        let total = self
+            .mapped
+            .checked_add(count)
+            .ok_or(PageSourceError::InvalidRequest)?;
+        if total > self.cap {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        Ok(total)
     }
 
-    fn peak_pages(&self) -> usize {
-        self.peak
+    /// Records a successful map that brought the pages held to `total`.
+    fn took(&mut self, total: usize) {
+        self.mapped = total;
+        self.peak = self.peak.max(total);
+        self.maps += 1;
+    }
+}
+
+impl<S: PageSource> CountedSource for CappedSource<S> {
+    fn page_use(&self) -> PageUse {
+        PageUse {
+            mapped: self.mapped,
+            peak: self.peak,
+            maps: self.maps,
+            unmaps: self.unmaps,
+        }
     }
 }
 
@@ -193,16 +145,9 @@ impl<S: PageSource> CountedSource for CappedSource<S> {
 // cap only turns some requests into errors, which the trait allows.
 unsafe impl<S: PageSource> PageSource for CappedSource<S> {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
-        let total = self
-            .mapped
-            .checked_add(count)
-            .ok_or(PageSourceError::InvalidRequest)?;
-        if total > self.cap {
-            return Err(PageSourceError::OutOfMemory);
-        }
+        let total = self.admit(count)?;
         let ptr = self.inner.map_pages(count)?;
-        self.mapped = total;
-        self.peak = self.peak.max(total);
+        self.took(total);
         Ok(ptr)
     }
 
@@ -213,16 +158,9 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         align: usize,
         aligned_page: usize,
     ) -> Result<NonNull<u8>, PageSourceError> {
-        let total = self
-            .mapped
-            .checked_add(count)
-            .ok_or(PageSourceError::InvalidRequest)?;
-        if total > self.cap {
-            return Err(PageSourceError::OutOfMemory);
-        }
+        let total = self.admit(count)?;
         let ptr = self.inner.map_pages_aligned(count, align, aligned_page)?;
-        self.mapped = total;
-        self.peak = self.peak.max(total);
+        self.took(total);
         Ok(ptr)
     }
 
@@ -231,17 +169,17 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         // source, hence of `inner`, and are not referenced any more.
         unsafe { self.inner.unmap_pages(ptr, count) };
         self.mapped -= count;
+        self.unmaps += 1;
     }
 
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
-        let Some(total) = self.mapped.checked_add(extra).filter(|&t| t <= self.cap) else {
+        let Ok(total) = self.admit(extra) else {
             return false;
         };
         if !self.inner.grow_pages(ptr, count, extra) {
             return false;
         }
-        self.mapped = total;
-        self.peak = self.peak.max(total);
+        self.took(total);
         true
     }
 
@@ -285,9 +223,9 @@ impl<S: PageSource> Drop for Arena<S> {
     }
 }
 
-/// Largest arena [`ArenaPages`] can manage, as a power of two: 2^14 pages = 64 MiB, the full
-/// run's budget.
-const ARENA_ORDER: u32 = 14;
+/// Largest arena [`ArenaPages`] can manage, as a power of two: 2^17 pages = 512 MiB, the budget
+/// of the full run's largest workload (the growing vectors).
+const ARENA_ORDER: u32 = 17;
 
 /// The buddy allocator over an arena's page indices (the heap window's algorithm, smaller).
 type ArenaBuddy = Buddy<ARENA_ORDER, { storage_words(ARENA_ORDER) }>;
@@ -401,12 +339,12 @@ unsafe impl<S: PageSource> PageSource for ArenaPages<S> {
 }
 
 impl<S: PageSource> CountedSource for ArenaPages<S> {
-    fn mapped_pages(&self) -> usize {
-        self.mapped
-    }
-
-    fn peak_pages(&self) -> usize {
-        self.peak
+    fn page_use(&self) -> PageUse {
+        PageUse {
+            mapped: self.mapped,
+            peak: self.peak,
+            ..PageUse::default()
+        }
     }
 }
 
@@ -414,64 +352,38 @@ impl<S: PageSource> CountedSource for ArenaPages<S> {
 // Adapters
 // -------------------------------------------------------------------------------------------------
 
-/// Our heap core over a counted page source.
-struct KheapAlloc<S: CountedSource> {
-    heap: kheap::Heap<S>,
-}
-
-impl<S: CountedSource> KheapAlloc<S> {
-    fn new(source: S) -> Self {
-        Self {
-            heap: kheap::Heap::new(source),
-        }
-    }
-}
-
-impl<S: CountedSource> Drop for KheapAlloc<S> {
-    fn drop(&mut self) {
-        // The replay's teardown freed every block; give back the empty chunks the heap keeps in
-        // reserve too, so the next allocator starts from the same free memory. `kheap::Heap` has
-        // no teardown of its own: its root run and page-map nodes stay mapped (a few pages).
-        self.heap.trim();
-    }
-}
-
-impl<S: CountedSource> BenchAlloc for KheapAlloc<S> {
-    #[inline]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        self.heap.allocate(layout).ok()
-    }
-
-    #[inline]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this heap with `layout`.
-        unsafe { self.heap.deallocate(ptr, layout) }
-    }
-
-    #[inline]
-    unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
-        // SAFETY: forwarded contract: `ptr` is live with layout `old`, `new` is non-zero.
-        unsafe { self.heap.reallocate(ptr, old, new).ok() }
-    }
-
-    fn peak_pages(&self) -> usize {
-        self.heap.source().peak_pages()
-    }
-
-    fn release(&mut self) -> Option<usize> {
-        self.heap.trim();
-        Some(self.heap.source().mapped_pages())
-    }
+/// Our heap core over a counted page source: `kheap::Heap`, which is a [`BenchAlloc`] itself;
+/// trimmed when the visit is done, so the next allocator starts from the same free memory
+/// (`kheap::Heap` has no teardown of its own: its root run and page-map nodes stay mapped, a few
+/// pages).
+fn visit_kheap<S: CountedSource, V: Visit>(source: S, v: V) -> V::Out {
+    let mut heap = kheap::Heap::new(source);
+    let out = v.visit(&mut heap);
+    heap.trim();
+    out
 }
 
 /// talc over a claimed arena. Field order matters: the allocator is dropped before its arena.
-struct TalcAlloc<S: PageSource> {
+pub struct TalcAlloc<S: PageSource> {
     talc: talc::base::Talc<talc::source::Manual, talc::DefaultBinning>,
-    arena: Arena<S>,
+    /// The memory talc manages, unmapped when this is dropped (after `talc`).
+    _arena: Arena<S>,
+}
+
+// SAFETY: talc's raw pointers all point into the arena, which this value owns (and which is
+// only unmapped when it is dropped); nothing else refers to that memory, so the whole may move to
+// another CPU, where the several-CPU section uses it behind a lock.
+unsafe impl<S: PageSource + Send> Send for TalcAlloc<S> {}
+
+impl<S: PageSource> core::fmt::Debug for TalcAlloc<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TalcAlloc").finish_non_exhaustive()
+    }
 }
 
 impl<S: PageSource> TalcAlloc<S> {
-    fn new(arena: Arena<S>) -> Self {
+    /// talc managing all of `arena`.
+    pub fn new(arena: Arena<S>) -> Self {
         let mut talc = talc::base::Talc::new(talc::source::Manual);
         // SAFETY: the arena is mapped, exclusively ours, and outlives the allocator (it is dropped
         // after it, see the field order); `Manual` allows manual heap management. A budget of at
@@ -482,7 +394,10 @@ impl<S: PageSource> TalcAlloc<S> {
             "talc refused a {}-byte arena",
             arena.bytes()
         );
-        Self { talc, arena }
+        Self {
+            talc,
+            _arena: arena,
+        }
     }
 }
 
@@ -511,16 +426,13 @@ impl<S: PageSource> BenchAlloc for TalcAlloc<S> {
             }
         }
     }
-
-    fn peak_pages(&self) -> usize {
-        self.arena.pages
-    }
 }
 
 /// linked_list_allocator's first-fit heap over an arena. Field order: heap before arena.
 struct LinkedListAlloc<S: PageSource> {
     heap: linked_list_allocator::Heap,
-    arena: Arena<S>,
+    /// The memory the heap manages, unmapped when this is dropped (after `heap`).
+    _arena: Arena<S>,
 }
 
 impl<S: PageSource> LinkedListAlloc<S> {
@@ -529,7 +441,10 @@ impl<S: PageSource> LinkedListAlloc<S> {
         // SAFETY: the arena is mapped, exclusively ours, and outlives the heap (dropped after it),
         // and it is larger than `Heap::MIN_SIZE`.
         unsafe { heap.init(arena.base.as_ptr(), arena.bytes()) };
-        Self { heap, arena }
+        Self {
+            heap,
+            _arena: arena,
+        }
     }
 }
 
@@ -549,9 +464,5 @@ impl<S: PageSource> BenchAlloc for LinkedListAlloc<S> {
     unsafe fn realloc(&mut self, ptr: NonNull<u8>, old: Layout, new: usize) -> Option<NonNull<u8>> {
         // SAFETY: forwarded contract (linked_list_allocator has no resize of its own).
         unsafe { realloc_by_copy(self, ptr, old, new) }
-    }
-
-    fn peak_pages(&self) -> usize {
-        self.arena.pages
     }
 }

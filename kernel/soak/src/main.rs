@@ -1,13 +1,13 @@
-//! The heap soak test, long version: `cargo run --release --bin soak`.
+//! The heap soak test, long version: `cargo soak` (`cargo run --release -p kernel-soak`).
 //!
-//! Boots with 256 MiB of RAM, brings the kernel up as usual, runs [`kernel::soak::run`] with
+//! Boots with 256 MiB of RAM, brings the kernel up as usual, runs [`kernel_soak::run`] with
 //! [`Config::LONG`] (10 million random operations, the live set swinging between a few KiB and
 //! most of RAM, every byte checked) and leaves QEMU with success only if nothing was corrupted and
 //! every page came back. `kernel/heap/SOAK.md` holds a recorded run.
 //!
 //! The number of operations and the seed can be changed without rebuilding through QEMU's fw_cfg,
-//! e.g. `KERNEL_QEMU_ARGS="-fw_cfg name=opt/soak/ops,string=1000000" cargo run --release --bin
-//! soak` (and `opt/soak/seed`). A long run needs more than the runner's default limit of 15
+//! e.g. `KERNEL_QEMU_ARGS="-fw_cfg name=opt/soak/ops,string=1000000" cargo soak`
+//! (and `opt/soak/seed`). A long run needs more than the runner's default limit of 15
 //! minutes for one boot: set `KERNEL_TIMEOUT` (seconds).
 
 #![no_std]
@@ -15,8 +15,8 @@
 
 use bootloader_api::BootInfo;
 use kernel::qemu::{QemuExitCode, exit_qemu};
-use kernel::soak::Config;
 use kernel::{allocator, memory, serial_println};
+use kernel_soak::Config;
 
 kernel::qemu_args!("-m 256M");
 
@@ -63,7 +63,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
         cfg.max_size
     );
     serial_println!("{}", memory::stats());
-    match kernel::soak::run(&cfg) {
+    match kernel_soak::run(&cfg) {
         Ok(report) => {
             serial_println!("{report}");
             if let Some(stats) = allocator::stats() {

@@ -1,22 +1,24 @@
-//! The in-kernel allocator benchmark: `cargo run --release --bin kbench`.
+//! The in-kernel allocator benchmark: `cargo kbench` (`cargo run --release -p kernel-bench`).
 //!
-//! Boots with 1 GiB of RAM (the 1e5-object runs and the peers' arenas need room), brings the
-//! kernel up as usual, runs [`kernel::bench::run`] and leaves QEMU with success if every replay
-//! verified. The report goes to the serial console; `kernel/heap/bench/results/KERNEL.md` holds a
-//! recorded run.
+//! Boots with 1 GiB of RAM (the 1e5-object runs, the growing vectors and the peers' arenas need
+//! room), brings the kernel up as usual, runs [`kernel_bench::run`] and leaves QEMU with success
+//! if every replay verified. The report goes to the serial console;
+//! `kernel/heap/bench/results/KERNEL.md` holds recorded runs.
 //!
 //! The scale can be chosen without rebuilding through QEMU's fw_cfg, e.g.
-//! `KERNEL_QEMU_ARGS="-fw_cfg name=opt/kbench/scale,string=smoke" cargo run --release --bin kbench`
-//! (`full`, the default, or `smoke`). Adding `-icount shift=0` to `KERNEL_QEMU_ARGS` makes the
-//! counts deterministic instruction counts (see `kernel::bench`).
+//! `KERNEL_QEMU_ARGS="-fw_cfg name=opt/kbench/scale,string=smoke" cargo kbench` (`full`, the
+//! default, or `smoke`), and so can the sections: `-fw_cfg name=opt/kbench/only,string=smp` runs
+//! only the several-CPU section (with `-smp 2 -accel tcg,thread=multi`). Adding
+//! `-icount shift=0` to `KERNEL_QEMU_ARGS` makes the counts deterministic instruction counts (see
+//! `kernel_bench`).
 
 #![no_std]
 #![no_main]
 
 use bootloader_api::BootInfo;
-use kernel::bench::Scale;
 use kernel::qemu::{QemuExitCode, exit_qemu};
 use kernel::serial_println;
+use kernel_bench::{Scale, Sections};
 
 kernel::qemu_args!("-m 1G");
 
@@ -24,6 +26,8 @@ bootloader_api::entry_point!(main, config = &kernel::BOOTLOADER_CONFIG);
 
 /// fw_cfg file that selects the scale.
 const SCALE_FILE: &str = "opt/kbench/scale";
+/// fw_cfg file that selects the sections.
+const ONLY_FILE: &str = "opt/kbench/only";
 
 fn main(boot_info: &'static mut BootInfo) -> ! {
     if let Err(e) = kernel::init(boot_info) {
@@ -42,7 +46,19 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
             exit_qemu(QemuExitCode::Failed);
         }
     };
-    match kernel::bench::run(scale) {
+    let mut buf = [0u8; 16];
+    let sections = match kernel::fw_cfg::read_file(ONLY_FILE, &mut buf) {
+        None | Some(b"all") => Sections::All,
+        Some(b"smp") => Sections::Smp,
+        Some(other) => {
+            serial_println!(
+                "kbench: unknown section {:?} in {ONLY_FILE}",
+                other.escape_ascii()
+            );
+            exit_qemu(QemuExitCode::Failed);
+        }
+    };
+    match kernel_bench::run_sections(scale, sections) {
         Ok(()) => exit_qemu(QemuExitCode::Success),
         Err(e) => {
             serial_println!("kbench: FAILED: {e}");

@@ -1,8 +1,10 @@
 //! Soak test of the kernel heap: millions of random operations through the global allocator, with
 //! every byte checked, while the live set swings between a few KiB and most of RAM.
 //!
-//! Shared by the long run (`cargo run --release --bin soak`, see `kernel/heap/SOAK.md`) and the
-//! short run in `cargo test` (`tests/heap_soak.rs`).
+//! Shared by the long run (`cargo soak`, the kernel in `src/main.rs`; see `kernel/heap/SOAK.md`)
+//! and the short run in `cargo test` (`tests/heap_soak.rs`). A crate of its own, beside the
+//! kernel: it is a stress test of the kernel's heap, not part of the kernel; the footprint check
+//! it ends with is the kernel's ([`kernel::baseline`]), shared with the test kernels.
 //!
 //! # What it does
 //!
@@ -34,6 +36,9 @@
 //! At the end everything is freed and checked, the heap is trimmed, the heap's and the memory
 //! layer's invariants are checked, and the footprint ([`allocator::footprint`]) is compared with
 //! the one before the run (see [`Baseline`] for what may legitimately stay).
+#![no_std]
+
+extern crate alloc;
 
 use alloc::alloc::{alloc, alloc_zeroed, dealloc, realloc};
 use alloc::boxed::Box;
@@ -45,9 +50,10 @@ use core::ptr::NonNull;
 
 use kheap_workload::{Generator, Rng};
 
-use crate::allocator::{self, Footprint};
-use crate::memory::{self, Bytes};
-use crate::serial_println;
+use kernel::allocator;
+use kernel::baseline::{Baseline, BaselineError, INSERT_HEADROOM_FRAMES};
+use kernel::memory::{self, Bytes};
+use kernel::serial_println;
 
 /// What one soak run does.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +76,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// The long run of `cargo run --release --bin soak`: 10 million operations, blocks up to
+    /// The long run of `cargo soak`: 10 million operations, blocks up to
     /// 4 MiB (page runs of the large allocator), a progress line every million.
     pub const LONG: Self = Self {
         ops: 10_000_000,
@@ -91,12 +97,6 @@ impl Config {
         corrupt_after: None,
     };
 }
-
-/// Free frames a `BTreeMap` insertion requires: an insertion splits at most one node per level
-/// (a few blocks of a few hundred bytes: a few chunk pages, plus page-map, page-table and
-/// descriptor pages), so 64 frames (256 KiB) leave a wide margin, and the insertion, which has no
-/// fallible form, cannot run the heap out of memory.
-pub const INSERT_HEADROOM_FRAMES: u64 = 64;
 
 /// Largest alignment of a raw block: 64 KiB (beyond a page, served by the large allocator).
 const MAX_ALIGN_LOG2: u64 = 16;
@@ -403,57 +403,6 @@ impl fmt::Display for Report {
             self.after.bookkeeping_pages
         )?;
         write!(f, "soak: corruptions: 0")
-    }
-}
-
-/// Why a soak run failed (corruption is not here: it panics at once with the address).
-#[derive(Debug, Clone, Copy)]
-pub enum SoakError {
-    /// The heap has not been initialised.
-    NoHeap,
-    /// After everything was freed and the heap trimmed, it still held more chunk pages, large
-    /// pages or requested bytes than at the baseline.
-    NotEmpty {
-        /// The baseline.
-        before: Baseline,
-        /// What the heap holds now.
-        after: Baseline,
-    },
-    /// More heap pages stayed mapped than the heap's root-run and page-map pages grew by, or the
-    /// free frames do not match the pages and page tables kept.
-    NotReturned {
-        /// The baseline.
-        before: Baseline,
-        /// What the heap and the memory layer hold now.
-        after: Baseline,
-    },
-    /// The page tables hold a table of the mapper's that maps nothing (empty), or the mapper
-    /// counts more or fewer table frames than are linked: a page-table frame leaked or lost.
-    PageTables {
-        /// What the walk of the page tables found.
-        audit: memory::TableAudit,
-        /// The mapper's count of its table frames.
-        counted: u64,
-    },
-}
-
-impl fmt::Display for SoakError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoHeap => f.write_str("the heap is not initialised"),
-            Self::NotEmpty { before, after } => write!(
-                f,
-                "heap not empty after freeing everything and trimming: before {before:?}, \
-                 after {after:?}"
-            ),
-            Self::NotReturned { before, after } => {
-                write!(f, "memory not returned: before {before:?}, after {after:?}")
-            }
-            Self::PageTables { audit, counted } => write!(
-                f,
-                "page-table frames not accounted for: {audit}, the mapper counts {counted}"
-            ),
-        }
     }
 }
 
@@ -876,118 +825,18 @@ impl Soak {
     }
 }
 
-/// What the heap and the memory layer hold at one moment (after a trim), so that a workload can
-/// check afterwards that it gave everything back. Used by [`run`] and by the out-of-memory test
-/// kernel.
-///
-/// # What must come back
-///
-/// After the workload's blocks are freed and the heap trimmed, the heap must hold exactly the
-/// chunk pages, large pages and requested bytes it held at the baseline. The heap's root runs are
-/// never unmapped (see the `kheap` crate docs), and a workload that had many chunks live needed
-/// more descriptor root pages and page-map nodes to record them, so the heap may keep exactly as
-/// many more pages as its root-run and page-map counts grew by, and no other page; the free-frame
-/// count must have dropped by exactly those kept pages plus the change in page-table frames. This
-/// tolerance is measured, not guessed: if the heap comes to release those pages on trim, the kept
-/// count is simply 0.
-///
-/// Page-table frames are counted exactly too: the memory layer's
-/// [`page_table_audit`](memory::page_table_audit) must find exactly as many of the mapper's tables
-/// linked as it counts, and none of them empty — so every page-table frame still taken maps a
-/// page that is still mapped (a table left behind by a failed or undone mapping is an error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Baseline {
-    /// Heap-window pages and free frames.
-    pub footprint: Footprint,
-    /// Heap chunk pages.
-    pub chunk_pages: usize,
-    /// Heap large-allocator pages.
-    pub large_pages: usize,
-    /// Heap root-run plus page-map pages.
-    pub bookkeeping_pages: usize,
-    /// Requested bytes of the heap's live blocks.
-    pub requested_bytes: usize,
-    /// Page-table frames of the memory layer.
-    pub page_table_frames: u64,
-}
-
-impl Baseline {
-    /// Trims the heap and records what it and the memory layer hold.
-    ///
-    /// # Errors
-    ///
-    /// [`SoakError::NoHeap`] before the heap is initialised.
-    pub fn take() -> Result<Self, SoakError> {
-        allocator::trim();
-        let stats = allocator::stats().ok_or(SoakError::NoHeap)?;
-        Ok(Self {
-            footprint: allocator::footprint(),
-            chunk_pages: stats.pages.chunks,
-            large_pages: stats.pages.large,
-            bookkeeping_pages: stats.pages.root + stats.pages.page_map,
-            requested_bytes: stats.requested_bytes,
-            page_table_frames: memory::stats().page_table_frames,
-        })
-    }
-
-    /// Trims the heap, runs the heap's and the memory layer's invariant checkers, and checks
-    /// that everything since `self` came back (see the type's docs). Returns the new baseline.
-    ///
-    /// # Errors
-    ///
-    /// [`SoakError::NotEmpty`] if the heap holds more chunk or large pages or requested bytes;
-    /// [`SoakError::NotReturned`] if more heap pages or frames stayed taken than its bookkeeping
-    /// and the page tables account for; [`SoakError::PageTables`] if a page-table frame is
-    /// taken without holding a mapping.
-    ///
-    /// # Panics
-    ///
-    /// If an invariant checker finds a broken invariant.
-    pub fn check_returned(&self) -> Result<Self, SoakError> {
-        let now = Self::take()?;
-        let audit = memory::page_table_audit();
-        if !audit.is_exact(now.page_table_frames) {
-            return Err(SoakError::PageTables {
-                audit,
-                counted: now.page_table_frames,
-            });
-        }
-        allocator::check_invariants();
-        memory::check_invariants();
-        if (now.chunk_pages, now.large_pages, now.requested_bytes)
-            != (self.chunk_pages, self.large_pages, self.requested_bytes)
-        {
-            return Err(SoakError::NotEmpty {
-                before: *self,
-                after: now,
-            });
-        }
-        let bookkeeping_growth = now.bookkeeping_pages as i64 - self.bookkeeping_pages as i64;
-        let page_table_growth = now.page_table_frames as i64 - self.page_table_frames as i64;
-        let kept = now.footprint.heap_pages as i64 - self.footprint.heap_pages as i64;
-        let frames_taken = self.footprint.free_frames as i64 - now.footprint.free_frames as i64;
-        if kept != bookkeeping_growth || frames_taken != kept + page_table_growth {
-            return Err(SoakError::NotReturned {
-                before: *self,
-                after: now,
-            });
-        }
-        Ok(now)
-    }
-}
-
 /// Runs the soak: `cfg.ops` random operations, then frees everything and checks that it came
 /// back (see [`Baseline`]).
 ///
 /// # Errors
 ///
-/// [`SoakError`] if the heap is not initialised or the memory did not come back.
+/// [`BaselineError`] if the heap is not initialised or the memory did not come back.
 ///
 /// # Panics
 ///
 /// On the first corrupted byte (with its address), if an invariant checker fails, and if
 /// `cfg.max_size` is below 512 KiB.
-pub fn run(cfg: &Config) -> Result<Report, SoakError> {
+pub fn run(cfg: &Config) -> Result<Report, BaselineError> {
     assert!(cfg.max_size >= 512 << 10, "soak: max_size below 512 KiB");
     let before = Baseline::take()?;
     let mut soak = Soak {

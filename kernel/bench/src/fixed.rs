@@ -10,11 +10,13 @@ use core::ptr::NonNull;
 
 use kheap::source::{PAGE_SIZE, PageSource, PageSourceError};
 
-use super::peers::{BenchAlloc, CappedSource, CountedSource, Peer, Visit, with_peer};
-use super::replay::{self, Slots};
-use super::{BenchError, SEED, Sizes, workload};
-use crate::memory::KernelPageSource;
-use crate::serial_println;
+use kernel::memory::KernelPageSource;
+use kernel::serial_println;
+use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, KheapPool, PageUse};
+use kheap_workload::replay::{self, Slots};
+
+use crate::peers::{CappedSource, Peer, Visit, with_peer};
+use crate::{BenchError, SEED, Sizes, workload};
 
 /// Object layouts measured: a small node, a typical kernel object, a larger struct.
 const OBJECTS: [(u32, u8); 3] = [(16, 3), (64, 3), (192, 3)];
@@ -42,48 +44,6 @@ impl Contestant {
             Self::General(Peer::Kheap) => "kheap (general)",
             Self::General(p) => p.name(),
         }
-    }
-}
-
-/// A kheap user pool for one layout over a capped heap-window source. Other layouts are refused.
-struct PoolAlloc {
-    heap: kheap::Heap<CappedSource<KernelPageSource>>,
-    pool: kheap::PoolId,
-    object: Layout,
-}
-
-impl Drop for PoolAlloc {
-    fn drop(&mut self) {
-        // Every block was freed by the replay's teardown: the pool's chunks go back, then the
-        // heap's reserves (its root run and page-map nodes stay, as for the general heap).
-        let _ = self.heap.destroy_pool(self.pool);
-        self.heap.trim();
-    }
-}
-
-impl BenchAlloc for PoolAlloc {
-    // Always inlined into the replay loop, as the general allocators' adapters are: under TCG a
-    // call and return cost far more time than their two instructions.
-    #[inline(always)]
-    fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-        if layout != self.object {
-            return None;
-        }
-        self.heap.pool_allocate(self.pool).ok()
-    }
-
-    #[inline(always)]
-    unsafe fn free(&mut self, ptr: NonNull<u8>, _layout: Layout) {
-        // SAFETY: forwarded contract: `ptr` is a live block of this adapter, hence of the pool.
-        unsafe { self.heap.pool_deallocate(self.pool, ptr) }
-    }
-
-    unsafe fn realloc(&mut self, _: NonNull<u8>, _: Layout, _: usize) -> Option<NonNull<u8>> {
-        None
-    }
-
-    fn peak_pages(&self) -> usize {
-        self.heap.source().peak_pages()
     }
 }
 
@@ -140,8 +100,8 @@ impl BenchAlloc for SlabAlloc {
         None
     }
 
-    fn peak_pages(&self) -> usize {
-        self.source.peak_pages()
+    fn pages(&self) -> Option<PageUse> {
+        Some(self.source.page_use())
     }
 }
 
@@ -155,14 +115,12 @@ fn with_contestant<V: Visit>(
     match c {
         Contestant::General(p) => with_peer(p, KernelPageSource, budget, v),
         Contestant::KheapPool => {
-            let mut heap = kheap::Heap::new(CappedSource::new(KernelPageSource, budget));
-            let pool = heap
-                .create_pool(object.size(), object.align())
-                .map_err(|e| match e {
-                    kheap::PoolError::OutOfPages(cause) => cause,
-                    _ => PageSourceError::InvalidRequest,
-                })?;
-            Ok(v.visit(&mut PoolAlloc { heap, pool, object }))
+            let source = CappedSource::new(KernelPageSource, budget);
+            let mut pool = KheapPool::new(source, object).map_err(|e| match e {
+                kheap::PoolError::OutOfPages(cause) => cause,
+                _ => PageSourceError::InvalidRequest,
+            })?;
+            Ok(v.visit(&mut pool))
         }
         Contestant::Slabmalloc => {
             const { assert!(size_of::<slabmalloc::ObjectPage<'static>>() == PAGE_SIZE) };
@@ -182,17 +140,17 @@ type Cell = Result<(u64, usize, usize), &'static str>;
 /// Measures every contestant on every object layout and prints the table. Returns the first
 /// failure: an arena that could not be mapped, or a replay that did not verify.
 pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<(), BenchError> {
-    struct Timed<'a>(&'a workload::Workload, &'a mut Slots);
+    struct Timed<'a>(&'a workload::Workload, &'a mut Slots, usize);
     impl Visit for Timed<'_> {
         type Out = (Result<(u64, usize), replay::ReplayError>, usize);
         fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
-            let r = replay::timed(a, self.0, usize::MAX, self.1);
-            (r, a.peak_pages())
+            let r = crate::time_replay(a, self.0, usize::MAX, self.1);
+            (r, a.pages().map_or(self.2, |p| p.peak))
         }
     }
     struct Verify<'a>(&'a workload::Workload, &'a mut Slots);
     impl Visit for Verify<'_> {
-        type Out = Result<(), replay::ReplayError>;
+        type Out = Result<usize, replay::ReplayError>;
         fn visit<A: BenchAlloc>(self, a: &mut A) -> Self::Out {
             replay::verify(a, self.0, usize::MAX, self.1)
         }
@@ -221,19 +179,22 @@ pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<
             .expect("the object layouts are valid");
         for _ in 0..sizes.repeats.max(1) {
             for (c, &contestant) in ALL.iter().enumerate() {
-                let (result, peak) =
-                    match with_contestant(contestant, object, sizes.budget_pages, Timed(&w, slots))
-                    {
-                        Ok(out) => out,
-                        Err(cause) => {
-                            cells[c][k] = Err("no memory");
-                            first_error.get_or_insert(BenchError::Arena {
-                                allocator: contestant.name(),
-                                cause,
-                            });
-                            continue;
-                        }
-                    };
+                let (result, peak) = match with_contestant(
+                    contestant,
+                    object,
+                    sizes.budget_pages,
+                    Timed(&w, slots, sizes.budget_pages),
+                ) {
+                    Ok(out) => out,
+                    Err(cause) => {
+                        cells[c][k] = Err("no memory");
+                        first_error.get_or_insert(BenchError::Arena {
+                            allocator: contestant.name(),
+                            cause,
+                        });
+                        continue;
+                    }
+                };
                 cells[c][k] = match (result, cells[c][k]) {
                     (Ok((cycles, _)), Ok((best, ..))) if cycles >= best => cells[c][k],
                     (Ok((cycles, n)), _) => Ok((cycles, n, peak)),
@@ -245,7 +206,7 @@ pub fn run(sizes: &Sizes, live: usize, ops: usize, slots: &mut Slots) -> Result<
             let verified =
                 with_contestant(contestant, object, sizes.budget_pages, Verify(&w, slots));
             let error = match verified {
-                Ok(Ok(())) => continue,
+                Ok(Ok(_)) => continue,
                 Ok(Err(error)) => BenchError::Verify {
                     workload: w.name,
                     allocator: contestant.name(),

@@ -1,28 +1,27 @@
-//! Cycle counting with the time-stamp counter.
+//! The time-stamp counter, read the same way by both benchmarks.
 //!
 //! `rdtsc` is not a serialising instruction: the CPU may start it before earlier instructions have
-//! finished, or let later ones start before it has read the counter. Both reads are therefore
+//! finished, or let later ones start before it has read the counter. Each read is therefore
 //! bracketed by `lfence` (which waits for every earlier instruction to complete locally and keeps
 //! later ones from starting), as Intel's and AMD's manuals recommend for timing short code. The asm
-//! blocks also omit `nomem`, so they are compiler barriers: the optimiser cannot move the timed
-//! memory operations across a read.
+//! block omits `nomem`, so it is also a compiler barrier: the optimiser cannot move the timed
+//! memory operations across a read. Inline assembly rather than `core::arch`'s intrinsics, because
+//! `_mm_lfence` is an SSE2 intrinsic and the kernel target is built without SSE.
 //!
-//! Under QEMU without KVM (TCG) the guest TSC follows the host's clock, so a count measures how long
-//! the *emulation* took, host load included: only ratios between counts taken in the same boot
-//! mean something. With `-icount shift=0` QEMU advances the guest clock by guest instructions
-//! instead, so counts become deterministic instruction counts (blind to caches and memory);
-//! [`clock`] tells the two apart so the report can say which one it printed.
+//! On the host the counter runs at a constant reference rate (TSC cycles, not core cycles). Under
+//! QEMU without KVM (TCG) the guest's counter follows the host clock, or, with `-icount shift=0`,
+//! counts guest instructions ([`counts_instructions`] tells the two apart).
 
 use core::arch::asm;
 
 /// Reads the time-stamp counter, fenced on both sides.
 #[inline(always)]
-pub fn read() -> u64 {
+pub fn stamp() -> u64 {
     let lo: u32;
     let hi: u32;
-    // SAFETY: `lfence` and `rdtsc` only order instructions and read a counter; CR4.TSD is clear
-    // in this kernel (the bootloader leaves it clear and nothing sets it), so `rdtsc` cannot fault
-    // at ring 0 anyway. No stack is used and no flags change.
+    // SAFETY: `lfence` and `rdtsc` only order instructions and read a counter, which user mode
+    // may read on Linux and which this repository's kernel never hides (CR4.TSD stays clear). No
+    // stack is used and no flags change.
     unsafe {
         asm!(
             "lfence",
@@ -36,33 +35,23 @@ pub fn read() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-/// Cycles between two [`read`]s around nothing: the fixed cost that every measurement includes.
+/// Counter ticks between two [`stamp`]s around nothing: the fixed cost every bracket includes.
 /// The minimum of many tries, so that one-off disturbances do not inflate it.
 pub fn overhead() -> u64 {
     /// Enough tries for the minimum to settle; each costs two counter reads.
     const TRIES: usize = 1000;
     (0..TRIES)
         .map(|_| {
-            let start = read();
-            read().wrapping_sub(start)
+            let start = stamp();
+            stamp().wrapping_sub(start)
         })
         .min()
         .unwrap_or(0)
 }
 
-/// What the time-stamp counter advances with, as far as a measurement can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Clock {
-    /// Every run of a fixed instruction sequence reads the same count: QEMU with `-icount`,
-    /// where the guest's clock advances by guest instructions retired (one tick per instruction
-    /// with `shift=0`). Counts are deterministic, but say nothing about caches or memory.
-    Instructions,
-    /// Counts vary from run to run: time (host time as seen through TCG, or real cycles).
-    Time,
-}
-
-/// Tells [`Clock::Instructions`] from [`Clock::Time`] by timing the same short loop a few times.
-pub fn clock() -> Clock {
+/// Whether the counter advances with instructions executed (QEMU's `-icount`) rather than with
+/// time: the same short loop, timed a few times, then reads the same count every time.
+pub fn counts_instructions() -> bool {
     /// Iterations of the calibration loop: long enough that real time never repeats exactly.
     const SPINS: u64 = 1000;
     /// Timed runs compared (after one that lets QEMU translate the loop).
@@ -71,11 +60,7 @@ pub fn clock() -> Clock {
     for count in &mut counts {
         *count = timed_spin(SPINS);
     }
-    if counts[1..].iter().all(|&c| c == counts[1]) {
-        Clock::Instructions
-    } else {
-        Clock::Time
-    }
+    counts[1..].iter().all(|&c| c == counts[1])
 }
 
 /// Counter ticks across a countdown loop of `spins` iterations. Reads, loop and fences are one

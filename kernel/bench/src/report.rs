@@ -4,16 +4,17 @@
 //! faster than the reference. Every number is printed with fixed width so the tables line up in a
 //! terminal and in the recorded `kernel/heap/bench/results/KERNEL.md`.
 
+use alloc::vec::Vec;
 use core::fmt;
 
+use kernel::serial_println;
 use kheap::source::PAGE_SIZE;
+use kheap_workload::latency::{Percentiles, TailPoint};
+use kheap_workload::replay::ReplayError;
 
-use super::memcost::MemCosts;
-use super::peers::Peer;
-use super::replay::ReplayError;
-use super::tsc::Clock;
-use super::{BenchError, Scale, Sizes};
-use crate::serial_println;
+use crate::memcost::MemCosts;
+use crate::peers::Peer;
+use crate::{BenchError, Scale, Sizes};
 
 /// The warning every report carries, in these exact words.
 pub const TCG_NOTE: &str =
@@ -65,53 +66,34 @@ pub struct Row {
 /// Memory an allocator held during and after a timed replay.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pages {
-    /// Most pages held at once (the whole arena, for talc and linked_list; the pages taken from
-    /// the arena, for kheap/arena).
-    pub peak: usize,
+    /// Most pages held at once (`None` for talc and linked_list, which hold their whole arena;
+    /// the pages taken from the arena, for kheap/arena).
+    pub peak: Option<usize>,
     /// Pages still held after every block was freed and unused memory given back (`None` for
     /// the fixed-arena allocators).
     pub after_free: Option<usize>,
 }
 
-/// Percentiles of single allocation calls of one allocator.
-#[derive(Debug, Clone, Copy)]
+/// Single-call latencies of one allocator, allocations and frees apart (cycles, net of the
+/// counter overhead).
+#[derive(Debug, Clone)]
 pub struct LatencyRow {
-    peer: Peer,
-    calls: usize,
-    p50: u32,
-    p99: u32,
-    p999: u32,
-    max: u32,
-    failed: Option<ReplayError>,
-}
-
-impl LatencyRow {
-    /// Summarises `sorted` (ascending samples) of `peer`; `failed` if the replay stopped early.
-    pub fn new(peer: Peer, sorted: &[u32], failed: Option<ReplayError>) -> Self {
-        // Nearest-rank percentile: the smallest sample with at least `permille`‰ of all at or
-        // below it.
-        let at = |permille: usize| {
-            let n = sorted.len();
-            if n == 0 {
-                return 0;
-            }
-            let rank = (n * permille).div_ceil(1000).clamp(1, n);
-            sorted[rank - 1]
-        };
-        Self {
-            peer,
-            calls: sorted.len(),
-            p50: at(500),
-            p99: at(990),
-            p999: at(999),
-            max: sorted.last().copied().unwrap_or(0),
-            failed,
-        }
-    }
+    /// The allocator.
+    pub peer: Peer,
+    /// Allocation calls.
+    pub alloc: Percentiles,
+    /// Free calls.
+    pub free: Percentiles,
+    /// The allocations' tail, p90 to max.
+    pub alloc_tail: Vec<TailPoint>,
+    /// The frees' tail.
+    pub free_tail: Vec<TailPoint>,
+    /// Why the replay stopped early, if it did.
+    pub failed: Option<ReplayError>,
 }
 
 /// A ratio `value / reference`, printed as `0.42x` (or `-` when either is missing).
-struct Ratio(Option<f64>, Option<f64>);
+pub(crate) struct Ratio(pub(crate) Option<f64>, pub(crate) Option<f64>);
 
 impl fmt::Display for Ratio {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,21 +109,22 @@ impl fmt::Display for Ratio {
 
 /// Prints the title block: what runs, the TCG warning, what the counter counts and its overhead,
 /// the memory budget.
-pub fn header(scale: Scale, sizes: &Sizes, clock: Clock, overhead: u64) {
+pub fn header(scale: Scale, sizes: &Sizes, counts_instructions: bool, overhead: u64) {
     serial_println!(
         "kbench: allocator benchmark inside the kernel (scale: {})",
         scale.name()
     );
     serial_println!("NOTE: {TCG_NOTE}.");
-    match clock {
-        Clock::Instructions => serial_println!(
+    if counts_instructions {
+        serial_println!(
             "counter: deterministic, advances with guest instructions (QEMU -icount): every boot \
              prints the same counts; they measure instructions executed, not caches or memory"
-        ),
-        Clock::Time => serial_println!(
+        );
+    } else {
+        serial_println!(
             "counter: time (under TCG: host time spent emulating, so host load adds noise; \
              `-icount shift=0` makes it count instructions instead)"
-        ),
+        );
     }
     serial_println!("rdtsc: lfence-bracketed; empty measurement = {overhead} cycles");
     serial_println!(
@@ -178,8 +161,9 @@ pub fn throughput_header() {
     );
 }
 
-/// Prints the rows of one workload (every allocator).
-pub fn throughput_rows(rows: &[Row]) {
+/// Prints the rows of one workload (every allocator); `budget` is the arena of the fixed-arena
+/// allocators, in pages.
+pub fn throughput_rows(rows: &[Row], budget: usize) {
     let per_op = |peer: Peer| {
         rows.iter()
             .find(|r| r.peer == peer)
@@ -201,6 +185,7 @@ pub fn throughput_rows(rows: &[Row]) {
                     Some(pages) => alloc::format!("{pages}"),
                     None => alloc::string::String::from("-"),
                 };
+                let peak = row.pages.peak.unwrap_or(budget);
                 serial_println!(
                     "{:<15} {:<12} {:>7}{:1} {:>11.1} {:>8} {:>9} {:>6} {:>6}  {}",
                     name,
@@ -210,7 +195,7 @@ pub fn throughput_rows(rows: &[Row]) {
                     v.unwrap_or(0.0),
                     Ratio(v, talc),
                     Ratio(v, ours),
-                    row.pages.peak,
+                    peak,
                     after,
                     verified
                 );
@@ -254,36 +239,61 @@ pub fn throughput_footer(sizes: &Sizes, capped: bool) {
     serial_println!();
 }
 
-/// Prints the latency percentiles.
+/// Prints the latency percentiles, allocations and frees apart, then the tails as `tail` rows:
+/// `tail <alloc|free> <allocator> <cycles> <calls at least that slow> <calls>`, from p90 to the
+/// maximum (what `kheap-bench --kernel-tail` plots).
 pub fn latency(rows: &[LatencyRow], overhead: u64) {
     serial_println!(
-        "== Single allocation calls, kernel-like mix: cycles per call (minus {overhead} cycles of \
-         counter overhead) =="
+        "== Single calls, kernel-like mix: cycles per call (minus {overhead} cycles of counter \
+         overhead), allocations and frees apart =="
     );
     serial_println!(
-        "{:<12} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "{:<12} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "allocator",
+        "call",
         "calls",
         "p50",
+        "p90",
         "p99",
         "p99.9",
         "max"
     );
     for r in rows {
-        serial_println!(
-            "{:<12} {:>8} {:>9} {:>9} {:>9} {:>10}",
-            r.peer.name(),
-            r.calls,
-            r.p50,
-            r.p99,
-            r.p999,
-            r.max
-        );
+        for (call, p) in [("alloc", &r.alloc), ("free", &r.free)] {
+            serial_println!(
+                "{:<12} {:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+                r.peer.name(),
+                call,
+                p.calls,
+                p.p50,
+                p.p90,
+                p.p99,
+                p.p999,
+                p.max
+            );
+        }
         if let Some(e) = r.failed {
             serial_println!("  ({} stopped early: {e})", r.peer.name());
         }
     }
-    serial_println!("(latency includes kheap's page mapping when a call needs a new chunk or run)");
+    serial_println!(
+        "(latency includes kheap's page mapping when a call needs a new chunk or run, and its \
+         unmapping when a free empties one)"
+    );
+    serial_println!("tail rows: call, allocator, cycles, calls at least that slow, calls");
+    for r in rows {
+        for (call, points) in [("alloc", &r.alloc_tail), ("free", &r.free_tail)] {
+            for p in points {
+                serial_println!(
+                    "tail {call} {} {} {} {}",
+                    r.peer.name(),
+                    p.ticks,
+                    p.calls,
+                    p.of
+                );
+            }
+        }
+    }
     serial_println!();
 }
 

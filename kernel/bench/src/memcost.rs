@@ -20,10 +20,10 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use kernel::memory::{self, KernelPageSource, bench_support};
 use kheap::source::{PageSource, PageSourceError};
-
-use super::tsc;
-use crate::memory::{KernelPageSource, bench_support};
+use kheap_workload::tsc::stamp;
+use x86_64::structures::paging::PhysFrame;
 
 /// Why a measurement could not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +31,11 @@ pub enum MemCostError {
     /// The frame allocator ran out of frames.
     OutOfFrames,
     /// The page mapper refused a mapping.
-    Map(bench_support::MapError),
+    Map(memory::MapError),
+    /// The page mapper refused an unmapping.
+    Unmap(memory::UnmapError),
     /// The neighbouring scratch page (which keeps the page table alive) could not be mapped.
-    Scratch(crate::memory::MapError),
+    Scratch(memory::MapError),
     /// The heap window's page source refused a page.
     Window(PageSourceError),
 }
@@ -42,7 +44,8 @@ impl fmt::Display for MemCostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfFrames => f.write_str("out of physical frames"),
-            Self::Map(e) => write!(f, "page mapper: {e}"),
+            Self::Map(e) => write!(f, "page mapper: map: {e}"),
+            Self::Unmap(e) => write!(f, "page mapper: unmap: {e}"),
             Self::Scratch(e) => write!(f, "scratch page: {e}"),
             Self::Window(e) => write!(f, "heap window: {e}"),
         }
@@ -74,19 +77,19 @@ pub struct MemCosts {
     pub rows: Vec<CostRow>,
 }
 
-/// Scratch page kept mapped next to [`bench_support::scratch_page`] (page 0), so that timing
-/// page 0 does not also time the creation and removal of its page table.
+/// Scratch page kept mapped next to the timed one (page 0), so that timing page 0 does not also
+/// time the creation and removal of its page table.
 const NEIGHBOUR: u64 = 1;
 
 /// Times `f` run `n` times as one measurement, after one untimed run (which lets QEMU translate
 /// the code, and brings it and its data into the caches).
 fn time<E>(n: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<u64, E> {
     f()?;
-    let start = tsc::read();
+    let start = stamp();
     for _ in 0..n {
         f()?;
     }
-    let end = tsc::read();
+    let end = stamp();
     Ok(end.wrapping_sub(start))
 }
 
@@ -104,33 +107,33 @@ pub fn measure(iterations: usize) -> Result<MemCosts, MemCostError> {
 
     // Frame pop, then frame push, of the same `n` frames. One round of the pair first, untimed,
     // for the same reason as in `time`.
-    let warm = bench_support::frame_alloc().ok_or(MemCostError::OutOfFrames)?;
+    let warm = memory::allocate_frame().ok_or(MemCostError::OutOfFrames)?;
     // SAFETY: the frame was just allocated and nothing refers to it.
-    unsafe { bench_support::frame_free(warm) };
+    unsafe { memory::deallocate_frame(warm) };
     let mut frames = Vec::with_capacity(n);
-    let start = tsc::read();
+    let start = stamp();
     for _ in 0..n {
-        match bench_support::frame_alloc() {
+        match memory::allocate_frame() {
             Some(frame) => frames.push(frame),
             None => break,
         }
     }
-    let popped = tsc::read().wrapping_sub(start);
+    let popped = stamp().wrapping_sub(start);
     if frames.len() < n {
         free_all(&mut frames);
         return Err(MemCostError::OutOfFrames);
     }
-    let start = tsc::read();
+    let start = stamp();
     free_all(&mut frames);
-    let pushed = tsc::read().wrapping_sub(start);
+    let pushed = stamp().wrapping_sub(start);
     push("frame pop (alloc)", popped);
     push("frame push (free)", pushed);
 
     // Alloc + free of one frame.
     let pair = time(n, || {
-        let frame = bench_support::frame_alloc().ok_or(MemCostError::OutOfFrames)?;
+        let frame = memory::allocate_frame().ok_or(MemCostError::OutOfFrames)?;
         // SAFETY: the frame was just allocated and nothing else refers to it.
-        unsafe { bench_support::frame_free(frame) };
+        unsafe { memory::deallocate_frame(frame) };
         Ok(())
     })?;
     push("frame alloc+free", pair);
@@ -138,14 +141,14 @@ pub fn measure(iterations: usize) -> Result<MemCosts, MemCostError> {
     // Map + unmap of one page through the page mapper: first with a neighbouring scratch page
     // mapped, so the page table stays (the leaf entry and the `invlpg`), then alone, so every
     // round also allocates, zeroes and frees the page table and page directory it needs.
-    let frame = bench_support::frame_alloc().ok_or(MemCostError::OutOfFrames)?;
-    let page = bench_support::scratch_page();
+    let page = bench_support::nth_scratch_page(0).expect("the scratch area has a page 0");
+    let frame = memory::allocate_frame().ok_or(MemCostError::OutOfFrames)?;
     let mut map_unmap = || -> Result<(), MemCostError> {
         // SAFETY: the scratch page is reserved for benchmarks and unmapped between rounds;
         // `frame` is owned here and mapped at most once at a time.
         unsafe {
-            bench_support::map(page, frame).map_err(MemCostError::Map)?;
-            bench_support::unmap(page).map_err(MemCostError::Map)?;
+            memory::map(page, frame, bench_support::SCRATCH_FLAGS).map_err(MemCostError::Map)?;
+            memory::unmap(page).map_err(MemCostError::Unmap)?;
         }
         Ok(())
     };
@@ -162,7 +165,7 @@ pub fn measure(iterations: usize) -> Result<MemCosts, MemCostError> {
     let cold = leaf.is_ok().then(|| time(n, &mut map_unmap));
     // SAFETY: the frame is not mapped any more (every round unmapped it, or the map failed and
     // left it unmapped) and nothing refers to it.
-    unsafe { bench_support::frame_free(frame) };
+    unsafe { memory::deallocate_frame(frame) };
     let leaf = leaf.map_err(|(e, _)| e)?;
     push("map+unmap one page (page mapper, table kept)", leaf);
     if let Some(cold) = cold {
@@ -182,9 +185,9 @@ pub fn measure(iterations: usize) -> Result<MemCosts, MemCostError> {
 }
 
 /// Gives back every frame in `frames`.
-fn free_all(frames: &mut Vec<bench_support::Frame>) {
+fn free_all(frames: &mut Vec<PhysFrame>) {
     for frame in frames.drain(..) {
         // SAFETY: each frame was allocated by `frame_alloc` and is not mapped or referenced.
-        unsafe { bench_support::frame_free(frame) };
+        unsafe { memory::deallocate_frame(frame) };
     }
 }
