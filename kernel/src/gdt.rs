@@ -85,12 +85,12 @@ impl CpuTables {
     pub fn leak(fault_stack_top: u64) -> Option<&'static Self> {
         let mut tss = TaskStateSegment::new();
         tss.interrupt_stack_table[DOUBLE_FAULT_IST_INDEX as usize] = VirtAddr::new(fault_stack_top);
-        let tss: &'static TaskStateSegment = crate::smp::try_leak(tss)?;
+        let tss: &'static TaskStateSegment = crate::leak::try_leak(tss)?;
         let mut table = GlobalDescriptorTable::new();
         let code = table.append(Descriptor::kernel_code_segment());
         let data = table.append(Descriptor::kernel_data_segment());
         let tss_selector = table.append(Descriptor::tss_segment(tss));
-        let tables = crate::smp::try_leak(Self {
+        let tables = crate::leak::try_leak(Self {
             gdt: Gdt {
                 table,
                 code,

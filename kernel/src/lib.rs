@@ -22,6 +22,7 @@ pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;
 pub mod kfence;
+mod leak;
 pub mod memory;
 pub mod panic;
 pub mod qemu;

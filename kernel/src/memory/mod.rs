@@ -106,10 +106,33 @@ impl fmt::Display for MemoryInitError {
     }
 }
 
+/// How the other CPUs drop translations this CPU removed: installed by the layer that starts them
+/// (`smp::shootdown`), before any other CPU runs, with [`set_remote_flush`]. The memory layer
+/// sits below that layer and knows it only through these two functions; until they are
+/// installed there is one CPU and nothing to tell.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteFlush {
+    /// Every other online CPU has dropped its translations of `count` pages from the first,
+    /// when this returns.
+    pub pages: fn(Page, u64),
+    /// Every other online CPU has flushed its whole TLB and paging-structure caches, when this
+    /// returns.
+    pub all: fn(),
+}
+
+/// The installed [`RemoteFlush`] (none while only one CPU runs).
+static REMOTE_FLUSH: spin::Once<RemoteFlush> = spin::Once::new();
+
+/// Installs how other CPUs are asked to flush their TLBs (see [`RemoteFlush`]); the first call
+/// wins. Must happen before a second CPU can cache translations of the heap window.
+pub fn set_remote_flush(remote: RemoteFlush) {
+    REMOTE_FLUSH.call_once(|| remote);
+}
+
 /// The kernel's TLB: `invlpg` and CR3 reloads on this CPU, then a shootdown on every other online
-/// CPU (`smp::shootdown`), which returns only when all have flushed too. The page mapper calls it
-/// after clearing entries and before it frees their frames, inside the memory lock, so no frame
-/// is reused while any CPU can still reach it.
+/// CPU (the installed [`RemoteFlush`]), which returns only when all have flushed too. The page
+/// mapper calls it after clearing entries and before it frees their frames, inside the memory
+/// lock, so no frame is reused while any CPU can still reach it.
 #[derive(Debug, Clone, Copy)]
 struct HardwareTlb;
 
@@ -119,13 +142,17 @@ impl Tlb for HardwareTlb {
     }
     fn flush_all(&mut self) {
         x86_64::instructions::tlb::flush_all();
-        crate::smp::shootdown::flush_all();
+        if let Some(remote) = REMOTE_FLUSH.get() {
+            (remote.all)();
+        }
     }
     fn flush_range(&mut self, start: Page, count: usize) {
         for i in 0..count as u64 {
             x86_64::instructions::tlb::flush((start + i).start_address());
         }
-        crate::smp::shootdown::flush_pages(start, count as u64);
+        if let Some(remote) = REMOTE_FLUSH.get() {
+            (remote.pages)(start, count as u64);
+        }
     }
 }
 

@@ -65,24 +65,6 @@ pub use startup::{START_TIMEOUT_MS, StartError, start_cpu};
 /// Start of the CPU area: PML4 slot 385 (see the module docs).
 pub const CPU_AREA_START: u64 = 0xFFFF_C080_0000_0000;
 
-/// Moves `value` to the heap for good, or `None` if the heap is exhausted (where `Box::new`
-/// would end the kernel). Freed, if ever, with `Box::from_raw`.
-pub(crate) fn try_leak<T>(value: T) -> Option<&'static mut T> {
-    let layout = core::alloc::Layout::new::<T>();
-    assert!(layout.size() != 0, "try_leak of a zero-sized type");
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
-    if ptr.is_null() {
-        return None;
-    }
-    // SAFETY: a fresh block of `T`'s layout, ours alone and never freed here, so the reference
-    // may live for good.
-    unsafe {
-        ptr.write(value);
-        Some(&mut *ptr)
-    }
-}
-
 /// The trampoline's frame (physical address; 0: none reserved).
 static TRAMPOLINE_FRAME: AtomicU64 = AtomicU64::new(0);
 
@@ -153,6 +135,11 @@ static STARTUP: spin::Mutex<Startup> = spin::Mutex::new(Startup {
 /// See [`SmpError`]. A missing MADT is not an error: the kernel runs on the boot CPU alone.
 pub fn init(rsdp: Option<u64>) -> Result<(), SmpError> {
     crate::timer::mask_legacy_pic();
+    // Before any other CPU can cache a translation: unmaps shoot down every online CPU's TLB.
+    crate::memory::set_remote_flush(crate::memory::RemoteFlush {
+        pages: shootdown::flush_pages,
+        all: shootdown::flush_all,
+    });
     let phys_offset = crate::memory::physical_memory_offset()
         .ok_or(SmpError::NoMemory)?
         .as_u64();

@@ -231,7 +231,7 @@ fn per_cpu_data(
     apic_id: u32,
     cpu_stacks: stacks::CpuStacks,
 ) -> Option<(&'static PerCpu, &'static CpuTables, &'static Start)> {
-    let area: &'static PerCpu = super::try_leak(PerCpu::new(
+    let area: &'static PerCpu = crate::leak::try_leak(PerCpu::new(
         index,
         apic_id,
         cpu_stacks.stack,
@@ -242,7 +242,7 @@ fn per_cpu_data(
         drop(unsafe { alloc::boxed::Box::from_raw(core::ptr::from_ref(area).cast_mut()) });
         return None;
     };
-    match super::try_leak(Start { area, tables }) {
+    match crate::leak::try_leak(Start { area, tables }) {
         Some(start) => Some((area, tables, start)),
         None => {
             // SAFETY: leaked just above, seen by nobody.

@@ -691,7 +691,7 @@ mod tests {
             assert!(!r.ns.is_empty(), "{} was not timed on vec-growth", p.name());
         }
         let threads = report.threads.as_ref().unwrap();
-        assert_eq!(threads.rows.len(), threads::Contestant::ALL.len());
+        assert_eq!(threads.rows.len(), peers::SharedPeer::ALL.len());
         for row in &threads.rows {
             for cell in [&row.churn, &row.pc] {
                 assert!(cell.verify.is_ok(), "{}: {:?}", row.name, cell.verify);

@@ -120,6 +120,47 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
     }
 }
 
+/// The contestants of the threaded section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedPeer {
+    /// `kheap::LockedHeap<SpinLock, _>` over an arena.
+    Kheap,
+    /// talc behind a spinlock.
+    Talc,
+    /// rlsf behind a spinlock.
+    Rlsf,
+    /// linked_list_allocator behind a spinlock.
+    LinkedList,
+    /// The host `malloc` (`std::alloc::System`).
+    System,
+    /// mimalloc (`mimalloc::MiMalloc`), the per-thread-cache reference.
+    Mimalloc,
+}
+
+impl SharedPeer {
+    /// Every contestant, in table order.
+    pub const ALL: [Self; 6] = [
+        Self::Kheap,
+        Self::Talc,
+        Self::Rlsf,
+        Self::LinkedList,
+        Self::System,
+        Self::Mimalloc,
+    ];
+
+    /// Name used in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kheap => "kheap",
+            Self::Talc => "talc",
+            Self::Rlsf => "rlsf",
+            Self::LinkedList => "linked_list",
+            Self::System => "system",
+            Self::Mimalloc => "mimalloc",
+        }
+    }
+}
+
 /// Something to do with one allocator shared between threads, generic over its `GlobalAlloc`.
 pub trait SharedVisit {
     /// What the visit produces.
@@ -131,30 +172,29 @@ pub trait SharedVisit {
 /// Creates contestant `c` of the threaded section over the first `len` bytes of `memory` (the
 /// arena peers behind a spinlock), runs `v` on it, and drops it.
 pub fn with_shared<V: SharedVisit>(
-    c: crate::threads::Contestant,
+    c: SharedPeer,
     memory: &mut ArenaMemory,
     len: usize,
     v: V,
 ) -> V::Out {
-    use crate::threads::Contestant;
     use kheap_workload::bench_alloc::Locked;
     let region = memory.region(len);
     // SAFETY: for every `new` below: as in `with_peer`, the region is borrowed from `memory` for
     // this call and used by this one allocator, which is dropped before the call returns.
     unsafe {
         match c {
-            Contestant::Kheap => {
+            SharedPeer::Kheap => {
                 let heap: kheap::LockedHeap<kheap::SpinLock, ArenaSource> =
                     kheap::LockedHeap::new(ArenaSource::new(region));
                 v.visit(&heap)
             }
-            Contestant::Talc => v.visit(&Locked::<kheap::SpinLock, _>::new(TalcAlloc::new(region))),
-            Contestant::Rlsf => v.visit(&Locked::<kheap::SpinLock, _>::new(RlsfAlloc::new(region))),
-            Contestant::LinkedList => v.visit(&Locked::<kheap::SpinLock, _>::new(
+            SharedPeer::Talc => v.visit(&Locked::<kheap::SpinLock, _>::new(TalcAlloc::new(region))),
+            SharedPeer::Rlsf => v.visit(&Locked::<kheap::SpinLock, _>::new(RlsfAlloc::new(region))),
+            SharedPeer::LinkedList => v.visit(&Locked::<kheap::SpinLock, _>::new(
                 LinkedListAlloc::new(region),
             )),
-            Contestant::System => v.visit(&System),
-            Contestant::Mimalloc => v.visit(&mimalloc::MiMalloc),
+            SharedPeer::System => v.visit(&System),
+            SharedPeer::Mimalloc => v.visit(&mimalloc::MiMalloc),
         }
     }
 }

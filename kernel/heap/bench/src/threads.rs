@@ -6,7 +6,7 @@
 //!   ring to the other thread, which frees them, so every block is freed by the thread that did
 //!   not allocate it (with one thread, the ring leads back to the same thread).
 //!
-//! Contestants: kheap (`LockedHeap` behind its spinlock today; the adapter takes any
+//! SharedPeers: kheap (`LockedHeap` behind its spinlock today; the adapter takes any
 //! `GlobalAlloc`, so a per-CPU front plugs in the same way), talc, rlsf and linked_list_allocator
 //! each behind a spinlock (`kheap_workload::bench_alloc::Locked`), the host `malloc`, and
 //! mimalloc (per-thread caches, the reference). The arena peers get the same pre-touched region;
@@ -33,7 +33,7 @@ use kheap_workload::{Mix, Rng, Sizes, Workload};
 
 use crate::arena::ArenaMemory;
 use crate::measure::median;
-use crate::peers::{SharedVisit, with_shared};
+use crate::peers::{SharedPeer, SharedVisit, with_shared};
 use crate::workload;
 
 /// Sizes of the threaded section.
@@ -64,47 +64,6 @@ impl ThreadSizes {
         blocks: 2_000,
         ring: 64,
     };
-}
-
-/// The contestants of the threaded section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Contestant {
-    /// `kheap::LockedHeap<SpinLock, _>` over an arena.
-    Kheap,
-    /// talc behind a spinlock.
-    Talc,
-    /// rlsf behind a spinlock.
-    Rlsf,
-    /// linked_list_allocator behind a spinlock.
-    LinkedList,
-    /// The host `malloc` (`std::alloc::System`).
-    System,
-    /// mimalloc (`mimalloc::MiMalloc`), the per-thread-cache reference.
-    Mimalloc,
-}
-
-impl Contestant {
-    /// Every contestant, in table order.
-    pub const ALL: [Self; 6] = [
-        Self::Kheap,
-        Self::Talc,
-        Self::Rlsf,
-        Self::LinkedList,
-        Self::System,
-        Self::Mimalloc,
-    ];
-
-    /// Name used in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Kheap => "kheap",
-            Self::Talc => "talc",
-            Self::Rlsf => "rlsf",
-            Self::LinkedList => "linked_list",
-            Self::System => "system",
-            Self::Mimalloc => "mimalloc",
-        }
-    }
 }
 
 /// One contestant on one workload.
@@ -366,7 +325,7 @@ impl SharedVisit for Job<'_> {
 /// One contestant on one workload: verified with two threads, then `runs` times timed with one
 /// and with two threads, each on a fresh allocator.
 fn cell<'w>(
-    c: Contestant,
+    c: SharedPeer,
     memory: &mut ArenaMemory,
     region: usize,
     runs: usize,
@@ -414,7 +373,7 @@ pub fn bench(
     let ws: Vec<Workload> = (0..2)
         .map(|t| workload::small_churn(&shape, seed ^ ((t as u64 + 1) << 40)))
         .collect();
-    let rows = Contestant::ALL
+    let rows = SharedPeer::ALL
         .into_iter()
         .map(|c| Row {
             name: c.name(),
