@@ -263,6 +263,7 @@ pub mod error;
 mod fixed_region;
 mod heap;
 mod large;
+mod lock;
 mod locked;
 mod magazine;
 mod object_pool;
@@ -281,6 +282,11 @@ pub use error::{AllocError, InitError, InvariantError, PoolError};
 pub use fixed_region::FixedRegion;
 pub use heap::{FIRST_RUN_PAGES, Heap};
 pub use large::{LargeAlloc, LargeStats};
+#[cfg(feature = "lock_api")]
+pub use lock::LockApi;
+pub use lock::{Interrupts, IrqLock};
+#[cfg(target_arch = "x86_64")]
+pub use lock::{IrqSpinLock, X86Interrupts};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
 pub use object_pool::{ObjectPool, PoolAllocator, PoolBox};
 pub use pool::PoolId;
