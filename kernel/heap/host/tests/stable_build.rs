@@ -56,16 +56,22 @@ fn main() {
 }
 "#;
 
-/// Writes a project `name` under a fresh directory with `dependency` as its kheap line, and
-/// returns its directory.
-fn project(name: &str, dependency: &str) -> PathBuf {
+/// Writes a project `name` under a fresh directory of the system's temporary directory (outside
+/// this repository, so none of its cargo configuration applies) with `dependency` as its kheap
+/// line, and returns its directory. `workspace`: whether the project is also a workspace root.
+///
+/// A path dependency works from a single package (`cargo new`, a blog_os-style kernel), but not
+/// from a project with a `[workspace]` table: cargo then looks for the workspace of every path
+/// dependency outside its own directory, reads this repository's root manifest on the way, and
+/// stable cargo refuses its `cargo-features`. From a workspace, use the git dependency.
+fn project(name: &str, dependency: &str, workspace: bool) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kheap-adopter-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("src")).unwrap();
-    // `[workspace]`: a project of its own, wherever the directory is.
     let manifest = format!(
         "[package]\nname = \"adopter\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
-         [dependencies]\n{dependency}\n\n[workspace]\n"
+         [dependencies]\n{dependency}\n{}",
+        if workspace { "\n[workspace]\n" } else { "" }
     );
     std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(dir.join("src/main.rs"), MAIN_RS).unwrap();
@@ -78,7 +84,9 @@ fn project(name: &str, dependency: &str) -> PathBuf {
 fn cargo(dir: &Path, args: &[&str], extra: &[(&str, &Path)]) -> String {
     let toolchain = msrv_toolchain();
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", &toolchain, "cargo"]).args(args).current_dir(dir);
+    cmd.args(["run", &toolchain, "cargo"])
+        .args(args)
+        .current_dir(dir);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         let inherited = (key.starts_with("CARGO") && key != "CARGO_HOME")
@@ -119,6 +127,7 @@ fn kheap_builds_and_runs_on_stable_as_a_path_dependency() {
             "kheap = {{ path = {:?}, features = [\"lock_api\", \"debug-checks\"] }}",
             heap.display()
         ),
+        false,
     );
     // Offline: `lock_api` comes from the local registry cache, as it did for this workspace.
     let out = cargo(&dir, &["run", "--quiet", "--offline"], &[]);
@@ -134,7 +143,11 @@ fn kheap_builds_on_stable_as_a_git_dependency() {
         .current_dir(&repo)
         .output()
         .expect("git");
-    assert!(head.status.success(), "not a git checkout: {}", repo.display());
+    assert!(
+        head.status.success(),
+        "not a git checkout: {}",
+        repo.display()
+    );
     let head = String::from_utf8(head.stdout).unwrap();
     let dir = project(
         "git",
@@ -143,6 +156,7 @@ fn kheap_builds_on_stable_as_a_git_dependency() {
             repo.display(),
             head.trim()
         ),
+        true,
     );
     // A cargo home of its own: the checkout goes there, not into the user's.
     let home = dir.join("cargo-home");
