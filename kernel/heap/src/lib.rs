@@ -442,6 +442,7 @@ pub mod source;
 mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod walk;
 
 pub use checked::{CheckBlock, Checked};
 pub use chunk_lists::RESERVE_BLOCKS;
@@ -459,3 +460,4 @@ pub use object_pool::{ObjectPool, PoolAllocator, PoolBox};
 pub use pool::PoolId;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
 pub use stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};
+pub use walk::Item;
