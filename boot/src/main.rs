@@ -102,6 +102,13 @@ fn run() -> Result<ExitCode, String> {
         qemu_args.push("-bios".into());
         qemu_args.push(ovmf.display().to_string());
     }
+    if let Some(picture) = opts.heap_picture {
+        qemu_args.push("-fw_cfg".into());
+        qemu_args.push(format!(
+            "name=opt/kheap/picture,string={}",
+            u8::from(picture)
+        ));
+    }
     qemu_args.extend(baked_args);
     qemu_args.extend(opts.extra_qemu_args.iter().cloned());
     if opts.gdb {

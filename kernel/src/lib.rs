@@ -20,6 +20,7 @@ pub mod bench;
 pub mod cpu;
 pub mod fw_cfg;
 pub mod gdt;
+pub mod heap_picture;
 pub mod interrupts;
 pub mod kfence;
 pub mod memory;

@@ -284,6 +284,43 @@ fn bad_settings_are_refused_with_the_variable_named() {
 }
 
 #[test]
+fn a_test_kernel_draws_its_heap_as_an_svg_on_request() {
+    let svg_of = |out: &Output| -> Vec<std::path::PathBuf> {
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("heap picture: "))
+            .map(std::path::PathBuf::from)
+            .collect()
+    };
+    // The test draws one itself; the picture lines stay out of the output.
+    let out = cargo_test(&["--test", "heap_picture"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("@@kheap-picture"), "{stdout}");
+    let paths = svg_of(&out);
+    assert_eq!(paths.len(), 1, "{stdout}");
+    assert!(
+        paths[0].ends_with("target/heap-pictures/heap_picture-1.svg"),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("kheap: heap_picture — fragmented"));
+    assert!(
+        svg.contains("class-") && svg.contains("(40 B)"),
+        "chunk rows"
+    );
+    assert!(svg.contains("<title>free: "), "a hole in a region");
+    assert!(svg.contains("<title>page run "));
+    // KERNEL_HEAP_PICTURE=1: one more, after the tests.
+    let out = cargo_test_with(&["--test", "heap_picture"], &[("KERNEL_HEAP_PICTURE", "1")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let paths = svg_of(&out);
+    assert_eq!(paths.len(), 2, "{}", text(&out.stdout));
+    let last = std::fs::read_to_string(&paths[1]).unwrap();
+    assert!(last.contains("after the tests"));
+}
+
+#[test]
 fn cargo_test_list_and_filters_reach_a_real_test_kernel() {
     let out = cargo_test(&["--test", "test_framework", "--", "--list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
