@@ -175,7 +175,7 @@
 //! | feature | default | what it adds | needs |
 //! | --- | --- | --- | --- |
 //! | `debug-checks` | off | double/invalid free detection with messages naming the address and class or pool; poisoning and red zones through [`Checked`] | — |
-//! | `lock_api` | off | [`LockApi`]`<R>`: any `lock_api::RawMutex` (e.g. `spin`'s) as the heap's lock; kheap's locks as `lock_api::RawMutex` | the `lock_api` crate |
+//! | `lock_api` | off | `LockApi<R>`: any `lock_api::RawMutex` (e.g. `spin`'s) as the heap's lock; kheap's locks as `lock_api::RawMutex` | the `lock_api` crate |
 //! | `allocator-api` | off | `core::alloc::Allocator` for [`PoolAllocator`], so `Box::new_in(x, pool)` and `Vec::new_in(pool)` use a user pool | **nightly** Rust (the trait is unstable) |
 //! | `testing` | off | `testing`: an arena page source with fault injection and a small PRNG, for host tests, benchmarks and fuzzing | `std` |
 //!

@@ -32,6 +32,9 @@ mod run_tree;
 
 use run_tree::{RunTree, Summary};
 
+/// The run tree over the region's metadata, for a change.
+type TreeMut<'a> = RunTree<&'a mut [u64], &'a mut [Summary]>;
+
 /// A [`PageSource`] over a fixed, already mapped region of memory.
 ///
 /// ```
@@ -177,7 +180,7 @@ impl FixedRegion {
     }
 
     /// The run tree for a change, setting the region up on first use.
-    fn tree_mut(&mut self) -> Option<(RunTree<&mut [u64], &mut [Summary]>, Layout)> {
+    fn tree_mut(&mut self) -> Option<(TreeMut<'_>, Layout)> {
         if self.layout.is_none() {
             self.setup();
         }
