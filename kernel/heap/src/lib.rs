@@ -344,8 +344,10 @@
 //! [`Heap`] is the algorithm and takes `&mut self`. [`LockedHeap`] wraps it behind a
 //! [`RawLock`] and implements `GlobalAlloc`. The rule: every heap operation runs inside one
 //! `lock()`/`unlock()` pair, called by the same holder, never nested; the page source is called
-//! with the lock held and must not allocate from the heap. The kernel's lock disables interrupts
-//! (saving the flag in `lock`, restoring it in `unlock`), so interrupt handlers may allocate.
+//! with the lock held and must not allocate from the heap. A kernel's lock disables interrupts
+//! (saving the flag in `lock`, restoring it in `unlock`, as [`IrqSpinLock`] does), so interrupt
+//! handlers may allocate. [`LockedHeap::try_lock`] takes the lock only if it is free, for reports
+//! that must never wait.
 //!
 //! # Invariants (checked by [`Heap::check_invariants`])
 //!
@@ -411,9 +413,11 @@
 //! batch operations), `pool` (user pool ids and headers), `large/` (the large allocator),
 //! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
 //! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
-//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `object_pool` ([`ObjectPool`],
-//! [`PoolBox`], [`PoolAllocator`]), and `testing` (feature `testing`: an arena page source and a
-//! PRNG for host tests).
+//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `lock/` ([`IrqLock`]/[`IrqSpinLock`],
+//! and with feature `lock_api` the `lock_api` interop), `object_pool` ([`ObjectPool`],
+//! [`PoolBox`], [`PoolAllocator`]), `walk` ([`Item`]: what [`Heap::visit`] reports),
+//! `fixed_region/` ([`FixedRegion`], a page source over an already mapped region, and its run
+//! tree), and `testing` (feature `testing`: an arena page source and a PRNG for host tests).
 
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(all(test, feature = "allocator-api"), feature(allocator_ext))]
