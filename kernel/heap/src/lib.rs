@@ -184,8 +184,9 @@
 //!
 //! # Minimum Rust version
 //!
-//! Rust **1.95** (stable), without the `allocator-api` feature. The repository's tests build the
-//! crate on that toolchain as a path and as a git dependency of a fresh project.
+//! Rust **1.88** (stable; the first with let chains), without the `allocator-api` feature. The
+//! repository's tests build the crate on that toolchain as a path and as a git dependency of a
+//! fresh project.
 //!
 //! # Vocabulary
 //!

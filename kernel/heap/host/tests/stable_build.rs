@@ -17,7 +17,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..")
 }
 
-/// The toolchain named by kheap's `rust-version` (`1.95` → `1.95.0`).
+/// The toolchain named by kheap's `rust-version` (`1.88` → `1.88.0`).
 fn msrv_toolchain() -> String {
     let manifest = std::fs::read_to_string(repo().join("kernel/heap/Cargo.toml")).unwrap();
     let version = manifest
