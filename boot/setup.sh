@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and booting the kernel needs, if it is missing, and says what it did:
 #   - the pinned nightly toolchain of rust-toolchain.toml, with its components and the kernel target;
+#   - the stable toolchain of kheap's rust-version (its stable-build test);
 #   - QEMU (qemu-system-x86_64).
 # Safe to run again: it only acts on what is missing, and prints nothing then. Called by ./run.sh
 # and ./test.sh. What the installers print goes to a log under the target directory, shown only if
@@ -28,8 +29,10 @@ if ! command -v rustup >/dev/null 2>&1; then
     exit 1
 fi
 
+# Read once: `rustup … | grep -q` under pipefail fails when grep stops reading early.
+toolchains=$(rustup toolchain list)
 need_toolchain=0
-if ! rustup toolchain list | grep -q "^${toolchain}"; then
+if ! grep -q "^${toolchain}" <<<"$toolchains"; then
     need_toolchain=1
 else
     installed=$(rustup component list --installed --toolchain "$toolchain" 2>/dev/null || true)
@@ -45,6 +48,16 @@ if [ "$need_toolchain" = 1 ]; then
     mkdir -p "$logs" && : >"$logs/setup-toolchain.log"
     logged "$logs/setup-toolchain.log" rustup toolchain install --no-self-update
     echo "setup: toolchain $toolchain installed" >&2
+fi
+
+# The heap crate's minimum Rust version (its rust-version), on which a host test builds it as
+# another project would (kernel/heap/host/tests/stable_build.rs).
+msrv=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' kernel/heap/Cargo.toml)
+[[ "$msrv" =~ ^[0-9]+\.[0-9]+$ ]] && msrv="$msrv.0"
+if [ -n "$msrv" ] && ! grep -q "^${msrv}-" <<<"$toolchains"; then
+    echo "setup: installing Rust $msrv (kheap's minimum version, for its stable-build test; log: $logs/setup-msrv.log)" >&2
+    mkdir -p "$logs" && : >"$logs/setup-msrv.log"
+    logged "$logs/setup-msrv.log" rustup toolchain install "$msrv" --profile minimal --no-self-update
 fi
 
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then

@@ -21,6 +21,20 @@ const RECORD_START: u8 = 0x01;
 const RECORD_END: u8 = 0x02;
 const FIELD_SEPARATOR: char = '\x1f';
 
+/// The test name of a kernel binary at `path`: its file name without the `-<hash>` cargo adds
+/// to test binaries (`kheap_example-a1b166e906e68001` → `kheap_example`).
+pub fn plain_test_name(path: &std::path::Path) -> String {
+    let file = path
+        .file_name()
+        .map_or_else(|| "kernel".into(), |n| n.to_string_lossy().into_owned());
+    match file.rsplit_once('-') {
+        Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            stem.to_owned()
+        }
+        _ => file,
+    }
+}
+
 /// One test of a kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRecord {
@@ -104,6 +118,23 @@ impl Catalog {
             ))
         });
         Ok(Self { tests })
+    }
+
+    /// The test list of a kernel without `#[kernel::test]`s run by `cargo test` with arguments
+    /// (an example kernel that reports by its exit status): one test, named as cargo names the
+    /// binary ([`plain_test_name`]).
+    pub fn single(name: String) -> Self {
+        Self {
+            tests: vec![TestRecord {
+                full_name: name,
+                file: String::new(),
+                line: 0,
+                column: 0,
+                should_panic: false,
+                ignore: false,
+                reason: None,
+            }],
+        }
     }
 
     /// Applies cargo's test arguments: which tests to run, which to report as ignored, how many
@@ -380,5 +411,22 @@ pub(crate) mod tests {
         };
         assert_eq!(s.bitmap(10), "212");
         assert_eq!(Selection::default().bitmap(0), "");
+    }
+
+    #[test]
+    fn a_plain_kernel_is_one_test_named_after_its_binary() {
+        use std::path::Path;
+        let name = plain_test_name(Path::new("target/x/kheap_example-a1b166e906e68001"));
+        assert_eq!(name, "kheap_example");
+        assert_eq!(plain_test_name(Path::new("/bin/kernel-1")), "kernel-1");
+        let one = Catalog::single(name);
+        let args = |filters: &[&str]| TestArgs {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            ..TestArgs::default()
+        };
+        assert!(one.select(&args(&["example"])).runs_any());
+        let none = one.select(&args(&["smp"]));
+        assert!(!none.runs_any());
+        assert_eq!(none.filtered_out, 1);
     }
 }

@@ -25,13 +25,15 @@
 //! (the test list, selection, `--list`), [`protocol`] (the `@@ktest` lines), [`memory`] (RAM given,
 //! RAM needed), [`qemu`] (the QEMU process, its output, the QMP screen dump), [`session`] (one
 //! `cargo run` or `cargo test` of a kernel: boots, results, the summary), [`paths`] (where images
-//! go).
+//! and pictures go), [`picture`] (heap pictures: the kernel's occupancy lines drawn as SVGs under
+//! `target/heap-pictures/`).
 
 pub mod catalog;
 pub mod elf;
 pub mod memory;
 pub mod options;
 pub mod paths;
+pub mod picture;
 pub mod protocol;
 pub mod qemu;
 pub mod session;

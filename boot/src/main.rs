@@ -50,14 +50,13 @@ fn run() -> Result<ExitCode, String> {
         .map(Catalog::parse)
         .transpose()
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    if catalog.is_none() && !opts.test.is_empty() {
-        return Err(format!(
-            "{} is not a test kernel (it has no `#[kernel::test]`s), so it takes no arguments; \
-             QEMU options go in KERNEL_QEMU_ARGS",
-            path.display()
-        ));
-    }
-    if let Some(catalog) = &catalog {
+    // A kernel without `#[kernel::test]`s that gets test arguments (an example kernel that
+    // `cargo test` boots, and which reports by its exit status) is one test named after its
+    // binary: filters and `--skip` select it, `--list` lists it; selected, it boots as it is.
+    let single = (catalog.is_none() && !opts.test.is_empty())
+        .then(|| Catalog::single(catalog::plain_test_name(path)));
+    let listed = catalog.as_ref().or(single.as_ref());
+    if let Some(catalog) = listed {
         let selection = catalog.select(&opts.test);
         if opts.test.list {
             print!("{}", catalog.list(&selection, opts.test.terse));
@@ -102,6 +101,13 @@ fn run() -> Result<ExitCode, String> {
     if let Some(ovmf) = &ovmf {
         qemu_args.push("-bios".into());
         qemu_args.push(ovmf.display().to_string());
+    }
+    if let Some(picture) = opts.heap_picture {
+        qemu_args.push("-fw_cfg".into());
+        qemu_args.push(format!(
+            "name=opt/kheap/picture,string={}",
+            u8::from(picture)
+        ));
     }
     qemu_args.extend(baked_args);
     qemu_args.extend(opts.extra_qemu_args.iter().cloned());

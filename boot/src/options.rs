@@ -10,6 +10,7 @@
 //! | `KERNEL_TIMEOUT` | seconds for a whole `cargo run` boot | 900 |
 //! | `KTEST_TIMEOUT` | seconds for one kernel test | 180 |
 //! | `KERNEL_BOOT_TIMEOUT` | seconds from starting QEMU to the kernel's first serial output | 30 |
+//! | `KERNEL_HEAP_PICTURE` | `1`: every kernel draws its heap (SVG under `target/heap-pictures/`); `0`: none does | the kernel decides (`cargo run`: yes) |
 //!
 //! A limit of `0` means no limit. Flags take `1`/`0` (also `true`/`false`, `yes`/`no`, or empty for
 //! off). A value that does not parse is an error naming the variable; an unknown `KERNEL_*` or
@@ -29,7 +30,7 @@ pub const DEFAULT_TEST_TIMEOUT_SECS: u64 = 180;
 pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 30;
 
 /// The environment variables the runner reads.
-pub const VARIABLES: [&str; 7] = [
+pub const VARIABLES: [&str; 8] = [
     "KERNEL_QEMU_ARGS",
     "KERNEL_BOOT",
     "KERNEL_KEEP_IMAGE",
@@ -37,6 +38,7 @@ pub const VARIABLES: [&str; 7] = [
     "KERNEL_TIMEOUT",
     "KTEST_TIMEOUT",
     "KERNEL_BOOT_TIMEOUT",
+    "KERNEL_HEAP_PICTURE",
 ];
 
 /// Everything the runner was told, from its arguments and the environment.
@@ -60,6 +62,9 @@ pub struct Options {
     pub test_timeout: Option<Duration>,
     /// `KERNEL_BOOT_TIMEOUT`; `None`: no limit.
     pub boot_timeout: Option<Duration>,
+    /// `KERNEL_HEAP_PICTURE`, passed to the kernel in fw_cfg `opt/kheap/picture`; `None`: unset,
+    /// the kernel decides.
+    pub heap_picture: Option<bool>,
 }
 
 /// Which tests `--ignored` / `--include-ignored` ask for.
@@ -169,7 +174,7 @@ test options, as for cargo's own test harness:
   --nocapture, --show-output, --test-threads N, --color WHEN: accepted, no effect
     (kernel output is always shown; tests run one at a time)
 environment: KERNEL_QEMU_ARGS, KERNEL_BOOT, KERNEL_KEEP_IMAGE, KERNEL_GDB, KERNEL_TIMEOUT,
-  KTEST_TIMEOUT, KERNEL_BOOT_TIMEOUT (see README.md)";
+  KTEST_TIMEOUT, KERNEL_BOOT_TIMEOUT, KERNEL_HEAP_PICTURE (see README.md)";
 
 /// Parses the runner's arguments (without the program name) and its environment (`env` looks a
 /// variable up).
@@ -207,6 +212,10 @@ pub fn parse(
         run_timeout: seconds(&env, "KERNEL_TIMEOUT", DEFAULT_RUN_TIMEOUT_SECS)?,
         test_timeout: seconds(&env, "KTEST_TIMEOUT", DEFAULT_TEST_TIMEOUT_SECS)?,
         boot_timeout: seconds(&env, "KERNEL_BOOT_TIMEOUT", DEFAULT_BOOT_TIMEOUT_SECS)?,
+        heap_picture: match env("KERNEL_HEAP_PICTURE") {
+            Some(_) => Some(flag(&env, "KERNEL_HEAP_PICTURE")?),
+            None => None,
+        },
     })
 }
 
@@ -450,6 +459,11 @@ mod tests {
         assert_eq!(o.extra_qemu_args, ["-m", "64M", "-smp", "2"]);
         let o = parse_with(&[], &[("KERNEL_KEEP_IMAGE", "0"), ("KERNEL_GDB", "")]).unwrap();
         assert!(!o.keep_image && !o.gdb);
+        assert_eq!(o.heap_picture, None);
+        let o = parse_with(&[], &[("KERNEL_HEAP_PICTURE", "1")]).unwrap();
+        assert_eq!(o.heap_picture, Some(true));
+        let o = parse_with(&[], &[("KERNEL_HEAP_PICTURE", "0")]).unwrap();
+        assert_eq!(o.heap_picture, Some(false));
     }
 
     #[test]

@@ -9,14 +9,23 @@ use std::path::{Path, PathBuf};
 /// `boot-images` in the target directory the runner itself was built in (the outermost ancestor of
 /// its executable holding cargo's `CACHEDIR.TAG`), else one in the system's temporary directory.
 pub fn image_dir() -> PathBuf {
+    target_subdir("boot-images")
+}
+
+/// The directory for heap pictures: `heap-pictures` where [`image_dir`] puts `boot-images`.
+pub fn picture_dir() -> PathBuf {
+    target_subdir("heap-pictures")
+}
+
+fn target_subdir(name: &str) -> PathBuf {
     if let Some(dir) = env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("boot-images");
+        return PathBuf::from(dir).join(name);
     }
     env::current_exe()
         .ok()
         .and_then(|exe| target_dir_of(&exe))
         .unwrap_or_else(env::temp_dir)
-        .join("boot-images")
+        .join(name)
 }
 
 /// The outermost ancestor of `path` that holds a `CACHEDIR.TAG` (cargo writes one at the top of

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::{Catalog, Selection, plural};
 use crate::memory;
 use crate::options::Options;
+use crate::picture::{Fed, Pictures};
 use crate::protocol::{Event, parse_line};
 use crate::qemu::{self, Output, Qemu};
 
@@ -107,6 +108,8 @@ pub struct Session<'a, W: Write> {
     /// Terse mode: characters on the current line.
     terse_column: usize,
     done: bool,
+    /// Heap pictures the kernel prints.
+    pictures: Pictures,
 }
 
 impl<'a, W: Write> Session<'a, W> {
@@ -131,7 +134,17 @@ impl<'a, W: Write> Session<'a, W> {
             failure_output: Vec::new(),
             terse_column: 0,
             done: false,
+            pictures: Pictures::new(
+                crate::paths::picture_dir(),
+                crate::catalog::plain_test_name(&opts.kernel),
+            ),
         }
+    }
+
+    /// Sends heap pictures to another directory (tests).
+    pub fn with_picture_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.pictures = Pictures::new(dir, crate::catalog::plain_test_name(&self.opts.kernel));
+        self
     }
 
     /// Runs the kernel: boots it (as often as its tests need) and reports.
@@ -446,6 +459,21 @@ impl<'a, W: Write> Session<'a, W> {
 
     /// Handles one line of serial output.
     fn handle_line(&mut self, line: &str) -> Result<Line, String> {
+        match self.pictures.feed(line) {
+            Fed::No => {}
+            Fed::Taken => return Ok(Line::Text),
+            Fed::Written(Ok(path)) => {
+                self.echo(&format!("heap picture: {}", path.display()));
+                return Ok(Line::Text);
+            }
+            Fed::Written(Err(e)) => {
+                self.echo(&format!("warning: heap picture not drawn: {e}"));
+                return Ok(Line::Text);
+            }
+            Fed::BrokenOff(label) => {
+                self.echo(&format!("warning: heap picture `{label}` broke off"));
+            }
+        }
         let (text, event) = parse_line(line);
         if !text.is_empty() || event.is_none() {
             self.echo(text);
@@ -687,6 +715,45 @@ mod tests {
         "@@ktest ok 3",
         "@@ktest done",
     ];
+
+    #[test]
+    fn heap_pictures_become_files_and_stay_out_of_the_output() {
+        let dir = std::env::temp_dir().join(format!("session-pictures-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let o = opts(&[]);
+        let mut out = Vec::new();
+        {
+            let mut s = Session::new(&o, machine(), None, &mut out).with_picture_dir(dir.clone());
+            for l in [
+                "booting",
+                "@@kheap-picture begin at peak",
+                "r ffffc00100000000 6 d 40 91",
+                "c ffffc00100007000 c3 32 128 128",
+                "m 4",
+                "@@kheap-picture end",
+                "@@kheap-picture begin cut short",
+                "m 4",
+                "PANIC: something",
+            ] {
+                s.handle_line(l).unwrap();
+            }
+        }
+        let out = String::from_utf8(out).unwrap();
+        let svg = dir.join(format!(
+            "{}-1.svg",
+            crate::catalog::plain_test_name(&o.kernel)
+        ));
+        assert_eq!(
+            out,
+            format!(
+                "booting\nheap picture: {}\nwarning: heap picture `cut short` broke off\n\
+                 PANIC: something\n",
+                svg.display()
+            )
+        );
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("class-32"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn reports_like_libtest() {

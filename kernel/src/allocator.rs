@@ -158,11 +158,9 @@ pub fn stats() -> Option<HeapStats> {
 
 /// The heap's statistics without waiting for the heap lock: `None` if it is held (for panic and
 /// allocation-failure reports, which may run while the heap is locked) or before [`init`].
+/// One attempt to take the lock, so it never blocks, also with several CPUs.
 pub fn try_stats() -> Option<HeapStats> {
-    if LOCKS_HELD.load(Ordering::Acquire) != 0 {
-        return None;
-    }
-    stats()
+    HEAP.heap().try_lock().map(|h| h.stats())
 }
 
 /// Gives every cached empty chunk and region back to the page source.
@@ -234,10 +232,6 @@ pub struct IrqSpinLock {
 
 /// `IrqSpinLock::owner` of a free lock.
 const FREE: usize = usize::MAX;
-
-/// Number of [`IrqSpinLock`]s currently held. The heap's lock is the only one, so non-zero means
-/// "the heap is locked" — which a panic report must not wait for.
-static LOCKS_HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// The longest one hold of the lock by another CPU may last before the watchdog calls it stuck,
 /// in seconds (the default of [`set_lock_hold_limit_ms`]). Heap operations take micro- to
@@ -336,12 +330,29 @@ unsafe impl RawLock for IrqSpinLock {
         }
         self.acquisitions.fetch_add(1, Ordering::Relaxed);
         self.saved_if.store(was_enabled, Ordering::Relaxed);
-        LOCKS_HELD.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn try_lock(&self) -> bool {
+        let was_enabled = interrupts::are_enabled();
+        interrupts::disable();
+        let me = crate::smp::cpu_id();
+        if self
+            .owner
+            .compare_exchange(FREE, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            if was_enabled {
+                interrupts::enable();
+            }
+            return false;
+        }
+        self.acquisitions.fetch_add(1, Ordering::Relaxed);
+        self.saved_if.store(was_enabled, Ordering::Relaxed);
+        true
     }
 
     unsafe fn unlock(&self) {
         let restore = self.saved_if.load(Ordering::Relaxed);
-        LOCKS_HELD.fetch_sub(1, Ordering::AcqRel);
         self.owner.store(FREE, Ordering::Release);
         if restore {
             interrupts::enable();

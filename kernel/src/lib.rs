@@ -20,6 +20,7 @@ pub mod baseline;
 pub mod cpu;
 pub mod fw_cfg;
 pub mod gdt;
+pub mod heap_picture;
 pub mod interrupts;
 pub mod kfence;
 mod leak;

@@ -27,6 +27,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial_println!("{}", kernel::smp::summary());
     // Guard-page sampling (KFENCE-style) of one allocation in 50 during the workload.
     kernel::kfence::enable(50);
+    // A picture of the heap at the workload's peak (the runner writes it as an SVG).
+    kernel::heap_picture::want_by_default();
     if let Err(e) = workload::run() {
         serial_println!("workload FAILED: {e}");
         exit_qemu(QemuExitCode::Failed);

@@ -322,6 +322,8 @@ pub fn runner(tests: &[&dyn Testable]) {
 
 /// Ends a test kernel after [`runner`] returned: reports completion and leaves QEMU successfully.
 pub fn finish() -> ! {
+    // On request (`KERNEL_HEAP_PICTURE=1`), the heap as the tests left it.
+    crate::heap_picture::emit_if_requested("after the tests");
     serial_println!("@@ktest done");
     exit_qemu(QemuExitCode::Success)
 }

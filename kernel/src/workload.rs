@@ -257,6 +257,7 @@ fn on_every_cpu(sizes: Sizes) -> Result<(), WorkloadError> {
         built.wait();
         if cpu == 0 {
             print_heap("at peak, everything live");
+            crate::heap_picture::emit_if_requested("at peak");
         }
         printed.wait();
         let result = live.and_then(|live| {

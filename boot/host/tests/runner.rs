@@ -267,15 +267,57 @@ fn bad_settings_are_refused_with_the_variable_named() {
         &text(&out.stderr),
         "KERNEL_KEEP_IMAGE=\"please\": expected 1",
     );
-    // A plain kernel takes no test arguments; a misspelt variable is pointed out.
+    // A misspelt variable is pointed out. A plain kernel given test arguments is one test named
+    // after its file: filtered out here, listed by `--list`.
     let out = run(&kernel, &["heap"], &[("KERNEL_TIMOUT", "5")]);
     let err = text(&out.stderr);
     assert_contains(
         &err,
         "warning: the runner does not know the variable KERNEL_TIMOUT",
     );
-    assert_contains(&err, "is not a test kernel");
+    assert!(out.status.success(), "{err}");
+    assert_contains(&text(&out.stdout), "running 0 tests");
+    assert_contains(&text(&out.stdout), "; 1 filtered out;");
+    let out = run(&kernel, &["--list"], &[]);
+    assert_eq!(text(&out.stdout), "plain: test\n\n1 test, 0 benchmarks\n");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_test_kernel_draws_its_heap_as_an_svg_on_request() {
+    let svg_of = |out: &Output| -> Vec<std::path::PathBuf> {
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("heap picture: "))
+            .map(std::path::PathBuf::from)
+            .collect()
+    };
+    // The test draws one itself; the picture lines stay out of the output.
+    let out = cargo_test(&["--test", "heap_picture"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("@@kheap-picture"), "{stdout}");
+    let paths = svg_of(&out);
+    assert_eq!(paths.len(), 1, "{stdout}");
+    assert!(
+        paths[0].ends_with("target/heap-pictures/heap_picture-1.svg"),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("kheap: heap_picture — fragmented"));
+    assert!(
+        svg.contains("class-") && svg.contains("(40 B)"),
+        "chunk rows"
+    );
+    assert!(svg.contains("<title>free: "), "a hole in a region");
+    assert!(svg.contains("<title>page run "));
+    // KERNEL_HEAP_PICTURE=1: one more, after the tests.
+    let out = cargo_test_with(&["--test", "heap_picture"], &[("KERNEL_HEAP_PICTURE", "1")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let paths = svg_of(&out);
+    assert_eq!(paths.len(), 2, "{}", text(&out.stdout));
+    let last = std::fs::read_to_string(&paths[1]).unwrap();
+    assert!(last.contains("after the tests"));
 }
 
 #[test]

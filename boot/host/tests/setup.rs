@@ -41,11 +41,18 @@ fn sandbox(test: &str) -> PathBuf {
         .find_map(|l| l.strip_prefix("channel = \""))
         .and_then(|l| l.strip_suffix('"'))
         .unwrap();
+    // kheap's minimum Rust version, which setup.sh also installs (`1.95` is toolchain `1.95.0`).
+    let heap = std::fs::read_to_string(workspace().join("kernel/heap/Cargo.toml")).unwrap();
+    let msrv = heap
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
     script(
         &bin.join("rustup"),
         &format!(
             "case \"$1 $2\" in\n\
-             'toolchain list') echo '{channel}-x86_64-unknown-linux-gnu (override)' ;;\n\
+             'toolchain list') echo '{channel}-x86_64-unknown-linux-gnu (override)'; echo '{msrv}.0-x86_64-unknown-linux-gnu' ;;\n\
              'component list') printf 'rust-src\\nllvm-tools-x86_64-unknown-linux-gnu\\nclippy\\nrustfmt\\n' ;;\n\
              'target list') echo x86_64-unknown-none ;;\n\
              esac\n"

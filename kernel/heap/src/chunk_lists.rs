@@ -274,6 +274,21 @@ impl ChunkLists {
         Some(d)
     }
 
+    /// Calls `f` with each chunk's page address and blocks in use: the partial, then the full,
+    /// then the empty list (read-only; for [`Heap::visit`](crate::Heap::visit)).
+    pub fn for_each_chunk(&self, mut f: impl FnMut(usize, usize)) {
+        for head in [self.partial, self.full, self.empty] {
+            let mut d = head;
+            while !d.is_null() {
+                // SAFETY: list members are descriptor slots of live root runs, which nothing
+                // writes while `&self` lives.
+                let desc = unsafe { &*d };
+                f(desc.page.addr(), usize::from(desc.used));
+                d = desc.next;
+            }
+        }
+    }
+
     /// Checks the lists and counters; `this` is their own address (what their descriptors'
     /// debug owner must be) and `cached` the blocks their magazine holds (none for a tiny
     /// pool). Calls `chunk(desc)` for every chunk. Linear in chunks, blocks and cached

@@ -20,6 +20,174 @@
 //!   coalescing TLSF-style allocator over 64 KiB regions, and page runs of their own for
 //!   requests of 64 KiB and more.
 //!
+//! # Quick start
+//!
+//! **A global allocator over a fixed region** — a static array here; [`FixedRegion`] keeps its
+//! bookkeeping in the region's first page and hands out page runs in O(log n):
+//!
+//! ```rust,standalone_crate
+//! use kheap::{FixedRegion, LockedHeap, SpinLock};
+//!
+//! #[repr(C, align(4096))]
+//! struct Arena([u8; 4 << 20]);
+//! static mut ARENA: Arena = Arena([0; 4 << 20]);
+//!
+//! #[global_allocator]
+//! // SAFETY: the arena is used by this heap alone.
+//! static HEAP: LockedHeap<SpinLock, FixedRegion> =
+//!     LockedHeap::new(unsafe { FixedRegion::array(&raw mut ARENA.0) });
+//!
+//! fn main() {
+//!     let squares: Vec<u64> = (0..10_000).map(|i| i * i).collect();
+//!     let words = std::collections::BTreeMap::from([(1, "one".to_string()), (2, "two".into())]);
+//!     assert_eq!(squares[99], 9801);
+//!     assert_eq!(words[&2], "two");
+//! }
+//! ```
+//!
+//! In a kernel whose interrupt handlers allocate, use [`IrqSpinLock`] (interrupts off while the
+//! heap is locked; x86_64), and hand the heap the range you mapped for it once it is mapped —
+//! the `kernel/example` kernel of this repository does exactly this:
+//!
+//! ```rust,no_run
+//! use kheap::{FixedRegion, IrqSpinLock, LockedHeap};
+//!
+//! pub const HEAP_START: usize = 0x_4444_4444_0000;
+//! pub const HEAP_SIZE: usize = 1024 * 1024;
+//!
+//! #[global_allocator]
+//! static HEAP: LockedHeap<IrqSpinLock, FixedRegion> = LockedHeap::empty();
+//!
+//! pub fn init_heap() {
+//!     // ... map HEAP_START..HEAP_START + HEAP_SIZE writable first ...
+//!     // SAFETY: the range is mapped, writable, and used by nothing else.
+//!     let region = unsafe { FixedRegion::new(HEAP_START as *mut u8, HEAP_SIZE) };
+//!     HEAP.init(region).expect("heap region too small");
+//! }
+//! ```
+//!
+//! **Over your kernel's own page source** — the heap then maps pages on demand and gives them
+//! back when they empty (see [`PageSource`] for the contract and the three optional methods that
+//! make it faster, [`FixedRegion`] for a complete implementation):
+//!
+//! ```rust,no_run
+//! use core::ptr::NonNull;
+//! use kheap::{IrqSpinLock, LockedHeap, PageSource, PageSourceError};
+//! # mod my_kernel {
+//! #     pub fn map_fresh_pages(_: usize) -> Option<core::ptr::NonNull<u8>> { None }
+//! #     pub unsafe fn unmap_pages(_: core::ptr::NonNull<u8>, _: usize) {}
+//! # }
+//!
+//! /// Your kernel's `mmap`: map `count` fresh pages, contiguous and writable, somewhere.
+//! struct MyPages;
+//!
+//! // SAFETY: map_pages returns page-aligned, exclusively owned, writable memory that stays
+//! // valid until it is passed back to unmap_pages (any page-aligned sub-run may be unmapped
+//! // on its own).
+//! unsafe impl PageSource for MyPages {
+//!     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+//!         my_kernel::map_fresh_pages(count).ok_or(PageSourceError::OutOfMemory)
+//!     }
+//!     unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+//!         // SAFETY: the heap gives back only pages it got from `map_pages`.
+//!         unsafe { my_kernel::unmap_pages(ptr, count) }
+//!     }
+//! }
+//!
+//! #[global_allocator]
+//! static HEAP: LockedHeap<IrqSpinLock, MyPages> = LockedHeap::new(MyPages);
+//! ```
+//!
+//! **A user pool** of one object size, like `kmem_cache_create` (exact-size blocks, its own
+//! statistics line, and all its memory back at `destroy_pool`); here on a heap that is not the
+//! global allocator, over a region given as a pointer and a length:
+//!
+//! ```rust
+//! use kheap::{FixedRegion, LockedHeap, SpinLock};
+//!
+//! let arena: &'static mut [u8] = Box::leak(vec![0u8; 1 << 20].into_boxed_slice());
+//! // SAFETY: the leaked buffer is used by this heap alone.
+//! let region = unsafe { FixedRegion::new(arena.as_mut_ptr(), arena.len()) };
+//! let heap: LockedHeap<SpinLock, FixedRegion> = LockedHeap::new(region);
+//!
+//! let mut h = heap.lock().unwrap();
+//! let inodes = h.create_pool(96, 8).unwrap();
+//! let a = h.pool_allocate(inodes).unwrap();
+//! let b = h.pool_allocate(inodes).unwrap();
+//! assert_ne!(a, b);
+//! // SAFETY: both blocks came from this pool and are freed once.
+//! unsafe {
+//!     h.pool_deallocate(inodes, a);
+//!     h.pool_deallocate(inodes, b);
+//! }
+//! h.destroy_pool(inodes).unwrap();
+//! ```
+//!
+//! **[`ObjectPool<T>`](ObjectPool)**, a typed pool whose [`PoolBox`] frees on drop (with
+//! feature `allocator-api`, [`PoolAllocator`] also serves `Box::new_in(x, pool)`):
+//!
+//! ```rust
+//! # use kheap::{FixedRegion, LockedHeap, SpinLock};
+//! # let arena: &'static mut [u8] = Box::leak(vec![0u8; 1 << 20].into_boxed_slice());
+//! # // SAFETY: the leaked buffer is used by this heap alone.
+//! # let heap: LockedHeap<SpinLock, FixedRegion> =
+//! #     LockedHeap::new(unsafe { FixedRegion::new(arena.as_mut_ptr(), arena.len()) });
+//! use kheap::ObjectPool;
+//!
+//! struct Task {
+//!     id: u32,
+//!     state: [u64; 6],
+//! }
+//!
+//! let tasks = ObjectPool::<Task, _, _>::new(&heap).unwrap();
+//! let t = tasks.allocate(Task { id: 7, state: [0; 6] }).unwrap();
+//! assert_eq!(t.id + t.state.len() as u32, 13);
+//! drop(t); // back to the pool; dropping `tasks` destroys the pool
+//! ```
+//!
+//! **Statistics** — a fixed-size snapshot (nothing is allocated, so a panic handler may take
+//! one: [`LockedHeap::try_lock`] never waits for a held lock) that prints as a
+//! `/proc/slabinfo`-style table, the invariant checker, and [`Heap::visit`] for a walk of every
+//! chunk and page run (what the kernel's heap picture draws):
+//!
+//! ```rust
+//! # use kheap::{FixedRegion, LockedHeap, SpinLock};
+//! # let arena: &'static mut [u8] = Box::leak(vec![0u8; 1 << 20].into_boxed_slice());
+//! # // SAFETY: the leaked buffer is used by this heap alone.
+//! # let heap: LockedHeap<SpinLock, FixedRegion> =
+//! #     LockedHeap::new(unsafe { FixedRegion::new(arena.as_mut_ptr(), arena.len()) });
+//! let layout = core::alloc::Layout::new::<[u8; 100]>();
+//! let block = heap.lock().unwrap().allocate(layout).unwrap();
+//!
+//! let h = heap.try_lock().expect("nobody holds the lock");
+//! let stats = h.stats();
+//! assert_eq!(stats.requested_bytes, 100);
+//! println!("{stats}"); // "# name  block  in-use  free ..." then one line per class and pool
+//! h.check_invariants().unwrap();
+//! println!("{} of {} region pages free", h.source().free_pages(), h.source().pages());
+//! # drop(h);
+//! # // SAFETY: allocated above with this layout.
+//! # unsafe { heap.lock().unwrap().deallocate(block, layout) };
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds | needs |
+//! | --- | --- | --- | --- |
+//! | `debug-checks` | off | double/invalid free detection with messages naming the address and class or pool; poisoning and red zones through [`Checked`] | — |
+//! | `lock_api` | off | `LockApi<R>`: any `lock_api::RawMutex` (e.g. `spin`'s) as the heap's lock; kheap's locks as `lock_api::RawMutex` | the `lock_api` crate |
+//! | `allocator-api` | off | `core::alloc::Allocator` for [`PoolAllocator`], so `Box::new_in(x, pool)` and `Vec::new_in(pool)` use a user pool | **nightly** Rust (the trait is unstable) |
+//! | `testing` | off | `testing`: an arena page source with fault injection and a small PRNG, for host tests, benchmarks and fuzzing | `std` |
+//!
+//! [`IrqSpinLock`] and [`X86Interrupts`] exist on `target_arch = "x86_64"` only; everything
+//! else is architecture-independent `no_std` code without dependencies.
+//!
+//! # Minimum Rust version
+//!
+//! Rust **1.88** (stable; the first with let chains), without the `allocator-api` feature. The
+//! repository's tests build the crate on that toolchain as a path and as a git dependency of a
+//! fresh project.
+//!
 //! # Vocabulary
 //!
 //! * *size class*: one of the 36 general block sizes a `Layout` maps to (module `size_class`).
@@ -177,8 +345,10 @@
 //! [`Heap`] is the algorithm and takes `&mut self`. [`LockedHeap`] wraps it behind a
 //! [`RawLock`] and implements `GlobalAlloc`. The rule: every heap operation runs inside one
 //! `lock()`/`unlock()` pair, called by the same holder, never nested; the page source is called
-//! with the lock held and must not allocate from the heap. The kernel's lock disables interrupts
-//! (saving the flag in `lock`, restoring it in `unlock`), so interrupt handlers may allocate.
+//! with the lock held and must not allocate from the heap. A kernel's lock disables interrupts
+//! (saving the flag in `lock`, restoring it in `unlock`, as [`IrqSpinLock`] does), so interrupt
+//! handlers may allocate. [`LockedHeap::try_lock`] takes the lock only if it is free, for reports
+//! that must never wait.
 //!
 //! # Invariants (checked by [`Heap::check_invariants`])
 //!
@@ -244,9 +414,11 @@
 //! batch operations), `pool` (user pool ids and headers), `large/` (the large allocator),
 //! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
 //! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
-//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `object_pool` ([`ObjectPool`],
-//! [`PoolBox`], [`PoolAllocator`]), and `testing` (feature `testing`: an arena page source and a
-//! PRNG for host tests).
+//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `lock/` ([`IrqLock`]/[`IrqSpinLock`],
+//! and with feature `lock_api` the `lock_api` interop), `object_pool` ([`ObjectPool`],
+//! [`PoolBox`], [`PoolAllocator`]), `walk` ([`Item`]: what [`Heap::visit`] reports),
+//! `fixed_region/` ([`FixedRegion`], a page source over an already mapped region, and its run
+//! tree), and `testing` (feature `testing`: an arena page source and a PRNG for host tests).
 
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(all(test, feature = "allocator-api"), feature(allocator_ext))]
@@ -260,8 +432,10 @@ mod chunk;
 mod chunk_lists;
 mod debug;
 pub mod error;
+mod fixed_region;
 mod heap;
 mod large;
+mod lock;
 mod locked;
 mod magazine;
 mod object_pool;
@@ -273,14 +447,22 @@ pub mod source;
 mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod walk;
 
 pub use checked::{CheckBlock, Checked};
 pub use chunk_lists::RESERVE_BLOCKS;
 pub use error::{AllocError, InitError, InvariantError, PoolError};
+pub use fixed_region::FixedRegion;
 pub use heap::{FIRST_RUN_PAGES, Heap};
 pub use large::{LargeAlloc, LargeStats};
+#[cfg(feature = "lock_api")]
+pub use lock::LockApi;
+pub use lock::{Interrupts, IrqLock};
+#[cfg(target_arch = "x86_64")]
+pub use lock::{IrqSpinLock, X86Interrupts};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
 pub use object_pool::{ObjectPool, PoolAllocator, PoolBox};
 pub use pool::PoolId;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
 pub use stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};
+pub use walk::Item;

@@ -36,6 +36,16 @@ pub unsafe trait RawLock {
     /// Acquires the lock, waiting as long as needed.
     fn lock(&self);
 
+    /// Acquires the lock if that needs no waiting, and says whether it did (like `lock` then,
+    /// to be released with [`unlock`](Self::unlock)). Used by [`LockedHeap::try_lock`], e.g. for
+    /// a panic report that must never wait for the heap.
+    ///
+    /// The default cannot try: it never acquires the lock and returns `false` (so
+    /// `LockedHeap::try_lock` always says "busy"). Every lock of this crate implements it.
+    fn try_lock(&self) -> bool {
+        false
+    }
+
     /// Releases the lock.
     ///
     /// # Safety
@@ -74,6 +84,14 @@ unsafe impl RawLock for SpinLock {
         }
     }
 
+    fn try_lock(&self) -> bool {
+        !self.locked.load(Ordering::Relaxed)
+            && self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
     unsafe fn unlock(&self) {
         self.locked.store(false, Ordering::Release);
     }
@@ -110,6 +128,10 @@ impl<'a, L: RawLock> Held<'a, L> {
     fn new(lock: &'a L) -> Self {
         lock.lock();
         Self(lock, PhantomData)
+    }
+
+    fn try_new(lock: &'a L) -> Option<Self> {
+        lock.try_lock().then_some(Self(lock, PhantomData))
     }
 }
 
@@ -194,7 +216,17 @@ impl<L: RawLock, S: PageSource> LockedHeap<L, S> {
 
     /// Locks the heap; `None` (after releasing the lock) if it has no page source yet.
     pub fn lock(&self) -> Option<HeapGuard<'_, L, S>> {
-        let held = Held::new(&self.lock);
+        self.guard(Held::new(&self.lock))
+    }
+
+    /// Locks the heap if the lock is free now, without waiting: `None` if it is held (or the
+    /// lock cannot try, see [`RawLock::try_lock`]) or the heap has no page source yet. For
+    /// reports that must never block, such as a panic handler's heap statistics.
+    pub fn try_lock(&self) -> Option<HeapGuard<'_, L, S>> {
+        self.guard(Held::try_new(&self.lock)?)
+    }
+
+    fn guard<'a>(&'a self, held: Held<'a, L>) -> Option<HeapGuard<'a, L, S>> {
         // SAFETY: we hold the lock until `held` drops, and the guard keeps it; so this is the
         // only reference to the heap while it lives.
         let slot = unsafe { &mut *self.heap.get() };
@@ -277,6 +309,41 @@ mod tests {
             assert!(!p.is_null());
             heap.dealloc(p, layout);
         }
+    }
+
+    #[test]
+    fn try_lock_never_waits() {
+        let heap: LockedHeap<SpinLock, ArenaSource> = LockedHeap::empty();
+        assert!(heap.try_lock().is_none(), "no page source yet");
+        heap.init(ArenaSource::new(64)).unwrap();
+        let held = heap.lock().unwrap();
+        assert!(heap.try_lock().is_none(), "held: busy, not a deadlock");
+        drop(held);
+        let guard = heap.try_lock().expect("free: taken");
+        assert!(heap.try_lock().is_none());
+        drop(guard);
+        assert!(heap.lock().is_some(), "released on drop");
+    }
+
+    #[test]
+    fn a_lock_that_cannot_try_says_busy() {
+        struct NoTry(SpinLock);
+        // SAFETY: forwards to `SpinLock`, leaving `try_lock` at its default.
+        unsafe impl RawLock for NoTry {
+            #[allow(clippy::declare_interior_mutable_const)]
+            const INIT: Self = Self(SpinLock::INIT);
+            fn lock(&self) {
+                self.0.lock();
+            }
+            unsafe fn unlock(&self) {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.0.unlock() };
+            }
+        }
+        let heap: LockedHeap<NoTry, ArenaSource> = LockedHeap::empty();
+        heap.init(ArenaSource::new(64)).unwrap();
+        assert!(heap.try_lock().is_none());
+        assert!(heap.lock().is_some());
     }
 
     #[test]

@@ -92,6 +92,9 @@ impl<'h, L: RawLock, S: PageSource> PoolAllocator<'h, L, S> {
 }
 
 #[cfg(feature = "allocator-api")]
+// The crate's rust-version does not cover this feature: it needs a toolchain whose
+// `core::alloc::Allocator` can be used (nightly).
+#[allow(clippy::incompatible_msrv)]
 // SAFETY: blocks come from the pool and stay valid until freed: the pool cannot be destroyed
 // while any block is allocated, and the allocator borrows the heap, so its copies (which
 // all name the same pool) can free each other's blocks. Layouts that do not fit the pool's block

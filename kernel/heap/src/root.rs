@@ -159,6 +159,23 @@ impl Roots {
         self.pages
     }
 
+    /// Calls `f(run address, pages, live slots, slots)` for each run of the chain, first to last
+    /// (read-only; for [`Heap::visit`](crate::Heap::visit)).
+    pub fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let mut run = self.first;
+        while !run.is_null() {
+            // SAFETY: runs of the chain are live, and nothing writes them while `&self` lives.
+            let h = unsafe { &*run };
+            f(
+                run.addr(),
+                h.pages as usize,
+                h.live as usize,
+                h.slot_count as usize,
+            );
+            run = h.next;
+        }
+    }
+
     /// Slots in use.
     #[cfg(test)]
     pub fn live_slots(&self) -> usize {

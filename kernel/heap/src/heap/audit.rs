@@ -1,4 +1,5 @@
-//! Statistics and the invariant checker: the walks that read the whole heap state.
+//! Statistics, the walk of every part ([`Heap::visit`]) and the invariant checker: the walks
+//! that read the whole heap state.
 
 use super::Heap;
 use crate::chunk::KIND_CHUNK;
@@ -8,6 +9,7 @@ use crate::pool::{KIND_POOL, PoolHeader, PoolId};
 use crate::size_class::CLASS_SIZES;
 use crate::source::PageSource;
 use crate::stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};
+use crate::walk::{Item, Owner, RootKind};
 
 impl<S: PageSource> Heap<S> {
     /// A snapshot of the heap's numbers. Linear in the number of user pools.
@@ -57,6 +59,60 @@ impl<S: PageSource> Heap<S> {
         s.requested_bytes = st.requested;
         s.held_bytes = held;
         s
+    }
+
+    /// Calls `f` with every part of the heap (see [`Item`]): the root runs, each chunk of each
+    /// class and user pool, the large allocator's regions (each followed by its blocks) and page
+    /// runs in address order, and the page map's size. Read-only, allocates nothing, and linear
+    /// in the heap's size: what a picture of the heap's occupancy is drawn from. Nothing before
+    /// the heap is initialised.
+    ///
+    /// It follows the heap's lists without checking them: on a heap that may be corrupt, run
+    /// [`check_invariants`](Self::check_invariants) first.
+    pub fn visit(&self, mut f: impl FnMut(Item)) {
+        let Some(st) = self.view() else {
+            return;
+        };
+        for (roots, kind) in [
+            (&st.descs, RootKind::Descriptors),
+            (&st.pools.slots, RootKind::Pools),
+        ] {
+            roots.for_each_run(|addr, pages, live, slots| {
+                f(Item::RootRun {
+                    addr,
+                    pages,
+                    kind,
+                    live,
+                    slots,
+                });
+            });
+        }
+        let mut chunks = |lists: &crate::chunk_lists::ChunkLists, owner| {
+            let (block_size, capacity) = (
+                usize::from(lists.geo.stride),
+                usize::from(lists.geo.capacity),
+            );
+            lists.for_each_chunk(|addr, used| {
+                f(Item::Chunk {
+                    addr,
+                    owner,
+                    block_size,
+                    used,
+                    capacity,
+                });
+            });
+        };
+        for (i, lists) in st.classes.iter().enumerate() {
+            chunks(lists, Owner::Class(i));
+        }
+        for h in pool_headers(st.pools.list) {
+            let id = PoolId::new(core::ptr::from_ref(h).addr(), h.generation);
+            chunks(&h.lists, Owner::Pool(id));
+        }
+        st.large.visit(&mut f);
+        f(Item::PageMap {
+            nodes: st.map.nodes(),
+        });
     }
 
     /// Walks every structure of the heap and checks its invariants: the root-run chain and slot

@@ -135,6 +135,7 @@ mod region;
 mod run;
 #[cfg(test)]
 mod tests;
+mod walk;
 
 use bins::Bins;
 use block::{Block, GRANULE, HEADER, RUN};
@@ -145,6 +146,11 @@ use index::{Index, KIND_RUN, Mapping, run_node};
 /// split and coalesce work and a leftover fragment; a page run of at least 64 KiB wastes less than
 /// one data page plus its header page (the header page is at most 1/17 of the run).
 pub const PAGE_RUN_THRESHOLD: usize = 64 * 1024;
+
+/// Bytes of a region that no block covers: its header and its end sentinel (the blocks a walk
+/// reports tile the rest).
+#[cfg(test)]
+pub(crate) const REGION_OVERHEAD: usize = region::REGION_HEADER + block::HEADER;
 
 // `LargeAlloc` lives inside the heap's first root run, next to other state.
 const _: () = assert!(size_of::<LargeAlloc>() <= 1536);

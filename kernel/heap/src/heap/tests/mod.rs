@@ -25,6 +25,7 @@ mod debug_checks;
 mod memory;
 mod pools;
 mod sources;
+mod walk;
 
 fn heap(pages: usize) -> Heap<ArenaSource> {
     Heap::new(ArenaSource::new(pages))
