@@ -255,6 +255,10 @@ pub enum Sections {
     All,
     /// Only the several-CPU section (for a boot with `-smp 2`, after the one-CPU runs).
     Smp,
+    /// Only the throughput section (1).
+    Throughput,
+    /// Only the single-call latency section (2).
+    Latency,
 }
 
 /// Runs the whole benchmark at `scale` and prints its report over serial. Returns the first
@@ -283,7 +287,11 @@ pub fn run_sections(scale: Scale, sections: Sections) -> Result<(), BenchError> 
     let w = &sizes.workloads;
     let levels = w.scaling_levels;
     let largest = levels.last().copied().unwrap_or(0);
-    let generators = 4 + levels.len();
+    let generators = if matches!(sections, Sections::All | Sections::Throughput) {
+        4 + levels.len()
+    } else {
+        0
+    };
     for g in 0..generators {
         let workload = match g {
             0 => workload::small_churn(w, SEED),
@@ -347,7 +355,8 @@ pub fn run_sections(scale: Scale, sections: Sections) -> Result<(), BenchError> 
     let mix = workload::kernel_mix(w, SEED);
     let mut samples = Latencies::default();
     let mut latency = alloc::vec::Vec::with_capacity(Peer::ALL.len());
-    for peer in Peer::ALL {
+    let run_latency = matches!(sections, Sections::All | Sections::Latency);
+    for peer in Peer::ALL.into_iter().filter(|_| run_latency) {
         match latency_row(peer, &mix, &sizes, overhead, &mut slots, &mut samples) {
             Ok(row) => latency.push(row),
             Err(e) => {
@@ -358,6 +367,15 @@ pub fn run_sections(scale: Scale, sections: Sections) -> Result<(), BenchError> 
     drop(mix);
     drop(samples);
     report::latency(&latency, overhead);
+    if sections != Sections::All {
+        return match first_error {
+            None => {
+                serial_println!("kbench: done, every replay verified");
+                Ok(())
+            }
+            Some(e) => Err(e),
+        };
+    }
 
     // 3. The frame allocator and the page tables (before anything else maps and unmaps in the
     //    window, so the figures compare from boot to boot).

@@ -50,6 +50,8 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
     let sections = match kernel::fw_cfg::read_file(ONLY_FILE, &mut buf) {
         None | Some(b"all") => Sections::All,
         Some(b"smp") => Sections::Smp,
+        Some(b"throughput") => Sections::Throughput,
+        Some(b"latency") => Sections::Latency,
         Some(other) => {
             serial_println!(
                 "kbench: unknown section {:?} in {ONLY_FILE}",
