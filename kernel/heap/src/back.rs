@@ -6,6 +6,27 @@
 //! Every operation takes the chunk lists it works on, and every batch operation the magazine it
 //! fills or empties, from outside: a magazine of the heap state, of a pool header, or (later) of
 //! a CPU's front all go through the same calls.
+//!
+//! # What one call may do
+//!
+//! Every heap call runs with interrupts off in a kernel, so the work of any one call is bounded,
+//! not just its average:
+//!
+//! * a refill ([`Back::refill`]) takes at most [`BATCH_BYTES`] of blocks (one chunk's worth: 16
+//!   blocks up to 256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block), from the
+//!   chunks already mapped, and maps at most one new chunk, only when none has a free block;
+//! * a bounded flush ([`Back::flush_batch`], what a full magazine does) gives back at most
+//!   [`BATCH_BYTES`] of blocks, one page-map lookup each, so it touches at most 16 chunks, and
+//!   releases (unmaps) at most one chunk: it stops before a block whose chunk would be the
+//!   second to go back to the page source, and leaves that block in the magazine;
+//! * the metadata a new chunk needs — a descriptor slot in a root run, a page-map node when the
+//!   chunk lies in a new 2 MiB window — is created ahead of need, one page at a time, by
+//!   [`Back::prepare`] in a refill that mapped no chunk or a flush that released none. The call
+//!   that maps a chunk then maps that one page only. (If no quiet call came in between, the
+//!   call maps the metadata itself: at most one root page and the page-map nodes of one entry.)
+//!
+//! [`Back::flush`] gives back exactly what it is asked (for `trim` and pool destruction, which
+//! must empty a magazine), with no such bound.
 
 use core::ptr::NonNull;
 
@@ -15,7 +36,22 @@ use crate::debug::{self, Fault, Owner};
 use crate::magazine::Magazine;
 use crate::pagemap::{Entry, PageMap};
 use crate::root::Roots;
-use crate::source::{PageSource, PageSourceError};
+use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
+
+/// Bytes of blocks that one refill takes and one bounded flush gives back, at most: one chunk's
+/// worth. A budget in blocks alone (a quarter magazine, 16) let a refill of 4096-byte blocks
+/// take 16 chunks and a flush of them touch 16 chunks and release up to 16 pages in one call;
+/// in bytes, classes up to 256 bytes still move 16 blocks and the 4096-byte class moves one.
+pub const BATCH_BYTES: usize = PAGE_SIZE;
+
+/// Blocks of `stride` bytes that one batch moves: `budget`, but no more than [`BATCH_BYTES`]
+/// hold (and at least one, if `budget` is not 0).
+#[inline]
+pub const fn batch_blocks(stride: usize, budget: usize) -> usize {
+    let fit = BATCH_BYTES / stride;
+    let fit = if fit == 0 { 1 } else { fit };
+    if budget < fit { budget } else { fit }
+}
 
 /// The back of the heap as chunk lists and their magazines reach it: the page source, the root
 /// slots of chunk descriptors and the page map. Every operation that takes chunk lists takes them
@@ -38,10 +74,12 @@ impl<S: PageSource> core::fmt::Debug for Back<'_, S> {
 }
 
 impl<S: PageSource> Back<'_, S> {
-    /// Refills `mag` with up to `budget` blocks of `lists` (at most the magazine's free room),
-    /// mapping one new chunk if no chunk has a free block. Afterwards the magazine holds at least
-    /// one more block, unless the page source failed (then nothing changed). The blocks count as
-    /// used by their chunks; with `debug-checks` they are marked free but cached.
+    /// Refills `mag` with up to `budget` blocks of `lists`, at most [`BATCH_BYTES`] of them (see
+    /// [`batch_blocks`]) and at most the magazine's free room, mapping one new chunk if no chunk
+    /// has a free block. Afterwards the magazine holds at least one more block, unless the page
+    /// source failed (then nothing changed). The blocks count as used by their chunks; with
+    /// `debug-checks` they are marked free but cached. A refill that maps no chunk pre-creates
+    /// metadata ([`prepare`](Self::prepare)) instead.
     ///
     /// # Safety
     ///
@@ -55,8 +93,14 @@ impl<S: PageSource> Back<'_, S> {
         budget: usize,
     ) -> Result<(), PageSourceError> {
         // SAFETY: guaranteed by the caller.
-        let n = unsafe { self.alloc_batch(lists, mag.room(budget)) }?;
+        let stride = usize::from(unsafe { (*lists).geo.stride });
+        // SAFETY: guaranteed by the caller.
+        let (n, mapped) =
+            unsafe { self.alloc_batch(lists, mag.room(batch_blocks(stride, budget))) }?;
         mag.filled(n);
+        if !mapped {
+            self.prepare();
+        }
         Ok(())
     }
 
@@ -79,6 +123,84 @@ impl<S: PageSource> Back<'_, S> {
         // the magazine here.
         unsafe { self.give_back(lists, &mag.cached()[..n]) };
         mag.drop_oldest(n);
+    }
+
+    /// The flush of a full magazine, bounded (see the module documentation): gives back the
+    /// oldest blocks of `mag`, at most `n` and at most [`BATCH_BYTES`] of them, one page-map
+    /// lookup each, and stops before a block whose chunk would be the second this call returns
+    /// to the page source. Returns how many blocks left the magazine: at least one if `n > 0`
+    /// and the magazine holds any. A flush that releases no chunk pre-creates metadata
+    /// ([`prepare`](Self::prepare)) instead.
+    ///
+    /// # Safety
+    ///
+    /// As for [`flush`](Self::flush).
+    #[inline(never)]
+    pub unsafe fn flush_batch<const CAP: usize>(
+        &mut self,
+        lists: *mut ChunkLists,
+        mut mag: Magazine<'_, CAP>,
+        n: usize,
+    ) -> usize {
+        // SAFETY: guaranteed by the caller.
+        let stride = usize::from(unsafe { (*lists).geo.stride });
+        let n = batch_blocks(stride, n).min(mag.len());
+        // SAFETY: guaranteed by the caller; each block is given back exactly once, as it leaves
+        // the magazine here (the blocks after `given` stay in it).
+        let (given, released) = unsafe { self.give_back_bounded(lists, &mag.cached()[..n]) };
+        mag.drop_oldest(given);
+        if !released {
+            self.prepare();
+        }
+        given
+    }
+
+    /// Pre-creates, one page at most, the metadata a new chunk of this back may need: a spare
+    /// root run of descriptor slots once the last run is half used, otherwise a spare page-map
+    /// node if the map has none (see `pagemap` and `root`). Called by refills and flushes
+    /// that made no page-source call of their own, so that the call which maps a chunk maps only
+    /// its page. A failure changes nothing: the call that needs the metadata then maps it itself
+    /// (and fails cleanly if it cannot).
+    #[inline]
+    pub fn prepare(&mut self) {
+        // Descriptor runs first: they are needed every 126 chunks (39 with `debug-checks`),
+        // page-map leaves every 512 pages.
+        if self.roots.wants_spare() {
+            let _ = self.roots.add_spare(self.src, self.map);
+        } else if self.map.wants_spare() {
+            let _ = self.map.add_spare(self.src);
+        }
+    }
+
+    /// [`give_back`](Self::give_back), stopping before a block whose chunk would be the second
+    /// to be released. Returns how many blocks were given back (a prefix of `blocks`, at least
+    /// one if there is any) and whether a chunk was released.
+    ///
+    /// # Safety
+    ///
+    /// As for `give_back`.
+    unsafe fn give_back_bounded(
+        &mut self,
+        lists: *mut ChunkLists,
+        blocks: &[*mut u8],
+    ) -> (usize, bool) {
+        // SAFETY: guaranteed by the caller.
+        let stride = usize::from(unsafe { (*lists).geo.stride });
+        let mut released = false;
+        for (i, &b) in blocks.iter().enumerate() {
+            let Some(p) = NonNull::new(b) else { continue };
+            if let Entry::Chunk(d) = self.map.lookup(b.addr()) {
+                // SAFETY: the page map names the live descriptor of `b`'s chunk, a chunk of
+                // `lists` that counts `b` as used (caller); the block covers `stride` bytes.
+                unsafe {
+                    if released && (*lists).would_release(d.as_ptr()) {
+                        return (i, true);
+                    }
+                    released |= self.free_block(lists, d.as_ptr(), p, stride);
+                }
+            }
+        }
+        (blocks.len(), released)
     }
 
     /// Gives blocks that left a magazine back to their chunks of `lists` (one page-map lookup
@@ -159,7 +281,8 @@ impl<S: PageSource> Back<'_, S> {
 
     /// Fills `out` with up to `out.len()` blocks of `lists` for a magazine (see
     /// [`ChunkLists::alloc_batch`]), mapping one new chunk if no chunk has a free block. Returns
-    /// how many blocks it wrote: at least one, unless `out` is empty or the page source fails.
+    /// how many blocks it wrote — at least one, unless `out` is empty or the page source fails —
+    /// and whether it mapped a chunk.
     ///
     /// # Safety
     ///
@@ -168,15 +291,15 @@ impl<S: PageSource> Back<'_, S> {
         &mut self,
         lists: *mut ChunkLists,
         out: &mut [*mut u8],
-    ) -> Result<usize, PageSourceError> {
+    ) -> Result<(usize, bool), PageSourceError> {
         // SAFETY: `lists` is live (caller).
         unsafe {
             let n = (*lists).alloc_batch(out);
             if n > 0 || out.is_empty() {
-                return Ok(n);
+                return Ok((n, false));
             }
             self.add_chunk(lists)?;
-            Ok((*lists).alloc_batch(out))
+            Ok(((*lists).alloc_batch(out), true))
         }
     }
 
@@ -250,7 +373,7 @@ impl<S: PageSource> Back<'_, S> {
 
     /// Gives block `ptr` of chunk `d` back to `lists` without the debug checks of
     /// [`free`](Self::free) (for blocks the heap itself held, such as a magazine's), returning
-    /// the chunk to the page source if it empties and the reserve is full. O(1).
+    /// the chunk to the page source if it empties and the reserve is full (then `true`). O(1).
     ///
     /// # Safety
     ///
@@ -263,12 +386,14 @@ impl<S: PageSource> Back<'_, S> {
         d: *mut ChunkDesc,
         ptr: NonNull<u8>,
         owned: usize,
-    ) {
+    ) -> bool {
         // SAFETY: guaranteed by the caller.
         if let Some(empty) = unsafe { (*lists).free(d, ptr, owned) } {
             // SAFETY: the lists forgot the chunk; it is ours to release.
             unsafe { self.release(empty) };
+            return true;
         }
+        false
     }
 
     /// Returns a chunk its lists have forgotten to the page source, and its slot to the roots.
@@ -343,8 +468,155 @@ mod tests {
     use super::*;
     use crate::chunk::{DESC_SLOT, Geometry};
     use crate::chunk_lists::ListCounts;
-    use crate::magazine::MagazineStore;
+    use crate::magazine::{MAG_BATCH, MAG_CAP, MagazineStore};
+    use crate::source::PAGE_SIZE;
     use crate::testing::ArenaSource;
+
+    /// What the back's tests run on: a page source, a page map, a descriptor chain and chunk
+    /// lists of one block size.
+    struct Parts {
+        src: ArenaSource,
+        map: PageMap,
+        roots: Roots,
+        lists: ChunkLists,
+    }
+
+    impl Parts {
+        fn new(stride: usize) -> Self {
+            Self {
+                // 2 MiB aligned: every page lies under one page-map leaf.
+                src: ArenaSource::aligned(64, 2 << 20),
+                map: PageMap::new(),
+                roots: Roots::empty(DESC_SLOT),
+                lists: ChunkLists::new(Geometry::new(stride)),
+            }
+        }
+
+        fn back(&mut self) -> (Back<'_, ArenaSource>, *mut ChunkLists) {
+            let back = Back {
+                src: &mut self.src,
+                roots: &mut self.roots,
+                map: &mut self.map,
+            };
+            (back, &raw mut self.lists)
+        }
+    }
+
+    #[test]
+    fn batch_blocks_is_one_chunks_worth() {
+        for (stride, blocks) in [
+            (8, 16),
+            (256, 16),
+            (320, 12),
+            (512, 8),
+            (1024, 4),
+            (4096, 1),
+        ] {
+            assert_eq!(batch_blocks(stride, MAG_BATCH), blocks, "{stride}");
+        }
+        assert_eq!(batch_blocks(64, 3), 3);
+        assert_eq!(batch_blocks(4096, 0), 0);
+    }
+
+    /// A refill takes at most a chunk's worth of bytes: one 4096-byte block (one new chunk, one
+    /// page mapped), four of 1024 bytes, sixteen of 64. A refill served by mapped chunks maps no
+    /// chunk and pre-creates a spare page-map node instead.
+    #[test]
+    fn a_refill_takes_one_chunks_worth_and_maps_one_page() {
+        for (stride, blocks) in [(64, 16), (1024, 4), (2048, 2), (4096, 1)] {
+            let mut parts = Parts::new(stride);
+            let mut store = MagazineStore::<MAG_CAP>::new();
+            let mut mag = store.magazine();
+            let (mut back, l) = parts.back();
+            // SAFETY: `l` points to chunk lists only this test uses; the magazine caches their
+            // blocks only.
+            unsafe {
+                back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
+                assert_eq!(mag.len(), blocks, "{stride}");
+                let (calls, pages) = (back.src.map_calls(), back.src.mapped_pages());
+                back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
+                assert_eq!(mag.len(), 2 * blocks, "{stride}");
+                // A new chunk for the big blocks (the chunk page only); the spare page-map node
+                // for the small ones, whose first chunk still had free blocks.
+                assert_eq!(back.src.map_calls(), calls + 1, "{stride}");
+                assert_eq!(back.src.mapped_pages(), pages + 1, "{stride}");
+                assert_eq!(
+                    back.map.spare_nodes(),
+                    usize::from(stride == 64),
+                    "{stride}"
+                );
+                (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+                back.flush(l, mag.reborrow(), usize::MAX);
+                back.drain_reserve(l);
+            }
+            assert_eq!(parts.lists.counts().chunks, 0);
+        }
+    }
+
+    /// A bounded flush releases at most one chunk: it stops before the block whose chunk would
+    /// be the second to go back to the page source, which stays in the magazine.
+    #[test]
+    fn a_flush_releases_at_most_one_chunk() {
+        let mut parts = Parts::new(64);
+        let mut store = MagazineStore::<MAG_CAP>::new();
+        let mut mag = store.magazine();
+        let (mut back, l) = parts.back();
+        let owner = Owner::Class { size: 64 };
+        // SAFETY: `l` points to chunk lists only this test uses; every block is freed once,
+        // and the magazine gets only blocks of them that their chunks count as used, marked
+        // free but cached as a front does.
+        unsafe {
+            // Three full chunks of 64 blocks; keep one block of each.
+            let blocks: std::vec::Vec<_> = (0..3 * 64).map(|_| back.alloc(l).unwrap()).collect();
+            assert_eq!((*l).counts().chunks, 3);
+            for (i, &p) in blocks.iter().enumerate() {
+                if i % 64 != 0 {
+                    assert!(back.free(l, p, 64, owner));
+                }
+            }
+            for &p in blocks.iter().step_by(64) {
+                let Entry::Chunk(d) = back.map.lookup(p.addr().get()) else {
+                    panic!("not a chunk")
+                };
+                (*d.as_ptr()).set_allocated(&(*l).geo, p, false);
+                assert!(mag.push(p));
+            }
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            let pages = back.src.mapped_pages();
+            // The first chunk to empty joins the reserve (one chunk for 64-byte blocks), the
+            // second is released, the third would be released too: the flush stops there.
+            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 2);
+            assert_eq!(mag.len(), 1);
+            assert_eq!(back.src.mapped_pages(), pages - 1);
+            assert_eq!((*l).counts().chunks, 2);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 1);
+            assert_eq!(back.src.mapped_pages(), pages - 2);
+            assert_eq!(mag.len(), 0);
+            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 0);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+        }
+    }
+
+    /// A bounded flush of 4096-byte blocks gives back one block: a chunk's worth.
+    #[test]
+    fn a_flush_of_page_blocks_gives_back_one() {
+        let mut parts = Parts::new(PAGE_SIZE);
+        let mut store = MagazineStore::<MAG_CAP>::new();
+        let mut mag = store.magazine();
+        let (mut back, l) = parts.back();
+        // SAFETY: as in the tests above; flushed blocks came from refills.
+        unsafe {
+            for _ in 0..3 {
+                back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
+            }
+            assert_eq!(mag.len(), 3);
+            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 1);
+            assert_eq!(mag.len(), 2);
+            assert_eq!((*l).counts().live, 2);
+            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+        }
+    }
 
     /// The back's batch operations take any magazine and any chunk lists from outside: here
     /// both live on the stack, with a descriptor chain and a page map of their own.

@@ -227,7 +227,8 @@
 //! out of line means all 4096 bytes of a chunk serve blocks (two 2048-byte blocks per chunk, one
 //! 4096-byte block per chunk, 512 blocks of 8 bytes). Descriptor slots and pool slots are
 //! separate chains of root runs with their own slot size; when a chain's last run is full
-//! another page is chained. Freed slots are recycled LIFO. Each run header counts its live
+//! another page is chained (for descriptors, one mapped ahead of need once the last run is half
+//! used: see "Work per call"). Freed slots are recycled LIFO. Each run header counts its live
 //! slots, and [`Heap::trim`] unmaps every run without one (except the first, which holds the
 //! heap state), so the root pages follow the number of chunks and pools back down.
 //!
@@ -237,7 +238,7 @@
 //! ```text
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
-//!   40     HeapState      21608 B
+//!   40     HeapState      21616 B
 //!   40       classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
 //!                                   geometry
 //!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
@@ -247,13 +248,13 @@
 //!   2984     large pages      8 B   pages the large allocator maps
 //!   2992     requested        8 B   requested bytes of live blocks   ┐ touched by every
 //!   3000     window          16 B   the page source's window         │ allocation and free:
-//!   3016     map             32 B   PageMap: top node, node count,   │ kept together
-//!                                   cached level-2 node              │
-//!   3048     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
+//!   3016     map             40 B   PageMap: top node, node count,   │ kept together
+//!                                   cached level-2 node, spare node  │
+//!   3056     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
 //!                                   then 36 × 64 block pointers
-//!   21624    last pool       24 B   the user pool named last and its header (skips the id
+//!   21632    last pool       24 B   the user pool named last and its header (skips the id
 //!                                   check's page-map lookup on repeated calls)
-//!   21648  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
+//!   21656  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
@@ -294,9 +295,10 @@
 //! a pool), used LIFO. [`Heap::allocate`] pops one and [`Heap::deallocate`] pushes one, so the
 //! common call is a table lookup for the class, a pop or a push, and the requested-bytes
 //! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
-//! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists (mapping
-//! one chunk at most); a full one gives its oldest quarter back to their chunks (one page-map
-//! lookup each). Those batches are the *back*'s operations (`back::Back::refill` and
+//! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists, but at
+//! most a chunk's worth of bytes (mapping one chunk at most); a full one gives its oldest quarter
+//! back to their chunks, again at most a chunk's worth of bytes (one page-map lookup each, and at
+//! most one chunk released; see "Work per call" below). Those batches are the *back*'s operations (`back::Back::refill` and
 //! `flush`), which take the magazine from outside: the magazines are the heap's front, and
 //! everything behind them its back. A cached block still counts as used by its chunk, so its
 //! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
@@ -307,6 +309,29 @@
 //! lookup and every refill or flush go through out-of-line slow paths to the same magazines.
 //! Pools of 1–7-byte blocks go straight to their chunks, whose free bitmap is also what catches
 //! a double free there.
+//!
+//! # Work per call
+//!
+//! Every heap call runs with interrupts off in a kernel, so what one call may do is bounded, not
+//! only its average (module `back`). Besides the magazine pop or push, a class allocation or
+//! free does at most one of:
+//!
+//! * a **refill**: at most `back::BATCH_BYTES` (one page) of blocks — 16 blocks up to
+//!   256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block — from chunks already
+//!   mapped, or from one new chunk (one page mapped) when none has a free block;
+//! * a **flush**: at most a page's worth of blocks back to their chunks (one page-map lookup
+//!   each, so at most 16 chunks touched), releasing (unmapping) at most one chunk: the flush
+//!   stops before a block whose chunk would be the second to go, and leaves it in the magazine.
+//!
+//! The metadata a new chunk needs — a descriptor slot, and a page-map leaf when the chunk lies
+//! in a new 2 MiB window — is created ahead of need, one page per call, by refills that map no
+//! chunk and flushes that release none: a spare page-map node, and a spare descriptor run once
+//! the last one is half used (`back::Back::prepare`). So a call that maps a chunk maps that one
+//! page. Only if no such quiet call came between two needs (or for the two nodes of a new 1 GiB
+//! window) does a call map metadata itself, as before: one root page and the nodes of one
+//! page-map path at most. A failure to pre-create is not reported: nothing changed, and the call
+//! that needs the page maps it (or fails cleanly). The large allocator's calls (new regions,
+//! page runs) are bounded by its own rules (module `large`).
 //!
 //! # Size classes
 //!

@@ -14,10 +14,19 @@
 //!                              run the large allocator mapped (region or page run)
 //! ```
 //!
-//! Nodes are mapped lazily when a page in a new 2 MiB (leaf), 1 GiB or 512 GiB window is first
+//! Nodes are created when a page in a new 2 MiB (leaf), 1 GiB or 512 GiB window is first
 //! recorded, and are unmapped only by [`PageMap::prune`] (called by `Heap::trim`) once they are
 //! empty: clearing an entry stays O(1), and a chunk that is mapped and unmapped repeatedly in a
 //! new window does not drag a node page through the page source with it.
+//!
+//! A new node is taken from a *spare*: one zeroed node page that the map keeps mapped ahead of
+//! need ([`PageMap::add_spare`]). The heap's back tops the spare up in a slow-path call that maps
+//! nothing else (a refill that finds its blocks in mapped chunks, a flush that releases no
+//! chunk; see `back::Back::prepare`), so that the call which records a chunk in a new 2 MiB
+//! window maps only the chunk's page, not the chunk page and a node page too. Only when the
+//! spare is gone (the first node after `prune`, or two new windows in a row without a quiet call
+//! in between, or a new 1 GiB window, which needs two nodes) does recording map a node itself,
+//! as before. `prune` unmaps the spare with the empty nodes.
 //!
 //! Node pages themselves are not recorded in the map (a leaf would otherwise hold the entry of the
 //! page it lives in, and could never become empty); a pointer into a node page is therefore
@@ -114,7 +123,7 @@ pub struct EntryCounts {
     pub large: usize,
 }
 
-/// The radix tree. Lives in the heap state (first root page); owns its node pages. 32 bytes.
+/// The radix tree. Lives in the heap state (first root page); owns its node pages. 40 bytes.
 #[derive(Debug)]
 pub struct PageMap {
     /// Top-level node, null until the first entry is recorded.
@@ -126,6 +135,9 @@ pub struct PageMap {
     hint_key: usize,
     /// The level-2 node (whose slots point to leaves) for `hint_key`'s 1 GiB of addresses.
     hint: *mut Node,
+    /// A zeroed node page mapped ahead of need (counted in `nodes`), or null: the next node the
+    /// tree needs is taken from here (see the module documentation).
+    spare: *mut Node,
 }
 
 /// Address bits below the 1 GiB covered by one level-2 node (its slots cover 2 MiB each).
@@ -188,12 +200,40 @@ impl PageMap {
             nodes: 0,
             hint_key: NO_HINT,
             hint: ptr::null_mut(),
+            spare: ptr::null_mut(),
         }
     }
 
-    /// Node pages the map holds.
+    /// Node pages the map holds (the spare included).
     pub fn nodes(&self) -> usize {
         self.nodes
+    }
+
+    /// Spare node pages held (0 or 1; counted in [`nodes`](Self::nodes)).
+    pub fn spare_nodes(&self) -> usize {
+        usize::from(!self.spare.is_null())
+    }
+
+    /// Whether the map would like a spare node: it has a tree (so it records pages) and no
+    /// spare. [`add_spare`](Self::add_spare) maps one.
+    pub fn wants_spare(&self) -> bool {
+        !self.top.is_null() && self.spare.is_null()
+    }
+
+    /// Whether the spare, if any, is still all null slots (for the checker).
+    pub fn spare_is_zeroed(&self) -> bool {
+        // SAFETY: a non-null spare is a live node page of this map, written by no one.
+        self.spare.is_null() || unsafe { (*self.spare).slots.iter().all(|s| s.is_null()) }
+    }
+
+    /// Maps and zeroes a node page and keeps it as the spare, which the next node the tree
+    /// needs is taken from. One page-source call; on failure nothing changed.
+    pub fn add_spare<S: PageSource>(&mut self, src: &mut S) -> Result<(), PageSourceError> {
+        if !self.spare.is_null() {
+            return Ok(());
+        }
+        self.spare = self.map_node(src)?;
+        Ok(())
     }
 
     /// What the page containing `addr` is. O(1): four dependent loads.
@@ -274,8 +314,17 @@ impl PageMap {
         Entry::decode(unsafe { (*node).slots[idx[LEVELS as usize - 1]] })
     }
 
-    /// Maps and zeroes one node page.
+    /// A zeroed node page for the tree: the spare if there is one, otherwise a page mapped now.
     fn new_node<S: PageSource>(&mut self, src: &mut S) -> Result<*mut Node, PageSourceError> {
+        if !self.spare.is_null() {
+            // The spare was zeroed when it was mapped, and nothing has written it since.
+            return Ok(core::mem::replace(&mut self.spare, ptr::null_mut()));
+        }
+        self.map_node(src)
+    }
+
+    /// Maps and zeroes one node page.
+    fn map_node<S: PageSource>(&mut self, src: &mut S) -> Result<*mut Node, PageSourceError> {
         let page = src.map_pages(1)?.cast::<Node>();
         // SAFETY: the source just handed us one page, page aligned, exclusively ours; writing
         // zeroes makes every slot a null pointer.
@@ -361,10 +410,17 @@ impl PageMap {
         }
     }
 
-    /// Unmaps every node that holds no entries (bottom up). Linear in the number of nodes.
+    /// Unmaps the spare and every node that holds no entries (bottom up). Linear in the number
+    /// of nodes.
     pub fn prune<S: PageSource>(&mut self, src: &mut S) {
         self.hint_key = NO_HINT;
         self.hint = ptr::null_mut();
+        if let Some(spare) = NonNull::new(core::mem::replace(&mut self.spare, ptr::null_mut())) {
+            // SAFETY: the spare is a node page `map_node` mapped as one page of `src`, which
+            // nothing points to but `self.spare`.
+            unsafe { src.unmap_pages(spare.cast(), 1) };
+            self.nodes -= 1;
+        }
         if self.top.is_null() {
             return;
         }
@@ -656,6 +712,51 @@ mod tests {
         map.prune(&mut src);
         assert_eq!(map.nodes(), 0);
         assert_eq!(src.mapped_pages(), 3);
+    }
+
+    /// A node the tree needs is taken from the spare: recording a page in a new 2 MiB window
+    /// makes no page-source call then. `prune` unmaps the spare.
+    #[test]
+    fn a_new_window_takes_the_spare_node_without_mapping() {
+        const MIB2: usize = 2 << 20;
+        let mut src = ArenaSource::new(8);
+        let mut map = PageMap::new();
+        let page = |addr: usize| NonNull::new(ptr::without_provenance_mut::<u8>(addr)).unwrap();
+        assert!(!map.wants_spare(), "no tree, no spare");
+        map.set(&mut src, page(MIB2), Entry::Large(page(MIB2)))
+            .unwrap();
+        assert_eq!(map.nodes(), 4);
+        assert!(map.wants_spare());
+        map.add_spare(&mut src).unwrap();
+        assert!(!map.wants_spare());
+        assert_eq!((map.nodes(), map.spare_nodes()), (5, 1));
+        assert!(map.spare_is_zeroed());
+        let calls = src.map_calls();
+        // The next 2 MiB window needs one leaf node: the spare.
+        map.set(&mut src, page(2 * MIB2), Entry::Large(page(2 * MIB2)))
+            .unwrap();
+        assert_eq!(src.map_calls(), calls);
+        assert_eq!((map.nodes(), map.spare_nodes()), (5, 0));
+        assert_eq!(map.get(2 * MIB2 + 8), Entry::Large(page(2 * MIB2)));
+        assert_eq!(map.for_each(|_, _| {}), 5);
+        // Without a spare the map maps the node itself.
+        map.set(&mut src, page(3 * MIB2), Entry::Large(page(3 * MIB2)))
+            .unwrap();
+        assert_eq!(src.map_calls(), calls + 1);
+        map.add_spare(&mut src).unwrap();
+        assert_eq!(src.mapped_pages(), 7);
+        for i in 1..4 {
+            map.clear_run(page(i * MIB2), 1);
+        }
+        map.prune(&mut src);
+        assert_eq!((map.nodes(), map.spare_nodes()), (0, 0));
+        assert_eq!(src.mapped_pages(), 0);
+        // A spare that cannot be mapped leaves the map as it was.
+        map.set(&mut src, page(MIB2), Entry::Large(page(MIB2)))
+            .unwrap();
+        src.fail_after(Some(0));
+        assert!(map.add_spare(&mut src).is_err());
+        assert_eq!((map.nodes(), map.spare_nodes()), (4, 0));
     }
 
     #[test]

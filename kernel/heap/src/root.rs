@@ -14,6 +14,13 @@
 //! its kind byte.
 //!
 //! Later runs are one page each. Runs of a chain are linked through `next` in creation order.
+//! The chain may end in one *spare* run after its last run (the one whose bump cursor hands out
+//! fresh slots): a run mapped ahead of need by [`Roots::add_spare`] once the last run is half used
+//! and no freed slot is left, which the heap's back does in a slow-path call that maps nothing
+//! else (`back::Back::prepare`). The slot request that finds the last run full then moves on to
+//! the spare instead of mapping a page, so the call that maps a new chunk does not also map a
+//! root page for its descriptor. Without a spare (the chain grew twice without a quiet call in
+//! between), [`Roots::alloc`] maps the run itself, as before.
 //! A slot's first byte says what it holds ([`KIND_FREE`], `chunk::KIND_CHUNK`,
 //! `pool::KIND_POOL`). Free slots form a LIFO list linked through the slot; fresh runs hand out
 //! never-used slots from a bump cursor, so adding a run is O(1). Each run header counts its live
@@ -182,8 +189,61 @@ impl Roots {
         self.live
     }
 
-    /// Takes a slot (its contents are unspecified; the caller writes its kind). O(1); maps and
-    /// chains a new one-page root run when every slot is taken.
+    /// Whether the chain would like a spare run: it has runs, none after the last, no freed
+    /// slot, and the last run has handed out at least half of its slots.
+    pub fn wants_spare(&self) -> bool {
+        // SAFETY: a non-null `last` is a live run of the chain.
+        self.free.is_null()
+            && !self.last.is_null()
+            && unsafe {
+                (*self.last).next.is_null() && (*self.last).slot_bump * 2 >= (*self.last).slot_count
+            }
+    }
+
+    /// Maps a one-page run and chains it after the last run as the spare, which the next slot
+    /// request that finds the last run full moves on to. One page-source call (and the page-map
+    /// entry, from the map's spare node if it needs a node); on failure nothing changed.
+    pub fn add_spare<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        map: &mut PageMap,
+    ) -> Result<(), PageSourceError> {
+        if self.last.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null `last` is a live run of the chain.
+        if unsafe { !(*self.last).next.is_null() } {
+            return Ok(());
+        }
+        let header = self.map_run(src, map)?;
+        // SAFETY: `last` is live; the new run is not yet linked.
+        unsafe { (*self.last).next = header };
+        Ok(())
+    }
+
+    /// Maps a one-page run, records it in `map` and counts it; the caller links it.
+    fn map_run<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        map: &mut PageMap,
+    ) -> Result<*mut RootHeader, PageSourceError> {
+        let page = src.map_pages(1)?;
+        if let Err(e) = map.set(src, page, Entry::Root(page)) {
+            // SAFETY: mapped just now, nothing handed out.
+            unsafe { src.unmap_pages(page, 1) };
+            return Err(e);
+        }
+        let header = page.as_ptr().cast::<RootHeader>();
+        // SAFETY: a fresh page of ours.
+        unsafe { init_header(header, 1, size_of::<RootHeader>(), self.slot_size) };
+        self.runs += 1;
+        self.pages += 1;
+        Ok(header)
+    }
+
+    /// Takes a slot (its contents are unspecified; the caller writes its kind). O(1); when every
+    /// slot is taken, moves on to the spare run if there is one, otherwise maps and chains a new
+    /// one-page root run.
     pub fn alloc<S: PageSource>(
         &mut self,
         src: &mut S,
@@ -203,24 +263,23 @@ impl Roots {
         let full =
             self.last.is_null() || unsafe { (*self.last).slot_bump == (*self.last).slot_count };
         if full {
-            let page = src.map_pages(1)?;
-            if let Err(e) = map.set(src, page, Entry::Root(page)) {
-                // SAFETY: mapped just now, nothing handed out.
-                unsafe { src.unmap_pages(page, 1) };
-                return Err(e);
-            }
-            let header = page.as_ptr().cast::<RootHeader>();
-            // SAFETY: a fresh page of ours; a non-null `last` is a live run.
-            unsafe {
-                init_header(header, 1, size_of::<RootHeader>(), self.slot_size);
-                match self.last.as_mut() {
+            // SAFETY: a non-null `last` is a live run of the chain; a run after it is the spare,
+            // live and unused.
+            let spare = match unsafe { self.last.as_ref() } {
+                Some(last) => last.next,
+                None => ptr::null_mut(),
+            };
+            if spare.is_null() {
+                let header = self.map_run(src, map)?;
+                // SAFETY: a non-null `last` is a live run; the new run is not yet linked.
+                match unsafe { self.last.as_mut() } {
                     Some(last) => last.next = header,
                     None => self.first = header,
                 }
+                self.last = header;
+            } else {
+                self.last = spare;
             }
-            self.last = header;
-            self.runs += 1;
-            self.pages += 1;
         }
         let last = self.last;
         // SAFETY: `last` is live and has a never-used slot at `slot_bump`, inside the run.
@@ -365,7 +424,9 @@ impl Roots {
     ) -> Result<(), InvariantError> {
         let mut run = self.first;
         let (mut runs, mut pages, mut live, mut free) = (0, 0, 0, 0);
-        let mut last = ptr::null_mut();
+        let mut last: *mut RootHeader = ptr::null_mut();
+        // Runs seen after `self.last`: at most one, the unused spare.
+        let mut spares = 0;
         while let Some(r) = NonNull::new(run) {
             // SAFETY: runs of the chain are live.
             let h = unsafe { &*run };
@@ -414,10 +475,18 @@ impl Roots {
                     counted: run_live,
                 });
             }
+            if !last.is_null() && (last == self.last || spares > 0) {
+                // A run after the last one is the spare: unused, and there is one at most.
+                spares += 1;
+                if spares > 1 || h.slot_bump != 0 || h.live != 0 {
+                    return Err(bad);
+                }
+            } else {
+                last = run;
+            }
             live += run_live;
             runs += 1;
             pages += h.pages as usize;
-            last = run;
             run = h.next;
         }
         if last != self.last {
@@ -542,6 +611,63 @@ mod tests {
             unsafe { s.as_ptr().write(0x11) };
         }
         assert_eq!(roots.pages(), 4);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+    }
+
+    /// The spare run is mapped ahead of need once the last run is half used, and the slot
+    /// request that finds the last run full moves on to it without a page-source call.
+    #[test]
+    fn a_spare_run_is_chained_ahead_of_need_and_used_without_mapping() {
+        let mut src = ArenaSource::new(64);
+        let mut map = PageMap::new();
+        let base = src.map_pages(1).unwrap();
+        map.set(&mut src, base, Entry::Root(base)).unwrap();
+        // SAFETY: `base` is a fresh page of ours; the caller's bytes (to 1024) pin it.
+        let mut roots = unsafe { Roots::with_first_run(base, 1, 1024, DESC_SLOT) };
+        let first = (PAGE_SIZE - 1024) / DESC_SLOT;
+        let take = |roots: &mut Roots, src: &mut ArenaSource, map: &mut PageMap| {
+            let s = roots.alloc(src, map).unwrap();
+            // SAFETY: a slot we own.
+            unsafe { s.as_ptr().write(0x11) };
+            s
+        };
+        let mut slots = std::vec::Vec::new();
+        while !roots.wants_spare() {
+            slots.push(take(&mut roots, &mut src, &mut map));
+        }
+        assert_eq!(slots.len(), first.div_ceil(2), "wanted once half used");
+        roots.add_spare(&mut src, &mut map).unwrap();
+        assert!(!roots.wants_spare());
+        assert_eq!(roots.pages(), 2);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        // A second spare is not added.
+        let calls = src.map_calls();
+        roots.add_spare(&mut src, &mut map).unwrap();
+        assert_eq!(src.map_calls(), calls);
+        // The rest of the first run, then the spare: no page-source call.
+        while slots.len() < first + 1 {
+            slots.push(take(&mut roots, &mut src, &mut map));
+        }
+        assert_eq!(src.map_calls(), calls);
+        assert_eq!(roots.pages(), 2);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        // A freed slot is reused before any spare is wanted.
+        // SAFETY: allocated above, freed once.
+        unsafe { roots.free(slots.pop().unwrap()) };
+        assert!(!roots.wants_spare());
+        // An unused spare is released by `release_empty`, like any empty run.
+        for s in slots.drain(first.div_ceil(2)..) {
+            // SAFETY: allocated above, freed once.
+            unsafe { roots.free(s) };
+        }
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        assert_eq!(roots.release_empty(&mut src, &mut map), 1);
+        roots.check(&map, |_, _| Ok(())).unwrap();
+        assert_eq!(roots.pages(), 1);
+        // Without a spare, a full chain still maps a run itself.
+        while roots.pages() == 1 {
+            slots.push(take(&mut roots, &mut src, &mut map));
+        }
         roots.check(&map, |_, _| Ok(())).unwrap();
     }
 

@@ -178,7 +178,7 @@ impl<S: PageSource> Heap<S> {
             (counts.chunk, chunks),
             (counts.root, s.descs.pages() + s.pools.slots.pages()),
             (s.large_pages, counts.large),
-            (s.map.nodes(), nodes),
+            (s.map.nodes(), nodes + s.map.spare_nodes()),
         ] {
             if recorded != counted {
                 return Err(InvariantError::CountMismatch {
@@ -187,6 +187,9 @@ impl<S: PageSource> Heap<S> {
                     counted,
                 });
             }
+        }
+        if !s.map.spare_is_zeroed() {
+            return Err(InvariantError::PageMapMismatch { addr });
         }
         if s.requested > held {
             return Err(InvariantError::CountMismatch {

@@ -123,8 +123,9 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
         Some(p)
     }
 
-    /// Refills the (empty) magazine with a batch of blocks from the chunks, mapping one chunk at
-    /// most, and takes one, counted as `size` requested bytes.
+    /// Refills the (empty) magazine with a batch of blocks from the chunks (at most a chunk's
+    /// worth, see `Back::refill`), mapping one chunk at most, and takes one, counted as `size`
+    /// requested bytes.
     #[inline]
     pub(super) fn refill_and_take(&mut self, size: usize) -> Result<NonNull<u8>, PageSourceError> {
         // SAFETY: `lists` are live list-chunk lists and `mag` caches their blocks (invariant).
@@ -220,7 +221,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     }
 
     /// Caches `block`, giving the magazine's oldest batch back to the chunks first if it is
-    /// full, and counts `size` requested bytes out.
+    /// full (a bounded flush: `Back::flush_batch`), and counts `size` requested bytes out.
     ///
     /// # Safety
     ///
@@ -229,7 +230,20 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     #[inline]
     pub(super) unsafe fn give(&mut self, block: NonNull<u8>, size: usize) {
         if self.mag.is_full() {
-            self.flush(Magazine::<CAP>::BATCH);
+            // SAFETY: the invariant: live lists, and every cached block is theirs, counted as
+            // used, with a provenance covering it. It gives back at least one block.
+            unsafe {
+                Back {
+                    src: self.src,
+                    roots: self.roots,
+                    map: self.map,
+                }
+                .flush_batch(
+                    self.lists,
+                    self.mag.reborrow(),
+                    Magazine::<CAP>::BATCH,
+                )
+            };
         }
         let cached = self.cache(block, size);
         debug_assert!(cached, "a flushed magazine has room");

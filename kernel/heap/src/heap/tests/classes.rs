@@ -132,11 +132,14 @@ fn empty_chunks_go_back_beyond_the_reserve() {
         unsafe { h.deallocate(p, l) };
     }
     h.check_invariants().unwrap();
-    // The magazine took every block; each time it was full it gave its MAG_BATCH oldest
-    // blocks back. Refills took one fresh chunk (two blocks) at a time, so blocks 2k and
-    // 2k + 1 share a chunk, and the flushed blocks (the first ones freed) emptied whole
-    // chunks: the reserve keeps some of them, the rest went back to the page source.
-    let flushed = (n - MAG_CAP).div_ceil(MAG_BATCH) * MAG_BATCH;
+    // The magazine took every block; each time it was full it gave its oldest blocks back, a
+    // chunk's worth of bytes (two 2048-byte blocks) at a time. Refills took one fresh chunk
+    // (two blocks) at a time, so blocks 2k and 2k + 1 share a chunk, and each flush (of the
+    // first blocks freed) emptied one whole chunk: the reserve keeps some of them, the rest
+    // went back to the page source, one per flush.
+    let batch = crate::back::batch_blocks(2048, MAG_BATCH);
+    assert_eq!(batch, 2);
+    let flushed = (n - MAG_CAP).div_ceil(batch) * batch;
     let s = h.stats();
     let c = s.classes[i];
     assert_eq!((c.in_use, c.cached), (0, n - flushed), "{s}");

@@ -283,3 +283,81 @@ fn the_retry_returns_root_runs_and_map_nodes_a_failed_chunk_left() {
     h.check_invariants().unwrap();
     assert_eq!(h.source().arena.mapped_pages(), h.idle_pages());
 }
+
+/// The metadata a new chunk needs (a descriptor slot in a new root run, a page-map node for a
+/// new 2 MiB window) is created ahead of need by quiet slow-path calls, so a call that maps a
+/// chunk makes exactly one page-source call: a refill of the 4096-byte class maps one page, even
+/// across new root runs and new page-map leaves.
+#[test]
+fn metadata_is_created_before_the_call_that_needs_it() {
+    let chunks = if cfg!(miri) { 120 } else { 600 };
+    let mut h = heap(chunks + 100);
+    let small = layout(16, 8);
+    let page = layout(4096, 8);
+    let mut live = Vec::new();
+    // Warm up: the first root run, its page-map path, a chunk of 16-byte blocks, and a quiet
+    // refill from that chunk (which maps the spare page-map node).
+    for _ in 0..=MAG_BATCH {
+        live.push((h.allocate(small).unwrap(), small));
+    }
+    assert_eq!(h.live().unwrap().map().spare_nodes(), 1);
+    let (mut root_runs, mut leaves) = (h.stats().pages.root, h.stats().pages.page_map);
+    for i in 0..chunks {
+        for l in [page, small, small] {
+            let calls = h.source().map_calls();
+            live.push((h.allocate(l).unwrap(), l));
+            let made = h.source().map_calls() - calls;
+            assert!(made <= 1, "call {i} ({l:?}) made {made} page-source calls");
+        }
+        let s = h.stats();
+        root_runs = root_runs.max(s.pages.root);
+        leaves = leaves.max(s.pages.page_map);
+    }
+    // The test did cross into new root runs.
+    assert!(root_runs > FIRST_RUN_PAGES + 1, "{root_runs}");
+    h.check_invariants().unwrap();
+    for (p, l) in live {
+        // SAFETY: allocated above with `l`.
+        unsafe { h.deallocate(p, l) };
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// A failure while pre-creating metadata is not the caller's failure: the call that tried it
+/// succeeds, the heap stays consistent, and a later call that needs the metadata fails cleanly
+/// (then succeeds once the source has pages again).
+#[test]
+fn a_failed_pre_creation_leaves_the_heap_consistent() {
+    let mut h = heap(64);
+    let small = layout(64, 8);
+    let page = layout(4096, 8);
+    let first = h.allocate(small).unwrap();
+    h.check_invariants().unwrap();
+    h.source.fail_after(Some(0));
+    // The second refill of the class is served by its chunk and tries to map a spare node.
+    let more: Vec<_> = (0..MAG_BATCH).map(|_| h.allocate(small).unwrap()).collect();
+    h.check_invariants().unwrap();
+    assert_eq!(h.live().unwrap().map().spare_nodes(), 0);
+    // A call that needs a page fails cleanly and changes nothing.
+    let pages = h.source().mapped_pages();
+    assert!(matches!(
+        h.allocate(page),
+        Err(AllocError::OutOfPages { .. })
+    ));
+    h.check_invariants().unwrap();
+    assert!(h.source().mapped_pages() <= pages);
+    h.source.fail_after(None);
+    let big = h.allocate(page).unwrap();
+    h.check_invariants().unwrap();
+    // SAFETY: allocated above with these layouts.
+    unsafe {
+        h.deallocate(big, page);
+        h.deallocate(first, small);
+        for p in more {
+            h.deallocate(p, small);
+        }
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}

@@ -93,11 +93,11 @@ fn root_page_layout_matches_the_crate_docs() {
     assert_eq!(offset_of!(HeapState, requested), 2952, "{msg}");
     assert_eq!(offset_of!(HeapState, window), 2960, "{msg}");
     assert_eq!(offset_of!(HeapState, map), 2976, "{msg}");
-    assert_eq!(size_of::<PageMap>(), 32, "{msg}");
-    assert_eq!(offset_of!(HeapState, mags), 3008, "{msg}");
+    assert_eq!(size_of::<PageMap>(), 40, "{msg}");
+    assert_eq!(offset_of!(HeapState, mags), 3016, "{msg}");
     assert_eq!(size_of::<ClassMagazines>(), 36 * 4 + 36 * 64 * 8, "{msg}");
-    assert_eq!(offset_of!(HeapState, last_pool), 21584, "{msg}");
-    assert_eq!(size_of::<HeapState>(), 21608, "{msg}");
+    assert_eq!(offset_of!(HeapState, last_pool), 21592, "{msg}");
+    assert_eq!(size_of::<HeapState>(), 21616, "{msg}");
     assert_eq!(FIRST_RUN_PAGES, 6, "{msg}");
     let debug = cfg!(feature = "debug-checks");
     assert_eq!(DESC_SLOT, if debug { 104 } else { 32 }, "{msg}");
