@@ -15,10 +15,14 @@
 //! * a refill ([`Back::refill`]) takes at most [`BATCH_BYTES`] of blocks (one chunk's worth: 16
 //!   blocks up to 256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block), from the
 //!   chunks already mapped, and maps at most one new chunk, only when none has a free block;
-//! * a bounded flush ([`Back::flush_batch`], what a full magazine does) gives back at most
-//!   [`BATCH_BYTES`] of blocks, one page-map lookup each, so it touches at most 16 chunks, and
-//!   releases (unmaps) at most one chunk: it stops before a block whose chunk would be the
-//!   second to go back to the page source, and leaves that block in the magazine;
+//! * a bounded flush ([`Back::flush_batch`], what a full magazine does) gives back at most the
+//!   blocks it is asked for (a quarter magazine: 16), one page-map lookup each, so it touches at
+//!   most 16 chunks; its page budget is one: it releases (unmaps) at most one chunk, stopping
+//!   before a block whose chunk would be the second to go back to the page source, and leaving
+//!   that block in the magazine. (Its block count is not cut to a page's worth like a refill's:
+//!   a block given back costs the same whatever its size, and a one-block flush of 4096-byte
+//!   blocks made every free into a full magazine a flush, which cost more calls above p99.9
+//!   than it saved at the maximum.)
 //! * the metadata a new chunk needs — a descriptor slot in a root run, a page-map node when the
 //!   chunk lies in a new 2 MiB window — is created ahead of need, one page at a time, by
 //!   [`Back::prepare`] in a refill that mapped no chunk or a flush that released none. The call
@@ -38,10 +42,10 @@ use crate::pagemap::{Entry, PageMap};
 use crate::root::Roots;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
-/// Bytes of blocks that one refill takes and one bounded flush gives back, at most: one chunk's
-/// worth. A budget in blocks alone (a quarter magazine, 16) let a refill of 4096-byte blocks
-/// take 16 chunks and a flush of them touch 16 chunks and release up to 16 pages in one call;
-/// in bytes, classes up to 256 bytes still move 16 blocks and the 4096-byte class moves one.
+/// Bytes of blocks that one refill takes, at most: one chunk's worth. A budget in blocks alone
+/// (a quarter magazine, 16) let a refill of 4096-byte blocks take 16 chunks (16 reserve chunks
+/// moved, and 16 pages hidden in the magazine); in bytes, classes up to 256 bytes still take 16
+/// blocks and the 4096-byte class takes one.
 pub const BATCH_BYTES: usize = PAGE_SIZE;
 
 /// Blocks of `stride` bytes that one batch moves: `budget`, but no more than [`BATCH_BYTES`]
@@ -126,9 +130,8 @@ impl<S: PageSource> Back<'_, S> {
     }
 
     /// The flush of a full magazine, bounded (see the module documentation): gives back the
-    /// oldest blocks of `mag`, at most `n` and at most [`BATCH_BYTES`] of them, one page-map
-    /// lookup each, and stops before a block whose chunk would be the second this call returns
-    /// to the page source. Returns how many blocks left the magazine: at least one if `n > 0`
+    /// oldest blocks of `mag`, at most `n` of them, one page-map lookup each, and stops before a
+    /// block whose chunk would be the second this call returns to the page source. Returns how many blocks left the magazine: at least one if `n > 0`
     /// and the magazine holds any. A flush that releases no chunk pre-creates metadata
     /// ([`prepare`](Self::prepare)) instead.
     ///
@@ -142,9 +145,7 @@ impl<S: PageSource> Back<'_, S> {
         mut mag: Magazine<'_, CAP>,
         n: usize,
     ) -> usize {
-        // SAFETY: guaranteed by the caller.
-        let stride = usize::from(unsafe { (*lists).geo.stride });
-        let n = batch_blocks(stride, n).min(mag.len());
+        let n = n.min(mag.len());
         // SAFETY: guaranteed by the caller; each block is given back exactly once, as it leaves
         // the magazine here (the blocks after `given` stay in it).
         let (given, released) = unsafe { self.give_back_bounded(lists, &mag.cached()[..n]) };
@@ -598,24 +599,39 @@ mod tests {
         }
     }
 
-    /// A bounded flush of 4096-byte blocks gives back one block: a chunk's worth.
+    /// A bounded flush of 4096-byte blocks gives back up to its batch, but releases one chunk
+    /// at most: the reserve (16 chunks) takes the first ones, then one page goes back.
     #[test]
-    fn a_flush_of_page_blocks_gives_back_one() {
+    fn a_flush_of_page_blocks_releases_one_page() {
         let mut parts = Parts::new(PAGE_SIZE);
         let mut store = MagazineStore::<MAG_CAP>::new();
         let mut mag = store.magazine();
         let (mut back, l) = parts.back();
+        let reserve = parts_reserve(PAGE_SIZE);
         // SAFETY: as in the tests above; flushed blocks came from refills.
         unsafe {
-            for _ in 0..3 {
+            for _ in 0..reserve + 4 {
                 back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
             }
-            assert_eq!(mag.len(), 3);
+            assert_eq!(mag.len(), reserve + 4, "one block per refill");
+            let pages = back.src.mapped_pages();
+            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), MAG_BATCH);
+            // The reserve took them; the flush released nothing, so it pre-created metadata
+            // instead: the descriptor run is half used, so a spare run.
+            assert!(!back.roots.wants_spare());
+            assert_eq!(back.src.mapped_pages(), pages + 1);
+            // The reserve is full: the next block's chunk is released, the one after would be
+            // the second.
             assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 1);
-            assert_eq!(mag.len(), 2);
-            assert_eq!((*l).counts().live, 2);
+            assert_eq!(back.src.mapped_pages(), pages);
+            assert_eq!(mag.len(), reserve + 4 - MAG_BATCH - 1);
             (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
         }
+    }
+
+    /// Empty chunks the reserve of `stride`-byte lists keeps.
+    fn parts_reserve(stride: usize) -> usize {
+        ChunkLists::new(Geometry::new(stride)).reserve_limit() as usize
     }
 
     /// The back's batch operations take any magazine and any chunk lists from outside: here

@@ -297,8 +297,8 @@
 //! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
 //! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists, but at
 //! most a chunk's worth of bytes (mapping one chunk at most); a full one gives its oldest quarter
-//! back to their chunks, again at most a chunk's worth of bytes (one page-map lookup each, and at
-//! most one chunk released; see "Work per call" below). Those batches are the *back*'s operations (`back::Back::refill` and
+//! back to their chunks (one page-map lookup each, and at most one chunk released; see "Work per
+//! call" below). Those batches are the *back*'s operations (`back::Back::refill` and
 //! `flush`), which take the magazine from outside: the magazines are the heap's front, and
 //! everything behind them its back. A cached block still counts as used by its chunk, so its
 //! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
@@ -319,9 +319,10 @@
 //! * a **refill**: at most `back::BATCH_BYTES` (one page) of blocks — 16 blocks up to
 //!   256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block — from chunks already
 //!   mapped, or from one new chunk (one page mapped) when none has a free block;
-//! * a **flush**: at most a page's worth of blocks back to their chunks (one page-map lookup
-//!   each, so at most 16 chunks touched), releasing (unmapping) at most one chunk: the flush
-//!   stops before a block whose chunk would be the second to go, and leaves it in the magazine.
+//! * a **flush**: at most a quarter magazine (16 blocks) back to their chunks (one page-map
+//!   lookup each, so at most 16 chunks touched), releasing (unmapping) at most one chunk: the
+//!   flush stops before a block whose chunk would be the second to go, and leaves it in the
+//!   magazine.
 //!
 //! The metadata a new chunk needs — a descriptor slot, and a page-map leaf when the chunk lies
 //! in a new 2 MiB window — is created ahead of need, one page per call, by refills that map no

@@ -14,16 +14,16 @@
 //! the common call touches the magazine and nothing else: not the chunk descriptor, not the
 //! chunk lists, and not the block itself (a chunk free writes a link into the block, usually a
 //! cache miss for a long-lived object). Only when a magazine runs empty or full does the heap go
-//! to the chunks, in batches of a quarter magazine ([`Magazine::BATCH`]), but never more than a
-//! chunk's worth of bytes (`back::BATCH_BYTES`: one block of 4096 bytes, four of 1024), so that
-//! no single call does much more than another:
+//! to the chunks, in batches of a quarter magazine ([`Magazine::BATCH`]), bounded so that no
+//! single call does much more than another (module `back`):
 //!
 //! ```text
-//!   allocate, magazine empty:  take up to BATCH blocks, at most a page of them, from the
-//!                              chunks (one new chunk at most), then pop
-//!   deallocate, magazine full: give up to the BATCH oldest blocks, at most a page of them, back
-//!                              to their chunks (one page-map lookup each, one chunk released
-//!                              at most), keep the newer ones, then push
+//!   allocate, magazine empty:  take up to BATCH blocks, at most a page's worth of bytes
+//!                              (`back::BATCH_BYTES`: one 4096-byte block, four of 1024), from
+//!                              the chunks (one new chunk at most), then pop
+//!   deallocate, magazine full: give up to the BATCH oldest blocks back to their chunks (one
+//!                              page-map lookup each; stopping before a second chunk would be
+//!                              released), keep the newer ones, then push
 //! ```
 //!
 //! Those batches are the *back*'s operations (`back::Back::refill` and `flush`), and they
