@@ -106,7 +106,12 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
         match peer {
             Peer::Kheap => {
                 const { assert!(kheap::PAGE_SIZE == PAGE) };
-                v.visit(&mut kheap::Heap::new(ArenaSource::new(region)))
+                // Initialised before the visit, as the peers claim their arenas before theirs
+                // (the one-time setup is not one of the timed calls); a failure shows up as the
+                // first allocation's.
+                let mut heap = kheap::Heap::new(ArenaSource::new(region));
+                let _ = heap.init();
+                v.visit(&mut heap)
             }
             Peer::Talc => v.visit(&mut *TalcAlloc::new(region)),
             Peer::Rlsf => v.visit(&mut *RlsfAlloc::new(region)),
