@@ -237,23 +237,23 @@
 //! ```text
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
-//!   40     HeapState      21608 B
+//!   40     HeapState      21624 B
 //!   40       classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
 //!                                   geometry
-//!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
-//!   2848     descs           56 B   Roots: the descriptor chain (this run is its first)
-//!   2904     pools           80 B   Roots of the pool-header chain, pool list and count, next
+//!   2056     large          808 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
+//!   2864     descs           56 B   Roots: the descriptor chain (this run is its first)
+//!   2920     pools           80 B   Roots of the pool-header chain, pool list and count, next
 //!                                   generation
-//!   2984     large pages      8 B   pages the large allocator maps
-//!   2992     requested        8 B   requested bytes of live blocks   ┐ touched by every
-//!   3000     window          16 B   the page source's window         │ allocation and free:
-//!   3016     map             32 B   PageMap: top node, node count,   │ kept together
+//!   3000     large pages      8 B   pages the large allocator maps
+//!   3008     requested        8 B   requested bytes of live blocks   ┐ touched by every
+//!   3016     window          16 B   the page source's window         │ allocation and free:
+//!   3032     map             32 B   PageMap: top node, node count,   │ kept together
 //!                                   cached level-2 node              │
-//!   3048     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
+//!   3064     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
 //!                                   then 36 × 64 block pointers
-//!   21624    last pool       24 B   the user pool named last and its header (skips the id
+//!   21640    last pool       24 B   the user pool named last and its header (skips the id
 //!                                   check's page-map lookup on repeated calls)
-//!   21648  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
+//!   21664  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
