@@ -20,6 +20,7 @@ use crate::stats::MAX_POOL_STATS;
 use crate::testing::ArenaSource;
 
 mod classes;
+mod large_paths;
 #[cfg(feature = "debug-checks")]
 mod debug_checks;
 mod memory;
