@@ -17,8 +17,10 @@
 //!   user pools ([`Heap::create_pool`]) have chunk lists (and a magazine) of their own and serve
 //!   any size from 1 to 4096 bytes. Allocation and free are O(1).
 //! * **The large allocator** (`large`) for everything the classes do not serve: a
-//!   coalescing TLSF-style allocator over 64 KiB regions, and page runs of their own for
-//!   requests of 64 KiB and more.
+//!   coalescing TLSF-style allocator over regions (mapped four pages at a time and grown in
+//!   place up to 64 KiB, so no call maps more than a small request needs), and page runs of
+//!   their own for requests of 64 KiB and more, whose data starts at a rotating cache-line
+//!   offset of their first page (so equal buffers do not all fall into the same cache sets).
 //!
 //! # Quick start
 //!

@@ -178,8 +178,9 @@ impl<S: PageSource> Heap<S> {
                 let block = st.large_block(ptr, old);
                 let (large, mut rec) = st.large();
                 // SAFETY: the caller vouches for `ptr` and `old`; `block` is the same address.
-                let resized = block
-                    .filter(|&block| unsafe { large.resize_in_place(&mut rec, block, old, new_size) });
+                let resized = block.filter(|&block| unsafe {
+                    large.resize_in_place(&mut rec, block, old, new_size)
+                });
                 if let Some(block) = resized {
                     *st.requested() = *st.requested() - old.size() + new_size;
                     return Ok(block);

@@ -111,8 +111,7 @@ impl LargeAlloc {
                 }
                 KIND_RUN => {
                     // The data starts in the node page, at a cache-line multiple past the node.
-                    if data < RUN_MIN_OFFSET
-                        || data > PAGE_SIZE
+                    if !(RUN_MIN_OFFSET..=PAGE_SIZE).contains(&data)
                         || !data.is_multiple_of(LINE)
                         || data >= len
                     {

@@ -143,7 +143,10 @@ impl LargeAlloc {
             let last = sentinel.prev().filter(|b| b.state() == FREE);
             let have = last.map_or(0, |b| b.size());
             // The good-fit search may have passed over a last block that is large enough.
-            let extra = need.saturating_sub(have).next_multiple_of(PAGE_SIZE).max(REGION_MIN);
+            let extra = need
+                .saturating_sub(have)
+                .next_multiple_of(PAGE_SIZE)
+                .max(REGION_MIN);
             if have >= need {
                 let block = last?;
                 self.bins.remove(block);

@@ -67,8 +67,8 @@ impl LargeAlloc {
         layout: Layout,
     ) -> Result<NonNull<u8>, AllocError> {
         let align = layout.align();
-        let (pages, offset) =
-            run_shape(layout.size(), align, self.run_turn).ok_or(AllocError::TooLarge { layout })?;
+        let (pages, offset) = run_shape(layout.size(), align, self.run_turn)
+            .ok_or(AllocError::TooLarge { layout })?;
         // A run that could not be placed even in a whole address space (with the slack an
         // aligned placement may have to skip) is too large, rather than out of pages.
         aligned_slack(pages, align.max(PAGE_SIZE), 1)

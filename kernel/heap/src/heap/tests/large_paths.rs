@@ -10,11 +10,13 @@ use super::*;
 /// live together and are checked at the end), and every free finds its block.
 #[test]
 fn aligned_requests_at_every_alignment_keep_every_byte() {
-    let mut h = heap(8192);
+    let mut h = heap(if cfg!(miri) { 1024 } else { 8192 });
     let sizes: &[usize] = if cfg!(miri) {
         &[1, 100, 4097, 65_536]
     } else {
-        &[1, 15, 100, 1000, 4095, 4096, 4097, 9000, 65_535, 65_536, 70_001]
+        &[
+            1, 15, 100, 1000, 4095, 4096, 4097, 9000, 65_535, 65_536, 70_001,
+        ]
     };
     let mut live = Vec::new();
     let mut seed = 0u8;
@@ -126,7 +128,10 @@ fn region_growth_until_exhaustion_fails_cleanly() {
             }
             Err(e) => break e,
         }
-        assert!(live.len() < 96 * 2, "an arena of 96 pages holds fewer blocks");
+        assert!(
+            live.len() < 96 * 2,
+            "an arena of 96 pages holds fewer blocks"
+        );
     };
     assert!(matches!(err, AllocError::OutOfPages { .. }), "{err:?}");
     assert!(live.len() > 70, "{} blocks", live.len());

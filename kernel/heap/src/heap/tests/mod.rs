@@ -20,9 +20,9 @@ use crate::stats::MAX_POOL_STATS;
 use crate::testing::ArenaSource;
 
 mod classes;
-mod large_paths;
 #[cfg(feature = "debug-checks")]
 mod debug_checks;
+mod large_paths;
 mod memory;
 mod pools;
 mod sources;

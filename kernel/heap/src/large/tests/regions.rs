@@ -255,7 +255,11 @@ fn a_region_that_cannot_grow_is_left_and_exhaustion_fails_cleanly() {
     let blocker = src.map_pages(1).unwrap();
     // A's free 13 KiB cannot hold this block, and A cannot grow: region B, pages 5-8.
     let q = alloc(&mut a, &mut src, 14_000, 8);
-    assert_eq!(a.stats().regions, 2, "a second region, the first could not grow");
+    assert_eq!(
+        a.stats().regions,
+        2,
+        "a second region, the first could not grow"
+    );
     assert_eq!(src.grow_calls(), 0);
     assert_eq!(src.mapped_pages(), 4 + 1 + 4);
     fill(q, 14_000, 1);

@@ -130,7 +130,9 @@ fn run_shapes_rotate_the_offset_without_costing_pages() {
     }
     assert_eq!(run_shape(usize::MAX - 10, 8, 0), None);
     // A power-of-two buffer takes all 64 cache lines of a page in turn.
-    let offsets: Vec<usize> = (0..64).map(|t| run_shape(1 << 16, 8, t).unwrap().1).collect();
+    let offsets: Vec<usize> = (0..64)
+        .map(|t| run_shape(1 << 16, 8, t).unwrap().1)
+        .collect();
     assert_eq!(offsets, (1..=64).map(|k| k * LINE).collect::<Vec<_>>());
 }
 
