@@ -21,7 +21,7 @@
 //! 16-byte header that doubles as the boundary tag of its predecessor:
 //!
 //! ```text
-//! region + 0        Mapping node (index links, length, kind)           REGION_HEADER = 48 bytes
+//! region + 0        Mapping node (index links, length, kind, data = 0)  REGION_HEADER = 48 bytes
 //! region + 48       block 0 | block 1 | ... | block n-1                 they tile the region
 //! region + len - 16 end sentinel: a header of size 0, state END
 //!

@@ -1,7 +1,7 @@
 //! Regions: runs of pages from the page source, tiled by blocks, that grow in place.
 //!
 //! ```text
-//! region + 0        Mapping node (index links, length, kind)           REGION_HEADER = 48 bytes
+//! region + 0        Mapping node (index links, length, kind, data = 0)  REGION_HEADER = 48 bytes
 //! region + 48       block 0 | block 1 | ... | block n-1                 they tile the region
 //! region + len - 16 end sentinel: a header of size 0, state END
 //! ```
