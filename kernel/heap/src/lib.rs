@@ -319,7 +319,7 @@
 //! alignment larger than the size may force more waste. Every class leaves at most 81 bytes of a
 //! chunk unused (the table's worst is 64). It takes no loop and no division: for alignments up
 //! to 8, one load from a 1 KiB table built at compile time (the waste rule folded in); for larger
-//! ones, one load from a second table and the waste check.
+//! ones, one load from a second such table (4.6 KiB).
 //!
 //! # The page map
 //!
