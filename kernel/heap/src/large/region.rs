@@ -128,7 +128,7 @@ impl LargeAlloc {
     /// is free and at least `need` bytes long, and returns that block (not binned); `None` if
     /// there is no such region, it would pass [`REGION_FULL`], or the source cannot map the
     /// pages after it (then no region is grown again until the next is mapped). The growth is
-    /// the pages the block lacks, at least [`REGION_MIN`].
+    /// the pages the block lacks, at least [`REGION_MIN`] while the region has room for it.
     fn grow_region<S: PageSource>(&mut self, src: &mut S, need: usize) -> Option<Block> {
         let region = self.growing;
         if region.is_null() {
@@ -143,19 +143,18 @@ impl LargeAlloc {
             let last = sentinel.prev().filter(|b| b.state() == FREE);
             let have = last.map_or(0, |b| b.size());
             // The good-fit search may have passed over a last block that is large enough.
-            let extra = need
-                .saturating_sub(have)
-                .next_multiple_of(PAGE_SIZE)
-                .max(REGION_MIN);
             if have >= need {
                 let block = last?;
                 self.bins.remove(block);
                 self.uncache(region);
                 return Some(block);
             }
-            if len + extra > REGION_FULL {
+            let lacking = (need - have).next_multiple_of(PAGE_SIZE);
+            let room = REGION_FULL.saturating_sub(len);
+            if lacking > room {
                 return None;
             }
+            let extra = lacking.max(REGION_MIN).min(room);
             let start = NonNull::new_unchecked(base);
             if !src.grow_pages(start, len / PAGE_SIZE, extra / PAGE_SIZE) {
                 self.growing = ptr::null_mut();

@@ -285,3 +285,30 @@ fn a_region_that_cannot_grow_is_left_and_exhaustion_fails_cleanly() {
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
 }
+
+/// Near its full length a region grows by what room is left (less than four pages) rather than
+/// refusing and leaving that room unused.
+#[test]
+fn a_region_fills_its_last_pages_before_another_is_mapped() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    // A fresh region of ten pages, grown by four for the second block: fourteen.
+    let p = alloc(&mut a, &mut src, 40_000, 8);
+    assert_eq!(a.stats().region_bytes, 10 * PAGE_SIZE);
+    let q = alloc(&mut a, &mut src, 13_000, 8);
+    assert_eq!(a.stats().region_bytes, 14 * PAGE_SIZE);
+    // The third block lacks two pages; two pages of room are left, and they are what it gets.
+    let r = alloc(&mut a, &mut src, 9000, 8);
+    let s = a.stats();
+    assert_eq!((s.regions, s.region_bytes), (1, REGION_FULL));
+    assert_eq!(src.map_calls(), 1);
+    for (ptr, size) in [(p, 40_000), (q, 13_000), (r, 9000)] {
+        fill(ptr, size, size as u64);
+    }
+    for (ptr, size) in [(p, 40_000), (q, 13_000), (r, 9000)] {
+        check(ptr, size, size as u64);
+        free(&mut a, &mut src, ptr, size, 8);
+    }
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
