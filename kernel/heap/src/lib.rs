@@ -17,8 +17,10 @@
 //!   user pools ([`Heap::create_pool`]) have chunk lists (and a magazine) of their own and serve
 //!   any size from 1 to 4096 bytes. Allocation and free are O(1).
 //! * **The large allocator** (`large`) for everything the classes do not serve: a
-//!   coalescing TLSF-style allocator over 64 KiB regions, and page runs of their own for
-//!   requests of 64 KiB and more.
+//!   coalescing TLSF-style allocator over regions (mapped four pages at a time and grown in
+//!   place up to 64 KiB, so no call maps more than a small request needs), and page runs of
+//!   their own for requests of 64 KiB and more, whose data starts at a rotating cache-line
+//!   offset of their first page (so equal buffers do not all fall into the same cache sets).
 //!
 //! # Quick start
 //!
@@ -238,23 +240,23 @@
 //! ```text
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
-//!   40     HeapState      21616 B
+//!   40     HeapState      21632 B
 //!   40       classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
 //!                                   geometry
-//!   2056     large          792 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
-//!   2848     descs           56 B   Roots: the descriptor chain (this run is its first)
-//!   2904     pools           80 B   Roots of the pool-header chain, pool list and count, next
+//!   2056     large          808 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
+//!   2864     descs           56 B   Roots: the descriptor chain (this run is its first)
+//!   2920     pools           80 B   Roots of the pool-header chain, pool list and count, next
 //!                                   generation
-//!   2984     large pages      8 B   pages the large allocator maps
-//!   2992     requested        8 B   requested bytes of live blocks   ┐ touched by every
-//!   3000     window          16 B   the page source's window         │ allocation and free:
-//!   3016     map             40 B   PageMap: top node, node count,   │ kept together
+//!   3000     large pages      8 B   pages the large allocator maps
+//!   3008     requested        8 B   requested bytes of live blocks   ┐ touched by every
+//!   3016     window          16 B   the page source's window         │ allocation and free:
+//!   3032     map             40 B   PageMap: top node, node count,   │ kept together
 //!                                   cached level-2 node, spare node  │
-//!   3056     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
+//!   3072     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
 //!                                   then 36 × 64 block pointers
-//!   21632    last pool       24 B   the user pool named last and its header (skips the id
+//!   21648    last pool       24 B   the user pool named last and its header (skips the id
 //!                                   check's page-map lookup on repeated calls)
-//!   21656  descriptor slots         91 × 32 B ChunkDesc (28 × 104 B with debug-checks)
+//!   21672  descriptor slots         90 × 32 B ChunkDesc (27 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
@@ -343,7 +345,7 @@
 //! alignment larger than the size may force more waste. Every class leaves at most 81 bytes of a
 //! chunk unused (the table's worst is 64). It takes no loop and no division: for alignments up
 //! to 8, one load from a 1 KiB table built at compile time (the waste rule folded in); for larger
-//! ones, one load from a second table and the waste check.
+//! ones, one load from a second such table (4.6 KiB).
 //!
 //! # The page map
 //!

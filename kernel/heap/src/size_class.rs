@@ -114,17 +114,35 @@ const SMALL_ALIGN: [u16; MAX_CLASS_SIZE / 8 + 1] = {
     table
 };
 
-/// Alignments from 16 to a page: `LARGE_ALIGN[log2(align) - 4][(size + 15) / 16]` is the index of
-/// the smallest class `>= size` that is a multiple of `align`. Such a class is a multiple of 16,
-/// so it depends only on the size rounded up to 16 bytes. 2.3 KiB.
-const LARGE_ALIGN: [[u8; MAX_CLASS_SIZE / 16 + 1]; 9] = {
-    let mut table = [[0u8; MAX_CLASS_SIZE / 16 + 1]; 9];
+/// Alignments from 16 to a page, like [`SMALL_ALIGN`]: entry `b` of `LARGE_ALIGN[log2(align) - 4]`
+/// covers the sixteen sizes `16b - 15 ..= 16b` (the sizes with `(size + 15) / 16 == b`); its low
+/// byte is the smallest class at least `16b` that is a multiple of `align` (such a class is a
+/// multiple of 16, so it is the same for the whole bucket), its high byte the position `d`
+/// (0..=16) of the first size of the bucket the waste rule lets in: a size with
+/// `(size + 15) % 16 >= d` is served by the class, a smaller one goes to the large allocator.
+/// Within a bucket the rule only ever turns a size away below a threshold: it applies from 64
+/// bytes and from the alignment on, which a bucket reaches at its last size (a multiple of 16),
+/// where the class is exactly that size; and beyond that the waste falls as the size grows.
+/// 4.6 KiB.
+const LARGE_ALIGN: [[u16; MAX_CLASS_SIZE / 16 + 1]; 9] = {
+    let mut table = [[0u16; MAX_CLASS_SIZE / 16 + 1]; 9];
     let mut a = 0;
     while a < 9 {
+        let align = 16 << a;
         let mut b = 0;
         while b < MAX_CLASS_SIZE / 16 + 1 {
-            let size = if b == 0 { 1 } else { 16 * b };
-            table[a][b] = search(size, 16 << a) as u8;
+            let class = search(if b == 0 { 1 } else { 16 * b }, align);
+            let mut d = 0;
+            // Sizes of the bucket in increasing order: 16b - 15 + d (size 0 for bucket 0 counts
+            // as 1).
+            while d < 16 {
+                let size = if 16 * b + d < 15 { 1 } else { 16 * b + d - 15 };
+                if !too_wasteful(size, align, CLASS_SIZES[class]) {
+                    break;
+                }
+                d += 1;
+            }
+            table[a][b] = (class as u16) | ((d as u16) << 8);
             b += 1;
         }
         a += 1;
@@ -140,8 +158,8 @@ const LARGE_ALIGN: [[u8; MAX_CLASS_SIZE / 16 + 1]; 9] = {
 /// larger than [`MAX_CLASS_SIZE`] or aligned beyond a page are large. A zero size counts as 1.
 ///
 /// No loop and no division: for alignments up to 8 (nearly every request) one load from a 1 KiB
-/// table answers, waste rule included; larger alignments take one load from a second table and
-/// check the waste rule against the class size.
+/// table answers, waste rule included; larger alignments take one load from a second table, which
+/// folds the waste rule in the same way.
 #[inline]
 pub const fn class_for(layout: Layout) -> SizeClass {
     if let Some(index) = common_class(layout) {
@@ -177,11 +195,12 @@ const fn class_for_aligned(size: usize, align: usize) -> SizeClass {
     if align > PAGE_SIZE {
         return SizeClass::Large;
     }
-    let index = LARGE_ALIGN[(align.trailing_zeros() - 4) as usize][(size + 15) >> 4] as usize;
-    if too_wasteful(size, align, CLASS_SIZES[index]) {
-        return SizeClass::Large;
+    let entry = LARGE_ALIGN[(align.trailing_zeros() - 4) as usize][(size + 15) >> 4];
+    if ((size + 15) & 15) as u16 >= entry >> 8 {
+        SizeClass::Small((entry & 0xFF) as usize)
+    } else {
+        SizeClass::Large
     }
-    SizeClass::Small(index)
 }
 
 /// Block alignment of a block of `size` bytes at offset `k * size` of a page-aligned chunk: the

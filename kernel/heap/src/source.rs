@@ -94,8 +94,8 @@ pub unsafe trait PageSource {
 
     /// Maps `count` contiguous pages whose page `aligned_page` (counting from 0) starts at a
     /// multiple of `align`, and returns the address of the first page: a run for data with a
-    /// large alignment, with `aligned_page` pages of bookkeeping in front of it (the heap's page
-    /// runs put one header page before their data).
+    /// large alignment, with `aligned_page` pages of bookkeeping in front of it (the heap's
+    /// over-aligned page runs put one page, holding their index node, before their data).
     ///
     /// Fails (never panics) when memory or address space runs out, and when the request is
     /// invalid (see [`aligned_slack`]: `align` a power of two of at least [`PAGE_SIZE`],

@@ -76,11 +76,13 @@ pub enum Item {
         /// Whether it is free (a hole).
         free: bool,
     },
-    /// A page run of the large allocator: `pages` pages at `addr`, the first its header page.
+    /// A page run of the large allocator: `pages` pages at `addr`; the first holds the run's
+    /// bookkeeping (64 bytes) and, unless the run is aligned to a page or more, the start of its
+    /// data.
     PageRun {
         /// Address of the run.
         addr: usize,
-        /// Its length in pages, header page included.
+        /// Its length in pages, the first included.
         pages: usize,
     },
     /// The page map: `nodes` pages of radix-tree nodes.

@@ -135,15 +135,13 @@ impl<S: PageSource> Heap<S> {
                 }
             }
             SizeClass::Large => {
-                let (large, mut rec) = st.large();
-                let entry = rec.map.lookup(ptr.addr().get());
-                let Entry::Large(run) = entry else {
-                    return debug::bad_large_free(ptr, layout, entry);
+                let Some(block) = st.large_block(ptr, layout) else {
+                    return;
                 };
-                check_large(large, ptr, layout, entry);
-                // SAFETY: the caller guarantees `ptr` is a live large block of this layout; the
-                // block rebuilt from its mapping's start is the same address.
-                unsafe { large.deallocate(&mut rec, run.with_addr(ptr.addr()), layout) };
+                let (large, mut rec) = st.large();
+                // SAFETY: the caller guarantees `ptr` is a live large block of this layout;
+                // `block` is the same address.
+                unsafe { large.deallocate(&mut rec, block, layout) };
                 *st.requested() -= layout.size();
             }
         }
@@ -177,15 +175,12 @@ impl<S: PageSource> Heap<S> {
                 return Ok(ptr);
             }
             (SizeClass::Large, SizeClass::Large) => {
+                let block = st.large_block(ptr, old);
                 let (large, mut rec) = st.large();
-                let resized = match rec.map.lookup(ptr.addr().get()) {
-                    // SAFETY: the caller vouches for `ptr` and `old`; the block rebuilt from its
-                    // mapping's start is the same address.
-                    Entry::Large(run) => Some(run.with_addr(ptr.addr())).filter(|&block| unsafe {
-                        large.resize_in_place(&mut rec, block, old, new_size)
-                    }),
-                    _ => None,
-                };
+                // SAFETY: the caller vouches for `ptr` and `old`; `block` is the same address.
+                let resized = block.filter(|&block| unsafe {
+                    large.resize_in_place(&mut rec, block, old, new_size)
+                });
                 if let Some(block) = resized {
                     *st.requested() = *st.requested() - old.size() + new_size;
                     return Ok(block);
@@ -259,6 +254,27 @@ impl<S: PageSource> Live<'_, S> {
                 Ok(p)
             }
         }
+    }
+
+    /// The large block at `ptr` with a provenance that covers its mapping (the large allocator
+    /// reads its header and neighbours): rebuilt from the page source's window in a release
+    /// build whose source has one (no lookup), otherwise from the mapping's start that the page
+    /// map records. `None` (after the debug report) if the page map names no large mapping.
+    #[inline]
+    fn large_block(&mut self, ptr: NonNull<u8>, layout: Layout) -> Option<NonNull<u8>> {
+        if !debug::ENABLED
+            && let Some(block) = self.window().block(ptr)
+        {
+            return Some(block);
+        }
+        let (large, rec) = self.large();
+        let entry = rec.map.lookup(ptr.addr().get());
+        let Entry::Large(run) = entry else {
+            debug::bad_large_free(ptr, layout, entry);
+            return None;
+        };
+        check_large(large, ptr, layout, entry);
+        Some(run.with_addr(ptr.addr()))
     }
 
     /// `debug-checks`: panics unless `ptr` is a live block for `layout` (see

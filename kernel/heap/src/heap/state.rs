@@ -237,6 +237,13 @@ impl<'h, S: PageSource> Live<'h, S> {
         }
     }
 
+    /// The page source's window.
+    #[inline(always)]
+    pub(super) fn window(&self) -> Window {
+        // SAFETY: a field of the live state (the invariant).
+        unsafe { (*self.raw()).window }
+    }
+
     /// The large allocator, and a page source that records its pages in the page map.
     #[inline(always)]
     pub(super) fn large(&mut self) -> (&mut LargeAlloc, Recording<'_, S>) {

@@ -6,7 +6,8 @@ use core::ptr::{self, NonNull};
 use super::LargeAlloc;
 use super::block::{Block, END, FREE, GRANULE, HEADER, MIN_BLOCK, RUN, USED};
 use super::index::{Index, KIND_REGION, KIND_RUN, Mapping};
-use super::region::{REGION_HEADER, REGION_MIN};
+use super::region::{MAX_REGION, REGION_HEADER, REGION_MIN};
+use super::run::{LINE, RUN_MIN_OFFSET};
 use crate::error::InvariantError;
 use crate::source::PAGE_SIZE;
 
@@ -26,8 +27,10 @@ impl LargeAlloc {
         let base = node.addr();
         // SAFETY: `node` is indexed, so it is the live node of one of our mappings.
         let (len, kind) = unsafe { ((*node).len, (*node).kind) };
+        // SAFETY: as above.
+        let data = unsafe { (*node).data };
         let starts_block = if kind == KIND_RUN {
-            addr == base + PAGE_SIZE
+            addr == base + data
         } else {
             addr.is_multiple_of(GRANULE) && addr >= base + REGION_HEADER + HEADER
         };
@@ -38,7 +41,7 @@ impl LargeAlloc {
         // SAFETY: `block` (`addr - 16`) was just checked to lie in the mapping of `node`.
         let (state, usable) = unsafe {
             match block.checked_state() {
-                Some(RUN) => (Some(RUN), len - PAGE_SIZE),
+                Some(RUN) => (Some(RUN), len - data),
                 state => (state, block.size().saturating_sub(HEADER)),
             }
         };
@@ -89,7 +92,7 @@ impl LargeAlloc {
             let base = node.addr();
             // SAFETY: `check_node` verified that the node is linked into the index, so it is
             // live.
-            let (len, kind) = unsafe { ((*node).len, (*node).kind) };
+            let (len, kind, data) = unsafe { ((*node).len, (*node).kind, (*node).data) };
             if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !base.is_multiple_of(PAGE_SIZE) {
                 return Err(InvariantError::DescriptorCorrupt { addr: base });
             }
@@ -102,21 +105,29 @@ impl LargeAlloc {
             prev_base = base;
             prev_end = base + len;
             match kind {
-                KIND_REGION if len >= REGION_MIN => {
+                KIND_REGION if (REGION_MIN..=MAX_REGION).contains(&len) && data == 0 => {
                     regions += 1;
                     region_bytes += len;
                 }
                 KIND_RUN => {
-                    let header = Block(node.cast::<u8>().wrapping_add(PAGE_SIZE - HEADER));
-                    // SAFETY: `len` is at least a page, so the header is in the node page.
-                    if len < 2 * PAGE_SIZE || unsafe { header.checked_state() } != Some(RUN) {
+                    // The data starts in the node page, at a cache-line multiple past the node.
+                    if !(RUN_MIN_OFFSET..=PAGE_SIZE).contains(&data)
+                        || !data.is_multiple_of(LINE)
+                        || data >= len
+                    {
+                        return Err(InvariantError::DescriptorCorrupt { addr: base });
+                    }
+                    let header = Block(node.cast::<u8>().wrapping_add(data - HEADER));
+                    // SAFETY: the header lies in the node page (`data <= PAGE_SIZE`).
+                    let tag = unsafe { (header.checked_state(), header.prev_size()) };
+                    if tag != (Some(RUN), data) {
                         return Err(InvariantError::LargeHeaderCorrupt {
                             addr: header.addr(),
                         });
                     }
                     page_runs += 1;
                     page_run_pages += len / PAGE_SIZE;
-                    run_bytes += len - PAGE_SIZE;
+                    run_bytes += len - data;
                 }
                 _ => return Err(InvariantError::DescriptorCorrupt { addr: base }),
             }
@@ -153,10 +164,12 @@ impl LargeAlloc {
         let mut live_blocks = page_runs;
         let mut live_bytes = run_bytes;
         let mut cached_seen = false;
+        let mut growing_seen = false;
         let mut node = self.index.first();
         while !node.is_null() {
             // SAFETY: pass 1 validated every indexed node.
             if unsafe { (*node).kind } == KIND_REGION {
+                growing_seen |= node == self.growing;
                 let walk = self.check_region(node)?;
                 free_blocks += walk.free_blocks;
                 free_bytes += walk.free_bytes;
@@ -174,6 +187,12 @@ impl LargeAlloc {
         if !self.cached.is_null() && !cached_seen {
             return Err(InvariantError::CachedRegionMismatch {
                 addr: self.cached.addr(),
+            });
+        }
+        // The region that grows in place is one of ours.
+        if !self.growing.is_null() && !growing_seen {
+            return Err(InvariantError::DescriptorCorrupt {
+                addr: self.growing.addr(),
             });
         }
         // Every free block was found in its bin, so equal counts mean the bins hold nothing else.

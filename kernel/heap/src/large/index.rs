@@ -30,6 +30,10 @@ pub(super) struct Mapping {
     pub(super) len: usize,
     /// [`KIND_REGION`] or [`KIND_RUN`].
     pub(super) kind: usize,
+    /// A page run's data offset: its user pointer is `node + data` (a multiple of the run's
+    /// alignment and of a cache line, in `RUN_MIN_OFFSET..=PAGE_SIZE`; see `run`). 0 for a
+    /// region.
+    pub(super) data: usize,
 }
 
 /// Heap priority of a node: a bijective hash of its page number, so that mappings handed out at
@@ -38,9 +42,12 @@ fn priority(node: *mut Mapping) -> usize {
     (node.addr() >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The node of the page run whose data starts at `ptr` (address arithmetic only).
+/// The node of the page run whose data starts at `ptr` (address arithmetic only): a run's data
+/// starts 64 to 4096 bytes after its page-aligned node, so the node is the page that holds
+/// `ptr - 1`.
 pub(super) fn run_node(ptr: NonNull<u8>) -> *mut Mapping {
-    ptr.as_ptr().wrapping_sub(PAGE_SIZE).cast::<Mapping>()
+    let offset = (ptr.addr().get() - 1) % PAGE_SIZE + 1;
+    ptr.as_ptr().wrapping_sub(offset).cast::<Mapping>()
 }
 
 /// The index: the root of the treap of all mappings (null when there is none).

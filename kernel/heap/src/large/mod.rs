@@ -11,13 +11,17 @@
 //!
 //! # Regions and blocks
 //!
-//! A region is one run of pages from the [`PageSource`], `max(64 KiB, need)` bytes long (`need`
-//! being the request's worst-case block plus the region's own header and end sentinel, rounded up
-//! to whole pages; at most 68 KiB given the threshold). It is tiled by blocks, each starting with a
+//! A region is one run of pages from the [`PageSource`], mapped `max(16 KiB, need)` bytes long
+//! (`need` being the request's worst-case block plus the region's own header and end sentinel,
+//! rounded up to whole pages; at most 68 KiB given the threshold). When no free block fits a
+//! request, the region mapped last grows in place by the pages right after it
+//! ([`PageSource::grow_pages`], at least 16 KiB at a time) up to 64 KiB; only when it cannot is a
+//! new region mapped. So a call maps four pages or what its own request needs, never a whole
+//! 64 KiB region for a small block. A region is tiled by blocks, each starting with a
 //! 16-byte header that doubles as the boundary tag of its predecessor:
 //!
 //! ```text
-//! region + 0        Mapping node (index links, length, kind)           REGION_HEADER = 48 bytes
+//! region + 0        Mapping node (index links, length, kind, data = 0)  REGION_HEADER = 48 bytes
 //! region + 48       block 0 | block 1 | ... | block n-1                 they tile the region
 //! region + len - 16 end sentinel: a header of size 0, state END
 //!
@@ -53,23 +57,26 @@
 //!
 //! # Page runs
 //!
-//! A page run is a *header page* followed by the data pages; the caller's pointer is the first data
-//! page:
+//! A page run is one mapping whose first page holds its index node and the start of the data:
 //!
 //! ```text
-//! run + 0             Mapping node (index links, length = (1 + data pages) * 4096, kind RUN)
-//! run + 4096 - 16     a block header with state RUN (what `deallocate` reads to pick the path)
-//! run + 4096          user data, ceil(size / 4096) pages, aligned to the request's alignment
+//! run + 0             Mapping node (index links, length = pages * 4096, kind RUN, data offset)
+//! run + data - 16     a block header with state RUN (what `deallocate` reads to pick the path)
+//! run + data          user data; the run is ceil((data + size) / 4096) pages long
 //! ```
 //!
-//! The header page costs one page per run, at most 1/17 of the smallest run, and buys a tag at
-//! `ptr - 16` in both paths (so freeing never trusts the layout to pick a path or a length), room
-//! for the index node, and a double-free check. It never breaks alignment: for an alignment above
-//! 4096 the run is asked of the page source with [`PageSource::map_pages_aligned`], which places
-//! the data page at an aligned address and maps only the run's own pages (a source that cannot
-//! choose addresses maps `align / 4096 - 1` more and unmaps the head and tail around the run).
+//! The data offset is a multiple of a cache line and of the alignment, from 64 bytes to a page
+//! (a page for an alignment of a page or more), and *rotates* from one run to the next within
+//! the room the run's last page leaves anyway (jemalloc's "cache-oblivious" placement): buffers
+//! of equal length then do not all put their ends in the same cache sets, and the rotation costs
+//! no page. The node page is shared with the data, so a run costs at most one page more than
+//! its data. The tag at `ptr - 16` exists in both paths (so freeing never trusts the layout to
+//! pick a path or a length) and gives a double-free check. For an alignment above 4096 the run
+//! is asked of the page source with [`PageSource::map_pages_aligned`], which places the second
+//! page at an aligned address and maps only the run's own pages (a source that cannot choose
+//! addresses maps `align / 4096 - 1` more and unmaps the head and tail around the run).
 //! Shrinking a run in place unmaps its tail pages; growing in place asks the source for the pages
-//! right after it ([`PageSource::grow_pages`]).
+//! right after it ([`PageSource::grow_pages`]); both keep the offset.
 //!
 //! # The mapping index
 //!
@@ -84,8 +91,8 @@
 //! # Returning memory
 //!
 //! A region whose blocks have all been freed coalesces into one free block spanning it. The first
-//! such region of the standard 64 KiB size is kept as a cache (its block stays in the bins, ready
-//! for the next request) so that a workload that allocates and frees one large block in a loop does
+//! such region of at most 64 KiB (not one mapped larger for a single block) is kept as a cache
+//! (its block stays in the bins, ready for the next request) so that a workload that allocates and frees one large block in a loop does
 //! not map and unmap a region each time; any other wholly free region is unmapped at once. So at
 //! most one empty region is ever mapped; [`LargeAlloc::release_cached`] unmaps it too.
 //!
@@ -97,7 +104,10 @@
 //! * No two physically adjacent blocks are both free.
 //! * The free blocks are exactly the entries of the bins, each in the bin of its size; the lists
 //!   are consistently doubly linked; the bitmaps mark exactly the non-empty bins.
-//! * At most one region is wholly free, and it is the cached one.
+//! * At most one region is wholly free, and it is the cached one; the growing region, if any, is
+//!   an indexed region.
+//! * Regions are 16 to 68 KiB long; a page run's data offset is a multiple of 64 in 64..=4096,
+//!   below its length, and its tag in front of the data says RUN and holds the offset.
 //! * The counters behind [`LargeStats`] match what the walk finds.
 //!
 //! # Debug checks
@@ -116,7 +126,8 @@
 //! # Files
 //!
 //! `block` (the block header), `bins` (the TLSF bins), `index` (the treap of mappings), `region`
-//! (region blocks: carve, coalesce, resize), `run` (page runs), `check` (the invariant checker and
+//! (regions and their blocks: growth, carve, coalesce, resize), `run` (page runs and their
+//! offsets), `check` (the invariant checker and
 //! the debug check of a free); this file holds the allocator's state and dispatches each call to
 //! the region or the page-run path. The tests are in `tests/`.
 
@@ -125,7 +136,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use crate::error::AllocError;
-use crate::source::{PAGE_SIZE, PageSource};
+use crate::source::PageSource;
 
 mod bins;
 mod block;
@@ -144,7 +155,7 @@ use index::{Index, KIND_RUN, Mapping, run_node};
 /// Requests whose footprint (size plus alignment padding) reaches this go to page runs. Such a
 /// block would fill most of a standard region by itself, so a region would bring no sharing, only
 /// split and coalesce work and a leftover fragment; a page run of at least 64 KiB wastes less than
-/// one data page plus its header page (the header page is at most 1/17 of the run).
+/// one page (the page its index node shares with the start of the data).
 pub const PAGE_RUN_THRESHOLD: usize = 64 * 1024;
 
 /// Bytes of a region that no block covers: its header and its end sentinel (the blocks a walk
@@ -182,7 +193,7 @@ pub struct LargeStats {
     pub live_bytes: usize,
     /// Page runs mapped.
     pub page_runs: usize,
-    /// Pages of all page runs, each run's header page included.
+    /// Pages of all page runs (each run's node page included).
     pub page_run_pages: usize,
 }
 
@@ -197,6 +208,9 @@ pub struct LargeAlloc {
     index: Index,
     /// The wholly free region kept mapped, or null.
     cached: *mut Mapping,
+    /// The region mapped last, which grows in place when no binned block fits; null when it
+    /// was unmapped or could not grow.
+    growing: *mut Mapping,
     /// See [`LargeStats::regions`].
     regions: usize,
     /// See [`LargeStats::region_bytes`].
@@ -209,6 +223,8 @@ pub struct LargeAlloc {
     page_runs: usize,
     /// See [`LargeStats::page_run_pages`].
     page_run_pages: usize,
+    /// Page runs allocated so far (wrapping): picks each run's data offset (see `run`).
+    run_turn: usize,
 }
 
 // SAFETY: `LargeAlloc` owns the regions and page runs its pointers lead to (nothing else refers
@@ -238,12 +254,14 @@ impl LargeAlloc {
             bins: Bins::new(),
             index: Index::new(),
             cached: ptr::null_mut(),
+            growing: ptr::null_mut(),
             regions: 0,
             region_bytes: 0,
             live_blocks: 0,
             live_bytes: 0,
             page_runs: 0,
             page_run_pages: 0,
+            run_turn: 0,
         }
     }
 
@@ -279,7 +297,7 @@ impl LargeAlloc {
         self.check_free(ptr, layout);
         let block = Block::from_user(ptr);
         // SAFETY: `ptr` is live (caller), so its header at `ptr - 16` is mapped: in its region,
-        // or at the end of its run's header page; the header says which.
+        // or just before the data in its run's node page; the header says which.
         unsafe {
             if block.state() == RUN {
                 self.free_run(src, ptr)
@@ -294,7 +312,8 @@ impl LargeAlloc {
     /// described by a layout of `new_size` bytes; on failure (`false`) nothing changed.
     ///
     /// Region blocks shrink by splitting off their tail (when it can stand as a block) and grow by
-    /// absorbing a free successor. Page runs shrink by unmapping tail pages and grow when the
+    /// absorbing a free successor (the last block of the region that grows in place also by the
+    /// pages the region grows by). Page runs shrink by unmapping tail pages and grow when the
     /// page source can map the pages right after them ([`PageSource::grow_pages`]).
     ///
     /// # Safety
@@ -348,7 +367,8 @@ impl LargeAlloc {
         }
         // SAFETY: `node` is in the index, so it is the live node of a mapping of ours.
         if unsafe { (*node).kind } == KIND_RUN {
-            return ptr.addr().get() == node.addr() + PAGE_SIZE;
+            // SAFETY: as above.
+            return ptr.addr().get() == node.addr() + unsafe { (*node).data };
         }
         // SAFETY: as above; a node that is not a run's is a region's.
         unsafe { self.region_owns(node, ptr) }
@@ -362,10 +382,11 @@ impl LargeAlloc {
     pub unsafe fn usable_size(&self, ptr: NonNull<u8>, _layout: Layout) -> usize {
         let block = Block::from_user(ptr);
         // SAFETY: `ptr` is live (caller): its header is mapped and, for a run, so is the node
-        // one page before `ptr`.
+        // in the page that holds `ptr - 1`.
         unsafe {
             if block.state() == RUN {
-                (*run_node(ptr)).len - PAGE_SIZE
+                let node = run_node(ptr);
+                (*node).len - (*node).data
             } else {
                 block.size() - HEADER
             }

@@ -1,14 +1,18 @@
-//! Regions: runs of at least 64 KiB from the page source, tiled by blocks.
+//! Regions: runs of pages from the page source, tiled by blocks, that grow in place.
 //!
 //! ```text
-//! region + 0        Mapping node (index links, length, kind)           REGION_HEADER = 48 bytes
+//! region + 0        Mapping node (index links, length, kind, data = 0)  REGION_HEADER = 48 bytes
 //! region + 48       block 0 | block 1 | ... | block n-1                 they tile the region
 //! region + len - 16 end sentinel: a header of size 0, state END
 //! ```
 //!
-//! An allocation takes a binned block (or maps a region for it), aligns its payload, and splits
-//! off the leading gap and the tail when they can stand as blocks; a free merges the block with
-//! free neighbours and bins the result, or caches or unmaps a region that becomes wholly free.
+//! An allocation takes a binned block; when none fits, it grows the region mapped last by the
+//! pages right after it ([`PageSource::grow_pages`]), at least [`REGION_MIN`] at a time, up to
+//! [`REGION_FULL`], and only when that fails maps a new region of `max(REGION_MIN, need)`. So one
+//! call maps at most what its own request needs or four pages, never a whole 64 KiB region for a
+//! 200-byte block. The allocation then aligns the payload and splits off the leading gap and the
+//! tail when they can stand as blocks; a free merges the block with free neighbours and bins the
+//! result, or caches or unmaps a region that becomes wholly free.
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -20,9 +24,12 @@ use super::{LargeAlloc, PAGE_RUN_THRESHOLD};
 use crate::error::AllocError;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
-/// Smallest region. 16 pages amortise one page-source call over many blocks of the sizes that
-/// come here (from ~145 bytes to a few KiB typically), while an idle, cached region stays cheap.
-pub(super) const REGION_MIN: usize = 64 * 1024;
+/// Smallest region, and the least a region grows by: four pages serve a few blocks of the sizes
+/// that come here (from ~145 bytes to a few KiB typically) per page-source call, while one call
+/// maps no more than four pages for a small request (the latency of the call that maps them).
+pub(super) const REGION_MIN: usize = 4 * PAGE_SIZE;
+/// Regions grow in place up to this length (16 pages); a larger need maps a region of its own.
+pub(super) const REGION_FULL: usize = 64 * 1024;
 /// Bytes at the start of a region taken by its index node, rounded up to the granule.
 pub(super) const REGION_HEADER: usize = size_of::<Mapping>().next_multiple_of(GRANULE);
 /// The largest free block a region request can need: below the threshold, `size + align`
@@ -36,6 +43,7 @@ pub(super) const MAX_REGION: usize = region_len_for(MAX_REGION_NEED);
 const _: () = assert!(MAX_REGION - REGION_HEADER - HEADER < BIN_LIMIT);
 // Regions are whole pages, and pages keep headers granule-aligned.
 const _: () = assert!(REGION_MIN.is_multiple_of(PAGE_SIZE) && PAGE_SIZE.is_multiple_of(GRANULE));
+const _: () = assert!(REGION_FULL.is_multiple_of(PAGE_SIZE) && REGION_FULL <= MAX_REGION);
 
 /// Bytes of the region for a free block of `need` bytes: header, block and sentinel in whole
 /// pages, at least [`REGION_MIN`].
@@ -69,9 +77,12 @@ impl LargeAlloc {
                 }
                 block
             }
-            None => self
-                .map_region(src, need)
-                .map_err(|cause| AllocError::OutOfPages { layout, cause })?,
+            None => match self.grow_region(src, need) {
+                Some(block) => block,
+                None => self
+                    .map_region(src, need)
+                    .map_err(|cause| AllocError::OutOfPages { layout, cause })?,
+            },
         };
         // SAFETY: `block` is a free block of at least `need` bytes that is in no bin.
         Ok(unsafe { self.carve(block, block_size, align) })
@@ -99,6 +110,7 @@ impl LargeAlloc {
                 parent: ptr::null_mut(),
                 len,
                 kind: KIND_REGION,
+                data: 0,
             });
             self.index.insert(node);
             first.set_prev_size(0);
@@ -108,7 +120,79 @@ impl LargeAlloc {
         }
         self.regions += 1;
         self.region_bytes += len;
+        self.growing = node;
         Ok(first)
+    }
+
+    /// Grows the region mapped last ([`growing`](Self::growing)) in place so that its last block
+    /// is free and at least `need` bytes long, and returns that block (not binned); `None` if
+    /// there is no such region, it would pass [`REGION_FULL`], or the source cannot map the
+    /// pages after it (then no region is grown again until the next is mapped). The growth is
+    /// the pages the block lacks, at least [`REGION_MIN`] while the region has room for it.
+    fn grow_region<S: PageSource>(&mut self, src: &mut S, need: usize) -> Option<Block> {
+        let region = self.growing;
+        if region.is_null() {
+            return None;
+        }
+        // SAFETY: `growing` is an indexed region (it is cleared when its region is unmapped);
+        // its sentinel and last block are valid headers inside it.
+        unsafe {
+            let len = (*region).len;
+            let base = region.cast::<u8>();
+            let sentinel = Block(base.wrapping_add(len - HEADER));
+            let last = sentinel.prev().filter(|b| b.state() == FREE);
+            let have = last.map_or(0, |b| b.size());
+            // The good-fit search may have passed over a last block that is large enough.
+            if have >= need {
+                let block = last?;
+                self.bins.remove(block);
+                self.uncache(region);
+                return Some(block);
+            }
+            let lacking = (need - have).next_multiple_of(PAGE_SIZE);
+            let room = REGION_FULL.saturating_sub(len);
+            if lacking > room {
+                return None;
+            }
+            let extra = lacking.max(REGION_MIN).min(room);
+            let start = NonNull::new_unchecked(base);
+            if !src.grow_pages(start, len / PAGE_SIZE, extra / PAGE_SIZE) {
+                self.growing = ptr::null_mut();
+                return None;
+            }
+            // The new pages extend the last block if it is free, or follow the old sentinel's
+            // place as a block of their own (its `prev_size` already names the block before).
+            let block = match last {
+                Some(block) => {
+                    self.bins.remove(block);
+                    block
+                }
+                None => sentinel,
+            };
+            let size = have + extra;
+            block.set(size, FREE);
+            let end = Block(base.wrapping_add(len + extra - HEADER));
+            end.set_prev_size(size);
+            end.set(0, END);
+            (*region).len = len + extra;
+            self.region_bytes += extra;
+            self.uncache(region);
+            Some(block)
+        }
+    }
+
+    /// Does `block` lie in the growing region?
+    fn is_growing(&self, block: Block) -> bool {
+        let region = self.growing;
+        // SAFETY: `growing`, when not null, is an indexed region, whose node is readable.
+        !region.is_null() && block.addr().wrapping_sub(region.addr()) < unsafe { (*region).len }
+    }
+
+    /// Forgets `region` as the cached empty region, if it is: its block is being taken.
+    fn uncache(&mut self, region: *mut Mapping) {
+        if self.cached == region {
+            self.cached = ptr::null_mut();
+        }
     }
 
     /// Turns the free, unbinned `block` into a used block of `block_size` bytes whose payload is
@@ -190,7 +274,7 @@ impl LargeAlloc {
             after.set_prev_size(size);
             if start.prev_size() == 0 && after.state() == END {
                 let region = start.back(REGION_HEADER).0.cast::<Mapping>();
-                if self.cached.is_null() && (*region).len == REGION_MIN {
+                if self.cached.is_null() && (*region).len <= REGION_FULL {
                     self.cached = region;
                     self.bins.insert(start);
                 } else {
@@ -212,6 +296,9 @@ impl LargeAlloc {
         // nothing refers to it, so its pages can go back to the source that mapped them.
         unsafe {
             let len = (*region).len;
+            if self.growing == region {
+                self.growing = ptr::null_mut();
+            }
             self.index.remove(region);
             self.regions -= 1;
             self.region_bytes -= len;
@@ -236,7 +323,8 @@ impl LargeAlloc {
 
     /// Resizes the region block `block` in place to hold `new_size` bytes (the region path of
     /// [`resize_in_place`](Self::resize_in_place)): a shrink splits off the tail when it can
-    /// stand as a block; a growth absorbs a free successor, or fails.
+    /// stand as a block; a growth absorbs a free successor, and the last block of the growing
+    /// region also the pages the region grows by; otherwise it fails.
     ///
     /// # Safety
     ///
@@ -267,14 +355,23 @@ impl LargeAlloc {
                 }
                 return true;
             }
-            let next = block.next();
-            if next.state() != FREE {
-                return false;
+            let mut next = block.next();
+            let free_after = if next.state() == FREE { next.size() } else { 0 };
+            if size + free_after < new_block {
+                // Only the last used block of the growing region can grow past its neighbour:
+                // the region grows under it.
+                let at_end = next.state() == END || (free_after > 0 && next.next().state() == END);
+                if !at_end || !self.is_growing(block) {
+                    return false;
+                }
+                let Some(grown) = self.grow_region(src, new_block - size) else {
+                    return false;
+                };
+                // The grown last block is `block`'s free successor: bin it to absorb it below.
+                self.bins.insert(grown);
+                next = block.next();
             }
             let total = size + next.size();
-            if total < new_block {
-                return false;
-            }
             self.bins.remove(next);
             if total - new_block >= MIN_BLOCK {
                 block.set(new_block, USED);

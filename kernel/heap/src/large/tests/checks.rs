@@ -153,3 +153,43 @@ fn double_free_of_a_page_run_is_caught() {
     free(&mut a, &mut src, p, 100_000, 8);
     free(&mut a, &mut src, p, 100_000, 8);
 }
+
+/// The checker knows the state this allocator gained for issue 13: a page run's data offset
+/// (node field and tag) and the growing region.
+#[test]
+fn checker_reports_a_bad_run_offset_and_a_stray_growing_region() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    let p = alloc(&mut a, &mut src, 100_000, 8);
+    let node = super::super::index::run_node(p);
+    // SAFETY: `p` is a live run; its node and tag are ours to damage, and are restored before
+    // the run is freed.
+    unsafe {
+        let data = (*node).data;
+        for bad in [data + 16, 0, 2 * PAGE_SIZE] {
+            (*node).data = bad;
+            assert!(a.check_invariants().is_err(), "offset {bad}");
+        }
+        (*node).data = data;
+        let tag = Block::from_user(p);
+        tag.set_prev_size(data + 64);
+        let addr = tag.addr();
+        assert_eq!(
+            a.check_invariants(),
+            Err(InvariantError::LargeHeaderCorrupt { addr })
+        );
+        tag.set_prev_size(data);
+    }
+    a.check_invariants().unwrap();
+    // A growing region that is not one of ours (here: the run).
+    let q = alloc(&mut a, &mut src, 1000, 8);
+    let growing = a.growing;
+    a.growing = node;
+    assert!(a.check_invariants().is_err());
+    a.growing = growing;
+    a.check_invariants().unwrap();
+    free(&mut a, &mut src, q, 1000, 8);
+    free(&mut a, &mut src, p, 100_000, 8);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}

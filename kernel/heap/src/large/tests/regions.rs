@@ -1,6 +1,7 @@
 //! Region blocks: splitting, coalescing, alignment gaps, the cached region, in-place resizing.
 
 use super::*;
+use crate::source::PageSource;
 
 #[test]
 fn split_leaves_one_free_tail() {
@@ -110,8 +111,10 @@ fn wholly_free_regions_are_returned_but_one_is_cached() {
     for p in live {
         free(&mut a, &mut src, p, 6000, 8);
     }
-    assert_eq!(a.stats().regions, 1);
-    assert_eq!(src.mapped_pages(), REGION_MIN / PAGE_SIZE);
+    let s = a.stats();
+    assert_eq!(s.regions, 1);
+    assert!(s.region_bytes <= REGION_FULL);
+    assert_eq!(src.mapped_pages(), s.region_bytes / PAGE_SIZE);
     // The cached region serves the next request without a new mapping.
     let calls = src.map_calls();
     let p = alloc(&mut a, &mut src, 5000, 8);
@@ -140,15 +143,17 @@ fn oversize_regions_are_never_cached() {
 fn probe_reuses_the_cached_region_just_above_a_sub_bin_boundary() {
     let mut src = ArenaSource::new(64);
     let mut a = LargeAlloc::new();
-    let p = alloc(&mut a, &mut src, 500, 8);
-    free(&mut a, &mut src, p, 500, 8);
-    let calls = src.map_calls();
+    // A block that needs a whole 64 KiB region, freed: the region is cached.
+    let p = alloc(&mut a, &mut src, 63_000, 8);
+    assert_eq!(a.stats().region_bytes, REGION_FULL);
+    free(&mut a, &mut src, p, 63_000, 8);
+    let calls = (src.map_calls(), src.grow_calls());
     // Needs a 62_000-byte block: the good-fit search rounds that past the bin of the cached
     // 65_472-byte block.
-    assert!(search_bin(62_000).unwrap() > bin_of(REGION_MIN - REGION_HEADER - HEADER));
+    assert!(search_bin(62_000).unwrap() > bin_of(REGION_FULL - REGION_HEADER - HEADER));
     let size = 62_000 - HEADER;
     let q = alloc(&mut a, &mut src, size, 8);
-    assert_eq!(src.map_calls(), calls);
+    assert_eq!((src.map_calls(), src.grow_calls()), calls);
     free(&mut a, &mut src, q, size, 8);
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
@@ -178,8 +183,13 @@ fn resize_in_place_of_region_blocks() {
         assert!(!a.resize_in_place(&mut src, p, layout(3000, 8), 5000));
         assert!(!a.resize_in_place(&mut src, p, layout(3000, 8), usize::MAX));
         assert_eq!(a.stats(), before);
-        // q grows into the free rest of the region.
+        // q grows into the free rest of the region, and the region grows under it by the five
+        // pages q still lacks.
+        assert_eq!(a.stats().region_bytes, REGION_MIN);
+        let grows = src.grow_calls();
         assert!(a.resize_in_place(&mut src, q, layout(1000, 8), 30_000));
+        assert_eq!(a.stats().region_bytes, REGION_MIN + 5 * PAGE_SIZE);
+        assert_eq!(src.grow_calls(), grows + 1);
         a.check_invariants().unwrap();
         // A shrink too small to split off a block is a no-op success.
         assert!(a.resize_in_place(&mut src, q, layout(30_000, 8), 29_990));
@@ -187,6 +197,118 @@ fn resize_in_place_of_region_blocks() {
     }
     free(&mut a, &mut src, p, 3000, 8);
     free(&mut a, &mut src, q, 29_990, 8);
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+/// A small request maps four pages, not a whole 64 KiB region; later requests grow that region
+/// in place (a few pages per call) up to 64 KiB, and only then is a new region mapped. No call
+/// maps more than four pages or what its own block needs.
+#[test]
+fn regions_start_small_and_grow_in_place() {
+    let mut src = ArenaSource::new(256);
+    let mut a = LargeAlloc::new();
+    let mut live = Vec::new();
+    let mut most = 0;
+    for i in 0..40 {
+        let size = [2000, 1500, 3000, 5000][i % 4];
+        let before = src.mapped_pages();
+        let p = alloc(&mut a, &mut src, size, 8);
+        let added = src.mapped_pages() - before;
+        most = most.max(added);
+        assert!(
+            added <= (REGION_MIN / PAGE_SIZE).max(size.div_ceil(PAGE_SIZE) + 1),
+            "call {i} mapped {added} pages"
+        );
+        fill(p, size, i as u64);
+        live.push((p, size));
+        if i == 0 {
+            assert_eq!(a.stats().region_bytes, REGION_MIN);
+            assert_eq!(src.map_calls(), 1);
+        }
+    }
+    assert_eq!(most, REGION_MIN / PAGE_SIZE);
+    let s = a.stats();
+    // 40 blocks of ~2.9 KiB fill two 64 KiB regions, mapped with two calls and grown in between.
+    assert_eq!(s.regions, 2);
+    assert_eq!(src.map_calls(), 2);
+    assert!(src.grow_calls() >= 3, "{} grows", src.grow_calls());
+    assert!(s.region_bytes <= 2 * REGION_FULL);
+    for (i, &(p, size)) in live.iter().enumerate() {
+        check(p, size, i as u64);
+        free(&mut a, &mut src, p, size, 8);
+    }
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+    assert_eq!(a.stats(), LargeStats::default());
+}
+
+/// When the pages after the growing region are taken, a new region is mapped instead; when
+/// neither growth nor a new region can be had, the allocation fails cleanly, changing nothing,
+/// and the next request that fits the free pages works.
+#[test]
+fn a_region_that_cannot_grow_is_left_and_exhaustion_fails_cleanly() {
+    let mut src = ArenaSource::new(16);
+    let mut a = LargeAlloc::new();
+    // Region A: pages 0-3; a foreign page right after it blocks its growth.
+    let p = alloc(&mut a, &mut src, 3000, 8);
+    let blocker = src.map_pages(1).unwrap();
+    // A's free 13 KiB cannot hold this block, and A cannot grow: region B, pages 5-8.
+    let q = alloc(&mut a, &mut src, 14_000, 8);
+    assert_eq!(
+        a.stats().regions,
+        2,
+        "a second region, the first could not grow"
+    );
+    assert_eq!(src.grow_calls(), 0);
+    assert_eq!(src.mapped_pages(), 4 + 1 + 4);
+    fill(q, 14_000, 1);
+    // Seven pages are left: B could grow by seven, but not by the ten this block needs, and a
+    // new region of ten pages does not fit either.
+    let before = (a.stats(), src.mapped_pages());
+    let e = a.allocate(&mut src, layout(40_000, 8));
+    assert!(matches!(e, Err(AllocError::OutOfPages { .. })), "{e:?}");
+    assert_eq!((a.stats(), src.mapped_pages()), before);
+    a.check_invariants().unwrap();
+    check(q, 14_000, 1);
+    // A request that five pages serve still works.
+    let r = alloc(&mut a, &mut src, 20_000, 8);
+    assert_eq!(a.stats().regions, 3);
+    fill(r, 20_000, 2);
+    // SAFETY: `blocker` was mapped above and is not used.
+    unsafe { src.unmap_pages(blocker, 1) };
+    check(q, 14_000, 1);
+    check(r, 20_000, 2);
+    for (ptr, size) in [(p, 3000), (q, 14_000), (r, 20_000)] {
+        free(&mut a, &mut src, ptr, size, 8);
+    }
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+/// Near its full length a region grows by what room is left (less than four pages) rather than
+/// refusing and leaving that room unused.
+#[test]
+fn a_region_fills_its_last_pages_before_another_is_mapped() {
+    let mut src = ArenaSource::new(64);
+    let mut a = LargeAlloc::new();
+    // A fresh region of ten pages, grown by four for the second block: fourteen.
+    let p = alloc(&mut a, &mut src, 40_000, 8);
+    assert_eq!(a.stats().region_bytes, 10 * PAGE_SIZE);
+    let q = alloc(&mut a, &mut src, 13_000, 8);
+    assert_eq!(a.stats().region_bytes, 14 * PAGE_SIZE);
+    // The third block lacks two pages; two pages of room are left, and they are what it gets.
+    let r = alloc(&mut a, &mut src, 9000, 8);
+    let s = a.stats();
+    assert_eq!((s.regions, s.region_bytes), (1, REGION_FULL));
+    assert_eq!(src.map_calls(), 1);
+    for (ptr, size) in [(p, 40_000), (q, 13_000), (r, 9000)] {
+        fill(ptr, size, size as u64);
+    }
+    for (ptr, size) in [(p, 40_000), (q, 13_000), (r, 9000)] {
+        check(ptr, size, size as u64);
+        free(&mut a, &mut src, ptr, size, 8);
+    }
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
 }

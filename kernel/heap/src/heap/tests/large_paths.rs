@@ -1,0 +1,147 @@
+//! The large allocator's paths through the heap (issue 13): aligned requests at every alignment
+//! up to several pages, `reallocate` across every boundary (class, region, page run) in place and
+//! by copy, page runs at rotating offsets found again by their frees, and region growth on
+//! exhaustion.
+
+use super::*;
+
+/// Every alignment from 1 to 16 KiB with sizes around the class, region and page-run
+/// boundaries: each block is aligned, every byte of it is patterned, no two overlap (all stay
+/// live together and are checked at the end), and every free finds its block.
+#[test]
+fn aligned_requests_at_every_alignment_keep_every_byte() {
+    let mut h = heap(if cfg!(miri) { 1024 } else { 8192 });
+    let sizes: &[usize] = if cfg!(miri) {
+        &[1, 100, 4097, 65_536]
+    } else {
+        &[
+            1, 15, 100, 1000, 4095, 4096, 4097, 9000, 65_535, 65_536, 70_001,
+        ]
+    };
+    let mut live = Vec::new();
+    let mut seed = 0u8;
+    let mut align = 1;
+    while align <= 4 * PAGE_SIZE {
+        for &size in sizes {
+            let l = layout(size, align);
+            let p = h.allocate(l).unwrap();
+            assert!(p.addr().get().is_multiple_of(align), "{size} / {align}");
+            // SAFETY: live with layout `l`.
+            assert!(unsafe { h.usable_size(p, l) } >= size);
+            seed = seed.wrapping_add(37);
+            fill(p, size, seed);
+            live.push((p, l, seed));
+        }
+        h.check_invariants().unwrap();
+        align *= 2;
+    }
+    for &(p, l, seed) in &live {
+        check(p, l.size(), seed);
+    }
+    for (p, l, _) in live {
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { h.deallocate(p, l) };
+    }
+    h.check_invariants().unwrap();
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// `reallocate` growing and shrinking across the class / region / page-run boundaries (in place
+/// or by copy, whichever the neighbours allow), each step checking the bytes kept, then
+/// patterning the whole new size; a page run always shrinks in place.
+#[test]
+fn reallocate_across_every_boundary_keeps_the_bytes() {
+    let mut h = heap(1024);
+    let steps: &[usize] = &[
+        8, 4096, 4097, 6000, 16_000, 65_535, 65_536, 65_600, 131_072, 300_000, 70_000, 65_535,
+        5000, 4096, 100,
+    ];
+    for &align in &[8, 64, 4096] {
+        let mut size = 1;
+        let mut p = h.allocate(layout(size, align)).unwrap();
+        fill(p, size, 1);
+        for (i, &new) in steps.iter().enumerate() {
+            let seed = i as u8 + 2;
+            // SAFETY: `p` is live with `(size, align)`.
+            let q = unsafe { h.reallocate(p, layout(size, align), new) }.unwrap();
+            assert!(q.addr().get().is_multiple_of(align));
+            check(q, size.min(new), seed - 1);
+            fill(q, new, seed);
+            h.check_invariants().unwrap();
+            if size >= 65_536 && new < size {
+                assert_eq!(q, p, "a page run shrinks in place");
+            }
+            (p, size) = (q, new);
+        }
+        // SAFETY: live with this layout.
+        unsafe { h.deallocate(p, layout(size, align)) };
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// Page runs of one size start at different offsets of their first page (so equal buffers do
+/// not alias in the cache), each inside its own run; frees find them through the page map, and
+/// every page goes back.
+#[test]
+fn page_runs_at_rotating_offsets_are_freed_and_unmapped() {
+    let mut h = heap(2048);
+    h.init().unwrap();
+    let count = if cfg!(miri) { 4 } else { 40 };
+    let l = layout(1 << 16, 8);
+    let before = h.stats().pages;
+    let runs: Vec<_> = (0..count).map(|_| h.allocate(l).unwrap()).collect();
+    let mut offsets: Vec<usize> = runs.iter().map(|p| p.addr().get() % PAGE_SIZE).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), count, "every run at its own offset");
+    // 64 KiB of data and the offset fit in 17 pages: the offset costs no page.
+    assert_eq!(h.stats().pages.large, count * 17);
+    for (i, &p) in runs.iter().enumerate() {
+        fill(p, l.size(), i as u8);
+    }
+    for (i, &p) in runs.iter().enumerate() {
+        check(p, l.size(), i as u8);
+        // SAFETY: allocated above with `l`.
+        unsafe { h.deallocate(p, l) };
+    }
+    h.check_invariants().unwrap();
+    assert_eq!(h.stats().pages.large, before.large);
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// Large blocks until the source is exhausted: regions grow and are mapped until nothing fits,
+/// and then the allocation fails with `OutOfPages` (a null pointer through `GlobalAlloc`),
+/// leaving a consistent heap whose blocks are intact and all come back.
+#[test]
+fn region_growth_until_exhaustion_fails_cleanly() {
+    let mut h = heap(96);
+    let l = layout(3000, 8);
+    let mut live = Vec::new();
+    let err = loop {
+        match h.allocate(l) {
+            Ok(p) => {
+                fill(p, l.size(), live.len() as u8);
+                live.push(p);
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            live.len() < 96 * 2,
+            "an arena of 96 pages holds fewer blocks"
+        );
+    };
+    assert!(matches!(err, AllocError::OutOfPages { .. }), "{err:?}");
+    assert!(live.len() > 70, "{} blocks", live.len());
+    h.check_invariants().unwrap();
+    assert!(h.stats().large.regions >= 2);
+    for (i, &p) in live.iter().enumerate() {
+        check(p, l.size(), i as u8);
+        // SAFETY: allocated above with `l`.
+        unsafe { h.deallocate(p, l) };
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
