@@ -262,7 +262,9 @@ impl Svg {
         }
         s.section("large regions (blocks in use, and free holes)");
         s.regions(&p.regions);
-        s.section("page runs (header page + data pages)");
+        s.section(
+            "page runs (node and data share the first page; a page-aligned run has a header page)",
+        );
         s.runs(&p.runs);
         let height = s.y + 20;
         format!(

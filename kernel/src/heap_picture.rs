@@ -10,7 +10,7 @@
 //! c <addr> <owner> <block size> <used> <blocks>   a chunk; owner c<class index> or p<pool number>
 //! g <addr> <bytes>                                a large region; its blocks follow:
 //! b <bytes> <u|f>                                 a block of that region, in use or free
-//! p <addr> <pages>                                a page run (header page included)
+//! p <addr> <pages>                                a page run, all its pages (node included)
 //! m <nodes>                                       page-map nodes
 //! @@kheap-picture end
 //! ```
