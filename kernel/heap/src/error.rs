@@ -190,8 +190,8 @@ pub enum InvariantError {
         /// Address of the block (or of the allocator, for a bitmap mismatch).
         addr: usize,
     },
-    /// The large allocator keeps a wholly free region mapped besides the one empty region it may
-    /// cache, or the region it records as cached is not wholly free.
+    /// The bytes of the large allocator's wholly free regions differ from what it records as
+    /// idle, or pass its idle limit.
     CachedRegionMismatch {
         /// Address of the region.
         addr: usize,
@@ -240,8 +240,8 @@ impl fmt::Display for InvariantError {
             Self::BinCorrupt { addr } => write!(f, "large-allocator bin corrupt at {addr:#x}"),
             Self::CachedRegionMismatch { addr } => write!(
                 f,
-                "large-allocator region {addr:#x} is wholly free but not the cached one, or cached \
-                 but not wholly free"
+                "large-allocator idle regions (last seen {addr:#x}) do not match the idle byte \
+                 count, or pass the idle limit"
             ),
         }
     }

@@ -6,7 +6,7 @@ use core::ptr::{self, NonNull};
 use super::LargeAlloc;
 use super::block::{Block, END, FREE, GRANULE, HEADER, MIN_BLOCK, RUN, USED};
 use super::index::{Index, KIND_REGION, KIND_RUN, Mapping};
-use super::region::{MAX_REGION, REGION_HEADER, REGION_MIN};
+use super::region::{IDLE_LIMIT, MAX_REGION, REGION_HEADER, REGION_MIN};
 use super::run::{LINE, RUN_MIN_OFFSET};
 use crate::error::InvariantError;
 use crate::source::PAGE_SIZE;
@@ -163,7 +163,8 @@ impl LargeAlloc {
         let mut free_bytes = 0;
         let mut live_blocks = page_runs;
         let mut live_bytes = run_bytes;
-        let mut cached_seen = false;
+        let mut idle_bytes = 0;
+        let mut idle_region = 0;
         let mut growing_seen = false;
         let mut node = self.index.first();
         while !node.is_null() {
@@ -176,18 +177,15 @@ impl LargeAlloc {
                 live_blocks += walk.live_blocks;
                 live_bytes += walk.live_bytes;
                 if walk.wholly_free {
-                    if node != self.cached {
-                        return Err(InvariantError::CachedRegionMismatch { addr: node.addr() });
-                    }
-                    cached_seen = true;
+                    // SAFETY: pass 1 validated every indexed node.
+                    idle_bytes += unsafe { (*node).len };
+                    idle_region = node.addr();
                 }
             }
             node = Index::successor(node);
         }
-        if !self.cached.is_null() && !cached_seen {
-            return Err(InvariantError::CachedRegionMismatch {
-                addr: self.cached.addr(),
-            });
+        if idle_bytes != self.idle_bytes || idle_bytes > IDLE_LIMIT {
+            return Err(InvariantError::CachedRegionMismatch { addr: idle_region });
         }
         // The region that grows in place is one of ours.
         if !self.growing.is_null() && !growing_seen {

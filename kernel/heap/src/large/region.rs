@@ -19,7 +19,7 @@ use core::ptr::{self, NonNull};
 
 use super::bins::BIN_LIMIT;
 use super::block::{Block, END, FREE, GRANULE, HEADER, MIN_BLOCK, USED, block_size_for};
-use super::index::{KIND_REGION, Mapping};
+use super::index::{Index, KIND_REGION, Mapping};
 use super::{LargeAlloc, PAGE_RUN_THRESHOLD};
 use crate::error::AllocError;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
@@ -30,6 +30,10 @@ use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 pub(super) const REGION_MIN: usize = 4 * PAGE_SIZE;
 /// Regions grow in place up to this length (16 pages); a larger need maps a region of its own.
 pub(super) const REGION_FULL: usize = 64 * 1024;
+/// Bytes of wholly free regions kept mapped rather than unmapped when their last block is
+/// freed (several small regions or one full one): with regions of four pages, unmapping each
+/// one that empties made one free in a few hundred pay for an unmap in the kernel mix.
+pub(super) const IDLE_LIMIT: usize = 4 * REGION_FULL;
 /// Bytes at the start of a region taken by its index node, rounded up to the granule.
 pub(super) const REGION_HEADER: usize = size_of::<Mapping>().next_multiple_of(GRANULE);
 /// The largest free block a region request can need: below the threshold, `size + align`
@@ -71,10 +75,8 @@ impl LargeAlloc {
             Some(block) => {
                 // SAFETY: `find_free` returned a block that is in a bin.
                 unsafe { self.bins.remove(block) };
-                if !self.cached.is_null() && block.addr() == self.cached.addr() + REGION_HEADER {
-                    // The cached region's only block is taken: the region is no longer empty.
-                    self.cached = ptr::null_mut();
-                }
+                // SAFETY: the block is free, in no bin, and its headers are valid.
+                unsafe { self.take_idle(block) };
                 block
             }
             None => match self.grow_region(src, need) {
@@ -146,7 +148,7 @@ impl LargeAlloc {
             if have >= need {
                 let block = last?;
                 self.bins.remove(block);
-                self.uncache(region);
+                self.take_idle(block);
                 return Some(block);
             }
             let lacking = (need - have).next_multiple_of(PAGE_SIZE);
@@ -165,6 +167,7 @@ impl LargeAlloc {
             let block = match last {
                 Some(block) => {
                     self.bins.remove(block);
+                    self.take_idle(block);
                     block
                 }
                 None => sentinel,
@@ -176,7 +179,6 @@ impl LargeAlloc {
             end.set(0, END);
             (*region).len = len + extra;
             self.region_bytes += extra;
-            self.uncache(region);
             Some(block)
         }
     }
@@ -188,10 +190,20 @@ impl LargeAlloc {
         !region.is_null() && block.addr().wrapping_sub(region.addr()) < unsafe { (*region).len }
     }
 
-    /// Forgets `region` as the cached empty region, if it is: its block is being taken.
-    fn uncache(&mut self, region: *mut Mapping) {
-        if self.cached == region {
-            self.cached = ptr::null_mut();
+    /// Accounts for taking the free `block`: if it is the only block of its region, that region
+    /// was an idle one and is not any more.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a free block of a region of ours, with valid headers, taken out of its bin.
+    unsafe fn take_idle(&mut self, block: Block) {
+        // SAFETY: the caller's promise; a block starting its region has `prev_size` 0, and the
+        // region's node lies `REGION_HEADER` bytes before it.
+        unsafe {
+            if block.prev_size() == 0 && block.next().state() == END {
+                let region = block.back(REGION_HEADER).0.cast::<Mapping>();
+                self.idle_bytes -= (*region).len;
+            }
         }
     }
 
@@ -274,8 +286,9 @@ impl LargeAlloc {
             after.set_prev_size(size);
             if start.prev_size() == 0 && after.state() == END {
                 let region = start.back(REGION_HEADER).0.cast::<Mapping>();
-                if self.cached.is_null() && (*region).len <= REGION_FULL {
-                    self.cached = region;
+                let len = (*region).len;
+                if len <= REGION_FULL && self.idle_bytes + len <= IDLE_LIMIT {
+                    self.idle_bytes += len;
                     self.bins.insert(start);
                 } else {
                     self.unmap_region(src, region);
@@ -432,21 +445,27 @@ impl LargeAlloc {
         }
     }
 
-    /// Unmaps the cached empty region, if any (when the heap is torn down, or to give memory back
-    /// under pressure).
+    /// Unmaps every idle (wholly free) region (when the heap is torn down, or to give memory
+    /// back under pressure). A walk of the index, so only on these slow paths.
     pub fn release_cached<S: PageSource>(&mut self, src: &mut S) {
-        let region = self.cached;
-        if region.is_null() {
-            return;
-        }
-        self.cached = ptr::null_mut();
-        let first = Block(region.cast::<u8>().wrapping_add(REGION_HEADER));
-        // SAFETY: the cached region is mapped and wholly free; its single block `first` is in a
-        // bin. Once out of the bin, nothing refers to the region but its index entry, which
-        // `unmap_region` removes.
-        unsafe {
-            self.bins.remove(first);
-            self.unmap_region(src, region);
+        let mut node = self.index.first();
+        while self.idle_bytes > 0 && !node.is_null() {
+            // Step on before `node` may leave the index.
+            let next = Index::successor(node);
+            // SAFETY: indexed nodes are valid; a region's first block and its sentinel are
+            // valid headers inside it. An idle region's single block is in a bin; once out of
+            // it, nothing refers to the region but its index entry, which `unmap_region` removes.
+            unsafe {
+                if (*node).kind == KIND_REGION {
+                    let first = Block(node.cast::<u8>().wrapping_add(REGION_HEADER));
+                    if first.state() == FREE && first.next().state() == END {
+                        self.idle_bytes -= (*node).len;
+                        self.bins.remove(first);
+                        self.unmap_region(src, node);
+                    }
+                }
+            }
+            node = next;
         }
     }
 }

@@ -76,7 +76,7 @@ fn aligned_blocks_leave_their_gap_free() {
         free(&mut a, &mut src, p, size, align);
     }
     assert_eq!(a.stats().live_blocks, 0);
-    assert!(a.stats().regions <= 1);
+    assert!(a.stats().region_bytes <= IDLE_LIMIT);
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
 }
@@ -103,24 +103,51 @@ fn a_sixteen_byte_gap_moves_the_block_up_by_one_alignment() {
 }
 
 #[test]
-fn wholly_free_regions_are_returned_but_one_is_cached() {
-    let mut src = ArenaSource::new(256);
+fn wholly_free_regions_are_kept_up_to_the_idle_limit() {
+    let mut src = ArenaSource::new(512);
     let mut a = LargeAlloc::new();
-    let live: Vec<_> = (0..24).map(|_| alloc(&mut a, &mut src, 6000, 8)).collect();
-    assert!(a.stats().regions >= 2);
+    // More regions than the idle limit holds, each filled by one block that needs all of it.
+    let n = IDLE_LIMIT / REGION_FULL + 3;
+    let live: Vec<_> = (0..n).map(|_| alloc(&mut a, &mut src, 60_000, 8)).collect();
+    assert_eq!(a.stats().regions, n);
     for p in live {
-        free(&mut a, &mut src, p, 6000, 8);
+        free(&mut a, &mut src, p, 60_000, 8);
+        a.check_invariants().unwrap();
     }
     let s = a.stats();
-    assert_eq!(s.regions, 1);
-    assert!(s.region_bytes <= REGION_FULL);
+    // The first regions to empty stay mapped up to the limit; the rest went back.
+    let region = s.region_bytes / s.regions;
+    assert!(region <= REGION_FULL);
+    assert!(s.region_bytes <= IDLE_LIMIT && s.region_bytes + region > IDLE_LIMIT);
     assert_eq!(src.mapped_pages(), s.region_bytes / PAGE_SIZE);
-    // The cached region serves the next request without a new mapping.
+    // An idle region serves the next request without a new mapping, and stops being idle.
     let calls = src.map_calls();
     let p = alloc(&mut a, &mut src, 5000, 8);
     assert_eq!(src.map_calls(), calls);
+    a.check_invariants().unwrap();
     free(&mut a, &mut src, p, 5000, 8);
+    a.check_invariants().unwrap();
     a.release_cached(&mut src);
+    a.check_invariants().unwrap();
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+    assert_eq!(a.stats(), LargeStats::default());
+}
+
+#[test]
+fn small_regions_share_the_idle_limit() {
+    let mut src = ArenaSource::new(512);
+    let mut a = LargeAlloc::new();
+    // Regions of the smallest size, one block each, until the idle limit is passed.
+    let n = IDLE_LIMIT / REGION_MIN + 2;
+    let size = REGION_MIN - 256;
+    let live: Vec<_> = (0..n).map(|_| alloc(&mut a, &mut src, size, 8)).collect();
+    for p in live.into_iter().rev() {
+        free(&mut a, &mut src, p, size, 8);
+        a.check_invariants().unwrap();
+    }
+    assert!(a.stats().region_bytes <= IDLE_LIMIT);
+    assert!(a.stats().region_bytes > IDLE_LIMIT - REGION_FULL);
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
     assert_eq!(a.stats(), LargeStats::default());
