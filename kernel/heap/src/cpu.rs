@@ -146,6 +146,9 @@ mod threads {
     std::thread_local! {
         /// This thread's number (`usize::MAX`: not yet given).
         static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
+        /// The CPU this thread last ran on, and the address of the `ThreadCpus` that said so
+        /// (saves the division of `current` on every call).
+        static LAST: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
     }
 
     /// Host threads as CPUs (feature `testing`): thread number `t` (in the order threads first
@@ -178,17 +181,28 @@ mod threads {
         /// Gives the calling thread number `thread` (so it runs on CPU `thread % cpus`).
         pub fn bind(thread: usize) {
             THREAD.with(|t| t.set(thread));
+            LAST.with(|l| l.set((0, 0)));
         }
 
         /// The CPU the calling thread runs on.
+        #[inline]
         pub fn current(&self) -> usize {
+            let me = core::ptr::from_ref(self).addr();
+            let (who, cpu) = LAST.with(Cell::get);
+            // (A `ThreadCpus` at the address of an earlier one may have fewer CPUs: any index
+            // below `cpus` is a valid answer, a larger one is not.)
+            if who == me && cpu < self.cpus {
+                return cpu;
+            }
             let t = THREAD.with(|t| {
                 if t.get() == usize::MAX {
                     t.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
                 }
                 t.get()
             });
-            t % self.cpus
+            let cpu = t % self.cpus;
+            LAST.with(|l| l.set((me, cpu)));
+            cpu
         }
     }
 

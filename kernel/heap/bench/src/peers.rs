@@ -60,7 +60,6 @@ impl Peer {
     /// Name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
-            Self::KheapPerCpu => "kheap-percpu",
             Self::Kheap => "kheap",
             Self::Talc => "talc",
             Self::Rlsf => "rlsf",

@@ -84,7 +84,7 @@ use crate::heap::Heap;
 use crate::locked::{HeapGuard, LockedHeap, RawLock};
 use crate::magazine::{ClassMagazines, MAG_CAP, Magazine, MagazineStore, POOL_MAG_CAP};
 use crate::pool::PoolId;
-use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for};
+use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for, common_class};
 use crate::source::PageSource;
 use crate::stats::{BlockStats, HeapStats};
 
@@ -115,6 +115,24 @@ pub const fn class_limit(i: usize) -> usize {
     }
 }
 
+/// [`class_limit`] of every class, computed at compile time (the fast paths index it rather than
+/// divide).
+const CLASS_LIMITS: [u8; NUM_CLASSES] = {
+    let mut t = [0u8; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        t[i] = class_limit(i) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// [`class_limit`] from the table.
+#[inline(always)]
+fn limit_of(i: usize) -> usize {
+    usize::from(CLASS_LIMITS[i])
+}
+
 /// Blocks a pool slot holds at most, for blocks of `stride` bytes.
 const fn pool_limit(stride: usize) -> usize {
     let n = FRONT_POOL_BYTES / stride;
@@ -138,6 +156,19 @@ pub const FRONT_BYTES_PER_CPU: usize = {
     }
     sum + FRONT_POOL_SLOTS * FRONT_POOL_BYTES
 };
+
+/// The class of `layout`, if a class serves it: the one-load table of
+/// [`common_class`](crate::size_class::common_class) for alignments up to 8, else `class_for`.
+#[inline(always)]
+fn small_class(layout: Layout) -> Option<usize> {
+    if let Some(i) = common_class(layout) {
+        return Some(i);
+    }
+    match class_for(layout) {
+        SizeClass::Small(i) => Some(i),
+        SizeClass::Large => None,
+    }
+}
 
 /// The layout a front allocates class-`i` blocks from the back with: the class size, aligned
 /// to 8, which maps back to class `i` (checked by a unit test for every class).
@@ -422,7 +453,7 @@ impl<L: RawLock, S: PageSource, C: Cpus, const N: usize> PerCpuHeap<L, S, C, N> 
     /// CPU's front is drained and the back tried once more.
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        if let SizeClass::Small(i) = class_for(layout)
+        if let Some(i) = small_class(layout)
             && let Some((cpu, pin)) = self.pin()
         {
             let f = &self.fronts[cpu];
@@ -498,7 +529,7 @@ impl<L: RawLock, S: PageSource, C: Cpus, const N: usize> PerCpuHeap<L, S, C, N> 
         let mut h = self.locked()?;
         // SAFETY: pinned by the caller; `i` is a class index.
         let mut mag = unsafe { f.class(i) };
-        let want = (class_limit(i) / 2).max(1);
+        let want = (limit_of(i) / 2).max(1);
         let layout = class_layout(i);
         let mut got = 0;
         while got < want {
@@ -539,7 +570,7 @@ impl<L: RawLock, S: PageSource, C: Cpus, const N: usize> PerCpuHeap<L, S, C, N> 
     /// `ptr` must be a live block of this heap allocated with `layout` (by any CPU).
     #[inline]
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if let SizeClass::Small(i) = class_for(layout)
+        if let Some(i) = small_class(layout)
             && let Some(block) = self.window_block(ptr)
             && let Some((cpu, pin)) = self.pin()
         {
@@ -549,8 +580,8 @@ impl<L: RawLock, S: PageSource, C: Cpus, const N: usize> PerCpuHeap<L, S, C, N> 
             }
             // SAFETY (both): pinned; `i` is a class index. The first borrow ends before the
             // flush makes its own.
-            if unsafe { f.class(i) }.len() >= class_limit(i) {
-                self.flush_class(cpu, i, (class_limit(i) / 2).max(1));
+            if unsafe { f.class(i) }.len() >= limit_of(i) {
+                self.flush_class(cpu, i, (limit_of(i) / 2).max(1));
             }
             // SAFETY: as above.
             let mut mag = unsafe { f.class(i) };
@@ -1003,11 +1034,11 @@ impl<L: RawLock, S: PageSource, C: Cpus, const N: usize> PerCpuHeap<L, S, C, N> 
         for f in &self.fronts {
             for (i, c) in f.counts.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed) as usize;
-                if n > class_limit(i) {
+                if n > limit_of(i) {
                     return Err(crate::InvariantError::CountMismatch {
                         addr: core::ptr::from_ref(f).addr(),
                         recorded: n,
-                        counted: class_limit(i),
+                        counted: limit_of(i),
                     });
                 }
             }
