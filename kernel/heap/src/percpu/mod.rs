@@ -578,9 +578,10 @@ impl<L: RawLock, S: PageSource, C: Cpus, const N: usize> PerCpuHeap<L, S, C, N> 
             if debug::ENABLED {
                 self.check_class_free(cpu, i, ptr, layout);
             }
-            // SAFETY (both): pinned; `i` is a class index. The first borrow ends before the
-            // flush makes its own.
-            if unsafe { f.class(i) }.len() >= limit_of(i) {
+            // SAFETY: pinned; `i` is a class index. This borrow ends before the flush makes its
+            // own.
+            let full = unsafe { f.class(i) }.len() >= limit_of(i);
+            if full {
                 self.flush_class(cpu, i, (limit_of(i) / 2).max(1));
             }
             // SAFETY: as above.

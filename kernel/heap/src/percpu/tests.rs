@@ -39,11 +39,12 @@ fn back_pages<const N: usize>(heap: &Threads<N>) -> (usize, usize) {
 
 #[test]
 fn the_documented_bounds_hold() {
-    for i in 0..NUM_CLASSES {
+    for (i, &size) in CLASS_SIZES.iter().enumerate() {
         assert_eq!(class_for(class_layout(i)), SizeClass::Small(i), "class {i}");
         let limit = class_limit(i);
+        assert_eq!(limit_of(i), limit);
         assert!((2..=MAG_CAP).contains(&limit));
-        assert!(limit * CLASS_SIZES[i] <= FRONT_CLASS_BYTES.max(2 * CLASS_SIZES[i]));
+        assert!(limit * size <= FRONT_CLASS_BYTES.max(2 * size));
     }
     assert_eq!(class_limit(0), 64);
     assert_eq!(class_limit(NUM_CLASSES - 1), 2);
