@@ -253,7 +253,7 @@ fn free_all(heap: &Heap, layout: Layout, blocks: Vec<NonNull<u8>>) {
 
 #[test]
 fn memory_parked_in_another_threads_front_never_makes_an_allocation_fail() {
-    let pages = 64;
+    let pages = if cfg!(miri) { 24 } else { 64 };
     let page = Layout::from_size_align(4096, 4096).unwrap();
     let half = Layout::from_size_align(2048, 8).unwrap();
     // What one CPU of a fresh heap gets.

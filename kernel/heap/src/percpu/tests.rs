@@ -272,12 +272,12 @@ fn free_all<const N: usize>(heap: &Threads<N>, got: Vec<NonNull<u8>>) {
 
 #[test]
 fn an_allocation_drains_memory_parked_in_another_cpus_front() {
-    let pages = 40;
+    let pages = if cfg!(miri) { 20 } else { 40 };
     // How many pages a fresh heap of this size gives one CPU.
     let fresh = threads::<2>(pages, 2);
     ThreadCpus::bind(0);
     let baseline = fill_up(&fresh);
-    assert!(baseline.len() > 16);
+    assert!(baseline.len() > 8);
     // CPU 1 takes every page, then frees it all: its front keeps some blocks.
     let heap = threads::<2>(pages, 2);
     let expected = baseline.len();
