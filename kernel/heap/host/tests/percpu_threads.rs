@@ -22,7 +22,7 @@ fn heap(pages: usize, cpus: usize) -> Heap {
 }
 
 fn rounds(native: usize) -> usize {
-    if cfg!(miri) { native / 50 } else { native }
+    if cfg!(miri) { native / 100 } else { native }
 }
 
 /// A live block, patterned with its tag; may move to another thread.
@@ -72,8 +72,10 @@ impl Block {
 }
 
 fn draw(rng: &mut Rng) -> (usize, usize) {
+    // Under Miri, which checks every byte written, large blocks stay small.
+    let large = if cfg!(miri) { 5000 } else { 20_000 };
     let size = match rng.below(16) {
-        0 => rng.range(4097, 20_000),
+        0 => rng.range(4097, large),
         1..=3 => rng.range(257, 4096),
         _ => rng.range(1, 256),
     };
