@@ -1,11 +1,20 @@
-//! The kernel's `#[global_allocator]`: the `kheap` heap over the heap window's page source.
+//! The kernel's `#[global_allocator]`: the `kheap` heap over the heap window's page source, with
+//! a per-CPU front.
 //!
-//! [`HEAP`] is a [`kheap::LockedHeap`] whose lock ([`IrqSpinLock`]) disables interrupts while it is
-//! held, so an interrupt handler that allocates can never spin on a lock held by the code it
-//! interrupted. Lock order: this heap lock, then the memory layer's lock (taken inside
-//! [`KernelPageSource`]); the memory layer never allocates. Every CPU shares the one heap behind
-//! the one lock; the lock's watchdog tells a lock this CPU can never get back from one that
-//! another CPU holds for a while (see [`IrqSpinLock`]).
+//! [`HEAP`] is a [`kheap::PerCpuHeap`]: each CPU (index below [`FRONT_CPUS`]) has its own front
+//! of magazines, which a hit uses with interrupts off and no lock ([`KernelCpus`]), before the
+//! shared back, a [`kheap::LockedHeap`] whose lock ([`IrqSpinLock`]) disables interrupts while it
+//! is held, so an interrupt handler that allocates can never spin on a lock held by the code it
+//! interrupted. Lock order: a CPU's front (interrupts off), then this heap lock, then the memory
+//! layer's lock (taken inside [`KernelPageSource`]); the memory layer never allocates. The
+//! lock's watchdog tells a lock this CPU can never get back from one that another CPU holds for
+//! a while (see [`IrqSpinLock`]).
+//!
+//! A drain (trim, destroying a pool, an allocation the back cannot serve) reaches another CPU's
+//! front by asking it: an IPI ([`ipi::DRAIN_VECTOR`]) whose handler flushes that CPU's own
+//! front ([`serve_drain`]). A handler runs only while its CPU is outside every heap call (heap
+//! calls keep interrupts off), and every heap call also serves a pending request at its end; the
+//! drainer waits at most [`DRAIN_WAIT_MS`] (see `kheap`'s `PerCpuHeap` for the protocol).
 //!
 //! Every Nth allocation can be placed on a guarded page instead ([`kfence`], off until
 //! `kfence::enable`), so overflows, underflows and use-after-free of sampled objects fault at once.
@@ -18,26 +27,34 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use kheap::{Checked, HeapStats, LockedHeap, RawLock};
+use kheap::{Checked, Cpus, HeapStats, LockedHeap, PerCpuHeap, RawLock};
 use x86_64::instructions::interrupts;
 
 use crate::kfence;
 use crate::memory::{self, KernelPageSource};
+use crate::smp::ipi;
 
 /// The kernel heap. Empty until [`init`].
 #[global_allocator]
 pub static HEAP: KernelHeap = KernelHeap {
-    inner: Checked::new(LockedHeap::empty()),
+    inner: Checked::new(PerCpuHeap::empty(KernelCpus)),
 };
 
-/// The kernel's heap type: `kheap` over the heap window, behind an interrupt-disabling lock.
+/// CPU indices with a heap front of their own (about 20 KiB of `.bss` each); CPUs of a higher
+/// index use the back directly.
+pub const FRONT_CPUS: usize = 16;
+
+/// The back of the kernel heap: `kheap` over the heap window, behind an interrupt-disabling lock.
 pub type Heap = LockedHeap<IrqSpinLock, KernelPageSource>;
 
-/// The global allocator: the locked heap behind `kheap`'s red-zone and poisoning layer (active
+/// The kernel heap: per-CPU fronts before [`Heap`].
+pub type FrontHeap = PerCpuHeap<IrqSpinLock, KernelPageSource, KernelCpus, FRONT_CPUS>;
+
+/// The global allocator: the per-CPU heap behind `kheap`'s red-zone and poisoning layer (active
 /// with the `debug-checks` feature, a plain pass-through without it), plus a record of the last
 /// failed request.
 pub struct KernelHeap {
-    inner: Checked<Heap>,
+    inner: Checked<FrontHeap>,
 }
 
 impl fmt::Debug for KernelHeap {
@@ -47,10 +64,67 @@ impl fmt::Debug for KernelHeap {
 }
 
 impl KernelHeap {
-    /// The locked heap itself, for pools (`kheap::ObjectPool::new(HEAP.heap())`) and stats.
+    /// The back, the locked heap behind the fronts, for `kheap::ObjectPool`s, the heap picture
+    /// and direct use (its own statistics count blocks cached in fronts as in use).
     pub fn heap(&self) -> &Heap {
+        self.inner.inner().back()
+    }
+
+    /// The whole heap, fronts included: user pools through the fronts, statistics, trim.
+    pub fn front(&self) -> &FrontHeap {
         self.inner.inner()
     }
+}
+
+/// How long a drain waits for the other CPUs to flush their fronts, in ms. They answer at once
+/// unless they run with interrupts off outside the heap for that long (a vCPU descheduled by a
+/// loaded host included); a CPU that does not answer keeps its front's blocks.
+pub const DRAIN_WAIT_MS: u64 = 1000;
+
+/// The CPUs as the heap sees them: the index from `smp::cpu_id()`, and a pin that is interrupts
+/// off (restored on unpin); a drain asks the other CPUs by IPI.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelCpus;
+
+// SAFETY: a pin of CPU `i` is only handed out on CPU `i` (`cpu_id`), with interrupts off until
+// it is released: no interrupt handler on that CPU can run meanwhile (NMI handlers never
+// allocate), and no other CPU gets a pin of index `i` (`pin_remote` is never offered). A front is
+// only ever touched by its own CPU, so hand-overs need no synchronisation beyond program order.
+unsafe impl Cpus for KernelCpus {
+    /// Whether interrupts were enabled before the pin.
+    type Pin = bool;
+
+    #[inline(always)]
+    fn pin(&self) -> Option<(usize, bool)> {
+        let was_enabled = interrupts::are_enabled();
+        interrupts::disable();
+        Some((crate::smp::cpu_id(), was_enabled))
+    }
+
+    #[inline(always)]
+    fn unpin(&self, was_enabled: bool) {
+        if was_enabled {
+            interrupts::enable();
+        }
+    }
+
+    fn ask(&self, cpu: usize) {
+        // An offline CPU has no front in use: nothing to ask.
+        let _ = ipi::send(cpu, ipi::DRAIN_VECTOR);
+    }
+
+    fn wait(&self, pending: &dyn Fn() -> bool, serve_own: &dyn Fn()) {
+        let deadline = crate::cpu::clock::Deadline::after_us(DRAIN_WAIT_MS * 1000);
+        while pending() && !deadline.passed() {
+            serve_own();
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Flushes this CPU's heap front if a drain asked for it (the drain IPI's handler).
+pub fn serve_drain() {
+    HEAP.front().serve_drain();
 }
 
 /// Size and alignment of the most recent allocation that failed (0 if none).
@@ -69,7 +143,7 @@ pub fn last_failure() -> Option<Layout> {
     (align != 0).then(|| Layout::from_size_align(size, align).ok())?
 }
 
-// SAFETY: every call is forwarded unchanged to `LockedHeap`, whose `GlobalAlloc` implementation
+// SAFETY: every call is forwarded unchanged to `PerCpuHeap`, whose `GlobalAlloc` implementation
 // upholds the contract; the wrapper only records failed layouts on the side.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -146,33 +220,32 @@ impl fmt::Display for HeapInitError {
 /// Gives the heap its page source (the heap window) and maps its first root page. Call after
 /// `memory::init`.
 pub fn init() -> Result<(), HeapInitError> {
-    HEAP.heap()
+    HEAP.front()
         .init(KernelPageSource::new())
         .map_err(HeapInitError)
 }
 
-/// The heap's statistics (`None` before [`init`]).
+/// The heap's statistics, summed over the back and every CPU's front (`None` before [`init`]).
 pub fn stats() -> Option<HeapStats> {
-    HEAP.heap().lock().map(|h| h.stats())
+    HEAP.front().stats()
 }
 
 /// The heap's statistics without waiting for the heap lock: `None` if it is held (for panic and
 /// allocation-failure reports, which may run while the heap is locked) or before [`init`].
 /// One attempt to take the lock, so it never blocks, also with several CPUs.
 pub fn try_stats() -> Option<HeapStats> {
-    HEAP.heap().try_lock().map(|h| h.stats())
+    HEAP.front().try_stats()
 }
 
-/// Gives every cached empty chunk and region back to the page source.
+/// Drains every CPU's front, then gives every cached empty chunk and region back to the page
+/// source.
 pub fn trim() {
-    if let Some(mut h) = HEAP.heap().lock() {
-        h.trim();
-    }
+    HEAP.front().trim();
 }
 
 /// Walks every heap structure and panics with the first broken invariant.
 pub fn check_invariants() {
-    if let Some(Err(e)) = HEAP.heap().lock().map(|h| h.check_invariants()) {
+    if let Err(e) = HEAP.front().check_invariants() {
         panic!("heap invariant broken: {e}");
     }
 }

@@ -514,3 +514,156 @@ fn the_boot_workload_runs_on_every_cpu_at_once() {
         panic!("boot workload on {} CPUs: {e}", smp::online_count());
     }
 }
+
+/// A block of user pool `pool` (an index into the test's pools), patterned with its tag.
+struct PoolBlock {
+    pool: usize,
+    ptr: *mut u8,
+    size: usize,
+    tag: u64,
+}
+
+// SAFETY: a PoolBlock owns its pool block exclusively; the heap may free it on any CPU.
+unsafe impl Send for PoolBlock {}
+
+impl PoolBlock {
+    fn ok(&self) -> bool {
+        // SAFETY: the block is live and `size` bytes long.
+        (0..self.size).all(|i| unsafe { self.ptr.add(i).read() } == pattern(self.tag, i))
+    }
+}
+
+#[kernel::test]
+fn user_pools_go_through_every_cpus_front() {
+    let ops = share(12_000);
+    let n = smp::online_count();
+    let errors = AtomicUsize::new(0);
+    returns_everything(|| {
+        let heap = HEAP.front();
+        let pools: Vec<(kheap::PoolId, usize)> = [24usize, 100, 3000]
+            .iter()
+            .map(|&size| (heap.create_pool(size, 8).expect("pool"), size))
+            .collect();
+        let handoff: Vec<Mutex<Vec<PoolBlock>>> = (0..n)
+            .map(|_| Mutex::new(Vec::with_capacity(ops)))
+            .collect();
+        let free = |b: PoolBlock| {
+            if !b.ok() {
+                errors.fetch_add(1, Ordering::SeqCst);
+            }
+            // SAFETY: a live block of this pool, freed once.
+            unsafe {
+                heap.pool_deallocate(pools[b.pool].0, core::ptr::NonNull::new(b.ptr).unwrap())
+            };
+        };
+        smp::run_on_all(&|| {
+            let cpu = smp::cpu_id();
+            let mut rng = Rng::new(0x7001 + cpu as u64);
+            let mut live: Vec<PoolBlock> = Vec::with_capacity(128);
+            for i in 0..ops {
+                let k = rng.next_u64() as usize % pools.len();
+                if live.len() < 128 && rng.next_u64() % 3 != 0 {
+                    let (id, size) = pools[k];
+                    let ptr = heap.pool_allocate(id).expect("pool block").as_ptr();
+                    let t = tag(cpu, i);
+                    for j in 0..size {
+                        // SAFETY: inside the block just allocated.
+                        unsafe { ptr.add(j).write(pattern(t, j)) };
+                    }
+                    live.push(PoolBlock {
+                        pool: k,
+                        ptr,
+                        size,
+                        tag: t,
+                    });
+                } else if let Some(b) = live.pop() {
+                    // Every other block is freed by the next CPU.
+                    if i % 2 == 0 {
+                        handoff[(cpu + 1) % n].lock().push(b);
+                    } else {
+                        free(b);
+                    }
+                }
+            }
+            live.into_iter().for_each(free);
+        })
+        .unwrap();
+        smp::run_on_all(&|| {
+            let mine = core::mem::take(&mut *handoff[smp::cpu_id()].lock());
+            mine.into_iter().for_each(free);
+        })
+        .unwrap();
+        drop(handoff);
+        for (id, _) in pools {
+            heap.destroy_pool(id)
+                .expect("every block freed, every front drained");
+        }
+    });
+    assert_eq!(errors.load(Ordering::SeqCst), 0, "pool blocks changed");
+}
+
+/// The blocks of the drain test: a class size also with the red zones of `debug-checks` (1360-byte
+/// blocks, 3 per chunk: a front keeps at most 6).
+const PARK_SIZE: usize = 1000;
+
+/// Allocates `PARK_SIZE` blocks until the heap refuses (at most `out.len()`); returns how many.
+fn fill_pages(out: &mut [*mut u8]) -> usize {
+    let page = Layout::from_size_align(PARK_SIZE, 8).unwrap();
+    for (n, slot) in out.iter_mut().enumerate() {
+        // SAFETY: a non-zero size. `black_box`: the refusal must really be asked for.
+        let p = core::hint::black_box(unsafe { alloc::alloc::alloc(page) });
+        if p.is_null() {
+            return n;
+        }
+        *slot = p;
+    }
+    out.len()
+}
+
+fn free_pages(blocks: &[*mut u8]) {
+    let page = Layout::from_size_align(PARK_SIZE, 8).unwrap();
+    for &p in blocks {
+        // SAFETY: allocated by `fill_pages` with this layout, freed once.
+        unsafe { alloc::alloc::dealloc(p, page) };
+    }
+}
+
+#[kernel::test]
+fn memory_parked_in_another_cpus_front_is_drained_when_memory_runs_out() {
+    const MAX: usize = 512;
+    let taken = AtomicUsize::new(0);
+    let parked = AtomicUsize::new(0);
+    returns_everything(|| {
+        let mut hoard = memory::bench_support::FrameHoard::new();
+        hoard.keep_free(64);
+        // Nothing of this CPU's front should be needed by the others' drains meanwhile.
+        HEAP.front().flush_local();
+        // CPU 1 takes every block it can, then frees them all: its front keeps some.
+        smp::run_on_all(&|| {
+            if smp::cpu_id() != 1 {
+                return;
+            }
+            let mut blocks = [core::ptr::null_mut(); MAX];
+            let n = fill_pages(&mut blocks);
+            free_pages(&blocks[..n]);
+            taken.store(n, Ordering::SeqCst);
+            let front = HEAP.front().front(1).expect("CPU 1 has a front");
+            parked.store(front.cached_blocks(), Ordering::SeqCst);
+        })
+        .unwrap();
+        let taken = taken.load(Ordering::SeqCst);
+        assert!(taken > 8 && taken < MAX, "CPU 1 took {taken} blocks");
+        assert!(
+            parked.load(Ordering::SeqCst) > 0,
+            "CPU 1's front keeps blocks"
+        );
+        // This CPU gets as many: the blocks parked in CPU 1's front are drained.
+        let mut blocks = [core::ptr::null_mut(); MAX];
+        let n = fill_pages(&mut blocks);
+        let left = HEAP.front().front(1).unwrap().cached_blocks();
+        free_pages(&blocks[..n]);
+        hoard.release();
+        assert!(n + 1 >= taken, "CPU 0 got {n} blocks, CPU 1 had {taken}");
+        assert_eq!(left, 0, "CPU 1's front drained");
+    });
+}

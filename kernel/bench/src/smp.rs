@@ -5,9 +5,10 @@
 //! Each CPU replays its own small-object churn (its own live set, the host benchmark's small-churn
 //! sizes, a seed of its own) through a [`Shared`] handle on one allocator:
 //!
-//! * **kheap**: a second `kheap::LockedHeap<IrqSpinLock, _>` (the kernel heap's own type) over the
-//!   heap window, capped at the budget; the per-CPU front of issue 12 plugs in the same way
-//!   (anything that is a `GlobalAlloc`);
+//! * **kheap**: a second heap of the kernel heap's own type, `kheap::PerCpuHeap<IrqSpinLock, _,
+//!   KernelCpus, FRONT_CPUS>` (a per-CPU front before the locked back), over the heap window,
+//!   capped at the budget; one static heap per run (two fronts of 16 CPUs do not fit a stack),
+//!   drained on every CPU and trimmed after it;
 //! * **talc**: `talc::base::Talc` over a pre-mapped arena, behind an [`IrqSpinLock`]
 //!   ([`Locked`]).
 //!
@@ -23,11 +24,11 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use kernel::allocator::IrqSpinLock;
+use kernel::allocator::{FRONT_CPUS, IrqSpinLock, KernelCpus};
 use kernel::memory::KernelPageSource;
 use kernel::serial_println;
 use kernel::smp;
-use kheap::LockedHeap;
+use kheap::PerCpuHeap;
 use kheap_workload::bench_alloc::{Locked, Shared};
 use kheap_workload::replay::{self, ReplayError, Slots};
 use kheap_workload::tsc::stamp;
@@ -38,7 +39,13 @@ use crate::report::Ratio;
 use crate::{BenchError, SEED, Sizes, workload};
 
 /// The kheap contestant: the kernel heap's type, over its own capped view of the heap window.
-type KheapLocked = LockedHeap<IrqSpinLock, CappedSource<KernelPageSource>>;
+type KheapPerCpu = PerCpuHeap<IrqSpinLock, CappedSource<KernelPageSource>, KernelCpus, FRONT_CPUS>;
+
+/// The kheap heaps of the runs (a heap cannot be given a second source): one per run of the
+/// section (one CPU, then all).
+static KHEAPS: [KheapPerCpu; 2] = [const { PerCpuHeap::empty(KernelCpus) }; 2];
+/// The next unused of [`KHEAPS`].
+static NEXT_KHEAP: AtomicUsize = AtomicUsize::new(0);
 /// The talc contestant.
 type TalcLocked = Locked<IrqSpinLock, TalcAlloc<KernelPageSource>>;
 
@@ -100,18 +107,20 @@ fn with_contestant<R>(
     f: impl FnOnce(&(dyn core::alloc::GlobalAlloc + Sync)) -> R,
 ) -> Result<R, BenchError> {
     if c == 0 {
-        let heap = KheapLocked::empty();
+        let arena_error = || BenchError::Arena {
+            allocator: CONTESTANTS[0],
+            cause: kheap::PageSourceError::OutOfMemory,
+        };
+        let heap = KHEAPS
+            .get(NEXT_KHEAP.fetch_add(1, Ordering::Relaxed))
+            .ok_or_else(arena_error)?;
         heap.init(CappedSource::new(KernelPageSource, budget))
-            .map_err(|_| BenchError::Arena {
-                allocator: CONTESTANTS[0],
-                cause: kheap::PageSourceError::OutOfMemory,
-            })?;
-        let r = f(&heap);
-        // Every block was freed; give the empty chunks back too (the root run and page-map nodes
-        // stay mapped: `kheap::Heap` has no teardown).
-        if let Some(mut h) = heap.lock() {
-            h.trim();
-        }
+            .map_err(|_| arena_error())?;
+        let r = f(heap);
+        // Every block was freed: each CPU flushes its front, then the empty chunks go back too
+        // (the root run and page-map nodes stay mapped: `kheap::Heap` has no teardown).
+        smp::run_on_all(&|| heap.flush_local()).map_err(BenchError::Smp)?;
+        heap.trim();
         Ok(r)
     } else {
         let arena = Arena::map(KernelPageSource, budget).map_err(|cause| BenchError::Arena {

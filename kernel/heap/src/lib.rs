@@ -200,7 +200,10 @@
 //!   the user pools (`magazine`).
 //! * *front* and *back*: the magazines; and all that stands behind them (chunk lists, root
 //!   runs, the page map, the large allocator, the page source), which the front reaches in
-//!   batches (`heap`, `back::Back`).
+//!   batches (`heap`, `back::Back`). In a [`PerCpuHeap`], the per-CPU magazines are the front and
+//!   the whole [`LockedHeap`] is the back.
+//! * *pin*: what gives the running code its CPU's front ([`Cpus`]); *drain*: emptying every
+//!   CPU's front into the back.
 //! * *user pool*: what [`Heap::create_pool`] makes, chunk lists and a magazine of one object
 //!   size, named by a [`PoolId`] and kept in a pool header (`pool`). [`ObjectPool`] is a typed
 //!   user pool of a [`LockedHeap`], [`PoolBox`] its owning box, and [`PoolAllocator`] a user pool
@@ -376,7 +379,40 @@
 //! with the lock held and must not allocate from the heap. A kernel's lock disables interrupts
 //! (saving the flag in `lock`, restoring it in `unlock`, as [`IrqSpinLock`] does), so interrupt
 //! handlers may allocate. [`LockedHeap::try_lock`] takes the lock only if it is free, for reports
-//! that must never wait.
+//! that must never wait. With several CPUs, [`PerCpuHeap`] adds a pin before that lock (see
+//! "Several CPUs" above for its lock order).
+//!
+//! # Several CPUs: the per-CPU front
+//!
+//! [`PerCpuHeap`] (module `percpu`) puts a front per CPU before a [`LockedHeap`], which becomes
+//! the shared *back*: each CPU index has a magazine per class (the same `Magazine` type, at
+//! most [`FRONT_CLASS_BYTES`] = 8 KiB of blocks each) and [`FRONT_POOL_SLOTS`] slots for user
+//! pools (8 KiB each). A hit allocates or frees in the current CPU's front only, pinned by the
+//! [`Cpus`] implementation (interrupts off in a kernel; on the host, `ThreadCpus` and a slot
+//! lock per CPU): no shared lock, no atomic read-modify-write. A miss takes the back lock once for
+//! half a magazine. A block in a front is an allocated block for the back (the front allocates
+//! its blocks from the back and frees them back), so the back's checks and invariants are
+//! unchanged and a block freed on another CPU is simply cached by the CPU that frees it.
+//!
+//! * **Bound**: one CPU's front caches at most [`FRONT_BYTES_PER_CPU`] = 264 992 bytes (259 KiB);
+//!   `N` CPUs at most `N` times that.
+//! * **Statistics** ([`PerCpuHeap::stats`]) sum over the back and every front: cached blocks
+//!   count as free and cached, and the requested bytes stay exact.
+//! * **Drains**: [`PerCpuHeap::trim`], [`PerCpuHeap::destroy_pool`] and an allocation the back
+//!   refuses for want of pages first empty every front: the drainer flushes its own front, then
+//!   flushes the others itself where [`Cpus::pin_remote`] allows (the host), or asks their owners
+//!   ([`Cpus::ask`]: the kernel's drain IPI, whose handler flushes its own CPU's front with
+//!   [`PerCpuHeap::serve_drain`]; every heap call also serves a pending request at its end), and
+//!   waits for them within the platform's limit ([`Cpus::wait`]), serving its own front meanwhile.
+//!   So memory parked in another CPU's front never makes an allocation fail, as long as that CPU
+//!   answers within the limit (it runs with interrupts on, or calls the heap).
+//! * **Lock order**: a front pin, then the back lock, then whatever the page source takes. A
+//!   drainer holds at most one pin at a time and never the back lock while it waits; a pinned
+//!   owner never waits for another front. Never call a `PerCpuHeap` while holding its back lock.
+//! * **TLB shootdown** is the page source's business: the kernel's source unmaps a heap page on
+//!   every CPU (NMI shootdown, waiting for every acknowledgement) before its frame can be reused,
+//!   so no CPU can reach a freed page through a stale TLB entry; the heap only relies on
+//!   [`PageSource::unmap_pages`] returning after that.
 //!
 //! # Invariants (checked by [`Heap::check_invariants`])
 //!
@@ -443,8 +479,10 @@
 //! batch operations), `pool` (user pool ids and headers), `large/` (the large allocator),
 //! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
 //! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
-//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `lock/` ([`IrqLock`]/[`IrqSpinLock`],
-//! and with feature `lock_api` the `lock_api` interop), `object_pool` ([`ObjectPool`],
+//! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `cpu` ([`Cpus`], [`OneCpu`],
+//! `ThreadCpus`), `percpu/` ([`PerCpuHeap`]: the per-CPU front before a `LockedHeap`),
+//! `lock/` ([`IrqLock`]/[`IrqSpinLock`], and with feature `lock_api` the `lock_api` interop),
+//! `object_pool` ([`ObjectPool`],
 //! [`PoolBox`], [`PoolAllocator`]), `walk` ([`Item`]: what [`Heap::visit`] reports),
 //! `fixed_region/` ([`FixedRegion`], a page source over an already mapped region, and its run
 //! tree), and `testing` (feature `testing`: an arena page source and a PRNG for host tests).
@@ -459,6 +497,7 @@ mod back;
 pub mod checked;
 mod chunk;
 mod chunk_lists;
+pub mod cpu;
 mod debug;
 pub mod error;
 mod fixed_region;
@@ -469,6 +508,7 @@ mod locked;
 mod magazine;
 mod object_pool;
 mod pagemap;
+mod percpu;
 mod pool;
 mod root;
 pub mod size_class;
@@ -480,6 +520,9 @@ pub mod walk;
 
 pub use checked::{CheckBlock, Checked};
 pub use chunk_lists::RESERVE_BLOCKS;
+#[cfg(any(test, feature = "testing"))]
+pub use cpu::ThreadCpus;
+pub use cpu::{Cpus, OneCpu};
 pub use error::{AllocError, InitError, InvariantError, PoolError};
 pub use fixed_region::FixedRegion;
 pub use heap::{FIRST_RUN_PAGES, Heap};
@@ -491,6 +534,10 @@ pub use lock::{Interrupts, IrqLock};
 pub use lock::{IrqSpinLock, X86Interrupts};
 pub use locked::{HeapGuard, LockedHeap, RawLock, SpinLock};
 pub use object_pool::{ObjectPool, PoolAllocator, PoolBox};
+pub use percpu::{
+    CpuFront, FRONT_BYTES_PER_CPU, FRONT_CLASS_BYTES, FRONT_POOL_BYTES, FRONT_POOL_SLOTS,
+    PerCpuHeap, class_limit,
+};
 pub use pool::PoolId;
 pub use source::{PAGE_SIZE, PageSource, PageSourceError};
 pub use stats::{BlockStats, HeapStats, MAX_POOL_STATS, PageStats, UserPoolStats};

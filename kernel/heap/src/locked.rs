@@ -158,8 +158,13 @@ impl<L: RawLock> Drop for Held<'_, L> {
 /// (whereas the heap itself may be shared: `LockedHeap<SpinLock, S>` is `Sync` for a `Send`
 /// source). Nor is it `Sync`, as the heap it lends is not.
 pub struct HeapGuard<'a, L: RawLock, S: PageSource> {
-    heap: &'a mut Heap<S>,
+    /// The heap, exclusively ours while `_held` holds the lock. A pointer, not a `&mut`: a guard
+    /// passed by value to a function that drops it (`drop(guard)`) would otherwise keep a
+    /// protected unique reference alive after the unlock inside that call, which another thread
+    /// that takes the lock meanwhile would violate (Stacked Borrows; Miri reports it).
+    heap: NonNull<Heap<S>>,
     _held: Held<'a, L>,
+    _heap: PhantomData<&'a mut Heap<S>>,
 }
 
 impl<L: RawLock, S: PageSource> core::fmt::Debug for HeapGuard<'_, L, S> {
@@ -172,13 +177,16 @@ impl<L: RawLock, S: PageSource> Deref for HeapGuard<'_, L, S> {
     type Target = Heap<S>;
 
     fn deref(&self) -> &Heap<S> {
-        self.heap
+        // SAFETY: the guard holds the lock, so the heap is ours (see `guard`); the reference
+        // borrows the guard.
+        unsafe { self.heap.as_ref() }
     }
 }
 
 impl<L: RawLock, S: PageSource> DerefMut for HeapGuard<'_, L, S> {
     fn deref_mut(&mut self) -> &mut Heap<S> {
-        self.heap
+        // SAFETY: as in `deref`, mutably borrowing the guard.
+        unsafe { self.heap.as_mut() }
     }
 }
 
@@ -231,8 +239,9 @@ impl<L: RawLock, S: PageSource> LockedHeap<L, S> {
         // only reference to the heap while it lives.
         let slot = unsafe { &mut *self.heap.get() };
         Some(HeapGuard {
-            heap: slot.as_mut()?,
+            heap: NonNull::from(slot.as_mut()?),
             _held: held,
+            _heap: PhantomData,
         })
     }
 }
@@ -354,6 +363,30 @@ mod tests {
             Err(InitError::OutOfPages(_))
         ));
         assert!(heap.lock().is_none());
+    }
+
+    /// Regression: `drop(guard)` unlocks inside `mem::drop`, while the guard is that call's
+    /// argument; a thread that takes the lock meanwhile must not meet a protected `&mut` to the
+    /// heap (Miri reported Stacked Borrows UB before the guard held a pointer).
+    #[test]
+    fn a_guard_dropped_by_value_hands_the_heap_over_cleanly() {
+        let heap: LockedHeap<SpinLock, ArenaSource> = LockedHeap::empty();
+        heap.init(ArenaSource::new(64)).unwrap();
+        let layout = Layout::new::<u64>();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let mut guard = heap.lock().unwrap();
+                        let p = guard.allocate(layout).unwrap();
+                        // SAFETY: allocated just above with this layout.
+                        unsafe { guard.deallocate(p, layout) };
+                        drop(guard);
+                    }
+                });
+            }
+        });
+        heap.lock().unwrap().check_invariants().unwrap();
     }
 
     #[test]

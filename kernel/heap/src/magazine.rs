@@ -28,7 +28,7 @@
 //!
 //! Those batches are the *back*'s operations (`back::Back::refill` and `flush`), and they
 //! take the magazine from outside: a magazine is usable wherever its store lives (the heap state
-//! and pool headers today, per-CPU data tomorrow). Working in batches means a cache
+//! and pool headers; the per-CPU fronts of `PerCpuHeap` keep theirs in per-CPU data). Working in batches means a cache
 //! that alternates between allocation and free around either end does not bounce into a slow path
 //! on every call: after a refill or a flush the magazine is `BATCH` blocks away from that end, and
 //! a random walk of allocations and frees needs on the order of `BATCH × (CAP - BATCH)` calls to

@@ -38,6 +38,11 @@ impl PoolId {
         Self { addr, generation }
     }
 
+    /// The address of the pool's header slot.
+    pub(crate) fn addr(&self) -> usize {
+        self.addr
+    }
+
     /// The pool's generation number (unique among the pools a heap has created, until it
     /// wraps after 2^32 pools); shown in statistics and debug messages as `pool #n`.
     pub fn generation(&self) -> u32 {

@@ -1,12 +1,14 @@
 //! Inter-processor interrupts: fixed-vector IPIs to one CPU or to all others, their handlers and
 //! end-of-interrupt.
 //!
-//! Two vectors are the kernel's own:
+//! Three vectors are the kernel's own:
 //!
 //! * [`WAKE_VECTOR`] wakes a halted CPU so it looks at its work (used by
 //!   [`run_on_all`](super::run_on_all)); the handler only acknowledges.
 //! * [`CALL_VECTOR`] runs the hook set with [`set_hook`] in interrupt context on the receiving
 //!   CPU (a test uses it to allocate from an interrupt handler on every CPU), and counts.
+//! * [`DRAIN_VECTOR`] asks the receiving CPU to flush its heap front (a drain of the per-CPU
+//!   heap: `allocator::serve_drain`).
 //!
 //! A CPU takes a fixed IPI only with interrupts enabled; until then the IPI stays pending in its
 //! APIC. Its APIC has one pending bit per vector, so IPIs of one vector that arrive before the
@@ -26,6 +28,9 @@ use super::percpu::{self, MAX_CPUS};
 pub const WAKE_VECTOR: u8 = 0xF0;
 /// Vector of the hook-running IPI.
 pub const CALL_VECTOR: u8 = 0xF1;
+/// Vector of the heap-drain IPI: the receiving CPU flushes its heap front if a drain asked
+/// (`allocator::serve_drain`).
+pub const DRAIN_VECTOR: u8 = 0xF2;
 
 /// The hook [`CALL_VECTOR`] runs (null: none).
 static HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
@@ -36,6 +41,7 @@ static RECEIVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS]
 pub(crate) fn install(idt: &mut InterruptDescriptorTable) {
     idt[WAKE_VECTOR].set_handler_fn(wake_handler);
     idt[CALL_VECTOR].set_handler_fn(call_handler);
+    idt[DRAIN_VECTOR].set_handler_fn(drain_handler);
     idt[apic::SPURIOUS_VECTOR].set_handler_fn(spurious_handler);
 }
 
@@ -101,6 +107,13 @@ extern "x86-interrupt" fn call_handler(_frame: InterruptStackFrame) {
         hook();
     }
     RECEIVED[percpu::cpu_id()].fetch_add(1, Ordering::SeqCst);
+    apic::eoi();
+}
+
+extern "x86-interrupt" fn drain_handler(_frame: InterruptStackFrame) {
+    // Interrupts are off here, and this CPU was outside every heap call (heap calls keep them
+    // off): its front is not in use.
+    crate::allocator::serve_drain();
     apic::eoi();
 }
 

@@ -29,15 +29,17 @@
 //!
 //! # Locks and interrupts with several CPUs
 //!
-//! Lock order: heap lock → memory lock → the shootdown flag (held only while waiting for NMI
-//! acknowledgements, which nothing can block). kfence's lock → memory lock. The serial port's
-//! lock is a leaf.
+//! Lock order: a CPU's heap front (interrupts off) → heap lock → memory lock → the shootdown
+//! flag (held only while waiting for NMI acknowledgements, which nothing can block). kfence's
+//! lock → memory lock. The serial port's lock is a leaf.
 //! Every lock that an interrupt handler may want is taken with interrupts disabled, and every
 //! wait that happens with interrupts disabled can still answer a TLB shootdown, because
 //! shootdowns are NMIs: see [`shootdown`] for why that rules out the deadlock "CPU A holds the
 //! heap lock and waits for CPU B's acknowledgement while B spins on the heap lock with interrupts
-//! off". Fixed IPIs are never waited for. The heap lock's watchdog tells a dead lock (the holder
-//! is this CPU) from a busy one (another CPU holds it): see `allocator::IrqSpinLock`.
+//! off". Fixed IPIs are never waited for without a limit: a heap drain waits for its drain IPIs
+//! to be served at most `allocator::DRAIN_WAIT_MS`, holding no lock. The heap lock's watchdog
+//! tells a dead lock (the holder is this CPU) from a busy one (another CPU holds it): see
+//! `allocator::IrqSpinLock`.
 //!
 //! With `-smp 1` (or without ACPI tables), the kernel runs on the boot CPU alone, as before.
 

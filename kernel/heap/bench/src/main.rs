@@ -131,7 +131,8 @@ usage: kheap-bench [options]
                      kheap user pools vs slabmalloc; --alloc does not apply to it),
                      talc-like (talc's heap-efficiency benchmark), vec-growth (growing
                      vectors, the cache-aliasing pattern), threads (1 and 2 threads; its
-                     contestants are fixed: kheap, talc, rlsf, linked_list, system, mimalloc)
+                     contestants are fixed: kheap-percpu, kheap, talc, rlsf, linked_list,
+                     system, mimalloc)
   --alloc NAME       run only this allocator (repeatable): kheap, talc, rlsf, linked_list,
                      buddy, dlmalloc, good_memory, system, bump
   --runs N           timed runs per allocator and workload (default 5; 1 with --quick)

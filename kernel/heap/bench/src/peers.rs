@@ -128,6 +128,9 @@ pub fn with_peer<V: Visit>(peer: Peer, memory: &mut ArenaMemory, len: usize, v: 
 /// The contestants of the threaded section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedPeer {
+    /// `kheap::PerCpuHeap<SpinLock, _, ThreadCpus, 2>` over an arena: a per-CPU front (threads
+    /// as CPUs) before the locked heap.
+    KheapPerCpu,
     /// `kheap::LockedHeap<SpinLock, _>` over an arena.
     Kheap,
     /// talc behind a spinlock.
@@ -144,7 +147,8 @@ pub enum SharedPeer {
 
 impl SharedPeer {
     /// Every contestant, in table order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
+        Self::KheapPerCpu,
         Self::Kheap,
         Self::Talc,
         Self::Rlsf,
@@ -156,6 +160,7 @@ impl SharedPeer {
     /// Name used in tables.
     pub fn name(self) -> &'static str {
         match self {
+            Self::KheapPerCpu => "kheap-percpu",
             Self::Kheap => "kheap",
             Self::Talc => "talc",
             Self::Rlsf => "rlsf",
@@ -188,6 +193,11 @@ pub fn with_shared<V: SharedVisit>(
     // this call and used by this one allocator, which is dropped before the call returns.
     unsafe {
         match c {
+            SharedPeer::KheapPerCpu => {
+                let heap: kheap::PerCpuHeap<kheap::SpinLock, ArenaSource, kheap::ThreadCpus, 2> =
+                    kheap::PerCpuHeap::new(ArenaSource::new(region), kheap::ThreadCpus::new(2));
+                v.visit(&heap)
+            }
             SharedPeer::Kheap => {
                 let heap: kheap::LockedHeap<kheap::SpinLock, ArenaSource> =
                     kheap::LockedHeap::new(ArenaSource::new(region));

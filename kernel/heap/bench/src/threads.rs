@@ -6,8 +6,8 @@
 //!   ring to the other thread, which frees them, so every block is freed by the thread that did
 //!   not allocate it (with one thread, the ring leads back to the same thread).
 //!
-//! SharedPeers: kheap (`LockedHeap` behind its spinlock today; the adapter takes any
-//! `GlobalAlloc`, so a per-CPU front plugs in the same way), talc, rlsf and linked_list_allocator
+//! SharedPeers: kheap-percpu (`PerCpuHeap`: a per-CPU front, threads as CPUs through
+//! `ThreadCpus`, before the locked heap), kheap (`LockedHeap`, one spinlock), talc, rlsf and linked_list_allocator
 //! each behind a spinlock (`kheap_workload::bench_alloc::Locked`), the host `malloc`, and
 //! mimalloc (per-thread caches, the reference). The arena peers get the same pre-touched region;
 //! `malloc` and mimalloc take memory from the OS.

@@ -7,11 +7,13 @@ use core::ptr::NonNull;
 
 use super::Heap;
 use super::state::{Live, PoolRef};
+use crate::back::check_block;
 use crate::chunk::Geometry;
 use crate::chunk_lists::ChunkLists;
-use crate::debug;
+use crate::debug::{self, Fault};
 use crate::error::{AllocError, PoolError};
 use crate::magazine::{MagazineStore, POOL_MAG_CAP};
+use crate::pagemap::Entry;
 use crate::pool::{self, KIND_POOL, PoolHeader, PoolId};
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
@@ -179,6 +181,27 @@ impl<S: PageSource> Heap<S> {
             if let Some(block) = front.freed_block(ptr) {
                 front.give(block, size);
             }
+        }
+    }
+
+    /// `debug-checks`: panics, with the message [`pool_deallocate`](Self::pool_deallocate) would
+    /// give, unless `ptr` is a live block of pool `id` (for a cache in front of the heap that
+    /// checks a block before it keeps it). Does nothing without the feature.
+    pub(crate) fn check_pool_block(&mut self, id: PoolId, ptr: NonNull<u8>) {
+        if !debug::ENABLED {
+            return;
+        }
+        let Some(mut st) = self.live() else {
+            return debug::bad_pool(ptr, id.generation());
+        };
+        let Some(pool) = st.pool(id) else {
+            return debug::bad_pool(ptr, id.generation());
+        };
+        match st.map().get(ptr.addr().get()) {
+            // SAFETY: the page map names a live descriptor whose page holds `ptr`; the pool's
+            // chunk lists are live.
+            Entry::Chunk(d) => unsafe { check_block(d.as_ptr(), pool.lists(), ptr, pool.owner()) },
+            other => debug::bad_free(ptr, pool.owner(), Fault::NotHeap(other)),
         }
     }
 
