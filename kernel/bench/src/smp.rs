@@ -147,8 +147,9 @@ pub fn run(sizes: &Sizes) -> Result<(), BenchError> {
         .collect();
     serial_println!(
         "== Several CPUs: small-object churn on each CPU (own live set ~{live}, {ops} calls per \
-         CPU), kheap and talc behind the kernel's IRQ-disabling spinlock; aggregate calls over \
-         the cycles from the common start to the last CPU's finish =="
+         CPU), kheap as the kernel's heap type (per-CPU fronts before a locked back), talc \
+         behind the kernel's IRQ-disabling spinlock; aggregate calls over the cycles from the \
+         common start to the last CPU's finish =="
     );
     serial_println!("cpus: {online} online");
     if online == 1 {
