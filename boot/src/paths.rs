@@ -28,11 +28,13 @@ fn target_subdir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The outermost ancestor of `path` that holds a `CACHEDIR.TAG` (cargo writes one at the top of
-/// its target directory, and one per target triple below it).
+/// The outermost ancestor of `path` that cargo marked as a target directory: it holds a
+/// `CACHEDIR.TAG` (cargo writes one at the top of its target directory, and one per target
+/// triple below it) or cargo's `.rustc_info.json` (always at the top; cargo skips the top tag
+/// when the directory existed before it, as when `boot/setup.sh` put its logs there first).
 pub fn target_dir_of(path: &Path) -> Option<PathBuf> {
     path.ancestors()
-        .filter(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .filter(|dir| dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file())
         .last()
         .map(Path::to_path_buf)
 }
@@ -110,6 +112,26 @@ mod tests {
             Some(root.join("target"))
         );
         assert_eq!(target_dir_of(Path::new("/")), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn finds_a_target_dir_that_existed_before_cargo() {
+        // `boot/setup.sh` creates `target/` for its logs before the first cargo run, and cargo
+        // then tags only the per-triple directories; its `.rustc_info.json` marks the top.
+        let root = env::temp_dir().join(format!("boot-paths-untagged-{}", std::process::id()));
+        let triple = root.join("target/x86_64-unknown-linux-gnu/debug");
+        std::fs::create_dir_all(&triple).unwrap();
+        std::fs::write(root.join("target/.rustc_info.json"), "{}").unwrap();
+        std::fs::write(
+            root.join("target/x86_64-unknown-linux-gnu/CACHEDIR.TAG"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            target_dir_of(&triple.join("boot")),
+            Some(root.join("target"))
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
