@@ -4,8 +4,9 @@
 //! and the debug check of a block against its chunk ([`check_block`]).
 //!
 //! Every operation takes the chunk lists it works on, and every batch operation the magazine it
-//! fills or empties, from outside: a magazine of the heap state, of a pool header, or (later) of
-//! a CPU's front all go through the same calls.
+//! fills or empties, from outside: a magazine of the heap state or of a pool header. A CPU's
+//! front ([`PerCpuHeap`](crate::PerCpuHeap)) does not come here: it allocates and frees its
+//! batches through the locked heap, whose own magazines then refill and flush through these calls.
 //!
 //! # What one call may do
 //!
