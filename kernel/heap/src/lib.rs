@@ -309,9 +309,10 @@
 //! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
 //! provenance that covers the whole block: rebuilt from the page source's
 //! [window](PageSource::window) when it has one (release builds then free without any lookup),
-//! otherwise from the chunk page the page map names. The inlined fast path covers layouts
-//! aligned to at most 8 bytes ([`size_class::common_class`]); a larger alignment, a page-map
-//! lookup and every refill or flush go through out-of-line slow paths to the same magazines.
+//! otherwise from the chunk page the page map names. The inlined fast path covers every layout
+//! a class serves ([`size_class::small_class`]: one table load for alignments up to 8, one more
+//! for larger ones); a page-map lookup and every refill or flush go through out-of-line slow
+//! paths to the same magazines.
 //! Pools of 1–7-byte blocks go straight to their chunks, whose free bitmap is also what catches
 //! a double free there.
 //!

@@ -190,6 +190,22 @@ pub const fn common_class(layout: Layout) -> Option<usize> {
     }
 }
 
+/// The class of `layout`, if a class serves it: [`class_for`] as an `Option`, for the heap's
+/// fast paths. Alignments up to 8 cost what [`common_class`] costs; larger ones (up to a page)
+/// one load from the aligned table more, with no call, so that an aligned class block is
+/// allocated and freed at the magazine like any other (measured in
+/// `kernel/heap/bench/results/ANALYSIS.md`, "Aligned requests and frees (h12)").
+#[inline(always)]
+pub const fn small_class(layout: Layout) -> Option<usize> {
+    if let Some(i) = common_class(layout) {
+        return Some(i);
+    }
+    match class_for(layout) {
+        SizeClass::Small(i) => Some(i),
+        SizeClass::Large => None,
+    }
+}
+
 /// [`class_for`] for alignments above 8.
 const fn class_for_aligned(size: usize, align: usize) -> SizeClass {
     if align > PAGE_SIZE {

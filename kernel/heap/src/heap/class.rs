@@ -11,7 +11,7 @@ use crate::debug::{self, Fault, Owner};
 use crate::error::AllocError;
 use crate::large::LargeAlloc;
 use crate::pagemap::Entry;
-use crate::size_class::{CLASS_SIZES, SizeClass, class_for, common_class};
+use crate::size_class::{CLASS_SIZES, SizeClass, class_for, small_class};
 use crate::source::PageSource;
 
 impl<S: PageSource> Heap<S> {
@@ -28,8 +28,8 @@ impl<S: PageSource> Heap<S> {
     #[inline]
     pub fn allocate(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         if let Some(mut st) = self.live()
-            && let Some(i) = common_class(layout)
-            // SAFETY: `common_class` returns class indices.
+            && let Some(i) = small_class(layout)
+            // SAFETY: `small_class` returns class indices.
             && let Some(p) = unsafe { st.class(i) }.take(layout.size())
         {
             return Ok(p);
@@ -74,9 +74,9 @@ impl<S: PageSource> Heap<S> {
     #[inline]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
         if let Some(mut st) = self.live()
-            && let Some(i) = common_class(layout)
+            && let Some(i) = small_class(layout)
         {
-            // SAFETY: `common_class` returns class indices.
+            // SAFETY: `small_class` returns class indices.
             let mut class = unsafe { st.class(i) };
             // SAFETY: the caller vouches that `ptr` is an allocated block of class `i`.
             if let Some(block) = unsafe { class.freed_block_fast(ptr) } {

@@ -84,7 +84,7 @@ use crate::heap::Heap;
 use crate::locked::{HeapGuard, LockedHeap, RawLock};
 use crate::magazine::{ClassMagazines, MAG_CAP, Magazine, MagazineStore, POOL_MAG_CAP};
 use crate::pool::PoolId;
-use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for, common_class};
+use crate::size_class::{CLASS_SIZES, NUM_CLASSES, SizeClass, class_for, small_class};
 use crate::source::PageSource;
 use crate::stats::{BlockStats, HeapStats};
 
@@ -156,19 +156,6 @@ pub const FRONT_BYTES_PER_CPU: usize = {
     }
     sum + FRONT_POOL_SLOTS * FRONT_POOL_BYTES
 };
-
-/// The class of `layout`, if a class serves it: the one-load table of
-/// [`common_class`](crate::size_class::common_class) for alignments up to 8, else `class_for`.
-#[inline(always)]
-fn small_class(layout: Layout) -> Option<usize> {
-    if let Some(i) = common_class(layout) {
-        return Some(i);
-    }
-    match class_for(layout) {
-        SizeClass::Small(i) => Some(i),
-        SizeClass::Large => None,
-    }
-}
 
 /// The layout a front allocates class-`i` blocks from the back with: the class size, aligned
 /// to 8, which maps back to class `i` (checked by a unit test for every class).

@@ -166,3 +166,75 @@ fn realloc_of_a_freed_block() {
         let _ = h.reallocate(p, l, 24);
     }
 }
+
+/// An aligned request that `class_for` sends to the large allocator (a 4096-byte class would
+/// waste more than 1/8): its double free is caught there and names the block.
+#[test]
+#[should_panic(expected = "kheap: double free of large block 0x")]
+fn aligned_large_double_free() {
+    let mut h = heap(64);
+    let l = layout(2500, 64);
+    assert_eq!(
+        crate::size_class::class_for(l),
+        crate::size_class::SizeClass::Large
+    );
+    let p = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe {
+        h.deallocate(p, l);
+        h.deallocate(p, l);
+    }
+}
+
+/// An aligned class block freed at the inlined fast path (alignment above 8, h12): a double
+/// free is caught there and names the class.
+#[test]
+#[should_panic(expected = "(class 128 B)")]
+fn aligned_class_double_free_names_the_class() {
+    let mut h = heap(64);
+    let l = layout(100, 128);
+    let p = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe {
+        h.deallocate(p, l);
+        h.deallocate(p, l);
+    }
+}
+
+/// A page-aligned page (the kernel mix's 4096/4096 blocks) freed twice at the inlined fast path.
+#[test]
+#[should_panic(expected = "kheap: double free of")]
+fn page_aligned_class_double_free() {
+    let mut h = heap(64);
+    let l = layout(4096, 4096);
+    let p = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe {
+        h.deallocate(p, l);
+        h.deallocate(p, l);
+    }
+}
+
+/// A pointer the heap never gave out, freed with an aligned class layout.
+#[test]
+#[should_panic(expected = "which is not a heap block")]
+fn foreign_pointer_with_an_aligned_layout() {
+    let mut h = heap(64);
+    let _ = h.allocate(layout(100, 128)).unwrap();
+    let mut local = [0u64; 32];
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(NonNull::from(&mut local).cast(), layout(100, 128)) };
+}
+
+/// An aligned large block freed with the layout of an aligned class (the wrong layout).
+#[test]
+#[should_panic(expected = "but it is a large block")]
+fn aligned_large_block_freed_as_an_aligned_class_block() {
+    let mut h = heap(64);
+    let p = h.allocate(layout(2500, 64)).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(p, layout(100, 128)) };
+}

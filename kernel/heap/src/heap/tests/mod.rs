@@ -19,6 +19,7 @@ use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 use crate::stats::MAX_POOL_STATS;
 use crate::testing::ArenaSource;
 
+mod aligned;
 mod classes;
 #[cfg(feature = "debug-checks")]
 mod debug_checks;
