@@ -609,6 +609,29 @@ mod tests {
     }
 
     #[test]
+    fn free_taken_merges_like_free() {
+        let mut b = full::<4, { storage_words(4) }>();
+        let a = b.alloc(3).unwrap();
+        let c = b.alloc(5).unwrap();
+        b.free_taken(a, 3);
+        b.free_taken(c + 1, 4);
+        b.free_taken(c, 1);
+        b.check_invariants();
+        assert_eq!(b.free_pages(), 16);
+        assert_eq!(b.largest_free_block(), 16, "everything merged back");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "double free")]
+    fn free_taken_still_checks_in_debug_builds() {
+        let mut b = full::<4, { storage_words(4) }>();
+        let a = b.alloc(2).unwrap();
+        b.free_taken(a, 2);
+        b.free_taken(a, 2);
+    }
+
+    #[test]
     #[should_panic(expected = "double free")]
     fn double_free_panics() {
         let mut b = full::<6, { storage_words(6) }>();

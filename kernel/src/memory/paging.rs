@@ -1100,6 +1100,112 @@ mod tests {
         assert!(w.frames.allocate().is_some(), "the PDPT frame came back");
     }
 
+    /// The used-entry count of the page table that maps `page` (read from the PD entry).
+    fn pt_count(w: &World, page: Page) -> Option<u64> {
+        let path = w.tables.walk(page).ok()?;
+        // SAFETY: `path[2]` is the PD on the walked path.
+        let link = unsafe { w.tables.read(path[2], usize::from(page.p2_index())) };
+        used_entries(&link)
+    }
+
+    #[test]
+    fn counts_follow_maps_and_unmaps_and_empty_tables_go_in_one_read() {
+        let mut w = world(64);
+        let free = w.frames.stats().free;
+        // The last entry of a page table alone, then the first: emptiness must not depend on
+        // where the used entries are (the old scan stopped at the first used entry).
+        let last = page(HIGH + 511 * 0x1000);
+        let first = page(HIGH);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(last, 1, RW, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, last), Some(1));
+        // SAFETY: as above.
+        unsafe { w.tables.map_fresh_run(first, 3, RW, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, last), Some(4));
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+        // SAFETY: pages mapped above, used by nothing.
+        unsafe { w.tables.unmap_fresh_run(first, 3, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, last), Some(1), "the table stays for its last entry");
+        assert_eq!(w.tables.table_frames(), 3);
+        // SAFETY: as above.
+        unsafe { w.tables.unmap_fresh_run(last, 1, &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 0, "PT, PD and PDPT freed");
+        assert_eq!(w.frames.stats().free, free, "every frame came back");
+        assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+        // The single-page API keeps the same counts.
+        let f = w.frames.allocate().unwrap();
+        // SAFETY: simulated tables; the frame is fresh.
+        unsafe { w.tables.map(page(HIGH + 0x7000), f, RW, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, page(HIGH + 0x7000)), Some(1));
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+        // SAFETY: nothing uses the page.
+        let back = unsafe { w.tables.unmap(page(HIGH + 0x7000), &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 0);
+        // SAFETY: the frame is unused again.
+        unsafe { w.frames.deallocate(back) };
+        assert_eq!(w.frames.stats().free, free);
+    }
+
+    #[test]
+    fn counts_of_upper_tables_count_linked_tables() {
+        let mut w = world(2048);
+        // Three page tables under one PD: the PD's count (in the PDPT entry) is 3.
+        let start = page(HIGH + (1 << 21) - 0x1000);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(start, 1 + 512 + 1, RW, &mut w.frames) }.unwrap();
+        let path = w.tables.walk(start).unwrap();
+        // SAFETY: `path[1]` is the PDPT on the walked path.
+        let pd_link = unsafe { w.tables.read(path[1], usize::from(start.p3_index())) };
+        assert_eq!(used_entries(&pd_link), Some(3));
+        // SAFETY: `path[0]` is the root.
+        let pdpt_link = unsafe { w.tables.read(path[0], usize::from(start.p4_index())) };
+        assert_eq!(used_entries(&pdpt_link), Some(1));
+        assert_eq!(pt_count(&w, start), Some(1));
+        assert_eq!(pt_count(&w, start + 1), Some(512));
+        // SAFETY: the run mapped above.
+        unsafe { w.tables.unmap_fresh_run(start + 1, 512, &mut w.frames) }.unwrap();
+        // SAFETY: as above.
+        let pd_link = unsafe { w.tables.read(path[1], usize::from(start.p3_index())) };
+        assert_eq!(used_entries(&pd_link), Some(2), "the full table went");
+        assert!(w.tables.audit(&w.frames).is_exact(4));
+    }
+
+    #[test]
+    fn a_run_failing_part_way_undoes_its_pages_tables_and_counts() {
+        let mut w = world(2048);
+        let start = page(HIGH + (1 << 21) - 4 * 0x1000);
+        // A page in the second table is mapped already: the run maps 4 + 5 pages first.
+        let blocker = start + 9;
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(blocker, 1, RW, &mut w.frames) }.unwrap();
+        let free = w.frames.stats().free;
+        let tables = w.tables.table_frames();
+        // SAFETY: as above.
+        let r = unsafe { w.tables.map_fresh_run(start, 20, RW, &mut w.frames) };
+        assert!(matches!(r, Err(MapError::AlreadyMapped { page, .. }) if page == blocker));
+        assert_eq!(w.frames.stats().free, free, "frames of the undone pages came back");
+        assert_eq!(w.tables.table_frames(), tables, "the table the run made went");
+        assert_eq!(pt_count(&w, blocker), Some(1));
+        assert_eq!(pt_count(&w, start), None, "the first span's table is gone");
+        assert!(w.tables.audit(&w.frames).is_exact(tables));
+    }
+
+    #[test]
+    fn the_audit_finds_a_wrong_count() {
+        let mut w = world(64);
+        let p = page(HIGH + 0x3000);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(p, 2, RW, &mut w.frames) }.unwrap();
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+        let path = w.tables.walk(p).unwrap();
+        w.tables.count_add(path[2], usize::from(p.p2_index()), 1);
+        let audit = w.tables.audit(&w.frames);
+        assert_eq!(audit.miscounted, 1);
+        assert!(!audit.is_exact(3));
+        w.tables.count_add(path[2], usize::from(p.p2_index()), -1);
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+    }
+
     #[test]
     fn unmapping_a_hole_in_a_run_reports_the_first_missing_page() {
         let mut w = world(64);
