@@ -778,8 +778,11 @@ impl<T: Tlb> PageTables<T> {
             let (parent, index) = (path[level - 1], indices[level - 1]);
             // SAFETY: `parent` is a valid table on the walked path.
             let link = unsafe { self.read(parent, index) };
+            if used_entries(&link) != Some(0) {
+                break;
+            }
             let frame = PhysFrame::containing_address(link.addr());
-            if used_entries(&link) != Some(0) || !frames.is_allocated(frame) {
+            if !frames.is_allocated(frame) {
                 break;
             }
             // SAFETY: clears the parent entry of an empty table this mapper allocated.
@@ -803,22 +806,24 @@ impl<T: Tlb> PageTables<T> {
         if delta == 0 {
             return;
         }
-        // SAFETY: `table` is a valid page table on a walked path, `index < 512`.
-        let link = unsafe { self.read(table, index) };
-        let Some(count) = used_entries(&link) else {
+        debug_assert!(index < ENTRIES);
+        // Raw bits, not `PageTableEntry` accessors: this runs for every map and unmap, and
+        // `addr()` reads the crate's physical-address mask from a static.
+        let entry = self.ptr(table, index).cast::<u64>();
+        // SAFETY: `table` is a valid page table on a walked path and `index < 512`: the entry
+        // is mapped through the physical-memory mapping (`new`'s contract 2).
+        let raw = unsafe { entry.read() };
+        if raw & OWNED.bits() == 0 {
             return;
-        };
-        let count = count as i64 + delta;
+        }
+        let count = ((raw & COUNT_MASK) >> COUNT_SHIFT) as i64 + delta;
         assert!(
             (0..=ENTRIES as i64).contains(&count),
             "page table at {:#x}: used-entry count {count} out of range",
-            link.addr().as_u64()
+            raw & 0x000F_FFFF_FFFF_F000
         );
-        let bits = (link.flags().bits() & !COUNT_MASK) | ((count as u64) << COUNT_SHIFT);
-        let mut new = PageTableEntry::new();
-        new.set_addr(link.addr(), PageTableFlags::from_bits_retain(bits));
-        // SAFETY: changes only bits the MMU ignores in an entry that links a table.
-        unsafe { self.write(table, index, new) };
+        // SAFETY: as above; changes only bits the MMU ignores in an entry that links a table.
+        unsafe { entry.write((raw & !COUNT_MASK) | ((count as u64) << COUNT_SHIFT)) };
     }
 
     /// Entries in use in the table (512 reads): for [`audit`](Self::audit), not hot paths.
@@ -1125,7 +1130,11 @@ mod tests {
         assert!(w.tables.audit(&w.frames).is_exact(3));
         // SAFETY: pages mapped above, used by nothing.
         unsafe { w.tables.unmap_fresh_run(first, 3, &mut w.frames) }.unwrap();
-        assert_eq!(pt_count(&w, last), Some(1), "the table stays for its last entry");
+        assert_eq!(
+            pt_count(&w, last),
+            Some(1),
+            "the table stays for its last entry"
+        );
         assert_eq!(w.tables.table_frames(), 3);
         // SAFETY: as above.
         unsafe { w.tables.unmap_fresh_run(last, 1, &mut w.frames) }.unwrap();
@@ -1152,7 +1161,11 @@ mod tests {
         // Three page tables under one PD: the PD's count (in the PDPT entry) is 3.
         let start = page(HIGH + (1 << 21) - 0x1000);
         // SAFETY: simulated tables, reserved range.
-        unsafe { w.tables.map_fresh_run(start, 1 + 512 + 1, RW, &mut w.frames) }.unwrap();
+        unsafe {
+            w.tables
+                .map_fresh_run(start, 1 + 512 + 1, RW, &mut w.frames)
+        }
+        .unwrap();
         let path = w.tables.walk(start).unwrap();
         // SAFETY: `path[1]` is the PDPT on the walked path.
         let pd_link = unsafe { w.tables.read(path[1], usize::from(start.p3_index())) };
@@ -1183,8 +1196,16 @@ mod tests {
         // SAFETY: as above.
         let r = unsafe { w.tables.map_fresh_run(start, 20, RW, &mut w.frames) };
         assert!(matches!(r, Err(MapError::AlreadyMapped { page, .. }) if page == blocker));
-        assert_eq!(w.frames.stats().free, free, "frames of the undone pages came back");
-        assert_eq!(w.tables.table_frames(), tables, "the table the run made went");
+        assert_eq!(
+            w.frames.stats().free,
+            free,
+            "frames of the undone pages came back"
+        );
+        assert_eq!(
+            w.tables.table_frames(),
+            tables,
+            "the table the run made went"
+        );
         assert_eq!(pt_count(&w, blocker), Some(1));
         assert_eq!(pt_count(&w, start), None, "the first span's table is gone");
         assert!(w.tables.audit(&w.frames).is_exact(tables));
