@@ -435,7 +435,7 @@ impl<T: Tlb> PageTables<T> {
         new.set_frame(frame, flags | PageTableFlags::PRESENT);
         // SAFETY: writes an entry of a valid table; the caller vouches for the mapping itself.
         unsafe { self.write(pt, index, new) };
-        self.count_add(path[2], usize::from(page.p2_index()), 1);
+        let _ = self.count_add(path[2], usize::from(page.p2_index()), 1);
         Ok(())
     }
 
@@ -549,7 +549,7 @@ impl<T: Tlb> PageTables<T> {
                 written += 1;
             }
             // One count update per page table, for the entries written into it.
-            self.count_add(path[2], usize::from(page.p2_index()), written as i64);
+            let _ = self.count_add(path[2], usize::from(page.p2_index()), written as i64);
             done += written;
             if result.is_err() {
                 break;
@@ -648,8 +648,14 @@ impl<T: Tlb> PageTables<T> {
                 sink(frames, PhysFrame::containing_address(entry.addr()));
                 cleared += 1;
             }
-            self.count_add(path[2], usize::from(page.p2_index()), -(cleared as i64));
-            let garbage = self.reclaim(path, page, frames);
+            let left = self.count_add(path[2], usize::from(page.p2_index()), -(cleared as i64));
+            // Only a page table this call emptied (or, if it cleared nothing, one found empty)
+            // can start a reclaim: the count just computed answers without another read.
+            let garbage = if cleared == 0 || left == Some(0) {
+                self.reclaim(path, page, frames)
+            } else {
+                Garbage::default()
+            };
             if cleared > FLUSH_ALL_THRESHOLD {
                 self.tlb.flush_all();
             } else {
@@ -729,7 +735,7 @@ impl<T: Tlb> PageTables<T> {
             // SAFETY: links a zeroed table into an unused entry of a valid table.
             unsafe { self.write(table, index, link) };
             if level > 0 {
-                self.count_add(path[level - 1], indices[level - 1], 1);
+                let _ = self.count_add(path[level - 1], indices[level - 1], 1);
             }
             self.table_frames += 1;
             created[level] = Some(frame);
@@ -755,7 +761,7 @@ impl<T: Tlb> PageTables<T> {
                 // SAFETY: clears the entry this call set in a valid table.
                 unsafe { self.write(path[level], indices[level], PageTableEntry::new()) };
                 if level > 0 {
-                    self.count_add(path[level - 1], indices[level - 1], -1);
+                    let _ = self.count_add(path[level - 1], indices[level - 1], -1);
                 }
             }
         }
@@ -788,7 +794,7 @@ impl<T: Tlb> PageTables<T> {
             // SAFETY: clears the parent entry of an empty table this mapper allocated.
             unsafe { self.write(parent, index, PageTableEntry::new()) };
             if level > 1 {
-                self.count_add(path[level - 2], indices[level - 2], -1);
+                let _ = self.count_add(path[level - 2], indices[level - 2], -1);
             }
             garbage.push(frame);
         }
@@ -796,15 +802,16 @@ impl<T: Tlb> PageTables<T> {
     }
 
     /// Adds `delta` to the used-entry count carried by entry `index` of `table`, if that entry
-    /// is [`OWNED`] (it links a table this mapper made); any other entry is left as it is.
+    /// is [`OWNED`] (it links a table this mapper made), and returns the new count; any other
+    /// entry is left as it is (`None`, as for a `delta` of 0).
     ///
     /// # Panics
     ///
     /// If the count would leave 0..=512 (the bookkeeping is broken: freeing by it could free a
     /// table in use); the message names the table.
-    fn count_add(&mut self, table: u64, index: usize, delta: i64) {
+    fn count_add(&mut self, table: u64, index: usize, delta: i64) -> Option<u64> {
         if delta == 0 {
-            return;
+            return None;
         }
         debug_assert!(index < ENTRIES);
         // Raw bits, not `PageTableEntry` accessors: this runs for every map and unmap, and
@@ -814,7 +821,7 @@ impl<T: Tlb> PageTables<T> {
         // is mapped through the physical-memory mapping (`new`'s contract 2).
         let raw = unsafe { entry.read() };
         if raw & OWNED.bits() == 0 {
-            return;
+            return None;
         }
         let count = ((raw & COUNT_MASK) >> COUNT_SHIFT) as i64 + delta;
         assert!(
@@ -824,6 +831,7 @@ impl<T: Tlb> PageTables<T> {
         );
         // SAFETY: as above; changes only bits the MMU ignores in an entry that links a table.
         unsafe { entry.write((raw & !COUNT_MASK) | ((count as u64) << COUNT_SHIFT)) };
+        Some(count as u64)
     }
 
     /// Entries in use in the table (512 reads): for [`audit`](Self::audit), not hot paths.
@@ -1219,11 +1227,11 @@ mod tests {
         unsafe { w.tables.map_fresh_run(p, 2, RW, &mut w.frames) }.unwrap();
         assert!(w.tables.audit(&w.frames).is_exact(3));
         let path = w.tables.walk(p).unwrap();
-        w.tables.count_add(path[2], usize::from(p.p2_index()), 1);
+        let _ = w.tables.count_add(path[2], usize::from(p.p2_index()), 1);
         let audit = w.tables.audit(&w.frames);
         assert_eq!(audit.miscounted, 1);
         assert!(!audit.is_exact(3));
-        w.tables.count_add(path[2], usize::from(p.p2_index()), -1);
+        let _ = w.tables.count_add(path[2], usize::from(p.p2_index()), -1);
         assert!(w.tables.audit(&w.frames).is_exact(3));
     }
 
