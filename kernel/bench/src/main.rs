@@ -8,7 +8,8 @@
 //! The scale can be chosen without rebuilding through QEMU's fw_cfg, e.g.
 //! `KERNEL_QEMU_ARGS="-fw_cfg name=opt/kbench/scale,string=smoke" cargo kbench` (`full`, the
 //! default, or `smoke`), and so can the sections: `-fw_cfg name=opt/kbench/only,string=smp` runs
-//! only the several-CPU section (with `-smp 2 -accel tcg,thread=multi`). Adding
+//! only the several-CPU section (with `-smp 2 -accel tcg,thread=multi`); `throughput`, `latency`
+//! and `memory` (frame allocator, page mapper, heap window) run one section each. Adding
 //! `-icount shift=0` to `KERNEL_QEMU_ARGS` makes the counts deterministic instruction counts (see
 //! `kernel_bench`).
 
@@ -52,6 +53,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
         Some(b"smp") => Sections::Smp,
         Some(b"throughput") => Sections::Throughput,
         Some(b"latency") => Sections::Latency,
+        Some(b"memory") => Sections::Memory,
         Some(other) => {
             serial_println!(
                 "kbench: unknown section {:?} in {ONLY_FILE}",

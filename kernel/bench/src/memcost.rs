@@ -15,7 +15,8 @@
 //!   and only the leaf entry and its `invlpg` are timed; and alone, where the mapper also creates
 //!   (zeroed) and frees the page table and page directory on every round.
 //! * **heap window map_pages(1)+unmap_pages(1)**: the heap's page source, i.e. window range
-//!   allocation + frame allocation + mapping, and the reverse.
+//!   allocation + frame allocation + mapping, and the reverse; and the same for a run of 16
+//!   pages in one call each way (**map_pages(16)+unmap_pages(16)**).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -80,6 +81,9 @@ pub struct MemCosts {
 /// Scratch page kept mapped next to the timed one (page 0), so that timing page 0 does not also
 /// time the creation and removal of its page table.
 const NEIGHBOUR: u64 = 1;
+
+/// Pages of the consecutive run the heap-window rows map and unmap in one call each.
+const RUN_PAGES: usize = 16;
 
 /// Times `f` run `n` times as one measurement, after one untimed run (which lets QEMU translate
 /// the code, and brings it and its data into the caches).
@@ -181,6 +185,14 @@ pub fn measure(iterations: usize) -> Result<MemCosts, MemCostError> {
         Ok(())
     })?;
     push("heap window map_pages(1)+unmap_pages(1)", window);
+    // A run of consecutive pages, as a large-allocator region takes them: one call each way.
+    let run = time(n, || {
+        let ptr = source.map_pages(RUN_PAGES).map_err(MemCostError::Window)?;
+        // SAFETY: the pages were just mapped by this source and nothing refers to them.
+        unsafe { source.unmap_pages(ptr, RUN_PAGES) };
+        Ok(())
+    })?;
+    push("heap window map_pages(16)+unmap_pages(16)", run);
     Ok(costs)
 }
 

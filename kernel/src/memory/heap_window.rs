@@ -330,7 +330,10 @@ impl HeapWindow {
         if let Err(error) = unsafe { tables.unmap_fresh_run(window_page(first), count, frames) } {
             panic!("heap window: unmap_pages({addr:#x}, {count}): {error}");
         }
-        self.runs.free(first, count);
+        // Every page of the run was mapped (the unmap above panics on the first that is not),
+        // and a window page is mapped exactly while the buddy has it taken: the buddy's own
+        // double-free check could find nothing more.
+        self.runs.free_taken(first, count);
         self.mapped -= count;
     }
 }

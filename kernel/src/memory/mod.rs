@@ -443,7 +443,7 @@ pub fn check_invariants() {
         let audit = m.tables.audit(&m.frames);
         assert!(
             audit.is_exact(m.tables.table_frames()),
-            "memory: page tables: {audit}, but the mapper counts {} (a leaked or lost table)",
+            "memory: page tables: {audit}, but the mapper counts {} (a leaked, lost or miscounted table)",
             m.tables.table_frames()
         );
         let s = m.stats();

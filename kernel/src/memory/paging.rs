@@ -14,13 +14,22 @@
 //!   counts the frames it needs for pages *and* tables before it changes anything, and any other
 //!   failure removes what the call mapped and the tables it made (a failed map changes nothing);
 //! * after unmapping, frees every table left empty (PT, then PD, then PDPT; never the PML4), but
-//!   only tables that the frame allocator handed out — the bootloader's own tables stay;
+//!   only tables that the frame allocator handed out — the bootloader's own tables stay. Whether
+//!   a table is empty is one read, not a scan: the entry that links a table this mapper made is
+//!   marked [`OWNED`] and carries, in bits 52..=61 (ignored by the MMU in entries that link a
+//!   table), how many entries of that table are in use ([`used_entries`]). Every change to an
+//!   owned table updates it, and [`PageTables::audit`] checks it against a scan;
 //! * flushes the TLB before any frame that a stale translation or paging-structure cache entry
 //!   could still point to is reused, and reports exhaustion as an error, never a panic.
 //!
-//! Runs are processed one page table at a time: one walk per 512 pages, one emptiness scan per
-//! table touched, and one flush decision per table (`invlpg` per page for short runs, a CR3 reload
-//! for long ones). Cost: O(pages in the run), independent of how much is mapped elsewhere.
+//! Runs are processed one page table at a time: one walk per 512 pages, one count update and one
+//! emptiness test per table touched, and one flush decision per table (`invlpg` per page for
+//! short runs, a CR3 reload for long ones). A run inside one existing page table is mapped after
+//! a single walk (the frames it takes are then just its pages). Cost: O(pages in the run),
+//! independent of how much is mapped elsewhere, with no O(512) step.
+//!
+//! Nothing here zeroes the frames of pages (the heap's `alloc_zeroed` zeroes what it hands
+//! out); page tables are zeroed when they are made.
 //!
 //! TLB maintenance goes through the [`Tlb`] trait so that this module is pure logic: the kernel
 //! plugs in `invlpg`/CR3 reloads, the host tests a recorder (`cargo test -p kernel-host`).
@@ -44,6 +53,28 @@ const FLUSH_ALL_THRESHOLD: usize = 32;
 /// Flags given to intermediate (PML4/PDPT/PD) entries this mapper creates: the leaf entry decides
 /// the real permissions, an intermediate level must not restrict them.
 const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
+
+/// Marks an entry that links a page table this mapper made (bit 9: ignored by the MMU, free for
+/// software). Only such entries carry a [`used_entries`] count, and only such tables are ever
+/// freed (and only if the frame allocator also says it handed the frame out).
+pub const OWNED: PageTableFlags = PageTableFlags::BIT_9;
+
+/// First bit of the used-entry count in an [`OWNED`] entry: bits 52..=61, ignored by the MMU in
+/// entries that link a table (Intel SDM Vol. 3 §4.5, AMD APM Vol. 2 §5.3: "available"). Ten
+/// bits hold 0..=512.
+const COUNT_SHIFT: u32 = 52;
+/// The used-entry count's bits.
+const COUNT_MASK: u64 = 0x3FF << COUNT_SHIFT;
+
+/// The number of entries in use in the table that `link` links, if `link` is an [`OWNED`]
+/// entry (a table this mapper made); `None` for any other entry.
+#[must_use]
+pub fn used_entries(link: &PageTableEntry) -> Option<u64> {
+    let flags = link.flags();
+    flags
+        .contains(OWNED)
+        .then_some((flags.bits() & COUNT_MASK) >> COUNT_SHIFT)
+}
 
 /// TLB invalidation, as the mapper needs it.
 pub trait Tlb {
@@ -134,6 +165,10 @@ pub struct TableAudit {
     /// Of those, tables with no entry in use. The mapper frees a table as soon as it is empty
     /// (and a failed map removes the tables it made), so each one is a leak.
     pub empty: u64,
+    /// Of those, tables whose used-entry count (in the [`OWNED`] entry linking them) differs
+    /// from the entries found in use, or whose link is not marked [`OWNED`]: each one would be
+    /// freed too early or never.
+    pub miscounted: u64,
 }
 
 impl TableAudit {
@@ -141,7 +176,7 @@ impl TableAudit {
     /// them is empty: no page-table frame is lost or kept without a use.
     #[must_use]
     pub fn is_exact(&self, table_frames: u64) -> bool {
-        self.owned == table_frames && self.empty == 0
+        self.owned == table_frames && self.empty == 0 && self.miscounted == 0
     }
 }
 
@@ -149,8 +184,8 @@ impl fmt::Display for TableAudit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} page tables of the mapper linked, {} of them empty",
-            self.owned, self.empty
+            "{} page tables of the mapper linked, {} of them empty, {} miscounted",
+            self.owned, self.empty, self.miscounted
         )
     }
 }
@@ -262,8 +297,12 @@ impl<T: Tlb> PageTables<T> {
             let child = entry.addr().as_u64();
             if frames.is_allocated(PhysFrame::containing_address(entry.addr())) {
                 audit.owned += 1;
-                if self.is_empty(child) {
+                let used = self.count_used(child);
+                if used == 0 {
                     audit.empty += 1;
+                }
+                if used_entries(&entry) != Some(used) {
+                    audit.miscounted += 1;
                 }
             }
             if level > 2 {
@@ -381,7 +420,8 @@ impl<T: Tlb> PageTables<T> {
         if flags.contains(PageTableFlags::HUGE_PAGE) {
             return Err(MapError::InvalidFlags);
         }
-        let pt = self.walk_create(page, frames)?;
+        let path = self.walk_create(page, frames)?;
+        let pt = path[3];
         let index = usize::from(page.p1_index());
         // SAFETY: `pt` is a valid page table reached by the walk.
         let entry = unsafe { self.read(pt, index) };
@@ -395,6 +435,7 @@ impl<T: Tlb> PageTables<T> {
         new.set_frame(frame, flags | PageTableFlags::PRESENT);
         // SAFETY: writes an entry of a valid table; the caller vouches for the mapping itself.
         unsafe { self.write(pt, index, new) };
+        let _ = self.count_add(path[2], usize::from(page.p2_index()), 1);
         Ok(())
     }
 
@@ -452,42 +493,66 @@ impl<T: Tlb> PageTables<T> {
         if flags.contains(PageTableFlags::HUGE_PAGE) {
             return Err(MapError::InvalidFlags);
         }
-        if frames.stats().free < self.frames_for_run(start, count)? {
+        // A run inside one page table that exists already (the common case: a heap growing by
+        // a page) takes exactly its pages' frames, and the walk that shows it is the one the
+        // mapping uses. Any other run counts its new tables first (`frames_for_run`).
+        let first = usize::from(start.p1_index());
+        let mut known = if count <= ENTRIES - first {
+            self.walk(start).ok()
+        } else {
+            None
+        };
+        let needed = match known {
+            Some(_) => count as u64,
+            None => self.frames_for_run(start, count)?,
+        };
+        if frames.stats().free < needed {
             return Err(MapError::OutOfFrames);
         }
         let flags = flags | PageTableFlags::PRESENT;
         let mut done = 0;
         let mut result = Ok(());
-        'chunks: while done < count {
+        while done < count {
             let page = start + done as u64;
             let first = usize::from(page.p1_index());
             let chunk = (ENTRIES - first).min(count - done);
-            let pt = match self.walk_create(page, frames) {
-                Ok(pt) => pt,
-                Err(error) => {
-                    result = Err(error);
-                    break;
-                }
+            let path = match known.take() {
+                Some(path) => path,
+                None => match self.walk_create(page, frames) {
+                    Ok(path) => path,
+                    Err(error) => {
+                        result = Err(error);
+                        break;
+                    }
+                },
             };
+            let pt = path[3];
+            let mut written = 0;
             for index in first..first + chunk {
                 // SAFETY: `pt` is a valid page table reached by the walk.
                 let entry = unsafe { self.read(pt, index) };
                 if entry.flags().contains(PageTableFlags::PRESENT) {
                     result = Err(MapError::AlreadyMapped {
-                        page: start + done as u64,
+                        page: page + written as u64,
                         frame: PhysFrame::containing_address(entry.addr()),
                     });
-                    break 'chunks;
+                    break;
                 }
                 let Some(frame) = frames.allocate() else {
                     result = Err(MapError::OutOfFrames);
-                    break 'chunks;
+                    break;
                 };
                 let mut new = PageTableEntry::new();
                 new.set_frame(frame, flags);
                 // SAFETY: writes an entry of a valid table to a page the caller reserved.
                 unsafe { self.write(pt, index, new) };
-                done += 1;
+                written += 1;
+            }
+            // One count update per page table, for the entries written into it.
+            let _ = self.count_add(path[2], usize::from(page.p2_index()), written as i64);
+            done += written;
+            if result.is_err() {
+                break;
             }
         }
         if result.is_err() {
@@ -583,7 +648,14 @@ impl<T: Tlb> PageTables<T> {
                 sink(frames, PhysFrame::containing_address(entry.addr()));
                 cleared += 1;
             }
-            let garbage = self.reclaim(path, page, frames);
+            let left = self.count_add(path[2], usize::from(page.p2_index()), -(cleared as i64));
+            // Only a page table this call emptied (or, if it cleared nothing, one found empty)
+            // can start a reclaim: the count just computed answers without another read.
+            let garbage = if cleared == 0 || left == Some(0) {
+                self.reclaim(path, page, frames)
+            } else {
+                Garbage::default()
+            };
             if cleared > FLUSH_ALL_THRESHOLD {
                 self.tlb.flush_all();
             } else {
@@ -625,18 +697,20 @@ impl<T: Tlb> PageTables<T> {
         Ok(path)
     }
 
-    /// Walks to the PT of `page`, creating missing tables; returns its physical address. On
+    /// Walks to the PT of `page`, creating missing tables; returns the physical addresses of
+    /// the PML4, PDPT, PD and PT on the way. A table it makes is linked by an [`OWNED`] entry
+    /// with a count of 0, and the count of the table it is linked into goes up by one. On
     /// failure the tables created by this call are removed again.
     fn walk_create(
         &mut self,
         page: Page,
         frames: &mut BitmapFrameAllocator,
-    ) -> Result<u64, MapError> {
-        let indices = [page.p4_index(), page.p3_index(), page.p2_index()];
-        let mut table = self.root;
-        let mut created: [Option<(u64, usize, PhysFrame)>; 3] = [None; 3];
-        for (level, index) in indices.into_iter().enumerate() {
-            let index = usize::from(index);
+    ) -> Result<[u64; 4], MapError> {
+        let indices = [page.p4_index(), page.p3_index(), page.p2_index()].map(usize::from);
+        let mut path = [self.root, 0, 0, 0];
+        let mut created: [Option<PhysFrame>; 3] = [None; 3];
+        for level in 0..3 {
+            let (table, index) = (path[level], indices[level]);
             // SAFETY: `table` is the root or was reached through present entries.
             let entry = unsafe { self.read(table, index) };
             let flags = entry.flags();
@@ -645,11 +719,11 @@ impl<T: Tlb> PageTables<T> {
                     // Only pre-existing tables can hold a huge page: nothing was created.
                     return Err(MapError::HugePageInTheWay);
                 }
-                table = entry.addr().as_u64();
+                path[level + 1] = entry.addr().as_u64();
                 continue;
             }
             let Some(frame) = frames.allocate() else {
-                self.undo_created(&created, frames);
+                self.undo_created(path, indices, &created, frames);
                 return Err(MapError::OutOfFrames);
             };
             let new_table = frame.start_address().as_u64();
@@ -657,66 +731,115 @@ impl<T: Tlb> PageTables<T> {
             // physical-memory mapping (`new`'s contract 2), and 4 KiB long.
             unsafe { ptr::write_bytes(self.ptr(new_table, 0), 0, ENTRIES) };
             let mut link = PageTableEntry::new();
-            link.set_frame(frame, TABLE_FLAGS);
+            link.set_frame(frame, TABLE_FLAGS | OWNED);
             // SAFETY: links a zeroed table into an unused entry of a valid table.
             unsafe { self.write(table, index, link) };
+            if level > 0 {
+                let _ = self.count_add(path[level - 1], indices[level - 1], 1);
+            }
             self.table_frames += 1;
-            created[level] = Some((table, index, frame));
-            table = new_table;
+            created[level] = Some(frame);
+            path[level + 1] = new_table;
         }
-        Ok(table)
+        Ok(path)
     }
 
-    /// Unlinks and frees tables created by a failed [`walk_create`](Self::walk_create).
+    /// Unlinks and frees the tables a failed [`walk_create`](Self::walk_create) made on `path`
+    /// (deepest first, each unlink counted in the table it was linked into).
     fn undo_created(
         &mut self,
-        created: &[Option<(u64, usize, PhysFrame)>; 3],
+        path: [u64; 4],
+        indices: [usize; 3],
+        created: &[Option<PhysFrame>; 3],
         frames: &mut BitmapFrameAllocator,
     ) {
         if created.iter().all(Option::is_none) {
             return;
         }
-        for &(parent, index, _) in created.iter().rev().flatten() {
-            // SAFETY: clears the entry this call set in a valid table.
-            unsafe { self.write(parent, index, PageTableEntry::new()) };
+        for level in (0..3).rev() {
+            if created[level].is_some() {
+                // SAFETY: clears the entry this call set in a valid table.
+                unsafe { self.write(path[level], indices[level], PageTableEntry::new()) };
+                if level > 0 {
+                    let _ = self.count_add(path[level - 1], indices[level - 1], -1);
+                }
+            }
         }
         self.tlb.flush_all();
-        for &(_, _, frame) in created.iter().flatten() {
+        for &frame in created.iter().flatten() {
             // SAFETY: the (empty) table came from `frames` moments ago, is unlinked and flushed.
             unsafe { frames.deallocate(frame) };
             self.table_frames -= 1;
         }
     }
 
-    /// After entries of the PT at `path[3]` were cleared: unlinks that PT if it is now empty,
-    /// then its PD, then its PDPT, each only if empty and allocated by `frames`. Returns the
-    /// unlinked frames, to be freed after the TLB flush.
+    /// After entries of the PT at `path[3]` were cleared (and counted): unlinks that PT if its
+    /// count says it is empty, then its PD, then its PDPT, each only if it is [`OWNED`], empty
+    /// and handed out by `frames`. One read per level, no scan. Returns the unlinked frames, to
+    /// be freed after the TLB flush.
     fn reclaim(&mut self, path: [u64; 4], page: Page, frames: &BitmapFrameAllocator) -> Garbage {
-        let indices = [page.p4_index(), page.p3_index(), page.p2_index()];
+        let indices = [page.p4_index(), page.p3_index(), page.p2_index()].map(usize::from);
         let mut garbage = Garbage::default();
         for level in (1..4).rev() {
-            let table = path[level];
-            let frame = PhysFrame::containing_address(PhysAddr::new(table));
-            if !frames.is_allocated(frame) || !self.is_empty(table) {
+            let (parent, index) = (path[level - 1], indices[level - 1]);
+            // SAFETY: `parent` is a valid table on the walked path.
+            let link = unsafe { self.read(parent, index) };
+            if used_entries(&link) != Some(0) {
+                break;
+            }
+            let frame = PhysFrame::containing_address(link.addr());
+            if !frames.is_allocated(frame) {
                 break;
             }
             // SAFETY: clears the parent entry of an empty table this mapper allocated.
-            unsafe {
-                self.write(
-                    path[level - 1],
-                    usize::from(indices[level - 1]),
-                    PageTableEntry::new(),
-                )
-            };
+            unsafe { self.write(parent, index, PageTableEntry::new()) };
+            if level > 1 {
+                let _ = self.count_add(path[level - 2], indices[level - 2], -1);
+            }
             garbage.push(frame);
         }
         garbage
     }
 
-    /// Whether every entry of the table is unused (at most 512 reads, stops at the first used).
-    fn is_empty(&self, table: u64) -> bool {
+    /// Adds `delta` to the used-entry count carried by entry `index` of `table`, if that entry
+    /// is [`OWNED`] (it links a table this mapper made), and returns the new count; any other
+    /// entry is left as it is (`None`, as for a `delta` of 0).
+    ///
+    /// # Panics
+    ///
+    /// If the count would leave 0..=512 (the bookkeeping is broken: freeing by it could free a
+    /// table in use); the message names the table.
+    fn count_add(&mut self, table: u64, index: usize, delta: i64) -> Option<u64> {
+        if delta == 0 {
+            return None;
+        }
+        debug_assert!(index < ENTRIES);
+        // Raw bits, not `PageTableEntry` accessors: this runs for every map and unmap, and
+        // `addr()` reads the crate's physical-address mask from a static.
+        let entry = self.ptr(table, index).cast::<u64>();
+        // SAFETY: `table` is a valid page table on a walked path and `index < 512`: the entry
+        // is mapped through the physical-memory mapping (`new`'s contract 2).
+        let raw = unsafe { entry.read() };
+        if raw & OWNED.bits() == 0 {
+            return None;
+        }
+        let count = ((raw & COUNT_MASK) >> COUNT_SHIFT) as i64 + delta;
+        assert!(
+            (0..=ENTRIES as i64).contains(&count),
+            "page table at {:#x}: used-entry count {count} out of range",
+            raw & 0x000F_FFFF_FFFF_F000
+        );
+        // SAFETY: as above; changes only bits the MMU ignores in an entry that links a table.
+        unsafe { entry.write((raw & !COUNT_MASK) | ((count as u64) << COUNT_SHIFT)) };
+        Some(count as u64)
+    }
+
+    /// Entries in use in the table (512 reads): for [`audit`](Self::audit), not hot paths.
+    fn count_used(&self, table: u64) -> u64 {
         // SAFETY: `table` is a valid page table.
-        (0..ENTRIES).all(|i| unsafe { self.read(table, i) }.is_unused())
+        (0..ENTRIES)
+            .filter(|&i| !unsafe { self.read(table, i) }.is_unused())
+            .count() as u64
     }
 
     /// Pointer to entry `index` of the table at physical address `table`.
@@ -988,6 +1111,128 @@ mod tests {
         assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
         assert_eq!(w.frames.stats().free, 1);
         assert!(w.frames.allocate().is_some(), "the PDPT frame came back");
+    }
+
+    /// The used-entry count of the page table that maps `page` (read from the PD entry).
+    fn pt_count(w: &World, page: Page) -> Option<u64> {
+        let path = w.tables.walk(page).ok()?;
+        // SAFETY: `path[2]` is the PD on the walked path.
+        let link = unsafe { w.tables.read(path[2], usize::from(page.p2_index())) };
+        used_entries(&link)
+    }
+
+    #[test]
+    fn counts_follow_maps_and_unmaps_and_empty_tables_go_in_one_read() {
+        let mut w = world(64);
+        let free = w.frames.stats().free;
+        // The last entry of a page table alone, then the first: emptiness must not depend on
+        // where the used entries are (the old scan stopped at the first used entry).
+        let last = page(HIGH + 511 * 0x1000);
+        let first = page(HIGH);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(last, 1, RW, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, last), Some(1));
+        // SAFETY: as above.
+        unsafe { w.tables.map_fresh_run(first, 3, RW, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, last), Some(4));
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+        // SAFETY: pages mapped above, used by nothing.
+        unsafe { w.tables.unmap_fresh_run(first, 3, &mut w.frames) }.unwrap();
+        assert_eq!(
+            pt_count(&w, last),
+            Some(1),
+            "the table stays for its last entry"
+        );
+        assert_eq!(w.tables.table_frames(), 3);
+        // SAFETY: as above.
+        unsafe { w.tables.unmap_fresh_run(last, 1, &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 0, "PT, PD and PDPT freed");
+        assert_eq!(w.frames.stats().free, free, "every frame came back");
+        assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+        // The single-page API keeps the same counts.
+        let f = w.frames.allocate().unwrap();
+        // SAFETY: simulated tables; the frame is fresh.
+        unsafe { w.tables.map(page(HIGH + 0x7000), f, RW, &mut w.frames) }.unwrap();
+        assert_eq!(pt_count(&w, page(HIGH + 0x7000)), Some(1));
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+        // SAFETY: nothing uses the page.
+        let back = unsafe { w.tables.unmap(page(HIGH + 0x7000), &mut w.frames) }.unwrap();
+        assert_eq!(w.tables.table_frames(), 0);
+        // SAFETY: the frame is unused again.
+        unsafe { w.frames.deallocate(back) };
+        assert_eq!(w.frames.stats().free, free);
+    }
+
+    #[test]
+    fn counts_of_upper_tables_count_linked_tables() {
+        let mut w = world(2048);
+        // Three page tables under one PD: the PD's count (in the PDPT entry) is 3.
+        let start = page(HIGH + (1 << 21) - 0x1000);
+        // SAFETY: simulated tables, reserved range.
+        unsafe {
+            w.tables
+                .map_fresh_run(start, 1 + 512 + 1, RW, &mut w.frames)
+        }
+        .unwrap();
+        let path = w.tables.walk(start).unwrap();
+        // SAFETY: `path[1]` is the PDPT on the walked path.
+        let pd_link = unsafe { w.tables.read(path[1], usize::from(start.p3_index())) };
+        assert_eq!(used_entries(&pd_link), Some(3));
+        // SAFETY: `path[0]` is the root.
+        let pdpt_link = unsafe { w.tables.read(path[0], usize::from(start.p4_index())) };
+        assert_eq!(used_entries(&pdpt_link), Some(1));
+        assert_eq!(pt_count(&w, start), Some(1));
+        assert_eq!(pt_count(&w, start + 1), Some(512));
+        // SAFETY: the run mapped above.
+        unsafe { w.tables.unmap_fresh_run(start + 1, 512, &mut w.frames) }.unwrap();
+        // SAFETY: as above.
+        let pd_link = unsafe { w.tables.read(path[1], usize::from(start.p3_index())) };
+        assert_eq!(used_entries(&pd_link), Some(2), "the full table went");
+        assert!(w.tables.audit(&w.frames).is_exact(4));
+    }
+
+    #[test]
+    fn a_run_failing_part_way_undoes_its_pages_tables_and_counts() {
+        let mut w = world(2048);
+        let start = page(HIGH + (1 << 21) - 4 * 0x1000);
+        // A page in the second table is mapped already: the run maps 4 + 5 pages first.
+        let blocker = start + 9;
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(blocker, 1, RW, &mut w.frames) }.unwrap();
+        let free = w.frames.stats().free;
+        let tables = w.tables.table_frames();
+        // SAFETY: as above.
+        let r = unsafe { w.tables.map_fresh_run(start, 20, RW, &mut w.frames) };
+        assert!(matches!(r, Err(MapError::AlreadyMapped { page, .. }) if page == blocker));
+        assert_eq!(
+            w.frames.stats().free,
+            free,
+            "frames of the undone pages came back"
+        );
+        assert_eq!(
+            w.tables.table_frames(),
+            tables,
+            "the table the run made went"
+        );
+        assert_eq!(pt_count(&w, blocker), Some(1));
+        assert_eq!(pt_count(&w, start), None, "the first span's table is gone");
+        assert!(w.tables.audit(&w.frames).is_exact(tables));
+    }
+
+    #[test]
+    fn the_audit_finds_a_wrong_count() {
+        let mut w = world(64);
+        let p = page(HIGH + 0x3000);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(p, 2, RW, &mut w.frames) }.unwrap();
+        assert!(w.tables.audit(&w.frames).is_exact(3));
+        let path = w.tables.walk(p).unwrap();
+        let _ = w.tables.count_add(path[2], usize::from(p.p2_index()), 1);
+        let audit = w.tables.audit(&w.frames);
+        assert_eq!(audit.miscounted, 1);
+        assert!(!audit.is_exact(3));
+        let _ = w.tables.count_add(path[2], usize::from(p.p2_index()), -1);
+        assert!(w.tables.audit(&w.frames).is_exact(3));
     }
 
     #[test]
