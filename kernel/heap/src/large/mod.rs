@@ -342,6 +342,32 @@ impl LargeAlloc {
         }
     }
 
+    /// Moves a page run that [`resize_in_place`](Self::resize_in_place) could not grow to a
+    /// new run of `new_size` bytes without copying them, if the page source can move runs
+    /// ([`PageSource::remap_pages`]), and returns its new data pointer; on `None` nothing
+    /// changed (a region block, an over-aligned run, or a source that cannot move).
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate), with `_layout` the allocation's layout;
+    /// `new_size` is more than its usable size.
+    pub unsafe fn move_grown<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        _layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: `ptr` is live (caller), so its header is mapped and says whether it is the
+        // data of a page run; the rest is the caller's contract.
+        unsafe {
+            if Block::from_user(ptr).state() != RUN {
+                return None;
+            }
+            self.move_run(src, ptr, new_size)
+        }
+    }
+
     /// Current counters (and the largest free block, found from the bitmaps).
     pub fn stats(&self) -> LargeStats {
         LargeStats {
