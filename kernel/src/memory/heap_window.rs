@@ -342,6 +342,13 @@ impl HeapWindow {
     /// the same memory until [`finish_remap`](Self::finish_remap)), the rest fresh frames.
     /// Returns the new run, or `None` (nothing changed) for a run that is not mapped window
     /// pages, when `new_count < count`, and when address space or frames run out.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(
+            dead_code,
+            reason = "only the kernel's page source moves runs; tested in QEMU (tests/heap_remap.rs)"
+        )
+    )]
     pub(super) fn remap<T: Tlb>(
         &mut self,
         addr: u64,
@@ -411,14 +418,19 @@ impl HeapWindow {
     ///
     /// # Safety
     ///
-    /// The arguments are those and the result of a successful `remap` not finished yet, and
+    /// The runs are the arguments and the result of a successful `remap` not finished yet, and
     /// nothing accesses the run that goes after this call.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(
+            dead_code,
+            reason = "only the kernel's page source moves runs; tested in QEMU (tests/heap_remap.rs)"
+        )
+    )]
     pub(super) unsafe fn finish_remap<T: Tlb>(
         &mut self,
-        old: u64,
-        count: usize,
-        new: u64,
-        new_count: usize,
+        (old, count): (u64, usize),
+        (new, new_count): (u64, usize),
         keep_new: bool,
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
@@ -557,7 +569,7 @@ unsafe impl PageSource for KernelPageSource {
                 .parts()
                 .expect("heap window: finish_remap before memory::init");
             // SAFETY: the trait's contract is `HeapWindow::finish_remap`'s.
-            unsafe { window.finish_remap(old, count, new, new_count, keep_new, tables, frames) }
+            unsafe { window.finish_remap((old, count), (new, new_count), keep_new, tables, frames) }
         });
     }
 

@@ -183,10 +183,10 @@ impl<S: PageSource> Heap<S> {
                 });
                 // A page run that cannot grow in place is moved by the page source if it can
                 // (the frames, not the bytes), before falling back to allocate, copy and free.
-                // SAFETY: as above; it did not resize in place, so it is growing.
                 let resized = resized.or_else(|| {
-                    block.and_then(|block| unsafe {
-                        large.move_grown(&mut rec, block, old, new_size)
+                    block.and_then(|block| {
+                        // SAFETY: as above; it did not resize in place, so it is growing.
+                        unsafe { large.move_grown(&mut rec, block, old, new_size) }
                     })
                 });
                 if let Some(block) = resized {
