@@ -177,11 +177,12 @@ pub unsafe trait PageSource {
     ///
     /// On `Some(new)`: the first `count` pages of the `new_count` pages at `new` show the bytes
     /// of the old run (the same memory seen at a second address, or a copy), the rest are fresh
-    /// pages as from `map_pages`; the old run is still mapped. The caller then writes neither
-    /// run and ends the move with [`finish_remap`](Self::finish_remap): keeping the new run
-    /// (the old one goes, without its memory being given back twice) or the old one (the
-    /// new one goes). A source whose first `count` pages are a copy must make the new run
-    /// take every guarantee of a `map_pages(new_count)` run once the move is kept.
+    /// pages as from `map_pages`; the old run is still mapped. The caller then ends the move
+    /// with [`finish_remap`](Self::finish_remap): keeping the new run (the old one goes,
+    /// without its memory being given back twice) or the old one (the new one goes). Until
+    /// then, what it writes to one run may or may not show in the other (a second view does, a
+    /// copy does not): it must not rely on either. Once the move is kept, the new run has every
+    /// guarantee of a `map_pages(new_count)` run.
     ///
     /// The heap calls it only for a run it mapped and still holds (the whole mapping, as
     /// `map_pages`, `map_pages_aligned` or a `grow_pages` that extended it returned it); an
@@ -206,7 +207,7 @@ pub unsafe trait PageSource {
     ///
     /// `old`, `count`, `new` and `new_count` are the arguments and the result of a successful
     /// `remap_pages` call on this source that has not been finished yet, and the caller holds no
-    /// live references into the run that goes, nor wrote to either run since that call.
+    /// live references into the run that goes.
     unsafe fn finish_remap(
         &mut self,
         old: NonNull<u8>,

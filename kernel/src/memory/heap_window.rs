@@ -390,7 +390,8 @@ impl HeapWindow {
         }
         let from = Page::containing_address(VirtAddr::new(addr));
         // SAFETY: the destination was free in the buddy (reserved for us); the caller ends the
-        // move with `finish_remap`, which unmaps one of the two runs before either is used.
+        // move with `finish_remap`, which unmaps one of the two runs before the caller relies
+        // on the other.
         if unsafe { tables.alias_run(from, start, count, frames) }.is_err() {
             if extra > 0 {
                 // SAFETY: the fresh pages mapped just above, seen by nobody.

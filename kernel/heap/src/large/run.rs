@@ -224,23 +224,18 @@ impl LargeAlloc {
             })?;
         // SAFETY: `node` is the start of a live mapping of ours, so it is not null.
         let old = unsafe { NonNull::new_unchecked(node.cast::<u8>()) };
-        // The node leaves the index while the old run is still mapped (the index writes its
-        // neighbours, and may write it); it comes back if the source does not move the run.
-        // SAFETY: the node page is mapped (live run) and the node is in the index.
-        unsafe { self.index.remove(node) };
-        let Some(new) = src.remap_pages(old, pages, new_pages) else {
-            // SAFETY: as above; removed just now (so with null links), its run unchanged.
-            unsafe { self.index.insert(node) };
-            return None;
-        };
+        let new = src.remap_pages(old, pages, new_pages)?;
         let new_node = new.as_ptr().cast::<Mapping>();
         let data = new.as_ptr().wrapping_add(offset);
-        // SAFETY: 1. the move is kept at once, before either run is written, as
-        // `finish_remap` asks; the caller gave the old run up and the index no longer names it;
-        // 2. the new run's first page holds the old node page's bytes and is ours alone, so its
-        // node and the tag in front of the data (whose check bits depend on the address) are
+        // SAFETY: 1. the old run is still mapped until `finish_remap`, so its node may be
+        // unlinked from the index (which writes its neighbours, and may write it: whether that
+        // shows in the new run does not matter, its node is rewritten below); 2. the move is
+        // then kept; the caller gave the old run up and the index no longer names it; 3. the
+        // new run's first page holds the old node page's bytes and is ours alone, so its node
+        // and the tag in front of the data (whose check bits depend on the address) are
         // rewritten there.
         unsafe {
+            self.index.remove(node);
             src.finish_remap(old, pages, new, new_pages, true);
             new_node.write(Mapping {
                 left: ptr::null_mut(),
