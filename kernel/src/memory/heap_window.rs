@@ -42,6 +42,18 @@
 //! use all RAM even with fragmented address space. A larger machine needs a larger
 //! [`WINDOW_ORDER`] (each doubling doubles the static bitmap).
 //!
+//! # Moving runs
+//!
+//! A heap page run that cannot grow in place is moved rather than copied (`mremap`):
+//! [`KernelPageSource`]'s `remap_pages` takes a free range of the new length from the buddy,
+//! maps its tail to fresh frames, and points its head at the old run's frames
+//! ([`PageTables::alias_run`](super::paging::PageTables::alias_run): the page-table entries are
+//! copied, the bytes are not). `finish_remap` then unmaps the old range without freeing its frames
+//! (`unmap_alias_run`, which flushes like any unmap: on every CPU before it returns) and gives its
+//! window pages back to the buddy; or, if the heap abandons the move, unmaps the new range. A
+//! move costs a page-table write per page instead of a copy of 4 KiB per page plus a fresh
+//! frame per page and the old frames' release.
+//!
 //! # Locking
 //!
 //! Everything here runs under the global memory lock (`super::with_memory`), taken with

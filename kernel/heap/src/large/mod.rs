@@ -76,7 +76,10 @@
 //! page at an aligned address and maps only the run's own pages (a source that cannot choose
 //! addresses maps `align / 4096 - 1` more and unmaps the head and tail around the run).
 //! Shrinking a run in place unmaps its tail pages; growing in place asks the source for the pages
-//! right after it ([`PageSource::grow_pages`]); both keep the offset.
+//! right after it ([`PageSource::grow_pages`]); both keep the offset. A run that cannot grow in
+//! place is moved by the source if it can ([`PageSource::remap_pages`]: a kernel moves the frames,
+//! not the bytes) with its offset kept, its node and tag rewritten at the new address
+//! ([`LargeAlloc::move_grown`]); otherwise the heap allocates, copies and frees.
 //!
 //! # The mapping index
 //!

@@ -20,7 +20,9 @@
 //!
 //! Over-aligned runs are placed by the page source ([`PageSource::map_pages_aligned`]); a run
 //! shrinks in place by unmapping its tail pages and grows in place when the source can map the
-//! pages right after it ([`PageSource::grow_pages`]); either keeps the data offset.
+//! pages right after it ([`PageSource::grow_pages`]); either keeps the data offset. A run that
+//! cannot grow in place may be moved by the source ([`PageSource::remap_pages`], `move_run`),
+//! which keeps the offset too (not for over-aligned runs: a moved run is only page aligned).
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
