@@ -50,7 +50,10 @@
 //! ([`PageTables::alias_run`](super::paging::PageTables::alias_run): the page-table entries are
 //! copied, the bytes are not). `finish_remap` then unmaps the old range without freeing its frames
 //! (`unmap_alias_run`, which flushes like any unmap: on every CPU before it returns) and gives its
-//! window pages back to the buddy; or, if the heap abandons the move, unmaps the new range. A
+//! window pages back to the buddy; or, if the heap abandons the move, unmaps the new range. The
+//! new range sits at the *end* of its buddy block (not at the start, as `map_pages` runs do), so
+//! that the pages after it are a whole neighbouring block rather than the small leftover pieces
+//! single-page requests take first: a vector that keeps doubling then grows in place next time. A
 //! move costs a page-table write per page instead of a copy of 4 KiB per page plus a fresh
 //! frame per page and the old frames' release.
 //!
@@ -381,7 +384,7 @@ impl HeapWindow {
         if frames.stats().free < extra as u64 {
             return None;
         }
-        let first = self.runs.alloc(new_count)?;
+        let first = self.take_run_at_block_end(new_count)?;
         let start = window_page(first);
         if extra > 0 {
             // SAFETY: the buddy just gave us these window pages, so none is mapped or
@@ -419,6 +422,27 @@ impl HeapWindow {
         self.mapped += new_count;
         // The window is in the higher half: its addresses are never null.
         NonNull::new(start.start_address().as_mut_ptr::<u8>())
+    }
+
+    /// Takes `count` window pages at the *end* of a free buddy block of
+    /// `count.next_power_of_two()` pages (the block's head goes back to the buddy): the pages
+    /// right after the run are then the start of the neighbouring block, of the same order or
+    /// larger, which single-page requests leave alone while smaller blocks are free, so a run
+    /// that keeps growing (a moved vector) finds them free; at the start of its block, the
+    /// run would be followed by the block's small leftover pieces, the first ones single pages
+    /// take.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(dead_code, reason = "used by `remap` only")
+    )]
+    fn take_run_at_block_end(&mut self, count: usize) -> Option<usize> {
+        let block = count.checked_next_power_of_two()?;
+        let first = self.runs.alloc(block)?;
+        let head = block - count;
+        if head > 0 {
+            self.runs.free(first, head);
+        }
+        Some(first + head)
     }
 
     /// Ends a move [`remap`](Self::remap) started: with `keep_new`, unmaps the old run (its
