@@ -140,9 +140,10 @@ impl<S: PageSource> CountedSource for CappedSource<S> {
     }
 }
 
-// SAFETY: every successful `map_pages` is a successful `map_pages` of `inner`, which upholds the
-// trait's guarantees; `unmap_pages` forwards exactly the caller's (equally constrained) range. The
-// cap only turns some requests into errors, which the trait allows.
+// SAFETY: every successful `map_pages` (or `remap_pages`) is a successful call of `inner`, which
+// upholds the trait's guarantees; `unmap_pages` and `finish_remap` forward exactly the caller's
+// (equally constrained) arguments. The cap only turns some requests into errors (or `None`),
+// which the trait allows.
 unsafe impl<S: PageSource> PageSource for CappedSource<S> {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         let total = self.admit(count)?;
@@ -181,6 +182,36 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         }
         self.took(total);
         true
+    }
+
+    /// The inner source moves the run; the cap counts the pages the move adds (the moved
+    /// pages keep their memory), admitted before the move starts.
+    fn remap_pages(
+        &mut self,
+        ptr: NonNull<u8>,
+        count: usize,
+        new_count: usize,
+    ) -> Option<NonNull<u8>> {
+        self.admit(new_count.checked_sub(count)?).ok()?;
+        self.inner.remap_pages(ptr, count, new_count)
+    }
+
+    unsafe fn finish_remap(
+        &mut self,
+        old: NonNull<u8>,
+        count: usize,
+        new: NonNull<u8>,
+        new_count: usize,
+        keep_new: bool,
+    ) {
+        // SAFETY: forwarded contract: the move was started by `inner.remap_pages` above.
+        unsafe {
+            self.inner
+                .finish_remap(old, count, new, new_count, keep_new)
+        };
+        if keep_new {
+            self.took(self.mapped - count + new_count);
+        }
     }
 
     fn window(&self) -> Option<NonNull<[u8]>> {

@@ -69,7 +69,7 @@
 //! ```
 //!
 //! **Over your kernel's own page source** — the heap then maps pages on demand and gives them
-//! back when they empty (see [`PageSource`] for the contract and the three optional methods that
+//! back when they empty (see [`PageSource`] for the contract and the optional methods that
 //! make it faster, [`FixedRegion`] for a complete implementation):
 //!
 //! ```rust,no_run
@@ -448,8 +448,10 @@
 //! before an allocation fails) and unmaps page runs on free. Blocks in
 //! magazines keep their chunks. A growing `realloc` of a page run first asks the page source to
 //! map the pages right after it ([`PageSource::grow_pages`]; the kernel's heap window claims
-//! them from its buddy allocator), and moves the block only if they are taken; a shrinking one
-//! unmaps the run's tail.
+//! them from its buddy allocator); if they are taken, it asks the source to move the run
+//! ([`PageSource::remap_pages`]: the kernel moves the frames to a new range of its window and maps
+//! only the extra pages, so no byte is copied), and copies the block into a new run only if the
+//! source cannot (the default); a shrinking one unmaps the run's tail.
 //!
 //! [`Heap::trim`] empties the magazines into their chunks, drops every reserve and cache, unmaps
 //! every root run without a live slot except the first, and unmaps empty page-map nodes: after

@@ -658,6 +658,47 @@ unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
         *self.pages += extra;
         true
     }
+
+    /// Moves through the wrapped source and records the new run (as its own mapping) before
+    /// answering; if recording fails (no page for a map node), the move is abandoned and the
+    /// answer is `None`. The old run's entries go when the move is kept.
+    fn remap_pages(
+        &mut self,
+        ptr: NonNull<u8>,
+        count: usize,
+        new_count: usize,
+    ) -> Option<NonNull<u8>> {
+        let new = self.src.remap_pages(ptr, count, new_count)?;
+        if self
+            .map
+            .record(self.src, new, new_count, Entry::Large(new), false)
+            .is_err()
+        {
+            // SAFETY: the move just started and nothing was written to either run; the new
+            // run goes, the old one stays as it was.
+            unsafe { self.src.finish_remap(ptr, count, new, new_count, false) };
+            return None;
+        }
+        Some(new)
+    }
+
+    unsafe fn finish_remap(
+        &mut self,
+        old: NonNull<u8>,
+        count: usize,
+        new: NonNull<u8>,
+        new_count: usize,
+        keep_new: bool,
+    ) {
+        if keep_new {
+            self.map.clear_run(old, count);
+            *self.pages = *self.pages - count + new_count;
+        } else {
+            self.map.clear_run(new, new_count);
+        }
+        // SAFETY: forwarded; the caller's guarantees are the wrapped source's.
+        unsafe { self.src.finish_remap(old, count, new, new_count, keep_new) };
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,11 @@ pub const fn aligned_offset(start: usize, align: usize, aligned_page: usize) -> 
 /// its runs every guarantee of a `map_pages(count)` run, and page `aligned_page` of a run it
 /// returns must start at a multiple of `align` (the heap hands that address out as a block of
 /// that alignment).
+///
+/// An implementation that overrides [`remap_pages`](Self::remap_pages) must, on `Some(new)`,
+/// return the start of `new_count` page-aligned pages inside its window (if it has one), the
+/// first `count` of them holding the old run's bytes, and once [`finish_remap`](Self::finish_remap)
+/// keeps the new run, give the whole of it every guarantee of a `map_pages(new_count)` run.
 pub unsafe trait PageSource {
     /// Maps `count` contiguous pages and returns the address of the first one.
     ///
@@ -162,6 +167,56 @@ pub unsafe trait PageSource {
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
         let _ = (ptr, count, extra);
         false
+    }
+
+    /// Starts moving the run of `count` pages at `ptr` to a new place, `new_count >= count`
+    /// pages long, without copying its bytes where the source can move the memory itself (a
+    /// kernel moves the frames: `mremap`). Returns the new run, or `None` (nothing changed)
+    /// when the source does not move runs — the default — or has no room, or the input is not
+    /// a run it mapped.
+    ///
+    /// On `Some(new)`: the first `count` pages of the `new_count` pages at `new` show the bytes
+    /// of the old run (the same memory seen at a second address, or a copy), the rest are fresh
+    /// pages as from `map_pages`; the old run is still mapped. The caller then ends the move
+    /// with [`finish_remap`](Self::finish_remap): keeping the new run (the old one goes,
+    /// without its memory being given back twice) or the old one (the new one goes). Until
+    /// then, what it writes to one run may or may not show in the other (a second view does, a
+    /// copy does not): it must not rely on either. Once the move is kept, the new run has every
+    /// guarantee of a `map_pages(new_count)` run.
+    ///
+    /// The heap calls it only for a run it mapped and still holds (the whole mapping, as
+    /// `map_pages`, `map_pages_aligned` or a `grow_pages` that extended it returned it); an
+    /// implementation must still return `None`, never panic, for a run it does not recognise.
+    /// The new run starts at a page boundary only: a source need not keep a larger alignment.
+    fn remap_pages(
+        &mut self,
+        ptr: NonNull<u8>,
+        count: usize,
+        new_count: usize,
+    ) -> Option<NonNull<u8>> {
+        let _ = (ptr, count, new_count);
+        None
+    }
+
+    /// Ends a move that [`remap_pages`](Self::remap_pages) started: with `keep_new`, the old
+    /// run at `old` is gone and the `new_count` pages at `new` hold its bytes (and may be
+    /// unmapped as one run, or in sub-runs, later); without it, the new run is gone and the
+    /// old one is as it was. The default does nothing (its `remap_pages` never succeeds).
+    ///
+    /// # Safety
+    ///
+    /// `old`, `count`, `new` and `new_count` are the arguments and the result of a successful
+    /// `remap_pages` call on this source that has not been finished yet, and the caller holds no
+    /// live references into the run that goes.
+    unsafe fn finish_remap(
+        &mut self,
+        old: NonNull<u8>,
+        count: usize,
+        new: NonNull<u8>,
+        new_count: usize,
+        keep_new: bool,
+    ) {
+        let _ = (old, count, new, new_count, keep_new);
     }
 
     /// The fixed range of addresses all pages of this source come from, if there is one (a

@@ -3,7 +3,7 @@
 //! fuzzing on the host. Works under Miri with `-Zmiri-strict-provenance`: every page pointer is
 //! derived from the arena's base pointer.
 
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::alloc::{Layout, alloc, dealloc};
 use std::vec::Vec;
 
@@ -65,6 +65,8 @@ pub struct ArenaSource {
     peak: usize,
     map_calls: usize,
     grow_calls: usize,
+    remap_calls: usize,
+    remaps: bool,
     fail_after: Option<usize>,
     fail_one_in: u64,
     rng: XorShift64,
@@ -101,6 +103,8 @@ impl ArenaSource {
             peak: 0,
             map_calls: 0,
             grow_calls: 0,
+            remap_calls: 0,
+            remaps: true,
             fail_after: None,
             fail_one_in: 0,
             rng: XorShift64::new(1),
@@ -138,6 +142,17 @@ impl ArenaSource {
     /// Successful `grow_pages` calls so far.
     pub fn grow_calls(&self) -> usize {
         self.grow_calls
+    }
+
+    /// Successful `remap_pages` calls so far.
+    pub fn remap_calls(&self) -> usize {
+        self.remap_calls
+    }
+
+    /// Whether `remap_pages` moves runs (the default) or always answers `None`, as a source
+    /// without the method does.
+    pub fn set_remaps(&mut self, on: bool) {
+        self.remaps = on;
     }
 
     /// Size of the arena in pages.
@@ -191,6 +206,16 @@ impl ArenaSource {
         // SAFETY: the run is inside the arena and now ours to hand out.
         unsafe { run.as_ptr().write_bytes(MAP_FILL, count * PAGE_SIZE) };
         run
+    }
+
+    /// The first page of the run of `count` pages at `ptr`, if every one of them is mapped.
+    fn mapped_run(&self, ptr: NonNull<u8>, count: usize) -> Option<usize> {
+        let off = ptr.addr().get().checked_sub(self.base.addr().get())?;
+        let first = off / PAGE_SIZE;
+        let end = first.checked_add(count)?;
+        (off.is_multiple_of(PAGE_SIZE) && count > 0 && end <= self.pages)
+            .then_some(first)
+            .filter(|_| (first..end).all(|p| self.bit(p)))
     }
 
     /// First run of `count` free pages at or after `from`.
@@ -332,6 +357,60 @@ unsafe impl PageSource for ArenaSource {
                 .write_bytes(MAP_FILL, extra * PAGE_SIZE);
         }
         true
+    }
+
+    /// Moves by copying (plain memory has no frames to move): maps a free run of `new_count`
+    /// pages (first fit, failure injection applies) and copies the old run's pages into it.
+    /// Answers `None` for a run that is not wholly mapped, and when remaps are switched off.
+    fn remap_pages(
+        &mut self,
+        ptr: NonNull<u8>,
+        count: usize,
+        new_count: usize,
+    ) -> Option<NonNull<u8>> {
+        let first = self.mapped_run(ptr, count)?;
+        if !self.remaps || new_count < count || new_count > self.pages - self.mapped {
+            return None;
+        }
+        if self.refuse() {
+            return None;
+        }
+        let start = self
+            .find(self.hint, new_count)
+            .or_else(|| self.find(0, new_count))?;
+        let map_calls = self.map_calls;
+        let new = self.take(start, new_count);
+        self.map_calls = map_calls;
+        self.remap_calls += 1;
+        // SAFETY: both runs are inside the arena and disjoint (the new one was free, the old
+        // one mapped), and the old one holds `count` pages.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(first * PAGE_SIZE),
+                new.as_ptr(),
+                count * PAGE_SIZE,
+            );
+        }
+        Some(new)
+    }
+
+    unsafe fn finish_remap(
+        &mut self,
+        old: NonNull<u8>,
+        count: usize,
+        new: NonNull<u8>,
+        new_count: usize,
+        keep_new: bool,
+    ) {
+        // SAFETY: both runs are mapped (the caller's contract) and the one that goes is given
+        // up by the caller.
+        unsafe {
+            if keep_new {
+                self.unmap_pages(old, count);
+            } else {
+                self.unmap_pages(new, new_count);
+            }
+        }
     }
 
     /// The whole arena: one allocation from the host allocator, from whose base pointer every

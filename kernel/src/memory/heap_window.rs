@@ -42,6 +42,21 @@
 //! use all RAM even with fragmented address space. A larger machine needs a larger
 //! [`WINDOW_ORDER`] (each doubling doubles the static bitmap).
 //!
+//! # Moving runs
+//!
+//! A heap page run that cannot grow in place is moved rather than copied (`mremap`):
+//! [`KernelPageSource`]'s `remap_pages` takes a free range of the new length from the buddy,
+//! maps its tail to fresh frames, and points its head at the old run's frames
+//! ([`PageTables::alias_run`](super::paging::PageTables::alias_run): the page-table entries are
+//! copied, the bytes are not). `finish_remap` then unmaps the old range without freeing its frames
+//! (`unmap_alias_run`, which flushes like any unmap: on every CPU before it returns) and gives its
+//! window pages back to the buddy; or, if the heap abandons the move, unmaps the new range. The
+//! new range sits at the *end* of its buddy block (not at the start, as `map_pages` runs do), so
+//! that the pages after it are a whole neighbouring block rather than the small leftover pieces
+//! single-page requests take first: a vector that keeps doubling then grows in place next time. A
+//! move costs a page-table write per page instead of a copy of 4 KiB per page plus a fresh
+//! frame per page and the old frames' release.
+//!
 //! # Locking
 //!
 //! Everything here runs under the global memory lock (`super::with_memory`), taken with
@@ -338,6 +353,151 @@ impl HeapWindow {
     }
 }
 
+// Moving runs (`mremap`): kept apart from `map`, `grow` and `unmap` above.
+impl HeapWindow {
+    /// Starts moving the run of `count` window pages at `addr` to a free run of `new_count`
+    /// pages: the first `count` pages of the new run map the old run's frames (both runs show
+    /// the same memory until [`finish_remap`](Self::finish_remap)), the rest fresh frames.
+    /// Returns the new run, or `None` (nothing changed) for a run that is not mapped window
+    /// pages, when `new_count < count`, and when address space or frames run out.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(
+            dead_code,
+            reason = "only the kernel's page source moves runs; tested in QEMU (tests/heap_remap.rs)"
+        )
+    )]
+    pub(super) fn remap<T: Tlb>(
+        &mut self,
+        addr: u64,
+        count: usize,
+        new_count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Option<NonNull<u8>> {
+        let in_window = (HEAP_WINDOW_START..HEAP_WINDOW_END).contains(&addr)
+            && addr.is_multiple_of(PAGE)
+            && count > 0
+            && (count as u64) <= (HEAP_WINDOW_END - addr) / PAGE;
+        if !in_window || new_count < count || new_count > HEAP_WINDOW_PAGES {
+            return None;
+        }
+        let extra = new_count - count;
+        // As in `map`: a cheap early answer; the mapper checks pages and tables exactly.
+        if frames.stats().free < extra as u64 {
+            return None;
+        }
+        let first = self.take_run_at_block_end(new_count)?;
+        let start = window_page(first);
+        if extra > 0 {
+            // SAFETY: the buddy just gave us these window pages, so none is mapped or
+            // referenced; the window is reserved for exactly this use.
+            match unsafe { tables.map_fresh_run(start + count as u64, extra, WINDOW_FLAGS, frames) }
+            {
+                Ok(()) => {}
+                Err(MapError::OutOfFrames) => {
+                    self.runs.free(first, new_count);
+                    return None;
+                }
+                Err(error) => panic!(
+                    "heap window: mapping {extra} pages at {:#x} to move a run failed: {error} \
+                     (window bookkeeping disagrees with the page tables)",
+                    (start + count as u64).start_address().as_u64()
+                ),
+            }
+        }
+        let from = Page::containing_address(VirtAddr::new(addr));
+        // SAFETY: the destination was free in the buddy (reserved for us); the caller ends the
+        // move with `finish_remap`, which unmaps one of the two runs before the caller relies
+        // on the other.
+        if unsafe { tables.alias_run(from, start, count, frames) }.is_err() {
+            if extra > 0 {
+                // SAFETY: the fresh pages mapped just above, seen by nobody.
+                let undo = unsafe { tables.unmap_fresh_run(start + count as u64, extra, frames) };
+                debug_assert!(
+                    undo.is_ok(),
+                    "undoing a remap's fresh pages failed: {undo:?}"
+                );
+            }
+            self.runs.free(first, new_count);
+            return None;
+        }
+        self.mapped += new_count;
+        // The window is in the higher half: its addresses are never null.
+        NonNull::new(start.start_address().as_mut_ptr::<u8>())
+    }
+
+    /// Takes `count` window pages at the *end* of a free buddy block of
+    /// `count.next_power_of_two()` pages (the block's head goes back to the buddy): the pages
+    /// right after the run are then the start of the neighbouring block, of the same order or
+    /// larger, which single-page requests leave alone while smaller blocks are free, so a run
+    /// that keeps growing (a moved vector) finds them free; at the start of its block, the
+    /// run would be followed by the block's small leftover pieces, the first ones single pages
+    /// take.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(dead_code, reason = "used by `remap` only")
+    )]
+    fn take_run_at_block_end(&mut self, count: usize) -> Option<usize> {
+        let block = count.checked_next_power_of_two()?;
+        let first = self.runs.alloc(block)?;
+        let head = block - count;
+        if head > 0 {
+            self.runs.free(first, head);
+        }
+        Some(first + head)
+    }
+
+    /// Ends a move [`remap`](Self::remap) started: with `keep_new`, unmaps the old run (its
+    /// frames now belong to the new one) and frees its window pages; otherwise unmaps the new
+    /// run (its fresh frames are freed, the aliased ones stay the old run's).
+    ///
+    /// # Panics
+    ///
+    /// If a run is not mapped as `remap` left it (the message names the address).
+    ///
+    /// # Safety
+    ///
+    /// The runs are the arguments and the result of a successful `remap` not finished yet, and
+    /// nothing accesses the run that goes after this call.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(
+            dead_code,
+            reason = "only the kernel's page source moves runs; tested in QEMU (tests/heap_remap.rs)"
+        )
+    )]
+    pub(super) unsafe fn finish_remap<T: Tlb>(
+        &mut self,
+        (old, count): (u64, usize),
+        (new, new_count): (u64, usize),
+        keep_new: bool,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) {
+        let (gone, gone_count) = if keep_new {
+            (old, count)
+        } else {
+            (new, new_count)
+        };
+        let start = Page::containing_address(VirtAddr::new(gone));
+        // SAFETY: the caller's contract: both runs are mapped as `remap` left them and the one
+        // that goes is no longer accessed; its first `count` pages share frames with the
+        // other run, which keeps them, and the fresh tail of a new run that goes is ours.
+        let result = unsafe {
+            tables.unmap_alias_run(start, count, frames).and_then(|()| {
+                tables.unmap_fresh_run(start + count as u64, gone_count - count, frames)
+            })
+        };
+        if let Err(error) = result {
+            panic!("heap window: finishing the move of the run at {old:#x} to {new:#x}: {error}");
+        }
+        self.runs
+            .free(((gone - HEAP_WINDOW_START) / PAGE) as usize, gone_count);
+        self.mapped -= gone_count;
+    }
+}
+
 /// The page with index `index` of the window.
 fn window_page(index: usize) -> Page {
     Page::containing_address(VirtAddr::new(HEAP_WINDOW_START + index as u64 * PAGE))
@@ -416,6 +576,41 @@ unsafe impl PageSource for KernelPageSource {
             Some((window, tables, frames)) => window.grow(addr, count, extra, tables, frames),
             None => false,
         })
+    }
+
+    /// Moves a run of the window to a free range of `new_count` pages by moving its frames
+    /// (page-table entries), not its bytes; the extra pages get fresh frames (see
+    /// `HeapWindow::remap`). `None` for anything but mapped window pages.
+    fn remap_pages(
+        &mut self,
+        ptr: NonNull<u8>,
+        count: usize,
+        new_count: usize,
+    ) -> Option<NonNull<u8>> {
+        let addr = ptr.as_ptr() as u64;
+        super::with_memory(|memory| match memory.parts() {
+            Some((window, tables, frames)) => window.remap(addr, count, new_count, tables, frames),
+            None => None,
+        })
+    }
+
+    /// Unmaps the run that goes (with the usual TLB shootdown), keeping the moved frames.
+    unsafe fn finish_remap(
+        &mut self,
+        old: NonNull<u8>,
+        count: usize,
+        new: NonNull<u8>,
+        new_count: usize,
+        keep_new: bool,
+    ) {
+        let (old, new) = (old.as_ptr() as u64, new.as_ptr() as u64);
+        super::with_memory(|memory| {
+            let (window, tables, frames) = memory
+                .parts()
+                .expect("heap window: finish_remap before memory::init");
+            // SAFETY: the trait's contract is `HeapWindow::finish_remap`'s.
+            unsafe { window.finish_remap((old, count), (new, new_count), keep_new, tables, frames) }
+        });
     }
 
     /// The whole heap window: every page `map_pages` returns lies in it. With it, a release

@@ -873,6 +873,141 @@ impl<T: Tlb> PageTables<T> {
     }
 }
 
+/// Why a run could not be moved to another address ([`PageTables::alias_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveError {
+    /// A page of the run to move has no translation (or is part of a huge page).
+    Source(UnmapError),
+    /// The destination could not be mapped (a page already mapped, no frame for a table, a
+    /// huge page in the way).
+    Destination(MapError),
+}
+
+impl fmt::Display for MoveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Source(error) => write!(f, "the run to move: {error}"),
+            Self::Destination(error) => write!(f, "the destination: {error}"),
+        }
+    }
+}
+
+// Moving runs of pages (`mremap`): the frames change address, the bytes stay where they are.
+// Kept apart from the map and unmap paths above; it reuses their walks and their flush rule.
+impl<T: Tlb> PageTables<T> {
+    /// Maps the `count` pages from `to` to the frames (and with the flags) that the `count`
+    /// pages from `from` map, leaving `from` mapped too: the two runs then show the same
+    /// memory. Creates the page tables the destination needs.
+    ///
+    /// # Errors
+    ///
+    /// [`MoveError::Destination`] with [`MapError::OutOfFrames`] when there are fewer free
+    /// frames than the destination's new tables (counted before anything changes), or another
+    /// `MapError` if a destination page is mapped already; [`MoveError::Source`] if a page of
+    /// `from` is not mapped. A failed call leaves the tables as they were: the destination pages
+    /// it mapped are unmapped again (their frames stay the source's) and tables it made freed.
+    ///
+    /// # Safety
+    ///
+    /// The destination must be a range reserved for this use, and before the caller lets
+    /// anything use memory through both runs it must unmap one of them with
+    /// [`unmap_alias_run`](Self::unmap_alias_run) (the frames then belong to the other alone).
+    pub unsafe fn alias_run(
+        &mut self,
+        from: Page,
+        to: Page,
+        count: usize,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), MoveError> {
+        let tables = self
+            .frames_for_run(to, count)
+            .map_err(MoveError::Destination)?
+            - count as u64;
+        if frames.stats().free < tables {
+            return Err(MoveError::Destination(MapError::OutOfFrames));
+        }
+        let mut done = 0;
+        let mut result = Ok(());
+        let mut src_pt = 0;
+        'chunks: while done < count {
+            let page = to + done as u64;
+            let first = usize::from(page.p1_index());
+            let chunk = (ENTRIES - first).min(count - done);
+            let pt = match self.walk_create(page, frames) {
+                Ok(pt) => pt,
+                Err(error) => {
+                    result = Err(MoveError::Destination(error));
+                    break;
+                }
+            };
+            for index in first..first + chunk {
+                let source = from + done as u64;
+                if done == 0 || usize::from(source.p1_index()) == 0 {
+                    src_pt = match self.walk(source) {
+                        Ok(path) => path[3],
+                        Err(error) => {
+                            result = Err(MoveError::Source(error));
+                            break 'chunks;
+                        }
+                    };
+                }
+                // SAFETY: `src_pt` and `pt` are valid page tables reached by walks.
+                let (old, entry) = unsafe {
+                    (
+                        self.read(src_pt, usize::from(source.p1_index())),
+                        self.read(pt, index),
+                    )
+                };
+                if !old.flags().contains(PageTableFlags::PRESENT) {
+                    result = Err(MoveError::Source(UnmapError::NotMapped { page: source }));
+                    break 'chunks;
+                }
+                if entry.flags().contains(PageTableFlags::PRESENT) {
+                    result = Err(MoveError::Destination(MapError::AlreadyMapped {
+                        page: to + done as u64,
+                        frame: PhysFrame::containing_address(entry.addr()),
+                    }));
+                    break 'chunks;
+                }
+                // SAFETY: writes an entry of a valid table, in a range the caller reserved, to
+                // a frame whose other mapping the caller removes before the memory is used.
+                unsafe { self.write(pt, index, old) };
+                done += 1;
+            }
+        }
+        if result.is_err() {
+            // SAFETY: exactly the destination pages this call mapped; their frames are the
+            // source's and are not freed.
+            let undo = unsafe { self.unmap_alias_run(to, done, frames) };
+            debug_assert!(undo.is_ok(), "undoing a partial alias failed: {undo:?}");
+            self.free_empty_tables(to + done as u64, frames);
+        }
+        result
+    }
+
+    /// Unmaps `count` pages from `start` and flushes them (on every CPU, as any unmap does)
+    /// without freeing their frames, which another mapping keeps ([`alias_run`](Self::alias_run));
+    /// tables left empty are freed.
+    ///
+    /// # Errors
+    ///
+    /// As [`unmap_fresh_run`](Self::unmap_fresh_run).
+    ///
+    /// # Safety
+    ///
+    /// Every frame of the run must stay mapped elsewhere (or be otherwise owned), and nothing
+    /// may access the pages through this run after this call.
+    pub unsafe fn unmap_alias_run(
+        &mut self,
+        start: Page,
+        count: usize,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), UnmapError> {
+        // SAFETY: the caller's contract; the frames are handed to a sink that keeps them.
+        unsafe { self.unmap_run(start, count, frames, |_, _| {}) }
+    }
+}
+
 #[cfg(all(test, not(target_os = "none")))]
 mod tests {
     extern crate std;

@@ -181,6 +181,14 @@ impl<S: PageSource> Heap<S> {
                 let resized = block.filter(|&block| unsafe {
                     large.resize_in_place(&mut rec, block, old, new_size)
                 });
+                // A page run that cannot grow in place is moved by the page source if it can
+                // (the frames, not the bytes), before falling back to allocate, copy and free.
+                let resized = resized.or_else(|| {
+                    block.and_then(|block| {
+                        // SAFETY: as above; it did not resize in place, so it is growing.
+                        unsafe { large.move_grown(&mut rec, block, old, new_size) }
+                    })
+                });
                 if let Some(block) = resized {
                     *st.requested() = *st.requested() - old.size() + new_size;
                     return Ok(block);

@@ -76,7 +76,10 @@
 //! page at an aligned address and maps only the run's own pages (a source that cannot choose
 //! addresses maps `align / 4096 - 1` more and unmaps the head and tail around the run).
 //! Shrinking a run in place unmaps its tail pages; growing in place asks the source for the pages
-//! right after it ([`PageSource::grow_pages`]); both keep the offset.
+//! right after it ([`PageSource::grow_pages`]); both keep the offset. A run that cannot grow in
+//! place is moved by the source if it can ([`PageSource::remap_pages`]: a kernel moves the frames,
+//! not the bytes) with its offset kept, its node and tag rewritten at the new address
+//! ([`LargeAlloc::move_grown`]); otherwise the heap allocates, copies and frees.
 //!
 //! # The mapping index
 //!
@@ -339,6 +342,32 @@ impl LargeAlloc {
             } else {
                 self.resize_block(src, block, new_size)
             }
+        }
+    }
+
+    /// Moves a page run that [`resize_in_place`](Self::resize_in_place) could not grow to a
+    /// new run of `new_size` bytes without copying them, if the page source can move runs
+    /// ([`PageSource::remap_pages`]), and returns its new data pointer; on `None` nothing
+    /// changed (a region block, an over-aligned run, or a source that cannot move).
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate), with `_layout` the allocation's layout;
+    /// `new_size` is more than its usable size.
+    pub unsafe fn move_grown<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        _layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: `ptr` is live (caller), so its header is mapped and says whether it is the
+        // data of a page run; the rest is the caller's contract.
+        unsafe {
+            if Block::from_user(ptr).state() != RUN {
+                return None;
+            }
+            self.move_run(src, ptr, new_size)
         }
     }
 

@@ -20,7 +20,9 @@
 //!
 //! Over-aligned runs are placed by the page source ([`PageSource::map_pages_aligned`]); a run
 //! shrinks in place by unmapping its tail pages and grows in place when the source can map the
-//! pages right after it ([`PageSource::grow_pages`]); either keeps the data offset.
+//! pages right after it ([`PageSource::grow_pages`]); either keeps the data offset. A run that
+//! cannot grow in place may be moved by the source ([`PageSource::remap_pages`], `move_run`),
+//! which keeps the offset too (not for over-aligned runs: a moved run is only page aligned).
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -188,5 +190,72 @@ impl LargeAlloc {
             self.live_bytes -= drop_pages * PAGE_SIZE;
         }
         true
+    }
+
+    /// Moves a page run that cannot grow in place to a new run of the pages `new_size` needs,
+    /// through the source's [`PageSource::remap_pages`] (a kernel moves the frames instead of
+    /// the bytes), and returns the new data pointer; `None` if the source does not move runs,
+    /// has no room, or the run is over-aligned (a moved run is only page aligned). The data
+    /// keeps its offset in the first page, so the rotation of cache lines carries over.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is the data pointer of a live page run of ours, and `new_size` is more than its
+    /// usable size.
+    pub(super) unsafe fn move_run<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let node = run_node(ptr);
+        // SAFETY: the node page is mapped (live run).
+        let (len, offset) = unsafe { ((*node).len, (*node).data) };
+        // An offset of a page is an alignment of a page or more: the data must stay aligned.
+        if offset >= PAGE_SIZE {
+            return None;
+        }
+        let pages = len / PAGE_SIZE;
+        let new_pages = new_size
+            .checked_add(offset)
+            .map(|end| end.div_ceil(PAGE_SIZE))
+            .filter(|&p| {
+                p > pages
+                    && p.checked_mul(PAGE_SIZE)
+                        .is_some_and(|b| b <= isize::MAX as usize)
+            })?;
+        // SAFETY: `node` is the start of a live mapping of ours, so it is not null.
+        let old = unsafe { NonNull::new_unchecked(node.cast::<u8>()) };
+        let new = src.remap_pages(old, pages, new_pages)?;
+        let new_node = new.as_ptr().cast::<Mapping>();
+        let data = new.as_ptr().wrapping_add(offset);
+        // SAFETY: 1. the old run is still mapped until `finish_remap`, so its node may be
+        // unlinked from the index (which writes its neighbours, and may write it: whether that
+        // shows in the new run does not matter, its node is rewritten below); 2. the move is
+        // then kept; the caller gave the old run up and the index no longer names it; 3. the
+        // new run's first page holds the old node page's bytes and is ours alone, so its node
+        // and the tag in front of the data (whose check bits depend on the address) are
+        // rewritten there.
+        unsafe {
+            self.index.remove(node);
+            src.finish_remap(old, pages, new, new_pages, true);
+            new_node.write(Mapping {
+                left: ptr::null_mut(),
+                right: ptr::null_mut(),
+                parent: ptr::null_mut(),
+                len: new_pages * PAGE_SIZE,
+                kind: KIND_RUN,
+                data: offset,
+            });
+            self.index.insert(new_node);
+            let header = Block(data.wrapping_sub(HEADER));
+            header.set_prev_size(offset);
+            header.set(0, RUN);
+        }
+        let extra = new_pages - pages;
+        self.page_run_pages += extra;
+        self.live_bytes += extra * PAGE_SIZE;
+        // SAFETY: `data` lies inside the run the source returned, so it is not null.
+        Some(unsafe { NonNull::new_unchecked(data) })
     }
 }

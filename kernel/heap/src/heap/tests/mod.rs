@@ -26,6 +26,7 @@ mod debug_checks;
 mod large_paths;
 mod memory;
 mod pools;
+mod remap;
 mod sources;
 mod walk;
 
