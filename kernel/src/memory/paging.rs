@@ -933,13 +933,14 @@ impl<T: Tlb> PageTables<T> {
             let page = to + done as u64;
             let first = usize::from(page.p1_index());
             let chunk = (ENTRIES - first).min(count - done);
-            let pt = match self.walk_create(page, frames) {
-                Ok(pt) => pt,
+            let path = match self.walk_create(page, frames) {
+                Ok(path) => path,
                 Err(error) => {
                     result = Err(MoveError::Destination(error));
                     break;
                 }
             };
+            let pt = path[3];
             for index in first..first + chunk {
                 let source = from + done as u64;
                 if done == 0 || usize::from(source.p1_index()) == 0 {
@@ -972,6 +973,8 @@ impl<T: Tlb> PageTables<T> {
                 // SAFETY: writes an entry of a valid table, in a range the caller reserved, to
                 // a frame whose other mapping the caller removes before the memory is used.
                 unsafe { self.write(pt, index, old) };
+                // The destination table's used-entry count (the undo below takes it down again).
+                let _ = self.count_add(path[2], usize::from(page.p2_index()), 1);
                 done += 1;
             }
         }
