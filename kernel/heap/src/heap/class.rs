@@ -186,7 +186,7 @@ impl<S: PageSource> Heap<S> {
                 let resized = resized.or_else(|| {
                     block.and_then(|block| {
                         // SAFETY: as above; it did not resize in place, so it is growing.
-                        unsafe { large.move_grown(&mut rec, block, old, new_size) }
+                        unsafe { large.move_grown(&mut rec, block, new_size) }
                     })
                 });
                 if let Some(block) = resized {

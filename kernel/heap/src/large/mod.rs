@@ -352,13 +352,12 @@ impl LargeAlloc {
     ///
     /// # Safety
     ///
-    /// As for [`deallocate`](Self::deallocate), with `_layout` the allocation's layout;
+    /// `ptr` is a live block of this allocator (as for [`deallocate`](Self::deallocate)), and
     /// `new_size` is more than its usable size.
     pub unsafe fn move_grown<S: PageSource>(
         &mut self,
         src: &mut S,
         ptr: NonNull<u8>,
-        _layout: Layout,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
         // SAFETY: `ptr` is live (caller), so its header is mapped and says whether it is the
