@@ -125,8 +125,40 @@ impl PageArena {
         }
     }
 
-    fn used(&self, page: usize) -> bool {
-        self.bits[page / 64] & (1 << (page % 64)) != 0
+    /// The bitmap words that pages `first..first + count` occupy, each with the mask of those
+    /// pages' bits: a run is checked and marked a word (64 pages) at a time, not page by page.
+    fn words(first: usize, count: usize) -> impl Iterator<Item = (usize, u64)> {
+        let end = first + count;
+        let mut page = first;
+        core::iter::from_fn(move || {
+            if page >= end {
+                return None;
+            }
+            let word = page / 64;
+            let low = page % 64;
+            let high = (end - word * 64).min(64);
+            let width = high - low;
+            let mask = if width == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << width) - 1) << low
+            };
+            page = word * 64 + high;
+            Some((word, mask))
+        })
+    }
+
+    /// The first mapped page of `first..first + count`, if any.
+    fn first_used(&self, first: usize, count: usize) -> Option<usize> {
+        Self::words(first, count).find_map(|(word, mask)| {
+            let used = self.bits[word] & mask;
+            (used != 0).then(|| word * 64 + used.trailing_zeros() as usize)
+        })
+    }
+
+    /// Whether every page of `first..first + count` is mapped.
+    fn all_used(&self, first: usize, count: usize) -> bool {
+        Self::words(first, count).all(|(word, mask)| self.bits[word] & mask == mask)
     }
 
     /// First free page at or after `from`, if any.
@@ -144,12 +176,11 @@ impl PageArena {
     }
 
     fn set(&mut self, first: usize, count: usize, used: bool) {
-        for page in first..first + count {
-            let (word, bit) = (page / 64, 1u64 << (page % 64));
+        for (word, mask) in Self::words(first, count) {
             if used {
-                self.bits[word] |= bit;
+                self.bits[word] |= mask;
             } else {
-                self.bits[word] &= !bit;
+                self.bits[word] &= !mask;
             }
         }
     }
@@ -164,7 +195,7 @@ impl PageArena {
             if start + count > self.pages {
                 return None;
             }
-            match (start..start + count).find(|&p| self.used(p)) {
+            match self.first_used(start, count) {
                 None => break,
                 Some(used) => start = self.next_free(used + 1)?,
             }
@@ -199,7 +230,7 @@ impl PageArena {
         let base = self.region.base.as_ptr() as usize;
         let mut start = kheap::source::aligned_offset(base, align, aligned_page) / PAGE;
         while start + count <= self.pages {
-            if !(start..start + count).any(|p| self.used(p)) {
+            if self.first_used(start, count).is_none() {
                 return Some(self.take(start, count));
             }
             start += align / PAGE;
@@ -222,7 +253,7 @@ impl PageArena {
         if extra == 0
             || !offset.is_multiple_of(PAGE)
             || end.checked_add(extra).is_none_or(|last| last > self.pages)
-            || (end..end + extra).any(|p| self.used(p))
+            || self.first_used(end, extra).is_some()
         {
             return false;
         }
@@ -253,7 +284,7 @@ impl PageArena {
             "unmap past the end of the arena"
         );
         assert!(
-            (first..first + count).all(|p| self.used(p)),
+            self.all_used(first, count),
             "unmap of pages that are not mapped"
         );
         self.set(first, count, false);
@@ -282,5 +313,66 @@ mod tests {
         assert_eq!(arena.page_use().mapped, 9);
         assert!(arena.map(64).is_none());
         assert_eq!(arena.page_use().peak, 9);
+    }
+
+    /// The word-at-a-time bitmap against a page-by-page model: random maps, grows and unmaps
+    /// over an arena whose page count is not a multiple of 64, runs crossing word boundaries.
+    #[test]
+    fn word_masks_agree_with_a_page_by_page_model() {
+        const PAGES: usize = 300;
+        let mut memory = ArenaMemory::new(PAGES * PAGE);
+        let mut arena = PageArena::new(memory.region(PAGES * PAGE));
+        let base = arena.region().base.as_ptr() as usize;
+        let mut model = [false; PAGES];
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        for _ in 0..20_000 {
+            match next(3) {
+                0 => {
+                    let count = 1 + next(150);
+                    let expected = (0..=PAGES.saturating_sub(count))
+                        .find(|&s| model[s..s + count].iter().all(|u| !u));
+                    let got = arena
+                        .map(count)
+                        .map(|p| (p.as_ptr() as usize - base) / PAGE);
+                    assert_eq!(got, expected, "map({count})");
+                    if let Some(start) = got {
+                        model[start..start + count].fill(true);
+                        runs.push((start, count));
+                    }
+                }
+                1 if !runs.is_empty() => {
+                    let i = next(runs.len());
+                    let (start, count) = runs[i];
+                    let extra = 1 + next(100);
+                    let end = start + count;
+                    let fits = end + extra <= PAGES && model[end..end + extra].iter().all(|u| !u);
+                    let ptr = NonNull::new((base + start * PAGE) as *mut u8).unwrap();
+                    assert_eq!(arena.grow(ptr, count, extra), fits, "grow");
+                    if fits {
+                        model[end..end + extra].fill(true);
+                        runs[i].1 += extra;
+                    }
+                }
+                _ if !runs.is_empty() => {
+                    let (start, count) = runs.swap_remove(next(runs.len()));
+                    let ptr = NonNull::new((base + start * PAGE) as *mut u8).unwrap();
+                    arena.unmap(ptr, count);
+                    model[start..start + count].fill(false);
+                }
+                _ => {}
+            }
+            let mapped = model.iter().filter(|u| **u).count();
+            assert_eq!(arena.page_use().mapped, mapped);
+            for (page, used) in model.iter().enumerate() {
+                assert_eq!(arena.first_used(page, 1).is_some(), *used, "page {page}");
+            }
+        }
     }
 }
