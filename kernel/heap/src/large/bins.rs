@@ -87,6 +87,7 @@ impl Bins {
     }
 
     /// A binned free block of at least `need` bytes, or `None`.
+    #[inline]
     pub(super) fn find(&self, need: usize) -> Option<Block> {
         if let Some((fl, sl)) = search_bin(need) {
             let sl_map = self.sl_bitmap[fl] & (u8::MAX << sl);
@@ -131,6 +132,7 @@ impl Bins {
     ///
     /// `block` is a free block of a region of the allocator, in no bin, with its final size
     /// written.
+    #[inline]
     pub(super) unsafe fn insert(&mut self, block: Block) {
         // SAFETY: `block` and the current head (if any) are free blocks of our regions.
         unsafe {
@@ -154,6 +156,7 @@ impl Bins {
     /// # Safety
     ///
     /// `block` is in the bin of its (unchanged) size.
+    #[inline]
     pub(super) unsafe fn remove(&mut self, block: Block) {
         // SAFETY: `block` and its list neighbours are binned free blocks of our regions.
         unsafe {

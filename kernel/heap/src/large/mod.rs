@@ -275,6 +275,7 @@ impl LargeAlloc {
     ///
     /// Fails with [`AllocError::TooLarge`] if the page count overflows and with
     /// [`AllocError::OutOfPages`] if `src` refuses; a failed call changes nothing.
+    #[inline]
     pub fn allocate<S: PageSource>(
         &mut self,
         src: &mut S,
@@ -294,6 +295,7 @@ impl LargeAlloc {
     /// `ptr` came from [`allocate`](Self::allocate) on this allocator (with the same `src`) with
     /// this `layout` (or with the size of its last successful
     /// [`resize_in_place`](Self::resize_in_place)), and has not been freed yet.
+    #[inline]
     pub unsafe fn deallocate<S: PageSource>(
         &mut self,
         src: &mut S,
