@@ -161,13 +161,15 @@ impl Bins {
         // SAFETY: `block` and its list neighbours are binned free blocks of our regions.
         unsafe {
             let size = block.size();
-            let (fl, sl) = bin_of(size);
             let next = block.next_free();
             let prev = block.prev_free();
             if !next.is_null() {
                 Block(next).set_prev_free(prev);
             }
             if prev.is_null() {
+                // Only a list head needs its bin (a block within a list is unlinked by its
+                // neighbours alone).
+                let (fl, sl) = bin_of(size);
                 self.heads[fl][sl] = next;
                 if next.is_null() {
                     self.sl_bitmap[fl] &= !(1 << sl);

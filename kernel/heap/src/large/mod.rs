@@ -295,7 +295,7 @@ impl LargeAlloc {
     /// `ptr` came from [`allocate`](Self::allocate) on this allocator (with the same `src`) with
     /// this `layout` (or with the size of its last successful
     /// [`resize_in_place`](Self::resize_in_place)), and has not been freed yet.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn deallocate<S: PageSource>(
         &mut self,
         src: &mut S,

@@ -263,18 +263,19 @@ impl LargeAlloc {
     ///
     /// `block` is a block of a region of ours that is not free and not binned, with valid size
     /// and `prev_size`, and nobody uses its memory any more.
-    #[inline]
+    #[inline(always)]
     unsafe fn free_and_coalesce<S: PageSource>(&mut self, src: &mut S, block: Block) {
         // SAFETY: `block` and its neighbours are headers in the same region (the boundary tags
         // are valid); binned neighbours leave their bins before they are merged.
         unsafe {
             let mut start = block;
             let mut size = block.size();
-            // This header stays in memory when merged away: a second free of `block` sees FREE.
-            block.set(size, FREE);
             if let Some(prev) = block.prev()
                 && prev.state() == FREE
             {
+                // This header stays in memory when merged away: a second free of `block` sees
+                // FREE. (Unmerged, `block` starts the result and is marked FREE below.)
+                block.set(size, FREE);
                 self.bins.remove(prev);
                 size += prev.size();
                 start = prev;
