@@ -277,7 +277,7 @@ impl<S: PageSource> Live<'_, S> {
     /// [`Heap::allocate`] past the magazine's fast path, on an initialised heap. Inlined into
     /// `allocate_slow`, and the large allocator's path into it: one call from the fast path to
     /// the large allocator's search.
-    #[inline]
+    #[inline(always)]
     fn allocate_uncached(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         match class_for(layout) {
             SizeClass::Small(i) => {

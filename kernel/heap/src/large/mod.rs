@@ -275,7 +275,7 @@ impl LargeAlloc {
     ///
     /// Fails with [`AllocError::TooLarge`] if the page count overflows and with
     /// [`AllocError::OutOfPages`] if `src` refuses; a failed call changes nothing.
-    #[inline]
+    #[inline(always)]
     pub fn allocate<S: PageSource>(
         &mut self,
         src: &mut S,
