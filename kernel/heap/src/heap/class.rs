@@ -59,7 +59,9 @@ impl<S: PageSource> Heap<S> {
     /// quarter goes back to the chunks first. The pointer the magazine keeps is rebuilt with a
     /// provenance that covers the whole block: that of the page source's window
     /// ([`PageSource::window`]) in a release build whose source has one (no lookup at all), and
-    /// otherwise that of the block's chunk page, found with one page-map lookup.
+    /// otherwise that of the block's chunk page, found with one page-map lookup. A large block
+    /// (a layout no class serves) goes from here straight to the large allocator, in one
+    /// out-of-line call that holds the whole large free path.
     ///
     /// With `debug-checks`, a pointer that is not a live block of the class (or large block)
     /// `layout` maps to panics with a message naming it. Without, freeing anything else is

@@ -290,6 +290,10 @@ impl LargeAlloc {
 
     /// Frees a block or page run.
     ///
+    /// Always inlined, with the region path (`free_block`, `free_and_coalesce`): the heap calls
+    /// it from one place (`deallocate_large`), which then holds the whole free path without a
+    /// call between the dispatch and the coalescing.
+    ///
     /// # Safety
     ///
     /// `ptr` came from [`allocate`](Self::allocate) on this allocator (with the same `src`) with
