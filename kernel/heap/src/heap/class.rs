@@ -59,7 +59,9 @@ impl<S: PageSource> Heap<S> {
     /// quarter goes back to the chunks first. The pointer the magazine keeps is rebuilt with a
     /// provenance that covers the whole block: that of the page source's window
     /// ([`PageSource::window`]) in a release build whose source has one (no lookup at all), and
-    /// otherwise that of the block's chunk page, found with one page-map lookup.
+    /// otherwise that of the block's chunk page, found with one page-map lookup. A large block
+    /// (a layout no class serves) goes from here straight to the large allocator, in one
+    /// out-of-line call that holds the whole large free path.
     ///
     /// With `debug-checks`, a pointer that is not a live block of the class (or large block)
     /// `layout` maps to panics with a message naming it. Without, freeing anything else is
@@ -73,9 +75,12 @@ impl<S: PageSource> Heap<S> {
     /// been freed since.
     #[inline]
     pub unsafe fn deallocate(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        if let Some(mut st) = self.live()
-            && let Some(i) = small_class(layout)
-        {
+        if let Some(mut st) = self.live() {
+            let Some(i) = small_class(layout) else {
+                // A call in tail position, as below.
+                // SAFETY: forwarded; `small_class` says `layout` is a large layout.
+                return unsafe { self.deallocate_large(ptr, layout) };
+            };
             // SAFETY: `small_class` returns class indices.
             let mut class = unsafe { st.class(i) };
             // SAFETY: the caller vouches that `ptr` is an allocated block of class `i`.
@@ -110,9 +115,12 @@ impl<S: PageSource> Heap<S> {
         }
     }
 
-    /// Frees what the fast path does not: blocks outside the window or the page map's cached
-    /// node, into a full magazine, large blocks, and (with `debug-checks`, a panic) pointers that
-    /// are no such block. The pointer is looked up once, and the free goes where the entry says.
+    /// Frees what the fast path does not: class blocks outside the window or the page map's
+    /// cached node, and (with `debug-checks`, a panic) pointers that are no such block, or
+    /// anything freed into a heap that was never initialised. The pointer is looked up once, and
+    /// the free goes where the entry says. (Large blocks take
+    /// [`deallocate_large`](Self::deallocate_large); `class_for` is total, so a large layout
+    /// that reaches this function takes the same path.)
     ///
     /// # Safety
     ///
@@ -134,16 +142,24 @@ impl<S: PageSource> Heap<S> {
                     }
                 }
             }
-            SizeClass::Large => {
-                let Some(block) = st.large_block(ptr, layout) else {
-                    return;
-                };
-                let (large, mut rec) = st.large();
-                // SAFETY: the caller guarantees `ptr` is a live large block of this layout;
-                // `block` is the same address.
-                unsafe { large.deallocate(&mut rec, block, layout) };
-                *st.requested() -= layout.size();
-            }
+            // SAFETY: forwarded; `class_for` says `layout` is a large layout.
+            SizeClass::Large => unsafe { st.deallocate_large(ptr, layout) },
+        }
+    }
+
+    /// Frees a large block on an initialised heap (what [`deallocate`](Self::deallocate) does
+    /// when `small_class` names no class): no class mapping again, one call into the large
+    /// allocator, whose free path is inlined here.
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate), and `layout` is one the classes do not serve.
+    #[inline(never)]
+    unsafe fn deallocate_large(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        match self.live() {
+            // SAFETY: forwarded.
+            Some(mut st) => unsafe { st.deallocate_large(ptr, layout) },
+            None => debug::bad_large_free(ptr, layout, Entry::Empty),
         }
     }
 
@@ -242,7 +258,28 @@ impl<S: PageSource> Heap<S> {
 }
 
 impl<S: PageSource> Live<'_, S> {
-    /// [`Heap::allocate`] past the magazine's fast path, on an initialised heap.
+    /// The large-block free of [`Heap::deallocate`]: the block rebuilt with its mapping's
+    /// provenance (after the debug check), freed, and its bytes counted out.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Heap::deallocate`], and `layout` is one the classes do not serve.
+    #[inline(always)]
+    unsafe fn deallocate_large(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let Some(block) = self.large_block(ptr, layout) else {
+            return;
+        };
+        let (large, mut rec) = self.large();
+        // SAFETY: the caller guarantees `ptr` is a live large block of this layout; `block` is
+        // the same address.
+        unsafe { large.deallocate(&mut rec, block, layout) };
+        *self.requested() -= layout.size();
+    }
+
+    /// [`Heap::allocate`] past the magazine's fast path, on an initialised heap. Inlined into
+    /// `allocate_slow`, and the large allocator's path into it: one call from the fast path to
+    /// the large allocator's search.
+    #[inline(always)]
     fn allocate_uncached(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         match class_for(layout) {
             SizeClass::Small(i) => {

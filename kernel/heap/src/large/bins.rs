@@ -87,6 +87,7 @@ impl Bins {
     }
 
     /// A binned free block of at least `need` bytes, or `None`.
+    #[inline]
     pub(super) fn find(&self, need: usize) -> Option<Block> {
         if let Some((fl, sl)) = search_bin(need) {
             let sl_map = self.sl_bitmap[fl] & (u8::MAX << sl);
@@ -131,6 +132,7 @@ impl Bins {
     ///
     /// `block` is a free block of a region of the allocator, in no bin, with its final size
     /// written.
+    #[inline]
     pub(super) unsafe fn insert(&mut self, block: Block) {
         // SAFETY: `block` and the current head (if any) are free blocks of our regions.
         unsafe {
@@ -154,17 +156,20 @@ impl Bins {
     /// # Safety
     ///
     /// `block` is in the bin of its (unchanged) size.
+    #[inline]
     pub(super) unsafe fn remove(&mut self, block: Block) {
         // SAFETY: `block` and its list neighbours are binned free blocks of our regions.
         unsafe {
             let size = block.size();
-            let (fl, sl) = bin_of(size);
             let next = block.next_free();
             let prev = block.prev_free();
             if !next.is_null() {
                 Block(next).set_prev_free(prev);
             }
             if prev.is_null() {
+                // Only a list head needs its bin (a block within a list is unlinked by its
+                // neighbours alone).
+                let (fl, sl) = bin_of(size);
                 self.heads[fl][sl] = next;
                 if next.is_null() {
                     self.sl_bitmap[fl] &= !(1 << sl);

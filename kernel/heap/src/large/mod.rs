@@ -275,6 +275,7 @@ impl LargeAlloc {
     ///
     /// Fails with [`AllocError::TooLarge`] if the page count overflows and with
     /// [`AllocError::OutOfPages`] if `src` refuses; a failed call changes nothing.
+    #[inline(always)]
     pub fn allocate<S: PageSource>(
         &mut self,
         src: &mut S,
@@ -289,11 +290,16 @@ impl LargeAlloc {
 
     /// Frees a block or page run.
     ///
+    /// Always inlined, with the region path (`free_block`, `free_and_coalesce`): the heap calls
+    /// it from one place (`deallocate_large`), which then holds the whole free path without a
+    /// call between the dispatch and the coalescing.
+    ///
     /// # Safety
     ///
     /// `ptr` came from [`allocate`](Self::allocate) on this allocator (with the same `src`) with
     /// this `layout` (or with the size of its last successful
     /// [`resize_in_place`](Self::resize_in_place)), and has not been freed yet.
+    #[inline(always)]
     pub unsafe fn deallocate<S: PageSource>(
         &mut self,
         src: &mut S,

@@ -58,6 +58,7 @@ const fn region_len_for(need: usize) -> usize {
 
 impl LargeAlloc {
     /// The region path of [`allocate`](Self::allocate).
+    #[inline]
     pub(super) fn allocate_block<S: PageSource>(
         &mut self,
         src: &mut S,
@@ -214,6 +215,7 @@ impl LargeAlloc {
     ///
     /// `block` is a free block of a region of ours, in no bin, whose neighbours are not free, of
     /// at least `block_size` bytes (`block_size + align + 16` if `align > 16`).
+    #[inline]
     unsafe fn carve(&mut self, block: Block, block_size: usize, align: usize) -> NonNull<u8> {
         // SAFETY: every header touched lies within `block` or is its successor, all in the region
         // (caller's guarantee on the size); the gap and tail pieces are at least MIN_BLOCK bytes.
@@ -261,17 +263,19 @@ impl LargeAlloc {
     ///
     /// `block` is a block of a region of ours that is not free and not binned, with valid size
     /// and `prev_size`, and nobody uses its memory any more.
+    #[inline(always)]
     unsafe fn free_and_coalesce<S: PageSource>(&mut self, src: &mut S, block: Block) {
         // SAFETY: `block` and its neighbours are headers in the same region (the boundary tags
         // are valid); binned neighbours leave their bins before they are merged.
         unsafe {
             let mut start = block;
             let mut size = block.size();
-            // This header stays in memory when merged away: a second free of `block` sees FREE.
-            block.set(size, FREE);
             if let Some(prev) = block.prev()
                 && prev.state() == FREE
             {
+                // This header stays in memory when merged away: a second free of `block` sees
+                // FREE. (Unmerged, `block` starts the result and is marked FREE below.)
+                block.set(size, FREE);
                 self.bins.remove(prev);
                 size += prev.size();
                 start = prev;
@@ -324,6 +328,7 @@ impl LargeAlloc {
     /// # Safety
     ///
     /// `block` is the header of a live region block of ours that nobody uses any more.
+    #[inline]
     pub(super) unsafe fn free_block<S: PageSource>(&mut self, src: &mut S, block: Block) {
         // SAFETY: guaranteed by the caller.
         unsafe {

@@ -238,3 +238,61 @@ fn aligned_large_block_freed_as_an_aligned_class_block() {
     // SAFETY: deliberately wrong.
     unsafe { h.deallocate(p, layout(100, 128)) };
 }
+
+/// A large block freed twice after its first free merged it into its free predecessor (h15: the
+/// merged-away header is the only thing marked FREE there): caught, naming the block.
+#[test]
+#[should_panic(expected = "kheap: double free of large block 0x")]
+fn large_double_free_after_a_merge_into_the_predecessor() {
+    let mut h = heap(64);
+    let l = layout(2500, 8);
+    let a = h.allocate(l).unwrap();
+    let b = h.allocate(l).unwrap();
+    let _keep = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong: `b` merges into `a`'s free block, then is freed again.
+    unsafe {
+        h.deallocate(a, l);
+        h.deallocate(b, l);
+        h.deallocate(b, l);
+    }
+}
+
+/// A large block freed twice after its first free merged its free successor into it.
+#[test]
+#[should_panic(expected = "kheap: double free of large block 0x")]
+fn large_double_free_after_a_merge_with_the_successor() {
+    let mut h = heap(64);
+    let l = layout(2500, 8);
+    let _keep = h.allocate(l).unwrap();
+    let a = h.allocate(l).unwrap();
+    let b = h.allocate(l).unwrap();
+    let _keep2 = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong: `a` absorbs the free `b`, then is freed again.
+    unsafe {
+        h.deallocate(b, l);
+        h.deallocate(a, l);
+        h.deallocate(a, l);
+    }
+}
+
+/// A pointer the heap never gave out, freed with a large layout (the direct large path, h15).
+#[test]
+#[should_panic(expected = "which is not a heap block")]
+fn foreign_pointer_with_a_large_layout() {
+    let mut h = heap(64);
+    let _ = h.allocate(layout(2500, 8)).unwrap();
+    let mut local = [0u64; 32];
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(NonNull::from(&mut local).cast(), layout(2500, 8)) };
+}
+
+/// An interior pointer of a live large block, freed with its layout.
+#[test]
+#[should_panic(expected = "kheap: double free of large block 0x")]
+fn interior_pointer_of_a_large_block() {
+    let mut h = heap(64);
+    let l = layout(2500, 8);
+    let p = h.allocate(l).unwrap();
+    // SAFETY: deliberately wrong.
+    unsafe { h.deallocate(p.add(64), l) };
+}

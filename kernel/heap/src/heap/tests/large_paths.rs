@@ -145,3 +145,100 @@ fn region_growth_until_exhaustion_fails_cleanly() {
     h.trim();
     assert_only_roots_left(&h);
 }
+
+/// Large frees go from `Heap::deallocate` straight to the large allocator (h15:
+/// `deallocate_large`, no class mapping on the way): every way a freed region block can merge —
+/// with neither neighbour, its predecessor, its successor, both, and the merge that empties the
+/// region (which is kept as an idle region, then trimmed) — with every live block patterned and
+/// checked, the invariant checker and the requested-bytes count after every call.
+#[test]
+fn large_frees_through_the_heap_merge_every_way() {
+    let mut h = heap(256);
+    // A size the classes do not serve: a 4096-byte class would waste more than 1/8.
+    let l = layout(2500, 8);
+    assert_eq!(
+        crate::size_class::class_for(l),
+        crate::size_class::SizeClass::Large
+    );
+    // Five neighbours in one region: [a b c d e] and the region's free tail after them.
+    let blocks: Vec<NonNull<u8>> = (0..5).map(|_| h.allocate(l).unwrap()).collect();
+    for pair in blocks.windows(2) {
+        assert!(pair[0] < pair[1], "blocks of one region follow each other");
+    }
+    for (i, &p) in blocks.iter().enumerate() {
+        fill(p, l.size(), i as u8 * 41);
+    }
+    let mut live: Vec<bool> = vec![true; blocks.len()];
+    // b: no free neighbour; c: merges with its predecessor (b); e: with its successor (the
+    // free tail); d: with both (b+c before, e+tail after); a: with its successor, which empties
+    // the region.
+    for i in [1, 2, 4, 3, 0] {
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { h.deallocate(blocks[i], l) };
+        live[i] = false;
+        h.check_invariants().unwrap();
+        let still: usize = live.iter().filter(|&&l| l).count();
+        assert_eq!(h.stats().requested_bytes, still * l.size());
+        for (j, &p) in blocks.iter().enumerate() {
+            if live[j] {
+                check(p, l.size(), j as u8 * 41);
+            }
+        }
+    }
+    // The emptied region stays mapped as an idle region, and serves the next request.
+    assert!(h.stats().pages.large > 0);
+    let again = h.allocate(l).unwrap();
+    assert_eq!(again, blocks[0], "the idle region's first block is reused");
+    // SAFETY: allocated just above with `l`.
+    unsafe { h.deallocate(again, l) };
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// The large paths of `allocate` and `deallocate` (h15) with aligned layouts, page runs and
+/// region blocks mixed, interleaved with class blocks: every byte checked before each free and
+/// the invariants after every call.
+#[test]
+fn large_and_class_calls_interleave() {
+    let mut h = heap(if cfg!(miri) { 512 } else { 2048 });
+    let layouts = [
+        layout(2500, 8),
+        layout(64, 8),
+        layout(3000, 64),
+        layout(70_000, 8),
+        layout(4096, 4096),
+        layout(9000, 1024),
+        layout(200, 16),
+    ];
+    let rounds = if cfg!(miri) { 2 } else { 6 };
+    let mut live: Vec<(NonNull<u8>, Layout, u8)> = Vec::new();
+    let mut seed = 0u8;
+    for round in 0..rounds {
+        for &l in &layouts {
+            let p = h.allocate(l).unwrap();
+            assert!(p.addr().get().is_multiple_of(l.align()));
+            seed = seed.wrapping_add(29);
+            fill(p, l.size(), seed);
+            live.push((p, l, seed));
+            h.check_invariants().unwrap();
+        }
+        // Free every other block, from a different end each round.
+        let mut i = round % 2;
+        while i < live.len() {
+            let (p, l, s) = live.remove(i);
+            check(p, l.size(), s);
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { h.deallocate(p, l) };
+            h.check_invariants().unwrap();
+            i += 1;
+        }
+    }
+    for (p, l, s) in live {
+        check(p, l.size(), s);
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { h.deallocate(p, l) };
+        h.check_invariants().unwrap();
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
