@@ -195,12 +195,12 @@ pub fn with_shared<V: SharedVisit>(
         match c {
             SharedPeer::KheapPerCpu => {
                 let heap: kheap::PerCpuHeap<kheap::SpinLock, ArenaSource, kheap::ThreadCpus, 2> =
-                    kheap::PerCpuHeap::new(ArenaSource::shared(region), kheap::ThreadCpus::new(2));
+                    kheap::PerCpuHeap::new(ArenaSource::new(region), kheap::ThreadCpus::new(2));
                 v.visit(&heap)
             }
             SharedPeer::Kheap => {
                 let heap: kheap::LockedHeap<kheap::SpinLock, ArenaSource> =
-                    kheap::LockedHeap::new(ArenaSource::shared(region));
+                    kheap::LockedHeap::new(ArenaSource::new(region));
                 v.visit(&heap)
             }
             SharedPeer::Talc => v.visit(&Locked::<kheap::SpinLock, _>::new(TalcAlloc::new(region))),
@@ -289,15 +289,6 @@ impl ArenaSource {
     pub fn new(region: Region) -> Self {
         Self(PageArena::new(region))
     }
-
-    /// Pages of `region` for a heap that several threads share: runs are not moved by their
-    /// pages (a move leaves holes in the address space for a moment, which another thread's
-    /// `mmap` could take; see `arena::os::swap`), so moves are copies, as before h16.
-    pub fn shared(region: Region) -> Self {
-        let mut pages = PageArena::new(region);
-        pages.set_moving(false);
-        Self(pages)
-    }
 }
 
 impl CountedSource for ArenaSource {
@@ -316,10 +307,7 @@ unsafe impl Send for ArenaSource {}
 // readable and writable (the arena buffer is live for the allocator's whole life, see
 // `with_peer`), and handed out to nobody else until `unmap_pages` clears their bits again; an
 // aligned run is placed where `aligned_offset` says. `unmap_pages` accepts any sub-run of mapped
-// pages. A moved run (`remap_pages`) is a run `map` marked, inside the window; once the move is
-// kept its head holds the old run's pages (exchanged, or copied if that fails) and the whole
-// run is mapped like any other. One departure from the letter of the trait, explained at
-// `remap_pages`: the new run shows the old bytes from `finish_remap` on, not from `remap_pages`.
+// pages.
 unsafe impl kheap::PageSource for ArenaSource {
     fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, kheap::PageSourceError> {
         if count == 0 || count.checked_mul(PAGE).is_none() {
@@ -348,40 +336,6 @@ unsafe impl kheap::PageSource for ArenaSource {
 
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
         self.0.grow(ptr, count, extra)
-    }
-
-    /// Moves a run by its pages, as the kernel's heap window moves it by its frames
-    /// (`PageArena::remap_start`): maps a free run of `new_count` pages; `finish_remap` then
-    /// exchanges the old run's pages with the new run's head (three `mremap` calls, no copy).
-    ///
-    /// The pages move when the move is kept, not here: plain host memory cannot show one page
-    /// at two addresses (the kernel aliases frames), and the heap reads the old run between the
-    /// two calls (`move_run` unlinks the old run's index node), so the old run must keep its
-    /// bytes until then. Until `finish_remap` the new run's head therefore does not show the old
-    /// bytes, which the trait promises from here on; kheap never reads the new run before
-    /// `finish_remap` (`Recording::remap_pages` only records it in the page map, `move_run`
-    /// writes it only afterwards), so it cannot tell (the trait's wording could allow this).
-    fn remap_pages(
-        &mut self,
-        ptr: NonNull<u8>,
-        count: usize,
-        new_count: usize,
-    ) -> Option<NonNull<u8>> {
-        self.0.remap_start(ptr, count, new_count)
-    }
-
-    unsafe fn finish_remap(
-        &mut self,
-        old: NonNull<u8>,
-        count: usize,
-        new: NonNull<u8>,
-        new_count: usize,
-        keep_new: bool,
-    ) {
-        // SAFETY: forwarded: the arguments and result of an unfinished `remap_pages`, i.e. of
-        // `remap_start`; the caller holds no references into the run that goes and touches
-        // neither run during the call.
-        unsafe { self.0.remap_finish(old, count, new, new_count, keep_new) };
     }
 
     /// Every page comes from the one region, whose pointer covers all of it (the arena buffer is
@@ -416,10 +370,8 @@ struct DlPages(SharedPages);
 unsafe impl Send for DlPages {}
 
 // SAFETY: `alloc` returns fresh, exclusively owned, page-aligned pages from the arena (or null);
-// `free`/`free_part` give back only whole pages that dlmalloc got from `alloc`; `remap` grows a
-// mapping in place with pages that were free (the same pointer), or, if dlmalloc lets it move,
-// moves it by its pages to a run of pages that were free, with the old bytes at its head and the
-// old run unmapped (what `mremap(MREMAP_MAYMOVE)` answers), or returns null (nothing changed).
+// `free`/`free_part` give back only whole pages that dlmalloc got from `alloc`; `remap` only ever
+// grows a mapping in place (it returns the same pointer or null), with pages that were free.
 unsafe impl dlmalloc::Allocator for DlPages {
     fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
         let pages = size.div_ceil(PAGE);
@@ -429,28 +381,23 @@ unsafe impl dlmalloc::Allocator for DlPages {
         }
     }
 
-    /// Grows an mmapped chunk in place, or, where dlmalloc allows a move, moves it by its pages
-    /// (`PageArena::move_run`), as the kheap adapter's page source can: the same two tools for
-    /// both. Otherwise null, and dlmalloc copies.
-    fn remap(&self, ptr: *mut u8, old: usize, new: usize, can_move: bool) -> *mut u8 {
+    /// Grows an mmapped chunk in place, as the kheap adapter's page source can (moving is left
+    /// to dlmalloc, which copies).
+    fn remap(&self, ptr: *mut u8, old: usize, new: usize, _can_move: bool) -> *mut u8 {
         let Some(p) = NonNull::new(ptr) else {
             return ptr::null_mut();
         };
         if new <= old || !old.is_multiple_of(PAGE) || !new.is_multiple_of(PAGE) {
             return ptr::null_mut();
         }
-        let mut pages = (self.0).0.borrow_mut();
-        if pages.grow(p, old / PAGE, (new - old) / PAGE) {
-            return ptr;
-        }
-        if !can_move {
-            return ptr::null_mut();
-        }
-        // SAFETY: dlmalloc hands over a whole mapping it got from `alloc` (`mmap_resize`) and
-        // touches it no more during the call; on success it uses the returned mapping instead.
-        match unsafe { pages.move_run(p, old / PAGE, new / PAGE) } {
-            Some(moved) => moved.as_ptr(),
-            None => ptr::null_mut(),
+        if (self.0)
+            .0
+            .borrow_mut()
+            .grow(p, old / PAGE, (new - old) / PAGE)
+        {
+            ptr
+        } else {
+            ptr::null_mut()
         }
     }
 
