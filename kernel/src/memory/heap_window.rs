@@ -317,12 +317,16 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> Result<usize, Shortage> {
+        // Address space first: a request no free run can hold is `OutOfAddressSpace` whatever
+        // RAM there is.
+        let first = self.runs.alloc(count).ok_or(Shortage::AddressSpace)?;
         // Cheap early answer. The exact one is the mapper's: it counts the frames for the pages
         // and for the page tables the run needs before it maps anything.
         if frames.stats().free < count as u64 {
+            // Taken a moment ago: no double-free check needed.
+            self.runs.free_taken(first, count);
             return Err(Shortage::Frames);
         }
-        let first = self.runs.alloc(count).ok_or(Shortage::AddressSpace)?;
         let start = window_page(first);
         // SAFETY: the run was free in the buddy, so no page of it is mapped or referenced; the
         // window is reserved for exactly this use.
@@ -619,6 +623,12 @@ impl HeapWindow {
             && count > 0
             && (count as u64) <= (HEAP_WINDOW_END - addr) / PAGE;
         if !in_window || new_count < count || new_count > HEAP_WINDOW_PAGES {
+            return Err(Shortage::AddressSpace);
+        }
+        // A spare is mapped but not the heap's: a run holding one is not a run the heap has.
+        let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
+        let mut spares = [0; SPARE_CAPACITY];
+        if self.spares.in_range(first, first + count, &mut spares) > 0 {
             return Err(Shortage::AddressSpace);
         }
         let extra = new_count - count;
