@@ -553,12 +553,11 @@ impl HeapWindow {
         }
         // A spare inside the run would be unmapped below while still on the stack: refuse it
         // as the double unmap it is.
-        let mut spares = [0; SPARE_CAPACITY];
-        if self.spares.in_range(first, first + count, &mut spares) > 0 {
+        if let Some(spare) = self.spares.any_in(first, first + count) {
             panic!(
                 "heap window: unmap_pages({addr:#x}, {count}): page {:#x} is a spare, not the \
                  heap's (unmapped twice?)",
-                window_page_addr(spares[0] as usize)
+                window_page_addr(spare)
             );
         }
         // SAFETY: the caller guarantees the pages were mapped by `map` (so their frames came from
@@ -627,8 +626,7 @@ impl HeapWindow {
         }
         // A spare is mapped but not the heap's: a run holding one is not a run the heap has.
         let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
-        let mut spares = [0; SPARE_CAPACITY];
-        if self.spares.in_range(first, first + count, &mut spares) > 0 {
+        if self.spares.any_in(first, first + count).is_some() {
             return Err(Shortage::AddressSpace);
         }
         let extra = new_count - count;

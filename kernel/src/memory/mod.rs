@@ -286,13 +286,7 @@ pub fn memory_map_summary(regions: &MemoryRegions) -> MapSummary {
 /// the heap window's spare pages were released) or before [`init`].
 #[must_use]
 pub fn allocate_frame() -> Option<PhysFrame> {
-    with_memory(|m| {
-        m.frames.allocate().or_else(|| {
-            (m.release_spare_pages() > 0)
-                .then(|| m.frames.allocate())
-                .flatten()
-        })
-    })
+    with_memory(|m| m.frames.allocate().or_else(|| m.allocate_frame_after_release()))
 }
 
 /// Unmaps the heap window's spare pages (mapped pages held for the heap's next single-page
@@ -349,11 +343,8 @@ pub unsafe fn map(page: Page, frame: PhysFrame, flags: PageTableFlags) -> Result
         let (tables, frames) = m.mapper();
         // SAFETY: the caller vouches for the mapping.
         match unsafe { tables.map(page, frame, flags, frames) } {
-            Err(MapError::OutOfFrames) if m.release_spare_pages() > 0 => {
-                let (tables, frames) = m.mapper();
-                // SAFETY: as above; the failed call changed nothing.
-                unsafe { tables.map(page, frame, flags, frames) }
-            }
+            // SAFETY: as above; the failed call changed nothing.
+            Err(MapError::OutOfFrames) => unsafe { m.map_after_release(page, frame, flags) },
             result => result,
         }
     })
@@ -520,6 +511,38 @@ pub fn try_stats() -> Option<MemoryStats> {
 }
 
 impl MemoryState {
+    /// The frame allocator ran dry: releases the window's spares and tries once more. (Out of
+    /// line: the common path stays as short as it was.)
+    #[cold]
+    #[inline(never)]
+    fn allocate_frame_after_release(&mut self) -> Option<PhysFrame> {
+        (self.release_spare_pages() > 0)
+            .then(|| self.frames.allocate())
+            .flatten()
+    }
+
+    /// [`map`] ran out of frames (for a page table): releases the window's spares and tries
+    /// once more. (Out of line, as above.)
+    ///
+    /// # Safety
+    ///
+    /// As [`map`]'s.
+    #[cold]
+    #[inline(never)]
+    unsafe fn map_after_release(
+        &mut self,
+        page: Page,
+        frame: PhysFrame,
+        flags: PageTableFlags,
+    ) -> Result<(), MapError> {
+        if self.release_spare_pages() == 0 {
+            return Err(MapError::OutOfFrames);
+        }
+        let (tables, frames) = self.mapper();
+        // SAFETY: the caller's contract is `map`'s.
+        unsafe { tables.map(page, frame, flags, frames) }
+    }
+
     /// [`release_spare_pages`] with the lock held (0 before [`init`]).
     fn release_spare_pages(&mut self) -> usize {
         match self.parts() {

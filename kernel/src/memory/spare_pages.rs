@@ -82,6 +82,15 @@ impl SparePages {
         self.as_slice().iter().any(|&p| p as usize == page)
     }
 
+    /// A spare in `start .. end`, if there is one (the first found: no order).
+    #[must_use]
+    pub fn any_in(&self, start: usize, end: usize) -> Option<usize> {
+        self.as_slice()
+            .iter()
+            .map(|&p| p as usize)
+            .find(|p| (start..end).contains(p))
+    }
+
     /// Adds `page`.
     ///
     /// # Panics
@@ -189,6 +198,8 @@ mod tests {
         let mut out = [0; SPARE_CAPACITY];
         assert_eq!(s.in_range(10, 13, &mut out), 3);
         assert_eq!(out[..3], [10, 11, 12]);
+        assert!(s.any_in(10, 13).is_some_and(|p| (10..13).contains(&p)));
+        assert_eq!(s.any_in(13, 40), None);
         assert_eq!(s.remove_range(10, 13), 3);
         assert_eq!(s.as_slice(), [40, 3, 41]);
         assert_eq!(s.remove_range(100, 200), 0);
