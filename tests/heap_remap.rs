@@ -132,7 +132,11 @@ fn foreign_pointers_and_unmapped_pages_are_refused() {
     unsafe { source.unmap_pages(after, 2) };
     // They are spares of the window now: mapped, but not the heap's, so not a run to move.
     assert_eq!(source.remap_pages(after, 1, 2), None, "a spare page");
-    assert_eq!(source.remap_pages(run, 3, 4), None, "a run over a spare page");
+    assert_eq!(
+        source.remap_pages(run, 3, 4),
+        None,
+        "a run over a spare page"
+    );
     memory::release_spare_pages();
     let before = memory::stats();
     assert_eq!(source.remap_pages(aligned, 1, 2), None, "not a window page");

@@ -25,6 +25,6 @@ pub mod heap_window;
 pub mod paging;
 #[path = "../src/memory/regions.rs"]
 pub mod regions;
+pub mod sim;
 #[path = "../src/memory/spare_pages.rs"]
 pub mod spare_pages;
-pub mod sim;

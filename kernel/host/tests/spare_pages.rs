@@ -75,7 +75,11 @@ fn an_unmapped_page_becomes_a_spare_and_is_handed_out_again() {
     m.clear_tlb();
     m.unmap_pages(a, 1);
     assert_eq!((m.window_mapped(), m.window_spare()), (SPARE_BATCH - 1, 1));
-    assert_eq!(m.translate(a), Some(frame), "still mapped, to the same frame");
+    assert_eq!(
+        m.translate(a),
+        Some(frame),
+        "still mapped, to the same frame"
+    );
     assert_eq!(m.frame_stats().free, free, "no frame freed");
     assert!(m.tlb().pages.is_empty() && m.tlb().all == 0, "no flush");
     m.check_all();
@@ -138,11 +142,21 @@ fn releasing_spares_gives_everything_back() {
     m.clear_tlb();
     assert_eq!(m.release_spare_pages(), SPARE_BATCH + 3);
     // Every released page was flushed.
-    for page in (0..SPARE_BATCH as u64).map(|i| a + i * PAGE).chain([b, b + PAGE, b + 2 * PAGE]) {
-        assert!(m.tlb().pages.contains(&page), "{page:#x} released without a flush");
+    for page in (0..SPARE_BATCH as u64)
+        .map(|i| a + i * PAGE)
+        .chain([b, b + PAGE, b + 2 * PAGE])
+    {
+        assert!(
+            m.tlb().pages.contains(&page),
+            "{page:#x} released without a flush"
+        );
         assert_eq!(m.translate(page), None);
     }
-    assert_eq!(m.snapshot(), start, "back to the start: frames, tables, buddy");
+    assert_eq!(
+        m.snapshot(),
+        start,
+        "back to the start: frames, tables, buddy"
+    );
     assert_eq!(m.release_spare_pages(), 0);
     m.check_all();
 }
@@ -215,7 +229,9 @@ fn growing_in_place_takes_the_spares_at_the_wanted_address() {
     assert!(m.grow_pages(a, 1, 3), "pages 1..4 are spares");
     assert_eq!(m.frame_stats().free, free, "no fresh frame for spares");
     assert_eq!(
-        (1..4).map(|i| m.translate(a + i * PAGE).unwrap()).collect::<Vec<_>>(),
+        (1..4)
+            .map(|i| m.translate(a + i * PAGE).unwrap())
+            .collect::<Vec<_>>(),
         frames
     );
     assert_eq!((m.window_mapped(), m.window_spare()), (4, SPARE_BATCH - 4));
@@ -229,7 +245,11 @@ fn growing_in_place_takes_the_spares_at_the_wanted_address() {
     assert_eq!(m.frame_stats().free, free - (extra - spares) as u64);
     m.check_all();
     m.unmap_pages(a, 4 + extra);
-    assert_eq!(m.release_spare_pages(), 0, "a long run is unmapped, not absorbed");
+    assert_eq!(
+        m.release_spare_pages(),
+        0,
+        "a long run is unmapped, not absorbed"
+    );
     m.check_all();
 }
 
@@ -238,7 +258,9 @@ fn a_grow_over_spares_and_used_pages_changes_nothing() {
     let mut m = machine();
     let a = m.map_pages(1).unwrap();
     // Page 2 of the batch goes to someone else; page 1 stays a spare.
-    let pages: Vec<u64> = (0..SPARE_BATCH - 1).map(|_| m.map_pages(1).unwrap()).collect();
+    let pages: Vec<u64> = (0..SPARE_BATCH - 1)
+        .map(|_| m.map_pages(1).unwrap())
+        .collect();
     for &p in pages.iter().filter(|&&p| p != a + 2 * PAGE) {
         m.unmap_pages(p, 1);
     }

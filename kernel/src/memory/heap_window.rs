@@ -299,7 +299,10 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> Result<usize, Shortage> {
-        debug_assert!(self.spares.is_empty(), "a batch is mapped only with no spare left");
+        debug_assert!(
+            self.spares.is_empty(),
+            "a batch is mapped only with no spare left"
+        );
         if let Ok(first) = self.map_fresh(SPARE_BATCH, tables, frames) {
             for page in (first + 1..first + SPARE_BATCH).rev() {
                 self.spares.push(page);
@@ -409,27 +412,25 @@ impl HeapWindow {
             return Err(Shortage::Frames);
         }
         // Claim every gap, or none.
-        let mut claimed = 0;
-        for (start, len) in gaps() {
+        for (claimed, (start, len)) in gaps().enumerate() {
             if !self.runs.claim(start, len) {
                 for (start, len) in gaps().take(claimed) {
                     self.runs.free_taken(start, len);
                 }
                 return Err(Shortage::AddressSpace);
             }
-            claimed += 1;
         }
         // Map every gap, or none.
-        let mut done = 0;
-        for (start, len) in gaps() {
+        for (done, (start, len)) in gaps().enumerate() {
             // SAFETY: the buddy just gave us these window pages, so none is mapped or
             // referenced; the window is reserved for exactly this use.
             match unsafe { tables.map_fresh_run(window_page(start), len, WINDOW_FLAGS, frames) } {
-                Ok(()) => done += 1,
+                Ok(()) => {}
                 Err(MapError::OutOfFrames) => {
                     for (start, len) in gaps().take(done) {
                         // SAFETY: mapped just above to fresh frames, seen by nobody.
-                        let undo = unsafe { tables.unmap_fresh_run(window_page(start), len, frames) };
+                        let undo =
+                            unsafe { tables.unmap_fresh_run(window_page(start), len, frames) };
                         debug_assert!(undo.is_ok(), "undoing a grow's pages failed: {undo:?}");
                     }
                     for (start, len) in gaps() {
@@ -475,21 +476,20 @@ impl HeapWindow {
         if total > HEAP_WINDOW_PAGES {
             return Err(PageSourceError::OutOfAddressSpace);
         }
-        let once = |window: &mut Self,
-                    tables: &mut PageTables<T>,
-                    frames: &mut BitmapFrameAllocator| {
-            // The buddy finds a free range of `total` pages, in which the aligned run lies; the
-            // range goes straight back (nothing can take it meanwhile: the memory lock is held),
-            // and the run alone is then claimed and mapped, as a run growing from nothing would
-            // be. The range was free, so it holds no spare: all of the run gets fresh frames.
-            let reserved = window.runs.alloc(total).ok_or(Shortage::AddressSpace)?;
-            window.runs.free_taken(reserved, total);
-            let addr = window_page_addr(reserved);
-            let start = addr + aligned_offset(addr as usize, align, aligned_page) as u64;
-            window
-                .grow_once(start, 0, count, tables, frames)
-                .map(|()| start)
-        };
+        let once =
+            |window: &mut Self, tables: &mut PageTables<T>, frames: &mut BitmapFrameAllocator| {
+                // The buddy finds a free range of `total` pages, in which the aligned run lies; the
+                // range goes straight back (nothing can take it meanwhile: the memory lock is held),
+                // and the run alone is then claimed and mapped, as a run growing from nothing would
+                // be. The range was free, so it holds no spare: all of the run gets fresh frames.
+                let reserved = window.runs.alloc(total).ok_or(Shortage::AddressSpace)?;
+                window.runs.free_taken(reserved, total);
+                let addr = window_page_addr(reserved);
+                let start = addr + aligned_offset(addr as usize, align, aligned_page) as u64;
+                window
+                    .grow_once(start, 0, count, tables, frames)
+                    .map(|()| start)
+            };
         let start = match once(self, tables, frames) {
             Err(Shortage::Frames) if !self.spares.is_empty() => {
                 self.release_spares(tables, frames);

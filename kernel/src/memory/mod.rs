@@ -286,7 +286,11 @@ pub fn memory_map_summary(regions: &MemoryRegions) -> MapSummary {
 /// the heap window's spare pages were released) or before [`init`].
 #[must_use]
 pub fn allocate_frame() -> Option<PhysFrame> {
-    with_memory(|m| m.frames.allocate().or_else(|| m.allocate_frame_after_release()))
+    with_memory(|m| {
+        m.frames
+            .allocate()
+            .or_else(|| m.allocate_frame_after_release())
+    })
 }
 
 /// Unmaps the heap window's spare pages (mapped pages held for the heap's next single-page

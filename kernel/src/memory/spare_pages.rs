@@ -98,7 +98,10 @@ impl SparePages {
     /// If the set is full or `page` does not fit in a `u32` (callers check [`room`](Self::room);
     /// window pages are below 2^20).
     pub fn push(&mut self, page: usize) {
-        assert!(self.len < SPARE_CAPACITY, "spare pages: pushed to a full set");
+        assert!(
+            self.len < SPARE_CAPACITY,
+            "spare pages: pushed to a full set"
+        );
         self.pages[self.len] = u32::try_from(page).expect("window page number fits in u32");
         self.len += 1;
     }
@@ -163,7 +166,7 @@ impl Default for SparePages {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_os = "none")))]
 mod tests {
     use super::*;
 
