@@ -42,6 +42,22 @@
 //! use all RAM even with fragmented address space. A larger machine needs a larger
 //! [`WINDOW_ORDER`] (each doubling doubles the static bitmap).
 //!
+//! # Spare pages
+//!
+//! Most of the heap's requests are single pages (chunks), and each used to cost a page-table
+//! walk to map and another, with a TLB flush, to unmap. The window keeps a bounded set of *spare*
+//! pages ([`spare_pages`](super::spare_pages), at most 32): mapped, taken in the buddy, not the
+//! heap's. A single-page `map` takes a spare; with none left it maps an aligned batch of 8 pages
+//! in one walk and keeps 7. An `unmap` of at most 8 pages keeps them as spares while there is
+//! room (no unmap, no flush); after checking each is the heap's (mapped and not a spare), so a
+//! double unmap still panics naming the page. Spares serve single pages only (runs need
+//! contiguous pages; see the set's docs). They are released — unmapped, flushed on every CPU,
+//! frames and pages given back — by `memory::release_spare_pages` (which `allocator::trim`
+//! calls), and by every call here, and the frame allocator's `allocate_frame`, that runs short
+//! of frames, before it retries: nothing reports out-of-memory while a spare holds a frame.
+//! `grow` takes spares lying where a run grows as they are; `remap` refuses a run holding one.
+//! Invariant: taken pages = the heap's pages (`mapped`) + the spares, every spare mapped.
+//!
 //! # Moving runs
 //!
 //! A heap page run that cannot grow in place is moved rather than copied (`mremap`):

@@ -4,6 +4,7 @@
 //!   kheap (the heap)                      takes its own lock first, then calls ↓
 //!        │  kheap::PageSource::map_pages / unmap_pages
 //!   heap_window::KernelPageSource ── buddy::Buddy      which pages of the window   (pure)
+//!        │                        └─ spare_pages     ≤ 32 mapped pages held back  (pure)
 //!        │  map / unmap runs
 //!   paging::PageTables                    4-level walker, frees empty tables   (pure + Tlb)
 //!        │  frames for pages and tables
