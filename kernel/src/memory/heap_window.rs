@@ -550,13 +550,17 @@ impl HeapWindow {
         );
         let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
         if count <= ABSORB_MAX && count <= self.spares.room() {
-            // Every page must be the heap's: mapped (the page tables say so) and not a spare.
-            // That is the check the unmap below makes, so a double unmap panics here as it does
-            // there, naming the page.
-            for page in first..first + count {
-                let at = window_page_addr(page);
-                assert!(
-                    !self.spares.contains(page) && tables.translate(VirtAddr::new(at)).is_some(),
+            // Every page must be the heap's: not a spare (one scan of the set for the run) and
+            // mapped (the page tables say so). That is the check the unmap below makes, so a
+            // double unmap panics here as it does there, naming the page.
+            let spare = self.spares.any_in(first, first + count);
+            let unmapped = || {
+                (first..first + count)
+                    .map(window_page_addr)
+                    .find(|&at| tables.translate(VirtAddr::new(at)).is_none())
+            };
+            if let Some(at) = spare.map(window_page_addr).or_else(unmapped) {
+                panic!(
                     "heap window: unmap_pages({addr:#x}, {count}): page {at:#x} is not mapped \
                      for the heap (unmapped twice?)"
                 );
