@@ -49,6 +49,7 @@ fn check(p: NonNull<u8>, pages: usize, seed: u8) {
 
 #[kernel::test]
 fn a_kept_move_gives_the_frames_to_the_new_run() {
+    memory::release_spare_pages();
     let before = memory::stats();
     let mut source = KernelPageSource::new();
     let old = source.map_pages(3).unwrap();
@@ -78,6 +79,8 @@ fn a_kept_move_gives_the_frames_to_the_new_run() {
     // SAFETY: mapped by the kept move; not used afterwards.
     unsafe { source.unmap_pages(new, 5) };
     memory::check_invariants();
+    // A short run given back becomes spares of the window.
+    assert_eq!(memory::release_spare_pages(), 5);
     assert_eq!(
         memory::stats(),
         before,
@@ -87,6 +90,7 @@ fn a_kept_move_gives_the_frames_to_the_new_run() {
 
 #[kernel::test]
 fn an_abandoned_move_leaves_the_old_run_as_it_was() {
+    memory::release_spare_pages();
     let before = memory::stats();
     let mut source = KernelPageSource::new();
     let old = source.map_pages(4).unwrap();
@@ -109,6 +113,7 @@ fn an_abandoned_move_leaves_the_old_run_as_it_was() {
     // SAFETY: mapped above; not used afterwards.
     unsafe { source.unmap_pages(old, 4) };
     memory::check_invariants();
+    assert_eq!(memory::release_spare_pages(), 4);
     assert_eq!(memory::stats(), before);
 }
 
@@ -125,6 +130,14 @@ fn foreign_pointers_and_unmapped_pages_are_refused() {
     let after = unsafe { run.add(2 * PAGE_SIZE) };
     // SAFETY: as above.
     unsafe { source.unmap_pages(after, 2) };
+    // They are spares of the window now: mapped, but not the heap's, so not a run to move.
+    assert_eq!(source.remap_pages(after, 1, 2), None, "a spare page");
+    assert_eq!(
+        source.remap_pages(run, 3, 4),
+        None,
+        "a run over a spare page"
+    );
+    memory::release_spare_pages();
     let before = memory::stats();
     assert_eq!(source.remap_pages(aligned, 1, 2), None, "not a window page");
     // SAFETY: an address inside the run, one byte past its start: not page aligned.

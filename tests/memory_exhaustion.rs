@@ -1,7 +1,8 @@
 //! Running out of physical memory with 32 MiB of RAM: the frame allocator and the heap window's
 //! page source report exhaustion as errors, a failed request maps nothing — also when it runs out
 //! right at a page-table boundary, with every number of free frames — and once everything is
-//! given back the counters are exactly where they started.
+//! given back the counters are exactly where they started. The window's spare pages (mapped,
+//! not the heap's) are released before the window reports a shortage.
 
 #![no_std]
 #![no_main]
@@ -30,6 +31,7 @@ static RUNS: spin::Mutex<[(usize, usize); MAX_RUNS]> = spin::Mutex::new([(0, 0);
 
 #[kernel::test]
 fn page_source_runs_dry_without_partial_mappings_and_recovers() {
+    memory::release_spare_pages();
     let start = memory::stats();
     let mut source = KernelPageSource::new();
     let mut runs = RUNS.lock();
@@ -50,10 +52,21 @@ fn page_source_runs_dry_without_partial_mappings_and_recovers() {
                 }
                 Err(error) => {
                     assert_eq!(error, PageSourceError::OutOfMemory);
+                    let after = memory::stats();
+                    // Nothing mapped for the heap; the spares (left by single-page batches)
+                    // were released, with their frames and the tables only they kept.
+                    let released = before.window_pages_spare
+                        + (before.page_table_frames - after.page_table_frames);
                     assert_eq!(
-                        memory::stats(),
-                        before,
-                        "a failed map_pages({size}) changed nothing"
+                        after,
+                        MemoryStats {
+                            frames_free: before.frames_free + released,
+                            frames_used: before.frames_used - released,
+                            page_table_frames: after.page_table_frames,
+                            window_pages_spare: 0,
+                            ..before
+                        },
+                        "a failed map_pages({size}) changed nothing but the spares"
                     );
                     break;
                 }
@@ -74,6 +87,9 @@ fn page_source_runs_dry_without_partial_mappings_and_recovers() {
         // SAFETY: runs mapped above, no longer referenced.
         unsafe { source.unmap_pages(ptr, size) };
     }
+    // Single pages given back became spares (up to the bound).
+    assert!(memory::stats().window_pages_spare > 0);
+    memory::release_spare_pages();
     assert_eq!(
         memory::stats(),
         start,
@@ -83,7 +99,8 @@ fn page_source_runs_dry_without_partial_mappings_and_recovers() {
 
 #[kernel::test]
 fn frame_allocator_runs_dry_and_recovers() {
-    let start = memory::stats();
+    let spares = memory::stats().window_pages_spare;
+    let mut start = memory::stats();
     let offset = memory::physical_memory_offset().unwrap();
     // Chain every frame through its first word: the list needs no memory of its own.
     let mut head: Option<PhysFrame> = None;
@@ -96,7 +113,20 @@ fn frame_allocator_runs_dry_and_recovers() {
         head = Some(frame);
         count += 1;
     }
-    assert_eq!(count, start.frames_free, "every free frame was handed out");
+    // The window's spares were released when the frames ran out, and their frames handed out
+    // too (with those of any page table only they kept).
+    let after = memory::stats();
+    let tables = start.page_table_frames - after.page_table_frames;
+    assert_eq!(after.window_pages_spare, 0);
+    assert_eq!(
+        count,
+        start.frames_free + spares + tables,
+        "every free frame was handed out"
+    );
+    start.frames_free += spares + tables;
+    start.frames_used -= spares + tables;
+    start.page_table_frames -= tables;
+    start.window_pages_spare = 0;
     assert_eq!(memory::stats().frames_free, 0);
     assert!(memory::allocate_frame().is_none());
     while let Some(frame) = head {

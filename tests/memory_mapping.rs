@@ -137,6 +137,7 @@ fn kernel_code_and_stack_translate() {
 
 #[kernel::test]
 fn page_source_maps_aligned_writable_runs_and_takes_sub_runs_back() {
+    memory::release_spare_pages();
     let before = memory::stats();
     let mut source = KernelPageSource::new();
     let ptr = source.map_pages(3).expect("3 pages");
@@ -155,15 +156,21 @@ fn page_source_maps_aligned_writable_runs_and_takes_sub_runs_back() {
         core::ptr::write_bytes(ptr.as_ptr(), 0xA5, 3 * PAGE_SIZE);
         assert_eq!(ptr.as_ptr().add(3 * PAGE_SIZE - 1).read_volatile(), 0xA5);
     }
-    // Middle page first, then head and tail.
+    // Middle page first, then head and tail. A page given back becomes a spare of the window
+    // (still mapped, not the heap's) until the spares are released.
+    let spares = memory::stats().window_pages_spare;
     // SAFETY: sub-runs of the mapping above, not referenced any more.
     unsafe {
         source.unmap_pages(ptr.add(PAGE_SIZE), 1);
+        assert_eq!(memory::stats().window_pages_spare, spares + 1);
+        memory::release_spare_pages();
         assert_eq!(memory::translate(VirtAddr::new(addr + 4096)), None);
         assert!(memory::translate(VirtAddr::new(addr)).is_some());
         source.unmap_pages(ptr, 1);
         source.unmap_pages(ptr.add(2 * PAGE_SIZE), 1);
     }
+    memory::release_spare_pages();
+    memory::check_invariants();
     assert_eq!(memory::stats(), before);
     memory::check_invariants();
 }
@@ -229,13 +236,15 @@ fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
 #[kernel::test]
 fn page_source_reuses_freed_address_space() {
     let mut source = KernelPageSource::new();
-    let a = source.map_pages(8).unwrap();
+    // Longer than the runs an unmap keeps as spares: really unmapped.
+    let pages = 2 * memory::spare_pages::ABSORB_MAX;
+    let a = source.map_pages(pages).unwrap();
     // SAFETY: the run above, unreferenced.
-    unsafe { source.unmap_pages(a, 8) };
-    let b = source.map_pages(8).unwrap();
+    unsafe { source.unmap_pages(a, pages) };
+    let b = source.map_pages(pages).unwrap();
     assert_eq!(a, b);
     // SAFETY: as above.
-    unsafe { source.unmap_pages(b, 8) };
+    unsafe { source.unmap_pages(b, pages) };
 }
 
 #[kernel::test]
@@ -254,6 +263,7 @@ fn page_source_rejects_bad_requests() {
 
 #[kernel::test]
 fn page_source_reports_a_full_window_as_out_of_address_space() {
+    memory::release_spare_pages();
     let before = memory::stats();
     let mut source = KernelPageSource::new();
     // With any page of the window in use, no run of the whole window is free (the request is
@@ -267,8 +277,14 @@ fn page_source_reports_a_full_window_as_out_of_address_space() {
     let half = memory::HEAP_WINDOW_PAGES / 2;
     assert!(memory::stats().frames_free < half as u64);
     assert_eq!(source.map_pages(half), Err(PageSourceError::OutOfMemory));
+    assert_eq!(
+        memory::stats().window_pages_spare,
+        0,
+        "the spares were released before the window gave up"
+    );
     // SAFETY: the page above, unreferenced.
     unsafe { source.unmap_pages(one, 1) };
+    memory::release_spare_pages();
     assert_eq!(memory::stats(), before);
 }
 

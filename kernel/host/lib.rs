@@ -26,3 +26,5 @@ pub mod paging;
 #[path = "../src/memory/regions.rs"]
 pub mod regions;
 pub mod sim;
+#[path = "../src/memory/spare_pages.rs"]
+pub mod spare_pages;

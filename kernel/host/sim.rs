@@ -120,8 +120,10 @@ pub struct Snapshot {
     pub free_frames: u64,
     /// The mapper's count of its tables.
     pub table_frames: u64,
-    /// Heap-window pages mapped.
+    /// Heap-window pages mapped and handed out.
     pub window_mapped: usize,
+    /// Heap-window spare pages.
+    pub window_spare: usize,
     /// The largest run the window's buddy can hand out.
     pub window_largest_run: usize,
     /// Every entry in use in every reachable table.
@@ -138,6 +140,7 @@ impl fmt::Debug for Snapshot {
             .field("free_frames", &self.free_frames)
             .field("table_frames", &self.table_frames)
             .field("window_mapped", &self.window_mapped)
+            .field("window_spare", &self.window_spare)
             .field("window_largest_run", &self.window_largest_run)
             .field("entries", &self.entries.len())
             .field("fingerprint", &format_args!("{fingerprint:#018x}"))
@@ -239,10 +242,23 @@ impl Machine {
         self.tables.table_frames()
     }
 
-    /// Heap-window pages mapped.
+    /// Heap-window pages mapped and handed out (spares not included).
     #[must_use]
     pub fn window_mapped(&self) -> usize {
         self.window.mapped()
+    }
+
+    /// Heap-window pages mapped and held as spares.
+    #[must_use]
+    pub fn window_spare(&self) -> usize {
+        self.window.spare()
+    }
+
+    /// The kernel's `memory::release_spare_pages`: unmaps the window's spare pages and frees
+    /// their frames; how many there were.
+    pub fn release_spare_pages(&mut self) -> usize {
+        self.window
+            .release_spares(&mut self.tables, &mut self.frames)
     }
 
     /// The flushes recorded so far.
@@ -420,8 +436,8 @@ impl Machine {
     }
 
     /// Checks the exact accounting (cheap, no window walk): the mapper's tables are all linked
-    /// and non-empty, and every used frame is the bitmap's, a table, a window page, a raw page
-    /// or a held-back frame. Panics naming the broken rule.
+    /// and non-empty, and every used frame is the bitmap's, a table, a window page, a spare,
+    /// a raw page or a held-back frame. Panics naming the broken rule.
     pub fn check(&self) {
         let audit = self.audit();
         assert!(
@@ -433,16 +449,18 @@ impl Machine {
         let accounted = s.bitmap
             + self.tables.table_frames()
             + self.window.mapped() as u64
+            + self.window.spare() as u64
             + self.raw_pages.len() as u64
             + self.hoard.len() as u64;
         assert_eq!(
             s.used,
             accounted,
-            "frames: {} used, but bitmap {} + tables {} + window pages {} + raw pages {} + held {}",
+            "frames: {} used, but bitmap {} + tables {} + window pages {} + spares {} + raw pages {} + held {}",
             s.used,
             s.bitmap,
             self.tables.table_frames(),
             self.window.mapped(),
+            self.window.spare(),
             self.raw_pages.len(),
             self.hoard.len()
         );
@@ -452,7 +470,7 @@ impl Machine {
     /// pages: a few milliseconds).
     pub fn check_all(&self) {
         self.check();
-        self.window.check_invariants();
+        self.window.check_invariants(&self.tables);
     }
 
     /// Every entry in use in every table reachable from the root, and the counters.
@@ -464,6 +482,7 @@ impl Machine {
             free_frames: self.frames.stats().free,
             table_frames: self.tables.table_frames(),
             window_mapped: self.window.mapped(),
+            window_spare: self.window.spare(),
             window_largest_run: self.window.largest_free_run(),
             entries,
         }

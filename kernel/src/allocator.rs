@@ -238,9 +238,12 @@ pub fn try_stats() -> Option<HeapStats> {
 }
 
 /// Drains every CPU's front, then gives every cached empty chunk and region back to the page
-/// source.
+/// source, and finally has the page source release its spare pages
+/// ([`memory::release_spare_pages`]), so that all the heap no longer uses is back in the frame
+/// allocator.
 pub fn trim() {
     HEAP.front().trim();
+    memory::release_spare_pages();
 }
 
 /// Walks every heap structure and panics with the first broken invariant.

@@ -396,6 +396,9 @@ fn shootdown_round(pages: usize, through_heap: bool) -> Vec<(u64, u64)> {
                     KernelPageSource::new()
                         .unmap_pages(core::ptr::NonNull::new(base as *mut u8).unwrap(), pages)
                 };
+                // A short run stays mapped as spares of the window: releasing them is the
+                // unmap (and shootdown) this round checks. (`trim`, above, releases them too.)
+                memory::release_spare_pages();
             }
             for i in 0..count {
                 assert!(

@@ -98,8 +98,9 @@ impl FrameHoard {
         Self { head: 0, len: 0 }
     }
 
-    /// Takes frames until at most `free` are free (all of them if `free` is 0), under one
-    /// memory lock.
+    /// Releases the heap window's spare pages (their frames are a reserve the window falls back
+    /// on when frames run short, which would hide the shortage), then takes frames until at
+    /// most `free` are free (all of them if `free` is 0), under one memory lock.
     ///
     /// # Panics
     ///
@@ -107,6 +108,7 @@ impl FrameHoard {
     pub fn keep_free(&mut self, free: u64) {
         super::with_memory(|m| {
             assert!(m.ready, "memory: FrameHoard used before memory::init");
+            m.release_spare_pages();
             while m.frames.stats().free > free {
                 let Some(frame) = m.frames.allocate() else {
                     break;

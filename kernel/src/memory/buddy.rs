@@ -267,6 +267,12 @@ impl<const ORDER: u32, const WORDS: usize> Buddy<ORDER, WORDS> {
         true
     }
 
+    /// Whether `page` is taken (inside the window and covered by no free block). O(ORDER).
+    #[must_use]
+    pub fn is_taken(&self, page: usize) -> bool {
+        page < Self::PAGES && self.free_block_covering(page).is_none()
+    }
+
     /// The free block covering `page`, as `(order, block index)`, or `None` if it is taken.
     fn free_block_covering(&self, page: usize) -> Option<(u32, usize)> {
         (0..=ORDER)

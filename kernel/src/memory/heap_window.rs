@@ -42,6 +42,22 @@
 //! use all RAM even with fragmented address space. A larger machine needs a larger
 //! [`WINDOW_ORDER`] (each doubling doubles the static bitmap).
 //!
+//! # Spare pages
+//!
+//! Most of the heap's requests are single pages (chunks), and each used to cost a page-table
+//! walk to map and another, with a TLB flush, to unmap. The window keeps a bounded set of *spare*
+//! pages ([`spare_pages`](super::spare_pages), at most 32): mapped, taken in the buddy, not the
+//! heap's. A single-page `map` takes a spare; with none left it maps an aligned batch of 8 pages
+//! in one walk and keeps 7. An `unmap` of at most 8 pages keeps them as spares while there is
+//! room (no unmap, no flush); after checking each is the heap's (mapped and not a spare), so a
+//! double unmap still panics naming the page. Spares serve single pages only (runs need
+//! contiguous pages; see the set's docs). They are released — unmapped, flushed on every CPU,
+//! frames and pages given back — by `memory::release_spare_pages` (which `allocator::trim`
+//! calls), and by every call here, and the frame allocator's `allocate_frame`, that runs short
+//! of frames, before it retries: nothing reports out-of-memory while a spare holds a frame.
+//! `grow` takes spares lying where a run grows as they are; `remap` refuses a run holding one.
+//! Invariant: taken pages = the heap's pages (`mapped`) + the spares, every spare mapped.
+//!
 //! # Moving runs
 //!
 //! A heap page run that cannot grow in place is moved rather than copied (`mremap`):
@@ -73,7 +89,8 @@ use x86_64::structures::paging::{Page, PageTableFlags};
 
 use super::buddy::{Buddy, storage_words};
 use super::frame::BitmapFrameAllocator;
-use super::paging::{MapError, PageTables, Tlb};
+use super::paging::{MapError, MoveError, PageTables, Tlb};
+use super::spare_pages::{ABSORB_MAX, SPARE_BATCH, SPARE_CAPACITY, SparePages};
 
 /// Bytes per page, as a `u64` for address arithmetic.
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -133,13 +150,36 @@ const _: () = {
 /// The buddy type sized for the window.
 pub type WindowBuddy = Buddy<WINDOW_ORDER, { storage_words(WINDOW_ORDER) }>;
 
-/// The window's bookkeeping: which pages are taken, how many are mapped.
+/// The window's bookkeeping: which pages are taken, how many are the heap's, which are spares.
+///
+/// Every taken page of the buddy is mapped, and is either the heap's (counted in `mapped`) or a
+/// spare (in `spares`), never both: `taken = mapped + spares.len()`.
 #[derive(Debug)]
 pub(super) struct HeapWindow {
     /// Free/taken page runs of the window.
     runs: WindowBuddy,
-    /// Pages currently mapped.
+    /// Pages mapped and handed to the heap.
     mapped: usize,
+    /// Pages mapped but not handed out (see [`spare_pages`](super::spare_pages)).
+    spares: SparePages,
+}
+
+/// Why a window operation could not be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shortage {
+    /// No free range of the window fits (releasing spares would not help).
+    AddressSpace,
+    /// Frames (for pages or page tables) ran out: releasing spares may help.
+    Frames,
+}
+
+impl From<Shortage> for PageSourceError {
+    fn from(shortage: Shortage) -> Self {
+        match shortage {
+            Shortage::AddressSpace => Self::OutOfAddressSpace,
+            Shortage::Frames => Self::OutOfMemory,
+        }
+    }
 }
 
 impl HeapWindow {
@@ -148,6 +188,7 @@ impl HeapWindow {
         Self {
             runs: WindowBuddy::empty(),
             mapped: 0,
+            spares: SparePages::new(),
         }
     }
 
@@ -155,22 +196,46 @@ impl HeapWindow {
     pub(super) fn reset(&mut self) {
         self.runs.reset();
         self.mapped = 0;
+        self.spares = SparePages::new();
     }
 
-    /// Checks the window's buddy and that exactly the taken pages are counted as mapped; panics
-    /// naming the broken rule. Linear in the window size (about 2 million bit tests).
-    pub(super) fn check_invariants(&self) {
+    /// Checks the window's buddy, that exactly the taken pages are the heap's pages and the
+    /// spares, and that every spare is a distinct window page, taken and mapped; panics naming
+    /// the broken rule. Linear in the window size (about 2 million bit tests).
+    pub(super) fn check_invariants<T: Tlb>(&self, tables: &PageTables<T>) {
         self.runs.check_invariants();
         assert_eq!(
             HEAP_WINDOW_PAGES - self.runs.free_pages(),
-            self.mapped,
-            "heap window: taken pages and mapped pages differ"
+            self.mapped + self.spares.len(),
+            "heap window: taken pages differ from the heap's pages plus the spares"
         );
+        let spares = self.spares.as_slice();
+        for (i, &page) in spares.iter().enumerate() {
+            let page = page as usize;
+            let addr = window_page_addr(page);
+            assert!(
+                self.runs.is_taken(page),
+                "heap window: spare page {addr:#x} is free in the buddy"
+            );
+            assert!(
+                tables.translate(VirtAddr::new(addr)).is_some(),
+                "heap window: spare page {addr:#x} is not mapped"
+            );
+            assert!(
+                !spares[..i].contains(&(page as u32)),
+                "heap window: spare page {addr:#x} is held twice"
+            );
+        }
     }
 
-    /// Pages currently mapped.
+    /// Pages currently mapped and handed to the heap (spares not included).
     pub(super) fn mapped(&self) -> usize {
         self.mapped
+    }
+
+    /// Spare pages: mapped, each holding a frame, not handed out.
+    pub(super) fn spare(&self) -> usize {
+        self.spares.len()
     }
 
     /// The largest run one request can get now, in pages.
@@ -178,12 +243,38 @@ impl HeapWindow {
         self.runs.largest_free_block()
     }
 
-    /// Maps `count` pages of fresh frames at a free run of the window.
+    /// Unmaps every spare page (one unmap, with its TLB flush, per run of consecutive spares),
+    /// frees their frames and gives them back to the buddy; returns how many there were.
+    pub(super) fn release_spares<T: Tlb>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> usize {
+        let released = self.spares.len();
+        let runs = &mut self.runs;
+        self.spares.drain_runs(|first, count| {
+            // SAFETY: a spare is a window page mapped to a frame of `frames` by `map` that was
+            // never handed out, or that the heap gave back through `unmap` and no longer uses.
+            if let Err(error) = unsafe { tables.unmap_fresh_run(window_page(first), count, frames) }
+            {
+                panic!(
+                    "heap window: releasing {count} spare pages at {:#x}: {error}",
+                    window_page_addr(first)
+                );
+            }
+            runs.free_taken(first, count);
+        });
+        released
+    }
+
+    /// Maps `count` pages at a free run of the window; a single page is a spare if there is
+    /// one, else the first of a fresh batch of [`SPARE_BATCH`] (the rest become spares).
     ///
     /// # Errors
     ///
     /// `OutOfAddressSpace` if no free run is large enough, `OutOfMemory` if frames (for pages or
-    /// page tables) run out; in both cases nothing stays mapped or taken.
+    /// page tables) run out even after the spares were released; in both cases nothing stays
+    /// mapped or taken.
     pub(super) fn map<T: Tlb>(
         &mut self,
         count: usize,
@@ -196,24 +287,74 @@ impl HeapWindow {
         if count > HEAP_WINDOW_PAGES {
             return Err(PageSourceError::OutOfAddressSpace);
         }
-        let first = self
-            .runs
-            .alloc(count)
-            .ok_or(PageSourceError::OutOfAddressSpace)?;
+        let first = if count == 1 {
+            match self.spares.pop() {
+                Some(page) => page,
+                // No spare: then there is none to release on failure either.
+                None => self.map_batch(tables, frames)?,
+            }
+        } else {
+            match self.map_fresh(count, tables, frames) {
+                Err(Shortage::Frames) if !self.spares.is_empty() => {
+                    self.release_spares(tables, frames);
+                    self.map_fresh(count, tables, frames)?
+                }
+                result => result?,
+            }
+        };
+        self.mapped += count;
+        Ok(window_ptr(first))
+    }
+
+    /// One page for a single-page request when there is no spare: an aligned block of
+    /// [`SPARE_BATCH`] pages mapped in one call, its first page for the request, the rest pushed
+    /// as spares (so that the next requests take them in ascending order). Falls back to one
+    /// page when the block or its frames are not to be had.
+    fn map_batch<T: Tlb>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<usize, Shortage> {
+        debug_assert!(
+            self.spares.is_empty(),
+            "a batch is mapped only with no spare left"
+        );
+        if let Ok(first) = self.map_fresh(SPARE_BATCH, tables, frames) {
+            for page in (first + 1..first + SPARE_BATCH).rev() {
+                self.spares.push(page);
+            }
+            return Ok(first);
+        }
+        self.map_fresh(1, tables, frames)
+    }
+
+    /// Takes a free run of `count` pages from the buddy and maps it to fresh frames; returns
+    /// its first page. Counts nothing: the caller decides whose the pages are.
+    fn map_fresh<T: Tlb>(
+        &mut self,
+        count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<usize, Shortage> {
+        // Address space first: a request no free run can hold is `OutOfAddressSpace` whatever
+        // RAM there is.
+        let first = self.runs.alloc(count).ok_or(Shortage::AddressSpace)?;
         // Cheap early answer. The exact one is the mapper's: it counts the frames for the pages
         // and for the page tables the run needs before it maps anything.
         if frames.stats().free < count as u64 {
-            self.runs.free(first, count);
-            return Err(PageSourceError::OutOfMemory);
+            // Taken a moment ago: no double-free check needed.
+            self.runs.free_taken(first, count);
+            return Err(Shortage::Frames);
         }
         let start = window_page(first);
         // SAFETY: the run was free in the buddy, so no page of it is mapped or referenced; the
         // window is reserved for exactly this use.
         match unsafe { tables.map_fresh_run(start, count, WINDOW_FLAGS, frames) } {
-            Ok(()) => {}
+            Ok(()) => Ok(first),
             Err(MapError::OutOfFrames) => {
-                self.runs.free(first, count);
-                return Err(PageSourceError::OutOfMemory);
+                // Taken a moment ago: no double-free check needed.
+                self.runs.free_taken(first, count);
+                Err(Shortage::Frames)
             }
             Err(error) => panic!(
                 "heap window: mapping {count} pages at {:#x} failed: {error} \
@@ -221,16 +362,13 @@ impl HeapWindow {
                 start.start_address().as_u64()
             ),
         }
-        self.mapped += count;
-        let ptr = start.start_address().as_mut_ptr::<u8>();
-        // The window is in the higher half: its addresses are never null.
-        Ok(NonNull::new(ptr).expect("heap window address is not null"))
     }
 
-    /// Maps the `extra` window pages right after the `count` pages at `addr` to fresh frames, if
-    /// those pages are free, and returns whether it did (on `false` nothing changed): a run
-    /// growing in place. Any input is answered; one that is not a run inside the window, or
-    /// would leave it, gets `false`.
+    /// Maps the `extra` window pages right after the `count` pages at `addr`, if each is free or
+    /// a spare, and returns whether it did (on `false` nothing changed): a run growing in
+    /// place. Free pages get fresh frames; spares are taken as they are (already mapped). Any
+    /// input is answered; one that is not a run inside the window, or would leave it, gets
+    /// `false`.
     pub(super) fn grow<T: Tlb>(
         &mut self,
         addr: u64,
@@ -239,34 +377,93 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> bool {
-        if !(HEAP_WINDOW_START..HEAP_WINDOW_END).contains(&addr) || !addr.is_multiple_of(PAGE) {
-            return false;
-        }
-        let Some(end) = (((addr - HEAP_WINDOW_START) / PAGE) as usize).checked_add(count) else {
-            return false;
+        let result = match self.grow_once(addr, count, extra, tables, frames) {
+            Err(Shortage::Frames) if !self.spares.is_empty() => {
+                self.release_spares(tables, frames);
+                self.grow_once(addr, count, extra, tables, frames)
+            }
+            result => result,
         };
-        // As in `map`: a cheap early answer; the mapper checks pages and tables exactly.
-        if extra == 0 || frames.stats().free < extra as u64 || !self.runs.claim(end, extra) {
-            return false;
+        result.is_ok()
+    }
+
+    /// [`grow`](Self::grow) without the release-and-retry.
+    fn grow_once<T: Tlb>(
+        &mut self,
+        addr: u64,
+        count: usize,
+        extra: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), Shortage> {
+        if !(HEAP_WINDOW_START..HEAP_WINDOW_END).contains(&addr) || !addr.is_multiple_of(PAGE) {
+            return Err(Shortage::AddressSpace);
         }
-        let start = window_page(end);
-        // SAFETY: the buddy just gave us these window pages, so none is mapped or referenced;
-        // the window is reserved for exactly this use.
-        match unsafe { tables.map_fresh_run(start, extra, WINDOW_FLAGS, frames) } {
-            Ok(()) => {
-                self.mapped += extra;
-                true
-            }
-            Err(MapError::OutOfFrames) => {
-                self.runs.free(end, extra);
-                false
-            }
-            Err(error) => panic!(
-                "heap window: growing the run at {addr:#x} by {extra} pages at {:#x} failed: \
-                 {error} (window bookkeeping disagrees with the page tables)",
-                start.start_address().as_u64()
-            ),
+        let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
+        let Some(end) = first.checked_add(count) else {
+            return Err(Shortage::AddressSpace);
+        };
+        if extra == 0 || end > HEAP_WINDOW_PAGES || extra > HEAP_WINDOW_PAGES - end {
+            return Err(Shortage::AddressSpace);
         }
+        let mut spares = [0; SPARE_CAPACITY];
+        let n = self.spares.in_range(end, end + extra, &mut spares);
+        // The free gaps between the spares (all of the range when there is none).
+        let gaps = || {
+            let mut from = end;
+            spares[..n]
+                .iter()
+                .map(|&s| s as usize)
+                .chain(core::iter::once(end + extra))
+                .map(move |to| {
+                    let gap = (from, to - from);
+                    from = to + 1;
+                    gap
+                })
+                .filter(|&(_, len)| len > 0)
+        };
+        let fresh = extra - n;
+        // As in `map_fresh`: a cheap early answer; the mapper checks pages and tables exactly.
+        if frames.stats().free < fresh as u64 {
+            return Err(Shortage::Frames);
+        }
+        // Claim every gap, or none.
+        for (claimed, (start, len)) in gaps().enumerate() {
+            if !self.runs.claim(start, len) {
+                for (start, len) in gaps().take(claimed) {
+                    self.runs.free_taken(start, len);
+                }
+                return Err(Shortage::AddressSpace);
+            }
+        }
+        // Map every gap, or none.
+        for (done, (start, len)) in gaps().enumerate() {
+            // SAFETY: the buddy just gave us these window pages, so none is mapped or
+            // referenced; the window is reserved for exactly this use.
+            match unsafe { tables.map_fresh_run(window_page(start), len, WINDOW_FLAGS, frames) } {
+                Ok(()) => {}
+                Err(MapError::OutOfFrames) => {
+                    for (start, len) in gaps().take(done) {
+                        // SAFETY: mapped just above to fresh frames, seen by nobody.
+                        let undo =
+                            unsafe { tables.unmap_fresh_run(window_page(start), len, frames) };
+                        debug_assert!(undo.is_ok(), "undoing a grow's pages failed: {undo:?}");
+                    }
+                    for (start, len) in gaps() {
+                        self.runs.free_taken(start, len);
+                    }
+                    return Err(Shortage::Frames);
+                }
+                Err(error) => panic!(
+                    "heap window: growing the run at {addr:#x} by {extra} pages at {:#x} \
+                     failed: {error} (window bookkeeping disagrees with the page tables)",
+                    window_page_addr(start)
+                ),
+            }
+        }
+        self.spares.remove_range(end, end + extra);
+        self.mapped += extra;
+        Ok(())
     }
 
     /// Maps `count` pages of fresh frames at a free run of the window whose page `aligned_page`
@@ -280,7 +477,8 @@ impl HeapWindow {
     ///
     /// `InvalidRequest` for arguments [`kheap::source::aligned_slack`] rejects,
     /// `OutOfAddressSpace` if no free range can hold the run and its slack, `OutOfMemory` if
-    /// frames run out; in every case nothing stays mapped or taken.
+    /// frames run out even after the spares were released; in every case nothing stays mapped
+    /// or taken.
     pub(super) fn map_aligned<T: Tlb>(
         &mut self,
         count: usize,
@@ -294,30 +492,41 @@ impl HeapWindow {
         if total > HEAP_WINDOW_PAGES {
             return Err(PageSourceError::OutOfAddressSpace);
         }
-        // The buddy finds a free range of `total` pages, in which the aligned run lies; the
-        // range goes straight back (nothing can take it meanwhile: the memory lock is held),
-        // and the run alone is then claimed and mapped, as a run growing from nothing would be.
-        let reserved = self
-            .runs
-            .alloc(total)
-            .ok_or(PageSourceError::OutOfAddressSpace)?;
-        self.runs.free(reserved, total);
-        let addr = window_page(reserved).start_address().as_u64();
-        let start = addr + aligned_offset(addr as usize, align, aligned_page) as u64;
-        if !self.grow(start, 0, count, tables, frames) {
-            return Err(PageSourceError::OutOfMemory);
-        }
+        let once =
+            |window: &mut Self, tables: &mut PageTables<T>, frames: &mut BitmapFrameAllocator| {
+                // The buddy finds a free range of `total` pages, in which the aligned run lies; the
+                // range goes straight back (nothing can take it meanwhile: the memory lock is held),
+                // and the run alone is then claimed and mapped, as a run growing from nothing would
+                // be. The range was free, so it holds no spare: all of the run gets fresh frames.
+                let reserved = window.runs.alloc(total).ok_or(Shortage::AddressSpace)?;
+                window.runs.free_taken(reserved, total);
+                let addr = window_page_addr(reserved);
+                let start = addr + aligned_offset(addr as usize, align, aligned_page) as u64;
+                window
+                    .grow_once(start, 0, count, tables, frames)
+                    .map(|()| start)
+            };
+        let start = match once(self, tables, frames) {
+            Err(Shortage::Frames) if !self.spares.is_empty() => {
+                self.release_spares(tables, frames);
+                once(self, tables, frames)?
+            }
+            result => result?,
+        };
         // The window is in the higher half: its addresses are never null.
         Ok(NonNull::new(VirtAddr::new(start).as_mut_ptr::<u8>())
             .expect("heap window address is not null"))
     }
 
-    /// Unmaps `count` pages from `addr`, frees their frames and returns the run to the buddy.
+    /// Gives back `count` pages from `addr`: a run of at most [`ABSORB_MAX`] pages becomes
+    /// spares while there is room for all of it (nothing is unmapped or flushed: the pages stay
+    /// mapped to their frames); any other run is unmapped, its frames freed and its pages
+    /// returned to the buddy.
     ///
     /// # Panics
     ///
-    /// If the run is not page-aligned, leaves the window, or has a page that is not mapped
-    /// (a double unmap): the message names the address.
+    /// If the run is not page-aligned, leaves the window, or has a page that is not the heap's
+    /// (not mapped, or a spare already: a double unmap): the message names the address.
     ///
     /// # Safety
     ///
@@ -340,6 +549,37 @@ impl HeapWindow {
             "heap window: unmap_pages({addr:#x}, {count}) is not a page run inside the window"
         );
         let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
+        if count <= ABSORB_MAX && count <= self.spares.room() {
+            // Every page must be the heap's: not a spare (one scan of the set for the run) and
+            // mapped (the page tables say so). That is the check the unmap below makes, so a
+            // double unmap panics here as it does there, naming the page.
+            let spare = self.spares.any_in(first, first + count);
+            let unmapped = || {
+                (first..first + count)
+                    .map(window_page_addr)
+                    .find(|&at| tables.translate(VirtAddr::new(at)).is_none())
+            };
+            if let Some(at) = spare.map(window_page_addr).or_else(unmapped) {
+                panic!(
+                    "heap window: unmap_pages({addr:#x}, {count}): page {at:#x} is not mapped \
+                     for the heap (unmapped twice?)"
+                );
+            }
+            for page in (first..first + count).rev() {
+                self.spares.push(page);
+            }
+            self.mapped -= count;
+            return;
+        }
+        // A spare inside the run would be unmapped below while still on the stack: refuse it
+        // as the double unmap it is.
+        if let Some(spare) = self.spares.any_in(first, first + count) {
+            panic!(
+                "heap window: unmap_pages({addr:#x}, {count}): page {:#x} is a spare, not the \
+                 heap's (unmapped twice?)",
+                window_page_addr(spare)
+            );
+        }
         // SAFETY: the caller guarantees the pages were mapped by `map` (so their frames came from
         // `frames`) and are no longer accessed.
         if let Err(error) = unsafe { tables.unmap_fresh_run(window_page(first), count, frames) } {
@@ -375,19 +615,48 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> Option<NonNull<u8>> {
+        match self.remap_once(addr, count, new_count, tables, frames) {
+            Err(Shortage::Frames) if !self.spares.is_empty() => {
+                self.release_spares(tables, frames);
+                self.remap_once(addr, count, new_count, tables, frames).ok()
+            }
+            result => result.ok(),
+        }
+    }
+
+    /// [`remap`](Self::remap) without the release-and-retry.
+    #[cfg_attr(
+        not(target_os = "none"),
+        expect(dead_code, reason = "used by `remap` only")
+    )]
+    fn remap_once<T: Tlb>(
+        &mut self,
+        addr: u64,
+        count: usize,
+        new_count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<NonNull<u8>, Shortage> {
         let in_window = (HEAP_WINDOW_START..HEAP_WINDOW_END).contains(&addr)
             && addr.is_multiple_of(PAGE)
             && count > 0
             && (count as u64) <= (HEAP_WINDOW_END - addr) / PAGE;
         if !in_window || new_count < count || new_count > HEAP_WINDOW_PAGES {
-            return None;
+            return Err(Shortage::AddressSpace);
+        }
+        // A spare is mapped but not the heap's: a run holding one is not a run the heap has.
+        let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
+        if self.spares.any_in(first, first + count).is_some() {
+            return Err(Shortage::AddressSpace);
         }
         let extra = new_count - count;
-        // As in `map`: a cheap early answer; the mapper checks pages and tables exactly.
+        // As in `map_fresh`: a cheap early answer; the mapper checks pages and tables exactly.
         if frames.stats().free < extra as u64 {
-            return None;
+            return Err(Shortage::Frames);
         }
-        let first = self.take_run_at_block_end(new_count)?;
+        let first = self
+            .take_run_at_block_end(new_count)
+            .ok_or(Shortage::AddressSpace)?;
         let start = window_page(first);
         if extra > 0 {
             // SAFETY: the buddy just gave us these window pages, so none is mapped or
@@ -396,8 +665,9 @@ impl HeapWindow {
             {
                 Ok(()) => {}
                 Err(MapError::OutOfFrames) => {
-                    self.runs.free(first, new_count);
-                    return None;
+                    // Taken a moment ago: no double-free check needed.
+                    self.runs.free_taken(first, new_count);
+                    return Err(Shortage::Frames);
                 }
                 Err(error) => panic!(
                     "heap window: mapping {extra} pages at {:#x} to move a run failed: {error} \
@@ -410,7 +680,7 @@ impl HeapWindow {
         // SAFETY: the destination was free in the buddy (reserved for us); the caller ends the
         // move with `finish_remap`, which unmaps one of the two runs before the caller relies
         // on the other.
-        if unsafe { tables.alias_run(from, start, count, frames) }.is_err() {
+        if let Err(error) = unsafe { tables.alias_run(from, start, count, frames) } {
             if extra > 0 {
                 // SAFETY: the fresh pages mapped just above, seen by nobody.
                 let undo = unsafe { tables.unmap_fresh_run(start + count as u64, extra, frames) };
@@ -419,12 +689,15 @@ impl HeapWindow {
                     "undoing a remap's fresh pages failed: {undo:?}"
                 );
             }
-            self.runs.free(first, new_count);
-            return None;
+            // Taken a moment ago: no double-free check needed.
+            self.runs.free_taken(first, new_count);
+            return Err(match error {
+                MoveError::Destination(MapError::OutOfFrames) => Shortage::Frames,
+                _ => Shortage::AddressSpace,
+            });
         }
         self.mapped += new_count;
-        // The window is in the higher half: its addresses are never null.
-        NonNull::new(start.start_address().as_mut_ptr::<u8>())
+        Ok(window_ptr(first))
     }
 
     /// Takes `count` window pages at the *end* of a free buddy block of
@@ -443,7 +716,8 @@ impl HeapWindow {
         let first = self.runs.alloc(block)?;
         let head = block - count;
         if head > 0 {
-            self.runs.free(first, head);
+            // Taken a moment ago with the block: no double-free check needed.
+            self.runs.free_taken(first, head);
         }
         Some(first + head)
     }
@@ -492,15 +766,28 @@ impl HeapWindow {
         if let Err(error) = result {
             panic!("heap window: finishing the move of the run at {old:#x} to {new:#x}: {error}");
         }
+        // Every page of the run was just found mapped: no double-free check needed.
         self.runs
-            .free(((gone - HEAP_WINDOW_START) / PAGE) as usize, gone_count);
+            .free_taken(((gone - HEAP_WINDOW_START) / PAGE) as usize, gone_count);
         self.mapped -= gone_count;
     }
 }
 
 /// The page with index `index` of the window.
 fn window_page(index: usize) -> Page {
-    Page::containing_address(VirtAddr::new(HEAP_WINDOW_START + index as u64 * PAGE))
+    Page::containing_address(VirtAddr::new(window_page_addr(index)))
+}
+
+/// The address of the page with index `index` of the window.
+fn window_page_addr(index: usize) -> u64 {
+    HEAP_WINDOW_START + index as u64 * PAGE
+}
+
+/// The page with index `index` of the window, as the pointer `map` returns.
+fn window_ptr(index: usize) -> NonNull<u8> {
+    // The window is in the higher half: its addresses are never null.
+    NonNull::new(VirtAddr::new(window_page_addr(index)).as_mut_ptr::<u8>())
+        .expect("heap window address is not null")
 }
 
 /// The heap's page source: maps fresh frames into the heap window (see the module docs).

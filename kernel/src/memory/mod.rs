@@ -4,6 +4,7 @@
 //!   kheap (the heap)                      takes its own lock first, then calls ↓
 //!        │  kheap::PageSource::map_pages / unmap_pages
 //!   heap_window::KernelPageSource ── buddy::Buddy      which pages of the window   (pure)
+//!        │                        └─ spare_pages     ≤ 32 mapped pages held back  (pure)
 //!        │  map / unmap runs
 //!   paging::PageTables                    4-level walker, frees empty tables   (pure + Tlb)
 //!        │  frames for pages and tables
@@ -43,6 +44,7 @@ pub mod frame;
 pub mod heap_window;
 pub mod paging;
 pub mod regions;
+pub mod spare_pages;
 
 use core::fmt;
 
@@ -281,11 +283,23 @@ pub fn memory_map_summary(regions: &MemoryRegions) -> MapSummary {
     MapSummary::of(regions.iter().map(region))
 }
 
-/// Takes one free physical frame (contents unspecified); `None` when memory is exhausted or
-/// before [`init`].
+/// Takes one free physical frame (contents unspecified); `None` when memory is exhausted (after
+/// the heap window's spare pages were released) or before [`init`].
 #[must_use]
 pub fn allocate_frame() -> Option<PhysFrame> {
-    with_memory(|m| m.frames.allocate())
+    with_memory(|m| {
+        m.frames
+            .allocate()
+            .or_else(|| m.allocate_frame_after_release())
+    })
+}
+
+/// Unmaps the heap window's spare pages (mapped pages held for the heap's next single-page
+/// requests, see [`spare_pages`]) and frees their frames; returns how many there were. The
+/// heap's [`trim`](crate::allocator::trim) calls it after giving its own empty pages back, and
+/// every allocation here that runs out of frames calls it before it reports the shortage.
+pub fn release_spare_pages() -> usize {
+    with_memory(MemoryState::release_spare_pages)
 }
 
 /// Gives a frame back to the frame allocator.
@@ -333,7 +347,11 @@ pub unsafe fn map(page: Page, frame: PhysFrame, flags: PageTableFlags) -> Result
     with_memory(|m| {
         let (tables, frames) = m.mapper();
         // SAFETY: the caller vouches for the mapping.
-        unsafe { tables.map(page, frame, flags, frames) }
+        match unsafe { tables.map(page, frame, flags, frames) } {
+            // SAFETY: as above; the failed call changed nothing.
+            Err(MapError::OutOfFrames) => unsafe { m.map_after_release(page, frame, flags) },
+            result => result,
+        }
     })
 }
 
@@ -391,8 +409,12 @@ pub struct MemoryStats {
     pub window_start: u64,
     /// Pages in the heap window.
     pub window_pages: u64,
-    /// Pages of the heap window currently mapped.
+    /// Pages of the heap window currently mapped and handed to the heap (spares not included).
     pub window_pages_mapped: u64,
+    /// Pages of the heap window mapped but held as spares (see [`spare_pages`]): each holds a
+    /// frame (counted in `frames_used`) until the heap takes it or [`release_spare_pages`]
+    /// unmaps it.
+    pub window_pages_spare: u64,
     /// The largest run one `map_pages` call can get now, in pages.
     pub window_largest_free_run: u64,
 }
@@ -417,13 +439,14 @@ impl fmt::Display for MemoryStats {
         )?;
         write!(
             f,
-            "heap window {:#x}..{:#x}: {} of {} pages mapped ({} of {}), largest free run {} pages",
+            "heap window {:#x}..{:#x}: {} of {} pages mapped ({} of {}), {} spare, largest free run {} pages",
             self.window_start,
             self.window_start + self.window_pages * regions::FRAME_SIZE,
             self.window_pages_mapped,
             self.window_pages,
             bytes(self.window_pages_mapped),
             bytes(self.window_pages),
+            self.window_pages_spare,
             self.window_largest_free_run
         )
     }
@@ -439,7 +462,7 @@ pub fn check_invariants() {
         if !m.ready {
             return;
         }
-        m.window.check_invariants();
+        m.window.check_invariants(&m.tables);
         let audit = m.tables.audit(&m.frames);
         assert!(
             audit.is_exact(m.tables.table_frames()),
@@ -453,8 +476,12 @@ pub fn check_invariants() {
             "memory: frame counts"
         );
         assert!(
-            s.frames_used >= s.bitmap_frames + s.page_table_frames + s.window_pages_mapped,
-            "memory: fewer frames used than the bitmap, page tables and heap pages hold"
+            s.frames_used
+                >= s.bitmap_frames
+                    + s.page_table_frames
+                    + s.window_pages_mapped
+                    + s.window_pages_spare,
+            "memory: fewer frames used than the bitmap, page tables, heap pages and spares hold"
         );
     });
 }
@@ -489,6 +516,46 @@ pub fn try_stats() -> Option<MemoryStats> {
 }
 
 impl MemoryState {
+    /// The frame allocator ran dry: releases the window's spares and tries once more. (Out of
+    /// line: the common path stays as short as it was.)
+    #[cold]
+    #[inline(never)]
+    fn allocate_frame_after_release(&mut self) -> Option<PhysFrame> {
+        (self.release_spare_pages() > 0)
+            .then(|| self.frames.allocate())
+            .flatten()
+    }
+
+    /// [`map`] ran out of frames (for a page table): releases the window's spares and tries
+    /// once more. (Out of line, as above.)
+    ///
+    /// # Safety
+    ///
+    /// As [`map`]'s.
+    #[cold]
+    #[inline(never)]
+    unsafe fn map_after_release(
+        &mut self,
+        page: Page,
+        frame: PhysFrame,
+        flags: PageTableFlags,
+    ) -> Result<(), MapError> {
+        if self.release_spare_pages() == 0 {
+            return Err(MapError::OutOfFrames);
+        }
+        let (tables, frames) = self.mapper();
+        // SAFETY: the caller's contract is `map`'s.
+        unsafe { tables.map(page, frame, flags, frames) }
+    }
+
+    /// [`release_spare_pages`] with the lock held (0 before [`init`]).
+    fn release_spare_pages(&mut self) -> usize {
+        match self.parts() {
+            Some((window, tables, frames)) => window.release_spares(tables, frames),
+            None => 0,
+        }
+    }
+
     fn stats(&self) -> MemoryStats {
         let frames = self.frames.stats();
         MemoryStats {
@@ -500,6 +567,7 @@ impl MemoryState {
             window_start: HEAP_WINDOW_START,
             window_pages: HEAP_WINDOW_PAGES as u64,
             window_pages_mapped: self.window.mapped() as u64,
+            window_pages_spare: self.window.spare() as u64,
             window_largest_free_run: self.window.largest_free_run() as u64,
         }
     }

@@ -11,20 +11,29 @@
 //! chosen number stay free, often a few below what the call needs, so that it runs out at every
 //! possible point — before the first page, right after a table boundary, part-way through.
 //!
+//! The window keeps spare pages (mapped, not handed out: `kernel/src/memory/spare_pages.rs`): a
+//! single-page map may take one or map a batch, a short unmap may keep its pages as spares, and
+//! a call short of frames releases them all before it retries or fails.
+//!
 //! After every operation:
 //!
 //! * a failed call changed nothing: every page-table entry, the frame count, the mapper's table
-//!   count and the window's bookkeeping are as before ([`Machine::snapshot`]); and it failed for
-//!   a reason (`OutOfMemory` only when frames were short, `OutOfAddressSpace` only when no free
-//!   run was large enough, `AlreadyMapped` only over a page that is mapped);
+//!   count and the window's bookkeeping are as before ([`Machine::snapshot`]) — except that a
+//!   call short of frames released the spares first (then: no spare left, the heap's pages and
+//!   every frame accounted for); and it failed for a reason (`OutOfMemory` only when frames were
+//!   short, `OutOfAddressSpace` only when no free run was large enough, `AlreadyMapped` only
+//!   over a page that is mapped);
+//! * the frames a successful map takes are its pages, the new tables and the new spares, less
+//!   those of the spares it used or released;
 //! * the accounting is exact ([`Machine::check`]): every used frame is the allocator's bitmap, a
-//!   page table, a mapped page or a held-back frame — no frame leaks — and the mapper's tables
-//!   are all linked and none is empty;
+//!   page table, a mapped page, a spare or a held-back frame — no frame leaks — and the mapper's
+//!   tables are all linked and none is empty;
 //! * a new run's pages translate, each to a frame no other mapped page has;
-//! * every page an unmap removed was flushed from the TLB (`invlpg` or a full flush).
+//! * every page an unmap removed was flushed from the TLB (`invlpg` or a full flush); a window
+//!   page it kept as a spare still maps its frame.
 //!
-//! At the end everything is unmapped: the machine must be exactly as it started, and the
-//! window's buddy passes its own invariant walk.
+//! At the end everything is unmapped and the spares released: the machine must be exactly as it
+//! started, and the window's buddy passes its own invariant walk.
 
 use std::collections::HashMap;
 
@@ -231,6 +240,28 @@ impl Model {
         }
     }
 
+    /// Forgets the frames of `pages` window pages from `addr`, which were just given back: each
+    /// is either unmapped and flushed, or kept as a spare, still mapping its frame.
+    fn record_given_back(&mut self, addr: u64, pages: usize, frames: &[u64]) {
+        let tlb = self.m.tlb();
+        for (i, frame) in frames.iter().enumerate().take(pages) {
+            let page = addr + i as u64 * PAGE;
+            match self.m.translate(page) {
+                None => assert!(
+                    tlb.all > 0 || tlb.pages.contains(&page),
+                    "step {}: page {page:#x} unmapped without a TLB flush",
+                    self.step
+                ),
+                Some(now) => assert_eq!(
+                    now, *frame,
+                    "step {}: spare page {page:#x} maps another frame",
+                    self.step
+                ),
+            }
+            assert_eq!(self.frames.remove(frame), Some(page), "step {}", self.step);
+        }
+    }
+
     /// The frames `pages` mapped pages from `addr` translate to.
     fn frames_of(&self, addr: u64, pages: usize) -> Vec<u64> {
         (0..pages as u64)
@@ -251,25 +282,24 @@ impl Model {
                     "step {}: run {addr:#x} + {pages} pages outside the window",
                     self.step
                 );
-                assert!(
-                    before.free_frames >= pages as u64,
-                    "step {}: {pages} pages from {} free frames",
-                    self.step,
-                    before.free_frames
-                );
                 assert_eq!(self.m.window_mapped(), before.window_mapped + pages);
-                let tables = self.m.table_frames() - before.table_frames;
+                // Frames held by tables and spares before and after, and the new pages'.
+                let held = |free: u64, tables: u64, spares: usize| free + tables + spares as u64;
                 assert_eq!(
-                    self.m.frame_stats().free + pages as u64 + tables,
-                    before.free_frames,
-                    "step {}: frames taken by {pages} pages and {tables} new tables",
+                    held(
+                        self.m.frame_stats().free,
+                        self.m.table_frames(),
+                        self.m.window_spare()
+                    ) + pages as u64,
+                    held(before.free_frames, before.table_frames, before.window_spare),
+                    "step {}: frames taken by {pages} pages, tables and spares",
                     self.step
                 );
                 self.record_mapped(addr, pages);
                 self.runs.push((addr, pages));
             }
             Err(e) => {
-                self.unchanged(&before, "map_pages");
+                self.unchanged_but_spares(&before, "map_pages");
                 match e {
                     PageSourceError::InvalidRequest => assert_eq!(pages, 0),
                     PageSourceError::OutOfAddressSpace => assert!(
@@ -279,11 +309,12 @@ impl Model {
                         before.window_largest_run
                     ),
                     PageSourceError::OutOfMemory => {
+                        // Measured after the spares were released.
+                        let free = self.m.frame_stats().free;
                         assert!(
-                            before.free_frames < most_frames(pages),
-                            "step {}: {pages} pages refused with {} frames free",
-                            self.step,
-                            before.free_frames
+                            free < most_frames(pages),
+                            "step {}: {pages} pages refused with {free} frames free",
+                            self.step
                         );
                     }
                     #[allow(unreachable_patterns)]
@@ -303,7 +334,7 @@ impl Model {
             self.record_mapped(addr + pages as u64 * PAGE, extra);
             self.runs[run].1 += extra;
         } else {
-            self.unchanged(&before, "grow_pages");
+            self.unchanged_but_spares(&before, "grow_pages");
         }
     }
 
@@ -317,7 +348,7 @@ impl Model {
         self.m.clear_tlb();
         self.m.unmap_pages(start, count);
         assert_eq!(self.m.window_mapped(), before.window_mapped - count);
-        self.record_unmapped(start, count, &frames);
+        self.record_given_back(start, count, &frames);
         if first > 0 {
             self.runs.push((addr, first));
         }
@@ -403,6 +434,25 @@ impl Model {
         }
     }
 
+    /// A failed window call must have left everything as it was, except that when it ran short
+    /// of frames it released the spares first: then no spare is left, the heap's pages are as
+    /// they were, and their frames (and tables only they kept) are free.
+    fn unchanged_but_spares(&self, before: &kernel_host::sim::Snapshot, what: &str) {
+        let now = self.m.snapshot();
+        if now == *before {
+            return;
+        }
+        assert!(
+            before.window_spare > 0
+                && now.window_spare == 0
+                && now.window_mapped == before.window_mapped
+                && now.free_frames + now.table_frames
+                    == before.free_frames + before.table_frames + before.window_spare as u64,
+            "step {}: a failed {what} changed more than the spares: before {before:?}, after {now:?}",
+            self.step
+        );
+    }
+
     /// A failed call must have left everything as it was.
     fn unchanged(&self, before: &kernel_host::sim::Snapshot, what: &str) {
         let now = self.m.snapshot();
@@ -476,6 +526,7 @@ impl Model {
             i += n;
         }
         self.raw_runs.clear();
+        self.m.release_spare_pages();
         // (Not `check_all`: the window's full walk costs more than the rest of a scenario. With
         // nothing mapped, the snapshot's "largest free run" must be the whole window again,
         // which only a buddy with every page free and merged can say.)
