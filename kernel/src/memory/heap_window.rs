@@ -267,6 +267,30 @@ impl HeapWindow {
         released
     }
 
+    /// Runs `op`; if it failed for want of frames while spares hold some, releases the spares
+    /// and runs it once more (every window call that takes frames goes through here, so nothing
+    /// reports out-of-memory while a spare holds a frame). `op` must change nothing when it
+    /// fails.
+    #[inline]
+    fn releasing_spares_if_short<T: Tlb, R>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+        mut op: impl FnMut(
+            &mut Self,
+            &mut PageTables<T>,
+            &mut BitmapFrameAllocator,
+        ) -> Result<R, Shortage>,
+    ) -> Result<R, Shortage> {
+        match op(self, tables, frames) {
+            Err(Shortage::Frames) if !self.spares.is_empty() => {
+                self.release_spares(tables, frames);
+                op(self, tables, frames)
+            }
+            result => result,
+        }
+    }
+
     /// Maps `count` pages at a free run of the window; a single page is a spare if there is
     /// one, else the first of a fresh batch of [`SPARE_BATCH`] (the rest become spares).
     ///
@@ -294,13 +318,9 @@ impl HeapWindow {
                 None => self.map_batch(tables, frames)?,
             }
         } else {
-            match self.map_fresh(count, tables, frames) {
-                Err(Shortage::Frames) if !self.spares.is_empty() => {
-                    self.release_spares(tables, frames);
-                    self.map_fresh(count, tables, frames)?
-                }
-                result => result?,
-            }
+            self.releasing_spares_if_short(tables, frames, |window, tables, frames| {
+                window.map_fresh(count, tables, frames)
+            })?
         };
         self.mapped += count;
         Ok(window_ptr(first))
@@ -377,14 +397,10 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> bool {
-        let result = match self.grow_once(addr, count, extra, tables, frames) {
-            Err(Shortage::Frames) if !self.spares.is_empty() => {
-                self.release_spares(tables, frames);
-                self.grow_once(addr, count, extra, tables, frames)
-            }
-            result => result,
-        };
-        result.is_ok()
+        self.releasing_spares_if_short(tables, frames, |window, tables, frames| {
+            window.grow_once(addr, count, extra, tables, frames)
+        })
+        .is_ok()
     }
 
     /// [`grow`](Self::grow) without the release-and-retry.
@@ -506,13 +522,7 @@ impl HeapWindow {
                     .grow_once(start, 0, count, tables, frames)
                     .map(|()| start)
             };
-        let start = match once(self, tables, frames) {
-            Err(Shortage::Frames) if !self.spares.is_empty() => {
-                self.release_spares(tables, frames);
-                once(self, tables, frames)?
-            }
-            result => result?,
-        };
+        let start = self.releasing_spares_if_short(tables, frames, once)?;
         // The window is in the higher half: its addresses are never null.
         Ok(NonNull::new(VirtAddr::new(start).as_mut_ptr::<u8>())
             .expect("heap window address is not null"))
@@ -615,13 +625,10 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> Option<NonNull<u8>> {
-        match self.remap_once(addr, count, new_count, tables, frames) {
-            Err(Shortage::Frames) if !self.spares.is_empty() => {
-                self.release_spares(tables, frames);
-                self.remap_once(addr, count, new_count, tables, frames).ok()
-            }
-            result => result.ok(),
-        }
+        self.releasing_spares_if_short(tables, frames, |window, tables, frames| {
+            window.remap_once(addr, count, new_count, tables, frames)
+        })
+        .ok()
     }
 
     /// [`remap`](Self::remap) without the release-and-retry.
