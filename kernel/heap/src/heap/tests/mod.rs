@@ -30,8 +30,12 @@ mod remap;
 mod sources;
 mod walk;
 
+/// A heap over an arena of `pages` pages, aligned to its size rounded up to a power of two (at
+/// least 2 MiB): the arena then lies in as few page-map windows as it can, the same ones in every
+/// run, so the pages and map calls the tests count do not depend on where the host put it.
 fn heap(pages: usize) -> Heap<ArenaSource> {
-    Heap::new(ArenaSource::new(pages))
+    let align = (pages * PAGE_SIZE).next_power_of_two().max(2 << 20);
+    Heap::new(ArenaSource::aligned(pages, align))
 }
 
 fn layout(size: usize, align: usize) -> Layout {
