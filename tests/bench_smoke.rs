@@ -1,7 +1,8 @@
 //! The in-kernel benchmark runs end to end at smoke scale: every workload on every allocator,
 //! timed and verified, the latency percentiles, the frame/page-table costs, the fixed-size
-//! objects, the growing vectors, heap efficiency and the several-CPU section (one CPU here). It
-//! asserts only that every replay verified (benchmarks never assert on timings).
+//! objects, the growing vectors, heap efficiency and the several-CPU section (one CPU here), and
+//! the attribution of kheap's calls. It asserts only that every replay verified and every call
+//! was classified (benchmarks never assert on timings).
 
 #![no_std]
 #![no_main]
@@ -50,4 +51,25 @@ fn smoke_benchmark_verifies_every_allocator() {
     if let Err(e) = kernel_bench::run(Scale::Smoke) {
         panic!("benchmark failed: {e}");
     }
+}
+
+/// The `attribution` section classifies every call of the kernel-mix replay, and the smoke mix
+/// reaches the main paths it tells apart: magazine hits, refills and the large allocator (its
+/// 2000 calls are too few to fill a magazine and flush it).
+#[kernel::test]
+fn smoke_attribution_classifies_every_call() {
+    const SEED: u64 = 0x6b62_656e_6368_2a01;
+    let mix = workload::kernel_mix(&Scale::Smoke.sizes().workloads, SEED);
+    let s = match kernel_bench::run_attribution(Scale::Smoke) {
+        Ok(s) => s,
+        Err(e) => panic!("attribution failed: {e}"),
+    };
+    assert_eq!(s.calls, mix.ops.len(), "{s:?}");
+    assert_eq!(
+        s.magazine + s.refill + s.flush + s.large + s.other,
+        s.calls,
+        "{s:?}"
+    );
+    assert_eq!(s.other, 0, "the mix has no reallocs: {s:?}");
+    assert!(s.magazine > 0 && s.refill > 0 && s.large > 0, "{s:?}");
 }

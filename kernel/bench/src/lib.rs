@@ -62,6 +62,7 @@
 extern crate alloc;
 
 pub mod aliasing;
+pub mod attribution;
 pub mod efficiency;
 pub mod fixed;
 pub mod memcost;
@@ -262,6 +263,9 @@ pub enum Sections {
     /// Only the layers below the heap (3): frame allocator, page mapper, heap window. Run
     /// first thing after boot, so its figures differ a little from the whole run's.
     Memory,
+    /// Not part of `All`: the latency section's replay on kheap alone, its calls grouped by what
+    /// they did ([`attribution`]).
+    Attribution,
 }
 
 /// Runs the whole benchmark at `scale` and prints its report over serial. Returns the first
@@ -288,6 +292,11 @@ pub fn run_sections(scale: Scale, sections: Sections) -> Result<(), BenchError> 
     }
 
     let mut slots = Slots::default();
+    if sections == Sections::Attribution {
+        attribution_section(&sizes, overhead, &mut slots)?;
+        serial_println!("kbench: done");
+        return Ok(());
+    }
     let mut first_error = None;
     let mut any_capped = false;
 
@@ -424,6 +433,47 @@ pub fn run_sections(scale: Scale, sections: Sections) -> Result<(), BenchError> 
         }
         Some(e) => Err(e),
     }
+}
+
+/// The `attribution` section at `scale` (header included): kheap's calls in the latency replay
+/// grouped by what they did, against talc's p99.9 from the same mix ([`attribution`]).
+///
+/// # Errors
+///
+/// A refused request in either replay, or talc's arena not to be had.
+pub fn run_attribution(scale: Scale) -> Result<attribution::Summary, BenchError> {
+    let sizes = scale.sizes();
+    let overhead = tsc::overhead();
+    report::header(scale, &sizes, tsc::counts_instructions(), overhead);
+    attribution_section(&sizes, overhead, &mut Slots::default())
+}
+
+/// [`run_attribution`] without the header.
+fn attribution_section(
+    sizes: &Sizes,
+    overhead: u64,
+    slots: &mut Slots,
+) -> Result<attribution::Summary, BenchError> {
+    let mix = workload::kernel_mix(&sizes.workloads, SEED);
+    // talc's p99.9 in the same boot: the mark the rows are counted against.
+    let mut samples = Latencies::default();
+    let talc = latency_row(Peer::Talc, &mix, sizes, overhead, slots, &mut samples)?;
+    if let Some(error) = talc.failed {
+        return Err(BenchError::Verify {
+            workload: mix.name,
+            allocator: Peer::Talc.name(),
+            error,
+        });
+    }
+    drop(samples);
+    let marks = (talc.alloc.p999, talc.free.p999);
+    attribution::run(&mix, sizes.budget_pages, overhead, marks, slots).map_err(|error| {
+        BenchError::Verify {
+            workload: mix.name,
+            allocator: Peer::Kheap.name(),
+            error,
+        }
+    })
 }
 
 /// One timed replay of `w` (first `limit` body ops) on a fresh instance of `row.peer`; keeps it

@@ -502,6 +502,49 @@ pub fn latencies<A: BenchAlloc>(
     let _ = table.teardown::<A, false>(a);
 }
 
+/// The body of `w` called one op at a time as in [`latencies`], with `probe` read before and
+/// after every call, outside the bracket: `record(op, ticks, before, after)` sees each call, for
+/// finding out what the slow ones did (pages mapped, chunks made, blocks moved). Stops at the
+/// first refused request and returns it.
+///
+/// # Errors
+///
+/// The first request the allocator refused, in the setup or the body.
+pub fn attributed<A: BenchAlloc, P>(
+    a: &mut A,
+    w: &Workload,
+    table: &mut Slots,
+    mut probe: impl FnMut(&A) -> P,
+    mut record: impl FnMut(Op, u64, P, P),
+) -> Result<(), ReplayError> {
+    table.reset(w.slots);
+    let mut result = run::<A, false>(a, table, &w.setup, true, unlimited).map(|_| ());
+    if result.is_ok() {
+        for (index, &op) in w.ops.iter().enumerate() {
+            let at = At {
+                index,
+                setup: false,
+            };
+            let before = probe(a);
+            let r = match op {
+                Op::Alloc { .. } => timed_step(a, table, at, op),
+                Op::Free { .. } => timed_step(a, table, at, op),
+                Op::Realloc { .. } => timed_step(a, table, at, op),
+            };
+            match r {
+                Ok(dt) => record(op, dt, before, probe(a)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    // The pass does not look at contents, so the teardown cannot fail.
+    let _ = table.teardown::<A, false>(a);
+    result
+}
+
 /// One untimed-harness [`step`] between two [`stamp`]s: its counter ticks, or its failure.
 #[inline(always)]
 fn timed_step<A: BenchAlloc>(

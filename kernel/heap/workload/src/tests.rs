@@ -569,3 +569,50 @@ fn locked_and_shared_adapters_replay_from_threads() {
         heap.dealloc(p, l);
     }
 }
+
+#[test]
+fn attributed_replay_probes_around_every_body_call() {
+    // The probe reads the live count: each allocation must see it go up by one, each free down
+    // by one, and the calls must come in the body's order, after the setup.
+    let w = kernel_mix(&KERNEL_SMOKE, 7);
+    let mut a = Malloc::default();
+    let mut slots = Slots::default();
+    let mut seen = Vec::new();
+    replay::attributed(
+        &mut a,
+        &w,
+        &mut slots,
+        |m: &Malloc| m.live,
+        |op, _, before, after| {
+            let step = after as isize - before as isize;
+            match op {
+                Op::Alloc { .. } => assert_eq!(step, 1),
+                Op::Free { .. } => assert_eq!(step, -1),
+                Op::Realloc { .. } => assert_eq!(step, 0),
+            }
+            seen.push(op);
+        },
+    )
+    .unwrap();
+    assert_eq!(seen, w.ops);
+    assert_eq!(a.live, 0, "the teardown freed every block");
+    // A refused request stops the pass and is returned, the blocks so far given back.
+    struct Refusing(Malloc, usize);
+    impl BenchAlloc for Refusing {
+        fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+            self.1 = self.1.checked_sub(1)?;
+            self.0.alloc(layout)
+        }
+        unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+            // SAFETY: forwarded contract.
+            unsafe { self.0.free(ptr, layout) }
+        }
+    }
+    let mut r = Refusing(Malloc::default(), w.setup.len() + 10);
+    let e = replay::attributed(&mut r, &w, &mut slots, |_| (), |_, _, (), ()| {});
+    assert!(
+        matches!(e, Err(ReplayError::OutOfMemory { setup: false, .. })),
+        "{e:?}"
+    );
+    assert_eq!(r.0.live, 0);
+}
