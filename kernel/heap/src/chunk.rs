@@ -347,6 +347,31 @@ impl ChunkDesc {
         unsafe { NonNull::new_unchecked(self.page.add(offset)) }
     }
 
+    /// Takes up to `out.len()` never-used blocks of a list chunk from its bump cursor, in address
+    /// order, for a magazine: addresses written one after the other, no link followed. Returns
+    /// how many (fewer when the chunk runs out). Their `debug-checks` bits stay clear, as for
+    /// any block that goes to a magazine ("free but cached"), and clear they are: no block past
+    /// the cursor was ever allocated.
+    ///
+    /// Only while the free list is empty: then every block not in use lies past the cursor.
+    #[inline]
+    pub fn alloc_fresh(&mut self, geo: &Geometry, out: &mut [*mut u8]) -> usize {
+        debug_assert!(!geo.is_tiny() && self.free == NONE);
+        let n = out.len().min(usize::from(geo.capacity - self.used));
+        let stride = usize::from(geo.stride);
+        let mut offset = usize::from(self.bump);
+        for slot in &mut out[..n] {
+            // `offset` stays below `capacity * stride <= PAGE_SIZE` for the `n` blocks that
+            // are left, so the pointer is inside the page (`wrapping_add` keeps it unsafe-free).
+            *slot = self.page.wrapping_add(offset);
+            offset += stride;
+        }
+        // Both fit: at most `capacity * stride <= PAGE_SIZE` and `capacity`.
+        self.bump = offset as u16;
+        self.used += n as u16;
+        n
+    }
+
     /// `debug-checks`: sets or clears the allocated bit of block `ptr` of this list chunk, to
     /// mark a block that moves into a magazine as free (but cached) and one that leaves it as
     /// allocated again. Does nothing without the feature.
@@ -667,6 +692,63 @@ mod tests {
         }
         chunk_round_trip(9);
         chunk_round_trip(4095);
+    }
+
+    #[test]
+    fn fresh_runs_hand_out_what_single_allocations_would() {
+        // For list strides: a chunk filled by `alloc_fresh` in runs of 1, 5 and 16 ends as one
+        // filled by `alloc`: same blocks in the same order, same cursor and count, and then full.
+        for stride in [8, 24, 48, 256, 320, 1360, 2048, 4096] {
+            let geo = Geometry::new(stride);
+            let mut src = ArenaSource::new(2);
+            let pages = [src.map_pages(1).unwrap(), src.map_pages(1).unwrap()];
+            let mut slots = [const { core::mem::MaybeUninit::<ChunkDesc>::uninit() }; 2];
+            for (slot, page) in slots.iter_mut().zip(pages) {
+                // SAFETY: the slot and the page are ours.
+                unsafe { ChunkDesc::init(slot.as_mut_ptr(), page, ptr::null(), &geo) };
+            }
+            // SAFETY: both initialised just above.
+            let [one, run] = unsafe { slots.map(|s| s.assume_init()) };
+            let (mut one, mut run) = (one, run);
+            let n = usize::from(geo.capacity);
+            let offset = |p: *mut u8, page: NonNull<u8>| p.addr() - page.addr().get();
+            let mut singles = std::vec::Vec::new();
+            for _ in 0..n {
+                // SAFETY: not full.
+                singles.push(offset(unsafe { one.alloc(&geo) }.as_ptr(), pages[0]));
+            }
+            let mut runs = std::vec::Vec::new();
+            let mut out = [ptr::null_mut(); 16];
+            for want in [1, 5, 16].into_iter().cycle() {
+                let got = run.alloc_fresh(&geo, &mut out[..want]);
+                assert!(got == want || run.is_full(&geo), "stride {stride}");
+                runs.extend(out[..got].iter().map(|&p| offset(p, pages[1])));
+                if run.is_full(&geo) {
+                    break;
+                }
+            }
+            assert_eq!(runs, singles, "stride {stride}");
+            assert_eq!((run.bump, run.used), (one.bump, one.used));
+            assert_eq!(
+                run.alloc_fresh(&geo, &mut out),
+                0,
+                "a full chunk gives none"
+            );
+            // A block from a run is "free but cached" until the magazine hands it out, which
+            // marks it allocated: then it is a live block of the chunk, freed as such.
+            let p = NonNull::new(pages[1].as_ptr().wrapping_add(runs[0])).unwrap();
+            if cfg!(feature = "debug-checks") {
+                // SAFETY: a pointer into our chunk.
+                let state = unsafe { run.check_live(&geo, p) };
+                assert_eq!(state, Err(FreeFault::NotAllocated));
+            }
+            run.set_allocated(&geo, p, true);
+            // SAFETY: a pointer into our chunk.
+            unsafe { run.check_live(&geo, p) }.unwrap();
+            // SAFETY: allocated above, freed once.
+            unsafe { run.free(&geo, p, stride) };
+            assert_eq!(usize::from(run.used), n - 1);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 use core::ptr::{self, NonNull};
 
-use crate::chunk::{ChunkDesc, Geometry, KIND_CHUNK, list};
+use crate::chunk::{ChunkDesc, Geometry, KIND_CHUNK, NONE, list};
 use crate::error::InvariantError;
 use crate::pagemap::{Entry, PageMap};
 use crate::source::PAGE_SIZE;
@@ -200,6 +200,10 @@ impl ChunkLists {
             }
             // SAFETY: members of the partial list are live, non-full chunks of these lists.
             let desc = unsafe { &mut *d };
+            if !geo.is_tiny() && desc.free == NONE {
+                // Nothing freed to reuse: a run of never-used blocks (a new chunk's refill).
+                n += desc.alloc_fresh(&geo, &mut out[n..]);
+            }
             while n < out.len() && !desc.is_full(&geo) {
                 // SAFETY: as above; the chunk is not full.
                 let p = unsafe { desc.alloc(&geo) };
