@@ -444,7 +444,7 @@
 //! next allocation: a class or pool that oscillates around a chunk boundary does not map and
 //! unmap a page on every other call. The limit is [`RESERVE_BLOCKS`] (16) blocks' worth of
 //! chunks, at least one: one chunk for small blocks, 16 for 4096-byte blocks. The large
-//! allocator likewise keeps up to 256 KiB of wholly free regions mapped (released by `trim` and
+//! allocator likewise keeps up to 512 KiB of wholly free regions mapped (released by `trim` and
 //! before an allocation fails) and unmaps page runs on free. Blocks in
 //! magazines keep their chunks. A growing `realloc` of a page run first asks the page source to
 //! map the pages right after it ([`PageSource::grow_pages`]; the kernel's heap window claims

@@ -95,7 +95,7 @@
 //!
 //! A region whose blocks have all been freed coalesces into one free block spanning it. Such
 //! "idle" regions of at most 64 KiB (not one mapped larger for a single block) stay mapped, their
-//! block in the bins ready for the next request, up to 256 KiB in all (`region::IDLE_LIMIT`), so
+//! block in the bins ready for the next request, up to 512 KiB in all (`region::IDLE_LIMIT`), so
 //! that a workload that allocates and frees large blocks in a loop does not map and unmap a
 //! region each time (with regions of four pages, unmapping each one as it emptied made the
 //! kernel mix's free p99.9 an unmap); any other wholly free region is unmapped at once.
@@ -212,7 +212,7 @@ pub struct LargeAlloc {
     bins: Bins,
     /// Every region and page run.
     index: Index,
-    /// Bytes of the wholly free ("idle") regions kept mapped, at most `region::IDLE_LIMIT` (256 KiB).
+    /// Bytes of the wholly free ("idle") regions kept mapped, at most `region::IDLE_LIMIT` (512 KiB).
     idle_bytes: usize,
     /// The region mapped last, which grows in place when no binned block fits; null when it
     /// was unmapped or could not grow.

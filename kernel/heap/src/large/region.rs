@@ -31,9 +31,12 @@ pub(super) const REGION_MIN: usize = 4 * PAGE_SIZE;
 /// Regions grow in place up to this length (16 pages); a larger need maps a region of its own.
 pub(super) const REGION_FULL: usize = 64 * 1024;
 /// Bytes of wholly free regions kept mapped rather than unmapped when their last block is
-/// freed (several small regions or one full one): with regions of four pages, unmapping each
-/// one that empties made one free in a few hundred pay for an unmap in the kernel mix.
-pub(super) const IDLE_LIMIT: usize = 4 * REGION_FULL;
+/// freed (several small regions or eight full ones): with regions of four pages, unmapping each
+/// one that empties made one free in a few hundred pay for an unmap in the kernel mix; with
+/// 256 KiB, the mix's 16–64 KiB blocks (a region each) still unmapped 53 regions in the kernel's
+/// latency replay and mapped 98 anew, the largest share of its slowest allocations. 512 KiB
+/// leaves 11 and 47 (`cargo kbench`'s `attribution` section).
+pub(super) const IDLE_LIMIT: usize = 8 * REGION_FULL;
 /// Bytes at the start of a region taken by its index node, rounded up to the granule.
 pub(super) const REGION_HEADER: usize = size_of::<Mapping>().next_multiple_of(GRANULE);
 /// The largest free block a region request can need: below the threshold, `size + align`
