@@ -164,6 +164,13 @@ fn indices(addr: usize) -> Option<[usize; LEVELS as usize]> {
     Some(out)
 }
 
+/// Slots from the page of `addr` to the end of its leaf (1 to `FANOUT`): how many pages from
+/// `addr` on one leaf records.
+#[inline]
+fn leaf_room(addr: usize) -> usize {
+    FANOUT - ((addr >> PAGE_SHIFT) & (FANOUT - 1))
+}
+
 /// Canonical address of the page at these indices (inverse of [`indices`]).
 #[inline]
 fn address_of(idx: &[usize; LEVELS as usize]) -> usize {
@@ -402,11 +409,20 @@ impl PageMap {
         spare: bool,
     ) -> Result<(), PageSourceError> {
         let raw = entry.encode();
-        for i in 0..count {
+        let mut i = 0;
+        while i < count {
             let addr = start.addr().get().wrapping_add(i * PAGE_SIZE);
             match self.slot(Some(&mut *src), addr, spare) {
-                // SAFETY: `slot` returns a pointer into a live leaf node.
-                Ok(slot) => unsafe { *slot = raw },
+                Ok(slot) => {
+                    // One walk per leaf: the run's pages in this leaf are consecutive slots.
+                    let n = leaf_room(addr).min(count - i);
+                    for k in 0..n {
+                        // SAFETY: `slot` points into a live leaf node's slot array, and the `n`
+                        // slots from it are inside that array (`leaf_room`).
+                        unsafe { *slot.add(k) = raw };
+                    }
+                    i += n;
+                }
                 Err(e) => {
                     self.clear_run(start, i);
                     return Err(e);
@@ -426,14 +442,21 @@ impl PageMap {
         self.set_run(src, page, 1, entry)
     }
 
-    /// Forgets the `count` pages starting at `start` (pages not recorded are ignored). O(count).
+    /// Forgets the `count` pages starting at `start` (pages not recorded are ignored). O(count),
+    /// one walk per leaf.
     pub fn clear_run(&mut self, start: NonNull<u8>, count: usize) {
-        for i in 0..count {
+        let mut i = 0;
+        while i < count {
             let addr = start.addr().get().wrapping_add(i * PAGE_SIZE);
+            let n = leaf_room(addr).min(count - i);
+            // A missing node means none of these pages is recorded.
             if let Ok(slot) = self.slot::<NoSource>(None, addr, false) {
-                // SAFETY: `slot` returns a pointer into a live leaf node.
-                unsafe { *slot = ptr::null_mut() };
+                for k in 0..n {
+                    // SAFETY: as in `record`: `n` slots from `slot` in one live leaf.
+                    unsafe { *slot.add(k) = ptr::null_mut() };
+                }
             }
+            i += n;
         }
     }
 
@@ -745,6 +768,67 @@ mod tests {
             assert_eq!(src.mapped_pages(), 0);
         }
         assert_eq!(PageMap::path_nodes(0x1000, 0), 0);
+    }
+
+    #[test]
+    fn runs_across_leaves_record_and_clear_exactly_their_pages() {
+        // Runs that start and end at every kind of place relative to 2 MiB and 1 GiB lines
+        // (recorded and cleared one leaf at a time): exactly their pages change, checked page by
+        // page, with a page on each side. The pages are only recorded: any address will do.
+        const MIB2: usize = 2 << 20;
+        const GIB: usize = 1 << 30;
+        let mut src = ArenaSource::new(64);
+        for (start, pages) in [
+            (GIB - MIB2, 512),
+            (GIB - MIB2, 513),
+            (GIB - 0x1000, 2),
+            (GIB - 3 * 0x1000, 1030),
+            (GIB + 0x5000, 511),
+            (GIB + 0x5000, 1),
+        ] {
+            let page = |i: usize| start + i * PAGE_SIZE;
+            let nn = |a: usize| NonNull::new(ptr::without_provenance_mut::<u8>(a)).unwrap();
+            let at = |i: usize| nn(page(i));
+            let before = start - PAGE_SIZE;
+            let mut map = PageMap::new();
+            let e = Entry::Large(at(0));
+            // A neighbour on each side, recorded apart.
+            map.set(&mut src, nn(before), Entry::Root(at(0))).unwrap();
+            map.set(&mut src, at(pages), Entry::Root(at(0))).unwrap();
+            map.set_run(&mut src, at(0), pages, e).unwrap();
+            assert_eq!(map.nodes(), PageMap::path_nodes(before, pages + 2));
+            for i in 0..pages {
+                assert_eq!(map.get(page(i) + 7), e, "{start:#x}+{pages}: page {i}");
+            }
+            // Clear the middle, leaving a page at each end of the run.
+            if pages > 2 {
+                map.clear_run(at(1), pages - 2);
+                assert_eq!(map.get(page(0)), e);
+                assert_eq!(map.get(page(pages - 1)), e);
+                for i in 1..pages - 1 {
+                    assert_eq!(map.get(page(i)), Entry::Empty, "{start:#x}+{pages}: {i}");
+                }
+            }
+            map.clear_run(at(0), pages);
+            let counts = map.count();
+            assert_eq!((counts.root, counts.large), (2, 0), "{start:#x}+{pages}");
+            assert_eq!(map.get(page(pages)), Entry::Root(at(0)));
+            map.clear_run(nn(before), pages + 2);
+            map.prune(&mut src);
+            assert_eq!(map.nodes(), 0);
+        }
+        // Clearing over a gap without nodes (a whole leaf never recorded) skips it.
+        let mut map = PageMap::new();
+        let base = 4 * GIB;
+        let at = |a: usize| NonNull::new(ptr::without_provenance_mut::<u8>(a)).unwrap();
+        map.set(&mut src, at(base), Entry::Large(at(base))).unwrap();
+        map.set(&mut src, at(base + 2 * MIB2), Entry::Large(at(base)))
+            .unwrap();
+        map.clear_run(at(base), 2 * 512 + 1);
+        assert_eq!(map.count(), EntryCounts::default());
+        map.prune(&mut src);
+        assert_eq!(map.nodes(), 0);
+        assert_eq!(src.mapped_pages(), 0);
     }
 
     #[test]
