@@ -53,23 +53,37 @@ fn smoke_benchmark_verifies_every_allocator() {
     }
 }
 
-/// The `attribution` section classifies every call of the kernel-mix replay, and the smoke mix
-/// reaches the main paths it tells apart: magazine hits, refills and the large allocator (its
-/// 2000 calls are too few to fill a magazine and flush it).
+/// The `attribution` section classifies every call of its replays, and reaches the paths it
+/// tells apart: magazine hits, refills and the large allocator in the kernel mix (its 2000 calls
+/// are too few to fill a magazine and flush it), reallocs in realloc growth.
 #[kernel::test]
 fn smoke_attribution_classifies_every_call() {
     const SEED: u64 = 0x6b62_656e_6368_2a01;
-    let mix = workload::kernel_mix(&Scale::Smoke.sizes().workloads, SEED);
-    let s = match kernel_bench::run_attribution(Scale::Smoke) {
-        Ok(s) => s,
+    let w = &Scale::Smoke.sizes().workloads;
+    let all = match kernel_bench::run_attribution(Scale::Smoke) {
+        Ok(all) => all,
         Err(e) => panic!("attribution failed: {e}"),
     };
-    assert_eq!(s.calls, mix.ops.len(), "{s:?}");
-    assert_eq!(
-        s.magazine + s.refill + s.flush + s.large + s.other,
-        s.calls,
-        "{s:?}"
+    let ops = [
+        workload::kernel_mix(w, SEED).ops.len(),
+        workload::random_align(w, SEED).ops.len(),
+        workload::realloc_growth(w, SEED).ops.len(),
+    ];
+    assert_eq!(all.len(), ops.len());
+    for (&(name, s), ops) in all.iter().zip(ops) {
+        assert_eq!(s.calls, ops, "{name}: {s:?}");
+        assert_eq!(
+            s.magazine + s.refill + s.flush + s.large + s.realloc + s.other,
+            s.calls,
+            "{name}: {s:?}"
+        );
+        assert_eq!(s.other, 0, "{name}: {s:?}");
+    }
+    let (mix, growth) = (all[0].1, all[2].1);
+    assert!(
+        mix.magazine > 0 && mix.refill > 0 && mix.large > 0,
+        "{mix:?}"
     );
-    assert_eq!(s.other, 0, "the mix has no reallocs: {s:?}");
-    assert!(s.magazine > 0 && s.refill > 0 && s.large > 0, "{s:?}");
+    assert_eq!(mix.realloc, 0, "the mix has no reallocs: {mix:?}");
+    assert!(growth.realloc > 0, "{growth:?}");
 }

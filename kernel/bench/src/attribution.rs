@@ -1,12 +1,14 @@
-//! Where kheap's slow calls come from: the latency section's replay of the kernel-like mix on
-//! kheap over the heap window, with the heap's and the window's counters read before and after
-//! every call (outside the timed bracket), and the calls grouped by what they did.
+//! Where kheap's calls spend their time: the latency section's replay of a workload (the
+//! kernel-like mix, random alignment, realloc growth) on kheap over the heap window, with the
+//! heap's and the window's counters read before and after every call (outside the timed
+//! bracket), and the calls grouped by what they did.
 //!
 //! Run it alone with
 //! `KERNEL_QEMU_ARGS="-icount shift=0 -fw_cfg name=opt/kbench/only,string=attribution" cargo kbench`.
 //! Each row is one kind of call: which path served it (a magazine hit, a refill or a flush of a
 //! class, the large allocator), how many page-source calls it made, and what changed in pages
-//! (chunks, heap-window spares, regions, page runs, page-map nodes, root runs). Two columns
+//! (chunks, heap-window spares, regions, page runs, page-map nodes, root runs). `share` is the
+//! row's part of all the replay's cycles (for the workloads judged by their mean). Two columns
 //! count the calls of a row above a mark: `>=kheap` kheap's own p99.9 for that kind of call (the
 //! rows with a count there set the percentile), `>talc` talc's p99.9 from a replay of the same
 //! mix in the same boot (for kheap's p99.9 to be at most talc's, fewer than one call in a
@@ -71,7 +73,11 @@ enum Path {
     Flush,
     /// The large allocator.
     Large,
-    /// Anything else (a realloc, a call whose counters moved some other way).
+    /// A realloc that kept its block (the same class, or a large block resized in place).
+    InPlace,
+    /// A realloc that moved its block (allocate, copy, free; or a page run moved by the source).
+    Moved,
+    /// Anything else (a call whose counters moved some other way).
     Other,
 }
 
@@ -82,6 +88,8 @@ impl Path {
             Self::Refill => "refill",
             Self::Flush => "flush",
             Self::Large => "large",
+            Self::InPlace => "in-place",
+            Self::Moved => "moved",
             Self::Other => "other",
         }
     }
@@ -90,9 +98,9 @@ impl Path {
 /// What a call did: the grouping key of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Kind {
-    alloc: bool,
+    call: Call,
     path: Path,
-    /// The request size rounded up to a power of two (allocations; 0 for frees).
+    /// The request size rounded up to a power of two (allocations and reallocs; 0 for frees).
     size: u32,
     maps: i64,
     unmaps: i64,
@@ -105,21 +113,49 @@ struct Kind {
     root: i64,
 }
 
+/// Which call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Call {
+    Alloc,
+    Free,
+    Realloc,
+}
+
+impl Call {
+    const ALL: [Self; 3] = [Self::Alloc, Self::Free, Self::Realloc];
+
+    const fn of(op: Op) -> Self {
+        match op {
+            Op::Alloc { .. } => Self::Alloc,
+            Op::Free { .. } => Self::Free,
+            Op::Realloc { .. } => Self::Realloc,
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Alloc => "alloc",
+            Self::Free => "free",
+            Self::Realloc => "realloc",
+        }
+    }
+}
+
 /// `after - before` of two counters, as a signed number.
 fn delta(before: usize, after: usize) -> i64 {
     after as i64 - before as i64
 }
 
 impl Kind {
-    fn of(op: Op, b: &Probe, a: &Probe) -> Self {
-        let alloc = matches!(op, Op::Alloc { .. });
+    fn of(op: Op, moved: bool, b: &Probe, a: &Probe) -> Self {
         let cached = delta(b.cached, a.cached);
         let large = a.live_large != b.live_large
             || a.regions != b.regions
             || a.region_bytes != b.region_bytes
             || a.runs != b.runs;
         let path = match op {
-            Op::Realloc { .. } => Path::Other,
+            Op::Realloc { .. } if moved => Path::Moved,
+            Op::Realloc { .. } => Path::InPlace,
             _ if large => Path::Large,
             Op::Alloc { .. } if cached == -1 => Path::Magazine,
             Op::Alloc { .. } if cached >= 0 => Path::Refill,
@@ -129,10 +165,11 @@ impl Kind {
         };
         let size = match op {
             Op::Alloc { size, .. } => size.next_power_of_two(),
-            _ => 0,
+            Op::Realloc { new_size, .. } => new_size.next_power_of_two(),
+            Op::Free { .. } => 0,
         };
         Self {
-            alloc,
+            call: Call::of(op),
             path,
             size,
             maps: (a.maps - b.maps) as i64,
@@ -161,11 +198,13 @@ pub struct Summary {
     pub flush: usize,
     /// Calls of the large allocator.
     pub large: usize,
+    /// Reallocs (in place or moved).
+    pub realloc: usize,
     /// Anything else.
     pub other: usize,
 }
 
-/// Replays `mix` on a fresh kheap over the heap window (capped at `budget_pages`, as in the
+/// Replays `w` on a fresh kheap over the heap window (capped at `budget_pages`, as in the
 /// latency section) and prints the calls grouped by [`Kind`], with their counts (minus `overhead`
 /// cycles of counter overhead) and how many are above `talc`'s p99.9 (allocation, free).
 ///
@@ -173,7 +212,7 @@ pub struct Summary {
 ///
 /// The request kheap refused, if any (the table then covers the calls before it).
 pub fn run(
-    mix: &Workload,
+    w: &Workload,
     budget_pages: usize,
     overhead: u64,
     talc: (u64, u64),
@@ -181,25 +220,25 @@ pub fn run(
 ) -> Result<Summary, ReplayError> {
     // Reserved up front: the record closure must not allocate, since the kernel's own heap
     // shares the heap window (and its spare pages) with the measured one.
-    let mut calls: Vec<(Kind, u64)> = Vec::with_capacity(mix.ops.len());
+    let mut calls: Vec<(Kind, u64)> = Vec::with_capacity(w.ops.len());
     let mut heap = Heap::new(CappedSource::new(KernelPageSource, budget_pages));
     let _ = heap.init();
     let result = replay::attributed(
         &mut heap,
-        mix,
+        w,
         slots,
         Probe::read,
-        |op, ticks, before, after| {
+        |op, ticks, moved, before, after| {
             if calls.len() < calls.capacity() {
                 calls.push((
-                    Kind::of(op, &before, &after),
+                    Kind::of(op, moved, &before, &after),
                     ticks.saturating_sub(overhead),
                 ));
             }
         },
     );
     heap.trim();
-    report(&mut calls, overhead, talc);
+    report(w.name, &mut calls, overhead, talc);
     let mut sum = Summary {
         calls: calls.len(),
         ..Summary::default()
@@ -210,37 +249,54 @@ pub fn run(
             Path::Refill => &mut sum.refill,
             Path::Flush => &mut sum.flush,
             Path::Large => &mut sum.large,
+            Path::InPlace | Path::Moved => &mut sum.realloc,
             Path::Other => &mut sum.other,
         } += 1;
     }
     result.map(|()| sum)
 }
 
-/// Prints the table (sorts `calls` in place).
-fn report(calls: &mut [(Kind, u64)], overhead: u64, talc: (u64, u64)) {
-    let p999 = |alloc: bool| {
+/// `part / whole` in tenths of a percent, printed as `12.3%`.
+struct Share(u64, u64);
+
+impl core::fmt::Display for Share {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let permille = (u128::from(self.0) * 1000)
+            .checked_div(u128::from(self.1))
+            .unwrap_or(0);
+        f.pad(&alloc::format!("{}.{}%", permille / 10, permille % 10))
+    }
+}
+
+/// Prints the table of workload `name` (sorts `calls` in place).
+fn report(name: &str, calls: &mut [(Kind, u64)], overhead: u64, talc: (u64, u64)) {
+    let p999 = Call::ALL.map(|call| {
         let mut v: Vec<u64> = calls
             .iter()
-            .filter(|(k, _)| k.alloc == alloc)
+            .filter(|(k, _)| k.call == call)
             .map(|&(_, t)| t)
             .collect();
         v.sort_unstable();
         percentile(&v, 999)
-    };
-    let (alloc_p999, free_p999) = (p999(true), p999(false));
+    });
+    let total: u64 = calls.iter().map(|&(_, t)| t).sum();
     serial_println!(
-        "== Where kheap's calls go, kernel-like mix over the heap window: cycles per call (minus \
+        "== Where kheap's calls go, {name}, over the heap window: cycles per call (minus \
          {overhead} cycles of counter overhead) =="
     );
     serial_println!(
-        "kheap's p99.9: alloc {alloc_p999}, free {free_p999}; talc's: alloc {}, free {}; deltas are after - before the call \
-         (maps/unmaps: page-source calls; spare: heap-window spare pages, shared with the kernel's \
-         own heap; region+: a region grew in place)",
+        "kheap's p99.9: alloc {}, free {}, realloc {}; talc's: alloc {}, free {}; deltas are \
+         after - before the call (maps/unmaps: page-source calls; spare: heap-window spare \
+         pages, shared with the kernel's own heap; region+: a region grew in place); {total} \
+         cycles in all",
+        p999[0],
+        p999[1],
+        p999[2],
         talc.0,
         talc.1
     );
     serial_println!(
-        "{:<5} {:<8} {:>6} {:>4} {:>6} {:>5} {:>6} {:>7} {:>4} {:>5} {:>4} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6}",
+        "{:<7} {:<8} {:>6} {:>4} {:>6} {:>5} {:>6} {:>7} {:>4} {:>5} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6}",
         "call",
         "path",
         "size",
@@ -256,6 +312,7 @@ fn report(calls: &mut [(Kind, u64)], overhead: u64, talc: (u64, u64)) {
         "min",
         "p50",
         "max",
+        "share",
         ">=kheap",
         ">talc"
     );
@@ -263,18 +320,23 @@ fn report(calls: &mut [(Kind, u64)], overhead: u64, talc: (u64, u64)) {
     for group in calls.chunk_by(|a, b| a.0 == b.0) {
         let k = group[0].0;
         let times: Vec<u64> = group.iter().map(|&(_, t)| t).collect();
-        let limit = if k.alloc { alloc_p999 } else { free_p999 };
+        let limit = p999[k.call as usize];
         let over = times.iter().filter(|&&t| t >= limit).count();
-        let mark = if k.alloc { talc.0 } else { talc.1 };
-        let above_talc = times.iter().filter(|&&t| t > mark).count();
+        let above_talc = match k.call {
+            Call::Alloc => Some(talc.0),
+            Call::Free => Some(talc.1),
+            Call::Realloc => None,
+        }
+        .map(|mark| times.iter().filter(|&&t| t > mark).count());
         let regions = if k.region_grew {
             alloc::format!("{}+", k.regions)
         } else {
             alloc::format!("{}", k.regions)
         };
+        let share = Share(times.iter().sum(), total);
         serial_println!(
-            "{:<5} {:<8} {:>6} {:>4} {:>6} {:>5} {:>6} {:>7} {:>4} {:>5} {:>4} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6}",
-            if k.alloc { "alloc" } else { "free" },
+            "{:<7} {:<8} {:>6} {:>4} {:>6} {:>5} {:>6} {:>7} {:>4} {:>5} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>6}",
+            k.call.name(),
             k.path.name(),
             k.size,
             k.maps,
@@ -289,8 +351,9 @@ fn report(calls: &mut [(Kind, u64)], overhead: u64, talc: (u64, u64)) {
             times[0],
             percentile(&times, 500),
             times[times.len() - 1],
+            share,
             over,
-            above_talc
+            above_talc.map_or(alloc::string::String::from("-"), |n| alloc::format!("{n}"))
         );
     }
 }

@@ -436,12 +436,15 @@ pub fn run_sections(scale: Scale, sections: Sections) -> Result<(), BenchError> 
 }
 
 /// The `attribution` section at `scale` (header included): kheap's calls in the latency replay
-/// grouped by what they did, against talc's p99.9 from the same mix ([`attribution`]).
+/// of the kernel-like mix, random alignment and realloc growth, grouped by what they did, against
+/// talc's p99.9 from the same workload ([`attribution`]). Returns each workload's summary.
 ///
 /// # Errors
 ///
-/// A refused request in either replay, or talc's arena not to be had.
-pub fn run_attribution(scale: Scale) -> Result<attribution::Summary, BenchError> {
+/// A refused request in any replay, or talc's arena not to be had.
+pub fn run_attribution(
+    scale: Scale,
+) -> Result<alloc::vec::Vec<(&'static str, attribution::Summary)>, BenchError> {
     let sizes = scale.sizes();
     let overhead = tsc::overhead();
     report::header(scale, &sizes, tsc::counts_instructions(), overhead);
@@ -453,27 +456,37 @@ fn attribution_section(
     sizes: &Sizes,
     overhead: u64,
     slots: &mut Slots,
-) -> Result<attribution::Summary, BenchError> {
-    let mix = workload::kernel_mix(&sizes.workloads, SEED);
-    // talc's p99.9 in the same boot: the mark the rows are counted against.
-    let mut samples = Latencies::default();
-    let talc = latency_row(Peer::Talc, &mix, sizes, overhead, slots, &mut samples)?;
-    if let Some(error) = talc.failed {
-        return Err(BenchError::Verify {
-            workload: mix.name,
-            allocator: Peer::Talc.name(),
-            error,
-        });
-    }
-    drop(samples);
-    let marks = (talc.alloc.p999, talc.free.p999);
-    attribution::run(&mix, sizes.budget_pages, overhead, marks, slots).map_err(|error| {
-        BenchError::Verify {
-            workload: mix.name,
-            allocator: Peer::Kheap.name(),
-            error,
+) -> Result<alloc::vec::Vec<(&'static str, attribution::Summary)>, BenchError> {
+    let w = &sizes.workloads;
+    let mut out = alloc::vec::Vec::new();
+    for g in 0..3 {
+        let workload = match g {
+            0 => workload::kernel_mix(w, SEED),
+            1 => workload::random_align(w, SEED),
+            _ => workload::realloc_growth(w, SEED),
+        };
+        // talc's p99.9 in the same boot: the mark the rows are counted against.
+        let mut samples = Latencies::default();
+        let talc = latency_row(Peer::Talc, &workload, sizes, overhead, slots, &mut samples)?;
+        drop(samples);
+        if let Some(error) = talc.failed {
+            return Err(BenchError::Verify {
+                workload: workload.name,
+                allocator: Peer::Talc.name(),
+                error,
+            });
         }
-    })
+        let marks = (talc.alloc.p999, talc.free.p999);
+        kernel::allocator::trim();
+        let summary = attribution::run(&workload, sizes.budget_pages, overhead, marks, slots)
+            .map_err(|error| BenchError::Verify {
+                workload: workload.name,
+                allocator: Peer::Kheap.name(),
+                error,
+            })?;
+        out.push((workload.name, summary));
+    }
+    Ok(out)
 }
 
 /// One timed replay of `w` (first `limit` body ops) on a fresh instance of `row.peer`; keeps it

@@ -503,9 +503,9 @@ pub fn latencies<A: BenchAlloc>(
 }
 
 /// The body of `w` called one op at a time as in [`latencies`], with `probe` read before and
-/// after every call, outside the bracket: `record(op, ticks, before, after)` sees each call, for
-/// finding out what the slow ones did (pages mapped, chunks made, blocks moved). Stops at the
-/// first refused request and returns it.
+/// after every call, outside the bracket: `record(op, ticks, moved, before, after)` sees each
+/// call (`moved`: a realloc returned another address), for finding out what the slow ones did
+/// (pages mapped, chunks made, blocks moved). Stops at the first refused request and returns it.
 ///
 /// # Errors
 ///
@@ -515,7 +515,7 @@ pub fn attributed<A: BenchAlloc, P>(
     w: &Workload,
     table: &mut Slots,
     mut probe: impl FnMut(&A) -> P,
-    mut record: impl FnMut(Op, u64, P, P),
+    mut record: impl FnMut(Op, u64, bool, P, P),
 ) -> Result<(), ReplayError> {
     table.reset(w.slots);
     let mut result = run::<A, false>(a, table, &w.setup, true, unlimited).map(|_| ());
@@ -526,13 +526,20 @@ pub fn attributed<A: BenchAlloc, P>(
                 setup: false,
             };
             let before = probe(a);
-            let r = match op {
-                Op::Alloc { .. } => timed_step(a, table, at, op),
-                Op::Free { .. } => timed_step(a, table, at, op),
-                Op::Realloc { .. } => timed_step(a, table, at, op),
+            let (r, old) = match op {
+                Op::Alloc { .. } => (timed_step(a, table, at, op), None),
+                Op::Free { .. } => (timed_step(a, table, at, op), None),
+                Op::Realloc { slot, .. } => {
+                    let old = table.slots[slot as usize].ptr;
+                    (timed_step(a, table, at, op), old)
+                }
+            };
+            let moved = match op {
+                Op::Realloc { slot, .. } => table.slots[slot as usize].ptr != old,
+                _ => false,
             };
             match r {
-                Ok(dt) => record(op, dt, before, probe(a)),
+                Ok(dt) => record(op, dt, moved, before, probe(a)),
                 Err(e) => {
                     result = Err(e);
                     break;

@@ -583,7 +583,8 @@ fn attributed_replay_probes_around_every_body_call() {
         &w,
         &mut slots,
         |m: &Malloc| m.live,
-        |op, _, before, after| {
+        |op, _, moved, before, after| {
+            assert!(!moved || matches!(op, Op::Realloc { .. }));
             let step = after as isize - before as isize;
             match op {
                 Op::Alloc { .. } => assert_eq!(step, 1),
@@ -608,8 +609,25 @@ fn attributed_replay_probes_around_every_body_call() {
             unsafe { self.0.free(ptr, layout) }
         }
     }
+    // `moved` tells a realloc that returned another address: the default realloc (allocate,
+    // copy, free) always does.
+    let g = realloc_growth(&KERNEL_SMOKE, 7);
+    let (mut reallocs, mut moves) = (0, 0);
+    replay::attributed(
+        &mut a,
+        &g,
+        &mut slots,
+        |_| (),
+        |op, _, moved, (), ()| {
+            reallocs += usize::from(matches!(op, Op::Realloc { .. }));
+            moves += usize::from(moved);
+        },
+    )
+    .unwrap();
+    assert!(reallocs > 0);
+    assert_eq!(moves, reallocs);
     let mut r = Refusing(Malloc::default(), w.setup.len() + 10);
-    let e = replay::attributed(&mut r, &w, &mut slots, |_| (), |_, _, (), ()| {});
+    let e = replay::attributed(&mut r, &w, &mut slots, |_| (), |_, _, _, (), ()| {});
     assert!(
         matches!(e, Err(ReplayError::OutOfMemory { setup: false, .. })),
         "{e:?}"
