@@ -200,8 +200,9 @@ impl ChunkLists {
             }
             // SAFETY: members of the partial list are live, non-full chunks of these lists.
             let desc = unsafe { &mut *d };
-            if !geo.is_tiny() && desc.free == NONE {
-                // Nothing freed to reuse: a run of never-used blocks (a new chunk's refill).
+            if !geo.is_tiny() && desc.free == NONE && out.len() - n > 1 {
+                // Nothing freed to reuse: a run of never-used blocks (a new chunk's refill). A
+                // single block takes the loop below, which costs less for one.
                 n += desc.alloc_fresh(&geo, &mut out[n..]);
             }
             while n < out.len() && !desc.is_full(&geo) {

@@ -409,6 +409,13 @@ impl PageMap {
         spare: bool,
     ) -> Result<(), PageSourceError> {
         let raw = entry.encode();
+        if count == 1 {
+            // A chunk or a root page: one slot, no loop.
+            let slot = self.slot(Some(src), start.addr().get(), spare)?;
+            // SAFETY: `slot` returns a pointer into a live leaf node.
+            unsafe { *slot = raw };
+            return Ok(());
+        }
         let mut i = 0;
         while i < count {
             let addr = start.addr().get().wrapping_add(i * PAGE_SIZE);
