@@ -205,7 +205,7 @@ pub struct Summary {
 }
 
 /// Replays `w` on a fresh kheap over the heap window (capped at `budget_pages`, as in the
-/// latency section) and prints the calls grouped by [`Kind`], with their counts (minus `overhead`
+/// latency section) and prints the calls grouped by what they did, with their counts (minus `overhead`
 /// cycles of counter overhead) and how many are above `talc`'s p99.9 (allocation, free).
 ///
 /// # Errors
