@@ -12,7 +12,7 @@
 
 extern crate alloc;
 
-use kernel_bench::{Scale, workload};
+use kernel_bench::{SEED, Scale, workload};
 
 // The smoke budget is 8 MiB per allocator; 128 MiB leaves the kernel heap and frames room.
 kernel::qemu_args!("-m 128M");
@@ -23,7 +23,6 @@ kernel::test_kernel!();
 /// sequences at the smoke scale.
 #[kernel::test]
 fn smoke_workloads_are_consistent() {
-    const SEED: u64 = 0x6b62_656e_6368_2a01;
     let w = &Scale::Smoke.sizes().workloads;
     let mut all = alloc::vec![
         workload::small_churn(w, SEED),
@@ -58,7 +57,6 @@ fn smoke_benchmark_verifies_every_allocator() {
 /// are too few to fill a magazine and flush it), reallocs in realloc growth.
 #[kernel::test]
 fn smoke_attribution_classifies_every_call() {
-    const SEED: u64 = 0x6b62_656e_6368_2a01;
     let w = &Scale::Smoke.sizes().workloads;
     let all = match kernel_bench::run_attribution(Scale::Smoke) {
         Ok(all) => all,

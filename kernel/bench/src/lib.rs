@@ -88,7 +88,7 @@ use report::{Cell, LatencyRow, Pages, Row};
 use workload::Workload;
 
 /// Seed of every generated workload: fixed, so every boot replays identical sequences.
-const SEED: u64 = 0x6b62_656e_6368_2a01;
+pub const SEED: u64 = 0x6b62_656e_6368_2a01;
 
 /// The PRNG of every generated workload: the one the recorded in-kernel results were measured
 /// with (the host benchmark draws its sequences with wyrand; see `kheap-workload`'s docs).

@@ -597,18 +597,6 @@ fn attributed_replay_probes_around_every_body_call() {
     .unwrap();
     assert_eq!(seen, w.ops);
     assert_eq!(a.live, 0, "the teardown freed every block");
-    // A refused request stops the pass and is returned, the blocks so far given back.
-    struct Refusing(Malloc, usize);
-    impl BenchAlloc for Refusing {
-        fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
-            self.1 = self.1.checked_sub(1)?;
-            self.0.alloc(layout)
-        }
-        unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
-            // SAFETY: forwarded contract.
-            unsafe { self.0.free(ptr, layout) }
-        }
-    }
     // `moved` tells a realloc that returned another address: the default realloc (allocate,
     // copy, free) always does.
     let g = realloc_growth(&KERNEL_SMOKE, 7);
@@ -626,6 +614,18 @@ fn attributed_replay_probes_around_every_body_call() {
     .unwrap();
     assert!(reallocs > 0);
     assert_eq!(moves, reallocs);
+    // A refused request stops the pass and is returned, the blocks so far given back.
+    struct Refusing(Malloc, usize);
+    impl BenchAlloc for Refusing {
+        fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+            self.1 = self.1.checked_sub(1)?;
+            self.0.alloc(layout)
+        }
+        unsafe fn free(&mut self, ptr: NonNull<u8>, layout: Layout) {
+            // SAFETY: forwarded contract.
+            unsafe { self.0.free(ptr, layout) }
+        }
+    }
     let mut r = Refusing(Malloc::default(), w.setup.len() + 10);
     let e = replay::attributed(&mut r, &w, &mut slots, |_| (), |_, _, _, (), ()| {});
     assert!(
