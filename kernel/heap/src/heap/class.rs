@@ -37,20 +37,42 @@ impl<S: PageSource> Heap<S> {
         self.allocate_slow(layout)
     }
 
-    /// Everything but the magazine hit: first use, refills, large requests, and the retry after
-    /// trimming.
+    /// Everything but the magazine hit, on an initialised heap: a refill, or a large request
+    /// served by one inlined copy of the large allocator's region path (search and carve,
+    /// without a call between them). First use, and a request the page source refuses pages
+    /// for, take [`allocate_retrying`](Self::allocate_retrying).
     #[inline(never)]
     fn allocate_slow(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let tried = match self.live() {
+            Some(mut st) => match st.allocate_uncached(layout) {
+                Err(AllocError::OutOfPages { .. }) => true,
+                result => return result,
+            },
+            None => false,
+        };
+        self.allocate_retrying(layout, tried)
+    }
+
+    /// First use (the first root run is mapped), and the retry after a refusal: every cache is
+    /// [trimmed](Self::trim) and the request tried once more. `tried`: the request already
+    /// failed once for want of pages (so it is not tried again before the trim).
+    #[inline(never)]
+    fn allocate_retrying(
+        &mut self,
+        layout: Layout,
+        tried: bool,
+    ) -> Result<NonNull<u8>, AllocError> {
         let mut st = self
             .live_or_init()
             .map_err(|cause| AllocError::OutOfPages { layout, cause })?;
-        match st.allocate_uncached(layout) {
-            Err(AllocError::OutOfPages { .. }) => {
-                st.trim();
-                st.allocate_uncached(layout)
+        if !tried {
+            match st.allocate_uncached(layout) {
+                Err(AllocError::OutOfPages { .. }) => {}
+                result => return result,
             }
-            result => result,
         }
+        st.trim();
+        st.allocate_uncached(layout)
     }
 
     /// Frees a block.
@@ -277,8 +299,8 @@ impl<S: PageSource> Live<'_, S> {
     }
 
     /// [`Heap::allocate`] past the magazine's fast path, on an initialised heap. Inlined into
-    /// `allocate_slow`, and the large allocator's path into it: one call from the fast path to
-    /// the large allocator's search.
+    /// `allocate_slow` (and `allocate_retrying`), and the large allocator's region path into
+    /// it: one call from the fast path to the large allocator's search and carve.
     #[inline(always)]
     fn allocate_uncached(&mut self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         match class_for(layout) {

@@ -87,7 +87,7 @@ impl Bins {
     }
 
     /// A binned free block of at least `need` bytes, or `None`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn find(&self, need: usize) -> Option<Block> {
         if let Some((fl, sl)) = search_bin(need) {
             let sl_map = self.sl_bitmap[fl] & (u8::MAX << sl);

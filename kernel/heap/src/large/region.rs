@@ -61,7 +61,7 @@ const fn region_len_for(need: usize) -> usize {
 
 impl LargeAlloc {
     /// The region path of [`allocate`](Self::allocate).
-    #[inline]
+    #[inline(always)]
     pub(super) fn allocate_block<S: PageSource>(
         &mut self,
         src: &mut S,
@@ -218,7 +218,7 @@ impl LargeAlloc {
     ///
     /// `block` is a free block of a region of ours, in no bin, whose neighbours are not free, of
     /// at least `block_size` bytes (`block_size + align + 16` if `align > 16`).
-    #[inline]
+    #[inline(always)]
     unsafe fn carve(&mut self, block: Block, block_size: usize, align: usize) -> NonNull<u8> {
         // SAFETY: every header touched lies within `block` or is its successor, all in the region
         // (caller's guarantee on the size); the gap and tail pieces are at least MIN_BLOCK bytes.

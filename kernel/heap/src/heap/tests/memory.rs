@@ -190,6 +190,40 @@ fn a_failed_allocation_drops_the_caches_and_retries() {
     assert_only_roots_left(&h);
 }
 
+/// The same for a large request, which `allocate_slow` serves inline: its first attempt fails
+/// for want of pages, the caches are trimmed, and the second attempt gets the pages.
+#[test]
+fn a_failed_large_allocation_drops_the_caches_and_retries() {
+    let mut h = heap(FIRST_RUN_PAGES + 5 + 12);
+    let page = layout(4096, 4096);
+    let mut pages = Vec::new();
+    while let Ok(p) = h.allocate(page) {
+        pages.push(p);
+    }
+    for p in pages.drain(..) {
+        // SAFETY: allocated above.
+        unsafe { h.deallocate(p, page) };
+    }
+    let mapped = h.source().mapped_pages();
+    assert_eq!(mapped, h.source().capacity());
+    let large = layout(3000, 8);
+    assert_eq!(
+        crate::size_class::class_for(large),
+        crate::size_class::SizeClass::Large
+    );
+    let p = h
+        .allocate(large)
+        .expect("the cached pages are given back on failure");
+    fill(p, large.size(), 3);
+    h.check_invariants().unwrap();
+    check(p, large.size(), 3);
+    assert_eq!(h.stats().requested_bytes, large.size());
+    // SAFETY: allocated above.
+    unsafe { h.deallocate(p, large) };
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
 /// A page source that refuses to hold more than `limit` pages at once: a machine with that
 /// much memory.
 struct Budget {
