@@ -123,9 +123,10 @@ const SMALL_ALIGN: [u16; MAX_CLASS_SIZE / 8 + 1] = {
 /// Within a bucket the rule only ever turns a size away below a threshold: it applies from 64
 /// bytes and from the alignment on, which a bucket reaches at its last size (a multiple of 16),
 /// where the class is exactly that size; and beyond that the waste falls as the size grows.
-/// 4.6 KiB.
-const LARGE_ALIGN: [[u16; MAX_CLASS_SIZE / 16 + 1]; 9] = {
-    let mut table = [[0u16; MAX_CLASS_SIZE / 16 + 1]; 9];
+/// Rows 9 to 15 (alignments above a page) are never read: they only let a lookup mask its row
+/// index instead of checking it. 8.2 KiB.
+const LARGE_ALIGN: [[u16; MAX_CLASS_SIZE / 16 + 1]; 16] = {
+    let mut table = [[0u16; MAX_CLASS_SIZE / 16 + 1]; 16];
     let mut a = 0;
     while a < 9 {
         let align = 16 << a;
@@ -159,63 +160,46 @@ const LARGE_ALIGN: [[u16; MAX_CLASS_SIZE / 16 + 1]; 9] = {
 ///
 /// No loop and no division: for alignments up to 8 (nearly every request) one load from a 1 KiB
 /// table answers, waste rule included; larger alignments take one load from a second table, which
-/// folds the waste rule in the same way.
+/// folds the waste rule in the same way (see [`small_class`]).
 #[inline]
 pub const fn class_for(layout: Layout) -> SizeClass {
-    if let Some(index) = common_class(layout) {
-        return SizeClass::Small(index);
-    }
-    let size = layout.size();
-    let align = layout.align();
-    if size > MAX_CLASS_SIZE || align <= 8 {
-        return SizeClass::Large;
-    }
-    class_for_aligned(size, align)
-}
-
-/// The common case of [`class_for`], for the heap's fast paths: the class of a layout aligned to
-/// at most 8 bytes that a class serves, or `None` when `class_for` has to decide (a larger
-/// alignment, or a large request). Small enough to inline everywhere: two compares and one load.
-#[inline(always)]
-pub const fn common_class(layout: Layout) -> Option<usize> {
-    let size = layout.size();
-    if size > MAX_CLASS_SIZE || layout.align() > 8 {
-        return None;
-    }
-    let entry = SMALL_ALIGN[(size + 7) >> 3];
-    if ((size + 7) & 7) as u16 >= entry >> 8 {
-        Some((entry & 0xFF) as usize)
-    } else {
-        None
+    match small_class(layout) {
+        Some(index) => SizeClass::Small(index),
+        None => SizeClass::Large,
     }
 }
 
 /// The class of `layout`, if a class serves it: [`class_for`] as an `Option`, for the heap's
-/// fast paths. Alignments up to 8 cost what [`common_class`] costs; larger ones (up to a page)
-/// one load from the aligned table more, with no call, so that an aligned class block is
-/// allocated and freed at the magazine like any other (measured in
-/// `kernel/heap/bench/results/ANALYSIS.md`, "Aligned requests and frees (h12)").
+/// fast paths. Alignments up to 8 cost a size compare, an alignment compare and one load from
+/// the 1 KiB table; a larger one (up to a page) one more compare and a load from its row of the
+/// aligned table, with no call, no bounds check and no test repeated, so that an aligned class
+/// block is allocated and freed at the magazine nearly like any other (measured in
+/// `kernel/heap/bench/results/ANALYSIS.md`, "Aligned requests and frees (h12)", and "The
+/// aligned class lookup").
 #[inline(always)]
 pub const fn small_class(layout: Layout) -> Option<usize> {
-    if let Some(i) = common_class(layout) {
-        return Some(i);
+    let size = layout.size();
+    let align = layout.align();
+    if size > MAX_CLASS_SIZE {
+        return None;
     }
-    match class_for(layout) {
-        SizeClass::Small(i) => Some(i),
-        SizeClass::Large => None,
+    if align <= 8 {
+        let entry = SMALL_ALIGN[(size + 7) >> 3];
+        return if ((size + 7) & 7) as u16 >= entry >> 8 {
+            Some((entry & 0xFF) as usize)
+        } else {
+            None
+        };
     }
-}
-
-/// [`class_for`] for alignments above 8.
-const fn class_for_aligned(size: usize, align: usize) -> SizeClass {
     if align > PAGE_SIZE {
-        return SizeClass::Large;
+        return None;
     }
-    let entry = LARGE_ALIGN[(align.trailing_zeros() - 4) as usize][(size + 15) >> 4];
+    // 16 ..= 4096: rows 0 ..= 8 (the mask only spares the bounds check).
+    let entry = LARGE_ALIGN[(align.trailing_zeros() as usize - 4) & 15][(size + 15) >> 4];
     if ((size + 15) & 15) as u16 >= entry >> 8 {
-        SizeClass::Small((entry & 0xFF) as usize)
+        Some((entry & 0xFF) as usize)
     } else {
-        SizeClass::Large
+        None
     }
 }
 
