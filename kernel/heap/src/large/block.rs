@@ -51,6 +51,11 @@ const fn tag(addr: usize) -> usize {
     (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> TAG_SHIFT) ^ 0x4B48
 }
 
+/// The tag of a header at `addr`, in place in the size word.
+const fn tag_bits(addr: usize) -> usize {
+    tag(addr) << TAG_SHIFT
+}
+
 /// A block (or sentinel, or run tag) header at a 16-aligned address inside a mapping.
 ///
 /// Address arithmetic is safe; every accessor that touches memory is `unsafe` and requires that
@@ -120,9 +125,28 @@ impl Block {
     /// As for [`Block::set_prev_size`].
     pub(super) unsafe fn set(self, size: usize, state: usize) {
         debug_assert!(size & !SIZE_MASK == 0 && state & !STATE_MASK == 0);
-        let word = size | state | (tag(self.addr()) << TAG_SHIFT);
+        let word = size | state | tag_bits(self.addr());
         // SAFETY: the caller guarantees the header is mapped and ours to write; it is aligned.
         unsafe { self.0.wrapping_add(8).cast::<usize>().write(word) }
+    }
+
+    /// Rewrites the size and state of a header [`set`](Self::set) wrote, keeping its tag (which
+    /// depends on the address only): no tag to compute.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Block::set_prev_size`], and the header holds a word `set` wrote at this address.
+    pub(super) unsafe fn reset(self, size: usize, state: usize) {
+        debug_assert!(size & !SIZE_MASK == 0 && state & !STATE_MASK == 0);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let tag = self.word() & !(SIZE_MASK | STATE_MASK);
+            debug_assert!(tag == tag_bits(self.addr()));
+            self.0
+                .wrapping_add(8)
+                .cast::<usize>()
+                .write(tag | size | state);
+        }
     }
 
     /// # Safety

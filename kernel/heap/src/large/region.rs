@@ -233,7 +233,7 @@ impl LargeAlloc {
                 }
                 if gap != 0 {
                     // The leading gap stays a free block; its predecessor is not free.
-                    block.set(gap, FREE);
+                    block.reset(gap, FREE);
                     self.bins.insert(block);
                     start = block.forward(gap);
                     start.set_prev_size(gap);
@@ -278,7 +278,7 @@ impl LargeAlloc {
             {
                 // This header stays in memory when merged away: a second free of `block` sees
                 // FREE. (Unmerged, `block` starts the result and is marked FREE below.)
-                block.set(size, FREE);
+                block.reset(size, FREE);
                 self.bins.remove(prev);
                 size += prev.size();
                 start = prev;
@@ -288,7 +288,7 @@ impl LargeAlloc {
                 self.bins.remove(next);
                 size += next.size();
             }
-            start.set(size, FREE);
+            start.reset(size, FREE);
             let after = start.next();
             after.set_prev_size(size);
             if start.prev_size() == 0 && after.state() == END {
@@ -366,7 +366,7 @@ impl LargeAlloc {
             if new_block <= size {
                 if size - new_block >= MIN_BLOCK {
                     let tail = block.forward(new_block);
-                    block.set(new_block, USED);
+                    block.reset(new_block, USED);
                     tail.set_prev_size(new_block);
                     tail.set(size - new_block, USED);
                     self.live_bytes -= size - new_block;
@@ -395,7 +395,7 @@ impl LargeAlloc {
             let total = size + next.size();
             self.bins.remove(next);
             if total - new_block >= MIN_BLOCK {
-                block.set(new_block, USED);
+                block.reset(new_block, USED);
                 let tail = block.forward(new_block);
                 tail.set_prev_size(new_block);
                 tail.set(total - new_block, FREE);
@@ -404,7 +404,7 @@ impl LargeAlloc {
                 self.bins.insert(tail);
                 self.live_bytes += new_block - size;
             } else {
-                block.set(total, USED);
+                block.reset(total, USED);
                 block.next().set_prev_size(total);
                 self.live_bytes += total - size;
             }
