@@ -97,11 +97,17 @@ impl Bins {
                 let fl_map = self.fl_bitmap & (u32::MAX << (fl + 1));
                 (fl_map != 0).then(|| {
                     let fl = fl_map.trailing_zeros() as usize;
-                    (fl, self.sl_bitmap[fl].trailing_zeros() as usize)
+                    // SAFETY: the first-level bitmap marks only bins below `FL_COUNT`.
+                    let map = unsafe { *self.sl_bitmap.get_unchecked(fl) };
+                    (fl, map.trailing_zeros() as usize)
                 })
             };
             if let Some((fl, sl)) = found {
-                return Some(Block(self.heads[fl][sl]));
+                debug_assert!(fl < FL_COUNT && sl < SL_COUNT);
+                // SAFETY: a marked bin: `fl < FL_COUNT`, and `sl` is a set bit of a `u8`.
+                return Some(Block(unsafe {
+                    *self.heads.get_unchecked(fl).get_unchecked(sl)
+                }));
             }
         }
         // The good fit failed: a few blocks of the exact bin may still be large enough.
@@ -135,17 +141,22 @@ impl Bins {
     #[inline]
     pub(super) unsafe fn insert(&mut self, block: Block) {
         // SAFETY: `block` and the current head (if any) are free blocks of our regions.
+        // SAFETY (the unchecked indices): a region block is smaller than `BIN_LIMIT` (asserted
+        // where regions are sized), so its bin exists: `fl < FL_COUNT`, and `sl < SL_COUNT`
+        // always.
         unsafe {
             let size = block.size();
             let (fl, sl) = bin_of(size);
-            let head = self.heads[fl][sl];
+            debug_assert!(fl < FL_COUNT && sl < SL_COUNT);
+            let slot = self.heads.get_unchecked_mut(fl).get_unchecked_mut(sl);
+            let head = *slot;
+            *slot = block.0;
             block.set_next_free(head);
             block.set_prev_free(ptr::null_mut());
             if !head.is_null() {
                 Block(head).set_prev_free(block.0);
             }
-            self.heads[fl][sl] = block.0;
-            self.sl_bitmap[fl] |= 1 << sl;
+            *self.sl_bitmap.get_unchecked_mut(fl) |= 1 << sl;
             self.fl_bitmap |= 1 << fl;
             self.free_bytes += size;
         }
@@ -158,7 +169,8 @@ impl Bins {
     /// `block` is in the bin of its (unchanged) size.
     #[inline]
     pub(super) unsafe fn remove(&mut self, block: Block) {
-        // SAFETY: `block` and its list neighbours are binned free blocks of our regions.
+        // SAFETY: `block` and its list neighbours are binned free blocks of our regions; the
+        // unchecked indices are those of the bin `block` is in (see `insert`).
         unsafe {
             let size = block.size();
             let next = block.next_free();
@@ -170,10 +182,12 @@ impl Bins {
                 // Only a list head needs its bin (a block within a list is unlinked by its
                 // neighbours alone).
                 let (fl, sl) = bin_of(size);
-                self.heads[fl][sl] = next;
+                debug_assert!(fl < FL_COUNT && sl < SL_COUNT);
+                *self.heads.get_unchecked_mut(fl).get_unchecked_mut(sl) = next;
                 if next.is_null() {
-                    self.sl_bitmap[fl] &= !(1 << sl);
-                    if self.sl_bitmap[fl] == 0 {
+                    let map = self.sl_bitmap.get_unchecked_mut(fl);
+                    *map &= !(1 << sl);
+                    if *map == 0 {
                         self.fl_bitmap &= !(1 << fl);
                     }
                 }
