@@ -174,8 +174,8 @@ pub const fn class_for(layout: Layout) -> SizeClass {
 /// the 1 KiB table; a larger one (up to a page) one more compare and a load from its row of the
 /// aligned table, with no call, no bounds check and no test repeated, so that an aligned class
 /// block is allocated and freed at the magazine nearly like any other (measured in
-/// `kernel/heap/bench/results/ANALYSIS.md`, "Aligned requests and frees (h12)", and "The
-/// aligned class lookup").
+/// `kernel/heap/bench/results/ANALYSIS.md`, "Aligned requests and frees (h12)" and "Inlined
+/// large paths, one aligned lookup").
 #[inline(always)]
 pub const fn small_class(layout: Layout) -> Option<usize> {
     let size = layout.size();
