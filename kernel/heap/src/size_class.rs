@@ -114,7 +114,7 @@ const SMALL_ALIGN: [u16; MAX_CLASS_SIZE / 8 + 1] = {
     table
 };
 
-/// Alignments from 16 to a page, like [`SMALL_ALIGN`]: entry `b` of `LARGE_ALIGN[log2(align) - 4]`
+/// Alignments from 16 to a page, like [`SMALL_ALIGN`]: entry `LARGE_ALIGN[b][log2(align) - 4]`
 /// covers the sixteen sizes `16b - 15 ..= 16b` (the sizes with `(size + 15) / 16 == b`); its low
 /// byte is the smallest class at least `16b` that is a multiple of `align` (such a class is a
 /// multiple of 16, so it is the same for the whole bucket), its high byte the position `d`
@@ -123,10 +123,12 @@ const SMALL_ALIGN: [u16; MAX_CLASS_SIZE / 8 + 1] = {
 /// Within a bucket the rule only ever turns a size away below a threshold: it applies from 64
 /// bytes and from the alignment on, which a bucket reaches at its last size (a multiple of 16),
 /// where the class is exactly that size; and beyond that the waste falls as the size grows.
-/// Rows 9 to 15 (alignments above a page) are never read: they only let a lookup mask its row
-/// index instead of checking it. 8.2 KiB.
-const LARGE_ALIGN: [[u16; MAX_CLASS_SIZE / 16 + 1]; 16] = {
-    let mut table = [[0u16; MAX_CLASS_SIZE / 16 + 1]; 16];
+/// Laid out bucket-major, 16 alignments per bucket, so that a lookup's index is the bucket's
+/// bytes `(size + 15) & !15` with the alignment's column in its low bits (no multiply); columns 9
+/// to 15 (alignments above a page) are never read: they only let a lookup mask its column
+/// instead of checking it. 8.2 KiB.
+const LARGE_ALIGN: [[u16; 16]; MAX_CLASS_SIZE / 16 + 1] = {
+    let mut table = [[0u16; 16]; MAX_CLASS_SIZE / 16 + 1];
     let mut a = 0;
     while a < 9 {
         let align = 16 << a;
@@ -143,7 +145,7 @@ const LARGE_ALIGN: [[u16; MAX_CLASS_SIZE / 16 + 1]; 16] = {
                 }
                 d += 1;
             }
-            table[a][b] = (class as u16) | ((d as u16) << 8);
+            table[b][a] = (class as u16) | ((d as u16) << 8);
             b += 1;
         }
         a += 1;
@@ -194,8 +196,8 @@ pub const fn small_class(layout: Layout) -> Option<usize> {
     if align > PAGE_SIZE {
         return None;
     }
-    // 16 ..= 4096: rows 0 ..= 8 (the mask only spares the bounds check).
-    let entry = LARGE_ALIGN[(align.trailing_zeros() as usize - 4) & 15][(size + 15) >> 4];
+    // 16 ..= 4096: columns 0 ..= 8 (the mask only spares the bounds check).
+    let entry = LARGE_ALIGN[(size + 15) >> 4][(align.trailing_zeros() as usize - 4) & 15];
     if ((size + 15) & 15) as u16 >= entry >> 8 {
         Some((entry & 0xFF) as usize)
     } else {
