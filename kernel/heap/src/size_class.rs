@@ -171,10 +171,22 @@ pub const fn class_for(layout: Layout) -> SizeClass {
     }
 }
 
+/// The common case of [`class_for`]: the class of a layout aligned to at most 8 bytes that a
+/// class serves, or `None` when `class_for` has to decide (a larger alignment, or a large
+/// request). Two compares and one load; [`small_class`] answers every alignment as cheaply for
+/// these layouts.
+#[inline(always)]
+pub const fn common_class(layout: Layout) -> Option<usize> {
+    if layout.align() > 8 {
+        return None;
+    }
+    small_class(layout)
+}
+
 /// The class of `layout`, if a class serves it: [`class_for`] as an `Option`, for the heap's
 /// fast paths. Alignments up to 8 cost a size compare, an alignment compare and one load from
-/// the 1 KiB table; a larger one (up to a page) one more compare and a load from its row of the
-/// aligned table, with no call, no bounds check and no test repeated, so that an aligned class
+/// the 1 KiB table; a larger one (up to a page) one more compare and a load from the aligned
+/// table, with no call, no bounds check and no test repeated, so that an aligned class
 /// block is allocated and freed at the magazine nearly like any other (measured in
 /// `kernel/heap/bench/results/ANALYSIS.md`, "Aligned requests and frees (h12)" and "Inlined
 /// large paths, one aligned lookup").
@@ -263,6 +275,13 @@ mod tests {
             for size in (0..=MAX_CLASS_SIZE + 16).step_by(SIZE_STEP) {
                 let layout = Layout::from_size_align(size, align).unwrap();
                 assert_eq!(class_for(layout), reference(size, align), "{size} {align}");
+                let small = match reference(size, align) {
+                    SizeClass::Small(i) => Some(i),
+                    SizeClass::Large => None,
+                };
+                assert_eq!(small_class(layout), small, "{size} {align}");
+                let common = if align <= 8 { small } else { None };
+                assert_eq!(common_class(layout), common, "{size} {align}");
             }
             align *= 2;
         }
