@@ -160,10 +160,9 @@ fn cached_blocks_count_as_free_and_trim_returns_them() {
     assert_only_roots_left(&h);
 }
 
-/// Blocks cached in one class's magazine must not make another class fail: a page-source
-/// failure gives every cache back and tries again.
-#[test]
-fn a_failed_allocation_drops_the_caches_and_retries() {
+/// A small heap whose every page is held as a cached (freed) block of the 4096-byte class, so
+/// that any request that needs a page fails once.
+fn heap_full_of_cached_pages() -> Heap<ArenaSource> {
     let mut h = heap(FIRST_RUN_PAGES + 5 + 12);
     let page = layout(4096, 4096);
     let mut pages = Vec::new();
@@ -171,13 +170,21 @@ fn a_failed_allocation_drops_the_caches_and_retries() {
         pages.push(p);
     }
     assert!(pages.len() >= 10, "{}", pages.len());
-    for p in pages.drain(..) {
+    for p in pages {
         // SAFETY: allocated above.
         unsafe { h.deallocate(p, page) };
     }
     // Every page is still held: as cached blocks of the 4096-byte class.
+    assert_eq!(h.source().mapped_pages(), h.source().capacity());
+    h
+}
+
+/// Blocks cached in one class's magazine must not make another class fail: a page-source
+/// failure gives every cache back and tries again.
+#[test]
+fn a_failed_allocation_drops_the_caches_and_retries() {
+    let mut h = heap_full_of_cached_pages();
     let mapped = h.source().mapped_pages();
-    assert_eq!(mapped, h.source().capacity());
     let small = layout(64, 8);
     let p = h
         .allocate(small)
@@ -194,18 +201,7 @@ fn a_failed_allocation_drops_the_caches_and_retries() {
 /// for want of pages, the caches are trimmed, and the second attempt gets the pages.
 #[test]
 fn a_failed_large_allocation_drops_the_caches_and_retries() {
-    let mut h = heap(FIRST_RUN_PAGES + 5 + 12);
-    let page = layout(4096, 4096);
-    let mut pages = Vec::new();
-    while let Ok(p) = h.allocate(page) {
-        pages.push(p);
-    }
-    for p in pages.drain(..) {
-        // SAFETY: allocated above.
-        unsafe { h.deallocate(p, page) };
-    }
-    let mapped = h.source().mapped_pages();
-    assert_eq!(mapped, h.source().capacity());
+    let mut h = heap_full_of_cached_pages();
     let large = layout(3000, 8);
     assert_eq!(
         crate::size_class::class_for(large),
