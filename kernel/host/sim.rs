@@ -254,6 +254,23 @@ impl Machine {
         self.window.spare()
     }
 
+    /// Heap-window pages mapped ahead of need in the page reserve.
+    #[must_use]
+    pub fn window_reserved(&self) -> usize {
+        self.window.reserved()
+    }
+
+    /// The kernel page source's `wants_prepare`: whether the reserve is below its target.
+    #[must_use]
+    pub fn wants_prepare(&self) -> bool {
+        self.window.wants_prepare()
+    }
+
+    /// The kernel page source's `prepare`: maps one page into the reserve; whether it did.
+    pub fn prepare(&mut self) -> bool {
+        self.window.prepare(&mut self.tables, &mut self.frames)
+    }
+
     /// The kernel's `memory::release_spare_pages`: unmaps the window's spare pages and frees
     /// their frames; how many there were.
     pub fn release_spare_pages(&mut self) -> usize {
@@ -437,7 +454,7 @@ impl Machine {
 
     /// Checks the exact accounting (cheap, no window walk): the mapper's tables are all linked
     /// and non-empty, and every used frame is the bitmap's, a table, a window page, a spare,
-    /// a raw page or a held-back frame. Panics naming the broken rule.
+    /// a reserve page, a raw page or a held-back frame. Panics naming the broken rule.
     pub fn check(&self) {
         let audit = self.audit();
         assert!(
@@ -450,17 +467,19 @@ impl Machine {
             + self.tables.table_frames()
             + self.window.mapped() as u64
             + self.window.spare() as u64
+            + self.window.reserved() as u64
             + self.raw_pages.len() as u64
             + self.hoard.len() as u64;
         assert_eq!(
             s.used,
             accounted,
-            "frames: {} used, but bitmap {} + tables {} + window pages {} + spares {} + raw pages {} + held {}",
+            "frames: {} used, but bitmap {} + tables {} + window pages {} + spares {} + reserve {} + raw pages {} + held {}",
             s.used,
             s.bitmap,
             self.tables.table_frames(),
             self.window.mapped(),
             self.window.spare(),
+            self.window.reserved(),
             self.raw_pages.len(),
             self.hoard.len()
         );

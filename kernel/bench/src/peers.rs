@@ -173,6 +173,17 @@ unsafe impl<S: PageSource> PageSource for CappedSource<S> {
         self.unmaps += 1;
     }
 
+    /// The inner source's reserve is its own (the heap window's, shared by every heap over
+    /// it): filling it maps nothing for the heap, so the cap does not count it.
+    #[inline]
+    fn wants_prepare(&self) -> bool {
+        self.inner.wants_prepare()
+    }
+
+    fn prepare(&mut self) -> bool {
+        self.inner.prepare()
+    }
+
     fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
         let Ok(total) = self.admit(extra) else {
             return false;

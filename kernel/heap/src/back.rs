@@ -103,8 +103,11 @@ impl<S: PageSource> Back<'_, S> {
         let (n, mapped) =
             unsafe { self.alloc_batch(lists, mag.room(batch_blocks(stride, budget))) }?;
         mag.filled(n);
-        if !mapped {
-            self.prepare();
+        if !mapped && !self.prepare() && self.src.wants_prepare() {
+            // Nothing of the heap's own to pre-create: the source's turn (one page of its
+            // reserve, say; see `PageSource::prepare`). Refills only, not flushes: a flush
+            // already moves up to 16 blocks, and a free should stay the cheaper call.
+            let _ = self.src.prepare();
         }
         Ok(())
     }
@@ -152,7 +155,7 @@ impl<S: PageSource> Back<'_, S> {
         let (given, released) = unsafe { self.give_back_bounded(lists, &mag.cached()[..n]) };
         mag.drop_oldest(given);
         if !released {
-            self.prepare();
+            let _ = self.prepare();
         }
         given
     }
@@ -162,16 +165,20 @@ impl<S: PageSource> Back<'_, S> {
     /// node if the map has none (see `pagemap` and `root`). Called by refills and flushes
     /// that made no page-source call of their own, so that the call which maps a chunk maps only
     /// its page. A failure changes nothing: the call that needs the metadata then maps it itself
-    /// (and fails cleanly if it cannot).
+    /// (and fails cleanly if it cannot). Returns whether it tried (whether the call made, or
+    /// attempted, a page-source call).
     #[inline]
-    pub fn prepare(&mut self) {
+    pub fn prepare(&mut self) -> bool {
         // Descriptor runs first: they are needed every 126 chunks (39 with `debug-checks`),
         // page-map leaves every 512 pages.
         if self.roots.wants_spare() {
             let _ = self.roots.add_spare(self.src, self.map);
         } else if self.map.wants_spare() {
             let _ = self.map.add_spare(self.src);
+        } else {
+            return false;
         }
+        true
     }
 
     /// [`give_back`](Self::give_back), stopping before a block whose chunk would be the second

@@ -665,6 +665,15 @@ unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
         unsafe { self.src.unmap_pages(ptr, count) };
     }
 
+    #[inline]
+    fn wants_prepare(&self) -> bool {
+        self.src.wants_prepare()
+    }
+
+    fn prepare(&mut self) -> bool {
+        self.src.prepare()
+    }
+
     /// Grows through the wrapped source and records the new pages as part of the run at `ptr`
     /// (the caller passes the start of the mapping its page-map entries name). If recording
     /// fails (no page for a map node), the new pages are unmapped again and the answer is `false`.

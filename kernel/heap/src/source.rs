@@ -219,6 +219,34 @@ pub unsafe trait PageSource {
         let _ = (old, count, new, new_count, keep_new);
     }
 
+    /// Whether the source has work it would like to do ahead of need in
+    /// [`prepare`](Self::prepare) (a reserve of pages mapped ahead of time that is not full, say).
+    /// `false` by default. The heap asks on its slow paths, so an answer must be cheap: a field
+    /// or an atomic read, no lock.
+    #[inline]
+    fn wants_prepare(&self) -> bool {
+        false
+    }
+
+    /// Does a bounded piece of work ahead of need, so that later `map_pages` calls have less to
+    /// do in one go: a kernel maps one more page into a reserve of pages mapped ahead of time,
+    /// from which its `map_pages` then hands out runs without page-table work. Returns whether it
+    /// did anything (`false` when it has nothing to do or cannot, short of memory for example).
+    /// The default does nothing.
+    ///
+    /// The heap calls it at most once per heap call, only in a call that made no other
+    /// page-source call (a refill that found its blocks in mapped chunks, a flush that released
+    /// no chunk, a large allocation served from a region it already had), and only when
+    /// [`wants_prepare`](Self::wants_prepare) says so; and in [`Heap::init`](crate::Heap::init)
+    /// until it returns `false` or the source wants no more. So whatever one call does here is
+    /// added to a call that was cheap: it should cost about as much as mapping one page.
+    ///
+    /// Whatever it holds ahead of need must still be given back when memory runs short: a
+    /// source must not fail a `map_pages` for want of memory its reserve holds.
+    fn prepare(&mut self) -> bool {
+        false
+    }
+
     /// The fixed range of addresses all pages of this source come from, if there is one (a
     /// kernel's heap window, an arena), as a pointer to the whole range. `None` by default.
     ///

@@ -80,6 +80,7 @@
 //! calls the heap (it allocates nothing), so the order heap → memory is never reversed.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(target_os = "none")]
 use kheap::source::PageSource;
@@ -89,6 +90,7 @@ use x86_64::structures::paging::{Page, PageTableFlags};
 
 use super::buddy::{Buddy, storage_words};
 use super::frame::BitmapFrameAllocator;
+use super::page_reserve::{PageReserve, RESERVE_BLOCK};
 use super::paging::{MapError, MoveError, PageTables, Tlb};
 use super::spare_pages::{ABSORB_MAX, SPARE_BATCH, SPARE_CAPACITY, SparePages};
 
@@ -147,13 +149,21 @@ const _: () = {
     );
 };
 
+/// Whether the window's reserve wants pages ([`HeapWindow::wants_prepare`]), published by every
+/// window call that changes the reserve, so that the heap can ask on its slow paths without
+/// taking the memory lock (`KernelPageSource::wants_prepare`). A stale answer costs one
+/// `prepare` that does nothing, or one quiet call that does not fill the reserve.
+static WANTS_PREPARE: AtomicBool = AtomicBool::new(false);
+
 /// The buddy type sized for the window.
 pub type WindowBuddy = Buddy<WINDOW_ORDER, { storage_words(WINDOW_ORDER) }>;
 
-/// The window's bookkeeping: which pages are taken, how many are the heap's, which are spares.
+/// The window's bookkeeping: which pages are taken, how many are the heap's, which are spares,
+/// which the reserve holds.
 ///
-/// Every taken page of the buddy is mapped, and is either the heap's (counted in `mapped`) or a
-/// spare (in `spares`), never both: `taken = mapped + spares.len()`.
+/// Every taken page of the buddy is the heap's (counted in `mapped`), a spare (in `spares`) or
+/// the reserve's (ready or tail), never two of these: `taken = mapped + spares.len() +
+/// reserve.held()`. Every taken page is mapped except the reserve's tail.
 #[derive(Debug)]
 pub(super) struct HeapWindow {
     /// Free/taken page runs of the window.
@@ -162,6 +172,9 @@ pub(super) struct HeapWindow {
     mapped: usize,
     /// Pages mapped but not handed out (see [`spare_pages`](super::spare_pages)).
     spares: SparePages,
+    /// Pages mapped ahead of need for multi-page requests, and the block they come from (see
+    /// [`page_reserve`](super::page_reserve)).
+    reserve: PageReserve,
 }
 
 /// Why a window operation could not be done.
@@ -189,6 +202,7 @@ impl HeapWindow {
             runs: WindowBuddy::empty(),
             mapped: 0,
             spares: SparePages::new(),
+            reserve: PageReserve::new(),
         }
     }
 
@@ -197,6 +211,13 @@ impl HeapWindow {
         self.runs.reset();
         self.mapped = 0;
         self.spares = SparePages::new();
+        self.reserve = PageReserve::new();
+        self.publish();
+    }
+
+    /// Publishes [`wants_prepare`](Self::wants_prepare) in [`WANTS_PREPARE`].
+    fn publish(&self) {
+        WANTS_PREPARE.store(self.wants_prepare(), Ordering::Relaxed);
     }
 
     /// Checks the window's buddy, that exactly the taken pages are the heap's pages and the
@@ -206,9 +227,28 @@ impl HeapWindow {
         self.runs.check_invariants();
         assert_eq!(
             HEAP_WINDOW_PAGES - self.runs.free_pages(),
-            self.mapped + self.spares.len(),
-            "heap window: taken pages differ from the heap's pages plus the spares"
+            self.mapped + self.spares.len() + self.reserve.held(),
+            "heap window: taken pages differ from the heap's pages plus the spares and the reserve"
         );
+        for page in self.reserve.ready_range().chain(self.reserve.tail_range()) {
+            let addr = window_page_addr(page);
+            let ready = self.reserve.ready_range().contains(&page);
+            assert!(
+                self.runs.is_taken(page),
+                "heap window: reserve page {addr:#x} is free in the buddy"
+            );
+            assert_eq!(
+                tables.translate(VirtAddr::new(addr)).is_some(),
+                ready,
+                "heap window: reserve page {addr:#x} is {} but {}",
+                if ready { "ready" } else { "in the tail" },
+                if ready { "not mapped" } else { "mapped" }
+            );
+            assert!(
+                !self.spares.as_slice().contains(&(page as u32)),
+                "heap window: reserve page {addr:#x} is also a spare"
+            );
+        }
         let spares = self.spares.as_slice();
         for (i, &page) in spares.iter().enumerate() {
             let page = page as usize;
@@ -238,19 +278,103 @@ impl HeapWindow {
         self.spares.len()
     }
 
+    /// Pages of the reserve that are mapped and ready to be handed out.
+    pub(super) fn reserved(&self) -> usize {
+        self.reserve.ready()
+    }
+
+    /// Whether [`prepare`](Self::prepare) has work to do (the reserve is not full).
+    pub(super) fn wants_prepare(&self) -> bool {
+        self.reserve.wants_pages()
+    }
+
+    /// Maps one more page into the reserve (claiming a new block of [`RESERVE_BLOCK`] window
+    /// pages first when it holds none) and returns whether it did: the bounded work a quiet heap
+    /// call does ahead of need (`kheap::PageSource::prepare`). `false`, with nothing changed,
+    /// when the reserve is full, or waits for its last ready pages to go, or frames or address
+    /// space are short (then the reserve is simply not filled: nothing fails).
+    pub(super) fn prepare<T: Tlb>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> bool {
+        if !self.reserve.wants_pages() {
+            return false;
+        }
+        if self.reserve.held() == 0 {
+            let Some(first) = self.runs.alloc(RESERVE_BLOCK) else {
+                WANTS_PREPARE.store(false, Ordering::Relaxed);
+                return false;
+            };
+            self.reserve.start_block(first, RESERVE_BLOCK);
+        } else if let Some(end) = self.reserve.block_end() {
+            // The block is used up: extend it by the next block's pages if they are free (the
+            // ready pages stay contiguous with what comes next), else stop filling until the
+            // ready pages are gone.
+            if end + RESERVE_BLOCK <= HEAP_WINDOW_PAGES && self.runs.claim(end, RESERVE_BLOCK) {
+                self.reserve.extend_tail(RESERVE_BLOCK);
+            } else {
+                self.reserve.set_stuck();
+                self.publish();
+                return false;
+            }
+        }
+        let Some(page) = self.reserve.next_to_map() else {
+            return false;
+        };
+        if frames.stats().free == 0 {
+            return false;
+        }
+        // SAFETY: the page is the reserve's, taken in the buddy and not mapped (its tail): no
+        // one references it; the window is reserved for exactly this use.
+        match unsafe { tables.map_fresh_run(window_page(page), 1, WINDOW_FLAGS, frames) } {
+            Ok(()) => {
+                self.reserve.mapped_next();
+                self.publish();
+                true
+            }
+            Err(MapError::OutOfFrames) => false,
+            Err(error) => panic!(
+                "heap window: mapping reserve page {:#x} failed: {error} (window bookkeeping \
+                 disagrees with the page tables)",
+                window_page_addr(page)
+            ),
+        }
+    }
+
     /// The largest run one request can get now, in pages.
     pub(super) fn largest_free_run(&self) -> usize {
         self.runs.largest_free_block()
     }
 
-    /// Unmaps every spare page (one unmap, with its TLB flush, per run of consecutive spares),
-    /// frees their frames and gives them back to the buddy; returns how many there were.
+    /// Unmaps every spare page (one unmap, with its TLB flush, per run of consecutive spares)
+    /// and the reserve's ready pages, frees their frames and gives them back to the buddy, with
+    /// the reserve's unmapped tail; returns how many mapped pages there were.
     pub(super) fn release_spares<T: Tlb>(
         &mut self,
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> usize {
-        let released = self.spares.len();
+        let (ready, tail) = self.reserve.take_all();
+        if !ready.is_empty() {
+            let count = ready.len();
+            let start = window_page(ready.start);
+            // SAFETY: the reserve's ready pages were mapped by `prepare` to fresh frames and
+            // never handed out.
+            let result = unsafe { tables.unmap_fresh_run(start, count, frames) };
+            if let Err(error) = result {
+                panic!(
+                    "heap window: releasing {count} reserve pages at {:#x}: {error}",
+                    window_page_addr(ready.start)
+                );
+            }
+        }
+        let held = ready.start..tail.end;
+        if !held.is_empty() {
+            self.runs.free_taken(held.start, held.len());
+        }
+        self.publish();
+        let released = self.spares.len() + ready.len();
         let runs = &mut self.runs;
         self.spares.drain_runs(|first, count| {
             // SAFETY: a spare is a window page mapped to a frame of `frames` by `map` that was
@@ -283,7 +407,7 @@ impl HeapWindow {
         ) -> Result<R, Shortage>,
     ) -> Result<R, Shortage> {
         match op(self, tables, frames) {
-            Err(Shortage::Frames) if !self.spares.is_empty() => {
+            Err(Shortage::Frames) if !self.spares.is_empty() || self.reserve.held() > 0 => {
                 self.release_spares(tables, frames);
                 op(self, tables, frames)
             }
@@ -291,8 +415,12 @@ impl HeapWindow {
         }
     }
 
-    /// Maps `count` pages at a free run of the window; a single page is a spare if there is
-    /// one, else the first of a fresh batch of [`SPARE_BATCH`] (the rest become spares).
+    /// Maps `count` pages at a free run of the window: a single page is a spare if there is
+    /// one, else the reserve's next page if it holds more than the runs need
+    /// ([`RESERVE_KEEP_FOR_RUNS`](super::page_reserve::RESERVE_KEEP_FOR_RUNS)), else
+    /// the first of a fresh batch of [`SPARE_BATCH`]
+    /// (the rest become spares); a run is the reserve's front if it holds enough ready pages,
+    /// else fresh frames at a free run.
     ///
     /// # Errors
     ///
@@ -314,9 +442,17 @@ impl HeapWindow {
         let first = if count == 1 {
             match self.spares.pop() {
                 Some(page) => page,
-                // No spare: then there is none to release on failure either.
+                None if self.reserve.serves_single_pages() => {
+                    let page = self.reserve.take_front(1).expect("a ready page");
+                    self.publish();
+                    page
+                }
+                // No spare and no reserve: then there is none to release on failure either.
                 None => self.map_batch(tables, frames)?,
             }
+        } else if let Some(first) = self.reserve.take_front(count) {
+            self.publish();
+            first
         } else {
             self.releasing_spares_if_short(tables, frames, |window, tables, frames| {
                 window.map_fresh(count, tables, frames)
@@ -421,6 +557,30 @@ impl HeapWindow {
         };
         if extra == 0 || end > HEAP_WINDOW_PAGES || extra > HEAP_WINDOW_PAGES - end {
             return Err(Shortage::AddressSpace);
+        }
+        if let Some((_, tail)) = self.reserve.front_for(end, extra) {
+            // The run ends where the reserve starts (it was the reserve's front): it grows into
+            // the reserve's ready pages, then into its tail, which is already claimed.
+            if tail > 0 {
+                let start = self.reserve.tail_range().start;
+                // SAFETY: tail pages are the reserve's, taken and not mapped: nobody references
+                // them.
+                match unsafe {
+                    tables.map_fresh_run(window_page(start), tail, WINDOW_FLAGS, frames)
+                } {
+                    Ok(()) => {}
+                    Err(MapError::OutOfFrames) => return Err(Shortage::Frames),
+                    Err(error) => panic!(
+                        "heap window: growing the run at {addr:#x} into the reserve at {:#x} \
+                         failed: {error} (window bookkeeping disagrees with the page tables)",
+                        window_page_addr(start)
+                    ),
+                }
+            }
+            self.reserve.give_front(extra);
+            self.mapped += extra;
+            self.publish();
+            return Ok(());
         }
         let mut spares = [0; SPARE_CAPACITY];
         let n = self.spares.in_range(end, end + extra, &mut spares);
@@ -559,6 +719,11 @@ impl HeapWindow {
             "heap window: unmap_pages({addr:#x}, {count}) is not a page run inside the window"
         );
         let first = ((addr - HEAP_WINDOW_START) / PAGE) as usize;
+        assert!(
+            !self.reserve.overlaps(first, first + count),
+            "heap window: unmap_pages({addr:#x}, {count}): the run overlaps the page reserve, \
+             which is not the heap's (unmapped twice?)"
+        );
         if count <= ABSORB_MAX && count <= self.spares.room() {
             // Every page must be the heap's: not a spare (one scan of the set for the run) and
             // mapped (the page tables say so). That is the check the unmap below makes, so a
@@ -905,6 +1070,20 @@ unsafe impl PageSource for KernelPageSource {
             // SAFETY: the trait's contract is `HeapWindow::finish_remap`'s.
             unsafe { window.finish_remap((old, count), (new, new_count), keep_new, tables, frames) }
         });
+    }
+
+    /// Whether the window's page reserve is below its target (one atomic read, no lock).
+    #[inline]
+    fn wants_prepare(&self) -> bool {
+        WANTS_PREPARE.load(Ordering::Relaxed)
+    }
+
+    /// Maps one page into the window's page reserve (see `HeapWindow::prepare`).
+    fn prepare(&mut self) -> bool {
+        super::with_memory(|memory| match memory.parts() {
+            Some((window, tables, frames)) => window.prepare(tables, frames),
+            None => false,
+        })
     }
 
     /// The whole heap window: every page `map_pages` returns lies in it. With it, a release

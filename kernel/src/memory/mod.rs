@@ -4,7 +4,8 @@
 //!   kheap (the heap)                      takes its own lock first, then calls ↓
 //!        │  kheap::PageSource::map_pages / unmap_pages
 //!   heap_window::KernelPageSource ── buddy::Buddy      which pages of the window   (pure)
-//!        │                        └─ spare_pages     ≤ 32 mapped pages held back  (pure)
+//!        │                        ├─ spare_pages     ≤ 32 mapped pages held back  (pure)
+//!        │                        └─ page_reserve    ≤ 64 pages mapped ahead      (pure)
 //!        │  map / unmap runs
 //!   paging::PageTables                    4-level walker, frees empty tables   (pure + Tlb)
 //!        │  frames for pages and tables
@@ -42,6 +43,7 @@ pub mod bench_support;
 pub mod buddy;
 pub mod frame;
 pub mod heap_window;
+pub mod page_reserve;
 pub mod paging;
 pub mod regions;
 pub mod spare_pages;
@@ -295,7 +297,8 @@ pub fn allocate_frame() -> Option<PhysFrame> {
 }
 
 /// Unmaps the heap window's spare pages (mapped pages held for the heap's next single-page
-/// requests, see [`spare_pages`]) and frees their frames; returns how many there were. The
+/// requests, see [`spare_pages`]) and the pages of its reserve (mapped ahead of need, see
+/// [`page_reserve`]), and frees their frames; returns how many there were. The
 /// heap's [`trim`](crate::allocator::trim) calls it after giving its own empty pages back, and
 /// every allocation here that runs out of frames calls it before it reports the shortage.
 pub fn release_spare_pages() -> usize {
@@ -411,10 +414,14 @@ pub struct MemoryStats {
     pub window_pages: u64,
     /// Pages of the heap window currently mapped and handed to the heap (spares not included).
     pub window_pages_mapped: u64,
-    /// Pages of the heap window mapped but held as spares (see [`spare_pages`]): each holds a
-    /// frame (counted in `frames_used`) until the heap takes it or [`release_spare_pages`]
-    /// unmaps it.
+    /// Pages of the heap window mapped but not the heap's: the spares (see [`spare_pages`]) and
+    /// the page reserve's (`window_pages_reserved`). Each holds a frame (counted in
+    /// `frames_used`) until the heap takes it or [`release_spare_pages`] unmaps it.
     pub window_pages_spare: u64,
+    /// Of `window_pages_spare`, the pages mapped ahead of need in the window's page reserve
+    /// (see [`page_reserve`]), which a `map_pages` of several pages takes without page-table
+    /// work.
+    pub window_pages_reserved: u64,
     /// The largest run one `map_pages` call can get now, in pages.
     pub window_largest_free_run: u64,
 }
@@ -567,7 +574,8 @@ impl MemoryState {
             window_start: HEAP_WINDOW_START,
             window_pages: HEAP_WINDOW_PAGES as u64,
             window_pages_mapped: self.window.mapped() as u64,
-            window_pages_spare: self.window.spare() as u64,
+            window_pages_spare: (self.window.spare() + self.window.reserved()) as u64,
+            window_pages_reserved: self.window.reserved() as u64,
             window_largest_free_run: self.window.largest_free_run() as u64,
         }
     }

@@ -316,7 +316,13 @@ impl<S: PageSource> Live<'_, S> {
             }
             SizeClass::Large => {
                 let (large, mut rec) = self.large();
+                let pages = *rec.pages;
                 let p = large.allocate(&mut rec, layout)?;
+                // Served from a region the heap already had (no page mapped or unmapped): a
+                // quiet call, in which the source may work ahead of need (`PageSource::prepare`).
+                if *rec.pages == pages && rec.src.wants_prepare() {
+                    let _ = rec.src.prepare();
+                }
                 *self.requested() += layout.size();
                 Ok(p)
             }

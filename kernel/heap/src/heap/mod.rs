@@ -73,9 +73,19 @@ impl<S: PageSource> Heap<S> {
         }
     }
 
-    /// Maps the first root run now (otherwise the first request does). Idempotent.
+    /// Maps the first root run now (otherwise the first request does), and lets the page
+    /// source do all the work it wants to do ahead of need ([`PageSource::prepare`], until it
+    /// wants no more or can do no more: a kernel's reserve of mapped pages is filled here
+    /// rather than a page at a time by the first calls). Idempotent.
     pub fn init(&mut self) -> Result<(), PageSourceError> {
-        self.live_or_init().map(|_| ())
+        self.live_or_init()?;
+        // Bounded, whatever the source answers: a reserve is a few dozen pages.
+        for _ in 0..1024 {
+            if !(self.source.wants_prepare() && self.source.prepare()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the root run is mapped.

@@ -118,3 +118,118 @@ fn sources_without_a_window_work_the_same() {
     assert_eq!((s.pages.root, s.pages.chunks), (FIRST_RUN_PAGES, 0));
     assert_eq!(h.source().0.mapped_pages(), s.pages.total);
 }
+
+/// A source with work to do ahead of need (`PageSource::prepare`): it wants `want` more
+/// `prepare` calls, and counts them and its page-source calls.
+struct Preparing {
+    arena: ArenaSource,
+    want: usize,
+    prepared: usize,
+    calls: usize,
+}
+
+// SAFETY: forwards to `ArenaSource`, whose guarantees carry over; `prepare` maps nothing.
+unsafe impl PageSource for Preparing {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        self.calls += 1;
+        self.arena.map_pages(count)
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        self.calls += 1;
+        // SAFETY: forwarded.
+        unsafe { self.arena.unmap_pages(ptr, count) }
+    }
+
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        self.calls += 1;
+        self.arena.grow_pages(ptr, count, extra)
+    }
+
+    fn wants_prepare(&self) -> bool {
+        self.want > 0
+    }
+
+    fn prepare(&mut self) -> bool {
+        assert!(self.want > 0, "prepare called though the source wants none");
+        self.want -= 1;
+        self.prepared += 1;
+        true
+    }
+
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        self.arena.window()
+    }
+}
+
+/// `init` lets the source do all it wants ahead of need; after it, `prepare` comes at most once
+/// per call, only in allocations that made no other page-source call (a refill from mapped
+/// chunks, a large block from a region the heap had), never in a free, and never when the source
+/// wants nothing.
+#[test]
+fn prepare_runs_at_init_and_in_quiet_allocations_only() {
+    let mut h = Heap::new(Preparing {
+        arena: ArenaSource::aligned(4096, 16 << 20),
+        want: 5,
+        prepared: 0,
+        calls: 0,
+    });
+    h.init().unwrap();
+    assert_eq!(
+        (h.source().want, h.source().prepared),
+        (0, 5),
+        "init fills it all"
+    );
+    h.source.want = usize::MAX;
+    let mut rng = crate::testing::XorShift64::new(7);
+    let mut live: Vec<(NonNull<u8>, Layout)> = Vec::new();
+    let (mut quiet_small, mut quiet_large) = (0, 0);
+    for step in 0..20_000 {
+        let (calls, prepared) = (h.source().calls, h.source().prepared);
+        if live.len() < 300 && rng.below(3) != 0 || live.is_empty() {
+            let size = match rng.below(10) {
+                0 => 1500 + rng.below(2000) as usize,
+                1 if step % 7 == 0 => 20_000 + rng.below(40_000) as usize,
+                _ => 16 + rng.below(240) as usize,
+            };
+            let l = layout(size, 8);
+            let p = h.allocate(l).unwrap();
+            let (dc, dp) = (h.source().calls - calls, h.source().prepared - prepared);
+            assert!(dp <= 1, "one prepare per call at most");
+            assert!(
+                dc == 0 || dp == 0,
+                "a call that mapped does not prepare too"
+            );
+            if dp == 1 {
+                if size > 1024 {
+                    quiet_large += 1;
+                } else {
+                    quiet_small += 1;
+                }
+            }
+            live.push((p, l));
+        } else {
+            let (p, l) = live.swap_remove(rng.below(live.len() as u64) as usize);
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { h.deallocate(p, l) };
+            assert_eq!(h.source().prepared, prepared, "frees never prepare");
+        }
+    }
+    assert!(
+        quiet_small > 0 && quiet_large > 0,
+        "{quiet_small} / {quiet_large}"
+    );
+    // A source that wants nothing is never asked.
+    h.source.want = 0;
+    let prepared = h.source().prepared;
+    for (p, l) in live.drain(..) {
+        // SAFETY: as above.
+        unsafe { h.deallocate(p, l) };
+        let again = h.allocate(l).unwrap();
+        // SAFETY: just allocated.
+        unsafe { h.deallocate(again, l) };
+    }
+    assert_eq!(h.source().prepared, prepared);
+    h.trim();
+    h.check_invariants().unwrap();
+}
