@@ -280,6 +280,16 @@ fn interrupt_handlers_allocate_on_every_cpu() {
             let was_enabled = x86_64::instructions::interrupts::are_enabled();
             x86_64::instructions::interrupts::enable();
             let next = (cpu + 1) % n;
+            // The CPUs interrupt each other in step: one sends its k-th IPI to `next` only when
+            // `next` has handled all but one of the earlier ones and this CPU has itself handled
+            // at least k - 2 (from the CPU before it). Unpaced, an IPI every 8 allocations, each
+            // handler a dozen kilobytes of allocation and checking, can keep a CPU whose vCPU
+            // fell a little behind in its handler for good: its own loop, and so its IPIs back,
+            // starve, the other runs ever faster, and the test waits for interrupts that never
+            // come (seen under multi-threaded TCG when the heap window's layout changed). IPIs
+            // that merge in an APIC count once, so a CPU that waited 1024 iterations sends anyway.
+            let (next_base, own_base) = (ipi::received(next), ipi::received(cpu));
+            let (mut sent, mut last_sent) = (0u64, 0usize);
             let mut live: VecDeque<Block> = VecDeque::with_capacity(200);
             let mut i = 0usize;
             // Until every CPU had its interrupts (bounded, in case IPIs are lost).
@@ -291,8 +301,15 @@ fn interrupt_handlers_allocate_on_every_cpu() {
                         corrupt.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                if i % 8 == 0 {
+                let handled_there = ipi::received(next) - next_base;
+                let handled_here = ipi::received(cpu) - own_base;
+                if i % 8 == 0
+                    && handled_there + 2 > sent
+                    && (handled_here + 2 > sent || i - last_sent > 1024)
+                {
                     ipi::send(next, ipi::CALL_VECTOR).unwrap();
+                    sent += 1;
+                    last_sent = i;
                 }
                 if cpu == 0
                     && i % 64 == 0

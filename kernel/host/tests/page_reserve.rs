@@ -7,7 +7,7 @@
 //! machine's frame accounting (`check`) and the window's own walk (`check_all`: every reserve
 //! page taken, the ready ones mapped, the tail not) run after the steps.
 
-use kernel_host::heap_window::HEAP_WINDOW_START;
+use kernel_host::heap_window::{HEAP_WINDOW_START, PREPARE_MIN_FREE_FRAMES};
 use kernel_host::page_reserve::{RESERVE_BLOCK, RESERVE_TARGET};
 use kernel_host::sim::Machine;
 use kernel_host::spare_pages::SPARE_BATCH;
@@ -16,7 +16,7 @@ const PAGE: u64 = 4096;
 
 /// A machine with room for the reserve, a few runs and their tables.
 fn machine() -> Machine {
-    Machine::new(600)
+    Machine::new(3000)
 }
 
 /// Fills the reserve to its target; returns the free frames before.
@@ -130,7 +130,7 @@ fn a_run_from_the_front_grows_into_the_reserve_ready_pages_then_its_tail() {
 
 #[test]
 fn a_used_up_block_is_extended_when_the_next_one_is_free() {
-    let mut m = Machine::new(2000);
+    let mut m = Machine::new(6000);
     fill(&mut m);
     // Take pages and refill until the first block is used up.
     let mut taken = 0;
@@ -197,11 +197,28 @@ fn a_map_short_of_frames_releases_the_reserve_and_retries() {
 #[test]
 fn prepare_short_of_frames_does_nothing() {
     let mut m = machine();
-    m.set_free_frames(0);
-    assert!(!m.prepare());
+    m.set_free_frames(PREPARE_MIN_FREE_FRAMES - 1);
+    assert!(!m.prepare(), "the last frames are not the reserve's");
     assert_eq!(m.window_reserved(), 0);
     m.release_hoard();
     assert!(m.prepare());
+    m.check_all();
+}
+
+#[test]
+fn a_single_page_short_of_frames_takes_a_page_kept_for_runs() {
+    let mut m = machine();
+    fill(&mut m);
+    let kept = kernel_host::page_reserve::RESERVE_KEEP_FOR_RUNS;
+    let run = m.map_pages(RESERVE_TARGET - kept).unwrap();
+    assert_eq!(m.window_reserved(), kept);
+    m.set_free_frames(0);
+    let page = m
+        .map_pages(1)
+        .expect("the reserve's page rather than a refusal");
+    assert_eq!(page, run + (RESERVE_TARGET - kept) as u64 * PAGE);
+    assert_eq!(m.window_reserved(), kept - 1);
+    m.release_hoard();
     m.check_all();
 }
 

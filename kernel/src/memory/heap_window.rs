@@ -155,6 +155,11 @@ const _: () = {
 /// `prepare` that does nothing, or one quiet call that does not fill the reserve.
 static WANTS_PREPARE: AtomicBool = AtomicBool::new(false);
 
+/// Free frames below which [`HeapWindow::prepare`] maps nothing: 4 MiB, so that the reserve
+/// never takes the frames a machine is running out of (a map short of frames releases what the
+/// reserve holds, but a reserve refilling in every quiet call would keep taking them back).
+pub const PREPARE_MIN_FREE_FRAMES: u64 = 1024;
+
 /// The buddy type sized for the window.
 pub type WindowBuddy = Buddy<WINDOW_ORDER, { storage_words(WINDOW_ORDER) }>;
 
@@ -322,7 +327,9 @@ impl HeapWindow {
         let Some(page) = self.reserve.next_to_map() else {
             return false;
         };
-        if frames.stats().free == 0 {
+        // Never for the last frames: the reserve is worth its pages only while memory is
+        // plentiful (and a map short of frames releases it anyway).
+        if frames.stats().free < PREPARE_MIN_FREE_FRAMES {
             return false;
         }
         // SAFETY: the page is the reserve's, taken in the buddy and not mapped (its tail): no
@@ -447,8 +454,17 @@ impl HeapWindow {
                     self.publish();
                     page
                 }
-                // No spare and no reserve: then there is none to release on failure either.
-                None => self.map_batch(tables, frames)?,
+                // No spare: then there is none to release on failure either; short of frames,
+                // a page the reserve holds for runs is better than a refusal.
+                None => match self.map_batch(tables, frames) {
+                    Ok(page) => page,
+                    Err(Shortage::Frames) if self.reserve.ready() > 0 => {
+                        let page = self.reserve.take_front(1).expect("a ready page");
+                        self.publish();
+                        page
+                    }
+                    Err(shortage) => return Err(shortage.into()),
+                },
             }
         } else if let Some(first) = self.reserve.take_front(count) {
             self.publish();
