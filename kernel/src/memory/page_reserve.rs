@@ -32,11 +32,11 @@
 /// Pages the reserve keeps mapped ahead of need, at most: 256 KiB of frames. Enough for the
 /// largest region the heap maps (17 pages) several times over, so that a burst of them between
 /// quiet calls still finds pages; `prepare` stops when the reserve holds this many.
-pub const RESERVE_TARGET: usize = 128;
+pub const RESERVE_TARGET: usize = 256;
 
 /// Window pages the reserve claims from the buddy at once (address space only: pages are mapped
 /// one at a time, up to [`RESERVE_TARGET`] ahead of the front). 1 MiB of the 4 GiB window.
-pub const RESERVE_BLOCK: usize = 256;
+pub const RESERVE_BLOCK: usize = 512;
 
 /// Ready pages a single-page request leaves in the reserve: one has the spares first, then the
 /// reserve's front only while more than this many pages are ready, then a batch of spares. The
