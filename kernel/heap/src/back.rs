@@ -29,6 +29,10 @@
 //!   [`Back::prepare`] in a refill that mapped no chunk or a flush that released none. The call
 //!   that maps a chunk then maps that one page only. (If no quiet call came in between, the
 //!   call maps the metadata itself: at most one root page and the page-map nodes of one entry.)
+//!   A refill that maps nothing and needs no metadata gives the page source its turn instead
+//!   ([`PageSource::prepare`]: the kernel maps one page into its reserve of pages mapped ahead
+//!   of need), as does a large allocation from a region the heap already had; a flush never
+//!   does (a free stays the cheaper call).
 //!
 //! [`Back::flush`] gives back exactly what it is asked (for `trim` and pool destruction, which
 //! must empty a magazine), with no such bound.

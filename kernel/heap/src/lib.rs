@@ -453,6 +453,14 @@
 //! only the extra pages, so no byte is copied), and copies the block into a new run only if the
 //! source cannot (the default); a shrinking one unmaps the run's tail.
 //!
+//! A page source may also work ahead of need ([`PageSource::prepare`]): a call that made no
+//! page-source call of its own — a refill that found its blocks in mapped chunks, a large
+//! allocation served from a region the heap had — gives it one turn when it asks for one
+//! ([`PageSource::wants_prepare`]), and [`Heap::init`] gives it as many as it wants. The
+//! kernel's heap window maps one page per turn into a reserve, from which a later region or
+//! page run is handed out without page-table work, so the call that needs 17 pages does not
+//! map them.
+//!
 //! [`Heap::trim`] empties the magazines into their chunks, drops every reserve and cache, unmaps
 //! every root run without a live slot except the first, and unmaps empty page-map nodes: after
 //! every block is freed (and every user pool destroyed) and the heap is trimmed, it maps exactly

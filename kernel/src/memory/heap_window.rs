@@ -35,8 +35,8 @@
 //! numbers (see [`buddy`](super::buddy)): O(1)-bounded per request, freed runs are reusable
 //! and merge back, any sub-run of a mapping can be unmapped alone. Its bitmaps live in static
 //! memory: 2 bits per window page, 260 KiB for this 4 GiB window (in `.bss`). A run of `n` pages
-//! comes out aligned to `n.next_power_of_two()` pages, because the window start is aligned to
-//! the window size.
+//! mapped fresh comes out aligned to `n.next_power_of_two()` pages, because the window start is
+//! aligned to the window size (a run from the page reserve, below, is only page aligned).
 //!
 //! The window is 4 GiB: twice the largest memory the tests boot with (2 GiB), so the heap can
 //! use all RAM even with fragmented address space. A larger machine needs a larger
@@ -56,7 +56,25 @@
 //! calls), and by every call here, and the frame allocator's `allocate_frame`, that runs short
 //! of frames, before it retries: nothing reports out-of-memory while a spare holds a frame.
 //! `grow` takes spares lying where a run grows as they are; `remap` refuses a run holding one.
-//! Invariant: taken pages = the heap's pages (`mapped`) + the spares, every spare mapped.
+//! Invariant: taken pages = the heap's pages (`mapped`) + the spares + the reserve's pages (ready
+//! and tail); every spare and every ready reserve page is mapped, the reserve's tail is not.
+//!
+//! # Page reserve
+//!
+//! Spares serve single pages; the calls that made the heap's worst case were the ones that map
+//! runs: a region of up to 17 pages for a 16–64 KiB block, in the call that needs it. The
+//! window keeps a [`page_reserve`](super::page_reserve): a run of pages mapped ahead of need,
+//! filled one page per `prepare` (`KernelPageSource`'s `kheap::PageSource::prepare`, which
+//! the heap calls in its quiet calls: a refill from mapped chunks, a large allocation from a
+//! region it had; and at `Heap::init`, which fills it). A `map` of several pages takes them
+//! from the reserve's front when it holds that many (no frame, no table, no flush); a single
+//! page takes a spare, then the reserve's front while it holds more than a region needs, then a
+//! fresh batch; a run that ends where the reserve starts grows into it. The reserve claims a
+//! whole buddy block ([`RESERVE_BLOCK`] pages) at once and maps it a page at a time up to
+//! [`RESERVE_TARGET`](super::page_reserve::RESERVE_TARGET) pages ahead, so what it hands out is
+//! contiguous with what it holds. Its pages are released with the spares (trim, and any call
+//! short of frames, which then retries), and `prepare` maps nothing while fewer than
+//! [`PREPARE_MIN_FREE_FRAMES`] frames are free: the reserve never holds the last of memory.
 //!
 //! # Moving runs
 //!
@@ -155,7 +173,7 @@ const _: () = {
 /// `prepare` that does nothing, or one quiet call that does not fill the reserve.
 static WANTS_PREPARE: AtomicBool = AtomicBool::new(false);
 
-/// Free frames below which [`HeapWindow::prepare`] maps nothing: 4 MiB, so that the reserve
+/// Free frames below which `HeapWindow::prepare` maps nothing: 4 MiB, so that the reserve
 /// never takes the frames a machine is running out of (a map short of frames releases what the
 /// reserve holds, but a reserve refilling in every quiet call would keep taking them back).
 pub const PREPARE_MIN_FREE_FRAMES: u64 = 1024;

@@ -29,13 +29,15 @@
 
 #![deny(unsafe_code)]
 
-/// Pages the reserve keeps mapped ahead of need, at most: 256 KiB of frames. Enough for the
-/// largest region the heap maps (17 pages) several times over, so that a burst of them between
-/// quiet calls still finds pages; `prepare` stops when the reserve holds this many.
+/// Pages the reserve keeps mapped ahead of need, at most: 1 MiB of frames. Enough for the
+/// largest region the heap maps (17 pages) many times over, so that a burst of them between
+/// quiet calls still finds pages (measured: at 128 pages, two 17-page regions of the kernel-like
+/// mix still mapped their own pages; see `kernel/heap/bench/results/ANALYSIS.md`); `prepare`
+/// stops when the reserve holds this many.
 pub const RESERVE_TARGET: usize = 256;
 
 /// Window pages the reserve claims from the buddy at once (address space only: pages are mapped
-/// one at a time, up to [`RESERVE_TARGET`] ahead of the front). 1 MiB of the 4 GiB window.
+/// one at a time, up to [`RESERVE_TARGET`] ahead of the front). 2 MiB of the 4 GiB window.
 pub const RESERVE_BLOCK: usize = 512;
 
 /// Ready pages a single-page request leaves in the reserve: one has the spares first, then the
