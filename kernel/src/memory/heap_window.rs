@@ -311,8 +311,9 @@ impl HeapWindow {
         self.reserve.wants_pages()
     }
 
-    /// Maps one more page into the reserve (claiming a new block of [`RESERVE_BLOCK`] window
-    /// pages first when it holds none) and returns whether it did: the bounded work a quiet heap
+    /// Maps one more page into the reserve, or, when it holds none or its block is used up,
+    /// claims a new block of [`RESERVE_BLOCK`] window pages instead (one step per call), and
+    /// returns whether it did: the bounded work a quiet heap
     /// call does ahead of need (`kheap::PageSource::prepare`). `false`, with nothing changed,
     /// when the reserve is full, or waits for its last ready pages to go, or frames or address
     /// space are short (then the reserve is simply not filled: nothing fails).
@@ -321,7 +322,9 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> bool {
-        if !self.reserve.wants_pages() {
+        // Never for the last frames: the reserve is worth its pages only while memory is
+        // plentiful (and a map short of frames releases it anyway).
+        if !self.reserve.wants_pages() || frames.stats().free < PREPARE_MIN_FREE_FRAMES {
             return false;
         }
         if self.reserve.held() == 0 {
@@ -330,12 +333,16 @@ impl HeapWindow {
                 return false;
             };
             self.reserve.start_block(first, RESERVE_BLOCK);
+            // Claiming the block is this call's work; the next one maps its first page (which
+            // may need a new page table too: the two together made the longest quiet calls).
+            return true;
         } else if let Some(end) = self.reserve.block_end() {
             // The block is used up: extend it by the next block's pages if they are free (the
             // ready pages stay contiguous with what comes next), else stop filling until the
             // ready pages are gone.
             if end + RESERVE_BLOCK <= HEAP_WINDOW_PAGES && self.runs.claim(end, RESERVE_BLOCK) {
                 self.reserve.extend_tail(RESERVE_BLOCK);
+                return true;
             } else {
                 self.reserve.set_stuck();
                 self.publish();
@@ -345,11 +352,6 @@ impl HeapWindow {
         let Some(page) = self.reserve.next_to_map() else {
             return false;
         };
-        // Never for the last frames: the reserve is worth its pages only while memory is
-        // plentiful (and a map short of frames releases it anyway).
-        if frames.stats().free < PREPARE_MIN_FREE_FRAMES {
-            return false;
-        }
         // SAFETY: the page is the reserve's, taken in the buddy and not mapped (its tail): no
         // one references it; the window is reserved for exactly this use.
         match unsafe { tables.map_fresh_run(window_page(page), 1, WINDOW_FLAGS, frames) } {
