@@ -234,9 +234,9 @@ pub unsafe trait PageSource {
     /// did anything (`false` when it has nothing to do or cannot, short of memory for example).
     /// The default does nothing.
     ///
-    /// The heap calls it at most once per heap call, only in a call that made no other
-    /// page-source call (a refill that found its blocks in mapped chunks, a flush that released
-    /// no chunk, a large allocation served from a region it already had), and only when
+    /// The heap calls it at most once per heap call, only in an allocation that made no other
+    /// page-source call (a refill that found its blocks in mapped chunks, a large allocation
+    /// served from a region it already had; never in a free), and only when
     /// [`wants_prepare`](Self::wants_prepare) says so; and in [`Heap::init`](crate::Heap::init)
     /// until it returns `false` or the source wants no more. So whatever one call does here is
     /// added to a call that was cheap: it should cost about as much as mapping one page.

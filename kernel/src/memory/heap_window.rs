@@ -238,6 +238,14 @@ impl HeapWindow {
         self.publish();
     }
 
+    /// Takes `count` ready pages from the reserve's front (see `PageReserve::take_front`) and
+    /// publishes what the reserve now wants.
+    fn take_reserved(&mut self, count: usize) -> Option<usize> {
+        let first = self.reserve.take_front(count)?;
+        self.publish();
+        Some(first)
+    }
+
     /// Publishes [`wants_prepare`](Self::wants_prepare) in [`WANTS_PREPARE`].
     fn publish(&self) {
         WANTS_PREPARE.store(self.wants_prepare(), Ordering::Relaxed);
@@ -470,24 +478,19 @@ impl HeapWindow {
             match self.spares.pop() {
                 Some(page) => page,
                 None if self.reserve.serves_single_pages() => {
-                    let page = self.reserve.take_front(1).expect("a ready page");
-                    self.publish();
-                    page
+                    self.take_reserved(1).expect("a ready page")
                 }
                 // No spare: then there is none to release on failure either; short of frames,
                 // a page the reserve holds for runs is better than a refusal.
                 None => match self.map_batch(tables, frames) {
                     Ok(page) => page,
                     Err(Shortage::Frames) if self.reserve.ready() > 0 => {
-                        let page = self.reserve.take_front(1).expect("a ready page");
-                        self.publish();
-                        page
+                        self.take_reserved(1).expect("a ready page")
                     }
                     Err(shortage) => return Err(shortage.into()),
                 },
             }
-        } else if let Some(first) = self.reserve.take_front(count) {
-            self.publish();
+        } else if let Some(first) = self.take_reserved(count) {
             first
         } else {
             self.releasing_spares_if_short(tables, frames, |window, tables, frames| {
