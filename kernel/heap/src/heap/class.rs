@@ -231,6 +231,21 @@ impl<S: PageSource> Heap<S> {
                     *st.requested() = *st.requested() - old.size() + new_size;
                     return Ok(block);
                 }
+                // Growing, and it could not grow where it is: a doubling vector gets a page
+                // run (see `allocate_for_growth`); anything else is allocated as usual below.
+                if block.is_some() && new_size > old.size() {
+                    let (large, mut rec) = st.large();
+                    if let Some(fresh) = large.allocate_for_growth(&mut rec, new, old.size()) {
+                        *st.requested() += new_size;
+                        // SAFETY: both blocks are live and distinct; the old one has
+                        // `old.size()` readable bytes, fewer than the new one's `new_size`.
+                        unsafe {
+                            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.size());
+                            self.deallocate(ptr, old);
+                        }
+                        return Ok(fresh);
+                    }
+                }
             }
             _ => {}
         }

@@ -242,3 +242,104 @@ fn large_and_class_calls_interleave() {
     h.trim();
     assert_only_roots_left(&h);
 }
+
+/// The page run a doubling block gets when it cannot grow where it is
+/// (`LargeAlloc::allocate_for_growth`): an 8 KiB region block with a neighbour that doubles to
+/// 16 KiB moves to a page run (5 pages: 16 KiB and the data offset), keeping its bytes; the run
+/// then doubles to 32 KiB and 64 KiB in place, since the pages after it are free.
+#[test]
+fn a_doubling_block_that_cannot_grow_in_place_moves_to_a_page_run() {
+    let mut h = heap(1024);
+    h.source.set_remaps(false);
+    let first = layout(8192, 8);
+    let p = h.allocate(first).unwrap();
+    let neighbour = layout(8192, 8);
+    let n = h.allocate(neighbour).unwrap();
+    fill(p, first.size(), 7);
+    fill(n, neighbour.size(), 8);
+    assert_eq!(h.stats().large.page_runs, 0, "both are region blocks");
+    let region_pages = h.stats().pages.large;
+    // SAFETY: `p` is live with `first`.
+    let q = unsafe { h.reallocate(p, first, 16_384) }.unwrap();
+    assert_ne!(q, p, "the neighbour is in the way: the block moved");
+    assert_eq!(h.stats().large.page_runs, 1, "into a page run");
+    assert_eq!(
+        h.stats().pages.large - region_pages,
+        5,
+        "of 5 pages, beside the region (which keeps the neighbour)"
+    );
+    check(q, first.size(), 7);
+    fill(q, 16_384, 9);
+    h.check_invariants().unwrap();
+    let mut size = 16_384;
+    for new in [32_768, 65_536] {
+        // SAFETY: `q` is live with `(size, 8)`.
+        let r = unsafe { h.reallocate(q, layout(size, 8), new) }.unwrap();
+        assert_eq!(
+            r, q,
+            "a run doubles in place while the pages after it are free"
+        );
+        check(r, size, 9);
+        fill(r, new, 9);
+        h.check_invariants().unwrap();
+        size = new;
+    }
+    assert_eq!(h.stats().large.page_runs, 1);
+    check(n, neighbour.size(), 8);
+    // SAFETY: both live with these layouts, freed once.
+    unsafe {
+        h.deallocate(q, layout(size, 8));
+        h.deallocate(n, neighbour);
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// Growth that the page-run rule leaves alone stays in a region: to less than twice the size
+/// (10 KiB to 16 KiB), and to less than 16 KiB (6 KiB to 12 KiB). And when the run cannot be
+/// mapped, the block is allocated as usual (a region block) rather than the call failing.
+#[test]
+fn growth_outside_the_page_run_rule_stays_in_a_region() {
+    let mut h = heap(1024);
+    h.source.set_remaps(false);
+    for (from, to) in [(10_240, 16_384), (6144, 12_288)] {
+        let p = h.allocate(layout(from, 8)).unwrap();
+        let n = h.allocate(layout(from, 8)).unwrap();
+        fill(p, from, 3);
+        // SAFETY: `p` is live with `(from, 8)`.
+        let q = unsafe { h.reallocate(p, layout(from, 8), to) }.unwrap();
+        assert_ne!(q, p, "the neighbour is in the way: the block moved");
+        assert_eq!(
+            h.stats().large.page_runs,
+            0,
+            "{from} -> {to} stays in a region"
+        );
+        check(q, from, 3);
+        h.check_invariants().unwrap();
+        // SAFETY: both live with these layouts, freed once.
+        unsafe {
+            h.deallocate(q, layout(to, 8));
+            h.deallocate(n, layout(from, 8));
+        }
+    }
+    // A doubling block whose run the source refuses: the region path serves it (the region
+    // the blocks above used is still mapped and has room).
+    let p = h.allocate(layout(8192, 8)).unwrap();
+    let n = h.allocate(layout(8192, 8)).unwrap();
+    fill(p, 8192, 4);
+    h.source.fail_after(Some(0));
+    // SAFETY: `p` is live with `(8192, 8)`.
+    let q = unsafe { h.reallocate(p, layout(8192, 8), 16_384) }.unwrap();
+    h.source.fail_after(None);
+    assert_ne!(q, p);
+    assert_eq!(h.stats().large.page_runs, 0, "no run could be mapped");
+    check(q, 8192, 4);
+    h.check_invariants().unwrap();
+    // SAFETY: both live with these layouts, freed once.
+    unsafe {
+        h.deallocate(q, layout(16_384, 8));
+        h.deallocate(n, layout(8192, 8));
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
