@@ -382,7 +382,13 @@ impl PageMap {
     }
 
     /// Records `entry` for the `count` pages starting at `start`, taking a node the tree needs
-    /// from the spare first, mapping nodes as needed.
+    /// from the spare first, mapping nodes as needed. Chunks, root runs and the large
+    /// allocator's regions and runs alike take the spare: the call that maps them then maps no
+    /// node of its own, and a quiet call pre-creates the next spare (`Back::prepare`). (Runs
+    /// used to leave it alone, so that the spare mapped again would not land right after a run
+    /// that wants to grow in place; measured again with runs for growing vectors, realloc growth
+    /// over the host arena moved by 1–2%, within its noise, while a region needing a node cost
+    /// the kernel ~2 400–3 300 instructions in one call: see the benchmark's ANALYSIS.md.)
     ///
     /// On failure nothing is recorded (nodes mapped on the way stay until [`prune`](Self::prune)).
     pub fn set_run<S: PageSource>(
@@ -392,26 +398,10 @@ impl PageMap {
         count: usize,
         entry: Entry,
     ) -> Result<(), PageSourceError> {
-        self.record(src, start, count, entry, true)
-    }
-
-    /// [`set_run`](Self::set_run), with the spare node used only if `spare`. The large
-    /// allocator's runs leave the spare alone: a page run reaching into a new 2 MiB window would
-    /// take it, and the spare mapped again at the next quiet call would then land on the page
-    /// right after the run, where the run wants to grow in place (measured: realloc growth over
-    /// an arena got 12% slower).
-    fn record<S: PageSource>(
-        &mut self,
-        src: &mut S,
-        start: NonNull<u8>,
-        count: usize,
-        entry: Entry,
-        spare: bool,
-    ) -> Result<(), PageSourceError> {
         let raw = entry.encode();
         if count == 1 {
             // A chunk or a root page: one slot, no loop.
-            let slot = self.slot(Some(src), start.addr().get(), spare)?;
+            let slot = self.slot(Some(src), start.addr().get(), true)?;
             // SAFETY: `slot` returns a pointer into a live leaf node.
             unsafe { *slot = raw };
             return Ok(());
@@ -419,7 +409,7 @@ impl PageMap {
         let mut i = 0;
         while i < count {
             let addr = start.addr().get().wrapping_add(i * PAGE_SIZE);
-            match self.slot(Some(&mut *src), addr, spare) {
+            match self.slot(Some(&mut *src), addr, true) {
                 Ok(slot) => {
                     // One walk per leaf: the run's pages in this leaf are consecutive slots.
                     let n = leaf_room(addr).min(count - i);
@@ -627,7 +617,7 @@ impl<S: PageSource> Recording<'_, S> {
     fn record(&mut self, start: NonNull<u8>, count: usize) -> Result<NonNull<u8>, PageSourceError> {
         if let Err(e) = self
             .map
-            .record(self.src, start, count, Entry::Large(start), false)
+            .set_run(self.src, start, count, Entry::Large(start))
         {
             // SAFETY: the caller mapped exactly these pages just now and handed out nothing.
             unsafe { self.src.unmap_pages(start, count) };
@@ -687,7 +677,7 @@ unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
         let tail = unsafe { NonNull::new_unchecked(tail) };
         if self
             .map
-            .record(self.src, tail, extra, Entry::Large(ptr), false)
+            .set_run(self.src, tail, extra, Entry::Large(ptr))
             .is_err()
         {
             // SAFETY: we mapped exactly these pages just now and handed out nothing.
@@ -710,7 +700,7 @@ unsafe impl<S: PageSource> PageSource for Recording<'_, S> {
         let new = self.src.remap_pages(ptr, count, new_count)?;
         if self
             .map
-            .record(self.src, new, new_count, Entry::Large(new), false)
+            .set_run(self.src, new, new_count, Entry::Large(new))
             .is_err()
         {
             // SAFETY: the move just started and nothing was written to either run; the new
@@ -899,19 +889,17 @@ mod tests {
         assert!(!map.wants_spare());
         assert_eq!((map.nodes(), map.spare_nodes()), (5, 1));
         assert!(map.spare_is_zeroed());
-        // The large allocator's runs (recorded through `Recording`) leave the spare alone.
+        // A run of several pages (a large allocator's region or run) takes it too.
         let calls = src.map_calls();
-        map.record(
-            &mut src,
-            page(5 * MIB2),
-            1,
-            Entry::Large(page(5 * MIB2)),
-            false,
-        )
-        .unwrap();
-        assert_eq!(src.map_calls(), calls + 1);
-        assert_eq!((map.nodes(), map.spare_nodes()), (6, 1));
-        map.clear_run(page(5 * MIB2), 1);
+        map.set_run(&mut src, page(5 * MIB2), 3, Entry::Large(page(5 * MIB2)))
+            .unwrap();
+        assert_eq!(src.map_calls(), calls);
+        assert_eq!((map.nodes(), map.spare_nodes()), (5, 0));
+        assert_eq!(
+            map.get(5 * MIB2 + 2 * PAGE_SIZE),
+            Entry::Large(page(5 * MIB2))
+        );
+        map.clear_run(page(5 * MIB2), 3);
         map.prune(&mut src);
         assert_eq!((map.nodes(), map.spare_nodes()), (4, 0));
         map.add_spare(&mut src).unwrap();
