@@ -29,16 +29,21 @@
 
 #![deny(unsafe_code)]
 
-/// Pages the reserve keeps mapped ahead of need, at most: 1 MiB of frames. Enough for the
+/// Pages the reserve keeps mapped ahead of need, at most: 2 MiB of frames. Enough for the
 /// largest region the heap maps (17 pages) many times over, so that a burst of them between
-/// quiet calls still finds pages (measured: at 128 pages, two 17-page regions of the kernel-like
-/// mix still mapped their own pages; see `kernel/heap/bench/results/ANALYSIS.md`); `prepare`
-/// stops when the reserve holds this many.
-pub const RESERVE_TARGET: usize = 256;
+/// quiet calls still finds pages, and for a heap building up its live set, when most calls map
+/// and few are quiet. Measured (`kernel/heap/bench/results/ANALYSIS.md`): at 128 pages, two
+/// 17-page regions of the kernel-like mix still mapped their own pages; at 256, the kernel-like
+/// mix's replay used the reserve up at about its 2 900th allocation, while its live set was
+/// still growing, and the regions after that mapped 9–16 pages each in the call (up to ~2 300
+/// instructions); at 512 no call of that replay maps a region. `prepare` stops when the reserve
+/// holds this many.
+pub const RESERVE_TARGET: usize = 512;
 
 /// Window pages the reserve claims from the buddy at once (address space only: pages are mapped
-/// one at a time, up to [`RESERVE_TARGET`] ahead of the front). 2 MiB of the 4 GiB window.
-pub const RESERVE_BLOCK: usize = 512;
+/// one at a time, up to [`RESERVE_TARGET`] ahead of the front). 4 MiB of the 4 GiB window:
+/// twice the target, so that the ready pages and the next ones to map share a block.
+pub const RESERVE_BLOCK: usize = 1024;
 
 /// Ready pages a single-page request leaves in the reserve: one has the spares first, then the
 /// reserve's front only while more than this many pages are ready, then a batch of spares. The
