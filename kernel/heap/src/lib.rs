@@ -451,7 +451,11 @@
 //! them from its buddy allocator); if they are taken, it asks the source to move the run
 //! ([`PageSource::remap_pages`]: the kernel moves the frames to a new range of its window and maps
 //! only the extra pages, so no byte is copied), and copies the block into a new run only if the
-//! source cannot (the default); a shrinking one unmaps the run's tail.
+//! source cannot (the default); a shrinking one unmaps the run's tail. A region block that grows
+//! and cannot grow where it is moves to a page run, below the page-run threshold too, when it
+//! at least doubles to 16 KiB or more ([`LargeAlloc::allocate_for_growth`]: a vector growing
+//! as `Vec` does, most likely), so that its next doublings can grow in place rather than be
+//! copied again.
 //!
 //! A page source may also work ahead of need ([`PageSource::prepare`]): a call that made no
 //! page-source call of its own — a refill that found its blocks in mapped chunks, a large

@@ -5,7 +5,7 @@
 //!        │  kheap::PageSource::map_pages / unmap_pages
 //!   heap_window::KernelPageSource ── buddy::Buddy      which pages of the window   (pure)
 //!        │                        ├─ spare_pages     ≤ 32 mapped pages held back  (pure)
-//!        │                        └─ page_reserve    ≤ 256 pages mapped ahead     (pure)
+//!        │                        └─ page_reserve    ≤ 512 pages mapped ahead     (pure)
 //!        │  map / unmap runs
 //!   paging::PageTables                    4-level walker, frees empty tables   (pure + Tlb)
 //!        │  frames for pages and tables
