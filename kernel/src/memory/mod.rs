@@ -3,7 +3,8 @@
 //! ```text
 //!   kheap (the heap)                      takes its own lock first, then calls ↓
 //!        │  kheap::PageSource::map_pages / unmap_pages
-//!   heap_window::KernelPageSource ── buddy::Buddy      which pages of the window   (pure)
+//!   page_source::KernelPageSource        takes the memory lock, calls ↓
+//!   heap_window::HeapWindow ──────── buddy::Buddy      which pages of the window   (pure)
 //!        │                        ├─ spare_pages     ≤ 32 mapped pages held back  (pure)
 //!        │                        └─ page_reserve    ≤ 512 pages mapped ahead     (pure)
 //!        │  map / unmap runs
@@ -44,6 +45,7 @@ pub mod buddy;
 pub mod frame;
 pub mod heap_window;
 pub mod page_reserve;
+pub mod page_source;
 pub mod paging;
 pub mod regions;
 pub mod spare_pages;
@@ -61,9 +63,10 @@ use x86_64::{PhysAddr, VirtAddr};
 pub use frame::{BitmapFrameAllocator, FrameInitError, FrameStats};
 pub use heap_window::{
     HEAP_GUARD_PAGE, HEAP_GUARD_START, HEAP_SLOT_END, HEAP_SLOT_START, HEAP_WINDOW_END,
-    HEAP_WINDOW_PAGES, HEAP_WINDOW_SIZE, HEAP_WINDOW_START, KernelPageSource, SCRATCH_KFENCE_PAGES,
-    SCRATCH_SIZE, SCRATCH_START,
+    HEAP_WINDOW_PAGES, HEAP_WINDOW_SIZE, HEAP_WINDOW_START, SCRATCH_KFENCE_PAGES, SCRATCH_SIZE,
+    SCRATCH_START,
 };
+pub use page_source::KernelPageSource;
 pub use paging::{MapError, TableAudit, UnmapError};
 pub use regions::{Bytes, MapSummary};
 

@@ -301,13 +301,13 @@ impl LargeAlloc {
     /// when the rule below does not apply or the source cannot map the run (the caller then
     /// allocates as usual).
     ///
-    /// The rule: a block that at least doubles, to [`GROWTH_RUN_MIN`] bytes or more, but below
-    /// [`PAGE_RUN_THRESHOLD`] (a vector growing the way `Vec` does, most likely). A run grows
-    /// in place whenever the pages after it are free (and a kernel's page source can move it
-    /// without copying), where a region block grows only into a free neighbour, so the
-    /// vector's next doublings are likely to need no copy. Measured on the host's
-    /// realloc-growth workload: kheap copied every 16 and 32 KiB buffer it grew, talc only
-    /// about half of them (see the benchmark's ANALYSIS.md).
+    /// The rule: a block that at least doubles, to `GROWTH_RUN_MIN` (16 KiB) or more, but
+    /// below the page-run threshold (64 KiB), and aligned to at most a page: a vector growing
+    /// the way `Vec` does, most likely. A run grows in place whenever the pages after it are
+    /// free (and a kernel's page source can move it without copying), where a region block
+    /// grows only into a free neighbour, so the vector's next doublings are likely to need no
+    /// copy. Measured on the host's realloc-growth workload: kheap copied every 16 and 32 KiB
+    /// buffer it grew, talc only about half of them (see the benchmark's ANALYSIS.md).
     pub fn allocate_for_growth<S: PageSource>(
         &mut self,
         src: &mut S,
