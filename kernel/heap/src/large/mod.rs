@@ -165,10 +165,10 @@ use index::{Index, KIND_RUN, Mapping, run_node};
 pub const PAGE_RUN_THRESHOLD: usize = 64 * 1024;
 
 /// A block that grows to at least this many bytes, and to at least twice its size, gets a page
-/// run when it cannot grow where it is, whatever its size
+/// run when it cannot grow where it is, even below [`PAGE_RUN_THRESHOLD`]
 /// ([`allocate_for_growth`](LargeAlloc::allocate_for_growth)). 16 KiB is where jemalloc's large
-/// (page-granular) sizes begin: a page run wastes at most a page there, a quarter at worst, an
-/// eighth on average over 16–32 KiB, and less above.
+/// (page-granular) sizes begin: a run there wastes less than a page (its data offset and the
+/// rounding to whole pages), a quarter of the block at worst, and less for larger blocks.
 pub const GROWTH_RUN_MIN: usize = 16 * 1024;
 
 /// Bytes of a region that no block covers: its header and its end sentinel (the blocks a walk
