@@ -207,6 +207,9 @@ impl<S: PageSource> Heap<S> {
             return Err(AllocError::Uninitialized);
         };
         st.check_live(ptr, old);
+        // Where a block that does not resize in place goes: a page run for a doubling vector
+        // (see `allocate_for_growth`), otherwise a usual allocation.
+        let mut grown = None;
         match (class_for(old), class_for(new)) {
             (SizeClass::Small(a), SizeClass::Small(b)) if a == b => {
                 *st.requested() = *st.requested() - old.size() + new_size;
@@ -231,25 +234,19 @@ impl<S: PageSource> Heap<S> {
                     *st.requested() = *st.requested() - old.size() + new_size;
                     return Ok(block);
                 }
-                // Growing, and it could not grow where it is: a doubling vector gets a page
-                // run (see `allocate_for_growth`); anything else is allocated as usual below.
                 if block.is_some() && new_size > old.size() {
-                    let (large, mut rec) = st.large();
-                    if let Some(fresh) = large.allocate_for_growth(&mut rec, new, old.size()) {
+                    grown = large.allocate_for_growth(&mut rec, new, old.size());
+                    if grown.is_some() {
                         *st.requested() += new_size;
-                        // SAFETY: both blocks are live and distinct; the old one has
-                        // `old.size()` readable bytes, fewer than the new one's `new_size`.
-                        unsafe {
-                            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.size());
-                            self.deallocate(ptr, old);
-                        }
-                        return Ok(fresh);
                     }
                 }
             }
             _ => {}
         }
-        let fresh = self.allocate(new)?;
+        let fresh = match grown {
+            Some(fresh) => fresh,
+            None => self.allocate(new)?,
+        };
         // SAFETY: both blocks are live and distinct; the old one has `old.size()` readable
         // bytes and the new one `new_size` writable bytes.
         unsafe {
