@@ -1,12 +1,13 @@
 //! The back of the heap, as the magazines (the *front*) reach it: the page source, the descriptor
-//! slots and the page map, with the batch operations that move blocks between a magazine and its
-//! chunk lists ([`Back::refill`], [`Back::flush`]), the direct paths of pools without a magazine,
-//! and the debug check of a block against its chunk ([`check_block`]).
+//! slots and the page map, with the operations that move blocks between a magazine and its chunk
+//! lists ([`Back::refill`], [`Back::give_back_one`], [`Back::flush`]), the direct paths of pools
+//! without a magazine, and the debug check of a block against its chunk ([`check_block`]).
 //!
 //! Every operation takes the chunk lists it works on, and every batch operation the magazine it
 //! fills or empties, from outside: a magazine of the heap state or of a pool header. A CPU's
 //! front ([`PerCpuHeap`](crate::PerCpuHeap)) does not come here: it allocates and frees its
-//! batches through the locked heap, whose own magazines then refill and flush through these calls.
+//! batches through the locked heap, whose own magazines then refill and give back through these
+//! calls.
 //!
 //! # What one call may do
 //!
@@ -16,23 +17,21 @@
 //! * a refill ([`Back::refill`]) takes at most [`BATCH_BYTES`] of blocks (one chunk's worth: 16
 //!   blocks up to 256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block), from the
 //!   chunks already mapped, and maps at most one new chunk, only when none has a free block;
-//! * a bounded flush ([`Back::flush_batch`], what a full magazine does) gives back at most the
-//!   blocks it is asked for (a quarter magazine: 16), one page-map lookup each, so it touches at
-//!   most 16 chunks; its page budget is one: it releases (unmaps) at most one chunk, stopping
-//!   before a block whose chunk would be the second to go back to the page source, and leaving
-//!   that block in the magazine. (Its block count is not cut to a page's worth like a refill's:
-//!   a block given back costs the same whatever its size, and a one-block flush of 4096-byte
-//!   blocks made every free into a full magazine a flush, which cost more calls above p99.9
-//!   than it saved at the maximum.)
+//! * a free into a full magazine ([`Back::give_back_one`]) gives that one block back to its
+//!   chunk: one page-map lookup, and at most one chunk released (one page unmapped) if the
+//!   chunk empties with the reserve of empty chunks full. Frees never move batches: a batch of
+//!   16 given back in one call (the flush this replaced, with a shift of the magazine and
+//!   metadata pre-created after it) was the heap's longest free, up to ~2 200 instructions in
+//!   the kernel against ~175–660 for one block;
 //! * the metadata a new chunk needs — a descriptor slot in a root run, a page-map node when the
 //!   chunk lies in a new 2 MiB window — is created ahead of need, one page at a time, by
-//!   [`Back::prepare`] in a refill that mapped no chunk or a flush that released none. The call
-//!   that maps a chunk then maps that one page only. (If no quiet call came in between, the
-//!   call maps the metadata itself: at most one root page and the page-map nodes of one entry.)
-//!   A refill that maps nothing and needs no metadata gives the page source its turn instead
-//!   ([`PageSource::prepare`]: the kernel maps one page into its reserve of pages mapped ahead
-//!   of need), as does a large allocation from a region the heap already had; a flush never
-//!   does (a free stays the cheaper call).
+//!   [`Back::prepare`] in a refill that mapped no chunk. The call that maps a chunk then maps
+//!   that one page only. (If no quiet call came in between, the call maps the metadata itself:
+//!   at most one root page and the page-map nodes of one entry.) A refill that maps nothing and
+//!   needs no metadata gives the page source its turn instead ([`PageSource::prepare`]: the
+//!   kernel maps one page into its reserve of pages mapped ahead of need), as does a large
+//!   allocation from a region the heap already had; a free never does (a free stays the
+//!   cheaper call).
 //!
 //! [`Back::flush`] gives back exactly what it is asked (for `trim` and pool destruction, which
 //! must empty a magazine), with no such bound.
@@ -137,38 +136,10 @@ impl<S: PageSource> Back<'_, S> {
         mag.drop_oldest(n);
     }
 
-    /// The flush of a full magazine, bounded (see the module documentation): gives back the
-    /// oldest blocks of `mag`, at most `n` of them, one page-map lookup each, and stops before a
-    /// block whose chunk would be the second this call returns to the page source. Returns how many blocks left the magazine: at least one if `n > 0`
-    /// and the magazine holds any. A flush that releases no chunk pre-creates metadata
-    /// ([`prepare`](Self::prepare)) instead.
-    ///
-    /// # Safety
-    ///
-    /// As for [`flush`](Self::flush).
-    #[inline(never)]
-    pub unsafe fn flush_batch<const CAP: usize>(
-        &mut self,
-        lists: *mut ChunkLists,
-        mut mag: Magazine<'_, CAP>,
-        n: usize,
-    ) -> usize {
-        let n = n.min(mag.len());
-        // SAFETY: guaranteed by the caller; each block is given back exactly once, as it leaves
-        // the magazine here (the blocks after `given` stay in it).
-        let (given, released) = unsafe { self.give_back_bounded(lists, &mag.cached()[..n]) };
-        mag.drop_oldest(given);
-        if !released {
-            let _ = self.prepare();
-        }
-        given
-    }
-
     /// Pre-creates, one page at most, the metadata a new chunk of this back may need: a spare
     /// root run of descriptor slots once the last run is half used, otherwise a spare page-map
-    /// node if the map has none (see `pagemap` and `root`). Called by refills and flushes
-    /// that made no page-source call of their own, so that the call which maps a chunk maps only
-    /// its page. A failure changes nothing: the call that needs the metadata then maps it itself
+    /// node if the map has none (see `pagemap` and `root`). Called by refills that made no
+    /// page-source call of their own, so that the call which maps a chunk maps only its page. A failure changes nothing: the call that needs the metadata then maps it itself
     /// (and fails cleanly if it cannot). Returns whether it tried (whether the call made, or
     /// attempted, a page-source call).
     #[inline]
@@ -185,35 +156,19 @@ impl<S: PageSource> Back<'_, S> {
         true
     }
 
-    /// [`give_back`](Self::give_back), stopping before a block whose chunk would be the second
-    /// to be released. Returns how many blocks were given back (a prefix of `blocks`, at least
-    /// one if there is any) and whether a chunk was released.
+    /// Gives one block back to its chunk of `lists` (one page-map lookup), what a free into a
+    /// full magazine does; a chunk that empties goes to the reserve or back to the page source
+    /// (one page at most).
     ///
     /// # Safety
     ///
-    /// As for `give_back`.
-    unsafe fn give_back_bounded(
-        &mut self,
-        lists: *mut ChunkLists,
-        blocks: &[*mut u8],
-    ) -> (usize, bool) {
+    /// `lists` must point to live chunk lists of this heap; `block` must be a block of one of
+    /// their chunks that counts it as used, with a provenance covering the block, given back
+    /// once.
+    #[inline(never)]
+    pub unsafe fn give_back_one(&mut self, lists: *mut ChunkLists, block: NonNull<u8>) {
         // SAFETY: guaranteed by the caller.
-        let stride = usize::from(unsafe { (*lists).geo.stride });
-        let mut released = false;
-        for (i, &b) in blocks.iter().enumerate() {
-            let Some(p) = NonNull::new(b) else { continue };
-            if let Entry::Chunk(d) = self.map.lookup(b.addr()) {
-                // SAFETY: the page map names the live descriptor of `b`'s chunk, a chunk of
-                // `lists` that counts `b` as used (caller); the block covers `stride` bytes.
-                unsafe {
-                    if released && (*lists).would_release(d.as_ptr()) {
-                        return (i, true);
-                    }
-                    released |= self.free_block(lists, d.as_ptr(), p, stride);
-                }
-            }
-        }
-        (blocks.len(), released)
+        unsafe { self.give_back(lists, &[block.as_ptr()]) }
     }
 
     /// Gives blocks that left a magazine back to their chunks of `lists` (one page-map lookup
@@ -566,79 +521,74 @@ mod tests {
         }
     }
 
-    /// A bounded flush releases at most one chunk: it stops before the block whose chunk would
-    /// be the second to go back to the page source, which stays in the magazine.
+    /// A block given back (a free into a full magazine) returns to its chunk; a chunk it
+    /// empties joins the reserve while the reserve has room, and is released (one page)
+    /// after that: one chunk and one page at most per call.
     #[test]
-    fn a_flush_releases_at_most_one_chunk() {
+    fn a_block_given_back_returns_to_its_chunk() {
         let mut parts = Parts::new(64);
-        let mut store = MagazineStore::<MAG_CAP>::new();
-        let mut mag = store.magazine();
         let (mut back, l) = parts.back();
         let owner = Owner::Class { size: 64 };
+        let reserve = parts_reserve(64);
         // SAFETY: `l` points to chunk lists only this test uses; every block is freed once,
-        // and the magazine gets only blocks of them that their chunks count as used, marked
-        // free but cached as a front does.
+        // marked free but cached first as a front does with a block it gives back.
         unsafe {
-            // Three full chunks of 64 blocks; keep one block of each.
-            let blocks: std::vec::Vec<_> = (0..3 * 64).map(|_| back.alloc(l).unwrap()).collect();
-            assert_eq!((*l).counts().chunks, 3);
+            // Full chunks of 64 blocks; keep one block of each.
+            let chunks = reserve + 2;
+            let blocks: std::vec::Vec<_> =
+                (0..chunks * 64).map(|_| back.alloc(l).unwrap()).collect();
+            assert_eq!((*l).counts().chunks, chunks);
             for (i, &p) in blocks.iter().enumerate() {
                 if i % 64 != 0 {
                     assert!(back.free(l, p, 64, owner));
                 }
             }
-            for &p in blocks.iter().step_by(64) {
+            for (k, &p) in blocks.iter().step_by(64).enumerate() {
                 let Entry::Chunk(d) = back.map.lookup(p.addr().get()) else {
                     panic!("not a chunk")
                 };
                 (*d.as_ptr()).set_allocated(&(*l).geo, p, false);
-                assert!(mag.push(p));
+                let pages = back.src.mapped_pages();
+                back.give_back_one(l, p);
+                // The reserve takes the first empty chunks; then each one goes back at once.
+                let released = usize::from(k >= reserve);
+                assert_eq!(back.src.mapped_pages(), pages - released, "chunk {k}");
+                (*l).check(l, back.map, &[], |_| {}).unwrap();
             }
-            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
-            let pages = back.src.mapped_pages();
-            // The first chunk to empty joins the reserve (one chunk for 64-byte blocks), the
-            // second is released, the third would be released too: the flush stops there.
-            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 2);
-            assert_eq!(mag.len(), 1);
-            assert_eq!(back.src.mapped_pages(), pages - 1);
-            assert_eq!((*l).counts().chunks, 2);
-            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
-            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 1);
-            assert_eq!(back.src.mapped_pages(), pages - 2);
-            assert_eq!(mag.len(), 0);
-            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 0);
-            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            assert_eq!((*l).counts().chunks, reserve);
+            back.drain_reserve(l);
         }
+        assert_eq!(parts.lists.counts().chunks, 0);
     }
 
-    /// A bounded flush of 4096-byte blocks gives back up to its batch, but releases one chunk
-    /// at most: the reserve (16 chunks) takes the first ones, then one page goes back.
+    /// Blocks of 4096 bytes given back one at a time: each empties its chunk, so past the
+    /// reserve every give-back releases one page, never more.
     #[test]
-    fn a_flush_of_page_blocks_releases_one_page() {
+    fn page_blocks_given_back_release_one_page_each() {
         let mut parts = Parts::new(PAGE_SIZE);
         let mut store = MagazineStore::<MAG_CAP>::new();
         let mut mag = store.magazine();
         let (mut back, l) = parts.back();
         let reserve = parts_reserve(PAGE_SIZE);
-        // SAFETY: as in the tests above; flushed blocks came from refills.
+        // SAFETY: as in the test above; the blocks came from refills, so they are marked free
+        // but cached already.
         unsafe {
             for _ in 0..reserve + 4 {
                 back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
             }
             assert_eq!(mag.len(), reserve + 4, "one block per refill");
-            let pages = back.src.mapped_pages();
-            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), MAG_BATCH);
-            // The reserve took them; the flush released nothing, so it pre-created metadata
-            // instead: the descriptor run is half used, so a spare run.
-            assert!(!back.roots.wants_spare());
-            assert_eq!(back.src.mapped_pages(), pages + 1);
-            // The reserve is full: the next block's chunk is released, the one after would be
-            // the second.
-            assert_eq!(back.flush_batch(l, mag.reborrow(), MAG_BATCH), 1);
-            assert_eq!(back.src.mapped_pages(), pages);
-            assert_eq!(mag.len(), reserve + 4 - MAG_BATCH - 1);
-            (*l).check(l, back.map, mag.cached(), |_| {}).unwrap();
+            let blocks: std::vec::Vec<_> = mag.cached().to_vec();
+            mag.drop_oldest(blocks.len());
+            for (k, &b) in blocks.iter().enumerate() {
+                let pages = back.src.mapped_pages();
+                back.give_back_one(l, NonNull::new(b).unwrap());
+                let released = usize::from(k >= reserve);
+                assert_eq!(back.src.mapped_pages(), pages - released, "block {k}");
+            }
+            (*l).check(l, back.map, &[], |_| {}).unwrap();
+            back.drain_reserve(l);
         }
+        assert_eq!(parts.lists.counts().chunks, 0);
     }
 
     /// Empty chunks the reserve of `stride`-byte lists keeps.

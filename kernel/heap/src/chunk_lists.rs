@@ -269,18 +269,6 @@ impl ChunkLists {
         None
     }
 
-    /// Whether giving a block back to chunk `d` would empty it with the reserve full, so that
-    /// [`free`](Self::free) would hand the chunk back for release. O(1).
-    ///
-    /// # Safety
-    ///
-    /// `d` must be a live chunk of these lists.
-    #[inline]
-    pub unsafe fn would_release(&self, d: *const ChunkDesc) -> bool {
-        // SAFETY: guaranteed by the caller.
-        unsafe { (*d).used == 1 && self.n_empty >= self.reserve_limit() }
-    }
-
     /// Removes one reserve chunk for release, if any.
     pub fn take_empty(&mut self) -> Option<NonNull<ChunkDesc>> {
         let d = NonNull::new(self.empty)?;

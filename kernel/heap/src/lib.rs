@@ -301,17 +301,17 @@
 //! common call is a table lookup for the class, a pop or a push, and the requested-bytes
 //! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
 //! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists, but at
-//! most a chunk's worth of bytes (mapping one chunk at most); a full one gives its oldest quarter
-//! back to their chunks (one page-map lookup each, and at most one chunk released; see "Work per
-//! call" below). Those batches are the *back*'s operations (`back::Back::refill` and
-//! `flush`), which take the magazine from outside: the magazines are the heap's front, and
-//! everything behind them its back. A cached block still counts as used by its chunk, so its
+//! most a chunk's worth of bytes (mapping one chunk at most); a free into a full one gives that
+//! block straight back to its chunk (one page-map lookup, at most one chunk released; see "Work
+//! per call" below). Those are the *back*'s operations (`back::Back::refill` and
+//! `give_back_one`), which take the magazine or the lists from outside: the magazines are the
+//! heap's front, and everything behind them its back. A cached block still counts as used by its chunk, so its
 //! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
 //! provenance that covers the whole block: rebuilt from the page source's
 //! [window](PageSource::window) when it has one (release builds then free without any lookup),
 //! otherwise from the chunk page the page map names. The inlined fast path covers every layout
 //! a class serves ([`size_class::small_class`]: one table load for alignments up to 8, one more
-//! for larger ones); a page-map lookup and every refill or flush go through out-of-line slow
+//! for larger ones); a page-map lookup and every refill or give-back go through out-of-line slow
 //! paths to the same magazines.
 //! Pools of 1–7-byte blocks go straight to their chunks, whose free bitmap is also what catches
 //! a double free there.
@@ -325,14 +325,14 @@
 //! * a **refill**: at most `back::BATCH_BYTES` (one page) of blocks — 16 blocks up to
 //!   256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block — from chunks already
 //!   mapped, or from one new chunk (one page mapped) when none has a free block;
-//! * a **flush**: at most a quarter magazine (16 blocks) back to their chunks (one page-map
-//!   lookup each, so at most 16 chunks touched), releasing (unmapping) at most one chunk: the
-//!   flush stops before a block whose chunk would be the second to go, and leaves it in the
-//!   magazine.
+//! * a **give-back**: a free into a full magazine gives its one block back to its chunk (one
+//!   page-map lookup), releasing (unmapping) that chunk if it empties with the class's reserve of
+//!   empty chunks full. (A batch of 16 given back at once, as frees did before, was the heap's
+//!   longest free.)
 //!
 //! The metadata a new chunk needs — a descriptor slot, and a page-map leaf when the chunk lies
 //! in a new 2 MiB window — is created ahead of need, one page per call, by refills that map no
-//! chunk and flushes that release none: a spare page-map node, and a spare descriptor run once
+//! chunk: a spare page-map node, and a spare descriptor run once
 //! the last one is half used (`back::Back::prepare`). So a call that maps a chunk maps that one
 //! page. Only if no such quiet call came between two needs (or for the two nodes of a new 1 GiB
 //! window) does a call map metadata itself, as before: one root page and the nodes of one

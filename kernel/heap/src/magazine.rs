@@ -14,25 +14,24 @@
 //! the common call touches the magazine and nothing else: not the chunk descriptor, not the
 //! chunk lists, and not the block itself (a chunk free writes a link into the block, usually a
 //! cache miss for a long-lived object). Only when a magazine runs empty or full does the heap go
-//! to the chunks, in batches of a quarter magazine ([`Magazine::BATCH`]), bounded so that no
-//! single call does much more than another (module `back`):
+//! to the chunks, bounded so that no single call does much more than another (module `back`):
 //!
 //! ```text
 //!   allocate, magazine empty:  take up to BATCH blocks, at most a page's worth of bytes
 //!                              (`back::BATCH_BYTES`: one 4096-byte block, four of 1024), from
 //!                              the chunks (one new chunk at most), then pop
-//!   deallocate, magazine full: give up to the BATCH oldest blocks back to their chunks (one
-//!                              page-map lookup each; stopping before a second chunk would be
-//!                              released), keep the newer ones, then push
+//!   deallocate, magazine full: give the block straight back to its chunk (one page-map
+//!                              lookup; at most one chunk released), the magazine unchanged
 //! ```
 //!
-//! Those batches are the *back*'s operations (`back::Back::refill` and `flush`), and they
-//! take the magazine from outside: a magazine is usable wherever its store lives (the heap state
-//! and pool headers; the per-CPU fronts of `PerCpuHeap` keep theirs in per-CPU data). Working in batches means a cache
-//! that alternates between allocation and free around either end does not bounce into a slow path
-//! on every call: after a refill or a flush the magazine is `BATCH` blocks away from that end, and
-//! a random walk of allocations and frees needs on the order of `BATCH × (CAP - BATCH)` calls to
-//! reach an end again.
+//! Those are the *back*'s operations (`back::Back::refill` and `give_back_one`), and they take
+//! the magazine or the lists from outside: a magazine is usable wherever its store lives (the
+//! heap state and pool headers; the per-CPU fronts of `PerCpuHeap` keep theirs in per-CPU data).
+//! Refilling in batches means a cache that alternates between allocation and free around the
+//! empty end does not bounce into a slow path on every call: after a refill the magazine is
+//! `BATCH` blocks away from that end. At the full end there is nothing to bounce: a free past it
+//! costs one give-back, and the allocation after it pops a cached block. (Frees used to give
+//! the `BATCH` oldest blocks back at once, which made that one call the heap's longest free.)
 //!
 //! A block in a magazine is still counted as used by its chunk (so the chunk is never released
 //! under it), but it is free for the heap: statistics count it as free, not in use, and it is
@@ -82,12 +81,11 @@ pub struct Magazine<'a, const CAP: usize> {
 }
 
 impl<'a, const CAP: usize> Magazine<'a, CAP> {
-    /// Blocks moved at once between the magazine and its chunks: a quarter of it. After a batch
-    /// the magazine is `BATCH` away from the end that triggered it; a cache whose calls wander at
-    /// random comes back to an end after about `BATCH × (CAP - BATCH)` calls and then moves
-    /// `BATCH` blocks, so it moves `1 / (CAP - BATCH)` blocks per call (a half-magazine batch
-    /// moves `2 / CAP`), and each move costs a cache miss on a cold block. Measured: a quarter
-    /// beat a half and an eighth.
+    /// Blocks a refill moves from the chunks into an empty magazine: a quarter of it (at most a
+    /// page's worth of bytes, `back::BATCH_BYTES`). After a refill the magazine is `BATCH` away
+    /// from empty; a cache whose calls wander at random comes back there after about
+    /// `BATCH × (CAP - BATCH)` calls. Measured (when frees moved batches too): a quarter beat a
+    /// half and an eighth. A free into a full magazine moves one block, not a batch.
     pub const BATCH: usize = CAP / 4;
 
     /// The magazine whose count and slots these are.
@@ -165,7 +163,7 @@ impl<'a, const CAP: usize> Magazine<'a, CAP> {
         *self.len = len as u32;
     }
 
-    /// Forgets the `n` oldest blocks (at most all; a flush gives them back to their chunks
+    /// Forgets the `n` oldest blocks (at most all; `flush` gives them back to their chunks
     /// first); the newer blocks move down.
     pub fn drop_oldest(&mut self, n: usize) {
         let len = self.len();

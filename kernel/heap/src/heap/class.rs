@@ -77,8 +77,8 @@ impl<S: PageSource> Heap<S> {
 
     /// Frees a block.
     ///
-    /// A class-sized block goes to its class's magazine; when the magazine is full, its oldest
-    /// quarter goes back to the chunks first. The pointer the magazine keeps is rebuilt with a
+    /// A class-sized block goes to its class's magazine; when the magazine is full, the block
+    /// goes straight back to its chunk instead (one block: a free never moves a batch). The pointer the magazine keeps is rebuilt with a
     /// provenance that covers the whole block: that of the page source's window
     /// ([`PageSource::window`]) in a release build whose source has one (no lookup at all), and
     /// otherwise that of the block's chunk page, found with one page-map lookup. A large block
@@ -111,7 +111,7 @@ impl<S: PageSource> Heap<S> {
                     // A call in tail position, as below.
                     // SAFETY: `block` is the caller's block, checked, with a provenance
                     // covering it.
-                    return unsafe { self.flush_and_cache(i, block, layout.size()) };
+                    return unsafe { self.free_past_full_magazine(i, block, layout.size()) };
                 }
                 return;
             }
@@ -122,15 +122,15 @@ impl<S: PageSource> Heap<S> {
         unsafe { self.deallocate_slow(ptr, layout) }
     }
 
-    /// [`deallocate`](Self::deallocate) into a full magazine: gives its oldest batch back to
-    /// the chunks, then caches `block`.
+    /// [`deallocate`](Self::deallocate) into a full magazine: `block` goes straight back to its
+    /// chunk (one page-map lookup; the magazine keeps its blocks).
     ///
     /// # Safety
     ///
     /// `i < NUM_CLASSES`, and `block` is a block of class `i` the caller gives up, that its
     /// chunk counts as used, with a provenance covering the block.
     #[inline(never)]
-    unsafe fn flush_and_cache(&mut self, i: usize, block: NonNull<u8>, size: usize) {
+    unsafe fn free_past_full_magazine(&mut self, i: usize, block: NonNull<u8>, size: usize) {
         if let Some(mut st) = self.live() {
             // SAFETY: guaranteed by the caller.
             unsafe { st.class(i).give(block, size) };

@@ -2,8 +2,8 @@
 //!
 //! A general class and a user pool cache free blocks the same way, so both go through one
 //! [`Front`]: the magazine, the chunk lists it caches blocks of, and what an operation may need
-//! behind them — the [`Back`] (refills and flushes in batches), the heap's requested-bytes counter
-//! and the page source's [`Window`]. The fast paths are [`take`](Front::take) and
+//! behind them — the [`Back`] (refills in batches, give-backs one block at a time), the heap's
+//! requested-bytes counter and the page source's [`Window`]. The fast paths are [`take`](Front::take) and
 //! [`freed_block_fast`](Front::freed_block_fast) + [`cache`](Front::cache); everything else is a
 //! slow path.
 
@@ -220,8 +220,12 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
         true
     }
 
-    /// Caches `block`, giving the magazine's oldest batch back to the chunks first if it is
-    /// full (a bounded flush: `Back::flush_batch`), and counts `size` requested bytes out.
+    /// Caches `block`, or, if the magazine is full, gives it straight back to its chunk
+    /// (`Back::give_back_one`: one page-map lookup, and at most one chunk released), and counts
+    /// `size` requested bytes out. A free never moves a batch: a full magazine keeps its blocks,
+    /// which the allocations after it take; a run of frees past a full magazine costs one
+    /// give-back each, the same work a batch flush did per block without the flush's one long
+    /// call (16 give-backs, a shift of the magazine, and metadata pre-created after them).
     ///
     /// # Safety
     ///
@@ -230,23 +234,21 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     #[inline]
     pub(super) unsafe fn give(&mut self, block: NonNull<u8>, size: usize) {
         if self.mag.is_full() {
-            // SAFETY: the invariant: live lists, and every cached block is theirs, counted as
-            // used, with a provenance covering it. It gives back at least one block.
+            // SAFETY: the caller's promise: `block` is a block of the live lists, counted as
+            // used by its chunk, with a provenance covering it.
             unsafe {
                 Back {
                     src: self.src,
                     roots: self.roots,
                     map: self.map,
                 }
-                .flush_batch(
-                    self.lists,
-                    self.mag.reborrow(),
-                    Magazine::<CAP>::BATCH,
-                )
+                .give_back_one(self.lists, block)
             };
+            *self.requested -= size;
+            return;
         }
         let cached = self.cache(block, size);
-        debug_assert!(cached, "a flushed magazine has room");
+        debug_assert!(cached, "a magazine that is not full has room");
     }
 
     /// Gives the `n` oldest blocks of the magazine (at most all) back to their chunks.

@@ -129,7 +129,7 @@ impl<S: PageSource> Heap<S> {
                 if !front.cache(block, pool.size()) {
                     // SAFETY: `block` is the caller's block, checked, with a provenance
                     // covering it.
-                    return unsafe { self.pool_flush_and_cache(pool, block) };
+                    return unsafe { self.pool_free_past_full_magazine(pool, block) };
                 }
                 return;
             }
@@ -138,15 +138,15 @@ impl<S: PageSource> Heap<S> {
         unsafe { self.pool_deallocate_slow(id, ptr) }
     }
 
-    /// [`pool_deallocate`](Self::pool_deallocate) into a full magazine: gives its oldest batch
-    /// back to the chunks, then caches `block`.
+    /// [`pool_deallocate`](Self::pool_deallocate) into a full magazine: `block` goes straight
+    /// back to its chunk (one page-map lookup; the magazine keeps its blocks).
     ///
     /// # Safety
     ///
     /// `pool` is a live pool of this heap, and `block` a block of it the caller gives up, that
     /// its chunk counts as used, with a provenance covering the block.
     #[inline(never)]
-    unsafe fn pool_flush_and_cache(&mut self, pool: PoolRef, block: NonNull<u8>) {
+    unsafe fn pool_free_past_full_magazine(&mut self, pool: PoolRef, block: NonNull<u8>) {
         if let Some(mut st) = self.live() {
             // SAFETY: guaranteed by the caller.
             unsafe { st.pool_front(pool).give(block, pool.size()) };

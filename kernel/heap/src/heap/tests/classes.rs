@@ -132,24 +132,20 @@ fn empty_chunks_go_back_beyond_the_reserve() {
         unsafe { h.deallocate(p, l) };
     }
     h.check_invariants().unwrap();
-    // The magazine took every block; each time it was full it gave its oldest blocks back, up
-    // to MAG_BATCH of them and at most one chunk released per flush. Refills took one fresh
-    // chunk (two blocks) at a time, so blocks 2k and 2k + 1 share a chunk, and the flushed
-    // blocks (the first ones freed) emptied whole chunks: the reserve keeps some of them, the
-    // rest went back to the page source, one per flush.
+    // The magazine took the first MAG_CAP blocks freed; each free after that found it full
+    // and gave its block straight back to its chunk. Refills took one fresh chunk (two blocks)
+    // at a time, so blocks 2k and 2k + 1 share a chunk, and the blocks given back (the last
+    // ones freed) emptied whole chunks: the reserve keeps some of them, the rest went back to
+    // the page source, one per free.
     let s = h.stats();
     let c = s.classes[i];
     assert_eq!(c.in_use, 0, "{s}");
-    assert!(
-        c.cached >= MAG_CAP - MAG_BATCH && c.cached <= MAG_CAP,
-        "{s}"
-    );
-    let flushed = n - c.cached;
+    assert_eq!(c.cached, MAG_CAP, "{s}");
+    let given_back = n - c.cached;
     let reserve = ChunkLists::new(Geometry::new(2048)).reserve_limit() as usize;
-    // A flush that stops before a second release may leave a chunk half given back.
     assert_eq!(
         c.chunks,
-        c.cached.div_ceil(2) + reserve.min(flushed / 2),
+        c.cached.div_ceil(2) + reserve.min(given_back / 2),
         "{s}"
     );
     assert_eq!(c.free, 2 * c.chunks);
