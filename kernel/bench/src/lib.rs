@@ -477,7 +477,7 @@ fn attribution_section(
             });
         }
         let marks = (talc.alloc.p999, talc.free.p999);
-        kernel::allocator::trim();
+        settle();
         let summary = attribution::run(&workload, sizes.budget_pages, overhead, marks, slots)
             .map_err(|error| BenchError::Verify {
                 workload: workload.name,
@@ -579,6 +579,17 @@ fn verify_row(row: &mut Row, w: &Workload, limit: usize, sizes: &Sizes, slots: &
 
 /// Single-call latencies of `peer` on `w`, allocations and frees apart, summarised as
 /// percentiles (net of the counter overhead) and tail points.
+/// The state every single-call measurement starts from, whatever ran before it: the kernel
+/// heap's cached empty pages given back (`trim`, which also empties the heap window's spare
+/// pages and page reserve), then the page reserve filled again (`memory::fill_page_reserve`), as
+/// after boot and in a kernel whose quiet heap calls have refilled it. Without it, the calls of
+/// a latency replay that map runs found the reserve as the sections before had left it: full
+/// after the throughput section, nearly empty when the section ran alone.
+fn settle() {
+    kernel::allocator::trim();
+    kernel::memory::fill_page_reserve();
+}
+
 fn latency_row(
     peer: Peer,
     w: &Workload,
@@ -603,6 +614,7 @@ fn latency_row(
     let calls = w.ops.len() / 2 + 1;
     samples.alloc.reserve(calls);
     samples.free.reserve(calls);
+    settle();
     let visit = Latency {
         w,
         slots,

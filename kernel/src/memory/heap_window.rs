@@ -108,7 +108,7 @@ use x86_64::structures::paging::{Page, PageTableFlags};
 
 use super::buddy::{Buddy, storage_words};
 use super::frame::BitmapFrameAllocator;
-use super::page_reserve::{PageReserve, RESERVE_BLOCK};
+use super::page_reserve::{PageReserve, RESERVE_BLOCK, RESERVE_TARGET};
 use super::paging::{MapError, MoveError, PageTables, Tlb};
 use super::spare_pages::{ABSORB_MAX, SPARE_BATCH, SPARE_CAPACITY, SparePages};
 
@@ -382,6 +382,27 @@ impl HeapWindow {
                 window_page_addr(page)
             ),
         }
+    }
+
+    /// Fills the reserve up to [`RESERVE_TARGET`] with
+    /// [`prepare`](Self::prepare) steps (a block claim, then one page each) until it holds that
+    /// many, or frames run short, or its block cannot be extended; returns how many pages it
+    /// mapped. Outside any heap call (boot, or a kernel's idle moment): up to `RESERVE_TARGET`
+    /// page mappings in one call.
+    pub(super) fn fill_reserve<T: Tlb>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> usize {
+        let before = self.reserve.ready();
+        // Each step maps a page or claims a block; claims happen at most twice in a row (a new
+        // block, or an extension), so the bound is never what stops a working fill.
+        for _ in 0..2 * RESERVE_TARGET + 2 {
+            if !self.prepare(tables, frames) {
+                break;
+            }
+        }
+        self.reserve.ready() - before
     }
 
     /// The largest run one request can get now, in pages.

@@ -272,6 +272,8 @@ pub fn init(boot_info: &BootInfo) -> Result<(), MemoryInitError> {
         memory.tables = tables;
         memory.window.reset();
         memory.ready = true;
+        // The heap's first calls find the reserve full, as later ones do after quiet calls.
+        memory.fill_page_reserve();
         Ok(())
     })
 }
@@ -306,6 +308,20 @@ pub fn allocate_frame() -> Option<PhysFrame> {
 /// every allocation here that runs out of frames calls it before it reports the shortage.
 pub fn release_spare_pages() -> usize {
     with_memory(MemoryState::release_spare_pages)
+}
+
+/// Fills the heap window's page reserve (pages mapped ahead of the heap's multi-page requests,
+/// see [`page_reserve`]) up to its target, and returns how many pages it mapped (0 before
+/// [`init`], when it is full, or when fewer than
+/// [`PREPARE_MIN_FREE_FRAMES`](heap_window::PREPARE_MIN_FREE_FRAMES) frames are free).
+///
+/// [`init`] fills it. Quiet heap calls refill it a page at a time, and [`release_spare_pages`]
+/// (so [`trim`](crate::allocator::trim)) empties it: a kernel that trims and then expects a
+/// burst of allocations calls this first, so that the burst's calls take their runs from the
+/// reserve instead of mapping them (up to [`RESERVE_TARGET`](page_reserve::RESERVE_TARGET)
+/// page mappings in this one call, with the memory lock held).
+pub fn fill_page_reserve() -> usize {
+    with_memory(MemoryState::fill_page_reserve)
 }
 
 /// Gives a frame back to the frame allocator.
@@ -556,6 +572,14 @@ impl MemoryState {
         let (tables, frames) = self.mapper();
         // SAFETY: the caller's contract is `map`'s.
         unsafe { tables.map(page, frame, flags, frames) }
+    }
+
+    /// [`fill_page_reserve`] with the lock held (0 before [`init`]).
+    fn fill_page_reserve(&mut self) -> usize {
+        match self.parts() {
+            Some((window, tables, frames)) => window.fill_reserve(tables, frames),
+            None => 0,
+        }
     }
 
     /// [`release_spare_pages`] with the lock held (0 before [`init`]).
