@@ -5,8 +5,8 @@
 //!
 //! Run it alone with
 //! `KERNEL_QEMU_ARGS="-icount shift=0 -fw_cfg name=opt/kbench/only,string=attribution" cargo kbench`.
-//! Each row is one kind of call: which path served it (a magazine hit, a refill or a flush of a
-//! class, the large allocator), how many page-source calls it made, and what changed in pages
+//! Each row is one kind of call: which path served it (a magazine hit, a refill of a class, a
+//! free into a full magazine that gave its block back to the chunk, the large allocator), how many page-source calls it made, and what changed in pages
 //! (chunks, heap-window spares, regions, page runs, page-map nodes, root runs). `share` is the
 //! row's part of all the replay's cycles (for the workloads judged by their mean). Two columns
 //! count the calls of a row above a mark: `>=kheap` kheap's own p99.9 for that kind of call (the
@@ -69,8 +69,8 @@ enum Path {
     Magazine,
     /// An allocation that refilled its class's magazine.
     Refill,
-    /// A free that flushed part of its class's magazine.
-    Flush,
+    /// A free into a full magazine: its block went straight back to its chunk.
+    GiveBack,
     /// The large allocator.
     Large,
     /// A realloc that kept its block (the same class, or a large block resized in place).
@@ -86,7 +86,7 @@ impl Path {
         match self {
             Self::Magazine => "magazine",
             Self::Refill => "refill",
-            Self::Flush => "flush",
+            Self::GiveBack => "give-back",
             Self::Large => "large",
             Self::InPlace => "in-place",
             Self::Moved => "moved",
@@ -160,7 +160,7 @@ impl Kind {
             Op::Alloc { .. } if cached == -1 => Path::Magazine,
             Op::Alloc { .. } if cached >= 0 => Path::Refill,
             Op::Free { .. } if cached == 1 => Path::Magazine,
-            Op::Free { .. } if cached <= 0 => Path::Flush,
+            Op::Free { .. } if cached <= 0 => Path::GiveBack,
             _ => Path::Other,
         };
         let size = match op {
@@ -194,8 +194,8 @@ pub struct Summary {
     pub magazine: usize,
     /// Allocations that refilled a magazine.
     pub refill: usize,
-    /// Frees that flushed part of a magazine.
-    pub flush: usize,
+    /// Frees into a full magazine, whose block went back to its chunk.
+    pub give_back: usize,
     /// Calls of the large allocator.
     pub large: usize,
     /// Reallocs (in place or moved).
@@ -247,7 +247,7 @@ pub fn run(
         *match k.path {
             Path::Magazine => &mut sum.magazine,
             Path::Refill => &mut sum.refill,
-            Path::Flush => &mut sum.flush,
+            Path::GiveBack => &mut sum.give_back,
             Path::Large => &mut sum.large,
             Path::InPlace | Path::Moved => &mut sum.realloc,
             Path::Other => &mut sum.other,
