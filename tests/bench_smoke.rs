@@ -71,7 +71,7 @@ fn smoke_attribution_classifies_every_call() {
     for (&(name, s), ops) in all.iter().zip(ops) {
         assert_eq!(s.calls, ops, "{name}: {s:?}");
         assert_eq!(
-            s.magazine + s.refill + s.flush + s.large + s.realloc + s.other,
+            s.magazine + s.refill + s.give_back + s.large + s.realloc + s.other,
             s.calls,
             "{name}: {s:?}"
         );
