@@ -199,8 +199,8 @@
 //! * *magazine*: a stack of free blocks in front of chunk lists; one type for the classes and
 //!   the user pools (`magazine`).
 //! * *front* and *back*: the magazines; and all that stands behind them (chunk lists, root
-//!   runs, the page map, the large allocator, the page source), which the front reaches in
-//!   batches (`heap`, `back::Back`). In a [`PerCpuHeap`], the per-CPU magazines are the front and
+//!   runs, the page map, the large allocator, the page source), which the front reaches by
+//!   refills in batches and give-backs of one block (`heap`, `back::Back`). In a [`PerCpuHeap`], the per-CPU magazines are the front and
 //!   the whole [`LockedHeap`] is the back.
 //! * *pin*: what gives the running code its CPU's front ([`Cpus`]); *drain*: emptying every
 //!   CPU's front into the back.
@@ -490,8 +490,8 @@
 //! From the ground up (each imports only those before it): `source` (the page-source trait),
 //! `size_class` (the class table and mapping), `error`, `magazine`, `chunk` (one page of
 //! blocks), `pagemap`, `root` (root runs and slots), `debug` (reports of bad frees),
-//! `chunk_lists` (the chunks of one size), `back` (what the magazines reach behind them: the
-//! batch operations), `pool` (user pool ids and headers), `large/` (the large allocator),
+//! `chunk_lists` (the chunks of one size), `back` (what the magazines reach behind them:
+//! refills, give-backs, flushes), `pool` (user pool ids and headers), `large/` (the large allocator),
 //! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
 //! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
 //! `locked` ([`LockedHeap`], [`RawLock`], [`SpinLock`]), `cpu` ([`Cpus`], [`OneCpu`],

@@ -8,7 +8,9 @@
 //! the heap says it has a quiet moment (`kheap::PageSource::prepare`: a refill that found its
 //! blocks in mapped chunks, a large allocation served from a region the heap had), and a
 //! `map_pages(n)` with at least `n` pages in the reserve takes them from its front: a few
-//! bookkeeping writes instead of `n` frames and page-table entries.
+//! bookkeeping writes instead of `n` frames and page-table entries. `memory::init` fills it to
+//! its target before the first heap call (`memory::fill_page_reserve`, which a kernel may also
+//! call after a `trim`, outside any heap call).
 //!
 //! ```text
 //!   block of RESERVE_BLOCK window pages, taken in the buddy as one piece when the reserve starts
