@@ -271,6 +271,12 @@ impl Machine {
         self.window.prepare(&mut self.tables, &mut self.frames)
     }
 
+    /// The kernel's `memory::fill_page_reserve`: fills the reserve to its target in one call;
+    /// how many pages it mapped.
+    pub fn fill_reserve(&mut self) -> usize {
+        self.window.fill_reserve(&mut self.tables, &mut self.frames)
+    }
+
     /// The kernel's `memory::release_spare_pages`: unmaps the window's spare pages and frees
     /// their frames; how many there were.
     pub fn release_spare_pages(&mut self) -> usize {

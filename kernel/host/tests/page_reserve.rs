@@ -202,6 +202,39 @@ fn a_map_short_of_frames_releases_the_reserve_and_retries() {
 }
 
 #[test]
+fn fill_reserve_maps_up_to_the_target_in_one_call() {
+    let mut m = machine();
+    assert_eq!(m.fill_reserve(), RESERVE_TARGET);
+    assert_eq!(m.window_reserved(), RESERVE_TARGET);
+    assert!(!m.wants_prepare());
+    m.check_all();
+    // Full: nothing to do.
+    assert_eq!(m.fill_reserve(), 0);
+    // After a run took pages from the front, it maps just what is missing (the block's tail
+    // still has them).
+    m.map_pages(17).unwrap();
+    assert_eq!(m.fill_reserve(), 17);
+    assert_eq!(m.window_reserved(), RESERVE_TARGET);
+    m.check_all();
+    // Released with the spares, then filled again from a new block.
+    m.release_spare_pages();
+    assert_eq!(m.window_reserved(), 0);
+    assert_eq!(m.fill_reserve(), RESERVE_TARGET);
+    m.check_all();
+}
+
+#[test]
+fn fill_reserve_short_of_frames_maps_nothing() {
+    let mut m = machine();
+    m.set_free_frames(PREPARE_MIN_FREE_FRAMES - 1);
+    assert_eq!(m.fill_reserve(), 0);
+    assert_eq!(m.window_reserved(), 0);
+    m.release_hoard();
+    assert_eq!(m.fill_reserve(), RESERVE_TARGET);
+    m.check_all();
+}
+
+#[test]
 fn prepare_short_of_frames_does_nothing() {
     let mut m = machine();
     m.set_free_frames(PREPARE_MIN_FREE_FRAMES - 1);
