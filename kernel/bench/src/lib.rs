@@ -577,8 +577,6 @@ fn verify_row(row: &mut Row, w: &Workload, limit: usize, sizes: &Sizes, slots: &
     };
 }
 
-/// Single-call latencies of `peer` on `w`, allocations and frees apart, summarised as
-/// percentiles (net of the counter overhead) and tail points.
 /// The state every single-call measurement starts from, whatever ran before it: the kernel
 /// heap's cached empty pages given back (`trim`, which also empties the heap window's spare
 /// pages and page reserve), then the page reserve filled again (`memory::fill_page_reserve`), as
@@ -590,6 +588,8 @@ fn settle() {
     kernel::memory::fill_page_reserve();
 }
 
+/// Single-call latencies of `peer` on `w`, allocations and frees apart, summarised as
+/// percentiles (net of the counter overhead) and tail points.
 fn latency_row(
     peer: Peer,
     w: &Workload,

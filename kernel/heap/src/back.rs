@@ -22,7 +22,7 @@
 //!   chunk empties with the reserve of empty chunks full. Frees never move batches: a batch of
 //!   16 given back in one call (the flush this replaced, with a shift of the magazine and
 //!   metadata pre-created after it) was the heap's longest free, up to ~2 200 instructions in
-//!   the kernel against ~175–660 for one block;
+//!   the kernel against 179–667 for one block (`cargo kbench`'s attribution run);
 //! * the metadata a new chunk needs — a descriptor slot in a root run, a page-map node when the
 //!   chunk lies in a new 2 MiB window — is created ahead of need, one page at a time, by
 //!   [`Back::prepare`] in a refill that mapped no chunk. The call that maps a chunk then maps
@@ -139,8 +139,9 @@ impl<S: PageSource> Back<'_, S> {
     /// Pre-creates, one page at most, the metadata a new chunk of this back may need: a spare
     /// root run of descriptor slots once the last run is half used, otherwise a spare page-map
     /// node if the map has none (see `pagemap` and `root`). Called by refills that made no
-    /// page-source call of their own, so that the call which maps a chunk maps only its page. A failure changes nothing: the call that needs the metadata then maps it itself
-    /// (and fails cleanly if it cannot). Returns whether it tried (whether the call made, or
+    /// page-source call of their own, so that the call which maps a chunk maps only its page. A
+    /// failure changes nothing: the call that needs the metadata then maps it itself (and fails
+    /// cleanly if it cannot). Returns whether it tried (whether the call made, or
     /// attempted, a page-source call).
     #[inline]
     pub fn prepare(&mut self) -> bool {

@@ -73,7 +73,7 @@
 //! page takes a spare, then the reserve's front while it holds more than a region needs, then a
 //! fresh batch; a run that ends where the reserve starts grows into it. The reserve claims a
 //! whole buddy block ([`RESERVE_BLOCK`] pages) at once and maps it a page at a time up to
-//! [`RESERVE_TARGET`](super::page_reserve::RESERVE_TARGET) pages ahead, so what it hands out is
+//! [`RESERVE_TARGET`] pages ahead, so what it hands out is
 //! contiguous with what it holds. Its pages are released with the spares (trim, and any call
 //! short of frames, which then retries), and `prepare` maps nothing while fewer than
 //! [`PREPARE_MIN_FREE_FRAMES`] frames are free: the reserve never holds the last of memory.
@@ -384,19 +384,18 @@ impl HeapWindow {
         }
     }
 
-    /// Fills the reserve up to [`RESERVE_TARGET`] with
-    /// [`prepare`](Self::prepare) steps (a block claim, then one page each) until it holds that
-    /// many, or frames run short, or its block cannot be extended; returns how many pages it
-    /// mapped. Outside any heap call (boot, or a kernel's idle moment): up to `RESERVE_TARGET`
-    /// page mappings in one call.
+    /// Fills the reserve up to [`RESERVE_TARGET`] with [`prepare`](Self::prepare) steps (a
+    /// block claim, then one page each) until it holds that many, or frames run short, or its
+    /// block cannot be extended; returns how many pages it mapped. For outside any heap call
+    /// (boot, or a kernel's idle moment): up to `RESERVE_TARGET` page mappings in one call.
     pub(super) fn fill_reserve<T: Tlb>(
         &mut self,
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> usize {
         let before = self.reserve.ready();
-        // Each step maps a page or claims a block; claims happen at most twice in a row (a new
-        // block, or an extension), so the bound is never what stops a working fill.
+        // Each step maps one page or claims one block (a new block, or the extension of a used-up
+        // one: a few per fill at most), so the bound never stops a fill that makes progress.
         for _ in 0..2 * RESERVE_TARGET + 2 {
             if !self.prepare(tables, frames) {
                 break;

@@ -3,9 +3,9 @@
 //! A general class and a user pool cache free blocks the same way, so both go through one
 //! [`Front`]: the magazine, the chunk lists it caches blocks of, and what an operation may need
 //! behind them — the [`Back`] (refills in batches, give-backs one block at a time), the heap's
-//! requested-bytes counter and the page source's [`Window`]. The fast paths are [`take`](Front::take) and
-//! [`freed_block_fast`](Front::freed_block_fast) + [`cache`](Front::cache); everything else is a
-//! slow path.
+//! requested-bytes counter and the page source's [`Window`]. The fast paths are
+//! [`take`](Front::take) and [`freed_block_fast`](Front::freed_block_fast) +
+//! [`cache`](Front::cache); everything else is a slow path.
 
 use core::ptr::NonNull;
 
