@@ -21,6 +21,8 @@ pub mod buddy;
 pub mod frame;
 #[path = "../src/memory/heap_window.rs"]
 pub mod heap_window;
+#[path = "../src/memory/lazy_unmaps.rs"]
+pub mod lazy_unmaps;
 #[path = "../src/memory/page_reserve.rs"]
 pub mod page_reserve;
 #[path = "../src/memory/paging.rs"]

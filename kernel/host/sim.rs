@@ -122,7 +122,8 @@ pub struct Snapshot {
     pub table_frames: u64,
     /// Heap-window pages mapped and handed out.
     pub window_mapped: usize,
-    /// Heap-window spare pages.
+    /// Heap-window pages mapped but not the heap's that a call short of frames releases: the
+    /// spares and the runs waiting to be unmapped (lazy unmaps).
     pub window_spare: usize,
     /// The largest run the window's buddy can hand out.
     pub window_largest_run: usize,
@@ -258,6 +259,34 @@ impl Machine {
     #[must_use]
     pub fn window_reserved(&self) -> usize {
         self.window.reserved()
+    }
+
+    /// Heap-window pages the heap gave back that wait to be unmapped (lazy unmaps).
+    #[must_use]
+    pub fn window_lazy(&self) -> usize {
+        self.window.lazy()
+    }
+
+    /// The kernel's `memory::finish_unmaps`, all steps in one go: unmaps the runs that wait;
+    /// how many pages.
+    pub fn finish_unmaps(&mut self) -> usize {
+        let mut pages = 0;
+        loop {
+            let step = self
+                .window
+                .finish_unmaps(&mut self.tables, &mut self.frames);
+            if step == 0 {
+                return pages;
+            }
+            pages += step;
+        }
+    }
+
+    /// One step of [`finish_unmaps`](Self::finish_unmaps) (at most `LAZY_STEP` pages); how
+    /// many pages.
+    pub fn finish_unmaps_step(&mut self) -> usize {
+        self.window
+            .finish_unmaps(&mut self.tables, &mut self.frames)
     }
 
     /// The kernel page source's `wants_prepare`: whether the reserve is below its target.
@@ -421,7 +450,11 @@ impl Machine {
         };
         let done = match result {
             Ok(()) => count as u64,
-            Err(UnmapError::NotMapped { page }) => (page.start_address().as_u64() - start) / 4096,
+            Err(
+                UnmapError::NotMapped { page }
+                | UnmapError::Marked { page }
+                | UnmapError::NotMarked { page },
+            ) => (page.start_address().as_u64() - start) / 4096,
             Err(UnmapError::HugePage | UnmapError::ReservedRange) => 0,
         };
         for i in 0..done {
@@ -460,7 +493,8 @@ impl Machine {
 
     /// Checks the exact accounting (cheap, no window walk): the mapper's tables are all linked
     /// and non-empty, and every used frame is the bitmap's, a table, a window page, a spare,
-    /// a reserve page, a raw page or a held-back frame. Panics naming the broken rule.
+    /// a reserve page, a page waiting to be unmapped, a raw page or a held-back frame. Panics
+    /// naming the broken rule.
     pub fn check(&self) {
         let audit = self.audit();
         assert!(
@@ -474,18 +508,20 @@ impl Machine {
             + self.window.mapped() as u64
             + self.window.spare() as u64
             + self.window.reserved() as u64
+            + self.window.lazy() as u64
             + self.raw_pages.len() as u64
             + self.hoard.len() as u64;
         assert_eq!(
             s.used,
             accounted,
-            "frames: {} used, but bitmap {} + tables {} + window pages {} + spares {} + reserve {} + raw pages {} + held {}",
+            "frames: {} used, but bitmap {} + tables {} + window pages {} + spares {} + reserve {} + lazy {} + raw pages {} + held {}",
             s.used,
             s.bitmap,
             self.tables.table_frames(),
             self.window.mapped(),
             self.window.spare(),
             self.window.reserved(),
+            self.window.lazy(),
             self.raw_pages.len(),
             self.hoard.len()
         );
@@ -507,7 +543,7 @@ impl Machine {
             free_frames: self.frames.stats().free,
             table_frames: self.tables.table_frames(),
             window_mapped: self.window.mapped(),
-            window_spare: self.window.spare(),
+            window_spare: self.window.spare() + self.window.lazy(),
             window_largest_run: self.window.largest_free_run(),
             entries,
         }

@@ -185,6 +185,9 @@ fn a_map_short_of_frames_releases_the_reserve_and_retries() {
     assert_eq!(m.window_mapped(), RESERVE_TARGET + 4);
     m.check_all();
     m.unmap_pages(p, RESERVE_TARGET + 4);
+    // The run waits to be unmapped (its frames would serve the next shortage): finish it.
+    assert_eq!(m.window_lazy(), RESERVE_TARGET + 4);
+    assert_eq!(m.finish_unmaps(), RESERVE_TARGET + 4);
     m.release_hoard();
     m.check_all();
     // Refused even after the release: nothing mapped, and the reserve's frames are free.

@@ -89,7 +89,7 @@ fn an_unmapped_page_becomes_a_spare_and_is_handed_out_again() {
 }
 
 #[test]
-fn absorption_stops_at_the_bound_and_long_runs_are_unmapped() {
+fn absorption_stops_at_the_bound_and_the_rest_waits_to_be_unmapped() {
     let mut m = Machine::new(1200);
     // Single pages: (capacity - batch + 1) leave spares; map enough pages to fill the set.
     let pages: Vec<u64> = (0..SPARE_CAPACITY + 8)
@@ -106,20 +106,31 @@ fn absorption_stops_at_the_bound_and_long_runs_are_unmapped() {
             assert!(m.translate(p).is_some());
             absorbed += 1;
         } else {
+            // A full set: the page waits to be unmapped (lazy unmaps), still mapped, no flush.
             assert_eq!(m.window_spare(), SPARE_CAPACITY, "the bound holds");
-            assert_eq!(m.translate(p), None, "a full set: unmapped");
-            assert_eq!(m.tlb().pages, [p], "and flushed");
+            assert!(m.translate(p).is_some(), "a full set: left mapped");
+            assert!(m.tlb().pages.is_empty(), "no flush yet");
         }
         m.check();
     }
     assert_eq!(absorbed, SPARE_CAPACITY - spare0);
+    let waiting = pages.len() - absorbed;
+    assert_eq!(m.window_lazy(), waiting);
     m.check_all();
-    // A run longer than ABSORB_MAX is unmapped even with room.
+    m.clear_tlb();
+    assert_eq!(m.finish_unmaps(), waiting);
+    assert_eq!(m.tlb().pages.len(), waiting, "each flushed when unmapped");
+    for &p in &pages[absorbed..] {
+        assert_eq!(m.translate(p), None, "unmapped by the finish");
+    }
+    m.check_all();
+    // A run longer than ABSORB_MAX is not absorbed even with room: it waits to be unmapped.
     assert_eq!(m.release_spare_pages(), SPARE_CAPACITY);
     let long = m.map_pages(ABSORB_MAX + 1).unwrap();
     m.clear_tlb();
     m.unmap_pages(long, ABSORB_MAX + 1);
-    assert_eq!(m.window_spare(), 0);
+    assert_eq!((m.window_spare(), m.window_lazy()), (0, ABSORB_MAX + 1));
+    assert_eq!(m.finish_unmaps(), ABSORB_MAX + 1);
     assert_eq!(m.tlb().pages.len(), ABSORB_MAX + 1);
     // A run of ABSORB_MAX pages with room is absorbed whole.
     let short = m.map_pages(ABSORB_MAX).unwrap();
@@ -246,10 +257,11 @@ fn growing_in_place_takes_the_spares_at_the_wanted_address() {
     m.check_all();
     m.unmap_pages(a, 4 + extra);
     assert_eq!(
-        m.release_spare_pages(),
-        0,
-        "a long run is unmapped, not absorbed"
+        (m.window_spare(), m.window_lazy()),
+        (0, 4 + extra),
+        "a long run is not absorbed: it waits to be unmapped"
     );
+    assert_eq!(m.release_spare_pages(), 4 + extra);
     m.check_all();
 }
 

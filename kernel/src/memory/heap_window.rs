@@ -108,8 +108,9 @@ use x86_64::structures::paging::{Page, PageTableFlags};
 
 use super::buddy::{Buddy, storage_words};
 use super::frame::BitmapFrameAllocator;
+use super::lazy_unmaps::{LAZY_STEP, LazyUnmaps};
 use super::page_reserve::{PageReserve, RESERVE_BLOCK, RESERVE_TARGET};
-use super::paging::{MapError, MoveError, PageTables, Tlb};
+use super::paging::{MARKED, MapError, MarkError, MoveError, PageTables, Tlb, UnmapError};
 use super::spare_pages::{ABSORB_MAX, SPARE_BATCH, SPARE_CAPACITY, SparePages};
 
 /// Bytes per page, as a `u64` for address arithmetic.
@@ -173,6 +174,18 @@ const _: () = {
 /// `prepare` that does nothing, or one quiet call that does not fill the reserve.
 static WANTS_PREPARE: AtomicBool = AtomicBool::new(false);
 
+/// Whether lazy unmaps are waiting ([`HeapWindow::unmaps_waiting`]), published by every window
+/// call that changes them, so that an idle CPU can look without taking the memory lock
+/// (`memory::unmaps_waiting`).
+static UNMAPS_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// The published [`HeapWindow::unmaps_waiting`] (one relaxed atomic load, no lock).
+#[cfg(target_os = "none")]
+#[inline]
+pub(super) fn unmaps_waiting() -> bool {
+    UNMAPS_WAITING.load(Ordering::Relaxed)
+}
+
 /// The published [`HeapWindow::wants_prepare`] (one relaxed atomic load, no lock).
 #[cfg(target_os = "none")]
 #[inline]
@@ -191,9 +204,10 @@ pub type WindowBuddy = Buddy<WINDOW_ORDER, { storage_words(WINDOW_ORDER) }>;
 /// The window's bookkeeping: which pages are taken, how many are the heap's, which are spares,
 /// which the reserve holds.
 ///
-/// Every taken page of the buddy is the heap's (counted in `mapped`), a spare (in `spares`) or
-/// the reserve's (ready or tail), never two of these: `taken = mapped + spares.len() +
-/// reserve.held()`. Every taken page is mapped except the reserve's tail.
+/// Every taken page of the buddy is the heap's (counted in `mapped`), a spare (in `spares`), the
+/// reserve's (ready or tail) or waiting to be unmapped (in `lazy`), never two of these: `taken =
+/// mapped + spares.len() + reserve.held() + lazy.pages()`. Every taken page is mapped except the
+/// reserve's tail.
 #[derive(Debug)]
 pub(super) struct HeapWindow {
     /// Free/taken page runs of the window.
@@ -205,6 +219,8 @@ pub(super) struct HeapWindow {
     /// Pages mapped ahead of need for multi-page requests, and the block they come from (see
     /// [`page_reserve`](super::page_reserve)).
     reserve: PageReserve,
+    /// Runs the heap gave back whose unmapping waits (see [`lazy_unmaps`](super::lazy_unmaps)).
+    lazy: LazyUnmaps,
 }
 
 /// Why a window operation could not be done.
@@ -233,6 +249,7 @@ impl HeapWindow {
             mapped: 0,
             spares: SparePages::new(),
             reserve: PageReserve::new(),
+            lazy: LazyUnmaps::new(),
         }
     }
 
@@ -242,7 +259,9 @@ impl HeapWindow {
         self.mapped = 0;
         self.spares = SparePages::new();
         self.reserve = PageReserve::new();
+        self.lazy = LazyUnmaps::new();
         self.publish();
+        self.publish_lazy();
     }
 
     /// Takes `count` ready pages from the reserve's front (see `PageReserve::take_front`) and
@@ -253,21 +272,58 @@ impl HeapWindow {
         Some(first)
     }
 
+    /// Publishes [`unmaps_waiting`](Self::unmaps_waiting) in [`UNMAPS_WAITING`].
+    fn publish_lazy(&self) {
+        UNMAPS_WAITING.store(self.unmaps_waiting(), Ordering::Relaxed);
+    }
+
     /// Publishes [`wants_prepare`](Self::wants_prepare) in [`WANTS_PREPARE`].
     fn publish(&self) {
         WANTS_PREPARE.store(self.wants_prepare(), Ordering::Relaxed);
     }
 
-    /// Checks the window's buddy, that exactly the taken pages are the heap's pages and the
-    /// spares, and that every spare is a distinct window page, taken and mapped; panics naming
-    /// the broken rule. Linear in the window size (about 2 million bit tests).
+    /// Checks the window's buddy, that exactly the taken pages are the heap's pages, the
+    /// spares, the reserve's and the lazy unmaps', and that every spare and every lazy page is a
+    /// distinct window page, taken and mapped; panics naming the broken rule. Linear in the
+    /// window size (about 2 million bit tests).
     pub(super) fn check_invariants<T: Tlb>(&self, tables: &PageTables<T>) {
         self.runs.check_invariants();
         assert_eq!(
             HEAP_WINDOW_PAGES - self.runs.free_pages(),
-            self.mapped + self.spares.len() + self.reserve.held(),
-            "heap window: taken pages differ from the heap's pages plus the spares and the reserve"
+            self.mapped + self.spares.len() + self.reserve.held() + self.lazy.pages(),
+            "heap window: taken pages differ from the heap's pages plus the spares, the reserve \
+             and the lazy unmaps"
         );
+        let marked = |page: usize| {
+            tables
+                .leaf_flags(window_page(page))
+                .map(|flags| flags.contains(MARKED))
+        };
+        for (i, run) in self.lazy.ranges().enumerate() {
+            for page in run {
+                let addr = window_page_addr(page);
+                assert!(
+                    self.runs.is_taken(page),
+                    "heap window: lazily unmapped page {addr:#x} is free in the buddy"
+                );
+                assert_eq!(
+                    marked(page),
+                    Some(true),
+                    "heap window: lazily unmapped page {addr:#x} is not mapped and marked"
+                );
+                assert!(
+                    !self.spares.contains(page) && !self.reserve.overlaps(page, page + 1),
+                    "heap window: lazily unmapped page {addr:#x} is also a spare or the reserve's"
+                );
+                assert!(
+                    self.lazy
+                        .ranges()
+                        .take(i)
+                        .all(|other| !other.contains(&page)),
+                    "heap window: page {addr:#x} waits to be unmapped twice"
+                );
+            }
+        }
         for page in self.reserve.ready_range().chain(self.reserve.tail_range()) {
             let addr = window_page_addr(page);
             let ready = self.reserve.ready_range().contains(&page);
@@ -286,6 +342,11 @@ impl HeapWindow {
                 !self.spares.as_slice().contains(&(page as u32)),
                 "heap window: reserve page {addr:#x} is also a spare"
             );
+            assert_ne!(
+                marked(page),
+                Some(true),
+                "heap window: reserve page {addr:#x} is marked as waiting to be unmapped"
+            );
         }
         let spares = self.spares.as_slice();
         for (i, &page) in spares.iter().enumerate() {
@@ -295,9 +356,11 @@ impl HeapWindow {
                 self.runs.is_taken(page),
                 "heap window: spare page {addr:#x} is free in the buddy"
             );
-            assert!(
-                tables.translate(VirtAddr::new(addr)).is_some(),
-                "heap window: spare page {addr:#x} is not mapped"
+            assert_eq!(
+                marked(page),
+                Some(false),
+                "heap window: spare page {addr:#x} is not mapped, or marked as waiting to be \
+                 unmapped"
             );
             assert!(
                 !spares[..i].contains(&(page as u32)),
@@ -319,6 +382,68 @@ impl HeapWindow {
     /// Pages of the reserve that are mapped and ready to be handed out.
     pub(super) fn reserved(&self) -> usize {
         self.reserve.ready()
+    }
+
+    /// Pages given back by the heap that wait to be unmapped (see
+    /// [`lazy_unmaps`](super::lazy_unmaps)): mapped, each holding a frame.
+    pub(super) fn lazy(&self) -> usize {
+        self.lazy.pages()
+    }
+
+    /// Whether [`finish_unmaps`](Self::finish_unmaps) has work to do.
+    pub(super) fn unmaps_waiting(&self) -> bool {
+        !self.lazy.is_empty()
+    }
+
+    /// Unmaps up to [`LAZY_STEP`] pages of the lazy unmaps (the newest run's last pages), frees
+    /// their frames and gives them back to the buddy; returns how many (0: none waited). One
+    /// bounded step, for outside the heap's calls (`memory::finish_unmaps` takes the lock for
+    /// each step, so interrupts are taken between them).
+    pub(super) fn finish_unmaps<T: Tlb>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> usize {
+        let Some((first, count)) = self.lazy.take(LAZY_STEP) else {
+            return 0;
+        };
+        self.finish_run(first, count, tables, frames);
+        self.publish_lazy();
+        count
+    }
+
+    /// Unmaps every lazily unmapped run; returns how many pages.
+    fn finish_all_unmaps<T: Tlb>(
+        &mut self,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> usize {
+        let mut pages = 0;
+        while let Some((first, count)) = self.lazy.take(usize::MAX) {
+            self.finish_run(first, count, tables, frames);
+            pages += count;
+        }
+        self.publish_lazy();
+        pages
+    }
+
+    /// Unmaps a run taken from the lazy unmaps.
+    fn finish_run<T: Tlb>(
+        &mut self,
+        first: usize,
+        count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) {
+        // SAFETY: a lazy run is one the heap gave back through `unmap`, whose contract is that
+        // the window mapped its pages to frames of `frames` and nobody accesses them any more;
+        // they stayed taken and mapped, and nobody else was given them since.
+        if let Err(error) = unsafe { self.unmap_now(first, count, true, tables, frames) } {
+            panic!(
+                "heap window: finishing the lazy unmap of {count} pages at {:#x}: {error}",
+                window_page_addr(first)
+            );
+        }
     }
 
     /// Whether [`prepare`](Self::prepare) has work to do (the reserve is not full).
@@ -409,9 +534,9 @@ impl HeapWindow {
         self.runs.largest_free_block()
     }
 
-    /// Unmaps every spare page (one unmap, with its TLB flush, per run of consecutive spares)
-    /// and the reserve's ready pages, frees their frames and gives them back to the buddy, with
-    /// the reserve's unmapped tail; returns how many mapped pages there were.
+    /// Unmaps every spare page (one unmap, with its TLB flush, per run of consecutive spares),
+    /// the reserve's ready pages and the lazy unmaps, frees their frames and gives them back to
+    /// the buddy, with the reserve's unmapped tail; returns how many mapped pages there were.
     pub(super) fn release_spares<T: Tlb>(
         &mut self,
         tables: &mut PageTables<T>,
@@ -436,7 +561,7 @@ impl HeapWindow {
             self.runs.free_taken(held.start, held.len());
         }
         self.publish();
-        let released = self.spares.len() + ready.len();
+        let released = self.spares.len() + ready.len() + self.finish_all_unmaps(tables, frames);
         let runs = &mut self.runs;
         self.spares.drain_runs(|first, count| {
             // SAFETY: a spare is a window page mapped to a frame of `frames` by `map` that was
@@ -453,10 +578,10 @@ impl HeapWindow {
         released
     }
 
-    /// Runs `op`; if it failed for want of frames while spares hold some, releases the spares
-    /// and runs it once more (every window call that takes frames goes through here, so nothing
-    /// reports out-of-memory while a spare holds a frame). `op` must change nothing when it
-    /// fails.
+    /// Runs `op`; if it failed for want of frames while spares, the reserve or lazy unmaps hold
+    /// some, releases them and runs it once more (every window call that takes frames goes
+    /// through here, so nothing reports out-of-memory while a spare holds a frame). `op` must
+    /// change nothing when it fails.
     #[inline]
     fn releasing_spares_if_short<T: Tlb, R>(
         &mut self,
@@ -469,12 +594,17 @@ impl HeapWindow {
         ) -> Result<R, Shortage>,
     ) -> Result<R, Shortage> {
         match op(self, tables, frames) {
-            Err(Shortage::Frames) if !self.spares.is_empty() || self.reserve.held() > 0 => {
+            Err(Shortage::Frames) if self.holds_frames() => {
                 self.release_spares(tables, frames);
                 op(self, tables, frames)
             }
             result => result,
         }
+    }
+
+    /// Whether spares, the reserve or lazy unmaps hold pages that releasing would give back.
+    fn holds_frames(&self) -> bool {
+        !self.spares.is_empty() || self.reserve.held() > 0 || !self.lazy.is_empty()
     }
 
     /// Maps `count` pages at a free run of the window: a single page is a spare if there is
@@ -513,6 +643,11 @@ impl HeapWindow {
                     Ok(page) => page,
                     Err(Shortage::Frames) if self.reserve.ready() > 0 => {
                         self.take_reserved(1).expect("a ready page")
+                    }
+                    Err(Shortage::Frames) if !self.lazy.is_empty() => {
+                        self.finish_all_unmaps(tables, frames);
+                        self.map_batch(tables, frames)
+                            .map_err(PageSourceError::from)?
                     }
                     Err(shortage) => return Err(shortage.into()),
                 },
@@ -791,20 +926,25 @@ impl HeapWindow {
              which is not the heap's (unmapped twice?)"
         );
         if count <= ABSORB_MAX && count <= self.spares.room() {
-            // Every page must be the heap's: not a spare (one scan of the set for the run) and
-            // mapped (the page tables say so). That is the check the unmap below makes, so a
-            // double unmap panics here as it does there, naming the page.
-            let spare = self.spares.any_in(first, first + count);
-            let unmapped = || {
-                (first..first + count)
-                    .map(window_page_addr)
-                    .find(|&at| tables.translate(VirtAddr::new(at)).is_none())
-            };
-            if let Some(at) = spare.map(window_page_addr).or_else(unmapped) {
-                panic!(
-                    "heap window: unmap_pages({addr:#x}, {count}): page {at:#x} is not mapped \
-                     for the heap (unmapped twice?)"
+            // Every page must be the heap's: not a spare (one scan of the set for the run),
+            // mapped and not waiting to be unmapped (the page tables say so: `MARKED` on a
+            // waiting one). That is the check the unmap below makes, so a double unmap panics
+            // here as it does there, naming the page.
+            if let Some(spare) = self.spares.any_in(first, first + count) {
+                refuse_unmap(
+                    addr,
+                    count,
+                    MarkError::NotMapped {
+                        page: window_page(spare),
+                    },
                 );
+            }
+            for page in (first..first + count).map(window_page) {
+                match tables.leaf_flags(page) {
+                    Some(flags) if !flags.contains(MARKED) => {}
+                    Some(_) => refuse_unmap(addr, count, MarkError::Marked { page }),
+                    None => refuse_unmap(addr, count, MarkError::NotMapped { page }),
+                }
             }
             for page in (first..first + count).rev() {
                 self.spares.push(page);
@@ -812,6 +952,26 @@ impl HeapWindow {
             self.mapped -= count;
             return;
         }
+        // SAFETY: forwarded (the caller's contract).
+        unsafe { self.unmap_long(addr, first, count, tables, frames) }
+    }
+
+    /// [`unmap`](Self::unmap) of a run the spares do not absorb: listed as a lazy unmap if
+    /// there is room, else unmapped now. (Out of line: a chunk's page, the common unmap, stays
+    /// short.)
+    ///
+    /// # Safety
+    ///
+    /// As for [`unmap`](Self::unmap); `first` is the window page of `addr`, checked by it.
+    #[inline(never)]
+    unsafe fn unmap_long<T: Tlb>(
+        &mut self,
+        addr: u64,
+        first: usize,
+        count: usize,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) {
         // A spare inside the run would be unmapped below while still on the stack: refuse it
         // as the double unmap it is.
         if let Some(spare) = self.spares.any_in(first, first + count) {
@@ -821,16 +981,65 @@ impl HeapWindow {
                 window_page_addr(spare)
             );
         }
-        // SAFETY: the caller guarantees the pages were mapped by `map` (so their frames came from
-        // `frames`) and are no longer accessed.
-        if let Err(error) = unsafe { tables.unmap_fresh_run(window_page(first), count, frames) } {
-            panic!("heap window: unmap_pages({addr:#x}, {count}): {error}");
+        if self.lazy.has_room(count) {
+            // Unmapped later (see `lazy_unmaps`): every page must be the heap's now (not a
+            // spare, above; mapped and not waiting already), and is marked as waiting, so that
+            // a second unmap of it is refused here, naming the page.
+            if let Err(error) = tables.mark_run(window_page(first), count) {
+                refuse_unmap(addr, count, error);
+            }
+            self.lazy.push(first, count);
+            self.mapped -= count;
+            self.publish_lazy();
+            return;
         }
-        // Every page of the run was mapped (the unmap above panics on the first that is not),
-        // and a window page is mapped exactly while the buddy has it taken: the buddy's own
+        // SAFETY: the caller guarantees the pages were mapped by `map` (so their frames came from
+        // `frames`) and are no longer accessed. The unmap refuses a page that is not mapped, or
+        // that waits to be unmapped already (it would be unmapped again when its run is
+        // finished): a double unmap, refused as above.
+        match unsafe { self.unmap_now(first, count, false, tables, frames) } {
+            Ok(()) => self.mapped -= count,
+            Err(UnmapError::NotMapped { page }) => {
+                refuse_unmap(addr, count, MarkError::NotMapped { page })
+            }
+            Err(UnmapError::Marked { page }) => {
+                refuse_unmap(addr, count, MarkError::Marked { page })
+            }
+            Err(error) => panic!("heap window: unmap_pages({addr:#x}, {count}): {error}"),
+        }
+    }
+
+    /// Unmaps the `count` taken pages at window page `first` (which must carry the page tables'
+    /// `MARKED` exactly if `marked`: a lazy run's pages), frees their frames and gives the pages
+    /// back to the buddy. On an error (a double unmap) the buddy is left as it was and the
+    /// pages before the failing one are unmapped.
+    ///
+    /// # Safety
+    ///
+    /// The pages were mapped to frames of `frames` by this window, and nothing accesses them
+    /// any more.
+    unsafe fn unmap_now<T: Tlb>(
+        &mut self,
+        first: usize,
+        count: usize,
+        marked: bool,
+        tables: &mut PageTables<T>,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), UnmapError> {
+        let start = window_page(first);
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if marked {
+                tables.unmap_marked_run(start, count, frames)
+            } else {
+                tables.unmap_fresh_run(start, count, frames)
+            }
+        }?;
+        // Every page of the run was mapped (the unmap above fails on the first that is not), and
+        // a window page is mapped exactly while the buddy has it taken: the buddy's own
         // double-free check could find nothing more.
         self.runs.free_taken(first, count);
-        self.mapped -= count;
+        Ok(())
     }
 }
 
@@ -1012,6 +1221,29 @@ impl HeapWindow {
 }
 
 /// The page with index `index` of the window.
+/// Panics for an `unmap_pages(addr, count)` whose run holds a page that is not the heap's, naming
+/// the page.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn refuse_unmap(addr: u64, count: usize, error: MarkError) -> ! {
+    match error {
+        MarkError::NotMapped { page } => panic!(
+            "heap window: unmap_pages({addr:#x}, {count}): page {:#x} is not mapped for the heap \
+             (unmapped twice?)",
+            page.start_address().as_u64()
+        ),
+        MarkError::Marked { page } => panic!(
+            "heap window: unmap_pages({addr:#x}, {count}): page {:#x} already waits to be \
+             unmapped (unmapped twice?)",
+            page.start_address().as_u64()
+        ),
+        MarkError::HugePage { .. } => {
+            panic!("heap window: unmap_pages({addr:#x}, {count}): {error}")
+        }
+    }
+}
+
 fn window_page(index: usize) -> Page {
     Page::containing_address(VirtAddr::new(window_page_addr(index)))
 }

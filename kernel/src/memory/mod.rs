@@ -44,6 +44,7 @@ pub mod bench_support;
 pub mod buddy;
 pub mod frame;
 pub mod heap_window;
+pub mod lazy_unmaps;
 pub mod page_reserve;
 pub mod page_source;
 pub mod paging;
@@ -302,12 +303,40 @@ pub fn allocate_frame() -> Option<PhysFrame> {
 }
 
 /// Unmaps the heap window's spare pages (mapped pages held for the heap's next single-page
-/// requests, see [`spare_pages`]) and the pages of its reserve (mapped ahead of need, see
-/// [`page_reserve`]), and frees their frames; returns how many there were. The
+/// requests, see [`spare_pages`]), the pages of its reserve (mapped ahead of need, see
+/// [`page_reserve`]) and the runs waiting to be unmapped (see [`lazy_unmaps`]), and frees
+/// their frames; returns how many there were. The
 /// heap's [`trim`](crate::allocator::trim) calls it after giving its own empty pages back, and
 /// every allocation here that runs out of frames calls it before it reports the shortage.
 pub fn release_spare_pages() -> usize {
     with_memory(MemoryState::release_spare_pages)
+}
+
+/// Unmaps the runs of heap pages whose unmapping the heap's frees left waiting (see
+/// [`lazy_unmaps`]), frees their frames and gives their pages back to the window, and returns
+/// how many pages. For outside the heap's calls: an idle CPU does it (`smp`'s idle loop), and
+/// a kernel may call it at any quiet moment. It works in steps of at most
+/// [`LAZY_STEP`](lazy_unmaps::LAZY_STEP) pages, each under the memory lock with interrupts
+/// off, so interrupts wait at most one step's unmap, never the whole list.
+pub fn finish_unmaps() -> usize {
+    let mut pages = 0;
+    loop {
+        let step = with_memory(|m| match m.parts() {
+            Some((window, tables, frames)) => window.finish_unmaps(tables, frames),
+            None => 0,
+        });
+        if step == 0 {
+            return pages;
+        }
+        pages += step;
+    }
+}
+
+/// Whether runs wait for [`finish_unmaps`] (one relaxed atomic load, no lock: an idle loop's
+/// check).
+#[must_use]
+pub fn unmaps_waiting() -> bool {
+    heap_window::unmaps_waiting()
 }
 
 /// Fills the heap window's page reserve (pages mapped ahead of the heap's multi-page requests,
@@ -433,14 +462,18 @@ pub struct MemoryStats {
     pub window_pages: u64,
     /// Pages of the heap window currently mapped and handed to the heap (spares not included).
     pub window_pages_mapped: u64,
-    /// Pages of the heap window mapped but not the heap's: the spares (see [`spare_pages`]) and
-    /// the page reserve's (`window_pages_reserved`). Each holds a frame (counted in
-    /// `frames_used`) until the heap takes it or [`release_spare_pages`] unmaps it.
+    /// Pages of the heap window mapped but not the heap's: the spares (see [`spare_pages`]),
+    /// the page reserve's (`window_pages_reserved`) and those waiting to be unmapped
+    /// (`window_pages_lazy`). Each holds a frame (counted in `frames_used`) until the heap takes
+    /// it or [`release_spare_pages`] (or, for the lazy ones, [`finish_unmaps`]) unmaps it.
     pub window_pages_spare: u64,
     /// Of `window_pages_spare`, the pages mapped ahead of need in the window's page reserve
     /// (see [`page_reserve`]), which a `map_pages` of several pages takes without page-table
     /// work.
     pub window_pages_reserved: u64,
+    /// Of `window_pages_spare`, the pages the heap gave back whose unmapping waits (see
+    /// [`lazy_unmaps`]) for [`finish_unmaps`].
+    pub window_pages_lazy: u64,
     /// The largest run one `map_pages` call can get now, in pages.
     pub window_largest_free_run: u64,
 }
@@ -601,8 +634,10 @@ impl MemoryState {
             window_start: HEAP_WINDOW_START,
             window_pages: HEAP_WINDOW_PAGES as u64,
             window_pages_mapped: self.window.mapped() as u64,
-            window_pages_spare: (self.window.spare() + self.window.reserved()) as u64,
+            window_pages_spare: (self.window.spare() + self.window.reserved() + self.window.lazy())
+                as u64,
             window_pages_reserved: self.window.reserved() as u64,
+            window_pages_lazy: self.window.lazy() as u64,
             window_largest_free_run: self.window.largest_free_run() as u64,
         }
     }

@@ -59,6 +59,12 @@ const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags
 /// freed (and only if the frame allocator also says it handed the frame out).
 pub const OWNED: PageTableFlags = PageTableFlags::BIT_9;
 
+/// Marks a leaf entry whose page its owner has given up but that stays mapped for now (bit 10:
+/// ignored by the MMU, free for software): the heap window's lazy unmaps
+/// (`super::lazy_unmaps`). Set by [`PageTables::mark_run`] and gone with the entry when the page
+/// is unmapped; setting it needs no TLB flush, as the MMU never reads it.
+pub const MARKED: PageTableFlags = PageTableFlags::BIT_10;
+
 /// First bit of the used-entry count in an [`OWNED`] entry: bits 52..=61, ignored by the MMU in
 /// entries that link a table (Intel SDM Vol. 3 §4.5, AMD APM Vol. 2 §5.3: "available"). Ten
 /// bits hold 0..=512.
@@ -143,6 +149,17 @@ pub enum UnmapError {
     HugePage,
     /// The page belongs to a range that only its owner may unmap (the heap window).
     ReservedRange,
+    /// The page carries [`MARKED`]: its owner gave it up already and its unmapping waits
+    /// ([`PageTables::unmap_fresh_run`] and the single-page unmap refuse it).
+    Marked {
+        /// The page.
+        page: Page,
+    },
+    /// The page does not carry [`MARKED`] ([`PageTables::unmap_marked_run`] refuses it).
+    NotMarked {
+        /// The page.
+        page: Page,
+    },
 }
 
 impl fmt::Display for UnmapError {
@@ -153,6 +170,57 @@ impl fmt::Display for UnmapError {
             }
             Self::HugePage => f.write_str("the page is part of a huge page"),
             Self::ReservedRange => f.write_str("the page is in the reserved heap window range"),
+            Self::Marked { page } => write!(
+                f,
+                "page {:#x} is marked: it waits to be unmapped already",
+                page.start_address().as_u64()
+            ),
+            Self::NotMarked { page } => write!(
+                f,
+                "page {:#x} is not marked as waiting to be unmapped",
+                page.start_address().as_u64()
+            ),
+        }
+    }
+}
+
+/// Why a run's pages are not all mapped, unmarked 4 KiB pages ([`PageTables::check_run`],
+/// [`PageTables::mark_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkError {
+    /// The page has no translation.
+    NotMapped {
+        /// The page.
+        page: Page,
+    },
+    /// The page carries [`MARKED`] already.
+    Marked {
+        /// The page.
+        page: Page,
+    },
+    /// The page is part of a huge page.
+    HugePage {
+        /// The page.
+        page: Page,
+    },
+}
+
+impl fmt::Display for MarkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotMapped { page } => {
+                write!(f, "page {:#x} is not mapped", page.start_address().as_u64())
+            }
+            Self::Marked { page } => write!(
+                f,
+                "page {:#x} is marked already",
+                page.start_address().as_u64()
+            ),
+            Self::HugePage { page } => write!(
+                f,
+                "page {:#x} is part of a huge page",
+                page.start_address().as_u64()
+            ),
         }
     }
 }
@@ -397,6 +465,129 @@ impl<T: Tlb> PageTables<T> {
         None
     }
 
+    /// The flags of the 4 KiB leaf entry mapping `page`; `None` if it has none (not mapped, or
+    /// inside a huge page).
+    #[must_use]
+    pub fn leaf_flags(&self, page: Page) -> Option<PageTableFlags> {
+        let indices = [
+            page.p4_index(),
+            page.p3_index(),
+            page.p2_index(),
+            page.p1_index(),
+        ];
+        let mut table = self.root;
+        for (level, index) in indices.into_iter().enumerate() {
+            // SAFETY: `table` is the root or was reached through present entries of valid tables.
+            let entry = unsafe { self.read(table, usize::from(index)) };
+            let flags = entry.flags();
+            if !flags.contains(PageTableFlags::PRESENT) {
+                return None;
+            }
+            if level == 3 {
+                return Some(flags);
+            }
+            if flags.contains(PageTableFlags::HUGE_PAGE) {
+                return None;
+            }
+            table = entry.addr().as_u64();
+        }
+        None
+    }
+
+    /// Checks that every page of the run is a mapped 4 KiB page without [`MARKED`]: one walk
+    /// per page table, one read per page.
+    ///
+    /// # Errors
+    ///
+    /// The first page that is not ([`MarkError`]).
+    pub fn check_run(&self, start: Page, count: usize) -> Result<(), MarkError> {
+        self.scan_run(start, count, false)
+    }
+
+    /// Sets [`MARKED`] on every page of the run, which must all be mapped 4 KiB pages without
+    /// it: one walk per page table, one read and one write per page, no flush (the MMU ignores
+    /// the bit). On error nothing changed (the marks this call set are cleared again).
+    ///
+    /// # Errors
+    ///
+    /// The first page that is not a mapped, unmarked 4 KiB page ([`MarkError`]).
+    pub fn mark_run(&mut self, start: Page, count: usize) -> Result<(), MarkError> {
+        let result = self.scan_run(start, count, true);
+        if let Err(
+            MarkError::NotMapped { page: failed }
+            | MarkError::Marked { page: failed }
+            | MarkError::HugePage { page: failed },
+        ) = result
+        {
+            // The pages before `failed` were checked and marked by this call.
+            self.unmark(start, (failed - start) as usize);
+        }
+        result
+    }
+
+    /// Clears [`MARKED`] on the `count` pages from `start`, which [`mark_run`](Self::mark_run)
+    /// marked.
+    fn unmark(&mut self, start: Page, count: usize) {
+        let mut done = 0;
+        while done < count {
+            let page = start + done as u64;
+            let first = usize::from(page.p1_index());
+            let chunk = (ENTRIES - first).min(count - done);
+            let pt = self.walk(page).expect("a page marked by this call")[3];
+            for index in first..first + chunk {
+                // SAFETY: `pt` is a valid page table reached by the walk and `index < 512`;
+                // clearing a bit the MMU ignores keeps the hierarchy valid.
+                unsafe {
+                    let mut entry = self.read(pt, index);
+                    entry.set_flags(entry.flags() - MARKED);
+                    self.write(pt, index, entry);
+                }
+            }
+            done += chunk;
+        }
+    }
+
+    /// [`check_run`](Self::check_run), and with `mark` also sets [`MARKED`] on each page that
+    /// passes (before the next is checked); stops at the first page that fails. Only
+    /// [`mark_run`](Self::mark_run), which holds `&mut self`, passes `mark`. Per page: one read,
+    /// one test of two bits, and with `mark` one write.
+    fn scan_run(&self, start: Page, count: usize, mark: bool) -> Result<(), MarkError> {
+        let mut done = 0;
+        while done < count {
+            let page = start + done as u64;
+            let first = usize::from(page.p1_index());
+            let chunk = (ENTRIES - first).min(count - done);
+            let pt = match self.walk(page) {
+                Ok(path) => path[3],
+                Err(UnmapError::HugePage) => return Err(MarkError::HugePage { page }),
+                Err(_) => return Err(MarkError::NotMapped { page }),
+            };
+            // The entries as raw words (`PageTableEntry` is a transparent `u64`): the two bits
+            // are tested and the mark set without the entry type's address checks.
+            let entries = self.ptr(pt, first).cast::<u64>();
+            let (present, marked) = (PageTableFlags::PRESENT.bits(), MARKED.bits());
+            for i in 0..chunk {
+                // SAFETY: `pt` is a valid page table reached by the walk and `first + i < 512`.
+                let entry = unsafe { entries.add(i).read() };
+                if entry & (present | marked) != present {
+                    let page = page + i as u64;
+                    return Err(if entry & present != 0 {
+                        MarkError::Marked { page }
+                    } else {
+                        MarkError::NotMapped { page }
+                    });
+                }
+                if mark {
+                    // SAFETY: as the read; setting a bit the MMU ignores keeps the hierarchy
+                    // valid, and the caller (`mark_run`) holds the tables mutably.
+                    unsafe { entries.add(i).write(entry | marked) };
+                }
+            }
+            done += chunk;
+        }
+        Ok(())
+    }
+
     /// Maps `page` to `frame` with `flags` (PRESENT is added), creating missing tables.
     ///
     /// # Errors
@@ -456,7 +647,7 @@ impl<T: Tlb> PageTables<T> {
     ) -> Result<PhysFrame, UnmapError> {
         let mut taken = None;
         // SAFETY: the caller's contract is `unmap_run`'s.
-        unsafe { self.unmap_run(page, 1, frames, |_, frame| taken = Some(frame)) }?;
+        unsafe { self.unmap_run(page, 1, false, frames, |_, frame| taken = Some(frame)) }?;
         taken.ok_or(UnmapError::NotMapped { page })
     }
 
@@ -607,13 +798,39 @@ impl<T: Tlb> PageTables<T> {
         // their entries are cleared; the flush follows before `unmap_run` returns and before
         // anything can reuse them (we hold `&mut` to the allocator throughout).
         unsafe {
-            self.unmap_run(start, count, frames, |frames, frame| {
+            self.unmap_run(start, count, false, frames, |frames, frame| {
                 frames.deallocate(frame)
             })
         }
     }
 
-    /// Unmaps a run one page table at a time, handing each frame to `sink`.
+    /// [`unmap_fresh_run`](Self::unmap_fresh_run) for a run [`mark_run`](Self::mark_run)
+    /// marked: every page must carry [`MARKED`].
+    ///
+    /// # Errors
+    ///
+    /// As [`unmap_fresh_run`](Self::unmap_fresh_run), and [`UnmapError::NotMarked`] naming the
+    /// first page without the mark (the pages before it have been unmapped and freed).
+    ///
+    /// # Safety
+    ///
+    /// As [`unmap_fresh_run`](Self::unmap_fresh_run).
+    pub unsafe fn unmap_marked_run(
+        &mut self,
+        start: Page,
+        count: usize,
+        frames: &mut BitmapFrameAllocator,
+    ) -> Result<(), UnmapError> {
+        // SAFETY: as in `unmap_fresh_run` (the caller's contract is the same).
+        unsafe {
+            self.unmap_run(start, count, true, frames, |frames, frame| {
+                frames.deallocate(frame)
+            })
+        }
+    }
+
+    /// Unmaps a run one page table at a time, handing each frame to `sink`; every page must be
+    /// mapped, and carry [`MARKED`] exactly if `marked`.
     ///
     /// # Safety
     ///
@@ -622,9 +839,13 @@ impl<T: Tlb> PageTables<T> {
         &mut self,
         start: Page,
         count: usize,
+        marked: bool,
         frames: &mut BitmapFrameAllocator,
         mut sink: impl FnMut(&mut BitmapFrameAllocator, PhysFrame),
     ) -> Result<(), UnmapError> {
+        // The two bits every entry must show: present, and the mark exactly if `marked`.
+        let test = (PageTableFlags::PRESENT | MARKED).bits();
+        let want = PageTableFlags::PRESENT.bits() | if marked { MARKED.bits() } else { 0 };
         let mut done = 0;
         while done < count {
             let page = start + done as u64;
@@ -637,9 +858,15 @@ impl<T: Tlb> PageTables<T> {
             for index in first..first + chunk {
                 // SAFETY: `pt` is a valid page table reached by the walk.
                 let entry = unsafe { self.read(pt, index) };
-                if !entry.flags().contains(PageTableFlags::PRESENT) {
-                    error = Some(UnmapError::NotMapped {
-                        page: start + (done + cleared) as u64,
+                let flags = entry.flags();
+                if flags.bits() & test != want {
+                    let page = start + (done + cleared) as u64;
+                    error = Some(if !flags.contains(PageTableFlags::PRESENT) {
+                        UnmapError::NotMapped { page }
+                    } else if marked {
+                        UnmapError::NotMarked { page }
+                    } else {
+                        UnmapError::Marked { page }
                     });
                     break;
                 }
@@ -1007,7 +1234,7 @@ impl<T: Tlb> PageTables<T> {
         frames: &mut BitmapFrameAllocator,
     ) -> Result<(), UnmapError> {
         // SAFETY: the caller's contract; the frames are handed to a sink that keeps them.
-        unsafe { self.unmap_run(start, count, frames, |_, _| {}) }
+        unsafe { self.unmap_run(start, count, false, frames, |_, _| {}) }
     }
 }
 
@@ -1207,6 +1434,77 @@ mod tests {
         assert_eq!(w.tables.table_frames(), 0);
         assert_eq!(w.frames.stats().free, free);
         assert!(w.tables.top_slot_is_free(VirtAddr::new(HIGH)));
+    }
+
+    #[test]
+    fn marks_are_checked_set_across_tables_and_undone_on_failure() {
+        let mut w = world(64);
+        // 6 pages from 3 pages before a 2 MiB boundary: two page tables.
+        let start = page(HIGH + (1 << 21) - 3 * 0x1000);
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(start, 6, RW, &mut w.frames) }.unwrap();
+        let frames: Vec<_> = (0..6u64)
+            .map(|i| w.tables.translate((start + i).start_address()))
+            .collect();
+        assert_eq!(w.tables.check_run(start, 6), Ok(()));
+        assert_eq!(w.tables.mark_run(start + 1, 4), Ok(()));
+        w.tables.tlb.pages.clear();
+        let marked = |w: &World, i: u64| {
+            w.tables
+                .leaf_flags(start + i)
+                .is_some_and(|flags| flags.contains(MARKED))
+        };
+        assert_eq!(
+            (0..6).map(|i| marked(&w, i)).collect::<Vec<_>>(),
+            [false, true, true, true, true, false]
+        );
+        // Marks change no translation, need no flush, and keep the other flags.
+        for i in 0..6u64 {
+            assert_eq!(
+                w.tables.translate((start + i).start_address()),
+                frames[i as usize]
+            );
+            assert!(w.tables.leaf_flags(start + i).unwrap().contains(RW));
+        }
+        assert!(w.tables.tlb.pages.is_empty() && w.tables.tlb.all == 0);
+        // A marked page fails a check and a second mark, which then changes nothing.
+        assert_eq!(
+            w.tables.check_run(start, 6),
+            Err(MarkError::Marked { page: start + 1 })
+        );
+        assert_eq!(
+            w.tables.mark_run(start, 3),
+            Err(MarkError::Marked { page: start + 1 })
+        );
+        assert!(!marked(&w, 0), "the mark set before the failure is undone");
+        // So does an unmapped page, after marks across the table boundary.
+        // SAFETY: simulated tables, reserved range.
+        unsafe { w.tables.map_fresh_run(start + 6, 1, RW, &mut w.frames) }.unwrap();
+        assert_eq!(
+            w.tables.mark_run(start + 5, 3),
+            Err(MarkError::NotMapped { page: start + 7 })
+        );
+        assert!(!marked(&w, 5) && !marked(&w, 6));
+        assert_eq!(w.tables.leaf_flags(start + 7), None);
+        // A plain unmap refuses marked pages, the marked unmap unmarked ones (each after
+        // unmapping the pages before the one it names), and unmapping takes the marks with the
+        // entries.
+        // SAFETY: pages mapped above, unused.
+        unsafe {
+            assert_eq!(
+                w.tables.unmap_fresh_run(start, 2, &mut w.frames),
+                Err(UnmapError::Marked { page: start + 1 })
+            );
+            assert_eq!(
+                w.tables.unmap_marked_run(start + 1, 5, &mut w.frames),
+                Err(UnmapError::NotMarked { page: start + 5 })
+            );
+            w.tables
+                .unmap_fresh_run(start + 5, 2, &mut w.frames)
+                .unwrap();
+        }
+        assert_eq!(w.tables.leaf_flags(start + 1), None);
+        assert_eq!(w.tables.table_frames(), 0);
     }
 
     #[test]

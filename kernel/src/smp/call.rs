@@ -100,6 +100,11 @@ pub(crate) fn idle_loop(mut seen: u64) -> ! {
                 job();
             }
             DONE.fetch_add(1, Ordering::AcqRel);
+        } else if crate::memory::unmaps_waiting() {
+            // Idle time is when the heap's put-off unmaps are done: in bounded steps, with
+            // interrupts taken between them (see `memory::finish_unmaps`).
+            x86_64::instructions::interrupts::enable();
+            crate::memory::finish_unmaps();
         } else {
             // `sti; hlt`: an interrupt arriving between the check and the halt still wakes it.
             x86_64::instructions::interrupts::enable_and_hlt();

@@ -13,7 +13,10 @@
 //!
 //! The window keeps spare pages (mapped, not handed out: `kernel/src/memory/spare_pages.rs`): a
 //! single-page map may take one or map a batch, a short unmap may keep its pages as spares, and
-//! a call short of frames releases them all before it retries or fails.
+//! a call short of frames releases them all before it retries or fails. A longer unmap may
+//! leave its run waiting to be unmapped (`kernel/src/memory/lazy_unmaps.rs`: still mapped, still
+//! its frames) until a `FinishUnmaps` step or a call short of frames; the harness counts those
+//! pages with the spares.
 //!
 //! After every operation:
 //!
@@ -130,6 +133,9 @@ pub enum PsOp {
         /// Pages in the piece.
         len: u16,
     },
+    /// One step of `memory::finish_unmaps`: unmaps up to `LAZY_STEP` pages of the runs whose
+    /// unmapping waits.
+    FinishUnmaps,
     /// The mapper's `map_fresh_run` from `before` pages below a place (or above it, if `after`);
     /// may overlap pages already mapped (then it must fail with `AlreadyMapped` and change
     /// nothing).
@@ -492,6 +498,23 @@ impl Model {
                 if !self.raw_runs.is_empty() {
                     self.unmap_raw(usize::from(run) % self.raw_runs.len(), offset, len);
                 }
+            }
+            PsOp::FinishUnmaps => {
+                let waiting = self.m.window_lazy();
+                let free = self.m.frame_stats().free;
+                let step = self.m.finish_unmaps_step();
+                assert!(
+                    step <= waiting.min(kernel_host::lazy_unmaps::LAZY_STEP)
+                        && (step > 0) == (waiting > 0),
+                    "step {}: finishing unmapped {step} of {waiting} waiting pages",
+                    self.step
+                );
+                assert_eq!(self.m.window_lazy(), waiting - step);
+                assert!(
+                    self.m.frame_stats().free >= free + step as u64,
+                    "step {}: the finished pages' frames came back",
+                    self.step
+                );
             }
         }
         self.m.release_hoard();
