@@ -7,7 +7,7 @@
 //! and the window's own walk (`check_all`: every waiting page taken, mapped, held once) run
 //! after the steps.
 
-use kernel_host::lazy_unmaps::{LAZY_PAGES, LAZY_RUNS, LAZY_STEP};
+use kernel_host::lazy_unmaps::{LAZY_MAX_RUN, LAZY_RUNS, LAZY_STEP};
 use kernel_host::sim::Machine;
 use kernel_host::spare_pages::ABSORB_MAX;
 
@@ -20,7 +20,7 @@ fn machine() -> Machine {
 #[test]
 fn a_long_run_waits_and_is_unmapped_in_bounded_steps() {
     let mut m = machine();
-    let count = 2 * LAZY_STEP + 6;
+    let count = LAZY_MAX_RUN;
     let run = m.map_pages(count).unwrap();
     let frames: Vec<u64> = (0..count as u64)
         .map(|i| m.translate(run + i * PAGE).unwrap())
@@ -49,7 +49,7 @@ fn a_long_run_waits_and_is_unmapped_in_bounded_steps() {
         steps.push(step);
         m.check_all();
     }
-    assert_eq!(steps, [LAZY_STEP, LAZY_STEP, 6]);
+    assert_eq!(steps, [LAZY_STEP, LAZY_MAX_RUN - LAZY_STEP]);
     assert_eq!(m.window_lazy(), 0);
     assert!(
         m.frame_stats().free >= free + count as u64,
@@ -85,9 +85,9 @@ fn runs_that_do_not_fit_the_list_are_unmapped_at_once() {
     assert_eq!(m.tlb().pages.len(), len, "and flushed");
     m.check_all();
     assert_eq!(m.finish_unmaps(), LAZY_RUNS * len);
-    // A run longer than the page bound is unmapped at once too.
-    let big = m.map_pages(LAZY_PAGES + 1).unwrap();
-    m.unmap_pages(big, LAZY_PAGES + 1);
+    // A run longer than LAZY_MAX_RUN is unmapped at once too.
+    let big = m.map_pages(LAZY_MAX_RUN + 1).unwrap();
+    m.unmap_pages(big, LAZY_MAX_RUN + 1);
     assert_eq!(m.window_lazy(), 0);
     assert_eq!(m.translate(big), None);
     m.check_all();
@@ -96,16 +96,16 @@ fn runs_that_do_not_fit_the_list_are_unmapped_at_once() {
 #[test]
 fn a_run_map_short_of_frames_finishes_the_waiting_unmaps_and_retries() {
     let mut m = machine();
-    let old = m.map_pages(64).unwrap();
-    m.unmap_pages(old, 64);
-    assert_eq!(m.window_lazy(), 64);
+    let old = m.map_pages(LAZY_MAX_RUN).unwrap();
+    m.unmap_pages(old, LAZY_MAX_RUN);
+    assert_eq!(m.window_lazy(), LAZY_MAX_RUN);
     // No free frame: only the waiting run's frames can serve the request.
     m.set_free_frames(0);
-    let new = m.map_pages(40).expect("the waiting run's frames");
+    let new = m.map_pages(20).expect("the waiting run's frames");
     assert_eq!(m.window_lazy(), 0, "finished before the retry");
-    assert_eq!(m.window_mapped(), 40);
+    assert_eq!(m.window_mapped(), 20);
     m.check_all();
-    m.unmap_pages(new, 40);
+    m.unmap_pages(new, 20);
     m.release_hoard();
     m.check_all();
 }

@@ -51,15 +51,33 @@
 //! pages ([`spare_pages`](super::spare_pages), at most 32): mapped, taken in the buddy, not the
 //! heap's. A single-page `map` takes a spare; with none left it maps an aligned batch of 8 pages
 //! in one walk and keeps 7. An `unmap` of at most 8 pages keeps them as spares while there is
-//! room (no unmap, no flush); after checking each is the heap's (mapped and not a spare), so a
-//! double unmap still panics naming the page. Spares serve single pages only (runs need
+//! room (no unmap, no flush); after checking each is the heap's (mapped, not a spare, not
+//! waiting to be unmapped), so a double unmap still panics naming the page. Spares serve single pages only (runs need
 //! contiguous pages; see the set's docs). They are released — unmapped, flushed on every CPU,
 //! frames and pages given back — by `memory::release_spare_pages` (which `allocator::trim`
 //! calls), and by every call here, and the frame allocator's `allocate_frame`, that runs short
 //! of frames, before it retries: nothing reports out-of-memory while a spare holds a frame.
 //! `grow` takes spares lying where a run grows as they are; `remap` refuses a run holding one.
 //! Invariant: taken pages = the heap's pages (`mapped`) + the spares + the reserve's pages (ready
-//! and tail); every spare and every ready reserve page is mapped, the reserve's tail is not.
+//! and tail) + the lazy unmaps' pages; every spare, every ready reserve page and every lazy page
+//! is mapped, the reserve's tail is not.
+//!
+//! # Lazy unmaps
+//!
+//! A run the spares do not absorb (longer than 8 pages, or with the set full: a region of the
+//! large allocator, a short page run) is not unmapped in the heap's call either, if it has at
+//! most 32 pages and the [`lazy_unmaps`](super::lazy_unmaps) list a free slot (of 32): its pages
+//! are marked
+//! in their page-table entries ([`MARKED`], a bit the MMU ignores: one read and one write per
+//! page, no flush) and the run is listed; they stay mapped and taken, so nobody else gets them
+//! and nobody uses them. The unmap itself — entries cleared, TLB flushed on every CPU, frames
+//! freed, pages back to the buddy, 1 700–2 200 instructions for a 17-page region, most of it
+//! fixed cost — is done by `memory::finish_unmaps`, in steps of at most 17 pages with the lock
+//! dropped between them: an idle CPU's loop, `trim` (with the spares), and any call here (or
+//! the frame allocator) short of frames before it retries, so a waiting page never makes a
+//! request fail. The mark makes every double unmap exact: an unmap of a marked page, on any
+//! path, panics naming it. A longer run, or one that finds the list full, is unmapped at once,
+//! as before.
 //!
 //! # Page reserve
 //!
@@ -448,7 +466,16 @@ impl HeapWindow {
 
     /// Whether [`prepare`](Self::prepare) has work to do (the reserve is not full).
     pub(super) fn wants_prepare(&self) -> bool {
-        self.reserve.wants_pages()
+        self.reserve.wants_pages() || self.stuck_pages_fit_the_spares()
+    }
+
+    /// Whether the reserve is stuck (its block used up, the pages after it taken) with so few
+    /// ready pages that the spares can take them all: then `prepare` hands them over, and the
+    /// reserve starts a new block at the next.
+    fn stuck_pages_fit_the_spares(&self) -> bool {
+        self.reserve.is_stuck()
+            && self.reserve.ready() > 0
+            && self.reserve.ready() <= self.spares.room()
     }
 
     /// Maps one more page into the reserve, or, when it holds none or its block is used up,
@@ -462,6 +489,18 @@ impl HeapWindow {
         tables: &mut PageTables<T>,
         frames: &mut BitmapFrameAllocator,
     ) -> bool {
+        if self.stuck_pages_fit_the_spares() {
+            // A stuck reserve serves no run longer than its last ready pages, and waits for
+            // single pages to take them before it may start a new block; so many regions
+            // would map their pages in the call meanwhile. Its pages become spares instead
+            // (mapped single pages, which is what they serve), and the next call starts anew.
+            let count = self.reserve.ready();
+            let first = self.take_reserved(count).expect("the ready pages");
+            for page in (first..first + count).rev() {
+                self.spares.push(page);
+            }
+            return true;
+        }
         // Never for the last frames: the reserve is worth its pages only while memory is
         // plentiful (and a map short of frames releases it anyway).
         if !self.reserve.wants_pages() || frames.stats().free < PREPARE_MIN_FREE_FRAMES {
@@ -1010,9 +1049,10 @@ impl HeapWindow {
     }
 
     /// Unmaps the `count` taken pages at window page `first` (which must carry the page tables'
-    /// `MARKED` exactly if `marked`: a lazy run's pages), frees their frames and gives the pages
-    /// back to the buddy. On an error (a double unmap) the buddy is left as it was and the
-    /// pages before the failing one are unmapped.
+    /// `MARKED` exactly if `marked`: a lazy run's pages; with no lazy run, no page has it and it
+    /// is not looked at), frees their frames and gives the pages back to the buddy. On an error
+    /// (a double unmap) the buddy is left as it was and the pages before the failing one are
+    /// unmapped.
     ///
     /// # Safety
     ///
@@ -1029,8 +1069,8 @@ impl HeapWindow {
         let start = window_page(first);
         // SAFETY: guaranteed by the caller.
         unsafe {
-            if marked {
-                tables.unmap_marked_run(start, count, frames)
+            if marked || !self.lazy.is_empty() {
+                tables.unmap_checked_run(start, count, marked, frames)
             } else {
                 tables.unmap_fresh_run(start, count, frames)
             }

@@ -6,7 +6,8 @@
 //!   page_source::KernelPageSource        takes the memory lock, calls ↓
 //!   heap_window::HeapWindow ──────── buddy::Buddy      which pages of the window   (pure)
 //!        │                        ├─ spare_pages     ≤ 32 mapped pages held back  (pure)
-//!        │                        └─ page_reserve    ≤ 512 pages mapped ahead     (pure)
+//!        │                        ├─ page_reserve    ≤ 512 pages mapped ahead     (pure)
+//!        │                        └─ lazy_unmaps     ≤ 32 runs waiting to unmap   (pure)
 //!        │  map / unmap runs
 //!   paging::PageTables                    4-level walker, frees empty tables   (pure + Tlb)
 //!        │  frames for pages and tables
@@ -35,7 +36,9 @@
 //! # Cost
 //!
 //! Frame allocation and free: O(1). Mapping or unmapping a run of `n` pages: O(n) plus O(1) per
-//! page table touched, independent of how much else is mapped. Init: O(regions²) plus zeroing
+//! page table touched, independent of how much else is mapped. The heap's unmaps of runs are
+//! lazy (see [`heap_window`]): in its call, one page-table read and write per page; the unmap
+//! itself in [`finish_unmaps`], outside the heap's calls. Init: O(regions²) plus zeroing
 //! the frame bitmap (`frames / 8` bytes).
 //!
 //! See [`heap_window`] for the virtual memory layout.

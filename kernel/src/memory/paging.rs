@@ -150,12 +150,12 @@ pub enum UnmapError {
     /// The page belongs to a range that only its owner may unmap (the heap window).
     ReservedRange,
     /// The page carries [`MARKED`]: its owner gave it up already and its unmapping waits
-    /// ([`PageTables::unmap_fresh_run`] and the single-page unmap refuse it).
+    /// ([`PageTables::unmap_checked_run`] refuses it).
     Marked {
         /// The page.
         page: Page,
     },
-    /// The page does not carry [`MARKED`] ([`PageTables::unmap_marked_run`] refuses it).
+    /// The page does not carry [`MARKED`] ([`PageTables::unmap_checked_run`] refuses it).
     NotMarked {
         /// The page.
         page: Page,
@@ -647,7 +647,7 @@ impl<T: Tlb> PageTables<T> {
     ) -> Result<PhysFrame, UnmapError> {
         let mut taken = None;
         // SAFETY: the caller's contract is `unmap_run`'s.
-        unsafe { self.unmap_run(page, 1, false, frames, |_, frame| taken = Some(frame)) }?;
+        unsafe { self.unmap_run(page, 1, None, frames, |_, frame| taken = Some(frame)) }?;
         taken.ok_or(UnmapError::NotMapped { page })
     }
 
@@ -798,39 +798,42 @@ impl<T: Tlb> PageTables<T> {
         // their entries are cleared; the flush follows before `unmap_run` returns and before
         // anything can reuse them (we hold `&mut` to the allocator throughout).
         unsafe {
-            self.unmap_run(start, count, false, frames, |frames, frame| {
+            self.unmap_run(start, count, None, frames, |frames, frame| {
                 frames.deallocate(frame)
             })
         }
     }
 
-    /// [`unmap_fresh_run`](Self::unmap_fresh_run) for a run [`mark_run`](Self::mark_run)
-    /// marked: every page must carry [`MARKED`].
+    /// [`unmap_fresh_run`](Self::unmap_fresh_run) that also requires every page to carry
+    /// [`MARKED`] if `marked` (a run [`mark_run`](Self::mark_run) marked), or not to if not.
+    /// ([`unmap_fresh_run`](Self::unmap_fresh_run) does not look at the mark.)
     ///
     /// # Errors
     ///
-    /// As [`unmap_fresh_run`](Self::unmap_fresh_run), and [`UnmapError::NotMarked`] naming the
-    /// first page without the mark (the pages before it have been unmapped and freed).
+    /// As [`unmap_fresh_run`](Self::unmap_fresh_run), and [`UnmapError::NotMarked`] or
+    /// [`UnmapError::Marked`] naming the first page whose mark is not as required (the pages
+    /// before it have been unmapped and freed).
     ///
     /// # Safety
     ///
     /// As [`unmap_fresh_run`](Self::unmap_fresh_run).
-    pub unsafe fn unmap_marked_run(
+    pub unsafe fn unmap_checked_run(
         &mut self,
         start: Page,
         count: usize,
+        marked: bool,
         frames: &mut BitmapFrameAllocator,
     ) -> Result<(), UnmapError> {
         // SAFETY: as in `unmap_fresh_run` (the caller's contract is the same).
         unsafe {
-            self.unmap_run(start, count, true, frames, |frames, frame| {
+            self.unmap_run(start, count, Some(marked), frames, |frames, frame| {
                 frames.deallocate(frame)
             })
         }
     }
 
     /// Unmaps a run one page table at a time, handing each frame to `sink`; every page must be
-    /// mapped, and carry [`MARKED`] exactly if `marked`.
+    /// mapped, and with `marks = Some(marked)` carry [`MARKED`] exactly if `marked`.
     ///
     /// # Safety
     ///
@@ -839,13 +842,17 @@ impl<T: Tlb> PageTables<T> {
         &mut self,
         start: Page,
         count: usize,
-        marked: bool,
+        marks: Option<bool>,
         frames: &mut BitmapFrameAllocator,
         mut sink: impl FnMut(&mut BitmapFrameAllocator, PhysFrame),
     ) -> Result<(), UnmapError> {
-        // The two bits every entry must show: present, and the mark exactly if `marked`.
-        let test = (PageTableFlags::PRESENT | MARKED).bits();
-        let want = PageTableFlags::PRESENT.bits() | if marked { MARKED.bits() } else { 0 };
+        // The bits every entry must show: present, and with `marks` the mark as required.
+        let present = PageTableFlags::PRESENT.bits();
+        let (test, want) = match marks {
+            None => (present, present),
+            Some(false) => (present | MARKED.bits(), present),
+            Some(true) => (present | MARKED.bits(), present | MARKED.bits()),
+        };
         let mut done = 0;
         while done < count {
             let page = start + done as u64;
@@ -863,7 +870,7 @@ impl<T: Tlb> PageTables<T> {
                     let page = start + (done + cleared) as u64;
                     error = Some(if !flags.contains(PageTableFlags::PRESENT) {
                         UnmapError::NotMapped { page }
-                    } else if marked {
+                    } else if marks == Some(true) {
                         UnmapError::NotMarked { page }
                     } else {
                         UnmapError::Marked { page }
@@ -1234,7 +1241,7 @@ impl<T: Tlb> PageTables<T> {
         frames: &mut BitmapFrameAllocator,
     ) -> Result<(), UnmapError> {
         // SAFETY: the caller's contract; the frames are handed to a sink that keeps them.
-        unsafe { self.unmap_run(start, count, false, frames, |_, _| {}) }
+        unsafe { self.unmap_run(start, count, None, frames, |_, _| {}) }
     }
 }
 
@@ -1486,17 +1493,18 @@ mod tests {
         );
         assert!(!marked(&w, 5) && !marked(&w, 6));
         assert_eq!(w.tables.leaf_flags(start + 7), None);
-        // A plain unmap refuses marked pages, the marked unmap unmarked ones (each after
+        // A checked unmap refuses pages whose mark is not as asked (each after
         // unmapping the pages before the one it names), and unmapping takes the marks with the
         // entries.
         // SAFETY: pages mapped above, unused.
         unsafe {
             assert_eq!(
-                w.tables.unmap_fresh_run(start, 2, &mut w.frames),
+                w.tables.unmap_checked_run(start, 2, false, &mut w.frames),
                 Err(UnmapError::Marked { page: start + 1 })
             );
             assert_eq!(
-                w.tables.unmap_marked_run(start + 1, 5, &mut w.frames),
+                w.tables
+                    .unmap_checked_run(start + 1, 5, true, &mut w.frames),
                 Err(UnmapError::NotMarked { page: start + 5 })
             );
             w.tables
