@@ -200,11 +200,17 @@ fn page_source_window_is_the_heap_window_and_holds_its_pages() {
 fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
     let before = memory::stats();
     let mut source = KernelPageSource::new();
-    // Keep 3 pages of a 16-page run: the 13 after them are free for sure.
+    // Keep 3 pages of a 16-page run: the 13 after them are the heap's no more. They wait to be
+    // unmapped (a lazy unmap), and the growth over them unmaps them first.
     let run = source.map_pages(16).unwrap();
     // SAFETY: a sub-run of the mapping above, unreferenced.
     unsafe { source.unmap_pages(run.add(3 * PAGE_SIZE), 13) };
+    assert_eq!(
+        memory::stats().window_pages_lazy,
+        before.window_pages_lazy + 13
+    );
     assert!(source.grow_pages(run, 3, 1));
+    assert_eq!(memory::stats().window_pages_lazy, before.window_pages_lazy);
     assert!(source.grow_pages(run, 4, 4));
     assert!(source.grow_pages(run, 8, 2));
     assert_eq!(
@@ -227,8 +233,10 @@ fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
     assert!(!source.grow_pages(last_page, 1, 1));
     assert_eq!(memory::stats(), blocked);
     assert!(source.grow_pages(run, 8, 1));
-    // SAFETY: the 10 pages above, unreferenced; the grown run is unmapped as one.
+    // SAFETY: the 10 pages above, unreferenced; the grown run is unmapped as one (lazily:
+    // finished here).
     unsafe { source.unmap_pages(run, 10) };
+    memory::finish_unmaps();
     assert_eq!(memory::stats(), before);
     memory::check_invariants();
 }
@@ -236,11 +244,15 @@ fn page_source_grows_runs_in_place_when_the_next_pages_are_free() {
 #[kernel::test]
 fn page_source_reuses_freed_address_space() {
     let mut source = KernelPageSource::new();
-    // Longer than the runs an unmap keeps as spares: really unmapped.
+    // Longer than the runs an unmap keeps as spares: really unmapped, once the lazy unmap is
+    // finished.
     let pages = 2 * memory::spare_pages::ABSORB_MAX;
     let a = source.map_pages(pages).unwrap();
     // SAFETY: the run above, unreferenced.
     unsafe { source.unmap_pages(a, pages) };
+    assert!(memory::unmaps_waiting());
+    assert_eq!(memory::finish_unmaps(), pages);
+    assert!(!memory::unmaps_waiting());
     let b = source.map_pages(pages).unwrap();
     assert_eq!(a, b);
     // SAFETY: as above.

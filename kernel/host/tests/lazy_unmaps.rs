@@ -190,3 +190,29 @@ fn every_path_refuses_a_waiting_page_naming_it() {
         assert!(message.contains(&expected), "case {case}: {message}");
     }
 }
+
+#[test]
+fn a_run_grows_over_waiting_pages_after_unmapping_them_and_a_refused_growth_changes_nothing() {
+    let mut m = machine();
+    let run = m.map_pages(16).unwrap();
+    let next = m.map_pages(16).unwrap();
+    assert_eq!(next, run + 16 * PAGE, "the neighbouring block");
+    // The run shrinks to 3 pages: its 13 last wait to be unmapped.
+    m.unmap_pages(run + 3 * PAGE, 13);
+    assert_eq!(m.window_lazy(), 13);
+    // Growing into the neighbour is refused before anything changes.
+    let held = m.snapshot();
+    assert!(!m.grow_pages(run, 3, 20));
+    assert_eq!(m.snapshot(), held);
+    assert_eq!(m.window_lazy(), 13);
+    // Growing over the waiting pages unmaps them (their frames go back) and maps fresh ones.
+    assert!(m.grow_pages(run, 3, 5));
+    assert_eq!((m.window_lazy(), m.window_mapped()), (0, 8 + 16));
+    for i in 0..8 {
+        assert!(m.translate(run + i * PAGE).is_some());
+    }
+    for i in 8..16 {
+        assert_eq!(m.translate(run + i * PAGE), None, "unmapped with their run");
+    }
+    m.check_all();
+}

@@ -822,6 +822,22 @@ impl HeapWindow {
             self.publish();
             return Ok(());
         }
+        if self.lazy.overlaps(end, end + extra) {
+            // Pages the heap gave back lie where the run grows, still mapped: their runs are
+            // unmapped now (the work their frees put off), so that the run can grow over them as
+            // over free pages. First the check that the growth can succeed at all (no page there
+            // is anyone else's), so that a refused growth changes nothing.
+            let blocked = (end..end + extra).any(|page| {
+                self.runs.is_taken(page) && !self.spares.contains(page) && !self.lazy.contains(page)
+            });
+            if blocked {
+                return Err(Shortage::AddressSpace);
+            }
+            while let Some((first, count)) = self.lazy.take_overlapping(end, end + extra) {
+                self.finish_run(first, count, tables, frames);
+            }
+            self.publish_lazy();
+        }
         let mut spares = [0; SPARE_CAPACITY];
         let n = self.spares.in_range(end, end + extra, &mut spares);
         // The free gaps between the spares (all of the range when there is none).

@@ -86,6 +86,33 @@ impl LazyUnmaps {
             .map(|&(first, end)| first as usize..end as usize)
     }
 
+    /// Whether a waiting run holds a page of `start .. end` (a scan of the list: for growth in
+    /// place, not for unmaps, which read the page tables' mark instead).
+    #[must_use]
+    pub fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.ranges().any(|run| run.start < end && start < run.end)
+    }
+
+    /// Whether a waiting run holds `page`.
+    #[must_use]
+    pub fn contains(&self, page: usize) -> bool {
+        self.ranges().any(|run| run.contains(&page))
+    }
+
+    /// Takes a whole waiting run that holds a page of `start .. end`, if there is one, as
+    /// `(first, count)`.
+    pub fn take_overlapping(&mut self, start: usize, end: usize) -> Option<(usize, usize)> {
+        let i = self
+            .ranges()
+            .position(|run| run.start < end && start < run.end)?;
+        let (first, last) = self.runs[i];
+        self.runs.copy_within(i + 1..self.len, i);
+        self.len -= 1;
+        let count = (last - first) as usize;
+        self.pages -= count;
+        Some((first as usize, count))
+    }
+
     /// Adds the run of `count` pages at `first`.
     ///
     /// # Panics
@@ -153,6 +180,28 @@ mod tests {
         assert_eq!(l.ranges().collect::<Vec<_>>(), [100..117, 10..13]);
         l.take(1);
         assert_eq!(l.ranges().collect::<Vec<_>>(), [100..117, 10..12]);
+    }
+
+    #[test]
+    fn overlapping_runs_are_found_and_taken_whole() {
+        let mut l = LazyUnmaps::new();
+        l.push(100, 17);
+        l.push(10, 3);
+        l.push(50, 2);
+        assert!(!l.overlaps(13, 50) && !l.overlaps(117, 200));
+        assert!(l.overlaps(0, 11) && l.overlaps(116, 117));
+        assert!(l.contains(12) && !l.contains(13));
+        assert_eq!(l.take_overlapping(0, 11), Some((10, 3)));
+        assert_eq!(l.pages(), 19);
+        assert_eq!(
+            l.ranges().collect::<Vec<_>>(),
+            [100..117, 50..52],
+            "order kept"
+        );
+        assert_eq!(l.take_overlapping(13, 50), None);
+        assert_eq!(l.take_overlapping(116, 300), Some((100, 17)));
+        assert_eq!(l.take(usize::MAX), Some((50, 2)));
+        assert!(l.is_empty());
     }
 
     #[test]
