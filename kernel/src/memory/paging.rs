@@ -65,6 +65,13 @@ pub const OWNED: PageTableFlags = PageTableFlags::BIT_9;
 /// is unmapped; setting it needs no TLB flush, as the MMU never reads it.
 pub const MARKED: PageTableFlags = PageTableFlags::BIT_10;
 
+/// `unmap_run`'s mark rule: the mark is not looked at.
+const ANY_MARK: u8 = 0;
+/// `unmap_run`'s mark rule: no page may carry [`MARKED`].
+const NO_MARK: u8 = 1;
+/// `unmap_run`'s mark rule: every page must carry [`MARKED`].
+const ONLY_MARKED: u8 = 2;
+
 /// First bit of the used-entry count in an [`OWNED`] entry: bits 52..=61, ignored by the MMU in
 /// entries that link a table (Intel SDM Vol. 3 §4.5, AMD APM Vol. 2 §5.3: "available"). Ten
 /// bits hold 0..=512.
@@ -647,7 +654,7 @@ impl<T: Tlb> PageTables<T> {
     ) -> Result<PhysFrame, UnmapError> {
         let mut taken = None;
         // SAFETY: the caller's contract is `unmap_run`'s.
-        unsafe { self.unmap_run(page, 1, None, frames, |_, frame| taken = Some(frame)) }?;
+        unsafe { self.unmap_run::<ANY_MARK>(page, 1, frames, |_, frame| taken = Some(frame)) }?;
         taken.ok_or(UnmapError::NotMapped { page })
     }
 
@@ -798,7 +805,7 @@ impl<T: Tlb> PageTables<T> {
         // their entries are cleared; the flush follows before `unmap_run` returns and before
         // anything can reuse them (we hold `&mut` to the allocator throughout).
         unsafe {
-            self.unmap_run(start, count, None, frames, |frames, frame| {
+            self.unmap_run::<ANY_MARK>(start, count, frames, |frames, frame| {
                 frames.deallocate(frame)
             })
         }
@@ -826,32 +833,39 @@ impl<T: Tlb> PageTables<T> {
     ) -> Result<(), UnmapError> {
         // SAFETY: as in `unmap_fresh_run` (the caller's contract is the same).
         unsafe {
-            self.unmap_run(start, count, Some(marked), frames, |frames, frame| {
-                frames.deallocate(frame)
-            })
+            if marked {
+                self.unmap_run::<ONLY_MARKED>(start, count, frames, |frames, frame| {
+                    frames.deallocate(frame)
+                })
+            } else {
+                self.unmap_run::<NO_MARK>(start, count, frames, |frames, frame| {
+                    frames.deallocate(frame)
+                })
+            }
         }
     }
 
     /// Unmaps a run one page table at a time, handing each frame to `sink`; every page must be
-    /// mapped, and with `marks = Some(marked)` carry [`MARKED`] exactly if `marked`.
+    /// mapped, and carry [`MARKED`] as `MARKS` says ([`ANY_MARK`], [`NO_MARK`],
+    /// [`ONLY_MARKED`]; a constant, so that the common case tests one bit per page as before
+    /// marks existed).
     ///
     /// # Safety
     ///
     /// Nothing may access the pages after this call.
-    unsafe fn unmap_run(
+    unsafe fn unmap_run<const MARKS: u8>(
         &mut self,
         start: Page,
         count: usize,
-        marks: Option<bool>,
         frames: &mut BitmapFrameAllocator,
         mut sink: impl FnMut(&mut BitmapFrameAllocator, PhysFrame),
     ) -> Result<(), UnmapError> {
         // The bits every entry must show: present, and with `marks` the mark as required.
         let present = PageTableFlags::PRESENT.bits();
-        let (test, want) = match marks {
-            None => (present, present),
-            Some(false) => (present | MARKED.bits(), present),
-            Some(true) => (present | MARKED.bits(), present | MARKED.bits()),
+        let (test, want) = match MARKS {
+            NO_MARK => (present | MARKED.bits(), present),
+            ONLY_MARKED => (present | MARKED.bits(), present | MARKED.bits()),
+            _ => (present, present),
         };
         let mut done = 0;
         while done < count {
@@ -870,7 +884,7 @@ impl<T: Tlb> PageTables<T> {
                     let page = start + (done + cleared) as u64;
                     error = Some(if !flags.contains(PageTableFlags::PRESENT) {
                         UnmapError::NotMapped { page }
-                    } else if marks == Some(true) {
+                    } else if MARKS == ONLY_MARKED {
                         UnmapError::NotMarked { page }
                     } else {
                         UnmapError::Marked { page }
@@ -1241,7 +1255,7 @@ impl<T: Tlb> PageTables<T> {
         frames: &mut BitmapFrameAllocator,
     ) -> Result<(), UnmapError> {
         // SAFETY: the caller's contract; the frames are handed to a sink that keeps them.
-        unsafe { self.unmap_run(start, count, None, frames, |_, _| {}) }
+        unsafe { self.unmap_run::<ANY_MARK>(start, count, frames, |_, _| {}) }
     }
 }
 
