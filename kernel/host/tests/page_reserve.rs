@@ -9,7 +9,7 @@
 //! page taken, the ready ones mapped, the tail not) run after the steps.
 
 use kernel_host::heap_window::{HEAP_WINDOW_START, PREPARE_MIN_FREE_FRAMES};
-use kernel_host::page_reserve::{RESERVE_BLOCK, RESERVE_TARGET};
+use kernel_host::page_reserve::{RESERVE_BLOCK, RESERVE_KEEP_FOR_RUNS, RESERVE_TARGET};
 use kernel_host::sim::Machine;
 use kernel_host::spare_pages::{SPARE_BATCH, SPARE_CAPACITY};
 
@@ -162,8 +162,8 @@ fn a_stuck_reserve_hands_its_last_pages_to_the_spares_and_starts_anew() {
     let single = m.map_pages(RESERVE_TARGET + 1).unwrap();
     assert_eq!(single, HEAP_WINDOW_START + RESERVE_BLOCK as u64 * PAGE);
     // Runs of 16 from the front, refilling, until the block is used up: the reserve is stuck
-    // with its last ready pages, which would serve few runs; the next quiet call hands them to
-    // the spares (no page-table work, no flush), and the reserve starts a new block.
+    // with its last ready pages; once they are too few for a region, the next quiet call hands
+    // them to the spares (no page-table work, no flush), and the reserve starts a new block.
     let mut handed = None;
     let mut stalled = false;
     let mut taken = 0;
@@ -196,8 +196,10 @@ fn a_stuck_reserve_hands_its_last_pages_to_the_spares_and_starts_anew() {
             }
         }
     }
-    // What the block had left once used up: fewer pages than the spares hold.
+    // What the block had left once used up and too short for a region (the pages stay in the
+    // reserve while they can serve one), and no more than the spares hold.
     assert_eq!(handed, Some(RESERVE_BLOCK - taken));
+    assert!(RESERVE_BLOCK - taken < RESERVE_KEEP_FOR_RUNS);
     assert!(RESERVE_BLOCK - taken <= SPARE_CAPACITY);
     // A new block, filled again.
     fill(&mut m);

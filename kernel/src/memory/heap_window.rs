@@ -127,7 +127,7 @@ use x86_64::structures::paging::{Page, PageTableFlags};
 use super::buddy::{Buddy, storage_words};
 use super::frame::BitmapFrameAllocator;
 use super::lazy_unmaps::{LAZY_STEP, LazyUnmaps};
-use super::page_reserve::{PageReserve, RESERVE_BLOCK, RESERVE_TARGET};
+use super::page_reserve::{PageReserve, RESERVE_BLOCK, RESERVE_KEEP_FOR_RUNS, RESERVE_TARGET};
 use super::paging::{MARKED, MapError, MarkError, MoveError, PageTables, Tlb, UnmapError};
 use super::spare_pages::{ABSORB_MAX, SPARE_BATCH, SPARE_CAPACITY, SparePages};
 
@@ -469,13 +469,15 @@ impl HeapWindow {
         self.reserve.wants_pages() || self.stuck_pages_fit_the_spares()
     }
 
-    /// Whether the reserve is stuck (its block used up, the pages after it taken) with so few
-    /// ready pages that the spares can take them all: then `prepare` hands them over, and the
-    /// reserve starts a new block at the next.
+    /// Whether the reserve is stuck (its block used up, the pages after it taken) with fewer
+    /// ready pages than the largest region needs, and the spares can take them all: then
+    /// `prepare` hands them over, and the reserve starts a new block at the next.
     fn stuck_pages_fit_the_spares(&self) -> bool {
+        let ready = self.reserve.ready();
         self.reserve.is_stuck()
-            && self.reserve.ready() > 0
-            && self.reserve.ready() <= self.spares.room()
+            && ready > 0
+            && ready < RESERVE_KEEP_FOR_RUNS
+            && ready <= self.spares.room()
     }
 
     /// Maps one more page into the reserve, or, when it holds none or its block is used up,
