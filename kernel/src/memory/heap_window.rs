@@ -317,13 +317,17 @@ impl HeapWindow {
                 .leaf_flags(window_page(page))
                 .map(|flags| flags.contains(MARKED))
         };
+        let taken = |page: usize, what: &str| {
+            assert!(
+                self.runs.is_taken(page),
+                "heap window: {what} page {:#x} is free in the buddy",
+                window_page_addr(page)
+            );
+        };
         for (i, run) in self.lazy.ranges().enumerate() {
             for page in run {
                 let addr = window_page_addr(page);
-                assert!(
-                    self.runs.is_taken(page),
-                    "heap window: lazily unmapped page {addr:#x} is free in the buddy"
-                );
+                taken(page, "lazily unmapped");
                 assert_eq!(
                     marked(page),
                     Some(true),
@@ -345,10 +349,7 @@ impl HeapWindow {
         for page in self.reserve.ready_range().chain(self.reserve.tail_range()) {
             let addr = window_page_addr(page);
             let ready = self.reserve.ready_range().contains(&page);
-            assert!(
-                self.runs.is_taken(page),
-                "heap window: reserve page {addr:#x} is free in the buddy"
-            );
+            taken(page, "reserve");
             assert_eq!(
                 tables.translate(VirtAddr::new(addr)).is_some(),
                 ready,
@@ -370,10 +371,7 @@ impl HeapWindow {
         for (i, &page) in spares.iter().enumerate() {
             let page = page as usize;
             let addr = window_page_addr(page);
-            assert!(
-                self.runs.is_taken(page),
-                "heap window: spare page {addr:#x} is free in the buddy"
-            );
+            taken(page, "spare");
             assert_eq!(
                 marked(page),
                 Some(false),

@@ -443,6 +443,28 @@ impl<T: Tlb> PageTables<T> {
     /// The physical address `addr` translates to, following 1 GiB and 2 MiB pages too.
     #[must_use]
     pub fn translate(&self, addr: VirtAddr) -> Option<PhysAddr> {
+        let (entry, level) = self.leaf(addr)?;
+        let size_bits = 12 + 9 * (3 - level as u32);
+        let mask = (1u64 << size_bits) - 1;
+        Some(PhysAddr::new(
+            (entry.addr().as_u64() & !mask) | (addr.as_u64() & mask),
+        ))
+    }
+
+    /// The flags of the 4 KiB leaf entry mapping `page`; `None` if it has none (not mapped, or
+    /// inside a huge page).
+    #[must_use]
+    pub fn leaf_flags(&self, page: Page) -> Option<PageTableFlags> {
+        match self.leaf(page.start_address())? {
+            (entry, 3) => Some(entry.flags()),
+            _ => None,
+        }
+    }
+
+    /// The present entry that maps `addr` and its level: 3 for a 4 KiB page, 2 or 1 (PD, PDPT)
+    /// for a 2 MiB or 1 GiB page; `None` if `addr` is not mapped.
+    #[inline]
+    fn leaf(&self, addr: VirtAddr) -> Option<(PageTableEntry, usize)> {
         let indices = [
             addr.p4_index(),
             addr.p3_index(),
@@ -461,40 +483,7 @@ impl<T: Tlb> PageTables<T> {
             if level == 3
                 || ((level == 1 || level == 2) && flags.contains(PageTableFlags::HUGE_PAGE))
             {
-                let size_bits = 12 + 9 * (3 - level as u32);
-                let mask = (1u64 << size_bits) - 1;
-                return Some(PhysAddr::new(
-                    (entry.addr().as_u64() & !mask) | (addr.as_u64() & mask),
-                ));
-            }
-            table = entry.addr().as_u64();
-        }
-        None
-    }
-
-    /// The flags of the 4 KiB leaf entry mapping `page`; `None` if it has none (not mapped, or
-    /// inside a huge page).
-    #[must_use]
-    pub fn leaf_flags(&self, page: Page) -> Option<PageTableFlags> {
-        let indices = [
-            page.p4_index(),
-            page.p3_index(),
-            page.p2_index(),
-            page.p1_index(),
-        ];
-        let mut table = self.root;
-        for (level, index) in indices.into_iter().enumerate() {
-            // SAFETY: `table` is the root or was reached through present entries of valid tables.
-            let entry = unsafe { self.read(table, usize::from(index)) };
-            let flags = entry.flags();
-            if !flags.contains(PageTableFlags::PRESENT) {
-                return None;
-            }
-            if level == 3 {
-                return Some(flags);
-            }
-            if flags.contains(PageTableFlags::HUGE_PAGE) {
-                return None;
+                return Some((entry, level));
             }
             table = entry.addr().as_u64();
         }
