@@ -52,8 +52,8 @@
 //! heap's. A single-page `map` takes a spare; with none left it maps an aligned batch of 8 pages
 //! in one walk and keeps 7. An `unmap` of at most 8 pages keeps them as spares while there is
 //! room (no unmap, no flush); after checking each is the heap's (mapped, not a spare, not
-//! waiting to be unmapped), so a double unmap still panics naming the page. Spares serve single pages only (runs need
-//! contiguous pages; see the set's docs). They are released — unmapped, flushed on every CPU,
+//! waiting to be unmapped), so a double unmap still panics naming the page. Spares serve single
+//! pages only (runs need contiguous pages; see the set's docs). They are released — unmapped, flushed on every CPU,
 //! frames and pages given back — by `memory::release_spare_pages` (which `allocator::trim`
 //! calls), and by every call here, and the frame allocator's `allocate_frame`, that runs short
 //! of frames, before it retries: nothing reports out-of-memory while a spare holds a frame.
@@ -67,17 +67,16 @@
 //! A run the spares do not absorb (longer than 8 pages, or with the set full: a region of the
 //! large allocator, a short page run) is not unmapped in the heap's call either, if it has at
 //! most 32 pages and the [`lazy_unmaps`](super::lazy_unmaps) list a free slot (of 32): its pages
-//! are marked
-//! in their page-table entries ([`MARKED`], a bit the MMU ignores: one read and one write per
-//! page, no flush) and the run is listed; they stay mapped and taken, so nobody else gets them
-//! and nobody uses them. The unmap itself — entries cleared, TLB flushed on every CPU, frames
+//! are marked in their page-table entries ([`MARKED`], a bit the MMU ignores: one read and one
+//! write per page, no flush) and the run is listed; they stay mapped and taken, so nobody else
+//! gets them and nobody uses them. The unmap itself — entries cleared, TLB flushed on every CPU, frames
 //! freed, pages back to the buddy, 1 700–2 200 instructions for a 17-page region, most of it
 //! fixed cost — is done by `memory::finish_unmaps`, in steps of at most 17 pages with the lock
 //! dropped between them: an idle CPU's loop, `trim` (with the spares), and any call here (or
 //! the frame allocator) short of frames before it retries, so a waiting page never makes a
 //! request fail. The mark makes every double unmap exact: an unmap of a marked page, on any
 //! path, panics naming it. A longer run, or one that finds the list full, is unmapped at once,
-//! as before.
+//! as before. A run that grows in place over waiting pages unmaps their runs first.
 //!
 //! # Page reserve
 //!

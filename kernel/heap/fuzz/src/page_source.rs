@@ -289,13 +289,14 @@ impl Model {
                     self.step
                 );
                 assert_eq!(self.m.window_mapped(), before.window_mapped + pages);
-                // Frames held by tables and spares before and after, and the new pages'.
+                // Frames held by tables and spares (with the pages waiting to be unmapped, as in
+                // the snapshot) before and after, and the new pages'.
                 let held = |free: u64, tables: u64, spares: usize| free + tables + spares as u64;
                 assert_eq!(
                     held(
                         self.m.frame_stats().free,
                         self.m.table_frames(),
-                        self.m.window_spare()
+                        self.m.window_spare() + self.m.window_lazy()
                     ) + pages as u64,
                     held(before.free_frames, before.table_frames, before.window_spare),
                     "step {}: frames taken by {pages} pages, tables and spares",
