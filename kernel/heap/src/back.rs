@@ -18,11 +18,15 @@
 //!   blocks up to 256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block), from the
 //!   chunks already mapped, and maps at most one new chunk, only when none has a free block;
 //! * a free into a full magazine ([`Back::give_back_one`]) gives that one block back to its
-//!   chunk: one page-map lookup, and at most one chunk released (one page unmapped) if the
-//!   chunk empties with the reserve of empty chunks full. Frees never move batches: a batch of
-//!   16 given back in one call (the flush this replaced, with a shift of the magazine and
-//!   metadata pre-created after it) was the heap's longest free, up to ~2 200 instructions in
-//!   the kernel against 179–667 for one block (`cargo kbench`'s attribution run);
+//!   chunk: one page-map lookup. Frees never move batches: a batch of 16 given back in one call
+//!   (the flush this replaced, with a shift of the magazine and metadata pre-created after it)
+//!   was the heap's longest free, up to ~2 200 instructions in the kernel against 179–667 for
+//!   one block (`cargo kbench`'s attribution run);
+//! * a chunk that empties while its lists keep their reserve of empty chunks is not released in
+//!   that free: it waits on the heap's list of [pending](crate::pending) chunks (16 at most; a
+//!   free that finds the list full releases its chunk itself), and a refill that mapped nothing
+//!   releases one (its page-map entry, its page, its slot: ~400 instructions in the kernel,
+//!   which made the frees that emptied a chunk cost 535–678 where the others cost 179–221);
 //! * the metadata a new chunk needs — a descriptor slot in a root run, a page-map node when the
 //!   chunk lies in a new 2 MiB window — is created ahead of need, one page at a time, by
 //!   [`Back::prepare`] in a refill that mapped no chunk. The call that maps a chunk then maps
@@ -43,6 +47,7 @@ use crate::chunk_lists::ChunkLists;
 use crate::debug::{self, Fault, Owner};
 use crate::magazine::Magazine;
 use crate::pagemap::{Entry, PageMap};
+use crate::pending::PendingChunks;
 use crate::root::Roots;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
 
@@ -73,6 +78,8 @@ pub struct Back<'a, S: PageSource> {
     pub roots: &'a mut Roots,
     /// The heap's page map.
     pub map: &'a mut PageMap,
+    /// The heap's chunks waiting to be released.
+    pub pending: &'a mut PendingChunks,
 }
 
 impl<S: PageSource> core::fmt::Debug for Back<'_, S> {
@@ -106,11 +113,16 @@ impl<S: PageSource> Back<'_, S> {
         let (n, mapped) =
             unsafe { self.alloc_batch(lists, mag.room(batch_blocks(stride, budget))) }?;
         mag.filled(n);
-        if !mapped && !self.prepare() && self.src.wants_prepare() {
-            // Nothing of the heap's own to pre-create: the source's turn (one page of its
-            // reserve, say; see `PageSource::prepare`). Refills only, not flushes: a flush
-            // already moves up to 16 blocks, and a free should stay the cheaper call.
-            let _ = self.src.prepare();
+        if !mapped && !self.prepare() {
+            if self.src.wants_prepare() {
+                // Nothing of the heap's own to pre-create: the source's turn (one page of its
+                // reserve, say; see `PageSource::prepare`). Refills only, not flushes: a flush
+                // already moves up to 16 blocks, and a free should stay the cheaper call.
+                let _ = self.src.prepare();
+            } else {
+                // Then a chunk a free left waiting goes back.
+                self.release_pending();
+            }
         }
         Ok(())
     }
@@ -157,9 +169,26 @@ impl<S: PageSource> Back<'_, S> {
         true
     }
 
+    /// Releases one [pending](crate::pending) chunk, if any waits (a refill's quiet work).
+    /// Returns whether it released one.
+    #[inline]
+    pub fn release_pending(&mut self) -> bool {
+        match self.pending.pop() {
+            // SAFETY: a pending chunk is empty and on no lists (`PendingChunks::push`).
+            Some(d) => unsafe { self.release_now(d) },
+            None => return false,
+        }
+        true
+    }
+
+    /// Releases every [pending](crate::pending) chunk (`trim`).
+    pub fn release_all_pending(&mut self) {
+        while self.release_pending() {}
+    }
+
     /// Gives one block back to its chunk of `lists` (one page-map lookup), what a free into a
-    /// full magazine does; a chunk that empties goes to the reserve or back to the page source
-    /// (one page at most).
+    /// full magazine does; a chunk that empties goes to the reserve or to the pending chunks
+    /// (with those full, back to the page source: one page at most).
     ///
     /// # Safety
     ///
@@ -279,6 +308,17 @@ impl<S: PageSource> Back<'_, S> {
     ///
     /// As for [`alloc`](Self::alloc).
     unsafe fn add_chunk(&mut self, lists: *mut ChunkLists) -> Result<(), PageSourceError> {
+        // A chunk waiting to be released is a mapped empty page with its slot and its page-map
+        // entry: it serves as the new chunk, of whatever class or pool, with nothing mapped.
+        if let Some(d) = self.pending.pop() {
+            // SAFETY: a pending descriptor is live, empty and on no lists, and the page map
+            // records its page as its chunk; `lists` is live (caller).
+            unsafe {
+                let page = NonNull::new_unchecked((*d.as_ptr()).page);
+                ChunkLists::adopt(lists, d, page);
+            }
+            return Ok(());
+        }
         let slot = self.roots.alloc(self.src, self.map)?;
         let page = match self.src.map_pages(1) {
             Ok(p) => p,
@@ -365,12 +405,29 @@ impl<S: PageSource> Back<'_, S> {
         false
     }
 
+    /// Lets a chunk its lists have forgotten wait for release on the [pending](crate::pending)
+    /// list, or, with the list full, releases it now.
+    ///
+    /// # Safety
+    ///
+    /// `d` must be the live descriptor of an empty chunk that no lists hold any more.
+    #[cold]
+    #[inline(never)]
+    unsafe fn release(&mut self, d: NonNull<ChunkDesc>) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if !self.pending.push(d) {
+                self.release_now(d);
+            }
+        }
+    }
+
     /// Returns a chunk its lists have forgotten to the page source, and its slot to the roots.
     ///
     /// # Safety
     ///
     /// `d` must be a live descriptor that no lists hold any more.
-    unsafe fn release(&mut self, d: NonNull<ChunkDesc>) {
+    unsafe fn release_now(&mut self, d: NonNull<ChunkDesc>) {
         // SAFETY: guaranteed by the caller.
         let page = unsafe { (*d.as_ptr()).page };
         // SAFETY: descriptors always hold their (non-null) chunk page.
@@ -393,7 +450,7 @@ impl<S: PageSource> Back<'_, S> {
         // SAFETY: guaranteed by the caller.
         while let Some(d) = unsafe { (*lists).take_empty() } {
             // SAFETY: the lists forgot it.
-            unsafe { self.release(d) };
+            unsafe { self.release_now(d) };
         }
     }
 }
@@ -438,6 +495,7 @@ mod tests {
     use crate::chunk::{DESC_SLOT, Geometry};
     use crate::chunk_lists::ListCounts;
     use crate::magazine::{MAG_BATCH, MAG_CAP, MagazineStore};
+    use crate::pending::PENDING_CHUNKS;
     use crate::source::PAGE_SIZE;
     use crate::testing::ArenaSource;
 
@@ -448,6 +506,7 @@ mod tests {
         map: PageMap,
         roots: Roots,
         lists: ChunkLists,
+        pending: PendingChunks,
     }
 
     impl Parts {
@@ -458,6 +517,7 @@ mod tests {
                 map: PageMap::new(),
                 roots: Roots::empty(DESC_SLOT),
                 lists: ChunkLists::new(Geometry::new(stride)),
+                pending: PendingChunks::new(),
             }
         }
 
@@ -466,6 +526,7 @@ mod tests {
                 src: &mut self.src,
                 roots: &mut self.roots,
                 map: &mut self.map,
+                pending: &mut self.pending,
             };
             (back, &raw mut self.lists)
         }
@@ -523,19 +584,22 @@ mod tests {
     }
 
     /// A block given back (a free into a full magazine) returns to its chunk; a chunk it
-    /// empties joins the reserve while the reserve has room, and is released (one page)
-    /// after that: one chunk and one page at most per call.
+    /// empties joins the reserve while the reserve has room, then waits on the pending list
+    /// (no page released in the call) while that has room, and is released at once after that:
+    /// one page at most per call. A refill that maps nothing releases one waiting chunk.
     #[test]
     fn a_block_given_back_returns_to_its_chunk() {
         let mut parts = Parts::new(64);
         let (mut back, l) = parts.back();
         let owner = Owner::Class { size: 64 };
         let reserve = parts_reserve(64);
+        let mut store = MagazineStore::<MAG_CAP>::new();
+        let mut mag = store.magazine();
         // SAFETY: `l` points to chunk lists only this test uses; every block is freed once,
         // marked free but cached first as a front does with a block it gives back.
         unsafe {
             // Full chunks of 64 blocks; keep one block of each.
-            let chunks = reserve + 2;
+            let chunks = reserve + PENDING_CHUNKS + 2;
             let blocks: std::vec::Vec<_> =
                 (0..chunks * 64).map(|_| back.alloc(l).unwrap()).collect();
             assert_eq!((*l).counts().chunks, chunks);
@@ -551,19 +615,34 @@ mod tests {
                 (*d.as_ptr()).set_allocated(&(*l).geo, p, false);
                 let pages = back.src.mapped_pages();
                 back.give_back_one(l, p);
-                // The reserve takes the first empty chunks; then each one goes back at once.
-                let released = usize::from(k >= reserve);
+                // The reserve takes the first empty chunks, the pending list the next ones; then
+                // each one goes back at once.
+                let released = usize::from(k >= reserve + PENDING_CHUNKS);
                 assert_eq!(back.src.mapped_pages(), pages - released, "chunk {k}");
+                let waiting = (k + 1).saturating_sub(reserve).min(PENDING_CHUNKS);
+                assert_eq!(back.pending.len(), waiting, "chunk {k}");
+                assert_eq!(back.pending.check(back.map), Ok(waiting));
                 (*l).check(l, back.map, &[], |_| {}).unwrap();
             }
             assert_eq!((*l).counts().chunks, reserve);
+            // A refill served by the reserve maps nothing; with no metadata to pre-create, it
+            // releases one waiting chunk.
+            back.map.add_spare(back.src).unwrap();
+            let pages = back.src.mapped_pages();
+            back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
+            assert_eq!(back.src.mapped_pages(), pages - 1);
+            assert_eq!(back.pending.len(), PENDING_CHUNKS - 1);
+            back.release_all_pending();
+            assert_eq!(back.src.mapped_pages(), pages - PENDING_CHUNKS);
+            assert_eq!(back.pending.check(back.map), Ok(0));
+            back.flush(l, mag.reborrow(), usize::MAX);
             back.drain_reserve(l);
         }
         assert_eq!(parts.lists.counts().chunks, 0);
     }
 
     /// Blocks of 4096 bytes given back one at a time: each empties its chunk, so past the
-    /// reserve every give-back releases one page, never more.
+    /// reserve and the pending list every give-back releases one page, never more.
     #[test]
     fn page_blocks_given_back_release_one_page_each() {
         let mut parts = Parts::new(PAGE_SIZE);
@@ -571,23 +650,38 @@ mod tests {
         let mut mag = store.magazine();
         let (mut back, l) = parts.back();
         let reserve = parts_reserve(PAGE_SIZE);
+        let total = reserve + PENDING_CHUNKS + 4;
         // SAFETY: as in the test above; the blocks came from refills, so they are marked free
         // but cached already.
         unsafe {
-            for _ in 0..reserve + 4 {
+            for _ in 0..total {
                 back.refill(l, mag.reborrow(), MAG_BATCH).unwrap();
             }
-            assert_eq!(mag.len(), reserve + 4, "one block per refill");
+            assert_eq!(mag.len(), total, "one block per refill");
             let blocks: std::vec::Vec<_> = mag.cached().to_vec();
             mag.drop_oldest(blocks.len());
             for (k, &b) in blocks.iter().enumerate() {
                 let pages = back.src.mapped_pages();
                 back.give_back_one(l, NonNull::new(b).unwrap());
-                let released = usize::from(k >= reserve);
+                let released = usize::from(k >= reserve + PENDING_CHUNKS);
                 assert_eq!(back.src.mapped_pages(), pages - released, "block {k}");
             }
             (*l).check(l, back.map, &[], |_| {}).unwrap();
+            assert_eq!(back.pending.check(back.map), Ok(PENDING_CHUNKS));
+            // With the reserve gone, a new chunk is a waiting one: nothing is mapped.
             back.drain_reserve(l);
+            let (calls, pages) = (back.src.map_calls(), back.src.mapped_pages());
+            let p = back.alloc(l).unwrap();
+            assert_eq!(
+                (back.src.map_calls(), back.src.mapped_pages()),
+                (calls, pages)
+            );
+            assert_eq!(back.pending.check(back.map), Ok(PENDING_CHUNKS - 1));
+            (*l).check(l, back.map, &[], |_| {}).unwrap();
+            assert!(back.free(l, p, PAGE_SIZE, Owner::Class { size: PAGE_SIZE }));
+            back.release_all_pending();
+            back.drain_reserve(l);
+            assert_eq!(back.src.mapped_pages(), pages - PENDING_CHUNKS);
         }
         assert_eq!(parts.lists.counts().chunks, 0);
     }
@@ -608,10 +702,12 @@ mod tests {
         let l = &raw mut lists;
         let mut store = MagazineStore::<8>::new();
         let mut mag = store.magazine();
+        let mut pending = PendingChunks::new();
         let mut back = Back {
             src: &mut src,
             roots: &mut roots,
             map: &mut map,
+            pending: &mut pending,
         };
         // SAFETY: `l` points to chunk lists of 64-byte blocks that only this test uses, through
         // `l`; the magazine caches blocks of them only; every flushed block came from a refill.

@@ -57,6 +57,8 @@ pub mod list {
     pub const FULL: u8 = 2;
     /// No block in use (the reserve).
     pub const EMPTY: u8 = 3;
+    /// No block in use, on no list: waiting to be released (`pending`).
+    pub const PENDING: u8 = 4;
 }
 
 /// How a pool's chunks are cut. Computed once per pool ([`Geometry::new`]); 16 bytes.

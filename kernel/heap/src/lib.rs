@@ -243,23 +243,25 @@
 //! ```text
 //!   0      RootHeader        40 B   magic "kheaprt1", next run, pages, slot offset/size/count/
 //!                                   bump, live slots
-//!   40     HeapState      21632 B
+//!   40     HeapState      21720 B
 //!   40       classes       2016 B   36 × ChunkLists (56 B): partial/full/empty lists, counters,
 //!                                   geometry
-//!   2056     large          808 B   LargeAlloc (bins, bitmaps, index root; asserted <= 1536 B)
-//!   2864     descs           56 B   Roots: the descriptor chain (this run is its first)
-//!   2920     pools           80 B   Roots of the pool-header chain, pool list and count, next
+//!   2056     large          880 B   LargeAlloc (bins, bitmaps, index root, the excess regions;
+//!                                   asserted <= 1536 B)
+//!   2936     descs           56 B   Roots: the descriptor chain (this run is its first)
+//!   2992     pools           80 B   Roots of the pool-header chain, pool list and count, next
 //!                                   generation
-//!   3000     large pages      8 B   pages the large allocator maps
-//!   3008     requested        8 B   requested bytes of live blocks   ┐ touched by every
-//!   3016     window          16 B   the page source's window         │ allocation and free:
-//!   3032     map             40 B   PageMap: top node, node count,   │ kept together
+//!   3072     large pages      8 B   pages the large allocator maps
+//!   3080     requested        8 B   requested bytes of live blocks   ┐ touched by every
+//!   3088     window          16 B   the page source's window         │ allocation and free:
+//!   3104     map             40 B   PageMap: top node, node count,   │ kept together
 //!                                   cached level-2 node, spare node  │
-//!   3072     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
+//!   3144     mags         18576 B   ClassMagazines: 36 counts (u32), ┘
 //!                                   then 36 × 64 block pointers
-//!   21648    last pool       24 B   the user pool named last and its header (skips the id
+//!   21720    last pool       24 B   the user pool named last and its header (skips the id
 //!                                   check's page-map lookup on repeated calls)
-//!   21672  descriptor slots         90 × 32 B ChunkDesc (27 × 104 B with debug-checks)
+//!   21744    pending         16 B   PendingChunks: empty chunks waiting to be released
+//!   21760  descriptor slots         88 × 32 B ChunkDesc (27 × 104 B with debug-checks)
 //!   24576  end of the run
 //! ```
 //!
@@ -302,8 +304,8 @@
 //! counter: it touches neither the page map, nor the chunk descriptor and lists, nor the block.
 //! An empty magazine is refilled with a quarter magazine of blocks from its chunk lists, but at
 //! most a chunk's worth of bytes (mapping one chunk at most); a free into a full one gives that
-//! block straight back to its chunk (one page-map lookup, at most one chunk released; see "Work
-//! per call" below). Those are the *back*'s operations (`back::Back::refill` and
+//! block straight back to its chunk (one page-map lookup, no page released; see "Work per
+//! call" below). Those are the *back*'s operations (`back::Back::refill` and
 //! `give_back_one`), which take the magazine or the lists from outside: the magazines are the
 //! heap's front, and everything behind them its back. A cached block still counts as used by its chunk, so its
 //! chunk stays mapped, but statistics count it as free. The freed pointer is cached with a
@@ -326,9 +328,12 @@
 //!   256 bytes, 8 of 512, 4 of 1024, 2 of 2048, one 4096-byte block — from chunks already
 //!   mapped, or from one new chunk (one page mapped) when none has a free block;
 //! * a **give-back**: a free into a full magazine gives its one block back to its chunk (one
-//!   page-map lookup), releasing (unmapping) that chunk if it empties with the class's reserve of
-//!   empty chunks full. (A batch of 16 given back at once, as frees did before, was the heap's
-//!   longest free.)
+//!   page-map lookup). A chunk it empties with the class's reserve of empty chunks full is not
+//!   released in that call: it waits on the heap's list of pending chunks (module `pending`, 16
+//!   at most), and a later refill releases it (or a class that needs a chunk takes it); only a
+//!   free that finds the list full releases its chunk itself. (A batch of 16 given back at
+//!   once, as frees did before, was the heap's longest free; releasing the chunk's page in the
+//!   free was the next longest.)
 //!
 //! The metadata a new chunk needs — a descriptor slot, and a page-map leaf when the chunk lies
 //! in a new 2 MiB window — is created ahead of need, one page per call, by refills that map no
@@ -439,13 +444,20 @@
 //!
 //! # Memory return
 //!
-//! A chunk whose last block is freed is returned to the page source at once, unless its chunk
-//! lists keep fewer empty chunks than their reserve limit, in which case it waits there for the
-//! next allocation: a class or pool that oscillates around a chunk boundary does not map and
-//! unmap a page on every other call. The limit is [`RESERVE_BLOCKS`] (16) blocks' worth of
-//! chunks, at least one: one chunk for small blocks, 16 for 4096-byte blocks. The large
-//! allocator likewise keeps up to 512 KiB of wholly free regions mapped (released by `trim` and
-//! before an allocation fails) and unmaps page runs on free. Blocks in
+//! A chunk whose last block is freed stays with its chunk lists while they keep fewer empty
+//! chunks than their reserve limit, waiting for the next allocation: a class or pool that
+//! oscillates around a chunk boundary does not map and unmap a page on every other call. The
+//! limit is [`RESERVE_BLOCKS`] (16) blocks' worth of chunks, at least one: one chunk for small
+//! blocks, 16 for 4096-byte blocks. Past the limit the chunk goes back to the page source, but
+//! not in the free that emptied it (module `pending`): it waits, mapped, on a heap-wide list of
+//! at most 16, until a refill that mapped nothing releases it, a class or pool that needs a new
+//! chunk takes it instead of mapping one, a large block's growth that found no room releases
+//! every waiting page before it tries again, or [`Heap::trim`] (or a failing allocation)
+//! releases them all. The large allocator likewise keeps up to 512 KiB of wholly free regions
+//! mapped (released by `trim` and before an allocation fails), and the regions that empty
+//! beyond that wait too (eight at most): the next large allocation served without mapping
+//! unmaps one. So a free gives no page back while those lists have room; it unmaps only a
+//! page run, whose pages are its own. Blocks in
 //! magazines keep their chunks. A growing `realloc` of a page run first asks the page source to
 //! map the pages right after it ([`PageSource::grow_pages`]; the kernel's heap window claims
 //! them from its buddy allocator); if they are taken, it asks the source to move the run
@@ -490,7 +502,8 @@
 //! From the ground up (each imports only those before it): `source` (the page-source trait),
 //! `size_class` (the class table and mapping), `error`, `magazine`, `chunk` (one page of
 //! blocks), `pagemap`, `root` (root runs and slots), `debug` (reports of bad frees),
-//! `chunk_lists` (the chunks of one size), `back` (what the magazines reach behind them:
+//! `chunk_lists` (the chunks of one size), `pending` (empty chunks waiting to be released),
+//! `back` (what the magazines reach behind them:
 //! refills, give-backs, flushes), `pool` (user pool ids and headers), `large/` (the large allocator),
 //! `stats`, `heap/` ([`Heap`]: its state, the front, the class and pool paths, statistics and
 //! the checker), `checked/` ([`Checked`]: red zones and poison around another allocator),
@@ -523,6 +536,7 @@ mod locked;
 mod magazine;
 mod object_pool;
 mod pagemap;
+mod pending;
 mod percpu;
 mod pool;
 mod root;

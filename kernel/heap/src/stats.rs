@@ -74,7 +74,7 @@ pub struct UserPoolStats {
 pub struct PageStats {
     /// Root runs (heap state, descriptors, pool headers).
     pub root: usize,
-    /// Chunks of all pools.
+    /// Chunks of all pools, with the empty ones waiting to be released.
     pub chunks: usize,
     /// Page-map nodes.
     pub page_map: usize,

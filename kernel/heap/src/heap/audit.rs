@@ -45,6 +45,8 @@ impl<S: PageSource> Heap<S> {
                 s.other_pools.add(&ps);
             }
         }
+        // Chunks waiting to be released still hold their pages.
+        chunks += st.pending.len();
         s.user_pools = st.pools.count;
         s.large = st.large.stats();
         held += s.large.live_bytes;
@@ -116,7 +118,7 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Walks every structure of the heap and checks its invariants: the root-run chain and slot
-    /// accounting, every chunk lists' partial/full/empty lists, every chunk's free list (bounds,
+    /// accounting, every chunk lists' partial/full/empty lists, the chunks pending release, every chunk's free list (bounds,
     /// alignment, no cycles, counts), every magazine, the page map against the chunks and root
     /// runs, the counters, and the large allocator's own checker. Linear in the heap's size.
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
@@ -161,6 +163,7 @@ impl<S: PageSource> Heap<S> {
             held += (h.lists.live() - cached.len()) * usize::from(h.lists.geo.stride);
             pools += 1;
         }
+        chunks += s.pending.check(&s.map)?;
         let addr = core::ptr::from_ref(s).addr();
         let large = s.large.stats();
         held += large.live_bytes;

@@ -217,11 +217,25 @@ impl<S: PageSource> Heap<S> {
             }
             (SizeClass::Large, SizeClass::Large) => {
                 let block = st.large_block(ptr, old);
-                let (large, mut rec) = st.large();
-                // SAFETY: the caller vouches for `ptr` and `old`; `block` is the same address.
-                let resized = block.filter(|&block| unsafe {
-                    large.resize_in_place(&mut rec, block, old, new_size)
+                let mut resized = block.filter(|&b| {
+                    // SAFETY: the caller vouches for `ptr` and `old`; `b` is the same address.
+                    unsafe { st.resize_large(b, old, new_size) }
                 });
+                // Pages that wait to be released (empty chunks, regions beyond the idle limit)
+                // may be the ones a page run would grow into: a growth that failed releases
+                // them all and tries once more (a call that would copy or move the block
+                // anyway).
+                if resized.is_none()
+                    && block.is_some()
+                    && new_size > old.size()
+                    && st.release_waiting()
+                {
+                    resized = block.filter(|&b| {
+                        // SAFETY: as above.
+                        unsafe { st.resize_large(b, old, new_size) }
+                    });
+                }
+                let (large, mut rec) = st.large();
                 // A page run that cannot grow in place is moved by the page source if it can
                 // (the frames, not the bytes), before falling back to allocate, copy and free.
                 let resized = resized.or_else(|| {
@@ -292,6 +306,31 @@ impl<S: PageSource> Heap<S> {
 }
 
 impl<S: PageSource> Live<'_, S> {
+    /// [`LargeAlloc::resize_in_place`] of a large block.
+    ///
+    /// # Safety
+    ///
+    /// As for [`LargeAlloc::resize_in_place`].
+    unsafe fn resize_large(&mut self, block: NonNull<u8>, old: Layout, new_size: usize) -> bool {
+        let (large, mut rec) = self.large();
+        // SAFETY: forwarded.
+        unsafe { large.resize_in_place(&mut rec, block, old, new_size) }
+    }
+
+    /// Releases every page that waits to be released: the pending chunks and the large
+    /// allocator's excess regions. Returns whether there was any.
+    pub(super) fn release_waiting(&mut self) -> bool {
+        let mut back = self.back();
+        let chunks = back.release_pending();
+        back.release_all_pending();
+        let (large, mut rec) = self.large();
+        let regions = large.has_excess();
+        while large.has_excess() {
+            large.release_excess(&mut rec);
+        }
+        chunks || regions
+    }
+
     /// The large-block free of [`Heap::deallocate`]: the block rebuilt with its mapping's
     /// provenance (after the debug check), freed, and its bytes counted out.
     ///
@@ -331,9 +370,14 @@ impl<S: PageSource> Live<'_, S> {
                 let pages = *rec.pages;
                 let p = large.allocate(&mut rec, layout)?;
                 // Served from a region the heap already had (no page mapped or unmapped): a
-                // quiet call, in which the source may work ahead of need (`PageSource::prepare`).
-                if *rec.pages == pages && rec.src.wants_prepare() {
-                    let _ = rec.src.prepare();
+                // quiet call, which unmaps one region a free left beyond the idle limit, or
+                // else lets the source work ahead of need (`PageSource::prepare`).
+                if *rec.pages == pages {
+                    if large.has_excess() {
+                        large.release_excess(&mut rec);
+                    } else if rec.src.wants_prepare() {
+                        let _ = rec.src.prepare();
+                    }
                 }
                 *self.requested() += layout.size();
                 Ok(p)

@@ -15,6 +15,7 @@ use crate::chunk_lists::ChunkLists;
 use crate::debug::{self, Fault, Owner};
 use crate::magazine::Magazine;
 use crate::pagemap::{Entry, PageMap};
+use crate::pending::PendingChunks;
 use crate::root::Roots;
 use crate::source::{PageSource, PageSourceError};
 
@@ -67,6 +68,7 @@ pub(super) struct Front<'a, S: PageSource, const CAP: usize> {
     src: &'a mut S,
     roots: &'a mut Roots,
     map: &'a mut PageMap,
+    pending: &'a mut PendingChunks,
     requested: &'a mut usize,
     window: Window,
 }
@@ -91,6 +93,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
             src: back.src,
             roots: back.roots,
             map: back.map,
+            pending: back.pending,
             requested,
             window,
         }
@@ -108,6 +111,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
             src: self.src,
             roots: self.roots,
             map: self.map,
+            pending: self.pending,
         }
     }
 
@@ -134,6 +138,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
                 src: self.src,
                 roots: self.roots,
                 map: self.map,
+                pending: self.pending,
             }
             .refill(self.lists, self.mag.reborrow(), Magazine::<CAP>::BATCH)
         }?;
@@ -241,6 +246,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
                     src: self.src,
                     roots: self.roots,
                     map: self.map,
+                    pending: self.pending,
                 }
                 .give_back_one(self.lists, block)
             };
@@ -261,6 +267,7 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
                 src: self.src,
                 roots: self.roots,
                 map: self.map,
+                pending: self.pending,
             }
             .flush(self.lists, self.mag.reborrow(), n)
         };

@@ -192,8 +192,8 @@ impl<S: PageSource> Live<'_, S> {
         map.prune(src);
     }
 
-    /// Empties every magazine into the chunks and returns every reserve chunk and the large
-    /// allocator's cached region to the page source. O(classes × [`MAG_CAP`] + user pools).
+    /// Empties every magazine into the chunks and returns every reserve chunk, every pending
+    /// chunk and the large allocator's idle regions to the page source. O(classes × [`MAG_CAP`] + user pools).
     fn drop_caches(&mut self) {
         for i in 0..NUM_CLASSES {
             // SAFETY: `i` is a class index.
@@ -211,6 +211,7 @@ impl<S: PageSource> Live<'_, S> {
             unsafe { front.back().drain_reserve(pool.lists()) };
             next = pool.next();
         }
+        self.back().release_all_pending();
         let (large, mut rec) = self.large();
         large.release_cached(&mut rec);
     }

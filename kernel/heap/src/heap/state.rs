@@ -20,6 +20,7 @@ use crate::debug::Owner;
 use crate::large::LargeAlloc;
 use crate::magazine::{ClassMagazines, MAG_CAP, POOL_MAG_CAP};
 use crate::pagemap::{PageMap, Recording};
+use crate::pending::PendingChunks;
 use crate::pool::{self, POOL_SLOT, PoolHeader, PoolId};
 use crate::root::{RootHeader, Roots};
 use crate::size_class::{CLASS_SIZES, NUM_CLASSES};
@@ -51,6 +52,8 @@ pub(super) struct HeapState {
     /// The user pool named last: a repeated `pool_allocate`/`pool_deallocate` on one pool skips
     /// the page-map lookup that checks its id.
     pub(super) last_pool: LastPool,
+    /// Empty chunks waiting to be released (module `pending`).
+    pub(super) pending: PendingChunks,
 }
 
 /// The user pools' part of the heap state.
@@ -114,6 +117,7 @@ impl HeapState {
                 id: PoolId::NONE,
                 header: ptr::null_mut(),
             },
+            pending: PendingChunks::new(),
         }
     }
 }
@@ -233,6 +237,7 @@ impl<'h, S: PageSource> Live<'h, S> {
                 src: self.src,
                 roots: &mut (*st).descs,
                 map: &mut (*st).map,
+                pending: &mut (*st).pending,
             }
         }
     }
@@ -297,6 +302,7 @@ impl<'h, S: PageSource> Live<'h, S> {
                 src: self.src,
                 roots: &mut (*st).descs,
                 map: &mut (*st).map,
+                pending: &mut (*st).pending,
             };
             Front::new(mag, lists, owner, back, &mut (*st).requested, (*st).window)
         }
@@ -315,6 +321,7 @@ impl<'h, S: PageSource> Live<'h, S> {
                 src: self.src,
                 roots: &mut (*st).descs,
                 map: &mut (*st).map,
+                pending: &mut (*st).pending,
             };
             Front::new(
                 (*h).mag.magazine(),

@@ -6,7 +6,7 @@ use core::ptr::{self, NonNull};
 use super::LargeAlloc;
 use super::block::{Block, END, FREE, GRANULE, HEADER, MIN_BLOCK, RUN, USED};
 use super::index::{Index, KIND_REGION, KIND_RUN, Mapping};
-use super::region::{IDLE_LIMIT, MAX_REGION, REGION_HEADER, REGION_MIN};
+use super::region::{EXCESS_REGIONS, IDLE_LIMIT, MAX_REGION, REGION_HEADER, REGION_MIN};
 use super::run::{LINE, RUN_MIN_OFFSET};
 use crate::error::InvariantError;
 use crate::source::PAGE_SIZE;
@@ -184,7 +184,8 @@ impl LargeAlloc {
             }
             node = Index::successor(node);
         }
-        if idle_bytes != self.idle_bytes || idle_bytes > IDLE_LIMIT {
+        let excess_bytes = self.check_excess()?;
+        if idle_bytes != self.idle_bytes || idle_bytes.saturating_sub(excess_bytes) > IDLE_LIMIT {
             return Err(InvariantError::CachedRegionMismatch { addr: idle_region });
         }
         // The region that grows in place is one of ours.
@@ -215,6 +216,38 @@ impl LargeAlloc {
             });
         }
         Ok(())
+    }
+
+    /// Checks the excess list (distinct regions of the index, each wholly free) and returns
+    /// their bytes. Runs after pass 1, which validated every indexed node.
+    fn check_excess(&self) -> Result<usize, InvariantError> {
+        if self.excess_len > EXCESS_REGIONS {
+            return Err(InvariantError::CachedRegionMismatch { addr: self.addr() });
+        }
+        let listed = &self.excess[..self.excess_len];
+        let mut bytes = 0;
+        for (i, &region) in listed.iter().enumerate() {
+            let bad = Err(InvariantError::CachedRegionMismatch {
+                addr: region.addr(),
+            });
+            if self.index.find_containing(region.addr()) != region || listed[..i].contains(&region)
+            {
+                return bad;
+            }
+            // SAFETY: `region` is indexed, so its node and, for a region, its first header and
+            // sentinel (checked by pass 3's walk of it) are readable.
+            unsafe {
+                if (*region).kind != KIND_REGION {
+                    return bad;
+                }
+                let first = Block(region.cast::<u8>().wrapping_add(REGION_HEADER));
+                if first.state() != FREE || first.next().state() != END {
+                    return bad;
+                }
+                bytes += (*region).len;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Address of this allocator (for errors about its own fields).

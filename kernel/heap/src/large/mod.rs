@@ -98,9 +98,13 @@
 //! block in the bins ready for the next request, up to 512 KiB in all (`region::IDLE_LIMIT`), so
 //! that a workload that allocates and frees large blocks in a loop does not map and unmap a
 //! region each time (with regions of four pages, unmapping each one as it emptied made the
-//! kernel mix's free p99.9 an unmap); any other wholly free region is unmapped at once.
-//! [`LargeAlloc::release_cached`] unmaps the idle ones too (`trim`, and before an allocation
-//! fails).
+//! kernel mix's free p99.9 an unmap). A free never unmaps a region: any other wholly free region
+//! stays idle too, as an *excess* region (at most `region::EXCESS_REGIONS` of them), still
+//! binned and usable, and the next allocation served without mapping unmaps one of them (the
+//! index removal and the source's unmap were 500–900 of the ~700–1000 instructions of the
+//! kernel's longest frees). Only a free that finds the excess list full unmaps its region
+//! itself. [`LargeAlloc::release_cached`] unmaps every idle region (`trim`, and before an
+//! allocation fails).
 //!
 //! # Invariants (checked by [`LargeAlloc::check_invariants`])
 //!
@@ -110,8 +114,9 @@
 //! * No two physically adjacent blocks are both free.
 //! * The free blocks are exactly the entries of the bins, each in the bin of its size; the lists
 //!   are consistently doubly linked; the bitmaps mark exactly the non-empty bins.
-//! * At most one region is wholly free, and it is the cached one; the growing region, if any, is
-//!   an indexed region.
+//! * The wholly free regions are the idle ones (`idle_bytes`); those not on the excess list
+//!   take at most `IDLE_LIMIT` bytes; the excess list names distinct idle regions. The growing
+//!   region, if any, is an indexed region.
 //! * Regions are 16 to 68 KiB long; a page run's data offset is a multiple of 64 in 64..=4096,
 //!   below its length, and its tag in front of the data says RUN and holds the offset.
 //! * The counters behind [`LargeStats`] match what the walk finds.
@@ -238,6 +243,12 @@ pub struct LargeAlloc {
     page_run_pages: usize,
     /// Page runs allocated so far (wrapping): picks each run's data offset (see `run`).
     run_turn: usize,
+    /// Idle regions kept beyond the idle limit, waiting for a later allocation to unmap them
+    /// (see `region::EXCESS_REGIONS`); distinct, wholly free, in the index; the first
+    /// `excess_len` entries count.
+    excess: [*mut Mapping; region::EXCESS_REGIONS],
+    /// See `excess`.
+    excess_len: usize,
 }
 
 // SAFETY: `LargeAlloc` owns the regions and page runs its pointers lead to (nothing else refers
@@ -275,6 +286,8 @@ impl LargeAlloc {
             page_runs: 0,
             page_run_pages: 0,
             run_turn: 0,
+            excess: [ptr::null_mut(); region::EXCESS_REGIONS],
+            excess_len: 0,
         }
     }
 
@@ -411,6 +424,14 @@ impl LargeAlloc {
             }
             self.move_run(src, ptr, new_size)
         }
+    }
+
+    /// Whether wholly free regions wait beyond the idle limit for
+    /// [`release_excess`](Self::release_excess) to unmap them, the quiet work of an allocation
+    /// that mapped nothing: a free never unmaps a region while the excess list has room.
+    #[inline]
+    pub fn has_excess(&self) -> bool {
+        self.excess_len != 0
     }
 
     /// Current counters (and the largest free block, found from the bitmaps).

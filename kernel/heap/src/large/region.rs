@@ -37,6 +37,12 @@ pub(super) const REGION_FULL: usize = 64 * 1024;
 /// latency replay and mapped 98 anew, the largest share of its slowest allocations. 512 KiB
 /// leaves 11 and 47 (`cargo kbench`'s `attribution` section).
 pub(super) const IDLE_LIMIT: usize = 8 * REGION_FULL;
+/// Wholly free regions kept beyond [`IDLE_LIMIT`] (the *excess* list), each unmapped by a
+/// later allocation that maps nothing, so that no free unmaps a region: in the kernel an unmap
+/// made the longest frees (the attribution run of `cargo kbench`). Eight regions of at most
+/// [`MAX_REGION`] bound what waits to 544 KiB; a free that finds the list full unmaps its
+/// region at once.
+pub(super) const EXCESS_REGIONS: usize = 8;
 /// Bytes at the start of a region taken by its index node, rounded up to the granule.
 pub(super) const REGION_HEADER: usize = size_of::<Mapping>().next_multiple_of(GRANULE);
 /// The largest free block a region request can need: below the threshold, `size + align`
@@ -200,6 +206,7 @@ impl LargeAlloc {
     /// # Safety
     ///
     /// `block` is a free block of a region of ours, with valid headers, taken out of its bin.
+    #[inline(always)]
     unsafe fn take_idle(&mut self, block: Block) {
         // SAFETY: the caller's promise; a block starting its region has `prev_size` 0, and the
         // region's node lies `REGION_HEADER` bytes before it.
@@ -207,7 +214,42 @@ impl LargeAlloc {
             if block.prev_size() == 0 && block.next().state() == END {
                 let region = block.back(REGION_HEADER).0.cast::<Mapping>();
                 self.idle_bytes -= (*region).len;
+                if self.excess_len != 0 {
+                    self.forget_excess(region);
+                }
             }
+        }
+    }
+
+    /// Takes `region`, which stops being idle, off the excess list if it is there.
+    #[cold]
+    #[inline(never)]
+    fn forget_excess(&mut self, region: *mut Mapping) {
+        let listed = &self.excess[..self.excess_len];
+        if let Some(i) = listed.iter().position(|&r| r == region) {
+            self.excess_len -= 1;
+            self.excess[i] = self.excess[self.excess_len];
+        }
+    }
+
+    /// Unmaps the excess region listed last, if any: the quiet work of an allocation that
+    /// mapped nothing (see [`has_excess`](Self::has_excess)).
+    #[cold]
+    #[inline(never)]
+    pub fn release_excess<S: PageSource>(&mut self, src: &mut S) {
+        let Some(n) = self.excess_len.checked_sub(1) else {
+            return;
+        };
+        self.excess_len = n;
+        let region = self.excess[n];
+        // SAFETY: a listed region is indexed and wholly free, its one block binned (the list's
+        // invariant: `take_idle` drops a region that stops being idle, `release_cached` empties
+        // the list); once out of its bin nothing refers to the region but its index entry.
+        unsafe {
+            let first = Block(region.cast::<u8>().wrapping_add(REGION_HEADER));
+            self.bins.remove(first);
+            self.idle_bytes -= (*region).len;
+            self.unmap_region(src, region);
         }
     }
 
@@ -298,10 +340,37 @@ impl LargeAlloc {
                     self.idle_bytes += len;
                     self.bins.insert(start);
                 } else {
-                    self.unmap_region(src, region);
+                    self.keep_excess_or_unmap(src, region, start);
                 }
             } else {
                 self.bins.insert(start);
+            }
+        }
+    }
+
+    /// Keeps the wholly free `region` (its one block `block`, unbinned) idle beyond the limit,
+    /// on the excess list for a later allocation to unmap, or unmaps it now if the list is full.
+    ///
+    /// # Safety
+    ///
+    /// `region` is a region of ours that is wholly free, not idle, and its block `block` is in
+    /// no bin.
+    #[inline(never)]
+    unsafe fn keep_excess_or_unmap<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        region: *mut Mapping,
+        block: Block,
+    ) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if self.excess_len < EXCESS_REGIONS {
+                self.excess[self.excess_len] = region;
+                self.excess_len += 1;
+                self.idle_bytes += (*region).len;
+                self.bins.insert(block);
+            } else {
+                self.unmap_region(src, region);
             }
         }
     }
@@ -475,5 +544,8 @@ impl LargeAlloc {
             }
             node = next;
         }
+        // Every idle region is gone, the excess ones with them.
+        debug_assert_eq!(self.idle_bytes, 0);
+        self.excess_len = 0;
     }
 }

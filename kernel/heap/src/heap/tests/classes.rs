@@ -124,7 +124,10 @@ fn empty_chunks_go_back_beyond_the_reserve() {
     let mut h = heap(256);
     let l = layout(2048, 8);
     let i = CLASS_SIZES.iter().position(|&c| c == 2048).unwrap();
-    let n = 100;
+    let reserve = ChunkLists::new(Geometry::new(2048)).reserve_limit() as usize;
+    // Enough blocks that the chunks the frees empty fill the reserve and the pending list, and
+    // four more go back at once.
+    let n = MAG_CAP + 2 * (reserve + PENDING_CHUNKS + 4);
     let blocks: Vec<_> = (0..n).map(|_| h.allocate(l).unwrap()).collect();
     assert_eq!(h.stats().pages.chunks, n / 2);
     for &p in &blocks {
@@ -135,25 +138,28 @@ fn empty_chunks_go_back_beyond_the_reserve() {
     // The magazine took the first MAG_CAP blocks freed; each free after that found it full
     // and gave its block straight back to its chunk. Refills took one fresh chunk (two blocks)
     // at a time, so blocks 2k and 2k + 1 share a chunk, and the blocks given back (the last
-    // ones freed) emptied whole chunks: the reserve keeps some of them, the rest went back to
-    // the page source, one per free.
+    // ones freed) emptied whole chunks: the reserve keeps some of them, the pending list the
+    // next ones (still mapped, on no list), and the rest went back to the page source, one
+    // per free.
     let s = h.stats();
     let c = s.classes[i];
     assert_eq!(c.in_use, 0, "{s}");
     assert_eq!(c.cached, MAG_CAP, "{s}");
     let given_back = n - c.cached;
-    let reserve = ChunkLists::new(Geometry::new(2048)).reserve_limit() as usize;
-    assert_eq!(
-        c.chunks,
-        c.cached.div_ceil(2) + reserve.min(given_back / 2),
-        "{s}"
-    );
+    assert_eq!(c.chunks, c.cached.div_ceil(2) + reserve, "{s}");
     assert_eq!(c.free, 2 * c.chunks);
-    assert_eq!(s.pages.chunks, c.chunks);
+    assert_eq!(s.pages.chunks, c.chunks + PENDING_CHUNKS);
+    assert_eq!(
+        s.pages.chunks,
+        n / 2 - (given_back / 2 - reserve - PENDING_CHUNKS)
+    );
     // Everything still mapped is reused without mapping a chunk (a quiet refill may map
-    // metadata ahead of need).
+    // metadata ahead of need, or release a pending chunk instead).
     let again: Vec<_> = (0..c.free).map(|_| h.allocate(l).unwrap()).collect();
-    assert_eq!(h.stats().pages.chunks, c.chunks);
+    let after = h.stats();
+    assert_eq!(after.classes[i].chunks, c.chunks);
+    assert!(after.pages.chunks < s.pages.chunks && after.pages.chunks >= c.chunks);
+    h.check_invariants().unwrap();
     for p in again {
         // SAFETY: allocated above.
         unsafe { h.deallocate(p, l) };

@@ -112,6 +112,96 @@ fn page_runs_at_rotating_offsets_are_freed_and_unmapped() {
     assert_only_roots_left(&h);
 }
 
+/// A free that empties a region beyond the idle limit unmaps nothing: the region waits,
+/// mapped and usable, and each later large allocation that maps nothing unmaps one waiting
+/// region; `trim` unmaps what is left.
+#[test]
+fn regions_emptied_beyond_the_idle_limit_go_back_in_later_quiet_allocations() {
+    let mut h = heap(1024);
+    h.init().unwrap();
+    // Blocks that fill a 64 KiB region each: more regions than the idle limit keeps.
+    let l = layout(60_000, 8);
+    let count = 512 * 1024 / (64 * 1024) + 3;
+    let blocks: Vec<_> = (0..count).map(|_| h.allocate(l).unwrap()).collect();
+    let mapped = h.stats().pages.large;
+    assert_eq!(h.stats().large.regions, count);
+    for (i, &p) in blocks.iter().enumerate() {
+        fill(p, l.size(), i as u8);
+    }
+    for (i, &p) in blocks.iter().enumerate() {
+        check(p, l.size(), i as u8);
+        // SAFETY: allocated above with `l`.
+        unsafe { h.deallocate(p, l) };
+        h.check_invariants().unwrap();
+    }
+    assert_eq!(h.stats().pages.large, mapped, "no free unmapped a region");
+    // Large allocations served by the idle regions: each unmaps one waiting region, until
+    // none waits (two or three: the first allocation may take a waiting region for itself).
+    let small = layout(5000, 8);
+    let mut again = Vec::new();
+    let mut released = 0;
+    loop {
+        let (regions, pages) = (h.stats().large.regions, h.source().mapped_pages());
+        again.push(h.allocate(small).unwrap());
+        h.check_invariants().unwrap();
+        if h.source().mapped_pages() == pages {
+            assert_eq!(h.stats().large.regions, regions);
+            break;
+        }
+        assert_eq!(h.stats().large.regions, regions - 1);
+        released += 1;
+    }
+    assert!((2..=3).contains(&released), "{released}");
+    assert!(h.stats().large.region_bytes <= (512 + 64) * 1024);
+    for p in again {
+        // SAFETY: allocated above with `small`.
+        unsafe { h.deallocate(p, small) };
+    }
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
+/// Chunk pages that wait to be released right after a page run do not stop it from growing in
+/// place: the growth that finds them in its way releases what waits and tries again.
+#[test]
+fn a_page_run_grows_over_chunks_pending_release() {
+    let mut h = heap(1024);
+    h.init().unwrap();
+    let run_layout = layout(100_000, 8);
+    let run = h.allocate(run_layout).unwrap();
+    fill(run, run_layout.size(), 3);
+    // Page-sized blocks, one chunk each, on the pages after the run (the arena is first fit).
+    let l = layout(4096, 4096);
+    let reserve = ChunkLists::new(Geometry::new(4096)).reserve_limit() as usize;
+    let blocks: Vec<_> = (0..MAG_CAP + reserve + PENDING_CHUNKS)
+        .map(|_| h.allocate(l).unwrap())
+        .collect();
+    let run_end = run.addr().get() - run.addr().get() % PAGE_SIZE + 25 * PAGE_SIZE;
+    assert!(blocks.iter().any(|p| p.addr().get() == run_end));
+    // Freed in reverse, the first blocks are the last freed: their chunks wait to be
+    // released, the one right after the run among them.
+    for &p in blocks.iter().rev() {
+        // SAFETY: allocated above with `l`.
+        unsafe { h.deallocate(p, l) };
+    }
+    let s = h.stats();
+    assert_eq!(s.pages.chunks, s.classes[35].chunks + PENDING_CHUNKS);
+    // SAFETY: `run` is live with `run_layout`.
+    let grown = unsafe { h.reallocate(run, run_layout, 150_000) }.unwrap();
+    assert_eq!(grown, run, "grown in place");
+    check(grown, run_layout.size(), 3);
+    let s = h.stats();
+    assert_eq!(
+        s.pages.chunks, s.classes[35].chunks,
+        "nothing waits any more"
+    );
+    h.check_invariants().unwrap();
+    // SAFETY: live with the new size.
+    unsafe { h.deallocate(grown, layout(150_000, 8)) };
+    h.trim();
+    assert_only_roots_left(&h);
+}
+
 /// Large blocks until the source is exhausted: regions grow and are mapped until nothing fits,
 /// and then the allocation fails with `OutOfPages` (a null pointer through `GlobalAlloc`),
 /// leaving a consistent heap whose blocks are intact and all come back.

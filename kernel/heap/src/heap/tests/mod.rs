@@ -13,6 +13,7 @@ use crate::error::{AllocError, PoolError};
 use crate::large::LargeAlloc;
 use crate::magazine::{ClassMagazines, MAG_BATCH, MAG_CAP, MagazineStore, POOL_MAG_CAP};
 use crate::pagemap::PageMap;
+use crate::pending::{PENDING_CHUNKS, PendingChunks};
 use crate::pool::POOL_SLOT;
 use crate::size_class::CLASS_SIZES;
 use crate::source::{PAGE_SIZE, PageSource, PageSourceError};
@@ -93,18 +94,20 @@ fn root_page_layout_matches_the_crate_docs() {
     assert_eq!(size_of::<ChunkLists>(), 56, "{msg}");
     assert_eq!(offset_of!(HeapState, classes), 0, "{msg}");
     assert_eq!(offset_of!(HeapState, large), 2016, "{msg}");
-    assert_eq!(size_of::<LargeAlloc>(), 808, "{msg}");
-    assert_eq!(offset_of!(HeapState, descs), 2824, "{msg}");
-    assert_eq!(offset_of!(HeapState, pools), 2880, "{msg}");
-    assert_eq!(offset_of!(HeapState, large_pages), 2960, "{msg}");
-    assert_eq!(offset_of!(HeapState, requested), 2968, "{msg}");
-    assert_eq!(offset_of!(HeapState, window), 2976, "{msg}");
-    assert_eq!(offset_of!(HeapState, map), 2992, "{msg}");
+    assert_eq!(size_of::<LargeAlloc>(), 880, "{msg}");
+    assert_eq!(offset_of!(HeapState, descs), 2896, "{msg}");
+    assert_eq!(offset_of!(HeapState, pools), 2952, "{msg}");
+    assert_eq!(offset_of!(HeapState, large_pages), 3032, "{msg}");
+    assert_eq!(offset_of!(HeapState, requested), 3040, "{msg}");
+    assert_eq!(offset_of!(HeapState, window), 3048, "{msg}");
+    assert_eq!(offset_of!(HeapState, map), 3064, "{msg}");
     assert_eq!(size_of::<PageMap>(), 40, "{msg}");
-    assert_eq!(offset_of!(HeapState, mags), 3032, "{msg}");
+    assert_eq!(offset_of!(HeapState, mags), 3104, "{msg}");
     assert_eq!(size_of::<ClassMagazines>(), 36 * 4 + 36 * 64 * 8, "{msg}");
-    assert_eq!(offset_of!(HeapState, last_pool), 21608, "{msg}");
-    assert_eq!(size_of::<HeapState>(), 21632, "{msg}");
+    assert_eq!(offset_of!(HeapState, last_pool), 21680, "{msg}");
+    assert_eq!(offset_of!(HeapState, pending), 21704, "{msg}");
+    assert_eq!(size_of::<PendingChunks>(), 16, "{msg}");
+    assert_eq!(size_of::<HeapState>(), 21720, "{msg}");
     assert_eq!(FIRST_RUN_PAGES, 6, "{msg}");
     let debug = cfg!(feature = "debug-checks");
     assert_eq!(DESC_SLOT, if debug { 104 } else { 32 }, "{msg}");
@@ -116,7 +119,7 @@ fn root_page_layout_matches_the_crate_docs() {
     );
     let first_slots =
         (FIRST_RUN_PAGES * PAGE_SIZE - STATE_OFFSET - size_of::<HeapState>()) / DESC_SLOT;
-    assert_eq!(first_slots, if debug { 27 } else { 90 }, "{msg}");
+    assert_eq!(first_slots, if debug { 27 } else { 88 }, "{msg}");
     assert_eq!(
         (PAGE_SIZE - 40) / DESC_SLOT,
         if debug { 39 } else { 126 },

@@ -7,7 +7,9 @@ use std::vec::Vec;
 
 use super::bins::{BIN_LIMIT, FL_COUNT, FL_SHIFT, SL_COUNT, SL_LOG, bin_of, search_bin};
 use super::block::{Block, GRANULE, GRANULE_LOG, HEADER, MIN_BLOCK, TAG_SHIFT, USED};
-use super::region::{IDLE_LIMIT, MAX_REGION, REGION_FULL, REGION_HEADER, REGION_MIN};
+use super::region::{
+    EXCESS_REGIONS, IDLE_LIMIT, MAX_REGION, REGION_FULL, REGION_HEADER, REGION_MIN,
+};
 use super::{LargeAlloc, LargeStats};
 use crate::error::{AllocError, InvariantError};
 use crate::source::{PAGE_SIZE, PageSourceError};

@@ -101,7 +101,11 @@ fn random_workout(seed: u64, steps: usize, max_size: usize, arena_pages: usize, 
     }
     let s = a.stats();
     assert!(
-        s.region_bytes <= IDLE_LIMIT && s.page_runs == 0 && s.live_blocks == 0 && s.live_bytes == 0
+        s.region_bytes <= IDLE_LIMIT + EXCESS_REGIONS * MAX_REGION
+            && a.excess_len <= EXCESS_REGIONS
+            && s.page_runs == 0
+            && s.live_blocks == 0
+            && s.live_bytes == 0
     );
     a.release_cached(&mut src);
     a.check_invariants().unwrap();

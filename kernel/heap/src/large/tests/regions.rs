@@ -106,29 +106,52 @@ fn a_sixteen_byte_gap_moves_the_block_up_by_one_alignment() {
 fn wholly_free_regions_are_kept_up_to_the_idle_limit() {
     let mut src = ArenaSource::new(512);
     let mut a = LargeAlloc::new();
-    // More regions than the idle limit holds, each filled by one block that needs all of it.
-    let n = IDLE_LIMIT / REGION_FULL + 3;
+    // More regions than the idle limit and the excess list hold, each filled by one block that
+    // needs all of it.
+    let idle = IDLE_LIMIT / REGION_FULL;
+    let n = idle + EXCESS_REGIONS + 2;
     let live: Vec<_> = (0..n).map(|_| alloc(&mut a, &mut src, 60_000, 8)).collect();
     assert_eq!(a.stats().regions, n);
-    for p in live {
+    let region = a.stats().region_bytes / n;
+    assert!(region <= REGION_FULL);
+    for (k, p) in live.into_iter().enumerate() {
+        let (regions, pages) = (a.stats().regions, src.mapped_pages());
         free(&mut a, &mut src, p, 60_000, 8);
         a.check_invariants().unwrap();
+        // The first regions to empty stay idle up to the limit, the next ones wait on the
+        // excess list (no free unmaps while it has room), and the last ones go back at once.
+        let unmapped = usize::from(k >= idle + EXCESS_REGIONS);
+        assert_eq!(a.stats().regions, regions - unmapped, "region {k}");
+        assert_eq!(src.mapped_pages(), pages - unmapped * region / PAGE_SIZE);
+        assert_eq!(
+            a.excess_len,
+            (k + 1).saturating_sub(idle).min(EXCESS_REGIONS)
+        );
     }
     let s = a.stats();
-    // The first regions to empty stay mapped up to the limit; the rest went back.
-    let region = s.region_bytes / s.regions;
-    assert!(region <= REGION_FULL);
-    assert!(s.region_bytes <= IDLE_LIMIT && s.region_bytes + region > IDLE_LIMIT);
+    assert_eq!(s.regions, idle + EXCESS_REGIONS);
     assert_eq!(src.mapped_pages(), s.region_bytes / PAGE_SIZE);
-    // An idle region serves the next request without a new mapping, and stops being idle.
+    // An idle region serves the next request without a new mapping, and stops being idle (off
+    // the excess list if it was there).
     let calls = src.map_calls();
     let p = alloc(&mut a, &mut src, 5000, 8);
     assert_eq!(src.map_calls(), calls);
+    assert_eq!(a.stats().regions, idle + EXCESS_REGIONS);
     a.check_invariants().unwrap();
+    // The heap's quiet calls unmap the excess regions one at a time, until none is left.
+    while a.has_excess() {
+        let (regions, pages) = (a.stats().regions, src.mapped_pages());
+        a.release_excess(&mut src);
+        assert_eq!(a.stats().regions, regions - 1);
+        assert_eq!(src.mapped_pages(), pages - region / PAGE_SIZE);
+        a.check_invariants().unwrap();
+    }
+    assert!(a.stats().region_bytes <= IDLE_LIMIT + region);
     free(&mut a, &mut src, p, 5000, 8);
     a.check_invariants().unwrap();
     a.release_cached(&mut src);
     a.check_invariants().unwrap();
+    assert_eq!(a.excess_len, 0);
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
     assert_eq!(a.stats(), LargeStats::default());
@@ -146,23 +169,37 @@ fn small_regions_share_the_idle_limit() {
         free(&mut a, &mut src, p, size, 8);
         a.check_invariants().unwrap();
     }
-    assert!(a.stats().region_bytes <= IDLE_LIMIT);
-    assert!(a.stats().region_bytes > IDLE_LIMIT - REGION_FULL);
+    // Every region stays mapped: those past the limit wait as excess (the checker above
+    // holds the others to the limit).
+    assert_eq!(a.stats().region_bytes, n * REGION_MIN);
+    assert!(a.excess_len > 0);
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
     assert_eq!(a.stats(), LargeStats::default());
 }
 
 #[test]
-fn oversize_regions_are_never_cached() {
+fn oversize_regions_wait_as_excess() {
     let mut src = ArenaSource::new(64);
     let mut a = LargeAlloc::new();
+    let q = alloc(&mut a, &mut src, 1000, 8);
     // Footprint just below the threshold: the block needs more than a standard region.
     let p = alloc(&mut a, &mut src, 65_500, 8);
-    assert_eq!(a.stats().region_bytes, 68 * 1024);
+    assert_eq!(a.stats().region_bytes, REGION_MIN + 68 * 1024);
     assert_eq!(a.stats().page_runs, 0);
+    // Freed, it is never kept as an idle region under the limit: it waits as excess, mapped,
+    // until a quiet call unmaps it.
     free(&mut a, &mut src, p, 65_500, 8);
-    assert_eq!(a.stats().regions, 0);
+    a.check_invariants().unwrap();
+    assert_eq!((a.stats().regions, a.excess_len), (2, 1));
+    let r = alloc(&mut a, &mut src, 500, 8);
+    a.release_excess(&mut src);
+    assert_eq!((a.stats().regions, a.excess_len), (1, 0));
+    assert_eq!(src.mapped_pages(), REGION_MIN / PAGE_SIZE);
+    a.check_invariants().unwrap();
+    free(&mut a, &mut src, r, 500, 8);
+    free(&mut a, &mut src, q, 1000, 8);
+    a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
 }
 
@@ -336,6 +373,40 @@ fn a_region_fills_its_last_pages_before_another_is_mapped() {
         check(ptr, size, size as u64);
         free(&mut a, &mut src, ptr, size, 8);
     }
+    a.release_cached(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
+/// A region waiting on the excess list holds its pages: a page run cannot grow into them until
+/// the region goes (the heap's growth path releases what waits, then tries again).
+#[test]
+fn a_waiting_region_holds_its_pages_until_released() {
+    let mut src = ArenaSource::new(512);
+    let mut a = LargeAlloc::new();
+    let run = alloc(&mut a, &mut src, 100_000, 8);
+    fill(run, 100_000, 7);
+    // Regions mapped after the run (first fit: the first one right after it), filling the
+    // idle limit and one more.
+    let n = IDLE_LIMIT / REGION_FULL + 1;
+    let blocks: Vec<_> = (0..n).map(|_| alloc(&mut a, &mut src, 60_000, 8)).collect();
+    // The run's node starts its first page; 100 000 bytes and the data offset take 25 pages.
+    let run_end = run.addr().get() - run.addr().get() % PAGE_SIZE + 25 * PAGE_SIZE;
+    assert_eq!(blocks[0].addr().get() - REGION_HEADER - HEADER, run_end);
+    // Freed last, the first region finds the idle limit reached and waits as excess.
+    for &p in blocks.iter().rev() {
+        free(&mut a, &mut src, p, 60_000, 8);
+    }
+    assert_eq!(a.excess_len, 1);
+    let regions = a.stats().regions;
+    // SAFETY: `run` is live with 100 000 bytes.
+    assert!(!unsafe { a.resize_in_place(&mut src, run, layout(100_000, 8), 150_000) });
+    a.release_excess(&mut src);
+    // SAFETY: as above.
+    assert!(unsafe { a.resize_in_place(&mut src, run, layout(100_000, 8), 150_000) });
+    check(run, 100_000, 7);
+    assert_eq!((a.stats().regions, a.excess_len), (regions - 1, 0));
+    a.check_invariants().unwrap();
+    free(&mut a, &mut src, run, 150_000, 8);
     a.release_cached(&mut src);
     assert_eq!(src.mapped_pages(), 0);
 }
