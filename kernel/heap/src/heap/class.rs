@@ -100,7 +100,8 @@ impl<S: PageSource> Heap<S> {
         if let Some(mut st) = self.live() {
             let Some(i) = small_class(layout) else {
                 // A call in tail position, as below.
-                // SAFETY: forwarded; `small_class` says `layout` is a large layout.
+                // SAFETY: forwarded; `small_class` says `layout` is a large layout, and the
+                // heap is initialised (`live` said so).
                 return unsafe { self.deallocate_large(ptr, layout) };
             };
             // SAFETY: `small_class` returns class indices.
@@ -175,14 +176,12 @@ impl<S: PageSource> Heap<S> {
     ///
     /// # Safety
     ///
-    /// As for [`deallocate`](Self::deallocate), and `layout` is one the classes do not serve.
+    /// As for [`deallocate`](Self::deallocate), `layout` is one the classes do not serve, and
+    /// the heap is initialised.
     #[inline(never)]
     unsafe fn deallocate_large(&mut self, ptr: NonNull<u8>, layout: Layout) {
-        match self.live() {
-            // SAFETY: forwarded.
-            Some(mut st) => unsafe { st.deallocate_large(ptr, layout) },
-            None => debug::bad_large_free(ptr, layout, Entry::Empty),
-        }
+        // SAFETY: initialised (caller); the rest is forwarded.
+        unsafe { self.live_initialised().deallocate_large(ptr, layout) }
     }
 
     /// Resizes a block to `new_size` bytes (same alignment): in place when the new size maps to
@@ -342,11 +341,15 @@ impl<S: PageSource> Live<'_, S> {
         let Some(block) = self.large_block(ptr, layout) else {
             return;
         };
-        let (large, mut rec) = self.large();
+        *self.requested() -= layout.size();
+        let (large, _) = self.large();
         // SAFETY: the caller guarantees `ptr` is a live large block of this layout; `block` is
         // the same address.
-        unsafe { large.deallocate(&mut rec, block, layout) };
-        *self.requested() -= layout.size();
+        if let Some(rest) = unsafe { large.free_without_source(block, layout) } {
+            let (large, mut rec) = self.large();
+            // SAFETY: what this free left, on the same allocator and source.
+            unsafe { large.finish_free(&mut rec, rest) };
+        }
     }
 
     /// [`Heap::allocate`] past the magazine's fast path, on an initialised heap. Inlined into

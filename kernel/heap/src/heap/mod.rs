@@ -119,6 +119,21 @@ impl<S: PageSource> Heap<S> {
         Some(unsafe { Live::new(st, &mut self.source) })
     }
 
+    /// [`live`](Self::live) of a heap the caller knows is initialised (a path that
+    /// [`live`](Self::live) already admitted, continued out of line): no second test.
+    ///
+    /// # Safety
+    ///
+    /// The heap is initialised (`live` returned `Some` before, and nothing since can have
+    /// uninitialised it: a heap is never uninitialised while it lives).
+    #[inline(always)]
+    unsafe fn live_initialised(&mut self) -> Live<'_, S> {
+        // SAFETY: initialised (caller).
+        let st = unsafe { self.state.unwrap_unchecked() };
+        // SAFETY: as in `live`.
+        unsafe { Live::new(st, &mut self.source) }
+    }
+
     /// The state, read-only (statistics, the invariant checker, lookups of `&self` methods).
     fn view(&self) -> Option<&HeapState> {
         // SAFETY: as in `live`; the heap writes its state only through `&mut self`, so nothing

@@ -132,7 +132,7 @@ impl Bins {
         None
     }
 
-    /// Puts the free block `block` at the head of the bin of its size.
+    /// Puts the free block `block` at the head of the bin of its size, and counts its bytes.
     ///
     /// # Safety
     ///
@@ -140,12 +140,43 @@ impl Bins {
     /// written.
     #[inline]
     pub(super) unsafe fn insert(&mut self, block: Block) {
+        // SAFETY: forwarded; the size is the block's own.
+        unsafe {
+            let size = block.size();
+            self.link(block, size);
+            self.free_bytes += size;
+        }
+    }
+
+    /// Takes the free block `block` out of its bin, and its bytes out of the count.
+    ///
+    /// # Safety
+    ///
+    /// `block` is in the bin of its (unchanged) size.
+    #[inline]
+    pub(super) unsafe fn remove(&mut self, block: Block) {
+        // SAFETY: forwarded; the size is the block's own.
+        unsafe {
+            let size = block.size();
+            self.unlink(block, size);
+            self.free_bytes -= size;
+        }
+    }
+
+    /// [`insert`](Self::insert) without the count: for a free that merges blocks and counts
+    /// the bytes it frees once ([`count_freed`](Self::count_freed)).
+    ///
+    /// # Safety
+    ///
+    /// As for [`insert`](Self::insert), and `size` is `block.size()`.
+    #[inline]
+    pub(super) unsafe fn link(&mut self, block: Block, size: usize) {
         // SAFETY: `block` and the current head (if any) are free blocks of our regions.
         // SAFETY (the unchecked indices): a region block is smaller than `BIN_LIMIT` (asserted
         // where regions are sized), so its bin exists: `fl < FL_COUNT`, and `sl < SL_COUNT`
         // always.
         unsafe {
-            let size = block.size();
+            debug_assert_eq!(size, block.size());
             let (fl, sl) = bin_of(size);
             debug_assert!(fl < FL_COUNT && sl < SL_COUNT);
             let slot = self.heads.get_unchecked_mut(fl).get_unchecked_mut(sl);
@@ -158,21 +189,22 @@ impl Bins {
             }
             *self.sl_bitmap.get_unchecked_mut(fl) |= 1 << sl;
             self.fl_bitmap |= 1 << fl;
-            self.free_bytes += size;
         }
     }
 
-    /// Takes the free block `block` out of its bin.
+    /// [`remove`](Self::remove) without the count, of a block whose size the caller has read
+    /// already (`size`): for a free that merges the block into its neighbour, whose bytes stay
+    /// free.
     ///
     /// # Safety
     ///
-    /// `block` is in the bin of its (unchanged) size.
+    /// As for [`remove`](Self::remove), and `size` is `block.size()`.
     #[inline]
-    pub(super) unsafe fn remove(&mut self, block: Block) {
+    pub(super) unsafe fn unlink(&mut self, block: Block, size: usize) {
         // SAFETY: `block` and its list neighbours are binned free blocks of our regions; the
-        // unchecked indices are those of the bin `block` is in (see `insert`).
+        // unchecked indices are those of the bin `block` is in (see `link`).
         unsafe {
-            let size = block.size();
+            debug_assert_eq!(size, block.size());
             let next = block.next_free();
             let prev = block.prev_free();
             if !next.is_null() {
@@ -194,8 +226,19 @@ impl Bins {
             } else {
                 Block(prev).set_next_free(next);
             }
-            self.free_bytes -= size;
         }
+    }
+
+    /// Counts `n` bytes freed into blocks that are (or are about to be) [linked](Self::link).
+    #[inline]
+    pub(super) fn count_freed(&mut self, n: usize) {
+        self.free_bytes += n;
+    }
+
+    /// Takes `n` counted bytes out of the count (a merged block that goes back unbinned).
+    #[inline]
+    pub(super) fn count_taken(&mut self, n: usize) {
+        self.free_bytes -= n;
     }
 
     /// Size of the largest free block: the largest in the highest non-empty bin.

@@ -204,7 +204,7 @@ impl LargeAlloc {
             (self.region_bytes, region_bytes),
             (self.bins.free_bytes(), free_bytes),
             (self.live_blocks, live_blocks),
-            (self.live_bytes, live_bytes),
+            (self.live_bytes(), live_bytes),
             (self.page_runs, page_runs),
             (self.page_run_pages, page_run_pages),
         ];

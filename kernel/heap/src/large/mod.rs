@@ -179,7 +179,7 @@ pub const GROWTH_RUN_MIN: usize = 16 * 1024;
 /// Bytes of a region that no block covers: its header and its end sentinel (the blocks a walk
 /// reports tile the rest).
 #[cfg(test)]
-pub(crate) const REGION_OVERHEAD: usize = region::REGION_HEADER + block::HEADER;
+pub(crate) const REGION_OVERHEAD: usize = region::REGION_OVERHEAD;
 
 // `LargeAlloc` lives inside the heap's first root run, next to other state.
 const _: () = assert!(size_of::<LargeAlloc>() <= 1536);
@@ -192,6 +192,18 @@ fn footprint(layout: Layout) -> usize {
         0
     };
     layout.size().saturating_add(padding)
+}
+
+/// What a free leaves for the page source (see [`LargeAlloc::free_without_source`]).
+#[derive(Debug)]
+pub(crate) struct Unmap(UnmapKind);
+
+#[derive(Debug)]
+enum UnmapKind {
+    /// A page run, by its data pointer.
+    Run(NonNull<u8>),
+    /// A wholly free region, its block in no bin.
+    Region(*mut Mapping),
 }
 
 /// Counters of a [`LargeAlloc`], for statistics and for the kernel's out-of-memory report.
@@ -235,8 +247,9 @@ pub struct LargeAlloc {
     region_bytes: usize,
     /// See [`LargeStats::live_blocks`].
     live_blocks: usize,
-    /// See [`LargeStats::live_bytes`].
-    live_bytes: usize,
+    /// Bytes usable by callers in the live page runs (the region blocks' are derived, see
+    /// [`live_bytes`](Self::live_bytes), so that no region call counts them).
+    run_bytes: usize,
     /// See [`LargeStats::page_runs`].
     page_runs: usize,
     /// See [`LargeStats::page_run_pages`].
@@ -282,7 +295,7 @@ impl LargeAlloc {
             regions: 0,
             region_bytes: 0,
             live_blocks: 0,
-            live_bytes: 0,
+            run_bytes: 0,
             page_runs: 0,
             page_run_pages: 0,
             run_turn: 0,
@@ -340,31 +353,68 @@ impl LargeAlloc {
 
     /// Frees a block or page run.
     ///
-    /// Always inlined, with the region path (`free_block`, `free_and_coalesce`): the heap calls
-    /// it from one place (`deallocate_large`), which then holds the whole free path without a
-    /// call between the dispatch and the coalescing.
-    ///
     /// # Safety
     ///
     /// `ptr` came from [`allocate`](Self::allocate) on this allocator (with the same `src`) with
     /// this `layout` (or with the size of its last successful
     /// [`resize_in_place`](Self::resize_in_place)), and has not been freed yet.
-    #[inline(always)]
+    #[inline]
     pub unsafe fn deallocate<S: PageSource>(
         &mut self,
         src: &mut S,
         ptr: NonNull<u8>,
         layout: Layout,
     ) {
+        // SAFETY: forwarded.
+        unsafe {
+            if let Some(rest) = self.free_without_source(ptr, layout) {
+                self.finish_free(src, rest);
+            }
+        }
+    }
+
+    /// [`deallocate`](Self::deallocate) up to the page source: a region block is freed (and
+    /// merged, binned, its region kept idle); what must go back to the source is returned, for
+    /// [`finish_free`](Self::finish_free): a page run, or a region that emptied with the excess
+    /// list full. Always inlined into the heap's one large free path, which then holds no page
+    /// source (nor anything to keep across a call) unless pages go back.
+    ///
+    /// # Safety
+    ///
+    /// As for [`deallocate`](Self::deallocate).
+    #[inline(always)]
+    pub(crate) unsafe fn free_without_source(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Option<Unmap> {
         self.check_free(ptr, layout);
         let block = Block::from_user(ptr);
         // SAFETY: `ptr` is live (caller), so its header at `ptr - 16` is mapped: in its region,
         // or just before the data in its run's node page; the header says which.
         unsafe {
             if block.state() == RUN {
-                self.free_run(src, ptr)
-            } else {
-                self.free_block(src, block)
+                return Some(Unmap(UnmapKind::Run(ptr)));
+            }
+            self.free_block(block)
+                .map(|region| Unmap(UnmapKind::Region(region)))
+        }
+    }
+
+    /// Gives back to `src` what [`free_without_source`](Self::free_without_source) returned.
+    ///
+    /// # Safety
+    ///
+    /// `rest` came from `free_without_source` on this allocator, with the same `src`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn finish_free<S: PageSource>(&mut self, src: &mut S, rest: Unmap) {
+        // SAFETY: a run's data pointer that was live until this free, or a wholly free region
+        // whose block is in no bin (`free_and_coalesce`).
+        unsafe {
+            match rest.0 {
+                UnmapKind::Run(ptr) => self.free_run(src, ptr),
+                UnmapKind::Region(region) => self.unmap_region(src, region),
             }
         }
     }
@@ -434,6 +484,19 @@ impl LargeAlloc {
         self.excess_len != 0
     }
 
+    /// [`LargeStats::live_bytes`]: the page runs' usable bytes, counted, and the region
+    /// blocks', derived. Every byte of a region is its header, its end sentinel, a free block
+    /// (counted by the bins) or a used block, whose usable bytes are its size less its header.
+    fn live_bytes(&self) -> usize {
+        // Wrapping, so that the checker reports damaged counters rather than overflowing.
+        let region_blocks = self.live_blocks.wrapping_sub(self.page_runs);
+        self.run_bytes
+            .wrapping_add(self.region_bytes)
+            .wrapping_sub(self.regions * region::REGION_OVERHEAD)
+            .wrapping_sub(self.bins.free_bytes())
+            .wrapping_sub(region_blocks.wrapping_mul(HEADER))
+    }
+
     /// Current counters (and the largest free block, found from the bitmaps).
     pub fn stats(&self) -> LargeStats {
         LargeStats {
@@ -442,7 +505,7 @@ impl LargeAlloc {
             free_bytes: self.bins.free_bytes(),
             largest_free: self.bins.largest(),
             live_blocks: self.live_blocks,
-            live_bytes: self.live_bytes,
+            live_bytes: self.live_bytes(),
             page_runs: self.page_runs,
             page_run_pages: self.page_run_pages,
         }

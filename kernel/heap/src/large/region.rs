@@ -43,6 +43,8 @@ pub(super) const IDLE_LIMIT: usize = 8 * REGION_FULL;
 /// [`MAX_REGION`] bound what waits to 544 KiB; a free that finds the list full unmaps its
 /// region at once.
 pub(super) const EXCESS_REGIONS: usize = 8;
+/// Bytes of a region that no block covers: its header and its end sentinel.
+pub(super) const REGION_OVERHEAD: usize = REGION_HEADER + HEADER;
 /// Bytes at the start of a region taken by its index node, rounded up to the granule.
 pub(super) const REGION_HEADER: usize = size_of::<Mapping>().next_multiple_of(GRANULE);
 /// The largest free block a region request can need: below the threshold, `size + align`
@@ -296,40 +298,52 @@ impl LargeAlloc {
                 start.next().set_prev_size(size);
             }
             self.live_blocks += 1;
-            self.live_bytes += start.size() - HEADER;
             start.user()
         }
     }
 
     /// Marks `block` free, merges it with free neighbours and bins the result, or, if that
-    /// empties the region, caches or unmaps the region.
+    /// empties the region, keeps the region idle (under the idle limit, or on the excess list)
+    /// or, with the excess list full, returns it for the caller to unmap
+    /// ([`unmap_region`](Self::unmap_region)). It takes no page source, so the heap's free path
+    /// holds no reference to one (and keeps nothing across a call) unless a region goes.
     ///
     /// # Safety
     ///
     /// `block` is a block of a region of ours that is not free and not binned, with valid size
     /// and `prev_size`, and nobody uses its memory any more.
     #[inline(always)]
-    unsafe fn free_and_coalesce<S: PageSource>(&mut self, src: &mut S, block: Block) {
+    pub(super) unsafe fn free_and_coalesce(&mut self, block: Block) -> Option<*mut Mapping> {
         // SAFETY: `block` and its neighbours are headers in the same region (the boundary tags
         // are valid); binned neighbours leave their bins before they are merged.
         unsafe {
+            // Each size is read once, before the bins' writes (which the compiler cannot tell
+            // apart from the headers). The neighbours' bytes stay counted as free; the freed
+            // block's are added once, below.
+            let block_size = block.size();
             let mut start = block;
-            let mut size = block.size();
+            let mut size = block_size;
             if let Some(prev) = block.prev()
                 && prev.state() == FREE
             {
-                // This header stays in memory when merged away: a second free of `block` sees
-                // FREE. (Unmerged, `block` starts the result and is marked FREE below.)
-                block.reset(size, FREE);
-                self.bins.remove(prev);
-                size += prev.size();
+                // With `debug-checks`, this header stays in memory when merged away: a second
+                // free of `block` sees FREE. (Unmerged, `block` starts the result and is marked
+                // FREE below.) Nothing else reads a header inside a free block.
+                if crate::debug::ENABLED {
+                    block.reset(block_size, FREE);
+                }
+                let prev_size = prev.size();
+                self.bins.unlink(prev, prev_size);
+                size += prev_size;
                 start = prev;
             }
-            let next = block.next();
+            let next = block.forward(block_size);
             if next.state() == FREE {
-                self.bins.remove(next);
-                size += next.size();
+                let next_size = next.size();
+                self.bins.unlink(next, next_size);
+                size += next_size;
             }
+            self.bins.count_freed(block_size);
             start.reset(size, FREE);
             let after = start.next();
             after.set_prev_size(size);
@@ -338,41 +352,44 @@ impl LargeAlloc {
                 let len = (*region).len;
                 if len <= REGION_FULL && self.idle_bytes + len <= IDLE_LIMIT {
                     self.idle_bytes += len;
-                    self.bins.insert(start);
-                } else {
-                    self.keep_excess_or_unmap(src, region, start);
+                    self.bins.link(start, size);
+                    return None;
                 }
-            } else {
-                self.bins.insert(start);
+                return self.keep_excess(region, start, size);
             }
+            self.bins.link(start, size);
+            None
         }
     }
 
-    /// Keeps the wholly free `region` (its one block `block`, unbinned) idle beyond the limit,
-    /// on the excess list for a later allocation to unmap, or unmaps it now if the list is full.
+    /// Keeps the wholly free `region` (its one block `block` of `size` bytes, unbinned but
+    /// counted as free) idle beyond the limit, on the excess list for a later allocation to
+    /// unmap; with the list full, returns it for the caller to unmap now (its bytes no longer
+    /// counted as free).
     ///
     /// # Safety
     ///
-    /// `region` is a region of ours that is wholly free, not idle, and its block `block` is in
-    /// no bin.
+    /// `region` is a region of ours that is wholly free, not idle, and its block `block` of
+    /// `size` bytes is in no bin.
     #[inline(never)]
-    unsafe fn keep_excess_or_unmap<S: PageSource>(
+    unsafe fn keep_excess(
         &mut self,
-        src: &mut S,
         region: *mut Mapping,
         block: Block,
-    ) {
+        size: usize,
+    ) -> Option<*mut Mapping> {
+        if self.excess_len >= EXCESS_REGIONS {
+            self.bins.count_taken(size);
+            return Some(region);
+        }
         // SAFETY: guaranteed by the caller.
         unsafe {
-            if self.excess_len < EXCESS_REGIONS {
-                self.excess[self.excess_len] = region;
-                self.excess_len += 1;
-                self.idle_bytes += (*region).len;
-                self.bins.insert(block);
-            } else {
-                self.unmap_region(src, region);
-            }
+            self.excess[self.excess_len] = region;
+            self.excess_len += 1;
+            self.idle_bytes += (*region).len;
+            self.bins.link(block, size);
         }
+        None
     }
 
     /// Removes `region` from the index and gives its pages back to `src`.
@@ -380,7 +397,7 @@ impl LargeAlloc {
     /// # Safety
     ///
     /// `region` is a region of ours that is wholly free, with its block in no bin.
-    unsafe fn unmap_region<S: PageSource>(&mut self, src: &mut S, region: *mut Mapping) {
+    pub(super) unsafe fn unmap_region<S: PageSource>(&mut self, src: &mut S, region: *mut Mapping) {
         // SAFETY: the region is ours and indexed; once out of the index, with no binned block,
         // nothing refers to it, so its pages can go back to the source that mapped them.
         unsafe {
@@ -395,20 +412,17 @@ impl LargeAlloc {
         }
     }
 
-    /// Frees the region block `block` (the region path of [`deallocate`](Self::deallocate)).
+    /// Frees the region block `block` (the region path of [`deallocate`](Self::deallocate));
+    /// returns a region that emptied and must be unmapped (see `free_and_coalesce`).
     ///
     /// # Safety
     ///
     /// `block` is the header of a live region block of ours that nobody uses any more.
-    #[inline]
-    pub(super) unsafe fn free_block<S: PageSource>(&mut self, src: &mut S, block: Block) {
+    #[inline(always)]
+    pub(super) unsafe fn free_block(&mut self, block: Block) -> Option<*mut Mapping> {
+        self.live_blocks -= 1;
         // SAFETY: guaranteed by the caller.
-        unsafe {
-            let size = block.size();
-            self.live_blocks -= 1;
-            self.live_bytes -= size - HEADER;
-            self.free_and_coalesce(src, block);
-        }
+        unsafe { self.free_and_coalesce(block) }
     }
 
     /// Resizes the region block `block` in place to hold `new_size` bytes (the region path of
@@ -438,10 +452,10 @@ impl LargeAlloc {
                     block.reset(new_block, USED);
                     tail.set_prev_size(new_block);
                     tail.set(size - new_block, USED);
-                    self.live_bytes -= size - new_block;
                     // The tail's predecessor is `block`, which is used, so the region does not
-                    // become empty and `src` is not needed.
-                    self.free_and_coalesce(src, tail);
+                    // become empty: nothing is returned to unmap.
+                    let emptied = self.free_and_coalesce(tail);
+                    debug_assert!(emptied.is_none());
                 }
                 return true;
             }
@@ -471,11 +485,9 @@ impl LargeAlloc {
                 // The successor of the absorbed block is not free (it was coalesced).
                 tail.next().set_prev_size(total - new_block);
                 self.bins.insert(tail);
-                self.live_bytes += new_block - size;
             } else {
                 block.reset(total, USED);
                 block.next().set_prev_size(total);
-                self.live_bytes += total - size;
             }
             true
         }

@@ -109,7 +109,7 @@ impl LargeAlloc {
         self.page_runs += 1;
         self.page_run_pages += pages;
         self.live_blocks += 1;
-        self.live_bytes += len - offset;
+        self.run_bytes += len - offset;
         // SAFETY: `data` is inside the mapping `src` returned, so it is not null.
         Ok(unsafe { NonNull::new_unchecked(data) })
     }
@@ -130,7 +130,7 @@ impl LargeAlloc {
             self.page_runs -= 1;
             self.page_run_pages -= pages;
             self.live_blocks -= 1;
-            self.live_bytes -= len - (*node).data;
+            self.run_bytes -= len - (*node).data;
             src.unmap_pages(NonNull::new_unchecked(node.cast::<u8>()), pages);
         }
     }
@@ -173,7 +173,7 @@ impl LargeAlloc {
             // SAFETY: the node page is mapped (live run); the run now has `extra` more pages.
             unsafe { (*node).len = len + extra * PAGE_SIZE };
             self.page_run_pages += extra;
-            self.live_bytes += extra * PAGE_SIZE;
+            self.run_bytes += extra * PAGE_SIZE;
             return true;
         }
         let drop_pages = pages - new_pages;
@@ -187,7 +187,7 @@ impl LargeAlloc {
                 src.unmap_pages(NonNull::new_unchecked(tail), drop_pages);
             }
             self.page_run_pages -= drop_pages;
-            self.live_bytes -= drop_pages * PAGE_SIZE;
+            self.run_bytes -= drop_pages * PAGE_SIZE;
         }
         true
     }
@@ -254,7 +254,7 @@ impl LargeAlloc {
         }
         let extra = new_pages - pages;
         self.page_run_pages += extra;
-        self.live_bytes += extra * PAGE_SIZE;
+        self.run_bytes += extra * PAGE_SIZE;
         // SAFETY: `data` lies inside the run the source returned, so it is not null.
         Some(unsafe { NonNull::new_unchecked(data) })
     }
