@@ -451,7 +451,7 @@
 //! blocks, 16 for 4096-byte blocks. Past the limit the chunk goes back to the page source, but
 //! not in the free that emptied it (module `pending`): it waits, mapped, on a heap-wide list of
 //! at most 16, until a refill that mapped nothing releases it, a class or pool that needs a new
-//! chunk takes it instead of mapping one, a large block's growth that found no room releases
+//! chunk takes it instead of mapping one, a page run's growth that found no room releases
 //! every waiting page before it tries again, or [`Heap::trim`] (or a failing allocation)
 //! releases them all. The large allocator likewise keeps up to 512 KiB of wholly free regions
 //! mapped (released by `trim` and before an allocation fails), and the regions that empty

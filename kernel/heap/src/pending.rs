@@ -5,7 +5,7 @@
 //! descriptor slot freed, several times the cost of the free itself (and a kernel's unmap on top).
 //! Now the free only pushes the chunk's descriptor here, and a later call that has time to spare
 //! releases it: a refill that mapped nothing (one chunk per refill, see `Back::refill`), a
-//! large block's growth that found no room (all of them, before it tries again: their pages may
+//! page run's growth that found no room (all of them, before it tries again: their pages may
 //! be the ones it needs), or [`Heap::trim`](crate::Heap::trim) (all of them). Before that, a
 //! class or pool that needs a new chunk takes a waiting one instead of mapping a page (the
 //! chunk the free would have unmapped serves again, as an empty page of the page source's

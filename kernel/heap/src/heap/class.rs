@@ -221,12 +221,13 @@ impl<S: PageSource> Heap<S> {
                     unsafe { st.resize_large(b, old, new_size) }
                 });
                 // Pages that wait to be released (empty chunks, regions beyond the idle limit)
-                // may be the ones a page run would grow into: a growth that failed releases
-                // them all and tries once more (a call that would copy or move the block
-                // anyway).
+                // may be the ones a page run would grow into: a page run's growth that failed
+                // releases them all and tries once more (a call that would move or copy the
+                // run anyway: at least 64 KiB, or a doubling from 16 KiB).
                 if resized.is_none()
-                    && block.is_some()
                     && new_size > old.size()
+                    // SAFETY: the caller vouches for `ptr`; `b` is the same address.
+                    && block.is_some_and(|b| unsafe { st.large().0.is_page_run(b) })
                     && st.release_waiting()
                 {
                     resized = block.filter(|&b| {

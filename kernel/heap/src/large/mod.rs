@@ -476,6 +476,17 @@ impl LargeAlloc {
         }
     }
 
+    /// Whether the live allocation at `ptr` is a page run (rather than a region block).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live allocation of this allocator.
+    #[inline]
+    pub(crate) unsafe fn is_page_run(&self, ptr: NonNull<u8>) -> bool {
+        // SAFETY: `ptr` is live (caller), so its header at `ptr - 16` is mapped.
+        unsafe { Block::from_user(ptr).state() == RUN }
+    }
+
     /// Whether wholly free regions wait beyond the idle limit for
     /// [`release_excess`](Self::release_excess) to unmap them, the quiet work of an allocation
     /// that mapped nothing: a free never unmaps a region while the excess list has room.
