@@ -21,7 +21,7 @@
 //!                              (`back::BATCH_BYTES`: one 4096-byte block, four of 1024), from
 //!                              the chunks (one new chunk at most), then pop
 //!   deallocate, magazine full: give the block straight back to its chunk (one page-map
-//!                              lookup; at most one chunk released), the magazine unchanged
+//!                              lookup; a chunk it empties waits, pending), the magazine unchanged
 //! ```
 //!
 //! Those are the *back*'s operations (`back::Back::refill` and `give_back_one`), and they take

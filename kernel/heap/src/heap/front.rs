@@ -226,11 +226,12 @@ impl<'a, S: PageSource, const CAP: usize> Front<'a, S, CAP> {
     }
 
     /// Caches `block`, or, if the magazine is full, gives it straight back to its chunk
-    /// (`Back::give_back_one`: one page-map lookup, and at most one chunk released), and counts
-    /// `size` requested bytes out. A free never moves a batch: a full magazine keeps its blocks,
-    /// which the allocations after it take; a run of frees past a full magazine costs one
-    /// give-back each, the same work a batch flush did per block without the flush's one long
-    /// call (16 give-backs, a shift of the magazine, and metadata pre-created after them).
+    /// (`Back::give_back_one`: one page-map lookup; a chunk it empties waits to be released),
+    /// and counts `size` requested bytes out. A free never moves a batch: a full magazine
+    /// keeps its blocks, which the allocations after it take; a run of frees past a full
+    /// magazine costs one give-back each, the same work a batch flush did per block without
+    /// the flush's one long call (16 give-backs, a shift of the magazine, and metadata
+    /// pre-created after them).
     ///
     /// # Safety
     ///

@@ -12,7 +12,8 @@
 //! call maps at most what its own request needs or four pages, never a whole 64 KiB region for a
 //! 200-byte block. The allocation then aligns the payload and splits off the leading gap and the
 //! tail when they can stand as blocks; a free merges the block with free neighbours and bins the
-//! result, or caches or unmaps a region that becomes wholly free.
+//! result, and keeps a region that becomes wholly free idle (beyond the idle limit on the excess
+//! list, which quiet allocations unmap; only with that list full does it go back at once).
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
