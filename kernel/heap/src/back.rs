@@ -181,9 +181,12 @@ impl<S: PageSource> Back<'_, S> {
         true
     }
 
-    /// Releases every [pending](crate::pending) chunk (`trim`).
-    pub fn release_all_pending(&mut self) {
+    /// Releases every [pending](crate::pending) chunk (`trim`, a page run's blocked growth);
+    /// returns whether there was any.
+    pub fn release_all_pending(&mut self) -> bool {
+        let any = self.release_pending();
         while self.release_pending() {}
+        any
     }
 
     /// Gives one block back to its chunk of `lists` (one page-map lookup), what a free into a

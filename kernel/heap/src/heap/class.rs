@@ -320,9 +320,7 @@ impl<S: PageSource> Live<'_, S> {
     /// Releases every page that waits to be released: the pending chunks and the large
     /// allocator's excess regions. Returns whether there was any.
     pub(super) fn release_waiting(&mut self) -> bool {
-        let mut back = self.back();
-        let chunks = back.release_pending();
-        back.release_all_pending();
+        let chunks = self.back().release_all_pending();
         let (large, mut rec) = self.large();
         let regions = large.has_excess();
         while large.has_excess() {
