@@ -39,7 +39,7 @@ use kheap_workload as workload;
 use kheap_workload::bench_alloc::BenchAlloc;
 use kheap_workload::replay::{self, Slots};
 use kheap_workload::vec_growth::VecGrowth;
-use measure::{Efficiency, Latency, Timed};
+use measure::{Efficiency, Timed};
 use peers::{Peer, Visit, with_peer};
 use report::{EfficiencyResult, PeerRun, Report, WorkloadResult};
 use workload::{Generator, GrowthStream, Mix, Sizes, WORKLOAD_NAMES, Workload};
@@ -72,6 +72,9 @@ struct Limits {
     replay_budget: Duration,
     /// Longest one heap-efficiency replay may run.
     efficiency_budget: Duration,
+    /// Latency passes per allocator and workload, each on a fresh allocator (the per-call
+    /// minimum over them is reported beside the first pass: `measure::Latency`).
+    latency_passes: usize,
     /// Body ops verified per workload (the scaling levels' setup is always verified in full).
     verify_ops: usize,
     /// The growing vectors, and the region each allocator gets for them.
@@ -99,6 +102,7 @@ impl Limits {
         efficiency_bytes: 16 << 20,
         replay_budget: Duration::from_secs(2),
         efficiency_budget: Duration::from_secs(10),
+        latency_passes: 5,
         verify_ops: 100_000,
         // The vectors end at 128 KiB each (125 MiB together); an allocator that cannot grow them
         // in place leaves the smaller copies behind as holes.
@@ -111,6 +115,7 @@ impl Limits {
         efficiency_bytes: 1 << 20,
         replay_budget: Duration::from_millis(300),
         efficiency_budget: Duration::from_millis(300),
+        latency_passes: 2,
         verify_ops: usize::MAX,
         vectors: (
             VecGrowth {
@@ -250,9 +255,9 @@ impl Visit for TimeVisit<'_> {
 
 struct LatencyVisit<'a>(&'a Workload, Duration);
 impl Visit for LatencyVisit<'_> {
-    type Out = Latency;
-    fn visit<A: BenchAlloc>(self, a: &mut A) -> Latency {
-        measure::latency_workload(a, self.0, self.1)
+    type Out = replay::Latencies;
+    fn visit<A: BenchAlloc>(self, a: &mut A) -> replay::Latencies {
+        measure::latency_pass(a, self.0, self.1)
     }
 }
 
@@ -340,12 +345,17 @@ fn bench_workload(
     }
     for (p, r) in &mut results {
         if r.ok() && !o.timing_only {
-            r.latency = Some(with_peer(
-                *p,
-                memory,
-                region_len(*p, w, limits),
-                LatencyVisit(w, limits.replay_budget),
-            ));
+            let passes = (0..limits.latency_passes.max(1))
+                .map(|_| {
+                    with_peer(
+                        *p,
+                        memory,
+                        region_len(*p, w, limits),
+                        LatencyVisit(w, limits.replay_budget),
+                    )
+                })
+                .collect();
+            r.latency = Some(measure::latency_of(passes));
         }
     }
     eprintln!(
