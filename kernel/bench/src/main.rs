@@ -9,8 +9,9 @@
 //! `KERNEL_QEMU_ARGS="-fw_cfg name=opt/kbench/scale,string=smoke" cargo kbench` (`full`, the
 //! default, or `smoke`), and so can the sections: `-fw_cfg name=opt/kbench/only,string=smp` runs
 //! only the several-CPU section (with `-smp 2 -accel tcg,thread=multi`); `throughput`, `latency`
-//! and `memory` (frame allocator, page mapper, heap window) run one section each, and
-//! `attribution` groups kheap's calls in the latency replay by what they did. Adding
+//! `memory` (frame allocator, page mapper, heap window) and `efficiency` (on the heap window as
+//! boot left it) run one section each, and `attribution` groups kheap's calls in the latency
+//! replay by what they did. Adding
 //! `-icount shift=0` to `KERNEL_QEMU_ARGS` makes the counts deterministic instruction counts (see
 //! `kernel_bench`).
 
@@ -56,6 +57,7 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
         Some(b"latency") => Sections::Latency,
         Some(b"memory") => Sections::Memory,
         Some(b"attribution") => Sections::Attribution,
+        Some(b"efficiency") => Sections::Efficiency,
         Some(other) => {
             serial_println!(
                 "kbench: unknown section {:?} in {ONLY_FILE}",
