@@ -513,6 +513,16 @@ fn run(o: &Options, args: &[String]) -> Report {
                 (p, with_peer(p, &mut memory, limits.efficiency_bytes, v))
             })
             .collect();
+        // kheap again in the kernel's model: the same budget as a cap on mapped pages, over an
+        // arena with room to place the runs (`peers::CappedArena`).
+        let kheap_window = o.peers.contains(&Peer::Kheap).then(|| {
+            let len = limits.arena_bytes.max(limits.efficiency_bytes);
+            let source =
+                peers::CappedArena::new(memory.region(len), limits.efficiency_bytes / arena::PAGE);
+            let mut heap = kheap::Heap::new(source);
+            let _ = heap.init();
+            EfficiencyVisit(stream, o.seed, limits.efficiency_budget).visit(&mut heap)
+        });
         eprintln!(
             "  efficiency {:<15} {:>6.1} s",
             name,
@@ -521,6 +531,7 @@ fn run(o: &Options, args: &[String]) -> Report {
         efficiency.push(EfficiencyResult {
             name: name.into(),
             peers,
+            kheap_window,
         });
     }
     let pools = if o.workloads.iter().any(|w| w == POOLS) {
