@@ -207,21 +207,10 @@ impl<const ORDER: u32, const WORDS: usize> Buddy<ORDER, WORDS> {
         if candidates == 0 {
             return None;
         }
-        // The lowest free block of any sufficient order (address-ordered first fit), not the
-        // smallest block wherever it lies: the window is used from the bottom up.
-        let mut best: Option<(u32, usize)> = None;
-        let mut rest = candidates;
-        while rest != 0 {
-            let order = rest.trailing_zeros();
-            rest &= rest - 1;
-            if let Some(block) = self.find_first(order)
-                && best.is_none_or(|(_, start)| block << order < start)
-            {
-                best = Some((order, block << order));
-            }
-        }
-        let (mut order, start) = best?;
-        self.remove(order, start >> order);
+        let mut order = candidates.trailing_zeros();
+        let block = self.find_first(order)?;
+        self.remove(order, block);
+        let start = block << order;
         // Split down to the wanted order, freeing the upper half at each step.
         while order > want {
             order -= 1;
