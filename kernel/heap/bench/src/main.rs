@@ -7,9 +7,12 @@
 //!
 //! Each workload (see the `kheap-workload` crate, shared with the in-kernel benchmark) is generated once and replayed, for every allocator (see
 //! `peers`): first an untimed verification pass (`verify`), then `--runs` timed runs with the
-//! allocator order rotated between runs, then one pass timing every call with `rdtsc`
-//! (`measure`). Heap efficiency replays an allocation-heavy stream in a fixed 16 MiB budget
-//! until the first failed allocation. Tables go to stdout; the full run writes `REPORT.md`,
+//! allocator order rotated between runs, then five passes timing every call with `rdtsc`, each
+//! on a fresh allocator: the first as measured, and each call's minimum over the five
+//! (`measure::Latency`). Heap efficiency replays an allocation-heavy stream in a fixed 16 MiB
+//! budget until the first failed allocation (kheap twice: over a page arena of exactly the
+//! budget, and with the budget as a cap on mapped pages, as the kernel runs it). Tables go to
+//! stdout; the full run writes `REPORT.md`,
 //! `runs.csv` and three SVG plots (`report`, `svg`) to `results/` beside this crate.
 //!
 //! Beyond the op-list workloads: fixed-size objects (`pools`), talc's own heap-efficiency
