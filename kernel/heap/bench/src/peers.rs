@@ -914,3 +914,32 @@ impl BenchAlloc for BumpAlloc {
         unsafe { realloc_by_copy(self, ptr, old, new) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kheap::PageSource;
+
+    use super::*;
+
+    #[test]
+    fn capped_arena_refuses_past_its_cap_and_counts_what_it_gives_back() {
+        let mut memory = ArenaMemory::new(64 * PAGE);
+        let mut src = CappedArena::new(memory.region(64 * PAGE), 4);
+        let run = src.map_pages(3).expect("3 of 4 pages");
+        assert!(matches!(
+            src.map_pages(2),
+            Err(kheap::PageSourceError::OutOfMemory)
+        ));
+        // Growth counts against the cap too, and the arena has room after the run.
+        assert!(src.grow_pages(run, 3, 1));
+        assert!(!src.grow_pages(run, 4, 1));
+        assert!(src.map_pages_aligned(1, 2 * PAGE, 0).is_err());
+        // SAFETY: the run's 4 pages were mapped above and nothing refers to them.
+        unsafe { src.unmap_pages(run, 4) };
+        assert_eq!(src.page_use().mapped, 0);
+        // The cap is on pages held, not on the arena: 4 pages fit again, anywhere.
+        let again = src.map_pages(4).expect("the cap is free again");
+        // SAFETY: as above.
+        unsafe { src.unmap_pages(again, 4) };
+    }
+}
