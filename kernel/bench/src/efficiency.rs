@@ -10,8 +10,8 @@
 //! window its pages fall in. talc and linked_list get the budget as one run mapped up front.
 //! Where kheap's runs land is the window's choice, so the figure depends on the window's state:
 //! in the whole benchmark this section runs after others whose runs left the window's free
-//! pages in pieces across it, and kheap's page map then takes about 90 leaf pages where it
-//! takes 17 on the window as boot left it (`-fw_cfg name=opt/kbench/only,string=efficiency`
+//! pages in pieces across it, and kheap's page map then holds 87–94 node pages at the refusal
+//! where it holds 17 on the window as boot left it (`-fw_cfg name=opt/kbench/only,string=efficiency`
 //! runs this section alone).
 
 use kernel::memory::KernelPageSource;
