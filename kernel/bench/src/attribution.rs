@@ -24,7 +24,7 @@ use kheap_workload::latency::percentile;
 use kheap_workload::replay::{self, ReplayError, Slots};
 use kheap_workload::{Op, Workload};
 
-use crate::peers::CappedSource;
+use kheap_workload::bench_alloc::CappedSource;
 
 /// The counters read around each call.
 #[derive(Debug, Clone, Copy)]

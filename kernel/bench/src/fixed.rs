@@ -15,8 +15,9 @@ use kernel::serial_println;
 use kheap_workload::bench_alloc::{BenchAlloc, CountedSource, KheapPool, PageUse};
 use kheap_workload::replay::{self, Slots};
 
-use crate::peers::{CappedSource, Peer, Visit, with_peer};
+use crate::peers::{Peer, Visit, with_peer};
 use crate::{BenchError, SEED, Sizes, workload};
+use kheap_workload::bench_alloc::CappedSource;
 
 /// Object layouts measured: a small node, a typical kernel object, a larger struct.
 const OBJECTS: [(u32, u8); 3] = [(16, 3), (64, 3), (192, 3)];

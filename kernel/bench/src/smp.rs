@@ -34,9 +34,10 @@ use kheap_workload::replay::{self, ReplayError, Slots};
 use kheap_workload::tsc::stamp;
 use kheap_workload::{Sizes as WorkloadSizes, Workload};
 
-use crate::peers::{Arena, CappedSource, TalcAlloc};
+use crate::peers::{Arena, TalcAlloc};
 use crate::report::Ratio;
 use crate::{BenchError, SEED, Sizes, workload};
+use kheap_workload::bench_alloc::CappedSource;
 
 /// The kheap contestant: the kernel heap's type, over its own capped view of the heap window.
 type KheapPerCpu = PerCpuHeap<IrqSpinLock, CappedSource<KernelPageSource>, KernelCpus, FRONT_CPUS>;

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arena::ArenaMemory;
 /// The workload generator, shared with the in-kernel benchmark (`kernel/heap/workload`).
 use kheap_workload as workload;
-use kheap_workload::bench_alloc::BenchAlloc;
+use kheap_workload::bench_alloc::{BenchAlloc, CappedSource};
 use kheap_workload::replay::{self, Slots};
 use kheap_workload::vec_growth::VecGrowth;
 use measure::{Efficiency, Timed};
@@ -517,11 +517,13 @@ fn run(o: &Options, args: &[String]) -> Report {
             })
             .collect();
         // kheap again in the kernel's model: the same budget as a cap on mapped pages, over an
-        // arena with room to place the runs (`peers::CappedArena`).
+        // arena with room to place the runs (as `cargo kbench` caps the heap window).
         let kheap_window = o.peers.contains(&Peer::Kheap).then(|| {
             let len = limits.arena_bytes.max(limits.efficiency_bytes);
-            let source =
-                peers::CappedArena::new(memory.region(len), limits.efficiency_bytes / arena::PAGE);
+            let source = CappedSource::new(
+                peers::ArenaSource::new(memory.region(len)),
+                limits.efficiency_bytes / arena::PAGE,
+            );
             let mut heap = kheap::Heap::new(source);
             let _ = heap.init();
             EfficiencyVisit(stream, o.seed, limits.efficiency_budget).visit(&mut heap)

@@ -346,80 +346,6 @@ unsafe impl kheap::PageSource for ArenaSource {
     }
 }
 
-/// kheap's page source in the heap-efficiency test's *window model*: an [`ArenaSource`] over an
-/// arena larger than the budget, that refuses to hold more than `cap` pages at once. This is how
-/// the kernel's heap works (and how `cargo kbench` measures it): the heap window has address
-/// space to spare and places the runs, and what is limited is the frames behind them. Over an
-/// arena of exactly the budget (the main figure), kheap's runs also need contiguous free pages
-/// in it, which a first-fit arena of 16 MiB runs out of before its pages.
-#[derive(Debug)]
-pub struct CappedArena {
-    inner: ArenaSource,
-    cap: usize,
-}
-
-impl CappedArena {
-    /// Pages of `region`, at most `cap` of them mapped at once.
-    pub fn new(region: Region, cap: usize) -> Self {
-        Self {
-            inner: ArenaSource::new(region),
-            cap,
-        }
-    }
-
-    /// Whether `count` more pages stay within the cap.
-    fn admits(&self, count: usize) -> bool {
-        self.inner
-            .page_use()
-            .mapped
-            .checked_add(count)
-            .is_some_and(|total| total <= self.cap)
-    }
-}
-
-impl CountedSource for CappedArena {
-    fn page_use(&self) -> PageUse {
-        self.inner.page_use()
-    }
-}
-
-// SAFETY: every successful call is a successful call of the inner `ArenaSource`, which upholds
-// the trait's guarantees; the cap only turns some requests into errors (or `false`), which the
-// trait allows, and `unmap_pages` forwards the caller's (equally constrained) arguments.
-unsafe impl kheap::PageSource for CappedArena {
-    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, kheap::PageSourceError> {
-        if !self.admits(count) {
-            return Err(kheap::PageSourceError::OutOfMemory);
-        }
-        self.inner.map_pages(count)
-    }
-
-    fn map_pages_aligned(
-        &mut self,
-        count: usize,
-        align: usize,
-        aligned_page: usize,
-    ) -> Result<NonNull<u8>, kheap::PageSourceError> {
-        if !self.admits(count) {
-            return Err(kheap::PageSourceError::OutOfMemory);
-        }
-        self.inner.map_pages_aligned(count, align, aligned_page)
-    }
-
-    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
-        // SAFETY: forwarded contract.
-        unsafe { self.inner.unmap_pages(ptr, count) }
-    }
-
-    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
-        self.admits(extra) && self.inner.grow_pages(ptr, count, extra)
-    }
-
-    fn window(&self) -> Option<NonNull<[u8]>> {
-        self.inner.window()
-    }
-}
-
 /// A handle on a [`PageArena`] shared between dlmalloc's system allocator and its adapter (which
 /// reads the mapped-page count; dlmalloc does not lend its system allocator back).
 #[derive(Debug, Clone)]
@@ -918,13 +844,14 @@ impl BenchAlloc for BumpAlloc {
 #[cfg(test)]
 mod tests {
     use kheap::PageSource;
+    use kheap_workload::bench_alloc::CappedSource;
 
     use super::*;
 
     #[test]
-    fn capped_arena_refuses_past_its_cap_and_counts_what_it_gives_back() {
+    fn a_capped_arena_refuses_past_its_cap_and_counts_what_it_gives_back() {
         let mut memory = ArenaMemory::new(64 * PAGE);
-        let mut src = CappedArena::new(memory.region(64 * PAGE), 4);
+        let mut src = CappedSource::new(ArenaSource::new(memory.region(64 * PAGE)), 4);
         let run = src.map_pages(3).expect("3 of 4 pages");
         assert!(matches!(
             src.map_pages(2),

@@ -118,8 +118,8 @@ pub struct EfficiencyResult {
     pub name: String,
     /// Per allocator.
     pub peers: Vec<(Peer, Efficiency)>,
-    /// kheap in the kernel's model (`peers::CappedArena`: the budget caps mapped pages, the
-    /// arena has room to place them), when kheap ran.
+    /// kheap in the kernel's model (`bench_alloc::CappedSource` over the arena: the budget
+    /// caps mapped pages, the arena has room to place them), when kheap ran.
     pub kheap_window: Option<Efficiency>,
 }
 
@@ -927,7 +927,7 @@ impl Report {
                      heaps own the budget as one arena from the start. *kheap, window model* is \
                      kheap as the kernel runs it (and `cargo kbench` measures it): the budget caps \
                      the pages it holds, over an arena with room to place them \
-                     (`peers::CappedArena`)."
+                     (`bench_alloc::CappedSource` over the arena)."
                 );
             }
         }

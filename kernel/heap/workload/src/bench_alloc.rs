@@ -11,13 +11,14 @@
 //!   [`Shared`]: any `GlobalAlloc` seen as a [`BenchAlloc`], for the threaded sections.
 //! * kheap itself, the same in both benchmarks: `kheap::Heap` over any [`CountedSource`] is a
 //!   [`BenchAlloc`], and [`KheapPool`] is a user pool for one object layout. Each benchmark
-//!   supplies the page source.
+//!   supplies the page source; [`CappedSource`] caps and counts any of them (a heap-efficiency
+//!   budget: the pages held are limited, not where they lie).
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 
-use kheap::{Heap, PageSource, PoolId, RawLock};
+use kheap::{Heap, PageSource, PageSourceError, PoolId, RawLock};
 
 /// Pages an allocator that grows a page at a time has taken from its page source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -240,6 +241,153 @@ impl<G: GlobalAlloc + ?Sized> BenchAlloc for Shared<'_, G> {
 pub trait CountedSource: PageSource {
     /// Pages mapped now and at most, and the calls so far.
     fn page_use(&self) -> PageUse;
+}
+
+/// A page source that refuses to hold more than `cap` pages at once, and counts what it holds.
+#[derive(Debug)]
+pub struct CappedSource<S> {
+    inner: S,
+    cap: usize,
+    mapped: usize,
+    peak: usize,
+    maps: u64,
+    unmaps: u64,
+}
+
+impl<S: PageSource> CappedSource<S> {
+    /// `inner`, limited to `cap` pages mapped at any time.
+    pub const fn new(inner: S, cap: usize) -> Self {
+        Self {
+            inner,
+            cap,
+            mapped: 0,
+            peak: 0,
+            maps: 0,
+            unmaps: 0,
+        }
+    }
+}
+
+impl<S: PageSource> CappedSource<S> {
+    /// Pages held after mapping `count` more, if the cap allows it.
+    fn admit(&self, count: usize) -> Result<usize, PageSourceError> {
+        let total = self
+            .mapped
+            .checked_add(count)
+            .ok_or(PageSourceError::InvalidRequest)?;
+        if total > self.cap {
+            return Err(PageSourceError::OutOfMemory);
+        }
+        Ok(total)
+    }
+
+    /// Records a successful map that brought the pages held to `total`.
+    fn took(&mut self, total: usize) {
+        self.mapped = total;
+        self.peak = self.peak.max(total);
+        self.maps += 1;
+    }
+}
+
+impl<S: PageSource> CountedSource for CappedSource<S> {
+    fn page_use(&self) -> PageUse {
+        PageUse {
+            mapped: self.mapped,
+            peak: self.peak,
+            maps: self.maps,
+            unmaps: self.unmaps,
+        }
+    }
+}
+
+// SAFETY: every successful `map_pages` (or `remap_pages`) is a successful call of `inner`, which
+// upholds the trait's guarantees; `unmap_pages` and `finish_remap` forward exactly the caller's
+// (equally constrained) arguments. The cap only turns some requests into errors (or `None`),
+// which the trait allows.
+unsafe impl<S: PageSource> PageSource for CappedSource<S> {
+    fn map_pages(&mut self, count: usize) -> Result<NonNull<u8>, PageSourceError> {
+        let total = self.admit(count)?;
+        let ptr = self.inner.map_pages(count)?;
+        self.took(total);
+        Ok(ptr)
+    }
+
+    /// The inner source places the run; the cap counts only the run's pages.
+    fn map_pages_aligned(
+        &mut self,
+        count: usize,
+        align: usize,
+        aligned_page: usize,
+    ) -> Result<NonNull<u8>, PageSourceError> {
+        let total = self.admit(count)?;
+        let ptr = self.inner.map_pages_aligned(count, align, aligned_page)?;
+        self.took(total);
+        Ok(ptr)
+    }
+
+    unsafe fn unmap_pages(&mut self, ptr: NonNull<u8>, count: usize) {
+        // SAFETY: forwarded contract: the pages were mapped by an earlier `map_pages` of this
+        // source, hence of `inner`, and are not referenced any more.
+        unsafe { self.inner.unmap_pages(ptr, count) };
+        self.mapped -= count;
+        self.unmaps += 1;
+    }
+
+    /// The inner source's reserve is its own (the kernel's heap window's, shared by every heap
+    /// over it): filling it maps nothing for the heap, so the cap does not count it.
+    #[inline]
+    fn wants_prepare(&self) -> bool {
+        self.inner.wants_prepare()
+    }
+
+    fn prepare(&mut self) -> bool {
+        self.inner.prepare()
+    }
+
+    fn grow_pages(&mut self, ptr: NonNull<u8>, count: usize, extra: usize) -> bool {
+        let Ok(total) = self.admit(extra) else {
+            return false;
+        };
+        if !self.inner.grow_pages(ptr, count, extra) {
+            return false;
+        }
+        self.took(total);
+        true
+    }
+
+    /// The inner source moves the run; the cap counts the pages the move adds (the moved
+    /// pages keep their memory), admitted before the move starts.
+    fn remap_pages(
+        &mut self,
+        ptr: NonNull<u8>,
+        count: usize,
+        new_count: usize,
+    ) -> Option<NonNull<u8>> {
+        self.admit(new_count.checked_sub(count)?).ok()?;
+        self.inner.remap_pages(ptr, count, new_count)
+    }
+
+    unsafe fn finish_remap(
+        &mut self,
+        old: NonNull<u8>,
+        count: usize,
+        new: NonNull<u8>,
+        new_count: usize,
+        keep_new: bool,
+    ) {
+        // SAFETY: forwarded contract: the move was started by `inner.remap_pages` above.
+        unsafe {
+            self.inner
+                .finish_remap(old, count, new, new_count, keep_new)
+        };
+        if keep_new {
+            self.took(self.mapped - count + new_count);
+        }
+    }
+
+    fn window(&self) -> Option<NonNull<[u8]>> {
+        self.inner.window()
+    }
 }
 
 /// Our heap core, driven through its own (non-global) API.
