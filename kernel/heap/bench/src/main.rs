@@ -19,6 +19,8 @@
 //! benchmark (`talc-like`), growing vectors (`vec-growth`, the cache-aliasing pattern) and the
 //! threaded section (`threads`: 1 and 2 threads, every contestant shared through `GlobalAlloc`).
 //! `--kernel-tail LOG` turns the `tail` rows of a `cargo kbench` log into the in-kernel tail plots.
+//! `--model` prints the placement models (`model`): how densely a placement policy could pack the
+//! random-align and kernel-mix efficiency streams at best, with no allocator behind it.
 //!
 //! `--quick` is the smoke mode: tiny workloads, verification on, nothing written unless `--out`
 //! is given. A unit test runs it, so `cargo test -p kheap-bench` keeps the bench compiling and
@@ -27,6 +29,7 @@
 mod aliasing;
 mod arena;
 mod measure;
+mod model;
 mod peers;
 mod pools;
 mod report;
@@ -60,6 +63,8 @@ struct Options {
     timing_only: bool,
     /// Plot the tail rows of this kbench log instead of benchmarking.
     kernel_tail: Option<PathBuf>,
+    /// Print the placement models' table instead of benchmarking.
+    model: bool,
 }
 
 /// Sizes and budgets that differ between the full benchmark and the smoke mode.
@@ -150,6 +155,9 @@ usage: kheap-bench [options]
                      (default: kernel/heap/bench/results)
   --kernel-tail LOG  only plot the tail rows of a `cargo kbench` log into
                      kernel_tail_alloc.svg and kernel_tail_free.svg (in --out)
+  --model            only print the placement models: how densely a placement policy
+                     could pack the random-align and kernel-mix efficiency streams at
+                     best (no allocator runs; see src/model.rs)
 ";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -162,6 +170,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         out: None,
         timing_only: false,
         kernel_tail: None,
+        model: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -169,6 +178,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         match arg.as_str() {
             "--quick" => o.quick = true,
             "--timing-only" => o.timing_only = true,
+            "--model" => o.model = true,
             "--workload" => {
                 let w = value("--workload")?;
                 if !WORKLOAD_NAMES.contains(&w.as_str()) && !SECTIONS.contains(&w.as_str()) {
@@ -650,6 +660,17 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        return;
+    }
+    if o.model {
+        let started = Instant::now();
+        // The full benchmark's efficiency budget; a stream fills it in well under a million
+        // calls, the cap only bounds a policy that never would.
+        print!(
+            "{}",
+            model::table(Limits::FULL.efficiency_bytes, 10_000_000)
+        );
+        eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
         return;
     }
     if cfg!(debug_assertions) && !o.quick {
