@@ -184,11 +184,15 @@ impl Bins {
             *slot = block.0;
             block.set_next_free(head);
             block.set_prev_free(ptr::null_mut());
-            if !head.is_null() {
+            if head.is_null() {
+                // The bin was empty, so it is not marked yet; a non-empty bin's bits are
+                // already set (a bin is marked exactly when it has a head), which spares most
+                // links the two read-modify-writes.
+                *self.sl_bitmap.get_unchecked_mut(fl) |= 1 << sl;
+                self.fl_bitmap |= 1 << fl;
+            } else {
                 Block(head).set_prev_free(block.0);
             }
-            *self.sl_bitmap.get_unchecked_mut(fl) |= 1 << sl;
-            self.fl_bitmap |= 1 << fl;
         }
     }
 
