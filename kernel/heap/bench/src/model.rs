@@ -246,47 +246,55 @@ fn size_class(size: usize) -> usize {
         .expect("a class-sized request")
 }
 
-/// Replays `mix`'s efficiency stream (seed `seed`) under `policy` in a budget of `budget`
-/// bytes, for at most `max_calls` calls.
-pub fn run(policy: Policy, mix: Mix, seed: u64, budget: usize, max_calls: usize) -> ModelRun {
-    let mut stream = GrowthStream::new(mix, seed);
+/// Replays an efficiency stream under `policy` in a budget of `budget` bytes, for at most
+/// `max_calls` calls. A realloc (talc's benchmark) frees the old block before it places the new
+/// one, as if every resize could reuse the old block's bytes: the model's upper bound.
+pub fn run(policy: Policy, mut stream: GrowthStream, budget: usize, max_calls: usize) -> ModelRun {
     let mut slabs = Slabs::default();
     let mut coalescing = 0usize;
-    let mut places: Vec<Option<Place>> = Vec::new();
+    // Per slot: the live block's place and alignment.
+    let mut places: Vec<Option<(Place, usize)>> = Vec::new();
     let (mut allocs, mut to_coalescing) = (0usize, 0usize);
     let mut peak = 0usize;
     let mut calls = 0;
     while calls < max_calls {
         let (op, live) = stream.next_op();
-        match op {
+        let (slot, size, align) = match op {
             Op::Alloc {
                 slot,
                 size,
                 align_log2,
-            } => {
-                let (size, align) = (size as usize, 1usize << align_log2);
-                let place = place(policy, &mut slabs, size, align);
-                allocs += 1;
-                if let Place::Bytes(b) = place {
-                    coalescing += b;
-                    to_coalescing += 1;
-                }
-                if slabs.pages * PAGE + coalescing.next_multiple_of(PAGE) > budget {
-                    break;
-                }
-                let slot = slot as usize;
-                if places.len() <= slot {
-                    places.resize(slot + 1, None);
-                }
-                places[slot] = Some(place);
+            } => (slot as usize, size as usize, 1usize << align_log2),
+            Op::Free { slot } => {
+                let (old, _) = places[slot as usize]
+                    .take()
+                    .expect("the stream frees live slots");
+                release(&mut slabs, &mut coalescing, old);
+                peak = peak.max(live);
+                calls += 1;
+                continue;
             }
-            Op::Free { slot } => match places[slot as usize].take() {
-                Some(Place::Bytes(b)) => coalescing -= b,
-                Some(Place::Slab { slab, index }) => slabs.give(slab, index),
-                None => unreachable!("the stream frees live slots"),
-            },
-            Op::Realloc { .. } => unreachable!("churn streams do not resize"),
+            Op::Realloc { slot, new_size } => {
+                let (old, align) = places[slot as usize]
+                    .take()
+                    .expect("the stream resizes live slots");
+                release(&mut slabs, &mut coalescing, old);
+                (slot as usize, new_size as usize, align)
+            }
+        };
+        let place = place(policy, &mut slabs, size, align);
+        allocs += 1;
+        if let Place::Bytes(b) = place {
+            coalescing += b;
+            to_coalescing += 1;
         }
+        if slabs.pages * PAGE + coalescing.next_multiple_of(PAGE) > budget {
+            break;
+        }
+        if places.len() <= slot {
+            places.resize(slot + 1, None);
+        }
+        places[slot] = Some((place, align));
         peak = peak.max(live);
         calls += 1;
     }
@@ -294,6 +302,14 @@ pub fn run(policy: Policy, mix: Mix, seed: u64, budget: usize, max_calls: usize)
         efficiency: peak as f64 / budget as f64,
         coalescing_share: to_coalescing as f64 / allocs.max(1) as f64,
         calls,
+    }
+}
+
+/// Gives back the block at `place`.
+fn release(slabs: &mut Slabs, coalescing: &mut usize, place: Place) {
+    match place {
+        Place::Bytes(b) => *coalescing -= b,
+        Place::Slab { slab, index } => slabs.give(slab, index),
     }
 }
 
@@ -352,23 +368,52 @@ fn place(policy: Policy, slabs: &mut Slabs, size: usize, align: usize) -> Place 
     }
 }
 
-/// The model table for `--model`: each policy on the random-alignment and kernel-mix streams,
-/// seeds 1 and 2, in `budget` bytes.
+/// Which efficiency stream a model row replays.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    /// A churn mix: two allocations for every free.
+    Mix(Mix),
+    /// talc's heap-efficiency benchmark.
+    TalcLike,
+}
+
+impl Stream {
+    fn open(self, seed: u64) -> GrowthStream {
+        match self {
+            Self::Mix(mix) => GrowthStream::new(mix, seed),
+            Self::TalcLike => GrowthStream::talc_like(seed),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mix(Mix::RandomAlign) => "random-align",
+            Self::Mix(Mix::Kernel) => "kernel-mix",
+            Self::Mix(Mix::Small) => "small-churn",
+            Self::Mix(Mix::TalcLike) | Self::TalcLike => "talc-like",
+        }
+    }
+}
+
+/// The model table for `--model`: each policy on the random-alignment, kernel-mix and
+/// talc-like streams, seeds 1 and 2, in `budget` bytes.
 pub fn table(budget: usize, max_calls: usize) -> String {
-    let rows: [(&str, Mix, Policy); 10] = [
+    const RA: Stream = Stream::Mix(Mix::RandomAlign);
+    const KM: Stream = Stream::Mix(Mix::Kernel);
+    let rows: [(&str, Stream, Policy); 11] = [
         (
             "today's routing; coalescing loses 1/2 an alignment",
-            Mix::RandomAlign,
+            RA,
             Policy::Today { align_loss: 0.5 },
         ),
         (
             "over-aligned: any aligned block in any chunk (ideal search)",
-            Mix::RandomAlign,
+            RA,
             Policy::AlignedInChunks { align_loss: 0.5 },
         ),
         (
             "over-aligned to coalescing, losing 1/2 an alignment",
-            Mix::RandomAlign,
+            RA,
             Policy::OverAlignedToCoalescing {
                 align_loss: 0.5,
                 min_align: 16,
@@ -376,7 +421,7 @@ pub fn table(budget: usize, max_calls: usize) -> String {
         ),
         (
             "over-aligned to coalescing, losing 1/4 of an alignment",
-            Mix::RandomAlign,
+            RA,
             Policy::OverAlignedToCoalescing {
                 align_loss: 0.25,
                 min_align: 16,
@@ -384,7 +429,7 @@ pub fn table(budget: usize, max_calls: usize) -> String {
         ),
         (
             "over-aligned to 1 KiB or more to coalescing, losing 1/4",
-            Mix::RandomAlign,
+            RA,
             Policy::OverAlignedToCoalescing {
                 align_loss: 0.25,
                 min_align: 1024,
@@ -392,7 +437,7 @@ pub fn table(budget: usize, max_calls: usize) -> String {
         ),
         (
             "over-aligned to coalescing, losing nothing",
-            Mix::RandomAlign,
+            RA,
             Policy::OverAlignedToCoalescing {
                 align_loss: 0.0,
                 min_align: 16,
@@ -400,23 +445,28 @@ pub fn table(budget: usize, max_calls: usize) -> String {
         ),
         (
             "today's routing (coalescing never fragments)",
-            Mix::Kernel,
+            KM,
             Policy::Today { align_loss: 0.5 },
         ),
         (
             "1–4 KiB in merge-free classes, 2-page slabs",
-            Mix::Kernel,
+            KM,
             Policy::MidSlabs { slab_pages: 2 },
         ),
         (
             "1–4 KiB in merge-free classes, 4-page slabs",
-            Mix::Kernel,
+            KM,
             Policy::MidSlabs { slab_pages: 4 },
         ),
         (
             "1–4 KiB in merge-free classes, 8-page slabs",
-            Mix::Kernel,
+            KM,
             Policy::MidSlabs { slab_pages: 8 },
+        ),
+        (
+            "today's routing (coalescing never fragments; a resize reuses its old bytes)",
+            Stream::TalcLike,
+            Policy::Today { align_loss: 0.5 },
         ),
     ];
     let mut out = String::new();
@@ -429,14 +479,10 @@ pub fn table(budget: usize, max_calls: usize) -> String {
         out,
         "| stream | policy | seed 1 | seed 2 | to coalescing |\n| --- | --- | ---: | ---: | ---: |"
     );
-    for (name, mix, policy) in rows {
-        let a = run(policy, mix, 1, budget, max_calls);
-        let b = run(policy, mix, 2, budget, max_calls);
-        let stream = match mix {
-            Mix::RandomAlign => "random-align",
-            Mix::Kernel => "kernel-mix",
-            _ => "other",
-        };
+    for (name, stream, policy) in rows {
+        let a = run(policy, stream.open(1), budget, max_calls);
+        let b = run(policy, stream.open(2), budget, max_calls);
+        let stream = stream.name();
         let _ = writeln!(
             out,
             "| {stream} | {name} | {:.1}% | {:.1}% | {:.1}% |",
@@ -497,12 +543,14 @@ mod tests {
         assert_eq!(coalescing_cost(64 * 1024, 8, 0.5), 17 * PAGE);
     }
 
-    /// A short model run frees and places consistently (no slot placed twice, no free of an
-    /// empty slot: `run` would panic), stops inside the budget, and the policy that sends every
-    /// 1–4 KiB request the classes reject to slabs sends fewer to the coalescing allocator.
+    /// A short model run frees, resizes and places consistently (no slot placed twice, no free
+    /// of an empty slot: `run` would panic), stops inside the budget, and the policies route as
+    /// they say: the one that sends the 1–4 KiB requests the classes reject to slabs sends fewer
+    /// to the coalescing allocator, the one that sends over-aligned requests there more.
     #[test]
     fn model_runs_stay_in_budget_and_route_as_their_policy_says() {
         let budget = 1 << 20;
+        let run7 = |policy, stream: Stream| run(policy, stream.open(7), budget, 200_000);
         for policy in [
             Policy::Today { align_loss: 0.5 },
             Policy::AlignedInChunks { align_loss: 0.5 },
@@ -512,50 +560,31 @@ mod tests {
             },
             Policy::MidSlabs { slab_pages: 4 },
         ] {
-            for mix in [Mix::RandomAlign, Mix::Kernel] {
-                let r = run(policy, mix, 7, budget, 200_000);
+            for stream in [
+                Stream::Mix(Mix::RandomAlign),
+                Stream::Mix(Mix::Kernel),
+                Stream::TalcLike,
+            ] {
+                let r = run7(policy, stream);
                 assert!(
                     r.efficiency > 0.0 && r.efficiency <= 1.0,
-                    "{policy:?} {mix:?}: {r:?}"
+                    "{policy:?} {stream:?}: {r:?}"
                 );
                 assert!(
                     r.calls < 200_000,
-                    "{policy:?} {mix:?} never filled the budget"
+                    "{policy:?} {stream:?} never filled the budget"
                 );
             }
         }
-        let today = run(
-            Policy::Today { align_loss: 0.5 },
-            Mix::Kernel,
-            7,
-            budget,
-            200_000,
-        );
-        let slabs = run(
-            Policy::MidSlabs { slab_pages: 4 },
-            Mix::Kernel,
-            7,
-            budget,
-            200_000,
-        );
-        assert!(slabs.coalescing_share < today.coalescing_share);
-        let over = run(
-            Policy::OverAlignedToCoalescing {
-                align_loss: 0.5,
-                min_align: 16,
-            },
-            Mix::RandomAlign,
-            7,
-            budget,
-            200_000,
-        );
-        let today = run(
-            Policy::Today { align_loss: 0.5 },
-            Mix::RandomAlign,
-            7,
-            budget,
-            200_000,
-        );
-        assert!(over.coalescing_share > today.coalescing_share);
+        let today = Policy::Today { align_loss: 0.5 };
+        let kernel = Stream::Mix(Mix::Kernel);
+        let slabs = run7(Policy::MidSlabs { slab_pages: 4 }, kernel);
+        assert!(slabs.coalescing_share < run7(today, kernel).coalescing_share);
+        let aligned = Stream::Mix(Mix::RandomAlign);
+        let over = Policy::OverAlignedToCoalescing {
+            align_loss: 0.5,
+            min_align: 16,
+        };
+        assert!(run7(over, aligned).coalescing_share > run7(today, aligned).coalescing_share);
     }
 }
