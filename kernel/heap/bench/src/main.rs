@@ -20,7 +20,7 @@
 //! threaded section (`threads`: 1 and 2 threads, every contestant shared through `GlobalAlloc`).
 //! `--kernel-tail LOG` turns the `tail` rows of a `cargo kbench` log into the in-kernel tail plots.
 //! `--model` prints the placement models (`model`): how densely a placement policy could pack the
-//! random-align and kernel-mix efficiency streams at best, with no allocator behind it.
+//! random-align, kernel-mix and talc-like efficiency streams at best, with no allocator behind it.
 //!
 //! `--quick` is the smoke mode: tiny workloads, verification on, nothing written unless `--out`
 //! is given. A unit test runs it, so `cargo test -p kheap-bench` keeps the bench compiling and
@@ -156,8 +156,8 @@ usage: kheap-bench [options]
   --kernel-tail LOG  only plot the tail rows of a `cargo kbench` log into
                      kernel_tail_alloc.svg and kernel_tail_free.svg (in --out)
   --model            only print the placement models: how densely a placement policy
-                     could pack the random-align and kernel-mix efficiency streams at
-                     best (no allocator runs; see src/model.rs)
+                     could pack the random-align, kernel-mix and talc-like efficiency
+                     streams at best (no allocator runs; see src/model.rs)
 ";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {

@@ -27,6 +27,8 @@
 //!   class (the best a one-page slab can do), or sending them to the coalescing allocator;
 //! * kernel mix: serving the 1–4 KiB requests the classes turn away from merge-free slab classes
 //!   1/8 apart instead of the coalescing allocator (frees that never merge).
+//! * talc's benchmark: today's routing, the design's ceiling on that stream (a resize frees the
+//!   old block before the new one is placed, as if every resize could reuse its bytes).
 
 use core::alloc::Layout;
 use std::fmt::Write as _;
