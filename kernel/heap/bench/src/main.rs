@@ -282,15 +282,21 @@ enum Stream {
     TalcLike,
 }
 
+impl Stream {
+    /// The stream from its start, with this seed.
+    fn open(self, seed: u64) -> GrowthStream {
+        match self {
+            Self::Mix(mix) => GrowthStream::new(mix, seed),
+            Self::TalcLike => GrowthStream::talc_like(seed),
+        }
+    }
+}
+
 struct EfficiencyVisit(Stream, u64, Duration);
 impl Visit for EfficiencyVisit {
     type Out = Efficiency;
     fn visit<A: BenchAlloc>(self, a: &mut A) -> Efficiency {
-        let stream = match self.0 {
-            Stream::Mix(mix) => GrowthStream::new(mix, self.1),
-            Stream::TalcLike => GrowthStream::talc_like(self.1),
-        };
-        measure::efficiency(a, stream, self.2)
+        measure::efficiency(a, self.0.open(self.1), self.2)
     }
 }
 

@@ -36,6 +36,8 @@ use std::fmt::Write as _;
 use kheap::size_class::{CLASS_SIZES, SizeClass, class_for};
 use kheap_workload::{GrowthStream, Mix, Op};
 
+use crate::Stream;
+
 const PAGE: usize = 4096;
 
 /// Blocks from this size up are page runs in kheap (`kheap`'s large allocator's threshold).
@@ -370,30 +372,13 @@ fn place(policy: Policy, slabs: &mut Slabs, size: usize, align: usize) -> Place 
     }
 }
 
-/// Which efficiency stream a model row replays.
-#[derive(Debug, Clone, Copy)]
-enum Stream {
-    /// A churn mix: two allocations for every free.
-    Mix(Mix),
-    /// talc's heap-efficiency benchmark.
-    TalcLike,
-}
-
-impl Stream {
-    fn open(self, seed: u64) -> GrowthStream {
-        match self {
-            Self::Mix(mix) => GrowthStream::new(mix, seed),
-            Self::TalcLike => GrowthStream::talc_like(seed),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Mix(Mix::RandomAlign) => "random-align",
-            Self::Mix(Mix::Kernel) => "kernel-mix",
-            Self::Mix(Mix::Small) => "small-churn",
-            Self::Mix(Mix::TalcLike) | Self::TalcLike => "talc-like",
-        }
+/// The name of a model row's stream.
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Mix(Mix::RandomAlign) => "random-align",
+        Stream::Mix(Mix::Kernel) => "kernel-mix",
+        Stream::Mix(Mix::Small) => "small-churn",
+        Stream::Mix(Mix::TalcLike) | Stream::TalcLike => "talc-like",
     }
 }
 
@@ -484,7 +469,7 @@ pub fn table(budget: usize, max_calls: usize) -> String {
     for (name, stream, policy) in rows {
         let a = run(policy, stream.open(1), budget, max_calls);
         let b = run(policy, stream.open(2), budget, max_calls);
-        let stream = stream.name();
+        let stream = stream_name(stream);
         let _ = writeln!(
             out,
             "| {stream} | {name} | {:.1}% | {:.1}% | {:.1}% |",
